@@ -1,0 +1,180 @@
+//! The spare preparer: a small background thread that keeps zero-filled, mapped segments ready,
+//! so the storage thread never zero-fills, creates or maps a file on its hot path.
+//!
+//! The thread keeps `spares` spares ready. Recycled segments (handed back after compaction) count
+//! as ready spares, so in a steady state nothing new is ever zero-filled. A failure to create a
+//! spare (typically ENOSPC) is kept and handed to the next taker as an error; the next request
+//! after that tries again.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use memmap2::MmapMut;
+
+use crate::log::segment::{create_zeroed, map_segment, spare_name};
+
+/// A ready spare segment file, mapped.
+pub(crate) struct Spare {
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    pub map: MmapMut,
+}
+
+struct State {
+    ready: VecDeque<Spare>,
+    failure: Option<io::Error>,
+    shutdown: bool,
+    next_id: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    dir: PathBuf,
+    segment_bytes: u64,
+    spares: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("preparer state poisoned")
+    }
+}
+
+/// Handle on the preparer thread; dropping it stops the thread.
+pub(crate) struct Preparer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Preparer {
+    /// Starts the thread with the spares found on open; new ones get ids from `next_id`.
+    pub fn start(
+        dir: PathBuf,
+        segment_bytes: u64,
+        spares: usize,
+        existing: Vec<Spare>,
+        next_id: u64,
+    ) -> Preparer {
+        assert!(spares >= 1, "at least one spare must be kept ready");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                ready: existing.into(),
+                failure: None,
+                shutdown: false,
+                next_id,
+            }),
+            changed: Condvar::new(),
+            dir,
+            segment_bytes,
+            spares,
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("lockstep-log-prep".to_string())
+            .spawn(move || prepare_loop(&worker))
+            .expect("spawn the segment preparer thread");
+        Preparer {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Takes a ready spare, waiting for one if none is ready yet.
+    pub fn take(&self) -> io::Result<Spare> {
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(spare) = state.ready.pop_front() {
+                self.shared.changed.notify_all();
+                return Ok(spare);
+            }
+            if let Some(err) = state.failure.take() {
+                self.shared.changed.notify_all();
+                return Err(err);
+            }
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .expect("preparer state poisoned");
+        }
+    }
+
+    /// A fresh id for a spare name (used when recycling a segment).
+    pub fn allocate_id(&self) -> u64 {
+        let mut state = self.shared.lock();
+        state.next_id += 1;
+        state.next_id - 1
+    }
+
+    /// Whether a recycled segment should be kept as a spare (rather than deleted).
+    pub fn wants_spare(&self) -> bool {
+        self.shared.lock().ready.len() < self.shared.spares
+    }
+
+    /// Hands back a recycled segment, already renamed to a spare name.
+    pub fn give_back(&self, spare: Spare) {
+        self.shared.lock().ready.push_back(spare);
+        self.shared.changed.notify_all();
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn prepare_loop(shared: &Shared) {
+    loop {
+        let id = {
+            let mut state = shared.lock();
+            while !state.shutdown && (state.ready.len() >= shared.spares || state.failure.is_some())
+            {
+                state = shared.changed.wait(state).expect("preparer state poisoned");
+            }
+            if state.shutdown {
+                return;
+            }
+            state.next_id += 1;
+            state.next_id - 1
+        };
+        let outcome = prepare_one(shared, id);
+        let mut state = shared.lock();
+        match outcome {
+            Ok(spare) => state.ready.push_back(spare),
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %shared.dir.display(), "cannot prepare a log segment");
+                state.failure = Some(err);
+            }
+        }
+        shared.changed.notify_all();
+    }
+}
+
+fn prepare_one(shared: &Shared, id: u64) -> io::Result<Spare> {
+    let temporary = shared.dir.join(format!("spare-{id}.tmp"));
+    let file = match create_zeroed(&temporary, shared.segment_bytes) {
+        Ok(file) => file,
+        Err(err) => {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(err);
+        }
+    };
+    let path = shared.dir.join(spare_name(id));
+    std::fs::rename(&temporary, &path)?;
+    let map = map_segment(&file)?;
+    Ok(Spare {
+        path,
+        file: Arc::new(file),
+        map,
+    })
+}
