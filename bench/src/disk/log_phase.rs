@@ -21,6 +21,9 @@ use lockstep::types::{LogIndex, Term};
 
 use super::phase::PhaseResult;
 
+/// How long the writer sleeps between polls when it may not append (a sync takes far longer).
+const IDLE_POLL: Duration = Duration::from_micros(20);
+
 /// The shape of the load.
 #[derive(Clone, Copy, Debug)]
 pub struct LogBenchConfig {
@@ -126,8 +129,10 @@ impl LogBench {
             } else {
                 // At the window (or draining): nothing to do until the sync in flight
                 // completes. The log offers no "wait for the round in flight", only
-                // `wait_durable` (which would also sync everything appended since), so poll.
-                std::thread::yield_now();
+                // `wait_durable` (which would also sync everything appended since), so poll
+                // with short sleeps: spinning would take the CPU from the kernel worker doing
+                // the writeback on a small machine.
+                std::thread::sleep(IDLE_POLL);
             }
         }
         result.elapsed = start.elapsed();
