@@ -24,8 +24,8 @@ use crate::log::record::{
 };
 use crate::log::recovery::{recover, void_from, RecordSpan, SegmentBytes};
 use crate::log::segment::{
-    live_name, map_segment, parse_live_name, parse_spare_name, spare_name, sync_dir, Segment,
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+    live_name, map_segment, parse_live_name, parse_spare_name, prefault, spare_name, sync_dir,
+    Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
 use crate::log::sync::{SyncMode, SyncTarget, Syncer};
 use crate::types::{LogIndex, Term};
@@ -208,6 +208,13 @@ fn entry_offset(payload: &[u8], n: u32) -> usize {
     at
 }
 
+/// Bytes of one segment written since the last sync round was submitted.
+struct DirtyRange {
+    file: Arc<File>,
+    start: usize,
+    end: usize,
+}
+
 /// A sync round in flight: what it will make durable.
 struct Round {
     index: LogIndex,
@@ -234,7 +241,7 @@ pub struct Log {
     syncer: Syncer,
     in_flight: Option<Round>,
     sync_wanted: bool,
-    dirty: Vec<Arc<File>>,
+    dirty: Vec<DirtyRange>,
     dir_dirty: bool,
     unsynced_entries: u64,
     unsynced_bytes: u64,
@@ -413,17 +420,22 @@ impl Log {
         sync_dir(&dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
 
         let hard_state = HardStateFile::open(dir, &dir_file)?;
+        let syncer = Syncer::new(options.sync_mode);
+        let prefault_write = syncer.syncs_ranges();
         let preparer = Preparer::start(
             dir.to_path_buf(),
             options.segment_bytes,
             options.spare_segments,
             existing_spares,
             spare_id_next,
+            prefault_write,
         );
-        let syncer = Syncer::new(options.sync_mode);
         let write_offset = recovered
             .tail
             .map_or(SEGMENT_HEADER_BYTES, |(_, offset)| offset);
+        if let Some(tail) = segments.back() {
+            prefault(&tail.map, write_offset, prefault_write);
+        }
         let last_index = recovered.next_index.prev();
         let mut log = Log {
             dir: dir.to_path_buf(),
@@ -586,12 +598,13 @@ impl Log {
         let dst = &mut segment.map[offset..offset + RECORD_HEADER_BYTES + payload.len()];
         dst[RECORD_HEADER_BYTES..].copy_from_slice(payload);
         write_header(dst, &header);
-        if !self
-            .dirty
-            .last()
-            .is_some_and(|file| Arc::ptr_eq(file, &segment.file))
-        {
-            self.dirty.push(segment.file.clone());
+        match self.dirty.last_mut() {
+            Some(range) if Arc::ptr_eq(&range.file, &segment.file) => range.end = offset + stored,
+            _ => self.dirty.push(DirtyRange {
+                file: segment.file.clone(),
+                start: offset,
+                end: offset + stored,
+            }),
         }
         let segment_seq = segment.first_seq;
         self.write_offset = offset + stored;
@@ -843,15 +856,17 @@ impl Log {
         let mut round: Vec<SyncTarget> = self
             .dirty
             .drain(..)
-            .map(|file| SyncTarget {
-                file,
+            .map(|range| SyncTarget {
+                file: range.file,
                 datasync: true,
+                range: Some((range.start as u64, (range.end - range.start) as u32)),
             })
             .collect();
         if std::mem::take(&mut self.dir_dirty) {
             round.push(SyncTarget {
                 file: self.dir_file.clone(),
                 datasync: false,
+                range: None,
             });
         }
         self.in_flight = Some(Round {
@@ -920,6 +935,13 @@ impl Log {
             self.reap(true)?;
         }
         Ok(self.durable_index)
+    }
+
+    /// Blocks until the preparer has [`LogOptions::spare_segments`] spares ready (or failed to
+    /// make one, e.g. disk full); returns how many are ready. Useful before a measurement, so the
+    /// zero-filling of new segments does not compete with the appends being measured.
+    pub fn wait_spares_ready(&self) -> usize {
+        self.preparer.wait_all_ready()
     }
 
     /// Whether a sync round is in flight.

@@ -1,8 +1,9 @@
 //! The spare preparer: a small background thread that keeps zero-filled, mapped segments ready,
 //! so the storage thread never zero-fills, creates or maps a file on its hot path.
 //!
-//! The thread keeps `spares` spares ready. Recycled segments (handed back after compaction) count
-//! as ready spares, so in a steady state nothing new is ever zero-filled. A failure to create a
+//! The thread keeps `spares` spares ready, each pre-faulted (see [`prefault`]) so appends into it
+//! take no page faults. Recycled segments (handed back after compaction) are pre-faulted again
+//! and count as spares, so in a steady state nothing new is ever zero-filled. A failure to create a
 //! spare (typically ENOSPC) is kept and handed to the next taker as an error; the next request
 //! after that tries again.
 
@@ -15,7 +16,7 @@ use std::thread::JoinHandle;
 
 use memmap2::MmapMut;
 
-use crate::log::segment::{create_zeroed, map_segment, spare_name};
+use crate::log::segment::{create_zeroed, map_segment, prefault, spare_name, SEGMENT_HEADER_BYTES};
 
 /// A ready spare segment file, mapped.
 pub(crate) struct Spare {
@@ -26,6 +27,8 @@ pub(crate) struct Spare {
 
 struct State {
     ready: VecDeque<Spare>,
+    /// Spares handed back or found on open, not yet pre-faulted.
+    unfaulted: VecDeque<Spare>,
     failure: Option<io::Error>,
     shutdown: bool,
     next_id: u64,
@@ -37,6 +40,7 @@ struct Shared {
     dir: PathBuf,
     segment_bytes: u64,
     spares: usize,
+    prefault_write: bool,
 }
 
 impl Shared {
@@ -53,17 +57,20 @@ pub(crate) struct Preparer {
 
 impl Preparer {
     /// Starts the thread with the spares found on open; new ones get ids from `next_id`.
+    /// `prefault_write` selects writable pre-faulting (only when syncs cover written ranges).
     pub fn start(
         dir: PathBuf,
         segment_bytes: u64,
         spares: usize,
         existing: Vec<Spare>,
         next_id: u64,
+        prefault_write: bool,
     ) -> Preparer {
         assert!(spares >= 1, "at least one spare must be kept ready");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                ready: existing.into(),
+                ready: VecDeque::new(),
+                unfaulted: existing.into(),
                 failure: None,
                 shutdown: false,
                 next_id,
@@ -72,6 +79,7 @@ impl Preparer {
             dir,
             segment_bytes,
             spares,
+            prefault_write,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -104,6 +112,20 @@ impl Preparer {
         }
     }
 
+    /// Blocks until `spares` spares are ready or preparing one failed; returns how many are
+    /// ready.
+    pub fn wait_all_ready(&self) -> usize {
+        let mut state = self.shared.lock();
+        while state.ready.len() < self.shared.spares && state.failure.is_none() {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .expect("preparer state poisoned");
+        }
+        state.ready.len()
+    }
+
     /// A fresh id for a spare name (used when recycling a segment).
     pub fn allocate_id(&self) -> u64 {
         let mut state = self.shared.lock();
@@ -113,12 +135,13 @@ impl Preparer {
 
     /// Whether a recycled segment should be kept as a spare (rather than deleted).
     pub fn wants_spare(&self) -> bool {
-        self.shared.lock().ready.len() < self.shared.spares
+        let state = self.shared.lock();
+        state.ready.len() + state.unfaulted.len() < self.shared.spares
     }
 
     /// Hands back a recycled segment, already renamed to a spare name.
     pub fn give_back(&self, spare: Spare) {
-        self.shared.lock().ready.push_back(spare);
+        self.shared.lock().unfaulted.push_back(spare);
         self.shared.changed.notify_all();
     }
 }
@@ -172,6 +195,7 @@ fn prepare_one(shared: &Shared, id: u64) -> io::Result<Spare> {
     let path = shared.dir.join(spare_name(id));
     std::fs::rename(&temporary, &path)?;
     let map = map_segment(&file)?;
+    prefault(&map, SEGMENT_HEADER_BYTES, shared.prefault_write);
     Ok(Spare {
         path,
         file: Arc::new(file),

@@ -123,15 +123,30 @@ pub fn sync_dir(dir: &File) -> io::Result<()> {
     dir.sync_all()
 }
 
-/// Maps a whole segment file read-write (shared) and asks the kernel to bring its pages in and
-/// map them (read-only populate: no page is dirtied, so no extra writeback follows).
+/// Maps a whole segment file read-write (shared).
 pub fn map_segment(file: &File) -> io::Result<MmapMut> {
     // SAFETY: the log directory belongs to this process (it holds the lock file); nothing else
     // truncates or writes the file while it is mapped, so the mapping stays valid.
-    let map = unsafe { MmapOptions::new().map_mut(file)? };
-    // Best effort: on kernels before 5.14 this fails and pages simply fault on first touch.
-    let _ = map.advise(Advice::PopulateRead);
-    Ok(map)
+    unsafe { MmapOptions::new().map_mut(file) }
+}
+
+/// Pre-faults `map[from..]` so later copies into it take no page fault.
+///
+/// With `write`, pages are faulted in writable (`MADV_POPULATE_WRITE`): the filesystem's
+/// page_mkwrite work happens here instead of in the appends. That dirties the pages (with their
+/// unchanged contents), which is harmless only when syncs cover just the written range, hence
+/// the flag. Without it, pages are only brought in and mapped (`MADV_POPULATE_READ`). Best
+/// effort: kernels before 5.14 lack both, and pages then fault on first touch.
+pub fn prefault(map: &MmapMut, from: usize, write: bool) {
+    if from >= map.len() {
+        return;
+    }
+    let advice = if write {
+        Advice::PopulateWrite
+    } else {
+        Advice::PopulateRead
+    };
+    let _ = map.advise_range(advice, from, map.len() - from);
 }
 
 /// A live segment: its file, its mapping and where it sits in the sequence.

@@ -34,6 +34,10 @@ pub(crate) struct SyncTarget {
     pub file: Arc<File>,
     /// `fdatasync` (true) or full `fsync` (false, for directories).
     pub datasync: bool,
+    /// The byte range written since the last round, `(offset, len)`. io_uring syncs only this
+    /// range (`vfs_fsync_range`), so dirty pages outside it (pre-faulted pages ahead of the
+    /// write cursor) are not written back; the fallback syncs the whole file.
+    pub range: Option<(u64, u32)>,
 }
 
 enum Backend {
@@ -107,6 +111,11 @@ impl Syncer {
         }
     }
 
+    /// Whether rounds sync only the given ranges (io_uring) rather than whole files.
+    pub fn syncs_ranges(&self) -> bool {
+        matches!(self.backend, Backend::Uring { .. })
+    }
+
     /// Which mechanism is in use: `"io_uring"` or `"fdatasync"`.
     pub fn mechanism(&self) -> &'static str {
         match self.backend {
@@ -133,8 +142,11 @@ impl Syncer {
                     } else {
                         types::FsyncFlags::empty()
                     };
+                    let (offset, len) = target.range.unwrap_or((0, 0));
                     let entry = opcode::Fsync::new(types::Fd(target.file.as_raw_fd()))
                         .flags(flags)
+                        .offset(offset)
+                        .len(len)
                         .build()
                         .user_data(slot as u64);
                     // SAFETY: the descriptor stays open until the round completes (kept in
@@ -261,10 +273,12 @@ mod tests {
                 SyncTarget {
                     file: file.clone(),
                     datasync: true,
+                    range: Some((0, 4096)),
                 },
                 SyncTarget {
                     file: Arc::new(File::open(dir.path()).unwrap()),
                     datasync: false,
+                    range: None,
                 },
             ])
             .unwrap();
@@ -299,6 +313,7 @@ mod tests {
                 .submit(vec![SyncTarget {
                     file: read.clone(),
                     datasync: true,
+                    range: None,
                 }])
                 .unwrap();
             assert_eq!(syncer.poll(true), Some(Err(libc::EINVAL)), "{mode:?}");
