@@ -47,6 +47,8 @@ pub struct Machine {
     pub data_dir: String,
     /// Filesystem type of `data_dir`, from `statfs` (e.g. `ext4`, or the magic number in hex).
     pub data_dir_filesystem: String,
+    /// Device and mount options of the mount holding `data_dir`, from `/proc/self/mounts`.
+    pub data_dir_mount: String,
     /// `git rev-parse --short HEAD` of the source tree (suffixed `-dirty` when tracked files
     /// differ from it), or [`GIT_COMMIT_ENV`] when set.
     pub git_commit: String,
@@ -62,6 +64,7 @@ impl Machine {
             kernel: kernel().unwrap_or_else(|| UNKNOWN.to_string()),
             data_dir: data_dir.display().to_string(),
             data_dir_filesystem: filesystem_type(data_dir).unwrap_or_else(|| UNKNOWN.to_string()),
+            data_dir_mount: mount_of(data_dir).unwrap_or_else(|| UNKNOWN.to_string()),
             git_commit: git_commit().unwrap_or_else(|| UNKNOWN.to_string()),
         }
     }
@@ -81,6 +84,7 @@ impl Describe for Machine {
                 "data dir".into(),
                 format!("{} ({})", self.data_dir, self.data_dir_filesystem),
             ),
+            ("mount".into(), self.data_dir_mount.clone()),
             ("git commit".into(), self.git_commit.clone()),
         ]
     }
@@ -149,6 +153,22 @@ pub fn filesystem_type(path: &Path) -> Option<String> {
         _ => return Some(format!("0x{magic:x}")),
     };
     Some(name.to_string())
+}
+
+/// `"DEVICE on MOUNTPOINT (OPTIONS)"` for the mount holding `path` (the longest mount point
+/// that is a prefix of its canonical form).
+fn mount_of(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            // "DEVICE MOUNTPOINT TYPE OPTIONS DUMP PASS"
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 4 && path.starts_with(fields[1])).then_some(fields)
+        })
+        .max_by_key(|fields| fields[1].len())
+        .map(|fields| format!("{} on {} ({})", fields[0], fields[1], fields[3]))
 }
 
 fn git_commit() -> Option<String> {
@@ -398,6 +418,7 @@ mod tests {
         assert!(machine.memory_bytes > 0);
         assert!(machine.kernel.starts_with("Linux"), "{}", machine.kernel);
         assert_ne!(machine.data_dir_filesystem, UNKNOWN);
+        assert_ne!(machine.data_dir_mount, UNKNOWN);
         let rows = machine.rows();
         assert!(rows.iter().any(|(label, _)| label == "kernel"));
     }
