@@ -348,6 +348,17 @@ impl Log {
 
         let mut segments = VecDeque::new();
         for (first_seq, path) in live {
+            let len = std::fs::metadata(&path)
+                .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
+                .len();
+            if len < SEGMENT_BYTES_MIN {
+                return Err(LogError::Corrupt {
+                    file: path,
+                    offset: len,
+                    index: LogIndex::ZERO,
+                    reason: format!("segment file of {len} bytes is cut short"),
+                });
+            }
             let (file, map) = open_mapped(&path)?;
             segments.push_back(Segment {
                 first_seq,

@@ -10,7 +10,7 @@ use crate::log::error::LogError;
 use crate::log::hard_state::{read_file, HardState, HARD_STATE_FILE};
 use crate::log::record::RECORD_HEADER_BYTES;
 use crate::log::recovery::{recover, RecordSpan, Recovered, SegmentBytes};
-use crate::log::segment::{parse_live_name, parse_spare_name};
+use crate::log::segment::{parse_live_name, parse_spare_name, SEGMENT_BYTES_MIN};
 
 /// A live segment file as found.
 pub struct InspectedSegment {
@@ -69,6 +69,18 @@ pub fn inspect(dir: &Path) -> Result<Inspection, LogError> {
             let path = entry.path();
             let file = File::open(&path)
                 .map_err(|err| LogError::io(format!("open {}", path.display()), err))?;
+            let len = file
+                .metadata()
+                .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
+                .len();
+            if len < SEGMENT_BYTES_MIN {
+                return Err(LogError::Corrupt {
+                    file: path,
+                    offset: len,
+                    index: crate::types::LogIndex::ZERO,
+                    reason: format!("segment file of {len} bytes is cut short"),
+                });
+            }
             // SAFETY: read-only mapping; a concurrent writer could change bytes under us, which
             // the scan tolerates (it never panics on any bytes).
             let map = unsafe { Mmap::map(&file) }

@@ -21,7 +21,9 @@
 use std::collections::VecDeque;
 
 use crate::batch::BatchKind;
-use crate::log::record::{stored_bytes, verify_record, RecordKind, RecordView, RECORD_ALIGN};
+use crate::log::record::{
+    stored_bytes, verify_record, RecordError, RecordKind, RecordView, RECORD_ALIGN,
+};
 use crate::log::record::{RECORD_HEADER_BYTES, RECORD_MAGIC};
 use crate::log::segment::{check_segment_header, SEGMENT_HEADER_BYTES};
 use crate::types::{LogIndex, Term};
@@ -134,7 +136,9 @@ struct Chain {
 
 enum Step<'a> {
     Next(RecordView<'a>),
-    Stop(String),
+    /// The chain stops here; `true` when the bytes there are damaged (not zeros, not a clean
+    /// end, not a valid stale record).
+    Stop(String, bool),
     Fatal(String),
 }
 
@@ -149,37 +153,55 @@ impl Chain {
         seq_limit: Option<u64>,
     ) -> Step<'a> {
         if offset + RECORD_HEADER_BYTES > bytes.len() {
-            return Step::Stop("end of segment".to_string());
+            return Step::Stop("end of segment".to_string(), false);
         }
         let view = match verify_record(&bytes[offset..]) {
             Ok(view) => view,
-            Err(err) => return Step::Stop(err.to_string()),
+            Err(err) => {
+                let damaged = !matches!(
+                    err,
+                    RecordError::BadMagic { found: 0 } | RecordError::TooShort { .. }
+                );
+                return Step::Stop(err.to_string(), damaged);
+            }
         };
         let h = view.header;
         if let Some(exact) = exact_seq {
             if h.seq != exact {
-                return Step::Stop(format!(
-                    "first record has seq {} but the segment name says {exact}",
-                    h.seq
-                ));
+                return Step::Stop(
+                    format!(
+                        "first record has seq {} but the segment name says {exact}",
+                        h.seq
+                    ),
+                    false,
+                );
             }
         }
         if h.seq <= self.last_seq {
-            return Step::Stop(format!(
-                "stale record: seq {} is not above the previous seq {}",
-                h.seq, self.last_seq
-            ));
+            return Step::Stop(
+                format!(
+                    "stale record: seq {} is not above the previous seq {}",
+                    h.seq, self.last_seq
+                ),
+                false,
+            );
         }
         if let Some(prev) = self.prev_crc {
             if h.prev_crc != prev {
-                return Step::Stop(format!(
-                    "chain break: prev_crc {:#010x}, previous record's crc {prev:#010x}",
-                    h.prev_crc
-                ));
+                return Step::Stop(
+                    format!(
+                        "chain break: prev_crc {:#010x}, previous record's crc {prev:#010x}",
+                        h.prev_crc
+                    ),
+                    false,
+                );
             }
         }
         if seq_limit.is_some_and(|limit| h.seq >= limit) {
-            return Step::Stop(format!("record seq {} belongs to the next segment", h.seq));
+            return Step::Stop(
+                format!("record seq {} belongs to the next segment", h.seq),
+                false,
+            );
         }
         if let Some(next) = self.next_index {
             match h.kind {
@@ -329,16 +351,18 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
         let next = segments.get(position + 1);
         let exact = (offset == SEGMENT_HEADER_BYTES).then_some(segment.first_seq);
         let step = chain.step(segment.bytes, offset, exact, next.map(|n| n.first_seq));
-        let reason = match step {
+        let (reason, damaged) = match step {
             Step::Next(view) => {
                 chain.apply(&view, segment.first_seq, offset);
                 offset += view.header.stored_bytes();
                 continue;
             }
             Step::Fatal(reason) => return Err(corrupt(&chain, position, offset, reason)),
-            Step::Stop(reason) => reason,
+            Step::Stop(reason, damaged) => (reason, damaged),
         };
-        let Some(next) = next else {
+        let Some(next) = next.filter(|_| chain.prev_crc.is_some()) else {
+            // No next segment, or no record yet to chain it to (a segment is only ever started
+            // after its predecessor holds a record, so a later segment cannot begin the log).
             break (position, offset, reason);
         };
         let limit = segments.get(position + 2).map(|n| n.first_seq);
@@ -356,7 +380,14 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
             Step::Fatal(reason) => {
                 return Err(corrupt(&chain, position + 1, SEGMENT_HEADER_BYTES, reason))
             }
-            Step::Stop(next_reason) => {
+            Step::Stop(next_reason, _) if damaged => {
+                break (
+                    position,
+                    offset,
+                    format!("{reason} (and the next segment does not continue: {next_reason})"),
+                )
+            }
+            Step::Stop(next_reason, _) => {
                 break (
                     position + 1,
                     SEGMENT_HEADER_BYTES,
@@ -371,7 +402,9 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
     let (stop_segment, stop_offset, reason) = stop;
     let witness = scan_witnesses(
         segments,
-        (stop_segment, stop_offset + RECORD_ALIGN),
+        // From the stop itself: a valid record there that merely fails the chain (the first
+        // record of a segment after a missing one) is evidence too.
+        (stop_segment, stop_offset),
         chain.last_seq + 1,
     );
     if let Some((synced_seq, seq, w_segment, w_offset)) = witness.best {
@@ -382,7 +415,7 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
                 stop_offset,
                 format!(
                     "{reason}; yet record seq {seq} (segment #{w_segment} offset {w_offset}) \
-                     says seq {synced_seq} was durable, so the records after seq {} were",
+                     says seq {synced_seq} was durable: records after seq {} had been synced",
                     chain.last_seq
                 ),
             ));
