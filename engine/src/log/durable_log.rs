@@ -955,6 +955,17 @@ impl Log {
         self.preparer.wait_all_ready()
     }
 
+    /// Blocks until the sync round in flight (if any) completes, without starting one for
+    /// appends made since (when a round was requested meanwhile, it is submitted on
+    /// completion, as in [`Log::poll_durable`]); returns the durable index.
+    pub fn wait_in_flight(&mut self) -> Result<LogIndex, LogError> {
+        self.check_usable()?;
+        if self.in_flight.is_some() {
+            self.reap(true)?;
+        }
+        Ok(self.durable_index)
+    }
+
     /// Whether a sync round is in flight.
     pub fn sync_in_flight(&self) -> bool {
         self.in_flight.is_some()
