@@ -173,3 +173,17 @@ fn compaction_recycles_segments_and_a_second_open_is_locked_out() {
     assert!(report.first_index.get() <= first);
     check_entries(&log, report.first_index.get(), next - 1, 200);
 }
+
+#[test]
+fn the_log_can_move_to_its_storage_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Log>();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(dir.path(), options(SyncMode::IoUring)).unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut log = log;
+        log.append(&batch(1, 2, 1, 8)).unwrap();
+        log.wait_durable().unwrap()
+    });
+    assert_eq!(handle.join().unwrap(), LogIndex(2));
+}
