@@ -14,7 +14,6 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -49,8 +48,8 @@ pub struct Machine {
     pub data_dir_filesystem: String,
     /// Device and mount options of the mount holding `data_dir`, from `/proc/self/mounts`.
     pub data_dir_mount: String,
-    /// `git rev-parse --short HEAD` of the source tree (suffixed `-dirty` when tracked files
-    /// differ from it), or [`GIT_COMMIT_ENV`] when set.
+    /// `git rev-parse --short HEAD` of the source tree when this binary was built (suffixed
+    /// `-dirty` when tracked files differed from it), or [`GIT_COMMIT_ENV`] when set.
     pub git_commit: String,
 }
 
@@ -177,26 +176,9 @@ fn git_commit() -> Option<String> {
             return Some(commit);
         }
     }
-    // The source tree this binary was built from, wherever it is run from.
-    let tree = env!("CARGO_MANIFEST_DIR");
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(tree)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let commit = run(&["rev-parse", "--short", "HEAD"]).filter(|c| !c.is_empty())?;
-    let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|changes| !changes.is_empty());
-    Some(if dirty {
-        format!("{commit}-dirty")
-    } else {
-        commit
-    })
+    // Recorded by build.rs when this binary was built.
+    let commit = env!("LOCKSTEP_BUILD_COMMIT");
+    (!commit.is_empty()).then(|| commit.to_string())
 }
 
 /// Percentiles of a latency histogram, in microseconds.
