@@ -21,9 +21,6 @@ use lockstep::types::{LogIndex, Term};
 
 use super::phase::PhaseResult;
 
-/// How long the writer sleeps between polls when it may not append (a sync takes far longer).
-const IDLE_POLL: Duration = Duration::from_micros(20);
-
 /// The shape of the load.
 #[derive(Clone, Copy, Debug)]
 pub struct LogBenchConfig {
@@ -116,10 +113,10 @@ impl LogBench {
             "phase started with batches pending"
         );
         let mut result = PhaseResult::new();
+        let syncs_before = self.log.stats().syncs;
         let start = Instant::now();
         let deadline = start + duration;
         loop {
-            self.reap(&mut result)?;
             let appending = Instant::now() < deadline;
             if !appending && self.pending.is_empty() {
                 break;
@@ -127,13 +124,10 @@ impl LogBench {
             let pending_bytes = self.pending.len() as u64 * self.record_bytes;
             if appending && pending_bytes + self.record_bytes <= self.config.window_bytes {
                 self.append_one()?;
+                self.reap(&mut result, false)?;
             } else {
-                // At the window (or draining): nothing to do until the sync in flight
-                // completes. The log offers no "wait for the round in flight", only
-                // `wait_durable` (which would also sync everything appended since), so poll
-                // with short sleeps: spinning would take the CPU from the kernel worker doing
-                // the writeback on a small machine.
-                std::thread::sleep(IDLE_POLL);
+                // At the window (or draining): nothing to do until the sync in flight completes.
+                self.reap(&mut result, true)?;
             }
         }
         // The log's background work (zero-filling or pre-faulting spare segments) belongs to
@@ -141,6 +135,7 @@ impl LogBench {
         // that follow nor goes unpaid.
         self.log.wait_spares_ready();
         result.elapsed = start.elapsed();
+        result.syncs = self.log.stats().syncs - syncs_before;
         Ok(result)
     }
 
@@ -160,9 +155,7 @@ impl LogBench {
             .log
             .append(&batch)
             .map_err(|error| format!("append at {first_index}: {error}"))?;
-        self.log
-            .request_sync()
-            .map_err(|error| format!("request a sync: {error}"))?;
+        self.request_sync()?;
         self.pending.push_back(Pending {
             last_index,
             appended_at,
@@ -171,17 +164,24 @@ impl LogBench {
     }
 
     /// Counts the batches a completed sync made durable, and compacts the log behind them so
-    /// its segments are recycled.
-    fn reap(&mut self, result: &mut PhaseResult) -> Result<(), String> {
-        let Some(durable) = self
-            .log
-            .poll_durable()
-            .map_err(|error| format!("sync: {error}"))?
-        else {
-            return Ok(());
+    /// its segments are recycled. With `wait`, first blocks until the sync in flight completes.
+    fn reap(&mut self, result: &mut PhaseResult, wait: bool) -> Result<(), String> {
+        let sync_error = |error| format!("sync: {error}");
+        let durable = if wait && self.log.sync_in_flight() {
+            self.log.wait_in_flight().map_err(sync_error)?
+        } else {
+            match self.log.poll_durable().map_err(sync_error)? {
+                Some(durable) => durable,
+                None if wait => {
+                    // Nothing in flight although batches wait: make sure a round starts.
+                    self.request_sync()?;
+                    return Ok(());
+                }
+                None => return Ok(()),
+            }
         };
         let now = Instant::now();
-        result.syncs += 1;
+        let mut newly_durable = false;
         while self
             .pending
             .front()
@@ -193,16 +193,23 @@ impl LogBench {
                 self.record_bytes,
                 now - pending.appended_at,
             );
+            newly_durable = true;
         }
-        // A sync was requested after the last append; make sure it is on its way.
         if !self.pending.is_empty() {
-            self.log
-                .request_sync()
-                .map_err(|error| format!("request a sync: {error}"))?;
+            self.request_sync()?;
         }
+        if newly_durable {
+            self.log
+                .compact_to(durable)
+                .map_err(|error| format!("compact to {durable}: {error}"))?;
+        }
+        Ok(())
+    }
+
+    fn request_sync(&mut self) -> Result<(), String> {
         self.log
-            .compact_to(durable)
-            .map_err(|error| format!("compact to {durable}: {error}"))
+            .request_sync()
+            .map_err(|error| format!("request a sync: {error}"))
     }
 
     /// Makes everything durable and closes the log.
