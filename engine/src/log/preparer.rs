@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 
 use memmap2::MmapMut;
 
-use crate::log::segment::{create_zeroed, map_segment, prefault, spare_name, SEGMENT_HEADER_BYTES};
+use crate::log::segment::{
+    create_zeroed, map_segment, prefault, rezero, spare_name, SEGMENT_HEADER_BYTES,
+};
 
 /// A ready spare segment file, mapped.
 pub(crate) struct Spare {
@@ -160,12 +162,22 @@ fn prepare_loop(shared: &Shared) {
     loop {
         let id = {
             let mut state = shared.lock();
-            while !state.shutdown && (state.ready.len() >= shared.spares || state.failure.is_some())
-            {
+            loop {
+                if state.shutdown {
+                    return;
+                }
+                if let Some(spare) = state.unfaulted.pop_front() {
+                    drop(state);
+                    refresh(shared, &spare);
+                    state = shared.lock();
+                    state.ready.push_back(spare);
+                    shared.changed.notify_all();
+                    continue;
+                }
+                if state.ready.len() < shared.spares && state.failure.is_none() {
+                    break;
+                }
                 state = shared.changed.wait(state).expect("preparer state poisoned");
-            }
-            if state.shutdown {
-                return;
             }
             state.next_id += 1;
             state.next_id - 1
@@ -181,6 +193,19 @@ fn prepare_loop(shared: &Shared) {
         }
         shared.changed.notify_all();
     }
+}
+
+/// Readies a recycled (or found) spare: re-zeroed through the page cache, then pre-faulted.
+fn refresh(shared: &Shared, spare: &Spare) {
+    if shared.prefault_write {
+        // Best effort: if this fails, appends into the spare merely take page faults.
+        let _ = rezero(
+            &spare.file,
+            SEGMENT_HEADER_BYTES as u64,
+            spare.map.len() as u64,
+        );
+    }
+    prefault(&spare.map, SEGMENT_HEADER_BYTES, shared.prefault_write);
 }
 
 fn prepare_one(shared: &Shared, id: u64) -> io::Result<Spare> {
@@ -201,4 +226,32 @@ fn prepare_one(shared: &Shared, id: u64) -> io::Result<Spare> {
         file: Arc::new(file),
         map,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_spares_are_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let preparer = Preparer::start(dir.path().to_path_buf(), 8192, 1, Vec::new(), 0, true);
+        let fresh = preparer.take().unwrap();
+        assert!(fresh.map[SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0));
+        let recycled_path = dir.path().join(spare_name(77));
+        std::fs::rename(&fresh.path, &recycled_path).unwrap();
+        let mut map = fresh.map;
+        map[100] = 9; // a stale byte, cleared when the spare is readied again
+        preparer.give_back(Spare {
+            path: recycled_path.clone(),
+            file: fresh.file,
+            map,
+        });
+        let taken = [preparer.take().unwrap(), preparer.take().unwrap()];
+        let again = taken
+            .iter()
+            .find(|spare| spare.path == recycled_path)
+            .expect("the recycled spare comes back");
+        assert_eq!(again.map[100], 0);
+    }
 }
