@@ -2,7 +2,7 @@
 //! reads, segment switching, truncation, compaction and recycling, reopen, both sync mechanisms.
 
 use lockstep::batch::{Batch, BatchBuilder, BatchKind};
-use lockstep::log::{HardState, Log, LogError, LogOptions, SyncMode};
+use lockstep::log::{AppendMode, HardState, Log, LogError, LogOptions, SyncMode};
 use lockstep::types::{LogIndex, NodeId, Term};
 
 fn options(mode: SyncMode) -> LogOptions {
@@ -10,6 +10,7 @@ fn options(mode: SyncMode) -> LogOptions {
         segment_bytes: 16 << 10,
         spare_segments: 1,
         sync_mode: mode,
+        ..LogOptions::default()
     }
 }
 
@@ -85,6 +86,30 @@ fn append_sync_reopen_io_uring() {
 #[test]
 fn append_sync_reopen_fdatasync_fallback() {
     append_sync_reopen(SyncMode::Fdatasync);
+}
+
+#[test]
+fn pwrite_appends_write_the_same_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwrite = LogOptions {
+        append_mode: AppendMode::Pwrite,
+        ..options(SyncMode::IoUring)
+    };
+    let (mut log, _) = Log::open(dir.path(), pwrite.clone()).unwrap();
+    let mut next = 1;
+    for _ in 0..60 {
+        log.append(&batch(next, 3, 1, 150)).unwrap();
+        next += 3;
+    }
+    log.wait_durable().unwrap();
+    check_entries(&log, 1, next - 1, 150);
+    drop(log);
+    let (mut log, report) = Log::open(dir.path(), options(SyncMode::IoUring)).unwrap();
+    assert_eq!(report.torn_tail, None);
+    check_entries(&log, 1, next - 1, 150);
+    log.append(&batch(next, 3, 1, 150)).unwrap();
+    log.wait_durable().unwrap();
+    check_entries(&log, 1, next + 2, 150);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use lockstep::batch::{BatchBuilder, BatchKind};
 use lockstep::log::inspect::inspect;
 use lockstep::log::record::stored_bytes;
 use lockstep::log::segment::parse_live_name;
-use lockstep::log::{Log, LogError, LogOptions, SyncMode};
+use lockstep::log::{AppendMode, Log, LogError, LogOptions, SyncMode};
 use lockstep::types::{LogIndex, Term};
 use proptest::prelude::*;
 
@@ -25,6 +25,7 @@ fn options() -> LogOptions {
         segment_bytes: SEGMENT_BYTES,
         spare_segments: 1,
         sync_mode: SyncMode::IoUring,
+        append_mode: AppendMode::Mmap,
     }
 }
 
@@ -52,7 +53,20 @@ struct Built {
 /// batches that are never synced, and closes the log.
 fn build(batches: &[(u8, u8, bool)], tail: &[(u8, u8)]) -> Built {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+    // Both append paths write the same bytes; alternate between them.
+    let append_mode = if batches.len() % 2 == 0 {
+        AppendMode::Mmap
+    } else {
+        AppendMode::Pwrite
+    };
+    let (mut log, _) = Log::open(
+        dir.path(),
+        LogOptions {
+            append_mode,
+            ..options()
+        },
+    )
+    .unwrap();
     let mut entries = Vec::new();
     let mut append = |log: &mut Log, count: u8, size: u8| {
         let first = entries.len() as u64 + 1;

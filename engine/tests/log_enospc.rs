@@ -46,6 +46,7 @@ fn disk_full_is_a_clear_error_and_durable_data_stays_readable() {
         segment_bytes: 64 << 10,
         spare_segments: 1,
         sync_mode: SyncMode::IoUring,
+        ..LogOptions::default()
     };
     let (mut log, _) = Log::open(&dir, options.clone()).unwrap();
     let mut next = 1;

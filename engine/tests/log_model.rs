@@ -5,7 +5,7 @@
 //! `LOCKSTEP_LOG_CASES` sets the number of cases (default 24).
 
 use lockstep::batch::{BatchBuilder, BatchKind};
-use lockstep::log::{Log, LogOptions, SyncMode};
+use lockstep::log::{AppendMode, Log, LogOptions, SyncMode};
 use lockstep::types::{LogIndex, Term};
 use proptest::prelude::*;
 
@@ -74,12 +74,13 @@ fn check(log: &Log, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(ops: Vec<Op>, mode: SyncMode) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, mode: SyncMode, append_mode: AppendMode) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {
         segment_bytes: 8192,
         spare_segments: 1,
         sync_mode: mode,
+        append_mode,
     };
     let (mut log, _) = Log::open(dir.path(), options.clone()).unwrap();
     let mut model = Model {
@@ -139,11 +140,16 @@ proptest! {
 
     #[test]
     fn log_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
-        run(ops, SyncMode::IoUring)?;
+        run(ops, SyncMode::IoUring, AppendMode::Mmap)?;
+    }
+
+    #[test]
+    fn log_matches_the_model_with_pwrite_appends(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, SyncMode::IoUring, AppendMode::Pwrite)?;
     }
 
     #[test]
     fn log_matches_the_model_with_the_fallback_syncer(ops in proptest::collection::vec(op(), 1..40)) {
-        run(ops, SyncMode::Fdatasync)?;
+        run(ops, SyncMode::Fdatasync, AppendMode::Mmap)?;
     }
 }

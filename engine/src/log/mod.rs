@@ -43,7 +43,9 @@ pub mod recovery;
 pub mod segment;
 mod sync;
 
-pub use durable_log::{BatchView, Log, LogOptions, LogStats, OpenReport, Read, TornTailReport};
+pub use durable_log::{
+    AppendMode, BatchView, Log, LogOptions, LogStats, OpenReport, Read, TornTailReport,
+};
 pub use error::LogError;
 pub use hard_state::HardState;
 pub use sync::SyncMode;

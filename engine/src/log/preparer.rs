@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use memmap2::MmapMut;
 
 use crate::log::segment::{
-    create_zeroed, map_segment, prefault, rezero, spare_name, SEGMENT_HEADER_BYTES,
+    create_zeroed, map_segment, prefault, rezero, spare_name, Prefault, SEGMENT_HEADER_BYTES,
 };
 
 /// A ready spare segment file, mapped.
@@ -42,7 +42,7 @@ struct Shared {
     dir: PathBuf,
     segment_bytes: u64,
     spares: usize,
-    prefault_write: bool,
+    prefault: Prefault,
 }
 
 impl Shared {
@@ -59,14 +59,14 @@ pub(crate) struct Preparer {
 
 impl Preparer {
     /// Starts the thread with the spares found on open; new ones get ids from `next_id`.
-    /// `prefault_write` selects writable pre-faulting (only when syncs cover written ranges).
+    /// `prefault` says how spares are readied.
     pub fn start(
         dir: PathBuf,
         segment_bytes: u64,
         spares: usize,
         existing: Vec<Spare>,
         next_id: u64,
-        prefault_write: bool,
+        prefault: Prefault,
     ) -> Preparer {
         assert!(spares >= 1, "at least one spare must be kept ready");
         let shared = Arc::new(Shared {
@@ -81,7 +81,7 @@ impl Preparer {
             dir,
             segment_bytes,
             spares,
-            prefault_write,
+            prefault,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -197,7 +197,7 @@ fn prepare_loop(shared: &Shared) {
 
 /// Readies a recycled (or found) spare: re-zeroed through the page cache, then pre-faulted.
 fn refresh(shared: &Shared, spare: &Spare) {
-    if shared.prefault_write {
+    if shared.prefault == Prefault::Write {
         // Best effort: if this fails, appends into the spare merely take page faults.
         let _ = rezero(
             &spare.file,
@@ -205,7 +205,7 @@ fn refresh(shared: &Shared, spare: &Spare) {
             spare.map.len() as u64,
         );
     }
-    prefault(&spare.map, SEGMENT_HEADER_BYTES, shared.prefault_write);
+    prefault(&spare.map, SEGMENT_HEADER_BYTES, shared.prefault);
 }
 
 fn prepare_one(shared: &Shared, id: u64) -> io::Result<Spare> {
@@ -220,7 +220,7 @@ fn prepare_one(shared: &Shared, id: u64) -> io::Result<Spare> {
     let path = shared.dir.join(spare_name(id));
     std::fs::rename(&temporary, &path)?;
     let map = map_segment(&file)?;
-    prefault(&map, SEGMENT_HEADER_BYTES, shared.prefault_write);
+    prefault(&map, SEGMENT_HEADER_BYTES, shared.prefault);
     Ok(Spare {
         path,
         file: Arc::new(file),
@@ -235,7 +235,14 @@ mod tests {
     #[test]
     fn recycled_spares_are_handed_out_again() {
         let dir = tempfile::tempdir().unwrap();
-        let preparer = Preparer::start(dir.path().to_path_buf(), 8192, 1, Vec::new(), 0, true);
+        let preparer = Preparer::start(
+            dir.path().to_path_buf(),
+            8192,
+            1,
+            Vec::new(),
+            0,
+            Prefault::Write,
+        );
         let fresh = preparer.take().unwrap();
         assert!(fresh.map[SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0));
         let recycled_path = dir.path().join(spare_name(77));

@@ -149,23 +149,31 @@ pub fn map_segment(file: &File) -> io::Result<MmapMut> {
     unsafe { MmapOptions::new().map_mut(file) }
 }
 
-/// Pre-faults `map[from..]` so later copies into it take no page fault.
-///
-/// With `write`, pages are faulted in writable (`MADV_POPULATE_WRITE`): the filesystem's
-/// page_mkwrite work happens here instead of in the appends. That dirties the pages (with their
-/// unchanged contents), which is harmless only when syncs cover just the written range, hence
-/// the flag. Without it, pages are only brought in and mapped (`MADV_POPULATE_READ`). Best
-/// effort: kernels before 5.14 lack both, and pages then fault on first touch.
-pub fn prefault(map: &MmapMut, from: usize, write: bool) {
-    if from >= map.len() {
-        return;
-    }
-    let advice = if write {
-        Advice::PopulateWrite
-    } else {
-        Advice::PopulateRead
+/// How spare segments are readied for appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefault {
+    /// Fault pages in writable (`MADV_POPULATE_WRITE`), after re-zeroing recycled segments
+    /// through the page cache: the filesystem's page_mkwrite work happens off the hot path.
+    /// That dirties pages (with zeros), which is harmless only when syncs cover just the
+    /// written range.
+    Write,
+    /// Only bring pages in and map them (`MADV_POPULATE_READ`).
+    Read,
+    /// Nothing (appends do not go through the mapping).
+    Skip,
+}
+
+/// Pre-faults `map[from..]` as `mode` says. Best effort: kernels before 5.14 lack the advice,
+/// and pages then fault on first touch.
+pub fn prefault(map: &MmapMut, from: usize, mode: Prefault) {
+    let advice = match mode {
+        Prefault::Write => Advice::PopulateWrite,
+        Prefault::Read => Advice::PopulateRead,
+        Prefault::Skip => return,
     };
-    let _ = map.advise_range(advice, from, map.len() - from);
+    if from < map.len() {
+        let _ = map.advise_range(advice, from, map.len() - from);
+    }
 }
 
 /// A live segment: its file, its mapping and where it sits in the sequence.
