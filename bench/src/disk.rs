@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use lockstep::log::AppendMode;
 use serde::Serialize;
 
 use crate::report::{median, now_utc, round_to, Describe, LatencyUs, Machine, Report};
@@ -55,9 +56,30 @@ pub struct Args {
     /// Bytes of each log segment file (and of the baseline file).
     #[arg(long, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
+    /// How the log writes appended records into its segments.
+    #[arg(long, value_enum, default_value_t = AppendModeArg::Mmap)]
+    pub append_mode: AppendModeArg,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// `--append-mode`: the log's [`lockstep::log::AppendMode`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendModeArg {
+    /// Copy into the shared mapping.
+    Mmap,
+    /// `pwritev` into the page cache; the mapping is only read.
+    Pwrite,
+}
+
+impl AppendModeArg {
+    fn mode(self) -> AppendMode {
+        match self {
+            AppendModeArg::Mmap => AppendMode::Mmap,
+            AppendModeArg::Pwrite => AppendMode::Pwrite,
+        }
+    }
 }
 
 /// Runs the benchmark.
@@ -136,6 +158,7 @@ fn run_rounds(
             entries_per_batch: config.entries_per_batch,
             window_bytes: config.window_bytes,
             segment_bytes: config.segment_bytes,
+            append_mode: config.append_mode,
         },
     )?;
     config.record_bytes_per_batch = log.record_bytes_per_batch();
@@ -219,8 +242,18 @@ pub struct DiskConfig {
     pub rounds: u32,
     /// Timed seconds of each phase in each round.
     pub seconds_per_phase_per_round: f64,
+    /// How the log writes records into segments (`Mmap` or `Pwrite`).
+    #[serde(serialize_with = "serialize_debug")]
+    pub append_mode: AppendMode,
     /// How the log makes writes durable (as the log reports it).
     pub durability: String,
+}
+
+fn serialize_debug<T: std::fmt::Debug, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{value:?}"))
 }
 
 impl DiskConfig {
@@ -258,6 +291,7 @@ impl DiskConfig {
             segment_bytes: args.segment_bytes,
             rounds: args.rounds,
             seconds_per_phase_per_round: args.seconds / f64::from(args.rounds),
+            append_mode: args.append_mode.mode(),
             durability: String::new(),
         })
     }
@@ -281,6 +315,7 @@ impl Describe for DiskConfig {
                 format!("{} B appended, not durable", self.window_bytes),
             ),
             ("segment".into(), format!("{} B", self.segment_bytes)),
+            ("append mode".into(), format!("{:?}", self.append_mode)),
             (
                 "rounds".into(),
                 format!(

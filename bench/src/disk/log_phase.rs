@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use lockstep::batch::{BatchBuilder, BatchKind, ENTRY_PREFIX_BYTES};
 use lockstep::log::record::stored_bytes;
-use lockstep::log::{Log, LogOptions, LogStats};
+use lockstep::log::{AppendMode, Log, LogOptions, LogStats};
 use lockstep::types::{LogIndex, Term};
 
 use super::phase::PhaseResult;
@@ -32,6 +32,8 @@ pub struct LogBenchConfig {
     pub window_bytes: u64,
     /// Bytes of each segment file.
     pub segment_bytes: u64,
+    /// How the log writes records into segments.
+    pub append_mode: AppendMode,
 }
 
 /// A batch appended but not yet durable.
@@ -57,6 +59,7 @@ impl LogBench {
     pub fn open(dir: &Path, config: LogBenchConfig) -> Result<LogBench, String> {
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
+            append_mode: config.append_mode,
             ..LogOptions::default()
         };
         let (log, _report) = Log::open(dir, options)
