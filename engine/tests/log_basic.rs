@@ -212,3 +212,20 @@ fn the_log_can_move_to_its_storage_thread() {
     });
     assert_eq!(handle.join().unwrap(), LogIndex(2));
 }
+
+#[test]
+fn seal_writes_one_witness_and_reopens_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), options(SyncMode::IoUring)).unwrap();
+    log.append(&batch(1, 2, 1, 8)).unwrap();
+    log.wait_durable().unwrap();
+    log.seal().unwrap();
+    log.seal().unwrap();
+    assert_eq!(log.stats().seals, 1);
+    log.append(&batch(3, 2, 1, 8)).unwrap();
+    assert_eq!(log.close().unwrap(), LogIndex(4));
+    let (log, report) = Log::open(dir.path(), options(SyncMode::IoUring)).unwrap();
+    assert_eq!(report.torn_tail, None);
+    assert_eq!(report.last_index, LogIndex(4));
+    check_entries(&log, 1, 4, 8);
+}

@@ -305,3 +305,27 @@ fn a_flip_in_a_durable_record_is_refused_with_file_offset_and_index() {
         Ok(_) => panic!("expected corruption, the log opened"),
     }
 }
+
+#[test]
+fn after_a_clean_close_damage_to_the_last_record_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+    let mut builder = BatchBuilder::default();
+    builder.push(&[7u8; 100]);
+    log.append(&builder.finish(Term(1), LogIndex(1), BatchKind::Normal))
+        .unwrap();
+    assert_eq!(log.close().unwrap(), LogIndex(1));
+    let inspection = inspect(dir.path()).unwrap();
+    assert_eq!(inspection.recovered.torn, None);
+    let last = *inspection.recovered.spans.back().unwrap();
+    let path = inspection.segments[0].path.clone();
+    drop(inspection);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[last.offset as usize + 64 + 50] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    match Log::open(dir.path(), options()) {
+        Err(LogError::Corrupt { index, .. }) => assert_eq!(index, LogIndex(1)),
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("the only durable entry was silently cut"),
+    }
+}

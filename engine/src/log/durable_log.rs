@@ -91,6 +91,8 @@ pub struct LogStats {
     pub segments_recycled: u64,
     /// Truncation markers written.
     pub truncations: u64,
+    /// Witness records written by [`Log::seal`].
+    pub seals: u64,
 }
 
 impl LogStats {
@@ -262,6 +264,9 @@ pub struct Log {
     unsynced_entries: u64,
     unsynced_bytes: u64,
     poisoned: Option<i32>,
+    /// Seq of the last witness written while every record before it was durable (see
+    /// [`Log::seal`]).
+    sealed_seq: Option<u64>,
     preparer: Preparer,
     hard_state: HardStateFile,
     stats: LogStats,
@@ -539,6 +544,7 @@ impl Log {
             unsynced_entries: 0,
             unsynced_bytes: 0,
             poisoned: None,
+            sealed_seq: None,
             preparer,
             hard_state,
             stats: LogStats::default(),
@@ -721,7 +727,7 @@ impl Log {
                 self.stats.appends += 1;
                 self.stats.entries_appended += header.entry_count as u64;
             }
-            RecordKind::Truncate => self.stats.truncations += 1,
+            RecordKind::Truncate => {}
         }
         Ok(())
     }
@@ -792,6 +798,7 @@ impl Log {
         }
         let header = truncate_header(from, Default::default());
         self.write_record(header, &[])?;
+        self.stats.truncations += 1;
         void_from(&mut self.spans, from);
         self.next_index = from;
         self.last_term = self.spans.back().map_or(Term::ZERO, |span| span.term);
@@ -800,6 +807,35 @@ impl Log {
             round.index = round.index.min(from.prev());
         }
         Ok(())
+    }
+
+    /// Appends a witness: an empty truncation marker (voiding nothing) whose `synced_seq`
+    /// vouches that every record up to the last completed sync was durable. Recovery can then
+    /// tell damage to those records from a torn tail even when nothing else is appended after
+    /// them (see `docs/FORMATS.md`). Call it when the log goes idle after a sync completed, then
+    /// request a sync; [`Log::close`] does both. A no-op when the last record is already a
+    /// witness of the current durable state.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        self.check_usable()?;
+        if self.sealed_seq == Some(self.next_seq - 1) {
+            return Ok(());
+        }
+        let vouches_for_all = self.durable_seq == self.next_seq - 1;
+        let header = truncate_header(self.next_index, Default::default());
+        self.write_record(header, &[])?;
+        if vouches_for_all {
+            self.sealed_seq = Some(self.next_seq - 1);
+        }
+        self.stats.seals += 1;
+        Ok(())
+    }
+
+    /// Closes the log cleanly: makes everything durable, appends a witness and makes it durable
+    /// too, so no durable record is left unprotected. Returns the durable index.
+    pub fn close(mut self) -> Result<LogIndex, LogError> {
+        self.wait_durable()?;
+        self.seal()?;
+        self.wait_durable()
     }
 
     /// Drops entries up to `up_to` from the front. Whole records go; a segment is recycled (made

@@ -125,6 +125,9 @@ pub struct Recovered {
 }
 
 struct Chain {
+    /// The index reported for damage before the first record: 1 for a log that starts at the
+    /// very first record ever written, unknown (0) after compaction.
+    start_index: LogIndex,
     prev_crc: Option<u32>,
     next_index: Option<LogIndex>,
     last_term: Term,
@@ -335,6 +338,7 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
         }
     }
     let mut chain = Chain {
+        start_index: LogIndex(u64::from(first.first_seq == 1)),
         prev_crc: None,
         next_index: None,
         last_term: Term::ZERO,
@@ -472,7 +476,7 @@ fn corrupt(chain: &Chain, segment: usize, offset: usize, reason: String) -> Corr
     CorruptAt {
         segment,
         offset,
-        index: chain.next_index.unwrap_or(LogIndex::ZERO),
+        index: chain.next_index.unwrap_or(chain.start_index),
         reason,
     }
 }
