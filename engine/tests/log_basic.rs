@@ -154,6 +154,12 @@ fn follower_path_appends_verified_records() {
     for view in leader.read(LogIndex(1), LogIndex(6)).unwrap() {
         let record = view.record.unwrap();
         follower.append_record(record).unwrap();
+        let mut two = record.to_vec();
+        two.extend_from_slice(record);
+        assert!(matches!(
+            follower.append_record(&two),
+            Err(LogError::BadRecord(_))
+        ));
         let mut damaged = record.to_vec();
         damaged[70] ^= 1;
         assert!(matches!(

@@ -245,7 +245,6 @@ struct Round {
 pub struct Log {
     dir: PathBuf,
     dir_file: Arc<File>,
-    _lock: File,
     options: LogOptions,
     segments: VecDeque<Segment>,
     spans: VecDeque<RecordSpan>,
@@ -270,6 +269,9 @@ pub struct Log {
     preparer: Preparer,
     hard_state: HardStateFile,
     stats: LogStats,
+    /// Held until everything else (the preparer and sync threads included) is gone: fields drop
+    /// in declaration order.
+    _lock: File,
 }
 
 fn lock_dir(dir: &Path) -> Result<File, LogError> {
@@ -643,6 +645,13 @@ impl Log {
     pub fn append_record(&mut self, record: &[u8]) -> Result<LogIndex, LogError> {
         self.check_usable()?;
         let view = verify_wire_record(record).map_err(LogError::BadRecord)?;
+        if view.bytes.len() != record.len() {
+            return Err(LogError::BadRecord(
+                crate::log::record::RecordError::BadShape {
+                    what: "bytes after the record",
+                },
+            ));
+        }
         let header = view.header;
         if header.kind == RecordKind::Truncate {
             return Err(LogError::BadRecord(

@@ -16,7 +16,8 @@
 //! order), so it is a torn tail and is cut. Stale records (seq not above the last good one) are
 //! never taken as evidence, so recycled segments and truncated suffixes are harmless. Limit:
 //! damage to durable records that no later record witnesses (the last ones written before the
-//! log went idle) looks exactly like a torn write and is cut; see `docs/FORMATS.md`.
+//! log went idle) looks exactly like a torn write and is cut, unless `Log::seal` wrote a witness
+//! after them; see `docs/FORMATS.md`.
 
 use std::collections::VecDeque;
 
@@ -214,14 +215,13 @@ impl Chain {
                         h.first_index
                     ))
                 }
-                RecordKind::Truncate => {
-                    let first = self.spans.front().map_or(next, |span| span.first_index);
-                    if h.first_index < first || h.first_index > next {
-                        return Step::Fatal(format!(
-                            "truncation from {} outside the log {first}..{next}",
-                            h.first_index
-                        ));
-                    }
+                // A marker may void from below the first record read: compaction can recycle
+                // the segments before records that a later marker voided.
+                RecordKind::Truncate if h.first_index > next => {
+                    return Step::Fatal(format!(
+                        "truncation from {} beyond the end of the log ({next})",
+                        h.first_index
+                    ))
                 }
                 _ => {}
             }
@@ -679,6 +679,22 @@ mod tests {
         assert_eq!(rec.next_index, LogIndex(4));
         assert_eq!(rec.spans.len(), 2);
         assert_eq!(rec.torn.unwrap().newer_records_discarded, 0);
+    }
+
+    #[test]
+    fn a_marker_may_void_from_below_the_first_record_left_by_compaction() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 3, 1));
+        w.new_segment();
+        w.append(&batch(4, 3, 1));
+        w.truncate(2);
+        w.append(&batch(2, 2, 2));
+        // Compaction recycled the first segment: the log now starts at the voided record 4..6.
+        let rec = recover(&w.input()[1..]).unwrap();
+        assert_eq!(rec.next_index, LogIndex(4));
+        assert_eq!(rec.spans.len(), 1);
+        assert_eq!(rec.spans[0].first_index, LogIndex(2));
+        assert_eq!(rec.torn, None);
     }
 
     #[test]
