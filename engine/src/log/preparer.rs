@@ -135,10 +135,13 @@ impl Preparer {
         state.next_id - 1
     }
 
-    /// Whether a recycled segment should be kept as a spare (rather than deleted).
+    /// Whether a recycled segment should be kept as a spare (rather than deleted). One more
+    /// than `spares` is kept: the preparer replaces a taken spare at once, before the segment
+    /// that compaction will free is free, and deleting that one would make every activation
+    /// cost a zero-fill. With one extra, the steady state reuses segments only.
     pub fn wants_spare(&self) -> bool {
         let state = self.shared.lock();
-        state.ready.len() + state.unfaulted.len() < self.shared.spares
+        state.ready.len() + state.unfaulted.len() <= self.shared.spares
     }
 
     /// Hands back a recycled segment, already renamed to a spare name.
@@ -174,7 +177,8 @@ fn prepare_loop(shared: &Shared) {
                     shared.changed.notify_all();
                     continue;
                 }
-                if state.ready.len() < shared.spares && state.failure.is_none() {
+                let spares = state.ready.len() + state.unfaulted.len();
+                if spares < shared.spares && state.failure.is_none() {
                     break;
                 }
                 state = shared.changed.wait(state).expect("preparer state poisoned");
