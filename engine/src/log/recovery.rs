@@ -22,9 +22,7 @@
 use std::collections::VecDeque;
 
 use crate::batch::BatchKind;
-use crate::log::record::{
-    stored_bytes, verify_record, RecordError, RecordKind, RecordView, RECORD_ALIGN,
-};
+use crate::log::record::{verify_record, RecordError, RecordKind, RecordView, RECORD_ALIGN};
 use crate::log::record::{RECORD_HEADER_BYTES, RECORD_MAGIC};
 use crate::log::segment::{check_segment_header, SEGMENT_HEADER_BYTES};
 use crate::types::{LogIndex, Term};
@@ -479,11 +477,6 @@ fn corrupt(chain: &Chain, segment: usize, offset: usize, reason: String) -> Corr
         index: chain.next_index.unwrap_or(chain.start_index),
         reason,
     }
-}
-
-/// The stored bytes of a span's record within its segment.
-pub fn span_record_bytes(span: &RecordSpan) -> usize {
-    stored_bytes(span.payload_bytes as usize)
 }
 
 #[cfg(test)]
