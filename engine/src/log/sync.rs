@@ -160,7 +160,11 @@ impl Syncer {
                     match ring.submit() {
                         Ok(_) => return Ok(()),
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(err) => return Err(err.raw_os_error().unwrap_or(libc::EIO)),
+                        Err(err) => {
+                            // Nothing will complete: the caller poisons the log.
+                            *pending = 0;
+                            return Err(err.raw_os_error().unwrap_or(libc::EIO));
+                        }
                     }
                 }
             }
