@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod core;
 mod disk;
+mod report;
 
 #[derive(Parser)]
 #[command(name = "lockstep-bench", version, about = "Benchmarks lockstep")]

@@ -1,2 +1,51 @@
 //! The durable log: preallocated, mmap'd segment files of CRC-chained records, made durable by
-//! io_uring fdatasync with group commit. (Being built: see issue 2.)
+//! io_uring fdatasync with group commit.
+//!
+//! - [`record`]: one record per [`Batch`](crate::batch::Batch); pure encode / decode / verify.
+//! - [`recovery`]: the pure scan that turns segment bytes into the log, a torn tail to cut, or a
+//!   corruption error naming file, offset and index.
+//! - [`segment`]: segment files (zero-filled, full size before they get a name) and their names.
+//! - `preparer`: a background thread keeping one (or more) spare segments ready, zero-filled and
+//!   mapped, and reusing compacted segments.
+//! - `sync`: sync rounds through io_uring (or fdatasync on a helper thread as the fallback).
+//! - [`hard_state`]: term and vote in a two-slot checksummed file.
+//! - [`Log`] (in `durable_log`): the type the storage thread owns.
+//! - [`inspect`]: read-only verification and listing, for `lockstep log`.
+//!
+//! Usage, in short:
+//! ```no_run
+//! use lockstep::batch::{BatchBuilder, BatchKind};
+//! use lockstep::log::{Log, LogOptions};
+//! use lockstep::types::{LogIndex, Term};
+//!
+//! let (mut log, report) = Log::open("/tmp/lockstep-log".as_ref(), LogOptions::default())?;
+//! let mut builder = BatchBuilder::default();
+//! builder.push(b"hello");
+//! let batch = builder.finish(Term(1), report.last_index.next(), BatchKind::Normal);
+//! log.append(&batch)?;          // copied into the mapping, not yet durable
+//! log.request_sync()?;          // starts a sync round (group commit) without blocking
+//! while log.poll_durable()?.is_none() { /* do other work */ }
+//! for (index, entry) in log.entries(batch.first_index(), batch.last_index())? {
+//!     println!("{index}: {entry:?}");
+//! }
+//! # Ok::<(), lockstep::log::LogError>(())
+//! ```
+//!
+//! Byte layouts, kernel and filesystem assumptions and the crash analysis: `docs/FORMATS.md`.
+
+mod durable_log;
+mod error;
+pub mod hard_state;
+pub mod inspect;
+mod preparer;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+mod sync;
+
+pub use durable_log::{
+    AppendMode, BatchView, Log, LogOptions, LogStats, OpenReport, Read, TornTailReport,
+};
+pub use error::LogError;
+pub use hard_state::HardState;
+pub use sync::SyncMode;

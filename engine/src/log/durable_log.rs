@@ -1,0 +1,1136 @@
+//! [`Log`]: the durable log a single storage thread owns.
+//!
+//! It owns the live segments (mapped), the in-memory index of records, the sync engine, the
+//! spare preparer and the hard-state file. Appends copy a record into the mapping and return;
+//! [`Log::request_sync`] starts a sync round if none is in flight (group commit: the next round
+//! covers everything appended meanwhile), and [`Log::poll_durable`] / [`Log::wait_durable`] reap
+//! it. A failed sync poisons the log for good. See the module docs of [`crate::log`] for the
+//! big picture and `docs/FORMATS.md` for the bytes.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{Batch, BatchKind, ENTRY_PREFIX_BYTES};
+use crate::log::error::LogError;
+use crate::log::hard_state::{HardState, HardStateFile};
+use crate::log::preparer::{Preparer, Spare};
+use crate::log::record::{
+    batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, RecordHeader,
+    RecordKind, RECORD_HEADER_BYTES,
+};
+use crate::log::recovery::{recover, void_from, RecordSpan, SegmentBytes};
+use crate::log::segment::{
+    live_name, map_segment, parse_live_name, parse_spare_name, prefault, spare_name, sync_dir,
+    Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+};
+use crate::log::sync::{SyncMode, SyncTarget, Syncer};
+use crate::types::{LogIndex, Term};
+
+/// Name of the lock file that keeps two `Log`s off one directory.
+const LOCK_FILE: &str = "lock";
+
+/// How a log is laid out and made durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Size of each segment file (default 64 MiB; at least 4 KiB, a multiple of 4 KiB).
+    pub segment_bytes: u64,
+    /// Spare segments kept ready ahead of need (default 1, at least 1).
+    pub spare_segments: usize,
+    /// How syncs are issued (default io_uring, falling back to fdatasync).
+    pub sync_mode: SyncMode,
+    /// How records reach the segment (default: copies into the mapping).
+    pub append_mode: AppendMode,
+}
+
+/// How appended records reach the segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AppendMode {
+    /// Copy into the shared mapping (the design default). Pages are pre-faulted writable by the
+    /// preparer, so appends take no page fault; writeback of mapped pages costs the kernel a
+    /// TLB shootdown per page.
+    #[default]
+    Mmap,
+    /// `pwritev` of header and payload into the page cache; the mapping is only read. Same
+    /// format, same durability; no faults and no shootdowns, one syscall per record.
+    Pwrite,
+}
+
+impl Default for LogOptions {
+    fn default() -> LogOptions {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            spare_segments: 1,
+            sync_mode: SyncMode::IoUring,
+            append_mode: AppendMode::Mmap,
+        }
+    }
+}
+
+/// Counters since open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batch records appended (both paths).
+    pub appends: u64,
+    /// Entries appended.
+    pub entries_appended: u64,
+    /// Record bytes appended (headers and payloads).
+    pub bytes_appended: u64,
+    /// Sync rounds completed.
+    pub syncs: u64,
+    /// Entries made durable by those rounds.
+    pub entries_synced: u64,
+    /// Record bytes made durable by those rounds.
+    pub bytes_synced: u64,
+    /// Spare segments turned live.
+    pub segments_activated: u64,
+    /// Compacted segments recycled into spares (or deleted when enough spares exist).
+    pub segments_recycled: u64,
+    /// Truncation markers written.
+    pub truncations: u64,
+    /// Witness records written by [`Log::seal`].
+    pub seals: u64,
+}
+
+impl LogStats {
+    /// Mean entries per completed sync round (0 before the first).
+    pub fn entries_per_sync(&self) -> f64 {
+        self.entries_synced as f64 / self.syncs.max(1) as f64
+    }
+
+    /// Mean record bytes per completed sync round (0 before the first).
+    pub fn bytes_per_sync(&self) -> f64 {
+        self.bytes_synced as f64 / self.syncs.max(1) as f64
+    }
+}
+
+/// A torn tail that open cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTailReport {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the log now ends.
+    pub offset: u64,
+    /// The index the next entry gets.
+    pub index: LogIndex,
+    /// What was found there.
+    pub reason: String,
+    /// Valid but never-durable records found past the cut and discarded.
+    pub newer_records_discarded: u64,
+}
+
+/// What [`Log::open`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    /// First index held (equals `last_index + 1` when empty).
+    pub first_index: LogIndex,
+    /// Last index held (0 when the log never held anything).
+    pub last_index: LogIndex,
+    /// Records verified (batches and truncation markers).
+    pub records: u64,
+    /// Set when a torn tail was cut.
+    pub torn_tail: Option<TornTailReport>,
+    /// Segments past the tail that held nothing durable and were recycled.
+    pub segments_discarded: usize,
+    /// `"io_uring"` or `"fdatasync"`.
+    pub sync_mechanism: &'static str,
+    /// The term and vote read from the hard-state file.
+    pub hard_state: HardState,
+}
+
+/// A batch (or the part of one inside a requested range) borrowed from the log's mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchView<'a> {
+    /// Term of the entries.
+    pub term: Term,
+    /// Kind of the batch.
+    pub kind: BatchKind,
+    /// Index of the first entry in this view.
+    pub first_index: LogIndex,
+    /// Entries in this view.
+    pub entry_count: u32,
+    /// The entries, encoded as in a [`Batch`] payload.
+    pub payload: &'a [u8],
+    /// The whole stored record (header and payload) when this view covers all of it: the bytes
+    /// to send to a follower, which verifies them with [`Log::append_record`].
+    pub record: Option<&'a [u8]>,
+}
+
+impl<'a> BatchView<'a> {
+    /// Index of the last entry in this view.
+    pub fn last_index(&self) -> LogIndex {
+        self.first_index.plus(self.entry_count as u64 - 1)
+    }
+
+    /// The entries as borrowed slices.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &'a [u8]> {
+        EntryIter {
+            rest: self.payload,
+            remaining: self.entry_count,
+        }
+    }
+
+    /// Copies the view into an owned batch.
+    pub fn to_batch(&self) -> Batch {
+        Batch::new(
+            self.term,
+            self.first_index,
+            self.kind,
+            self.entry_count,
+            bytes::Bytes::copy_from_slice(self.payload),
+        )
+        .expect("a verified record holds a valid batch")
+    }
+}
+
+struct EntryIter<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+}
+
+impl<'a> Iterator for EntryIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let len = entry_len(self.rest, 0);
+        let entry = &self.rest[ENTRY_PREFIX_BYTES..ENTRY_PREFIX_BYTES + len];
+        self.rest = &self.rest[ENTRY_PREFIX_BYTES + len..];
+        self.remaining -= 1;
+        Some(entry)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining as usize, Some(self.remaining as usize))
+    }
+}
+
+impl ExactSizeIterator for EntryIter<'_> {}
+
+#[inline]
+fn entry_len(payload: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(payload[at..at + 4].try_into().expect("4 bytes")) as usize
+}
+
+/// Byte offset of entry number `n` (0-based) in a payload.
+fn entry_offset(payload: &[u8], n: u32) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        at += ENTRY_PREFIX_BYTES + entry_len(payload, at);
+    }
+    at
+}
+
+/// Bytes of one segment written since the last sync round was submitted.
+struct DirtyRange {
+    file: Arc<File>,
+    start: usize,
+    end: usize,
+}
+
+/// A sync round in flight: what it will make durable.
+struct Round {
+    index: LogIndex,
+    seq: u64,
+    entries: u64,
+    bytes: u64,
+}
+
+/// The durable log. Owned and driven by one thread.
+pub struct Log {
+    dir: PathBuf,
+    dir_file: Arc<File>,
+    options: LogOptions,
+    segments: VecDeque<Segment>,
+    spans: VecDeque<RecordSpan>,
+    next_index: LogIndex,
+    last_term: Term,
+    write_offset: usize,
+    next_seq: u64,
+    last_crc: u32,
+    durable_index: LogIndex,
+    durable_seq: u64,
+    syncer: Syncer,
+    in_flight: Option<Round>,
+    sync_wanted: bool,
+    dirty: Vec<DirtyRange>,
+    dir_dirty: bool,
+    unsynced_entries: u64,
+    unsynced_bytes: u64,
+    poisoned: Option<i32>,
+    /// Seq of the last witness written while every record before it was durable (see
+    /// [`Log::seal`]).
+    sealed_seq: Option<u64>,
+    preparer: Preparer,
+    hard_state: HardStateFile,
+    stats: LogStats,
+    /// Held until everything else (the preparer and sync threads included) is gone: fields drop
+    /// in declaration order.
+    _lock: File,
+}
+
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|err| LogError::io(format!("open {}", path.display()), err))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            return Err(LogError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        return Err(LogError::io(format!("lock {}", path.display()), err));
+    }
+    Ok(file)
+}
+
+fn check_options(options: &LogOptions) -> Result<(), LogError> {
+    if options.segment_bytes < SEGMENT_BYTES_MIN
+        || options.segment_bytes % 4096 != 0
+        || options.segment_bytes > u32::MAX as u64
+    {
+        return Err(LogError::BadOptions(format!(
+            "segment_bytes {} must be a multiple of 4096 in {SEGMENT_BYTES_MIN}..=4 GiB",
+            options.segment_bytes
+        )));
+    }
+    if options.spare_segments == 0 {
+        return Err(LogError::BadOptions(
+            "spare_segments must be at least 1".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn open_mapped(path: &Path) -> Result<(Arc<File>, memmap2::MmapMut), LogError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|err| LogError::io(format!("open {}", path.display()), err))?;
+    let map =
+        map_segment(&file).map_err(|err| LogError::io(format!("map {}", path.display()), err))?;
+    Ok((Arc::new(file), map))
+}
+
+/// Writes `parts` back to back at `offset`, retrying short writes.
+fn pwrite_all(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts
+        .iter()
+        .copied()
+        .filter(|part| !part.is_empty())
+        .collect();
+    let mut offset = offset;
+    while !parts.is_empty() {
+        let iovecs: Vec<libc::iovec> = parts
+            .iter()
+            .map(|part| libc::iovec {
+                iov_base: part.as_ptr() as *mut libc::c_void,
+                iov_len: part.len(),
+            })
+            .collect();
+        // SAFETY: every iovec points into a live borrowed slice of the stated length, and the
+        // kernel only reads them.
+        let written = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iovecs.as_ptr(),
+                iovecs.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if written < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let mut written = written as usize;
+        offset += written as u64;
+        while written > 0 {
+            let first = parts[0];
+            if written >= first.len() {
+                written -= first.len();
+                parts.remove(0);
+            } else {
+                parts[0] = &first[written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prepare_error(err: io::Error, segment_bytes: u64) -> LogError {
+    if err.raw_os_error() == Some(libc::ENOSPC) {
+        LogError::NoSpace { segment_bytes }
+    } else {
+        LogError::io("prepare a segment", err)
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`: verifies every record, cuts a torn tail, refuses
+    /// corruption before the tail with [`LogError::Corrupt`], and makes what it found durable
+    /// before reporting it durable.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<(Log, OpenReport), LogError> {
+        check_options(&options)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|err| LogError::io(format!("create {}", dir.display()), err))?;
+        let lock = lock_dir(dir)?;
+        let dir_file = Arc::new(
+            File::open(dir).map_err(|err| LogError::io(format!("open {}", dir.display()), err))?,
+        );
+        let mut live: Vec<(u64, PathBuf)> = Vec::new();
+        let mut spares: Vec<(u64, PathBuf)> = Vec::new();
+        let mut spare_id_next = 0u64;
+        let listing =
+            std::fs::read_dir(dir).map_err(|err| LogError::io("list the log directory", err))?;
+        for entry in listing {
+            let entry = entry.map_err(|err| LogError::io("list the log directory", err))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(first_seq) = parse_live_name(name) {
+                live.push((first_seq, entry.path()));
+            } else if let Some((id, temporary)) = parse_spare_name(name) {
+                spare_id_next = spare_id_next.max(id + 1);
+                if temporary {
+                    std::fs::remove_file(entry.path())
+                        .map_err(|err| LogError::io(format!("remove {name}"), err))?;
+                } else {
+                    spares.push((id, entry.path()));
+                }
+            }
+        }
+        live.sort();
+        spares.sort();
+
+        let mut segments = VecDeque::new();
+        for (first_seq, path) in live {
+            let len = std::fs::metadata(&path)
+                .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
+                .len();
+            if len < SEGMENT_BYTES_MIN {
+                return Err(LogError::Corrupt {
+                    file: path,
+                    offset: len,
+                    index: LogIndex::ZERO,
+                    reason: format!("segment file of {len} bytes is cut short"),
+                });
+            }
+            let (file, map) = open_mapped(&path)?;
+            segments.push_back(Segment {
+                first_seq,
+                path,
+                file,
+                map,
+            });
+        }
+        let inputs: Vec<SegmentBytes<'_>> = segments
+            .iter()
+            .map(|segment| SegmentBytes {
+                first_seq: segment.first_seq,
+                bytes: &segment.map[..],
+            })
+            .collect();
+        let recovered = recover(&inputs).map_err(|corrupt| LogError::Corrupt {
+            file: segments[corrupt.segment].path.clone(),
+            offset: corrupt.offset as u64,
+            index: corrupt.index,
+            reason: corrupt.reason,
+        })?;
+        drop(inputs);
+
+        let torn_tail = recovered.torn.as_ref().map(|torn| TornTailReport {
+            file: segments[torn.segment].path.clone(),
+            offset: torn.offset as u64,
+            index: torn.index,
+            reason: torn.reason.clone(),
+            newer_records_discarded: torn.newer_records_discarded,
+        });
+        if let Some(torn) = &torn_tail {
+            tracing::warn!(
+                file = %torn.file.display(),
+                offset = torn.offset,
+                index = torn.index.get(),
+                reason = %torn.reason,
+                discarded = torn.newer_records_discarded,
+                "log: cut a torn tail"
+            );
+        }
+
+        // Segments past the tail hold nothing durable: they become spares.
+        let keep = recovered.tail.map_or(0, |(segment, _)| segment + 1);
+        let discarded: Vec<Segment> = segments.drain(keep..).collect();
+        let segments_discarded = discarded.len();
+        let mut existing_spares = Vec::new();
+        for segment in discarded {
+            let path = dir.join(spare_name(spare_id_next));
+            spare_id_next += 1;
+            std::fs::rename(&segment.path, &path)
+                .map_err(|err| LogError::io(format!("recycle {}", segment.path.display()), err))?;
+            existing_spares.push(Spare {
+                path,
+                file: segment.file,
+                map: segment.map,
+            });
+        }
+        for (_, path) in spares {
+            let (file, map) = open_mapped(&path)?;
+            existing_spares.push(Spare { path, file, map });
+        }
+
+        // What was found may sit only in the page cache (the previous process may have died
+        // before syncing): make it durable before calling it durable.
+        for segment in &segments {
+            segment.file.sync_data().map_err(|err| LogError::Poisoned {
+                errno: err.raw_os_error().unwrap_or(libc::EIO),
+            })?;
+        }
+        sync_dir(&dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
+
+        let hard_state = HardStateFile::open(dir, &dir_file)?;
+        let syncer = Syncer::new(options.sync_mode);
+        let prefault_mode = match (options.append_mode, syncer.syncs_ranges()) {
+            (AppendMode::Pwrite, _) => Prefault::Skip,
+            (AppendMode::Mmap, true) => Prefault::Write,
+            (AppendMode::Mmap, false) => Prefault::Read,
+        };
+        let preparer = Preparer::start(
+            dir.to_path_buf(),
+            options.segment_bytes,
+            options.spare_segments,
+            existing_spares,
+            spare_id_next,
+            prefault_mode,
+        );
+        let write_offset = recovered
+            .tail
+            .map_or(SEGMENT_HEADER_BYTES, |(_, offset)| offset);
+        if let Some(tail) = segments.back() {
+            prefault(&tail.map, write_offset, prefault_mode);
+        }
+        let last_index = recovered.next_index.prev();
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            dir_file,
+            _lock: lock,
+            options,
+            segments,
+            spans: recovered.spans,
+            next_index: recovered.next_index,
+            last_term: recovered.last_term,
+            write_offset,
+            next_seq: recovered.next_seq,
+            last_crc: recovered.last_crc,
+            durable_index: last_index,
+            durable_seq: recovered.last_seq,
+            syncer,
+            in_flight: None,
+            sync_wanted: false,
+            dirty: Vec::new(),
+            dir_dirty: false,
+            unsynced_entries: 0,
+            unsynced_bytes: 0,
+            poisoned: None,
+            sealed_seq: None,
+            preparer,
+            hard_state,
+            stats: LogStats::default(),
+        };
+        if log.segments.is_empty() {
+            log.activate_spare()?;
+        }
+        let report = OpenReport {
+            first_index: log.first_index(),
+            last_index: log.last_index(),
+            records: recovered.records,
+            torn_tail,
+            segments_discarded,
+            sync_mechanism: log.syncer.mechanism(),
+            hard_state: log.hard_state.get(),
+        };
+        Ok((log, report))
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.options
+    }
+
+    /// `"io_uring"` or `"fdatasync"` (the fallback).
+    pub fn sync_mechanism(&self) -> &'static str {
+        self.syncer.mechanism()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+
+    /// First index held; `last_index() + 1` when the log holds nothing.
+    pub fn first_index(&self) -> LogIndex {
+        self.spans
+            .front()
+            .map_or(self.next_index, |span| span.first_index)
+    }
+
+    /// Last index held (0 for a log that never held anything).
+    pub fn last_index(&self) -> LogIndex {
+        self.next_index.prev()
+    }
+
+    /// Term of the last entry (0 when the log holds nothing).
+    pub fn last_term(&self) -> Term {
+        self.last_term
+    }
+
+    /// Highest index known durable.
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable_index
+    }
+
+    /// Term of the entry at `index`, if the log holds it.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.span_position(index).map(|at| self.spans[at].term)
+    }
+
+    fn span_position(&self, index: LogIndex) -> Option<usize> {
+        if index < self.first_index() || index > self.last_index() {
+            return None;
+        }
+        let at = self.spans.partition_point(|span| span.last_index < index);
+        debug_assert!(self.spans[at].first_index <= index);
+        Some(at)
+    }
+
+    fn check_usable(&self) -> Result<(), LogError> {
+        match self.poisoned {
+            Some(errno) => Err(LogError::Poisoned { errno }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends `batch` (copied into the current segment; not yet durable). Returns its last
+    /// index. The batch must start at `last_index() + 1` with a term no lower than the last.
+    pub fn append(&mut self, batch: &Batch) -> Result<LogIndex, LogError> {
+        self.check_usable()?;
+        self.check_next(batch.first_index(), batch.term())?;
+        let header = batch_header(batch, Default::default());
+        self.write_record(header, batch.payload())?;
+        Ok(batch.last_index())
+    }
+
+    /// Appends a record received from a peer (header and payload as sent, e.g. a
+    /// [`BatchView::record`]) after verifying its checksum and framing; the payload is copied
+    /// as is, never re-encoded. Returns its last index.
+    pub fn append_record(&mut self, record: &[u8]) -> Result<LogIndex, LogError> {
+        self.check_usable()?;
+        let view = verify_wire_record(record).map_err(LogError::BadRecord)?;
+        if view.bytes.len() != record.len() {
+            return Err(LogError::BadRecord(
+                crate::log::record::RecordError::BadShape {
+                    what: "bytes after the record",
+                },
+            ));
+        }
+        let header = view.header;
+        if header.kind == RecordKind::Truncate {
+            return Err(LogError::BadRecord(
+                crate::log::record::RecordError::BadShape {
+                    what: "a truncation marker cannot be appended",
+                },
+            ));
+        }
+        self.check_next(header.first_index, header.term)?;
+        self.write_record(header, view.payload)?;
+        Ok(header.last_index())
+    }
+
+    fn check_next(&self, first_index: LogIndex, term: Term) -> Result<(), LogError> {
+        if first_index != self.next_index {
+            return Err(LogError::NotContiguous {
+                expected: self.next_index,
+                found: first_index,
+            });
+        }
+        if term < self.last_term {
+            return Err(LogError::TermRegression {
+                last: self.last_term,
+                found: term,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies a record into the current segment (switching segments when it does not fit),
+    /// filling in the chain fields, and updates the index.
+    fn write_record(&mut self, mut header: RecordHeader, payload: &[u8]) -> Result<(), LogError> {
+        let stored = stored_bytes(payload.len());
+        let offset = self.reserve(stored)?;
+        header.prev_crc = self.last_crc;
+        header.seq = self.next_seq;
+        header.synced_seq = self.durable_seq;
+        let segment = self.segments.back_mut().expect("a current segment");
+        match self.options.append_mode {
+            AppendMode::Mmap => {
+                let dst = &mut segment.map[offset..offset + RECORD_HEADER_BYTES + payload.len()];
+                dst[RECORD_HEADER_BYTES..].copy_from_slice(payload);
+                write_header(dst, &header);
+            }
+            AppendMode::Pwrite => {
+                let mut head = [0u8; RECORD_HEADER_BYTES];
+                write_header(&mut head, &header);
+                pwrite_all(&segment.file, &[&head, payload], offset as u64).map_err(|err| {
+                    LogError::io(format!("write {}", segment.path.display()), err)
+                })?;
+            }
+        }
+        match self.dirty.last_mut() {
+            Some(range) if Arc::ptr_eq(&range.file, &segment.file) => range.end = offset + stored,
+            _ => self.dirty.push(DirtyRange {
+                file: segment.file.clone(),
+                start: offset,
+                end: offset + stored,
+            }),
+        }
+        let segment_seq = segment.first_seq;
+        self.write_offset = offset + stored;
+        self.next_seq += 1;
+        self.last_crc = header.crc;
+        self.unsynced_bytes += stored as u64;
+        self.stats.bytes_appended += stored as u64;
+        match header.kind {
+            RecordKind::Batch(kind) => {
+                self.spans.push_back(RecordSpan {
+                    first_index: header.first_index,
+                    last_index: header.last_index(),
+                    term: header.term,
+                    kind,
+                    segment: segment_seq,
+                    offset: offset as u32,
+                    entry_count: header.entry_count,
+                    payload_bytes: header.payload_bytes,
+                });
+                self.next_index = header.last_index().next();
+                self.last_term = header.term;
+                self.unsynced_entries += header.entry_count as u64;
+                self.stats.appends += 1;
+                self.stats.entries_appended += header.entry_count as u64;
+            }
+            RecordKind::Truncate => {}
+        }
+        Ok(())
+    }
+
+    /// Returns the offset where a record of `stored` bytes goes, activating a spare segment when
+    /// the current one cannot hold it.
+    fn reserve(&mut self, stored: usize) -> Result<usize, LogError> {
+        let current_len = self.segments.back().map_or(0, Segment::size_bytes);
+        if self.write_offset + stored <= current_len {
+            return Ok(self.write_offset);
+        }
+        let capacity = self.options.segment_bytes as usize - SEGMENT_HEADER_BYTES;
+        if stored > capacity {
+            return Err(LogError::RecordTooLarge {
+                record_bytes: stored,
+                segment_capacity: capacity,
+            });
+        }
+        self.activate_spare()?;
+        let len = self.segments.back().expect("just activated").size_bytes();
+        if SEGMENT_HEADER_BYTES + stored > len {
+            return Err(LogError::RecordTooLarge {
+                record_bytes: stored,
+                segment_capacity: len - SEGMENT_HEADER_BYTES,
+            });
+        }
+        Ok(self.write_offset)
+    }
+
+    /// Turns a ready spare into the current segment, named after the next record's seq.
+    fn activate_spare(&mut self) -> Result<(), LogError> {
+        let spare = self
+            .preparer
+            .take()
+            .map_err(|err| prepare_error(err, self.options.segment_bytes))?;
+        let path = self.dir.join(live_name(self.next_seq));
+        if let Err(err) = std::fs::rename(&spare.path, &path) {
+            let context = format!("activate {}", spare.path.display());
+            self.preparer.give_back(spare);
+            return Err(LogError::io(context, err));
+        }
+        self.segments.push_back(Segment {
+            first_seq: self.next_seq,
+            path,
+            file: spare.file,
+            map: spare.map,
+        });
+        self.write_offset = SEGMENT_HEADER_BYTES;
+        self.dir_dirty = true;
+        self.stats.segments_activated += 1;
+        Ok(())
+    }
+
+    /// Removes entries `from..=last_index()` (conflict resolution). Appends a truncation
+    /// marker record, so nothing durable is overwritten; the durable index drops to at most
+    /// `from - 1` until a later sync. `from` must lie in `first_index()..=last_index() + 1`.
+    pub fn truncate_from(&mut self, from: LogIndex) -> Result<(), LogError> {
+        self.check_usable()?;
+        if from == self.next_index {
+            return Ok(());
+        }
+        if from < self.first_index() || from > self.next_index || from.get() == 0 {
+            return Err(LogError::OutOfRange {
+                index: from,
+                first: self.first_index(),
+                last: self.last_index(),
+            });
+        }
+        let header = truncate_header(from, Default::default());
+        self.write_record(header, &[])?;
+        self.stats.truncations += 1;
+        void_from(&mut self.spans, from);
+        self.next_index = from;
+        self.last_term = self.spans.back().map_or(Term::ZERO, |span| span.term);
+        self.durable_index = self.durable_index.min(from.prev());
+        if let Some(round) = &mut self.in_flight {
+            round.index = round.index.min(from.prev());
+        }
+        Ok(())
+    }
+
+    /// Appends a witness: an empty truncation marker (voiding nothing) whose `synced_seq`
+    /// vouches that every record up to the last completed sync was durable. Recovery can then
+    /// tell damage to those records from a torn tail even when nothing else is appended after
+    /// them (see `docs/FORMATS.md`). Call it when the log goes idle after a sync completed, then
+    /// request a sync; [`Log::close`] does both. A no-op when the last record is already a
+    /// witness of the current durable state.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        self.check_usable()?;
+        if self.sealed_seq == Some(self.next_seq - 1) {
+            return Ok(());
+        }
+        let vouches_for_all = self.durable_seq == self.next_seq - 1;
+        let header = truncate_header(self.next_index, Default::default());
+        self.write_record(header, &[])?;
+        if vouches_for_all {
+            self.sealed_seq = Some(self.next_seq - 1);
+        }
+        self.stats.seals += 1;
+        Ok(())
+    }
+
+    /// Closes the log cleanly: makes everything durable, appends a witness and makes it durable
+    /// too, so no durable record is left unprotected. Returns the durable index.
+    pub fn close(mut self) -> Result<LogIndex, LogError> {
+        self.wait_durable()?;
+        self.seal()?;
+        self.wait_durable()
+    }
+
+    /// Drops entries up to `up_to` from the front. Whole records go; a segment is recycled (made
+    /// a spare) once it holds no live record and the first record after it is durable, so the
+    /// first index may stay below `up_to + 1`, and after a reopen may be lower again.
+    pub fn compact_to(&mut self, up_to: LogIndex) -> Result<(), LogError> {
+        self.check_usable()?;
+        while self
+            .spans
+            .front()
+            .is_some_and(|span| span.last_index <= up_to)
+        {
+            self.spans.pop_front();
+        }
+        while self.segments.len() > 1 {
+            let front_seq = self.segments[0].first_seq;
+            let next_seq = self.segments[1].first_seq;
+            if self
+                .spans
+                .front()
+                .is_some_and(|span| span.segment == front_seq)
+                || next_seq > self.durable_seq
+            {
+                break;
+            }
+            let segment = self.segments.pop_front().expect("front segment");
+            self.recycle(segment)?;
+        }
+        Ok(())
+    }
+
+    fn recycle(&mut self, segment: Segment) -> Result<(), LogError> {
+        let path = self.dir.join(spare_name(self.preparer.allocate_id()));
+        let keep = self.preparer.wants_spare();
+        let outcome = if keep {
+            std::fs::rename(&segment.path, &path)
+        } else {
+            std::fs::remove_file(&segment.path)
+        };
+        outcome
+            .and_then(|()| sync_dir(&self.dir_file))
+            .map_err(|err| LogError::io(format!("recycle {}", segment.path.display()), err))?;
+        if keep {
+            self.preparer.give_back(Spare {
+                path,
+                file: segment.file,
+                map: segment.map,
+            });
+        }
+        self.stats.segments_recycled += 1;
+        Ok(())
+    }
+
+    /// Reads entries `from..=to` as views borrowed from the mapping, one per stored batch (the
+    /// first and last clipped to the range). `from` and `to` must lie within the log.
+    pub fn read(&self, from: LogIndex, to: LogIndex) -> Result<Read<'_>, LogError> {
+        self.check_usable()?;
+        let out_of_range = |index| LogError::OutOfRange {
+            index,
+            first: self.first_index(),
+            last: self.last_index(),
+        };
+        let at = self.span_position(from).ok_or_else(|| out_of_range(from))?;
+        if to < from || to > self.last_index() {
+            return Err(out_of_range(to));
+        }
+        Ok(Read {
+            log: self,
+            at,
+            next: from,
+            to,
+        })
+    }
+
+    /// The entries `from..=to` as `(index, bytes)` pairs borrowed from the mapping.
+    pub fn entries(
+        &self,
+        from: LogIndex,
+        to: LogIndex,
+    ) -> Result<impl Iterator<Item = (LogIndex, &[u8])>, LogError> {
+        Ok(self.read(from, to)?.flat_map(|view| {
+            let first = view.first_index.get();
+            view.entries()
+                .enumerate()
+                .map(move |(n, entry)| (LogIndex(first + n as u64), entry))
+        }))
+    }
+
+    fn view_of(&self, span: &RecordSpan, from: LogIndex, to: LogIndex) -> BatchView<'_> {
+        let at = self
+            .segments
+            .binary_search_by_key(&span.segment, |segment| segment.first_seq)
+            .expect("a live span lives in a live segment");
+        let start = span.offset as usize;
+        let map = &self.segments[at].map;
+        let payload_bytes = span.payload_bytes as usize;
+        let record = &map[start..start + RECORD_HEADER_BYTES + payload_bytes];
+        let payload = &record[RECORD_HEADER_BYTES..];
+        let stored_last = span.first_index.plus(span.entry_count as u64 - 1);
+        let lo = from.max(span.first_index);
+        let hi = to.min(span.last_index);
+        if lo == span.first_index && hi == stored_last {
+            return BatchView {
+                term: span.term,
+                kind: span.kind,
+                first_index: lo,
+                entry_count: span.entry_count,
+                payload,
+                record: Some(record),
+            };
+        }
+        let skip = (lo.get() - span.first_index.get()) as u32;
+        let take = (hi.get() - lo.get() + 1) as u32;
+        let begin = entry_offset(payload, skip);
+        let len = entry_offset(&payload[begin..], take);
+        BatchView {
+            term: span.term,
+            kind: span.kind,
+            first_index: lo,
+            entry_count: take,
+            payload: &payload[begin..begin + len],
+            record: None,
+        }
+    }
+
+    /// Starts a sync round covering everything appended so far, unless one is in flight (then
+    /// the next round starts when it completes) or nothing new was appended. Never blocks.
+    pub fn request_sync(&mut self) -> Result<(), LogError> {
+        self.check_usable()?;
+        let covered = self
+            .in_flight
+            .as_ref()
+            .map_or(self.durable_seq, |round| round.seq);
+        if self.next_seq - 1 <= covered || self.dirty.is_empty() {
+            return Ok(());
+        }
+        if self.syncer.busy() {
+            self.sync_wanted = true;
+            return Ok(());
+        }
+        self.submit_round()
+    }
+
+    fn submit_round(&mut self) -> Result<(), LogError> {
+        let mut round: Vec<SyncTarget> = self
+            .dirty
+            .drain(..)
+            .map(|range| SyncTarget {
+                file: range.file,
+                datasync: true,
+                range: Some((range.start as u64, (range.end - range.start) as u32)),
+            })
+            .collect();
+        if std::mem::take(&mut self.dir_dirty) {
+            round.push(SyncTarget {
+                file: self.dir_file.clone(),
+                datasync: false,
+                range: None,
+            });
+        }
+        self.in_flight = Some(Round {
+            index: self.last_index(),
+            seq: self.next_seq - 1,
+            entries: std::mem::take(&mut self.unsynced_entries),
+            bytes: std::mem::take(&mut self.unsynced_bytes),
+        });
+        self.sync_wanted = false;
+        if let Err(errno) = self.syncer.submit(round) {
+            return Err(self.poison(errno));
+        }
+        Ok(())
+    }
+
+    fn poison(&mut self, errno: i32) -> LogError {
+        tracing::error!(
+            dir = %self.dir.display(),
+            error = %io::Error::from_raw_os_error(errno),
+            "log sync failed; the log is poisoned and refuses all further work"
+        );
+        self.poisoned = Some(errno);
+        self.in_flight = None;
+        LogError::Poisoned { errno }
+    }
+
+    /// Reaps a completed round (blocking when `wait`); returns whether one completed.
+    fn reap(&mut self, wait: bool) -> Result<bool, LogError> {
+        match self.syncer.poll(wait) {
+            None => Ok(false),
+            Some(Err(errno)) => Err(self.poison(errno)),
+            Some(Ok(())) => {
+                let round = self
+                    .in_flight
+                    .take()
+                    .expect("a completed round was in flight");
+                self.durable_index = self.durable_index.max(round.index);
+                self.durable_seq = round.seq;
+                self.stats.syncs += 1;
+                self.stats.entries_synced += round.entries;
+                self.stats.bytes_synced += round.bytes;
+                if self.sync_wanted {
+                    self.request_sync()?;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Non-blocking: reaps a completed sync round and returns the new durable index, or `None`
+    /// when nothing completed since the last call.
+    pub fn poll_durable(&mut self) -> Result<Option<LogIndex>, LogError> {
+        self.check_usable()?;
+        Ok(self.reap(false)?.then_some(self.durable_index))
+    }
+
+    /// Blocks until everything appended before the call is durable; returns the durable index.
+    pub fn wait_durable(&mut self) -> Result<LogIndex, LogError> {
+        self.check_usable()?;
+        let target = self.next_seq - 1;
+        self.request_sync()?;
+        while self.durable_seq < target && (self.in_flight.is_some() || !self.dirty.is_empty()) {
+            if self.in_flight.is_none() {
+                self.submit_round()?;
+            }
+            self.reap(true)?;
+        }
+        Ok(self.durable_index)
+    }
+
+    /// Blocks until the preparer has [`LogOptions::spare_segments`] spares ready (or failed to
+    /// make one, e.g. disk full); returns how many are ready. Useful before a measurement, so the
+    /// zero-filling of new segments does not compete with the appends being measured.
+    pub fn wait_spares_ready(&self) -> usize {
+        self.preparer.wait_all_ready()
+    }
+
+    /// Blocks until the sync round in flight (if any) completes, without starting one for
+    /// appends made since (when a round was requested meanwhile, it is submitted on
+    /// completion, as in [`Log::poll_durable`]); returns the durable index.
+    pub fn wait_in_flight(&mut self) -> Result<LogIndex, LogError> {
+        self.check_usable()?;
+        if self.in_flight.is_some() {
+            self.reap(true)?;
+        }
+        Ok(self.durable_index)
+    }
+
+    /// Whether a sync round is in flight.
+    pub fn sync_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The term and vote last saved.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state.get()
+    }
+
+    /// Saves term and vote durably (blocking: write one slot, fdatasync). A failed sync poisons
+    /// the log.
+    pub fn save_hard_state(&mut self, state: HardState) -> Result<(), LogError> {
+        self.check_usable()?;
+        match self.hard_state.save(state) {
+            Err(LogError::Poisoned { errno }) => Err(self.poison(errno)),
+            other => other,
+        }
+    }
+}
+
+/// Iterator over [`BatchView`]s of a range; see [`Log::read`].
+pub struct Read<'a> {
+    log: &'a Log,
+    at: usize,
+    next: LogIndex,
+    to: LogIndex,
+}
+
+impl<'a> Iterator for Read<'a> {
+    type Item = BatchView<'a>;
+
+    fn next(&mut self) -> Option<BatchView<'a>> {
+        if self.next > self.to {
+            return None;
+        }
+        let span = self.log.spans.get(self.at)?;
+        let view = self.log.view_of(span, self.next, self.to);
+        self.at += 1;
+        self.next = view.last_index().next();
+        Some(view)
+    }
+}

@@ -1,0 +1,167 @@
+//! The log's error type: every way an operation on the log can fail, as values.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::batch::BatchError;
+use crate::log::record::RecordError;
+use crate::types::{LogIndex, Term};
+
+/// Why a log operation failed.
+#[derive(Debug)]
+pub enum LogError {
+    /// An I/O error outside the sync path (open, create, rename, map).
+    Io {
+        /// What the log was doing.
+        context: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A sync failed earlier; the log refuses all further work. The kernel may already have
+    /// dropped the unsynced pages, so a retry could report success for lost data.
+    Poisoned {
+        /// The errno of the failed sync.
+        errno: i32,
+    },
+    /// Damage before the tail: the log will not open (a later repair fetches it from peers).
+    Corrupt {
+        /// The file holding the damage.
+        file: PathBuf,
+        /// Byte offset of the damaged or missing record.
+        offset: u64,
+        /// First log index that cannot be read (0 when unknown).
+        index: LogIndex,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The disk is full: no new segment could be prepared. Everything already durable stays
+    /// readable; appends can resume once space is freed (e.g. by compaction).
+    NoSpace {
+        /// The segment size that could not be allocated.
+        segment_bytes: u64,
+    },
+    /// Another process (or another `Log`) holds the directory.
+    Locked {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// An append does not start right after the last index.
+    NotContiguous {
+        /// Index the log expects next.
+        expected: LogIndex,
+        /// Index offered.
+        found: LogIndex,
+    },
+    /// An append carries a term below the last entry's term.
+    TermRegression {
+        /// Term of the last entry.
+        last: Term,
+        /// Term offered.
+        found: Term,
+    },
+    /// An index outside what the log holds was asked for.
+    OutOfRange {
+        /// The index asked for.
+        index: LogIndex,
+        /// First index held.
+        first: LogIndex,
+        /// Last index held.
+        last: LogIndex,
+    },
+    /// A record does not fit in one segment.
+    RecordTooLarge {
+        /// Bytes the record needs.
+        record_bytes: usize,
+        /// Bytes a segment offers to records.
+        segment_capacity: usize,
+    },
+    /// Bytes from a peer are not a valid record.
+    BadRecord(RecordError),
+    /// A batch is malformed.
+    BadBatch(BatchError),
+    /// The hard-state file holds no valid slot although it was written.
+    HardStateCorrupt {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Options are out of range.
+    BadOptions(String),
+}
+
+impl LogError {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> LogError {
+        LogError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Io { context, source } => write!(f, "{context}: {source}"),
+            LogError::Poisoned { errno } => write!(
+                f,
+                "log is poisoned: an earlier sync failed ({})",
+                io::Error::from_raw_os_error(*errno)
+            ),
+            LogError::Corrupt {
+                file,
+                offset,
+                index,
+                reason,
+            } => write!(
+                f,
+                "log corrupt in {} at byte offset {offset} (log index {}): {reason}",
+                file.display(),
+                index.get()
+            ),
+            LogError::NoSpace { segment_bytes } => write!(
+                f,
+                "no space left to prepare a {segment_bytes}-byte segment (durable data is intact)"
+            ),
+            LogError::Locked { dir } => {
+                write!(
+                    f,
+                    "log directory {} is in use by another log",
+                    dir.display()
+                )
+            }
+            LogError::NotContiguous { expected, found } => {
+                write!(f, "append at index {found}, expected {expected}")
+            }
+            LogError::TermRegression { last, found } => {
+                write!(f, "append with term {found} below the last term {last}")
+            }
+            LogError::OutOfRange { index, first, last } => {
+                write!(f, "index {index} outside the log {first}..={last}")
+            }
+            LogError::RecordTooLarge {
+                record_bytes,
+                segment_capacity,
+            } => write!(
+                f,
+                "record of {record_bytes} bytes exceeds the {segment_capacity} bytes of a segment"
+            ),
+            LogError::BadRecord(err) => write!(f, "bad record: {err}"),
+            LogError::BadBatch(err) => write!(f, "bad batch: {err}"),
+            LogError::HardStateCorrupt { file } => {
+                write!(f, "hard state file {} has no valid slot", file.display())
+            }
+            LogError::BadOptions(what) => write!(f, "bad log options: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LogError::Io { source, .. } => Some(source),
+            LogError::BadRecord(err) => Some(err),
+            LogError::BadBatch(err) => Some(err),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Read-only inspection of a log directory (for `lockstep log verify` and `dump`): runs the same
+//! recovery scan as [`Log::open`](crate::log::Log::open) without changing any file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::log::error::LogError;
+use crate::log::hard_state::{read_file, HardState, HARD_STATE_FILE};
+use crate::log::record::RECORD_HEADER_BYTES;
+use crate::log::recovery::{recover, RecordSpan, Recovered, SegmentBytes};
+use crate::log::segment::{parse_live_name, parse_spare_name, SEGMENT_BYTES_MIN};
+
+/// A live segment file as found.
+pub struct InspectedSegment {
+    /// Its path.
+    pub path: PathBuf,
+    /// Seq of its first record (from the name).
+    pub first_seq: u64,
+    map: Mmap,
+}
+
+impl InspectedSegment {
+    /// Bytes in the file.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// What a directory holds.
+pub struct Inspection {
+    /// Live segments in order.
+    pub segments: Vec<InspectedSegment>,
+    /// Spare files (ready or being created).
+    pub spares: usize,
+    /// The scan's result.
+    pub recovered: Recovered,
+    /// The hard state, when the file exists.
+    pub hard_state: Option<HardState>,
+}
+
+/// One batch record as listed by [`Inspection::batches`].
+pub struct ListedBatch<'a> {
+    /// Where and what.
+    pub span: RecordSpan,
+    /// The segment file.
+    pub path: &'a Path,
+    /// The stored payload (all entries of the record, also those voided by a truncation).
+    pub payload: &'a [u8],
+}
+
+/// Scans `dir` read-only. Corruption before the tail is returned as [`LogError::Corrupt`].
+pub fn inspect(dir: &Path) -> Result<Inspection, LogError> {
+    let listing = std::fs::read_dir(dir)
+        .map_err(|err| LogError::io(format!("list {}", dir.display()), err))?;
+    let mut segments = Vec::new();
+    let mut spares = 0;
+    for entry in listing {
+        let entry = entry.map_err(|err| LogError::io(format!("list {}", dir.display()), err))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(first_seq) = parse_live_name(name) {
+            let path = entry.path();
+            let file = File::open(&path)
+                .map_err(|err| LogError::io(format!("open {}", path.display()), err))?;
+            let len = file
+                .metadata()
+                .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
+                .len();
+            if len < SEGMENT_BYTES_MIN {
+                return Err(LogError::Corrupt {
+                    file: path,
+                    offset: len,
+                    index: crate::types::LogIndex::ZERO,
+                    reason: format!("segment file of {len} bytes is cut short"),
+                });
+            }
+            // SAFETY: read-only mapping; a concurrent writer could change bytes under us, which
+            // the scan tolerates (it never panics on any bytes).
+            let map = unsafe { Mmap::map(&file) }
+                .map_err(|err| LogError::io(format!("map {}", path.display()), err))?;
+            segments.push(InspectedSegment {
+                path,
+                first_seq,
+                map,
+            });
+        } else if parse_spare_name(name).is_some() {
+            spares += 1;
+        }
+    }
+    segments.sort_by_key(|segment| segment.first_seq);
+    let inputs: Vec<SegmentBytes<'_>> = segments
+        .iter()
+        .map(|segment| SegmentBytes {
+            first_seq: segment.first_seq,
+            bytes: &segment.map[..],
+        })
+        .collect();
+    let recovered = recover(&inputs).map_err(|corrupt| LogError::Corrupt {
+        file: segments[corrupt.segment].path.clone(),
+        offset: corrupt.offset as u64,
+        index: corrupt.index,
+        reason: corrupt.reason,
+    })?;
+    drop(inputs);
+    let hard_state = read_file(&dir.join(HARD_STATE_FILE))?;
+    Ok(Inspection {
+        segments,
+        spares,
+        recovered,
+        hard_state,
+    })
+}
+
+impl Inspection {
+    /// The live batch records overlapping `from..=to`, in order.
+    pub fn batches(&self, from: u64, to: u64) -> impl Iterator<Item = ListedBatch<'_>> {
+        self.recovered
+            .spans
+            .iter()
+            .filter(move |span| span.last_index.get() >= from && span.first_index.get() <= to)
+            .map(|span| {
+                let segment = self
+                    .segments
+                    .iter()
+                    .find(|segment| segment.first_seq == span.segment)
+                    .expect("span in a scanned segment");
+                let start = span.offset as usize + RECORD_HEADER_BYTES;
+                ListedBatch {
+                    span: *span,
+                    path: &segment.path,
+                    payload: &segment.map[start..start + span.payload_bytes as usize],
+                }
+            })
+    }
+}

@@ -1,0 +1,704 @@
+//! The recovery scan: a pure function from the bytes of the live segments to the records they
+//! hold, where the log ends, and whether the end is a torn tail or corruption.
+//!
+//! The scan follows the chain: each record must carry a `seq` above the previous one's (the first
+//! record of a segment carries exactly the seq in the segment's name), the previous record's
+//! `crc` as its `prev_crc`, the expected first index and a term no lower than the last. Where the chain stops
+//! (zeros, garbage, a record that fails a check, a stale record from a recycled segment or from
+//! before a truncation), the next segment may continue it; otherwise the log ends there.
+//!
+//! Torn tail or corruption? Every record carries `synced_seq`, the highest seq known durable when
+//! it was written. After the stop, the scan looks at every 8-aligned position of the rest of the
+//! log for valid records newer than the last good one (seq above it). If any of them says that a
+//! seq above the last good one was already durable, the stop lies inside data that was once
+//! durable: that is corruption, and the scan fails naming the position and index. Otherwise
+//! nothing past the stop was ever reported durable (a crash loses only unsynced writes, in any
+//! order), so it is a torn tail and is cut. Stale records (seq not above the last good one) are
+//! never taken as evidence, so recycled segments and truncated suffixes are harmless. Limit:
+//! damage to durable records that no later record witnesses (the last ones written before the
+//! log went idle) looks exactly like a torn write and is cut, unless `Log::seal` wrote a witness
+//! after them; see `docs/FORMATS.md`.
+
+use std::collections::VecDeque;
+
+use crate::batch::BatchKind;
+use crate::log::record::{verify_record, RecordError, RecordKind, RecordView, RECORD_ALIGN};
+use crate::log::record::{RECORD_HEADER_BYTES, RECORD_MAGIC};
+use crate::log::segment::{check_segment_header, SEGMENT_HEADER_BYTES};
+use crate::types::{LogIndex, Term};
+
+/// One live segment handed to the scan.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentBytes<'a> {
+    /// Seq of the first record, from the file name.
+    pub first_seq: u64,
+    /// The whole file.
+    pub bytes: &'a [u8],
+}
+
+/// Where one stored batch record lives and which of its entries are still part of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSpan {
+    /// Index of the record's first entry.
+    pub first_index: LogIndex,
+    /// Last entry still in the log (below the record's own last after a truncation inside it).
+    pub last_index: LogIndex,
+    /// Term of the entries.
+    pub term: Term,
+    /// Kind of the batch.
+    pub kind: BatchKind,
+    /// `first_seq` of the segment holding the record.
+    pub segment: u64,
+    /// Byte offset of the record header in that segment.
+    pub offset: u32,
+    /// Entries stored in the record.
+    pub entry_count: u32,
+    /// Payload bytes stored in the record.
+    pub payload_bytes: u32,
+}
+
+/// Removes entries `from..` from the index of spans (a truncation marker's effect).
+pub fn void_from(spans: &mut VecDeque<RecordSpan>, from: LogIndex) {
+    while let Some(last) = spans.back_mut() {
+        if last.first_index >= from {
+            spans.pop_back();
+        } else {
+            if last.last_index >= from {
+                last.last_index = from.prev();
+            }
+            break;
+        }
+    }
+}
+
+/// A torn tail found (and to be cut) by the scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// Position of the segment in the input.
+    pub segment: usize,
+    /// Byte offset where the log ends.
+    pub offset: usize,
+    /// The index the next record would have had.
+    pub index: LogIndex,
+    /// Why the chain stopped there.
+    pub reason: String,
+    /// Valid records newer than the cut that are discarded (written, never durable).
+    pub newer_records_discarded: u64,
+}
+
+/// Damage before the tail: the scan refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptAt {
+    /// Position of the segment in the input.
+    pub segment: usize,
+    /// Byte offset of the damaged or missing record.
+    pub offset: usize,
+    /// Index of the first entry that cannot be read.
+    pub index: LogIndex,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What the scan found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// Live batch records in log order.
+    pub spans: VecDeque<RecordSpan>,
+    /// Index the next appended entry must have.
+    pub next_index: LogIndex,
+    /// Term of the last record appended (0 when none).
+    pub last_term: Term,
+    /// Seq for the next record (above every valid seq seen anywhere, so never reused).
+    pub next_seq: u64,
+    /// Seq of the last good record (the first segment's seq - 1 when none).
+    pub last_seq: u64,
+    /// `crc` of the last good record (0 when none).
+    pub last_crc: u32,
+    /// Segment (position in the input) and offset where the next record goes; `None` when the
+    /// input is empty. Segments after it hold nothing of the log.
+    pub tail: Option<(usize, usize)>,
+    /// Set when the end of the log was torn.
+    pub torn: Option<TornTail>,
+    /// Records (batches and markers) verified.
+    pub records: u64,
+}
+
+struct Chain {
+    /// The index reported for damage before the first record: 1 for a log that starts at the
+    /// very first record ever written, unknown (0) after compaction.
+    start_index: LogIndex,
+    prev_crc: Option<u32>,
+    next_index: Option<LogIndex>,
+    last_term: Term,
+    last_seq: u64,
+    last_crc: u32,
+    spans: VecDeque<RecordSpan>,
+    records: u64,
+}
+
+enum Step<'a> {
+    Next(RecordView<'a>),
+    /// The chain stops here; `true` when the bytes there are damaged (not zeros, not a clean
+    /// end, not a valid stale record).
+    Stop(String, bool),
+    Fatal(String),
+}
+
+impl Chain {
+    /// Checks the record at `offset` of `bytes` against the chain.
+    /// `exact_seq` is the segment's name when `offset` is its first record.
+    fn step<'a>(
+        &self,
+        bytes: &'a [u8],
+        offset: usize,
+        exact_seq: Option<u64>,
+        seq_limit: Option<u64>,
+    ) -> Step<'a> {
+        if offset + RECORD_HEADER_BYTES > bytes.len() {
+            return Step::Stop("end of segment".to_string(), false);
+        }
+        let view = match verify_record(&bytes[offset..]) {
+            Ok(view) => view,
+            Err(err) => {
+                let damaged = !matches!(
+                    err,
+                    RecordError::BadMagic { found: 0 } | RecordError::TooShort { .. }
+                );
+                return Step::Stop(err.to_string(), damaged);
+            }
+        };
+        let h = view.header;
+        if let Some(exact) = exact_seq {
+            if h.seq != exact {
+                return Step::Stop(
+                    format!(
+                        "first record has seq {} but the segment name says {exact}",
+                        h.seq
+                    ),
+                    false,
+                );
+            }
+        }
+        if h.seq <= self.last_seq {
+            return Step::Stop(
+                format!(
+                    "stale record: seq {} is not above the previous seq {}",
+                    h.seq, self.last_seq
+                ),
+                false,
+            );
+        }
+        if let Some(prev) = self.prev_crc {
+            if h.prev_crc != prev {
+                return Step::Stop(
+                    format!(
+                        "chain break: prev_crc {:#010x}, previous record's crc {prev:#010x}",
+                        h.prev_crc
+                    ),
+                    false,
+                );
+            }
+        }
+        if seq_limit.is_some_and(|limit| h.seq >= limit) {
+            return Step::Stop(
+                format!("record seq {} belongs to the next segment", h.seq),
+                false,
+            );
+        }
+        if let Some(next) = self.next_index {
+            match h.kind {
+                RecordKind::Batch(_) if h.first_index != next => {
+                    return Step::Fatal(format!(
+                        "record starts at index {} where {next} was expected",
+                        h.first_index
+                    ))
+                }
+                // A marker may void from below the first record read: compaction can recycle
+                // the segments before records that a later marker voided.
+                RecordKind::Truncate if h.first_index > next => {
+                    return Step::Fatal(format!(
+                        "truncation from {} beyond the end of the log ({next})",
+                        h.first_index
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if matches!(h.kind, RecordKind::Batch(_)) && h.term < self.last_term {
+            return Step::Fatal(format!(
+                "term {} lower than the previous record's {}",
+                h.term, self.last_term
+            ));
+        }
+        Step::Next(view)
+    }
+
+    fn apply(&mut self, view: &RecordView<'_>, segment: u64, offset: usize) {
+        let h = view.header;
+        match h.kind {
+            RecordKind::Batch(kind) => {
+                self.spans.push_back(RecordSpan {
+                    first_index: h.first_index,
+                    last_index: h.last_index(),
+                    term: h.term,
+                    kind,
+                    segment,
+                    offset: offset as u32,
+                    entry_count: h.entry_count,
+                    payload_bytes: h.payload_bytes,
+                });
+                self.next_index = Some(h.last_index().next());
+                self.last_term = h.term;
+            }
+            RecordKind::Truncate => {
+                void_from(&mut self.spans, h.first_index);
+                self.next_index = Some(h.first_index);
+                self.last_term = self.spans.back().map_or(Term::ZERO, |span| span.term);
+            }
+        }
+        self.prev_crc = Some(h.crc);
+        self.last_seq = h.seq;
+        self.last_crc = h.crc;
+        self.records += 1;
+    }
+}
+
+/// The newest evidence found past a stop.
+#[derive(Default)]
+struct Witness {
+    /// (synced_seq, seq, segment, offset) of the record claiming the most durability.
+    best: Option<(u64, u64, usize, usize)>,
+    max_seq: u64,
+    newer_records: u64,
+}
+
+fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: u64) -> Witness {
+    let mut witness = Witness::default();
+    for (position, segment) in segments.iter().enumerate().skip(from.0) {
+        let bytes = segment.bytes;
+        let mut offset = if position == from.0 {
+            from.1
+        } else {
+            SEGMENT_HEADER_BYTES
+        };
+        while offset + RECORD_HEADER_BYTES <= bytes.len() {
+            let magic = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4"));
+            if magic == RECORD_MAGIC {
+                if let Ok(view) = verify_record(&bytes[offset..]) {
+                    let h = view.header;
+                    if h.seq >= min_seq {
+                        witness.max_seq = witness.max_seq.max(h.seq);
+                        witness.newer_records += 1;
+                        if witness.best.map_or(true, |best| h.synced_seq > best.0) {
+                            witness.best = Some((h.synced_seq, h.seq, position, offset));
+                        }
+                    }
+                }
+            }
+            offset += RECORD_ALIGN;
+        }
+    }
+    witness
+}
+
+/// Scans the live segments (in name order) and returns the log they hold, or where it is
+/// corrupt. Never panics on any input bytes.
+pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
+    let Some(first) = segments.first() else {
+        return Ok(Recovered {
+            spans: VecDeque::new(),
+            next_index: LogIndex(1),
+            last_term: Term::ZERO,
+            next_seq: 1,
+            last_seq: 0,
+            last_crc: 0,
+            tail: None,
+            torn: None,
+            records: 0,
+        });
+    };
+    for (position, segment) in segments.iter().enumerate() {
+        if let Err(reason) = check_segment_header(segment.bytes) {
+            return Err(CorruptAt {
+                segment: position,
+                offset: 0,
+                index: LogIndex::ZERO,
+                reason,
+            });
+        }
+        if position > 0 && segment.first_seq <= segments[position - 1].first_seq {
+            return Err(CorruptAt {
+                segment: position,
+                offset: 0,
+                index: LogIndex::ZERO,
+                reason: "segment names are not increasing".to_string(),
+            });
+        }
+    }
+    let mut chain = Chain {
+        start_index: LogIndex(u64::from(first.first_seq == 1)),
+        prev_crc: None,
+        next_index: None,
+        last_term: Term::ZERO,
+        last_seq: first.first_seq.saturating_sub(1),
+        last_crc: 0,
+        spans: VecDeque::new(),
+        records: 0,
+    };
+    let mut position = 0usize;
+    let mut offset = SEGMENT_HEADER_BYTES;
+    // (segment, offset, reason) of the first record that is missing or bad.
+    let stop: (usize, usize, String) = loop {
+        let segment = &segments[position];
+        let next = segments.get(position + 1);
+        let exact = (offset == SEGMENT_HEADER_BYTES).then_some(segment.first_seq);
+        let step = chain.step(segment.bytes, offset, exact, next.map(|n| n.first_seq));
+        let (reason, damaged) = match step {
+            Step::Next(view) => {
+                chain.apply(&view, segment.first_seq, offset);
+                offset += view.header.stored_bytes();
+                continue;
+            }
+            Step::Fatal(reason) => return Err(corrupt(&chain, position, offset, reason)),
+            Step::Stop(reason, damaged) => (reason, damaged),
+        };
+        let Some(next) = next.filter(|_| chain.prev_crc.is_some()) else {
+            // No next segment, or no record yet to chain it to (a segment is only ever started
+            // after its predecessor holds a record, so a later segment cannot begin the log).
+            break (position, offset, reason);
+        };
+        let limit = segments.get(position + 2).map(|n| n.first_seq);
+        match chain.step(
+            next.bytes,
+            SEGMENT_HEADER_BYTES,
+            Some(next.first_seq),
+            limit,
+        ) {
+            Step::Next(view) => {
+                position += 1;
+                chain.apply(&view, next.first_seq, SEGMENT_HEADER_BYTES);
+                offset = SEGMENT_HEADER_BYTES + view.header.stored_bytes();
+            }
+            Step::Fatal(reason) => {
+                return Err(corrupt(&chain, position + 1, SEGMENT_HEADER_BYTES, reason))
+            }
+            Step::Stop(next_reason, _) if damaged => {
+                break (
+                    position,
+                    offset,
+                    format!("{reason} (and the next segment does not continue: {next_reason})"),
+                )
+            }
+            Step::Stop(next_reason, _) => {
+                break (
+                    position + 1,
+                    SEGMENT_HEADER_BYTES,
+                    format!(
+                        "{next_reason} (first record of the next segment; a segment may be \
+                         missing before it)"
+                    ),
+                )
+            }
+        }
+    };
+    let (stop_segment, stop_offset, reason) = stop;
+    let witness = scan_witnesses(
+        segments,
+        // From the stop itself: a valid record there that merely fails the chain (the first
+        // record of a segment after a missing one) is evidence too.
+        (stop_segment, stop_offset),
+        chain.last_seq + 1,
+    );
+    if let Some((synced_seq, seq, w_segment, w_offset)) = witness.best {
+        if synced_seq > chain.last_seq {
+            return Err(corrupt(
+                &chain,
+                stop_segment,
+                stop_offset,
+                format!(
+                    "{reason}; yet record seq {seq} (segment #{w_segment} offset {w_offset}) \
+                     says seq {synced_seq} was durable: records after seq {} had been synced",
+                    chain.last_seq
+                ),
+            ));
+        }
+    }
+    if chain.records == 0 && first.first_seq > 1 {
+        return Err(corrupt(
+            &chain,
+            0,
+            SEGMENT_HEADER_BYTES,
+            format!("{reason}; the first record of a compacted log is unreadable"),
+        ));
+    }
+    // The tail is always in the segment whose chain we followed; segments after it (when the
+    // stop was the first record of the next segment) are discarded whole.
+    let tail_segment = if stop_segment > position {
+        position
+    } else {
+        stop_segment
+    };
+    let tail_offset = if stop_segment > position {
+        offset
+    } else {
+        stop_offset
+    };
+    // Clean: nothing newer anywhere, and the tail position holds zeros or a stale record.
+    let at_tail = &segments[tail_segment].bytes[tail_offset..];
+    let tail_is_clean = witness.newer_records == 0
+        && segments[tail_segment + 1..].is_empty()
+        && (at_tail.iter().take(RECORD_HEADER_BYTES).all(|&b| b == 0)
+            || verify_record(at_tail).is_ok_and(|view| view.header.seq <= chain.last_seq));
+    let next_index = chain.next_index.unwrap_or(LogIndex(1));
+    let torn = (!tail_is_clean).then_some(TornTail {
+        segment: tail_segment,
+        offset: tail_offset,
+        index: next_index,
+        reason,
+        newer_records_discarded: witness.newer_records,
+    });
+    Ok(Recovered {
+        next_seq: chain.last_seq.max(witness.max_seq) + 1,
+        spans: chain.spans,
+        next_index,
+        last_term: chain.last_term,
+        last_seq: chain.last_seq,
+        last_crc: chain.last_crc,
+        tail: Some((tail_segment, tail_offset)),
+        torn,
+        records: chain.records,
+    })
+}
+
+fn corrupt(chain: &Chain, segment: usize, offset: usize, reason: String) -> CorruptAt {
+    CorruptAt {
+        segment,
+        offset,
+        index: chain.next_index.unwrap_or(chain.start_index),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{Batch, BatchBuilder};
+    use crate::log::record::{batch_header, truncate_header, write_header, ChainFields};
+    use crate::log::segment::encode_segment_header;
+
+    const SEGMENT: usize = 1024;
+
+    /// Builds segments by hand the way the writer does.
+    struct Writer {
+        segments: Vec<(u64, Vec<u8>)>,
+        offset: usize,
+        seq: u64,
+        prev_crc: u32,
+        synced_seq: u64,
+    }
+
+    impl Writer {
+        fn new() -> Writer {
+            let mut writer = Writer {
+                segments: Vec::new(),
+                offset: 0,
+                seq: 1,
+                prev_crc: 0,
+                synced_seq: 0,
+            };
+            writer.new_segment();
+            writer
+        }
+
+        fn new_segment(&mut self) {
+            let mut bytes = vec![0u8; SEGMENT];
+            bytes[..64].copy_from_slice(&encode_segment_header(SEGMENT as u64));
+            self.segments.push((self.seq, bytes));
+            self.offset = SEGMENT_HEADER_BYTES;
+        }
+
+        fn chain(&self) -> ChainFields {
+            ChainFields {
+                prev_crc: self.prev_crc,
+                seq: self.seq,
+                synced_seq: self.synced_seq,
+            }
+        }
+
+        fn place(&mut self, stored: usize) -> usize {
+            if self.offset + stored > SEGMENT {
+                self.new_segment();
+            }
+            let at = self.offset;
+            self.offset += stored;
+            self.seq += 1;
+            at
+        }
+
+        fn append(&mut self, batch: &Batch) -> (usize, usize) {
+            let header = batch_header(batch, self.chain());
+            let at = self.place(header.stored_bytes());
+            let bytes = &mut self.segments.last_mut().unwrap().1;
+            write_header(&mut bytes[at..], &header);
+            bytes[at + 64..at + 64 + batch.payload().len()].copy_from_slice(batch.payload());
+            self.prev_crc = header.crc;
+            (self.segments.len() - 1, at)
+        }
+
+        fn truncate(&mut self, from: u64) {
+            let header = truncate_header(LogIndex(from), self.chain());
+            let at = self.place(header.stored_bytes());
+            write_header(&mut self.segments.last_mut().unwrap().1[at..], &header);
+            self.prev_crc = header.crc;
+        }
+
+        fn input(&self) -> Vec<SegmentBytes<'_>> {
+            self.segments
+                .iter()
+                .map(|(seq, bytes)| SegmentBytes {
+                    first_seq: *seq,
+                    bytes,
+                })
+                .collect()
+        }
+    }
+
+    fn batch(first: u64, count: usize, term: u64) -> Batch {
+        let mut builder = BatchBuilder::default();
+        for i in 0..count {
+            builder.push(&[i as u8; 50]);
+        }
+        builder.finish(Term(term), LogIndex(first), BatchKind::Normal)
+    }
+
+    #[test]
+    fn clean_log_across_segments() {
+        let mut w = Writer::new();
+        for i in 0..20 {
+            w.append(&batch(1 + i * 2, 2, 1));
+        }
+        assert!(w.segments.len() > 3);
+        let rec = recover(&w.input()).unwrap();
+        assert_eq!(rec.next_index, LogIndex(41));
+        assert_eq!(rec.records, 20);
+        assert_eq!(rec.torn, None);
+        assert_eq!(rec.next_seq, 21);
+        assert_eq!(rec.tail.unwrap().0, w.segments.len() - 1);
+    }
+
+    #[test]
+    fn truncation_markers_void_entries() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 3, 1));
+        w.append(&batch(4, 3, 1));
+        w.truncate(3);
+        w.append(&batch(3, 1, 2));
+        let rec = recover(&w.input()).unwrap();
+        assert_eq!(rec.next_index, LogIndex(4));
+        assert_eq!(rec.spans.len(), 2);
+        assert_eq!(rec.spans[0].last_index, LogIndex(2));
+        assert_eq!(rec.spans[1].term, Term(2));
+    }
+
+    #[test]
+    fn unwitnessed_damage_is_a_torn_tail_and_witnessed_damage_is_corruption() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        let (_, second) = w.append(&batch(3, 2, 1));
+        w.append(&batch(5, 2, 1));
+        // Nothing synced: damage in the middle is a torn tail at the second record.
+        let mut torn = Writer { ..w_clone(&w) };
+        torn.segments[0].1[second + 70] ^= 4;
+        let rec = recover(&torn.input()).unwrap();
+        assert_eq!(rec.next_index, LogIndex(3));
+        let cut = rec.torn.unwrap();
+        assert_eq!(
+            (cut.segment, cut.offset, cut.newer_records_discarded),
+            (0, second, 1)
+        );
+        assert_eq!(rec.next_seq, 4, "seqs past the cut are never reused");
+        // A later record that says seq 3 was durable makes the same damage corruption.
+        w.synced_seq = 3;
+        w.append(&batch(7, 1, 1));
+        w.segments[0].1[second + 70] ^= 4;
+        let err = recover(&w.input()).unwrap_err();
+        assert_eq!(
+            (err.segment, err.offset, err.index),
+            (0, second, LogIndex(3))
+        );
+        assert!(err.reason.contains("durable"), "{}", err.reason);
+    }
+
+    fn w_clone(w: &Writer) -> Writer {
+        Writer {
+            segments: w.segments.clone(),
+            offset: w.offset,
+            seq: w.seq,
+            prev_crc: w.prev_crc,
+            synced_seq: w.synced_seq,
+        }
+    }
+
+    #[test]
+    fn missing_middle_segment_with_durable_data_after_is_refused() {
+        let mut w = Writer::new();
+        for i in 0..12 {
+            w.synced_seq = i;
+            w.append(&batch(1 + i * 2, 2, 1));
+        }
+        assert!(w.segments.len() >= 3);
+        w.segments.remove(1);
+        let err = recover(&w.input()).unwrap_err();
+        assert_eq!((err.segment, err.offset), (1, SEGMENT_HEADER_BYTES));
+        assert!(err.reason.contains("missing"), "{}", err.reason);
+    }
+
+    #[test]
+    fn stale_records_after_a_cut_and_rewrite_are_ignored() {
+        // Life 1: A B C, with B torn; recovery cuts after A and continues with seq 4.
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        let (_, b_at) = w.append(&batch(3, 2, 1));
+        w.append(&batch(5, 2, 1));
+        w.segments[0].1[b_at + 80] ^= 1;
+        let rec = recover(&w.input()).unwrap();
+        assert_eq!((rec.next_index, rec.next_seq), (LogIndex(3), 4));
+        // Life 2 writes a shorter D at B's place; C (seq 3) still lies further on.
+        w.offset = b_at;
+        w.seq = 4;
+        w.prev_crc = rec.last_crc;
+        w.append(&batch(3, 1, 2));
+        let rec = recover(&w.input()).unwrap();
+        assert_eq!(rec.next_index, LogIndex(4));
+        assert_eq!(rec.spans.len(), 2);
+        assert_eq!(rec.torn.unwrap().newer_records_discarded, 0);
+    }
+
+    #[test]
+    fn a_marker_may_void_from_below_the_first_record_left_by_compaction() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 3, 1));
+        w.new_segment();
+        w.append(&batch(4, 3, 1));
+        w.truncate(2);
+        w.append(&batch(2, 2, 2));
+        // Compaction recycled the first segment: the log now starts at the voided record 4..6.
+        let rec = recover(&w.input()[1..]).unwrap();
+        assert_eq!(rec.next_index, LogIndex(4));
+        assert_eq!(rec.spans.len(), 1);
+        assert_eq!(rec.spans[0].first_index, LogIndex(2));
+        assert_eq!(rec.torn, None);
+    }
+
+    #[test]
+    fn wrong_size_and_bad_header_are_corruption() {
+        let w = Writer::new();
+        let short = &w.segments[0].1[..512];
+        let err = recover(&[SegmentBytes {
+            first_seq: 1,
+            bytes: short,
+        }])
+        .unwrap_err();
+        assert_eq!(err.offset, 0);
+    }
+}
