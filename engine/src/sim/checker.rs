@@ -487,7 +487,10 @@ mod tests {
         assert_eq!(checker.on_append(NodeId(2), &a, Term(0)), Ok(()));
         let err = checker.on_append(NodeId(3), &b, Term(0)).unwrap_err();
         assert_eq!(err.invariant, Invariant::LogMatching);
-        assert_eq!(checker.on_apply(NodeId(1), LogIndex(1), Term(1), 5, 6), Ok(()));
+        assert_eq!(
+            checker.on_apply(NodeId(1), LogIndex(1), Term(1), 5, 6),
+            Ok(())
+        );
         let err = checker
             .on_apply(NodeId(2), LogIndex(1), Term(1), 7, 8)
             .unwrap_err();
@@ -497,8 +500,14 @@ mod tests {
     #[test]
     fn votes_and_commits_are_checked() {
         let mut checker = Checker::new();
-        assert_eq!(checker.on_vote_granted(NodeId(1), Term(3), NodeId(2)), Ok(()));
-        assert_eq!(checker.on_vote_granted(NodeId(1), Term(3), NodeId(2)), Ok(()));
+        assert_eq!(
+            checker.on_vote_granted(NodeId(1), Term(3), NodeId(2)),
+            Ok(())
+        );
+        assert_eq!(
+            checker.on_vote_granted(NodeId(1), Term(3), NodeId(2)),
+            Ok(())
+        );
         let err = checker
             .on_vote_granted(NodeId(1), Term(3), NodeId(3))
             .unwrap_err();

@@ -217,10 +217,21 @@ pub fn run(options: SimOptions) -> SimReport {
 }
 
 enum Event {
-    Tick { node: usize, incarnation: u64 },
-    Deliver { message: Message },
-    Synced { node: usize, incarnation: u64, write: WriteId },
-    Restart { node: usize },
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    Deliver {
+        message: Message,
+    },
+    Synced {
+        node: usize,
+        incarnation: u64,
+        write: WriteId,
+    },
+    Restart {
+        node: usize,
+    },
     Propose,
     Read,
     Nemesis,
@@ -300,7 +311,10 @@ fn describe(message: &Message) -> String {
             commit,
         } => {
             let last = batches.last().map_or(*prev_index, |b| b.last_index());
-            format!("Append prev {prev_index}/{prev_term} to {last} ({} batches) commit {commit}", batches.len())
+            format!(
+                "Append prev {prev_index}/{prev_term} to {last} ({} batches) commit {commit}",
+                batches.len()
+            )
         }
         MessageBody::AppendResponse {
             success,
@@ -385,7 +399,8 @@ impl Cluster {
         if self.profile.read_gap_max > 0 {
             self.queue.push(1, Event::Read);
         }
-        self.queue.push(self.profile.nemesis_gap_max / 2, Event::Nemesis);
+        self.queue
+            .push(self.profile.nemesis_gap_max / 2, Event::Nemesis);
         let mut steps = 0u64;
         while steps < self.options.steps {
             let event = self.queue.pop().expect("ticks keep the queue non-empty");
@@ -505,7 +520,8 @@ impl Cluster {
         );
         // Spread the nodes' tick phases over one tick.
         let phase = self.rng.below(TICK) + 1;
-        self.queue.push(now + phase, Event::Tick { node, incarnation });
+        self.queue
+            .push(now + phase, Event::Tick { node, incarnation });
         self.drain(node)
     }
 
@@ -543,7 +559,8 @@ impl Cluster {
                     return Ok(());
                 };
                 raft.tick();
-                self.queue.push(now + TICK, Event::Tick { node, incarnation });
+                self.queue
+                    .push(now + TICK, Event::Tick { node, incarnation });
                 self.drain(node)
             }
             Event::Deliver { message } => {
@@ -556,7 +573,8 @@ impl Cluster {
                     return Ok(());
                 }
                 self.stats.delivered += 1;
-                self.trace.record(now, format_args!("deliver {}", describe(&message)));
+                self.trace
+                    .record(now, format_args!("deliver {}", describe(&message)));
                 self.nodes[to]
                     .raft
                     .as_mut()
@@ -750,10 +768,8 @@ impl Cluster {
                                 .expect("leader is up")
                                 .transfer_leadership(to);
                             self.stats.transfers += u64::from(result.is_ok());
-                            self.trace.record(
-                                now,
-                                format_args!("transfer {}->{to}: {:?}", n.id, result),
-                            );
+                            self.trace
+                                .record(now, format_args!("transfer {}->{to}: {:?}", n.id, result));
                             return self.drain(leader);
                         }
                     }
@@ -844,7 +860,10 @@ impl Cluster {
             self.stats.term_max = self.stats.term_max.max(soft.term.get());
             self.trace.record(
                 now,
-                format_args!("{id} is {:?} of {} (leader {:?})", soft.role, soft.term, soft.leader),
+                format_args!(
+                    "{id} is {:?} of {} (leader {:?})",
+                    soft.role, soft.term, soft.leader
+                ),
             );
             if soft.role == Role::Leader {
                 self.stats.leaders += 1;
@@ -1080,8 +1099,10 @@ impl Cluster {
         }
         let applied = n.digest.applied;
         let id = n.id;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            n.reads.drain(..).partition(|(read, _)| read.index <= applied);
+        let (ready, waiting): (Vec<_>, Vec<_>) = n
+            .reads
+            .drain(..)
+            .partition(|(read, _)| read.index <= applied);
         n.reads = waiting;
         for (read, issued) in ready {
             self.checker

@@ -154,7 +154,9 @@ impl StoredState {
 
     /// Drops every entry at or after `from` (entries below the snapshot are not touched).
     fn truncate(&mut self, from: LogIndex) {
-        let keep = self.batches.partition_point(|batch| batch.last_index() < from);
+        let keep = self
+            .batches
+            .partition_point(|batch| batch.last_index() < from);
         self.batches.truncate(keep + 1);
         if let Some(last) = self.batches.last_mut() {
             if last.first_index() >= from {
@@ -376,5 +378,140 @@ impl Disk {
             operations_lost: total - keep,
             torn,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchBuilder, BatchKind};
+    use crate::raft::Membership;
+    use crate::types::NodeId;
+
+    fn batch(term: u64, first: u64, count: u64) -> Batch {
+        let mut builder = BatchBuilder::default();
+        for i in 0..count {
+            builder.push(&(first + i).to_le_bytes());
+        }
+        builder.finish(Term(term), LogIndex(first), BatchKind::Normal)
+    }
+
+    fn append(id: u64, batches: Vec<Batch>) -> DiskWrite {
+        DiskWrite {
+            id,
+            hard_state: None,
+            snapshot: None,
+            truncate_from: None,
+            batches,
+        }
+    }
+
+    fn latency() -> DiskLatency {
+        DiskLatency {
+            sync_min: 1,
+            sync_max: 10,
+            slow_sync_max: 100,
+        }
+    }
+
+    fn hard(term: u64, vote: u64) -> HardState {
+        HardState {
+            term: Term(term),
+            vote: Some(NodeId(vote)),
+        }
+    }
+
+    #[test]
+    fn writes_become_durable_in_order_and_syncs_never_overtake() {
+        let mut disk = Disk::new(HardState::default(), latency());
+        let mut rng = SimRng::new(1);
+        let first = disk
+            .submit(append(1, vec![batch(1, 1, 3)]), 0, &mut rng)
+            .unwrap();
+        let second = disk
+            .submit(append(2, vec![batch(1, 4, 2)]), 0, &mut rng)
+            .unwrap();
+        assert!(second >= first);
+        assert_eq!(disk.written().last_index(), LogIndex(5));
+        assert_eq!(disk.durable().last_index(), LogIndex(0));
+        assert_eq!(disk.sync_through(1), 1);
+        assert_eq!(disk.durable().last_index(), LogIndex(3));
+        assert_eq!(disk.sync_through(2), 1);
+        assert_eq!(disk.durable().last_index(), LogIndex(5));
+        assert_eq!(disk.durable().holding(LogIndex(4)), Holding::Entry(Term(1)));
+        assert_eq!(disk.durable().holding(LogIndex(6)), Holding::Missing);
+    }
+
+    #[test]
+    fn non_contiguous_appends_are_refused() {
+        let mut disk = Disk::new(HardState::default(), latency());
+        let mut rng = SimRng::new(1);
+        let error = disk
+            .submit(append(1, vec![batch(1, 2, 1)]), 0, &mut rng)
+            .unwrap_err();
+        assert!(error.contains("expected first index i1"), "{error}");
+    }
+
+    #[test]
+    fn truncate_and_compact_cut_batches_at_entry_boundaries() {
+        let mut state = StoredState::new(HardState::default());
+        state.append(&batch(1, 1, 5)).unwrap();
+        state.append(&batch(2, 6, 5)).unwrap();
+        state.truncate(LogIndex(8));
+        assert_eq!(state.last_index(), LogIndex(7));
+        assert_eq!(state.term_at(LogIndex(7)), Some(Term(2)));
+        let meta = SnapshotMeta {
+            index: LogIndex(3),
+            term: Term(1),
+            membership: Membership::with_voters([NodeId(1)]),
+        };
+        state.compact(&meta, &Bytes::from_static(b"s"));
+        assert_eq!(state.holding(LogIndex(2)), Holding::Compacted);
+        assert_eq!(state.term_at(LogIndex(3)), Some(Term(1)));
+        assert_eq!(state.batches[0].first_index(), LogIndex(4));
+        // An append already covered by the snapshot is skipped, a straddling one is cut.
+        let mut covered = StoredState::new(HardState::default());
+        covered.compact(&meta, &Bytes::from_static(b"s"));
+        covered.append(&batch(1, 1, 2)).unwrap();
+        covered.append(&batch(1, 3, 3)).unwrap();
+        assert_eq!(covered.batches[0].first_index(), LogIndex(4));
+        assert_eq!(covered.last_index(), LogIndex(5));
+    }
+
+    #[test]
+    fn a_crash_keeps_durable_state_and_a_prefix_of_pending_operations() {
+        let mut outcomes = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let mut disk = Disk::new(HardState::default(), latency());
+            let mut rng = SimRng::new(seed);
+            let mut first = append(1, vec![batch(1, 1, 2)]);
+            first.hard_state = Some(hard(1, 1));
+            disk.submit(first, 0, &mut rng).unwrap();
+            disk.sync_through(1);
+            let mut second = append(2, vec![batch(2, 3, 4), batch(2, 7, 4)]);
+            second.hard_state = Some(hard(2, 2));
+            disk.submit(second, 0, &mut rng).unwrap();
+            disk.crash(&mut rng);
+            let durable = disk.durable();
+            assert_eq!(durable.last_index(), disk.written().last_index());
+            let last = durable.last_index().get();
+            assert!((2..=10).contains(&last), "seed {seed}: log ends at {last}");
+            // Never a mix: entries of term 2 survive only with the term-2 hard state.
+            if last > 2 {
+                assert_eq!(durable.hard_state, hard(2, 2), "seed {seed}");
+            } else {
+                assert!(durable.hard_state == hard(1, 1) || durable.hard_state == hard(2, 2));
+            }
+            outcomes.insert((durable.hard_state.term, last));
+        }
+        // Lost everything, kept everything, and torn in between all happen.
+        assert!(outcomes.contains(&(Term(1), 2)), "{outcomes:?}");
+        assert!(outcomes.contains(&(Term(2), 10)), "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .any(|&(_, last)| last > 2 && last < 10 && last != 6),
+            "no torn append in {outcomes:?}"
+        );
     }
 }

@@ -86,8 +86,16 @@ impl Profile {
         let mut rng = SimRng::new(seed ^ 0xA5A5_5A5A_0F0F_F0F0);
         let hostile = rng.chance(500);
         let network = NetworkFaults {
-            drop_per_mille: if hostile { rng.between(0, 80) as u32 } else { 0 },
-            duplicate_per_mille: if hostile { rng.between(0, 40) as u32 } else { 0 },
+            drop_per_mille: if hostile {
+                rng.between(0, 80) as u32
+            } else {
+                0
+            },
+            duplicate_per_mille: if hostile {
+                rng.between(0, 40) as u32
+            } else {
+                0
+            },
             long_delay_per_mille: rng.between(0, 100) as u32,
             delay_min: 1,
             delay_max: rng.between(5, 60),
@@ -158,10 +166,16 @@ mod tests {
     #[test]
     fn profiles_are_a_function_of_the_seed_and_vary() {
         assert_eq!(Profile::for_seed(9), Profile::for_seed(9));
-        let distinct: std::collections::BTreeSet<_> =
-            (0..50).map(|seed| format!("{:?}", Profile::for_seed(seed))).collect();
+        let distinct: std::collections::BTreeSet<_> = (0..50)
+            .map(|seed| format!("{:?}", Profile::for_seed(seed)))
+            .collect();
         assert!(distinct.len() > 40);
-        let lease = (0..200).filter(|&s| Profile::for_seed(s).lease_reads).count();
-        assert!(lease > 10 && lease < 190, "{lease} of 200 seeds use lease reads");
+        let lease = (0..200)
+            .filter(|&s| Profile::for_seed(s).lease_reads)
+            .count();
+        assert!(
+            lease > 10 && lease < 190,
+            "{lease} of 200 seeds use lease reads"
+        );
     }
 }

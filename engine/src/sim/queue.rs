@@ -76,7 +76,6 @@ impl<E> EventQueue<E> {
         self.now = scheduled.time;
         Some(scheduled.event)
     }
-
 }
 
 impl<E> Default for EventQueue<E> {
