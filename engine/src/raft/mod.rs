@@ -9,7 +9,10 @@
 mod config;
 mod core;
 mod membership;
+mod memlog;
 mod message;
+mod progress;
+mod read_only;
 mod ready;
 mod status;
 
