@@ -32,6 +32,10 @@ use super::ready::{
 };
 use super::status::{PeerStatus, ProgressState, ProposeError, Stats, Status};
 
+/// Heartbeat answers without progress after which a replicating follower is probed again
+/// from its match index (its acks or our appends were lost, or it restarted).
+const STALLED_HEARTBEATS_MAX: u32 = 2;
+
 /// A tiny seeded generator (splitmix64) for election timeouts.
 #[derive(Debug)]
 struct SplitMix64(u64);
@@ -1230,7 +1234,6 @@ impl Raft {
 
     fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         let last = self.log.last_index();
-        let stall_limit = (self.config.election_ticks / self.config.heartbeat_ticks).max(2);
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
@@ -1242,7 +1245,7 @@ impl Raft {
                 ProgressState::Probe => progress.unpause_probe(),
                 ProgressState::Replicate => {
                     progress.stalled_heartbeats += 1;
-                    if progress.stalled_heartbeats >= stall_limit {
+                    if progress.stalled_heartbeats >= STALLED_HEARTBEATS_MAX {
                         let next = progress.match_index.next();
                         progress.become_probe(next);
                     }

@@ -27,3 +27,6 @@ pub use self::ready::{
     WriteId,
 };
 pub use self::status::{PeerStatus, ProgressState, ProposeError, Stats, Status};
+
+#[cfg(test)]
+mod tests;
