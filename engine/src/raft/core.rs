@@ -119,6 +119,9 @@ pub struct Raft {
     broadcast_due: bool,
     transfer: Option<Transfer>,
     timeout_now_sent: bool,
+    /// A TimeoutNow went out in this term: its target may win a vote that bypasses the
+    /// followers' lease at any time, so lease reads are off until the next term.
+    lease_revoked: bool,
     reads: ReadQueue,
 
     messages: Vec<Message>,
@@ -210,6 +213,7 @@ impl Raft {
             broadcast_due: false,
             transfer: None,
             timeout_now_sent: false,
+            lease_revoked: false,
             reads: ReadQueue::default(),
             messages: Vec::new(),
             write: None,
@@ -1008,6 +1012,7 @@ impl Raft {
         );
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        self.lease_revoked = false;
         self.stats.became_leader += 1;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
@@ -1367,6 +1372,7 @@ impl Raft {
             .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.timeout_now_sent = true;
+            self.lease_revoked = true;
             self.send(transfer.target, MessageBody::TimeoutNow);
         }
     }
@@ -1428,7 +1434,11 @@ impl Raft {
         let ReadMode::Lease { clock_drift_ticks } = self.config.read_mode else {
             return false;
         };
-        if self.role != Role::Leader || self.transfer.is_some() || !self.committed_in_term() {
+        if self.role != Role::Leader
+            || self.transfer.is_some()
+            || self.lease_revoked
+            || !self.committed_in_term()
+        {
             return false;
         }
         let quorum_round = self.quorum_round();
