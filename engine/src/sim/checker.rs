@@ -18,7 +18,10 @@
 //! - `term-vote-monotonic` and `single-vote`: hard state never goes back (term down, or vote
 //!   changed within a term), including across restarts, and no node grants two votes in one term;
 //! - `linearizable-read`: a read is served at an index covering every write committed before the
-//!   read was issued.
+//!   read was issued;
+//! - `liveness` (checked by the cluster at the end of a run), `core-contract` (a write that does
+//!   not fit the log, a gap in committed batches, a restored state the core refuses) and
+//!   `no-panic` (an assertion fired inside a core or the simulator).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,6 +58,8 @@ pub enum Invariant {
     Liveness,
     /// The core broke its interface contract (e.g. a write that does not fit the log).
     CoreContract,
+    /// A core (or the simulator) panicked.
+    NoPanic,
 }
 
 impl fmt::Display for Invariant {
@@ -72,6 +77,7 @@ impl fmt::Display for Invariant {
             Invariant::LinearizableRead => "linearizable-read",
             Invariant::Liveness => "liveness",
             Invariant::CoreContract => "core-contract",
+            Invariant::NoPanic => "no-panic",
         })
     }
 }
@@ -179,6 +185,9 @@ pub struct Checker {
     votes: BTreeMap<(NodeId, Term), NodeId>,
     /// Highest commit index any node reported.
     commit_max: LogIndex,
+    /// Position `i` (index `i + 1`): the lowest term of a leader that reported it committed
+    /// (`Term::ZERO` while no leader did).
+    commit_terms: Vec<Term>,
 }
 
 impl Checker {
@@ -219,24 +228,45 @@ impl Checker {
                 self.leaders.insert(term, node);
             }
         }
-        // A new leader must hold every entry committed so far.
-        self.check_leader_holds(node, term, log, LogIndex(1))
+        // A new leader must hold every entry committed in an earlier term.
+        let end = LogIndex(self.commit_terms.len() as u64);
+        self.check_leader_holds(node, term, log, LogIndex(1), end)
     }
 
-    /// Checks that a leader of `term` holds every committed entry from `from` on.
+    /// The leader of `term` reports `from ..= to` committed: records the commit term of each.
+    pub fn on_leader_commit(&mut self, term: Term, from: LogIndex, to: LogIndex) {
+        if self.commit_terms.len() < to.get() as usize {
+            self.commit_terms.resize(to.get() as usize, Term::ZERO);
+        }
+        for at in from.get().max(1) - 1..to.get() {
+            let known = &mut self.commit_terms[at as usize];
+            if *known == Term::ZERO || term < *known {
+                *known = term;
+            }
+        }
+    }
+
+    /// Checks that `node`, leader of `term`, holds every entry of `from ..= to` that was
+    /// committed in a term below `term` (Leader Completeness; leaders of lower terms may lack
+    /// what a later term committed).
     pub fn check_leader_holds(
         &self,
         node: NodeId,
         term: Term,
         log: &StoredState,
         from: LogIndex,
+        to: LogIndex,
     ) -> Checked {
         let start = from.get().max(log.snapshot_index().get() + 1);
-        for index in start..=self.committed.len() as u64 {
-            let entry = self.committed[index as usize - 1];
-            if entry.term > term {
+        let end = to.get().min(self.commit_terms.len() as u64);
+        for index in start..=end {
+            let commit_term = self.commit_terms[index as usize - 1];
+            if commit_term == Term::ZERO || commit_term >= term {
                 continue;
             }
+            let Some(&entry) = self.committed.get(index as usize - 1) else {
+                continue;
+            };
             match log.holding(LogIndex(index)) {
                 Holding::Compacted => {}
                 Holding::Entry(held) if held == entry.term => {}
@@ -245,7 +275,7 @@ impl Checker {
                         Invariant::LeaderCompleteness,
                         format!(
                             "{node}, leader of {term}, holds {holding:?} at i{index} where \
-                             {} was committed",
+                             an entry of {} was committed in {commit_term}",
                             entry.term
                         ),
                     );

@@ -31,7 +31,12 @@ use super::rng::SimRng;
 use super::trace::Trace;
 
 /// Ticks the cluster gets, once faults stop, to elect a leader and commit a new proposal.
-pub const LIVENESS_TICKS: u64 = 300;
+pub const LIVENESS_TICKS: u64 = 1000;
+
+/// A client stops proposing to a node whose log runs this many entries past its commit index
+/// (clients bound their outstanding requests; without this a leader cut off from its quorum
+/// would pile up an unbounded backlog).
+pub const CLIENT_BACKLOG_MAX: u64 = 256;
 
 /// Election timeout of every simulated core, in ticks.
 pub const ELECTION_TICKS: u32 = 10;
@@ -191,29 +196,49 @@ impl fmt::Display for SimReport {
     }
 }
 
-/// Runs one seed to completion (or to its first violation).
+/// Runs one seed to completion (or to its first violation). A panic inside a core or the
+/// simulator is caught and reported as a violation of [`Invariant::NoPanic`].
 pub fn run(options: SimOptions) -> SimReport {
     assert!(
         (1..=7).contains(&options.nodes),
         "a simulated cluster has 1 to 7 nodes, not {}",
         options.nodes
     );
-    let mut cluster = Cluster::new(options.clone());
-    let violation = cluster.run().err();
-    if let Some(violation) = &violation {
-        let now = cluster.queue.now();
-        cluster
-            .trace
-            .record(now, format_args!("VIOLATION {violation}"));
-    }
-    cluster.stats.committed = cluster.checker.committed_len();
-    SimReport {
-        options,
-        trace_hash: cluster.trace.hash(),
-        stats: cluster.stats,
-        violation,
-        time: cluster.queue.now(),
-    }
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut cluster = Cluster::new(options.clone());
+        let violation = cluster.run().err();
+        if let Some(violation) = &violation {
+            let now = cluster.queue.now();
+            cluster
+                .trace
+                .record(now, format_args!("VIOLATION {violation}"));
+        }
+        cluster.stats.committed = cluster.checker.committed_len();
+        SimReport {
+            options: options.clone(),
+            trace_hash: cluster.trace.hash(),
+            stats: cluster.stats,
+            violation,
+            time: cluster.queue.now(),
+        }
+    }));
+    caught.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        SimReport {
+            options,
+            trace_hash: 0,
+            stats: SimStats::default(),
+            violation: Some(Violation {
+                invariant: Invariant::NoPanic,
+                detail: message,
+            }),
+            time: 0,
+        }
+    })
 }
 
 enum Event {
@@ -525,25 +550,43 @@ impl Cluster {
         self.drain(node)
     }
 
-    fn crash(&mut self, node: usize) {
+    fn crash(&mut self, node: usize) -> Checked {
         let now = self.now();
         let n = &mut self.nodes[node];
         if n.raft.take().is_none() {
-            return;
+            return Ok(());
         }
         let loss = n.disk.crash(&mut self.rng);
         n.after_durable.clear();
         n.reads.clear();
         self.stats.crashes += 1;
-        if loss.operations_kept > 0 || loss.torn {
+        if loss.units_kept > 0 || loss.torn {
             self.stats.torn_crashes += 1;
         }
         self.trace
             .record(now, format_args!("{} crash {:?}", n.id, loss));
+        // Whatever survived the crash is now durable: it joins the log-matching registry.
+        if let Err(violation) = self.check_durable_appends(node) {
+            return Err(violation);
+        }
         if self.quiet.is_none() {
             let downtime = self.rng.between(1, self.profile.downtime_max);
             self.queue.push(now + downtime, Event::Restart { node });
         }
+        Ok(())
+    }
+
+    /// Checks Log Matching for the batches of `node` that just became durable. Entries enter the
+    /// registry only once durable: an entry that never reached a disk (e.g. written by a leader
+    /// whose own term was not yet durable, then lost in a crash) never existed for anyone else.
+    fn check_durable_appends(&mut self, node: usize) -> Checked {
+        let id = self.nodes[node].id;
+        for append in self.nodes[node].disk.take_newly_durable() {
+            if let Some(prev_term) = append.prev_term {
+                self.checker.on_append(id, &append.batch, prev_term)?;
+            }
+        }
+        Ok(())
     }
 
     fn handle(&mut self, event: Event) -> Checked {
@@ -592,6 +635,8 @@ impl Cluster {
                     return Ok(());
                 }
                 n.disk.sync_through(write.0);
+                self.check_durable_appends(node)?;
+                let n = &mut self.nodes[node];
                 let mut released = Vec::new();
                 while n.after_durable.front().is_some_and(|(id, _)| *id <= write) {
                     released.extend(n.after_durable.pop_front().expect("non-empty").1);
@@ -660,6 +705,20 @@ impl Cluster {
             return Ok(());
         };
         let burst = self.rng.between(1, self.profile.propose_burst_max);
+        let n = &self.nodes[node];
+        let backlog = n
+            .disk
+            .written()
+            .last_index()
+            .get()
+            .saturating_sub(n.commit.get());
+        if backlog > CLIENT_BACKLOG_MAX {
+            self.trace.record(
+                self.queue.now(),
+                format_args!("client backs off {}: {backlog} entries uncommitted", n.id),
+            );
+            return Ok(());
+        }
         let mut accepted = 0;
         let raft = self.nodes[node].raft.as_mut().expect("target is up");
         for _ in 0..burst {
@@ -709,11 +768,11 @@ impl Cluster {
         match action {
             NemesisAction::Crash => {
                 let node = self.rng.below(count as u64) as usize;
-                self.crash(node);
+                self.crash(node)?;
             }
             NemesisAction::CrashLeader => {
                 if let Some(leader) = (0..count).find(|&i| self.nodes[i].is_leader()) {
-                    self.crash(leader);
+                    self.crash(leader)?;
                 }
             }
             NemesisAction::Partition => {
@@ -922,9 +981,12 @@ impl Cluster {
                 detail: format!("{id} installs a snapshot whose data is not ours: {data:?}"),
             })?;
             self.checker.on_snapshot_state(id, &digest)?;
-            n.digest = digest;
-            n.membership_applied = meta.membership.clone();
-            n.snapshot_index = meta.index;
+            // Load it unless the state machine is already past it.
+            if digest.applied > n.digest.applied {
+                n.digest = digest;
+                n.membership_applied = meta.membership.clone();
+            }
+            n.snapshot_index = n.snapshot_index.max(meta.index);
             self.stats.snapshots_installed += 1;
         }
         if let Some(from) = write.truncate_from {
@@ -954,7 +1016,6 @@ impl Cluster {
             truncate_from: write.truncate_from,
             batches: write.batches,
         };
-        let batches = disk_write.batches.clone();
         let done = n
             .disk
             .submit(disk_write, now, &mut self.rng)
@@ -962,13 +1023,6 @@ impl Cluster {
                 invariant: Invariant::CoreContract,
                 detail: format!("{id}: {detail}"),
             })?;
-        let written = n.disk.written();
-        for batch in &batches {
-            let prev = batch.first_index().prev();
-            if let Some(prev_term) = written.term_at(prev) {
-                self.checker.on_append(id, batch, prev_term)?;
-            }
-        }
         n.after_durable.push_back((write.id, write.after_durable));
         self.queue.push(
             done,
@@ -982,7 +1036,6 @@ impl Cluster {
     }
 
     fn apply(&mut self, node: usize, committed: &[Batch]) -> Checked {
-        let committed_before = self.checker.committed_len();
         let n = &mut self.nodes[node];
         let id = n.id;
         for batch in committed {
@@ -1040,21 +1093,6 @@ impl Cluster {
             self.trace
                 .record(self.queue.now(), format_args!("{id} compacts to {applied}"));
         }
-        // Leaders of later terms must hold what was just committed.
-        let committed_after = self.checker.committed_len();
-        if committed_after > committed_before {
-            for leader in 0..self.nodes.len() {
-                let l = &self.nodes[leader];
-                if l.is_leader() {
-                    self.checker.check_leader_holds(
-                        l.id,
-                        l.term,
-                        l.disk.written(),
-                        LogIndex(committed_before + 1),
-                    )?;
-                }
-            }
-        }
         Ok(())
     }
 
@@ -1086,6 +1124,25 @@ impl Cluster {
         };
         self.checker
             .on_commit(id, previous, commit, &held, quorum)?;
+        // Entries a leader commits are committed in its term: every leader of a later term must
+        // hold them (the leaders of later terms that exist already are checked here, later ones
+        // when they are elected).
+        if n.role == Role::Leader && commit > previous {
+            let term = n.term;
+            let from = previous.next();
+            self.checker.on_leader_commit(term, from, commit);
+            for other in &self.nodes {
+                if other.is_leader() && other.term > term {
+                    self.checker.check_leader_holds(
+                        other.id,
+                        other.term,
+                        other.disk.written(),
+                        from,
+                        commit,
+                    )?;
+                }
+            }
+        }
         self.nodes[node].commit = commit;
         self.trace
             .record(self.queue.now(), format_args!("{id} commit {commit}"));

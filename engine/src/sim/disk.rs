@@ -126,7 +126,12 @@ impl StoredState {
 
     /// Installs a snapshot received from a leader: the log at and below its index is dropped,
     /// the rest is kept (the core truncates it in the same write if it conflicts).
+    /// A snapshot older than the one held is ignored (the runtime's own snapshot already
+    /// covers it).
     fn install_snapshot(&mut self, meta: &SnapshotMeta, data: &Bytes) {
+        if meta.index <= self.snapshot_index() && self.snapshot.is_some() {
+            return;
+        }
         self.snapshot = Some((meta.clone(), data.clone()));
         self.drop_through(meta.index);
     }
@@ -168,11 +173,12 @@ impl StoredState {
     }
 
     /// Appends a batch that must continue the log; the part already covered by the snapshot is
-    /// skipped (a node may compact past entries whose write is still pending).
-    fn append(&mut self, batch: &Batch) -> Result<(), String> {
+    /// skipped (a node may compact past entries whose write is still pending). Returns the part
+    /// appended.
+    fn append(&mut self, batch: &Batch) -> Result<Option<Batch>, String> {
         let snapshot_index = self.snapshot_index();
         if batch.last_index() <= snapshot_index {
-            return Ok(());
+            return Ok(None);
         }
         let batch = if batch.first_index() <= snapshot_index {
             batch.suffix_from(snapshot_index.next())
@@ -186,8 +192,8 @@ impl StoredState {
                 self.last_index()
             ));
         }
-        self.batches.push(batch);
-        Ok(())
+        self.batches.push(batch.clone());
+        Ok(Some(batch))
     }
 }
 
@@ -210,14 +216,24 @@ fn operations(write: &DiskWrite) -> impl Iterator<Item = Operation<'_>> {
     hard_state.chain(snapshot).chain(truncate).chain(append)
 }
 
-fn perform(state: &mut StoredState, operation: &Operation<'_>) -> Result<(), String> {
+/// Performs one operation; returns the batch appended, if any.
+fn perform(state: &mut StoredState, operation: &Operation<'_>) -> Result<Option<Batch>, String> {
     match operation {
         Operation::HardState(hard_state) => state.persist_hard_state(hard_state),
         Operation::Snapshot(meta, data) => state.install_snapshot(meta, data),
         Operation::Truncate(from) => state.truncate(*from),
-        Operation::Append(batch) => state.append(batch)?,
+        Operation::Append(batch) => return state.append(batch),
     }
-    Ok(())
+    Ok(None)
+}
+
+/// A batch that just became durable, with the term of the entry before it (if known).
+#[derive(Clone, Debug)]
+pub struct DurableAppend {
+    /// The entries now durable.
+    pub batch: Batch,
+    /// Term of the entry at `batch.first_index() - 1` in the durable log right after the append.
+    pub prev_term: Option<Term>,
 }
 
 /// Latency knobs of a disk (time units).
@@ -237,6 +253,7 @@ pub struct Disk {
     durable: StoredState,
     written: StoredState,
     pending: VecDeque<DiskWrite>,
+    newly_durable: Vec<DurableAppend>,
     latency: DiskLatency,
     slow: bool,
     last_sync_at: u64,
@@ -247,10 +264,10 @@ pub struct Disk {
 pub struct CrashLoss {
     /// Pending writes at the crash.
     pub pending_writes: usize,
-    /// Pending operations that survived the crash.
-    pub operations_kept: usize,
-    /// Pending operations lost.
-    pub operations_lost: usize,
+    /// Pending units (a write's header, or one append) that survived the crash.
+    pub units_kept: usize,
+    /// Pending units lost.
+    pub units_lost: usize,
     /// Whether the last kept append was torn at an entry boundary.
     pub torn: bool,
 }
@@ -264,6 +281,7 @@ impl Disk {
             durable: StoredState::new(hard_state.clone()),
             written: StoredState::new(hard_state),
             pending: VecDeque::new(),
+            newly_durable: Vec::new(),
             latency,
             slow: false,
             last_sync_at: 0,
@@ -321,12 +339,25 @@ impl Disk {
         while self.pending.front().is_some_and(|write| write.id <= id) {
             let write = self.pending.pop_front().expect("checked non-empty");
             for operation in operations(&write) {
-                perform(&mut self.durable, &operation)
-                    .expect("a write that fitted the written log fits the durable log");
+                self.perform_durable(&operation);
             }
             synced += 1;
         }
         synced
+    }
+
+    fn perform_durable(&mut self, operation: &Operation<'_>) {
+        let appended = perform(&mut self.durable, operation)
+            .expect("a write that fitted the written log fits the durable log");
+        if let Some(batch) = appended {
+            let prev_term = self.durable.term_at(batch.first_index().prev());
+            self.newly_durable.push(DurableAppend { batch, prev_term });
+        }
+    }
+
+    /// The batches that became durable (by a sync, or by surviving a crash) since the last call.
+    pub fn take_newly_durable(&mut self) -> Vec<DurableAppend> {
+        std::mem::take(&mut self.newly_durable)
     }
 
     /// The runtime snapshotted its state machine: written durably and at once.
@@ -336,10 +367,19 @@ impl Disk {
     }
 
     /// Crashes the node: keeps durable state plus a random prefix of the pending operations
-    /// (the last kept append possibly torn), loses the rest. Afterwards `durable == written`.
+    /// (the last kept append possibly torn), loses the rest. A write's hard state, snapshot and
+    /// truncation survive together or not at all; its appends may survive one by one after them.
+    /// Afterwards `durable == written`.
     pub fn crash(&mut self, rng: &mut SimRng) -> CrashLoss {
         let pending: Vec<DiskWrite> = self.pending.drain(..).collect();
-        let total: usize = pending.iter().map(|write| operations(write).count()).sum();
+        // Units that survive whole: each write's header (if it has one), then each batch.
+        let units = |write: &DiskWrite| {
+            let header = write.hard_state.is_some()
+                || write.snapshot.is_some()
+                || write.truncate_from.is_some();
+            usize::from(header) + write.batches.len()
+        };
+        let total: usize = pending.iter().map(units).sum();
         let keep = match rng.below(4) {
             0 => 0,
             1 => total,
@@ -347,10 +387,22 @@ impl Disk {
         };
         let mut torn = false;
         let mut kept = 0usize;
-        'writes: for write in &pending {
-            for operation in operations(write) {
+        for write in &pending {
+            if kept == keep {
+                break;
+            }
+            let mut operations = operations(write).peekable();
+            if !matches!(operations.peek(), Some(Operation::Append(_)) | None) {
+                kept += 1;
+                while let Some(operation) =
+                    operations.next_if(|op| !matches!(op, Operation::Append(_)))
+                {
+                    self.perform_durable(&operation);
+                }
+            }
+            for operation in operations {
                 if kept == keep {
-                    break 'writes;
+                    break;
                 }
                 kept += 1;
                 match operation {
@@ -361,12 +413,10 @@ impl Disk {
                         torn = true;
                         if entries > 0 {
                             let prefix = batch.prefix_to(batch.first_index().plus(entries - 1));
-                            perform(&mut self.durable, &Operation::Append(&prefix))
-                                .expect("a prefix of a fitting batch fits");
+                            self.perform_durable(&Operation::Append(&prefix));
                         }
                     }
-                    operation => perform(&mut self.durable, &operation)
-                        .expect("a write that fitted the written log fits the durable log"),
+                    operation => self.perform_durable(&operation),
                 }
             }
         }
@@ -374,8 +424,8 @@ impl Disk {
         self.last_sync_at = 0;
         CrashLoss {
             pending_writes: pending.len(),
-            operations_kept: keep,
-            operations_lost: total - keep,
+            units_kept: keep,
+            units_lost: total - keep,
             torn,
         }
     }

@@ -137,7 +137,7 @@ impl Profile {
             },
             batch_entries_max: *rng.pick(&[1, 3, 64, 4096]),
             append_bytes_max: *rng.pick(&[20, 100, 1000, 1 << 20]),
-            inflight_messages_max: *rng.pick(&[1, 2, 8, 64]),
+            inflight_messages_max: *rng.pick(&[1, 4, 8, 64]),
             snapshot_chunk_bytes: *rng.pick(&[7, 24, 1 << 20]),
         }
     }
