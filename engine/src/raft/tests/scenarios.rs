@@ -782,3 +782,132 @@ fn pipelining_keeps_many_appends_in_flight() {
     cluster.ticks(2);
     assert_eq!(commit(&cluster, 1), LogIndex(201));
 }
+
+/// Regression (sim seed 1287): a leader that sent TimeoutNow must not serve lease reads again in
+/// that term, even after its transfer is abandoned, because the transfer vote bypasses the
+/// followers' lease.
+#[test]
+fn lease_is_revoked_by_a_leadership_transfer() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.read_mode = ReadMode::Lease {
+            clock_drift_ticks: 2,
+        }
+    });
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader");
+    let target = if leader == 1 { 2 } else { 1 };
+    // The target gets TimeoutNow, but everything it sends in its new term is lost: the
+    // transfer is abandoned.
+    let term = cluster.node(leader).raft.status().term;
+    cluster.rewrite = Some(Box::new(move |message: Message| {
+        (message.term == term).then_some(message)
+    }));
+    cluster
+        .raft(leader)
+        .transfer_leadership(NodeId(target))
+        .unwrap();
+    cluster.stabilize();
+    for _ in 0..10 {
+        cluster.raft(leader).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(role(&cluster, leader), Role::Leader);
+    assert_eq!(
+        cluster.node(leader).raft.status().stats.transfers_aborted,
+        1
+    );
+    cluster.raft(leader).read_index(ReadId(5)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert!(ready.reads.is_empty(), "no lease read after a TimeoutNow");
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+}
+
+#[test]
+fn snapshot_transfer_restarts_when_the_follower_restarts() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.snapshot_chunk_bytes = 1000);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.propose(1, 300);
+    cluster.stabilize();
+    let data = Bytes::from(vec![7u8; 5_000]);
+    cluster.compact(1, data.clone());
+    cluster.heal();
+    // Let two chunks through, then crash the follower mid-transfer.
+    let mut chunks = 0;
+    cluster.rewrite = Some(Box::new(move |message: Message| {
+        if let MessageBody::Snapshot { .. } = message.body {
+            chunks += 1;
+            if chunks > 2 {
+                return None;
+            }
+        }
+        Some(message)
+    }));
+    cluster.ticks(6);
+    assert!(cluster.node(3).disk.snapshot.is_none(), "not complete yet");
+    cluster.crash(3);
+    cluster.restart(3);
+    cluster.rewrite = None;
+    cluster.ticks(10);
+    assert_eq!(cluster.node(3).disk.snapshot.as_ref().unwrap().1, data);
+    assert_eq!(cluster.terms(3), cluster.terms(1));
+}
+
+#[test]
+fn restored_state_is_validated_and_resumed() {
+    use crate::raft::{Config, ConfigError, Raft};
+    let mut batches = log_of_terms(&[1, 1, 2]);
+    let restored = |batches: Vec<crate::batch::Batch>, term: u64| Restored {
+        hard_state: HardState {
+            term: Term(term),
+            vote: Some(NodeId(1)),
+        },
+        batches,
+        initial_membership: voters(&[1, 2, 3]),
+        ..Restored::default()
+    };
+    let raft = Raft::new(Config::new(NodeId(1)), restored(batches.clone(), 2)).unwrap();
+    let status = raft.status();
+    assert_eq!(
+        (status.last_index, status.durable),
+        (LogIndex(3), LogIndex(3))
+    );
+    assert_eq!((status.term, status.vote), (Term(2), Some(NodeId(1))));
+    assert!(matches!(
+        Raft::new(Config::new(NodeId(1)), restored(batches.clone(), 1)),
+        Err(ConfigError::RestoredTermOrder { .. })
+    ));
+    batches.remove(0);
+    assert_eq!(
+        Raft::new(Config::new(NodeId(1)), restored(batches, 2)).err(),
+        Some(ConfigError::RestoredLogGap {
+            expected: LogIndex(1),
+            found: LogIndex(3)
+        })
+    );
+}
+
+#[test]
+fn proposals_are_sealed_at_the_batch_limit_and_refused_off_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.batch_entries_max = 8);
+    cluster.elect(1);
+    assert_eq!(
+        cluster.raft(2).propose(b"x"),
+        Err(ProposeError::NotLeader {
+            leader: Some(NodeId(1))
+        })
+    );
+    let first = cluster.raft(1).propose(b"a").unwrap();
+    assert_eq!(first, LogIndex(2), "after the noop");
+    cluster.propose(1, 7);
+    assert_eq!(cluster.node(1).raft.status().stats.batches_sealed, 1);
+    assert_eq!(cluster.node(1).raft.status().last_index, LogIndex(9));
+    cluster.propose(1, 3);
+    cluster.stabilize();
+    let stats = cluster.node(1).raft.status().stats;
+    assert_eq!(stats.batches_sealed, 2, "the rest sealed by ready()");
+    assert_eq!(commit(&cluster, 1), LogIndex(12));
+}
