@@ -117,8 +117,8 @@ pub(crate) fn log_of_terms(terms: &[u64]) -> Vec<Batch> {
             end += 1;
         }
         let mut builder = BatchBuilder::default();
-        for index in start..=end {
-            builder.push(format!("t{}i{}", terms[index], index + 1).as_bytes());
+        for (offset, term) in terms[start..=end].iter().enumerate() {
+            builder.push(format!("t{term}i{}", start + offset + 1).as_bytes());
         }
         batches.push(builder.finish(
             Term(terms[start]),
