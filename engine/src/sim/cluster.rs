@@ -291,7 +291,7 @@ impl SimNode {
     }
 }
 
-struct Cluster {
+pub(super) struct Cluster {
     options: SimOptions,
     profile: Profile,
     rng: SimRng,
@@ -309,6 +309,8 @@ struct Cluster {
     /// Set when the quiet period starts: (start time, liveness marker committed?).
     quiet: Option<(u64, bool)>,
     marker: Vec<u8>,
+    /// Scripted: this node's disk turns slow the moment it becomes leader.
+    slow_disk_on_leadership: Option<usize>,
 }
 
 fn violation(invariant: Invariant, detail: String) -> Checked {
@@ -377,6 +379,11 @@ fn describe(message: &Message) -> String {
 impl Cluster {
     fn new(options: SimOptions) -> Cluster {
         let profile = Profile::for_seed(options.seed);
+        Cluster::with_profile(options, profile)
+    }
+
+    /// A cluster with an explicit fault mix (scenarios); nothing runs until events are pushed.
+    pub(super) fn with_profile(options: SimOptions, profile: Profile) -> Cluster {
         let membership = Membership::with_voters((1..=options.nodes as u64).map(NodeId));
         let nodes = (0..options.nodes)
             .map(|i| SimNode {
@@ -408,6 +415,7 @@ impl Cluster {
             next_proposal: 1,
             quiet: None,
             marker: format!("liveness-{}", options.seed).into_bytes(),
+            slow_disk_on_leadership: None,
             profile,
             options,
         }
@@ -551,12 +559,20 @@ impl Cluster {
     }
 
     fn crash(&mut self, node: usize) -> Checked {
+        self.crash_with(node, false)
+    }
+
+    fn crash_with(&mut self, node: usize, lose_all_pending: bool) -> Checked {
         let now = self.now();
         let n = &mut self.nodes[node];
         if n.raft.take().is_none() {
             return Ok(());
         }
-        let loss = n.disk.crash(&mut self.rng);
+        let loss = if lose_all_pending {
+            n.disk.crash_losing_pending(&mut self.rng)
+        } else {
+            n.disk.crash(&mut self.rng)
+        };
         n.after_durable.clear();
         n.reads.clear();
         self.stats.crashes += 1;
@@ -569,7 +585,8 @@ impl Cluster {
         if let Err(violation) = self.check_durable_appends(node) {
             return Err(violation);
         }
-        if self.quiet.is_none() {
+        // Scripted crashes (which lose every pending write) restart when the script says so.
+        if self.quiet.is_none() && !lose_all_pending {
             let downtime = self.rng.between(1, self.profile.downtime_max);
             self.queue.push(now + downtime, Event::Restart { node });
         }
@@ -881,10 +898,12 @@ impl Cluster {
                 .on_vote_granted(message.from, message.term, message.to)?;
         }
         let delays = self.network.route(&mut self.rng, message.from, message.to);
+        let now = self.now();
         if delays.is_empty() {
             self.stats.dropped += 1;
+            self.trace
+                .record(now, format_args!("drop {}", describe(&message)));
         }
-        let now = self.now();
         if let Some((last, copies)) = delays.split_last() {
             for delay in copies {
                 let message = message.clone();
@@ -926,6 +945,10 @@ impl Cluster {
             );
             if soft.role == Role::Leader {
                 self.stats.leaders += 1;
+                if self.slow_disk_on_leadership == Some(node) {
+                    self.slow_disk_on_leadership = None;
+                    self.nodes[node].disk.set_slow(true);
+                }
                 let log = self.nodes[node].disk.written();
                 self.checker.on_leader(id, soft.term, log)?;
             }
@@ -1174,5 +1197,118 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+}
+
+/// Direct control for scripted scenarios: no client, reader or nemesis runs unless asked; the
+/// scenario moves time forward, cuts links, crashes and proposes, and every step is still
+/// checked.
+impl Cluster {
+    /// Starts every node (time 0).
+    pub(super) fn start_all(&mut self) -> Checked {
+        for node in 0..self.nodes.len() {
+            self.start(node)?;
+        }
+        Ok(())
+    }
+
+    /// Processes events until `done` holds (returns true) or `ticks` ticks pass (false).
+    pub(super) fn run_until(
+        &mut self,
+        ticks: u64,
+        done: impl Fn(&Cluster) -> bool,
+    ) -> Result<bool, Violation> {
+        let deadline = self.now() + ticks * TICK;
+        while !done(self) {
+            let event = self.queue.pop().expect("ticks keep the queue non-empty");
+            if self.now() > deadline {
+                return Ok(false);
+            }
+            self.handle(event)?;
+        }
+        Ok(true)
+    }
+
+    /// The running leader with the highest term, if any.
+    pub(super) fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_leader())
+            .max_by_key(|&i| self.nodes[i].term)
+    }
+
+    /// Whether `node` is a running leader.
+    pub(super) fn is_leader(&self, node: usize) -> bool {
+        self.nodes[node].is_leader()
+    }
+
+    /// The commit index `node` reported last in this incarnation.
+    pub(super) fn commit_of(&self, node: usize) -> LogIndex {
+        self.nodes[node].commit
+    }
+
+    /// The last index of `node`'s log as written.
+    pub(super) fn last_index_of(&self, node: usize) -> LogIndex {
+        self.nodes[node].disk.written().last_index()
+    }
+
+    /// The last durable index of `node`'s log.
+    pub(super) fn durable_index_of(&self, node: usize) -> LogIndex {
+        self.nodes[node].disk.durable().last_index()
+    }
+
+    /// Cuts every link between the nodes in `side` (0-based) and the others.
+    pub(super) fn isolate(&mut self, side: &[usize]) {
+        let (inside, outside): (Vec<NodeId>, Vec<NodeId>) = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .partition(|id| side.contains(&(id.get() as usize - 1)));
+        self.network.partition(&inside, &outside);
+        let now = self.now();
+        self.trace
+            .record(now, format_args!("partition {inside:?} | {outside:?}"));
+    }
+
+    /// Restores every link.
+    pub(super) fn heal(&mut self) {
+        self.network.heal();
+        let now = self.now();
+        self.trace.record(now, format_args!("heal"));
+    }
+
+    /// Makes `node`'s disk slow the moment it next becomes leader (before its first write).
+    pub(super) fn slow_disk_on_leadership(&mut self, node: usize) {
+        self.slow_disk_on_leadership = Some(node);
+    }
+
+    /// Turns `node`'s slow-disk mode on or off.
+    pub(super) fn set_slow_disk(&mut self, node: usize, slow: bool) {
+        self.nodes[node].disk.set_slow(slow);
+    }
+
+    /// Proposes `command` at `node`; returns whether the core accepted it.
+    pub(super) fn propose_at(&mut self, node: usize, command: &[u8]) -> Result<bool, Violation> {
+        let raft = self.nodes[node]
+            .raft
+            .as_mut()
+            .expect("proposing at a running node");
+        let accepted = raft.propose(command).is_ok();
+        self.drain(node)?;
+        Ok(accepted)
+    }
+
+    /// Crashes `node`, losing every write not yet durable.
+    pub(super) fn crash_losing_pending(&mut self, node: usize) -> Checked {
+        self.crash_with(node, true)
+    }
+
+    /// The core's status of a running `node`.
+    pub(super) fn status_of(&self, node: usize) -> Option<crate::raft::Status> {
+        self.nodes[node].raft.as_ref().map(|raft| raft.status())
+    }
+
+    /// Restarts a crashed `node` from its durable state.
+    pub(super) fn restart(&mut self, node: usize) -> Checked {
+        self.start(node)
     }
 }

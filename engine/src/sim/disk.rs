@@ -298,7 +298,7 @@ impl Disk {
         &self.written
     }
 
-    /// Turns slow mode on or off (syncs take up to `slow_sync_max`).
+    /// Turns slow mode on or off (syncs take `slow_sync_max / 2 ..= slow_sync_max`).
     pub fn set_slow(&mut self, slow: bool) {
         self.slow = slow;
     }
@@ -323,12 +323,13 @@ impl Disk {
             perform(&mut self.written, &operation)?;
         }
         self.pending.push_back(write);
-        let latency_max = if self.slow {
-            self.latency.slow_sync_max
+        // A slow sync takes between half and all of `slow_sync_max`.
+        let (latency_min, latency_max) = if self.slow {
+            (self.latency.slow_sync_max / 2, self.latency.slow_sync_max)
         } else {
-            self.latency.sync_max
+            (self.latency.sync_min, self.latency.sync_max)
         };
-        let done = now + rng.between(self.latency.sync_min, latency_max);
+        let done = now + rng.between(latency_min.max(1), latency_max);
         self.last_sync_at = self.last_sync_at.max(done);
         Ok(self.last_sync_at)
     }
@@ -371,6 +372,15 @@ impl Disk {
     /// truncation survive together or not at all; its appends may survive one by one after them.
     /// Afterwards `durable == written`.
     pub fn crash(&mut self, rng: &mut SimRng) -> CrashLoss {
+        self.crash_keeping(rng, None)
+    }
+
+    /// A crash where nothing pending survives (scenarios use it to pin down a loss).
+    pub fn crash_losing_pending(&mut self, rng: &mut SimRng) -> CrashLoss {
+        self.crash_keeping(rng, Some(0))
+    }
+
+    fn crash_keeping(&mut self, rng: &mut SimRng, keep: Option<usize>) -> CrashLoss {
         let pending: Vec<DiskWrite> = self.pending.drain(..).collect();
         // Units that survive whole: each write's header (if it has one), then each batch.
         let units = |write: &DiskWrite| {
@@ -380,11 +390,11 @@ impl Disk {
             usize::from(header) + write.batches.len()
         };
         let total: usize = pending.iter().map(units).sum();
-        let keep = match rng.below(4) {
+        let keep = keep.unwrap_or_else(|| match rng.below(4) {
             0 => 0,
             1 => total,
             _ => rng.below(total as u64 + 1) as usize,
-        };
+        });
         let mut torn = false;
         let mut kept = 0usize;
         for write in &pending {

@@ -19,6 +19,8 @@ mod rng;
 mod trace;
 
 #[cfg(test)]
+mod scenarios;
+#[cfg(test)]
 mod tests;
 
 pub use self::checker::{Invariant, Violation};

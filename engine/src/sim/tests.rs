@@ -18,7 +18,17 @@ const CI_STEPS: u64 = 10_000;
 
 /// Every seed that ever failed, with its cluster size and step count: each stays a test forever.
 /// (seed, nodes, steps)
-const REGRESSION_SEEDS: &[(u64, usize, u64)] = &[];
+const REGRESSION_SEEDS: &[(u64, usize, u64)] = &[
+    // Simulator model bugs found while building it (each fixed in the simulator):
+    (21, 3, 3000),    // disk: an older snapshot installed over a newer runtime snapshot
+    (25, 1, 3000),    // log matching counted entries that never became durable
+    (143, 3, 3000),   // liveness: unbounded client backlog behind one-entry appends
+    (178, 3, 3000),   // same
+    (208, 3, 3000),   // crash kept a snapshot install but not the truncation of its write
+    (434, 5, 10_000), // leader completeness must use the commit term, not the entry term
+    // Core bugs:
+    (1287, 5, 10_000), // lease reads after a leadership transfer (fixed in raft 9684fb3)
+];
 
 /// Cluster size of sweep seed `seed`: 1, 3 and 5 nodes in turn (3 and 5 more often).
 fn nodes_for(seed: u64) -> usize {
@@ -116,9 +126,9 @@ fn regression_seeds() {
 /// Runs the CI budget with `bug` in every core and returns the first violating report, after
 /// checking that the same seed holds every invariant without the bug (so the violation is the
 /// bug's doing, not noise).
-fn first_violation_with(bug: InjectedBug, nodes: impl Fn(u64) -> usize + Sync) -> SimReport {
+fn first_violation_with(bug: InjectedBug) -> SimReport {
     let failures = sweep(0..CI_SEEDS, true, |seed| {
-        let mut options = SimOptions::new(seed, nodes(seed), CI_STEPS);
+        let mut options = SimOptions::new(seed, nodes_for(seed), CI_STEPS);
         options.bug = Some(bug);
         options
     });
@@ -143,7 +153,7 @@ fn first_violation_with(bug: InjectedBug, nodes: impl Fn(u64) -> usize + Sync) -
 
 #[test]
 fn checker_bites_ack_before_durable() {
-    let report = first_violation_with(InjectedBug::AckBeforeDurable, nodes_for);
+    let report = first_violation_with(InjectedBug::AckBeforeDurable);
     let invariant = report.violation.as_ref().expect("a violation").invariant;
     assert!(
         matches!(
@@ -154,17 +164,6 @@ fn checker_bites_ack_before_durable() {
     );
 }
 
-#[test]
-fn checker_bites_commit_old_term_by_counting() {
-    let report = first_violation_with(InjectedBug::CommitOldTermByCounting, nodes_for);
-    let invariant = report.violation.as_ref().expect("a violation").invariant;
-    assert!(
-        matches!(
-            invariant,
-            Invariant::StateMachineSafety
-                | Invariant::LeaderCompleteness
-                | Invariant::CommitDurable
-        ),
-        "unexpected invariant for commit-old-term-by-counting: {report}"
-    );
-}
+// `CommitOldTermByCounting` needs the exact Figure 8 interleaving, which random fault mixes
+// did not produce in 3000 five-node seeds: the scripted scenario seeds in `scenarios.rs` build it
+// and assert that the checker catches it (`figure_8_commit_old_term_by_counting_is_caught`).
