@@ -1220,10 +1220,11 @@ impl Cluster {
     ) -> Result<bool, Violation> {
         let deadline = self.now() + ticks * TICK;
         while !done(self) {
-            let event = self.queue.pop().expect("ticks keep the queue non-empty");
-            if self.now() > deadline {
+            // Peek first: an event past the deadline stays queued for the next call.
+            if self.queue.next_time().is_none_or(|time| time > deadline) {
                 return Ok(false);
             }
+            let event = self.queue.pop().expect("peeked");
             self.handle(event)?;
         }
         Ok(true)

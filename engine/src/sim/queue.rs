@@ -70,6 +70,11 @@ impl<E> EventQueue<E> {
         self.next_sequence += 1;
     }
 
+    /// Time of the earliest event, if any.
+    pub fn next_time(&self) -> Option<u64> {
+        self.heap.peek().map(|scheduled| scheduled.time)
+    }
+
     /// Removes the earliest event and advances the clock to its time.
     pub fn pop(&mut self) -> Option<E> {
         let scheduled = self.heap.pop()?;
@@ -98,5 +103,8 @@ mod tests {
         let order: Vec<_> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(order, vec!["a", "b", "c", "d"]);
         assert_eq!(queue.now(), 5);
+        assert_eq!(queue.next_time(), None);
+        queue.push(7, "e");
+        assert_eq!(queue.next_time(), Some(7));
     }
 }

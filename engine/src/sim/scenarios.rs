@@ -127,12 +127,7 @@ fn figure_8(seed: u64, bug: Option<InjectedBug>) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Without the bug the script must run clean, and B must take over and commit once A and B
-/// can talk. KNOWN CORE FAILURE (reported to the core's owner): in step 4 node B (a leader of
-/// its term cut off at once, stepped down by check-quorum, then a pre-candidate while still cut
-/// off) keeps ticking as a pre-candidate but never starts another pre-vote round, so nobody is
-/// elected; replay with `LOCKSTEP_SIM_TRACE=1 cargo test --release -p lockstep
-/// sim::scenarios::figure_8_a -- --nocapture`.
+/// Without the bug the script runs clean, and B takes over and commits once A and B can talk.
 #[test]
 fn figure_8_a_leader_commits_only_entries_of_its_own_term_by_counting() {
     for seed in 0..5 {
