@@ -17,8 +17,8 @@ use crate::batch::{Batch, BatchKind};
 #[cfg(any(test, feature = "inject-bugs"))]
 use crate::raft::InjectedBug;
 use crate::raft::{
-    Config, HardState, Membership, Message, MessageBody, Raft, ReadId, ReadMode, ReadReady, Ready,
-    Restored, Role, SnapshotMeta, StorageWrite, WriteId,
+    Config, HardState, Membership, MembershipChange, Message, MessageBody, Raft, ReadId, ReadMode,
+    ReadReady, Ready, Restored, Role, SnapshotMeta, StorageWrite, WriteId,
 };
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -136,6 +136,8 @@ pub struct SimStats {
     pub snapshots_installed: u64,
     /// Leadership transfers started.
     pub transfers: u64,
+    /// Membership changes the leader accepted.
+    pub membership_changes: u64,
 }
 
 /// The outcome of a run.
@@ -172,7 +174,7 @@ impl fmt::Display for SimReport {
             f,
             "  events {} committed {} proposed {} leaders {} term {} crashes {} (torn {}) \
              partitions {} delivered {} dropped {} reads {} compactions {} snapshots {} \
-             transfers {}",
+             transfers {} membership changes {}",
             s.events,
             s.committed,
             s.proposed,
@@ -186,7 +188,8 @@ impl fmt::Display for SimReport {
             s.reads_served,
             s.compactions,
             s.snapshots_installed,
-            s.transfers
+            s.transfers,
+            s.membership_changes
         )?;
         write!(f, "  trace hash {:016x}", self.trace_hash)?;
         if self.violation.is_some() {
@@ -385,7 +388,9 @@ impl Cluster {
     /// A cluster with an explicit fault mix (scenarios); nothing runs until events are pushed.
     pub(super) fn with_profile(options: SimOptions, profile: Profile) -> Cluster {
         let membership = Membership::with_voters((1..=options.nodes as u64).map(NodeId));
-        let nodes = (0..options.nodes)
+        // Seeds with membership changes get one spare node, started outside the cluster.
+        let spare = usize::from(profile.membership_changes);
+        let nodes = (0..options.nodes + spare)
             .map(|i| SimNode {
                 id: NodeId(i as u64 + 1),
                 raft: None,
@@ -832,6 +837,7 @@ impl Cluster {
                 self.trace
                     .record(now, format_args!("{} disk slow {slow}", n.id));
             }
+            NemesisAction::ChangeMembership => return self.change_membership(),
             NemesisAction::TransferLeadership => {
                 if count > 1 {
                     if let Some(leader) = (0..count).find(|&i| self.nodes[i].is_leader()) {
@@ -853,6 +859,46 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Asks the leader for one membership change: add a non-member as learner, promote a
+    /// learner, or remove a voter or learner.
+    fn change_membership(&mut self) -> Checked {
+        let Some(leader) = (0..self.nodes.len()).find(|&i| self.nodes[i].is_leader()) else {
+            return Ok(());
+        };
+        let membership = self.nodes[leader]
+            .raft
+            .as_ref()
+            .expect("leader is up")
+            .status()
+            .membership;
+        let outsiders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !membership.contains(*id))
+            .collect();
+        let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
+        let members: Vec<NodeId> = membership.members().collect();
+        let change = match self.rng.below(3) {
+            0 if !outsiders.is_empty() => MembershipChange::AddLearner(*self.rng.pick(&outsiders)),
+            1 if !learners.is_empty() => MembershipChange::Promote(*self.rng.pick(&learners)),
+            _ if members.len() > 1 => MembershipChange::Remove(*self.rng.pick(&members)),
+            _ => return Ok(()),
+        };
+        let raft = self.nodes[leader].raft.as_mut().expect("leader is up");
+        let result = raft.propose_membership(change);
+        let now = self.now();
+        self.trace.record(
+            now,
+            format_args!(
+                "{} membership {change:?}: {result:?}",
+                self.nodes[leader].id
+            ),
+        );
+        self.stats.membership_changes += u64::from(result.is_ok());
+        self.drain(leader)
     }
 
     fn start_quiet_period(&mut self) -> Checked {
@@ -1126,10 +1172,23 @@ impl Cluster {
         }
         let id = n.id;
         let previous = n.commit;
+        // The voters whose durable logs must hold the commit: a leader counts with its latest
+        // appended membership; in a cluster whose membership never changes that is the
+        // initial one for every node. (Under membership changes a follower may not know the
+        // membership its leader counted with, so only leaders' reports are checked.)
+        let voters = if n.role == Role::Leader {
+            n.raft.as_ref().map(|raft| raft.status().membership)
+        } else if self.profile.membership_changes {
+            None
+        } else {
+            Some(self.membership.clone())
+        };
         let mut held = Vec::with_capacity(self.nodes.len());
-        if commit > previous {
+        let mut quorum = 0;
+        if let (true, Some(voters)) = (commit > previous, &voters) {
+            quorum = voters.quorum();
             let term = n.disk.written().term_at(commit);
-            for voter in &self.membership.voters {
+            for voter in &voters.voters {
                 let disk = self.nodes[voter.get() as usize - 1].disk.durable();
                 let holds = match (disk.holding(commit), term) {
                     (Holding::Compacted, _) => true,
@@ -1140,11 +1199,6 @@ impl Cluster {
                 held.push((*voter, holds));
             }
         }
-        let quorum = if commit > previous {
-            self.membership.quorum()
-        } else {
-            0
-        };
         self.checker
             .on_commit(id, previous, commit, &held, quorum)?;
         // Entries a leader commits are committed in its term: every leader of a later term must

@@ -32,6 +32,8 @@ pub struct Profile {
     pub read_gap_max: u64,
     /// Lease reads instead of read-index.
     pub lease_reads: bool,
+    /// Membership changes happen (the cluster gets one spare node to add).
+    pub membership_changes: bool,
     /// Compact after this many applied entries past the last snapshot (0: never).
     pub compact_every: u64,
     /// Core ceilings: entries per batch, payload bytes per Append, Appends in flight, snapshot
@@ -46,7 +48,7 @@ pub struct Profile {
 }
 
 /// Number of kinds of nemesis action.
-pub const NEMESIS_ACTIONS: usize = 7;
+pub const NEMESIS_ACTIONS: usize = 8;
 
 /// What the nemesis can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub enum NemesisAction {
     TransferLeadership,
     /// Crash the current leader (the most interesting crash).
     CrashLeader,
+    /// Ask the leader to add a learner, promote one, or remove a member.
+    ChangeMembership,
 }
 
 impl NemesisAction {
@@ -77,6 +81,7 @@ impl NemesisAction {
         NemesisAction::ToggleSlowDisk,
         NemesisAction::TransferLeadership,
         NemesisAction::CrashLeader,
+        NemesisAction::ChangeMembership,
     ];
 }
 
@@ -116,6 +121,10 @@ impl Profile {
             weights[NemesisAction::TransferLeadership as usize] = 0;
         }
         let lease_reads = rng.chance(250);
+        let membership_changes = rng.chance(400);
+        if !membership_changes {
+            weights[NemesisAction::ChangeMembership as usize] = 0;
+        }
         Profile {
             network,
             disk,
@@ -130,6 +139,7 @@ impl Profile {
                 0
             },
             lease_reads,
+            membership_changes,
             compact_every: if rng.chance(400) {
                 rng.between(5, 200)
             } else {

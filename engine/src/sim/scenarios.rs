@@ -26,6 +26,7 @@ fn scripted_profile() -> Profile {
         propose_burst_max: 1,
         read_gap_max: 0,
         lease_reads: false,
+        membership_changes: false,
         compact_every: 0,
         batch_entries_max: 1,
         append_bytes_max: 20,

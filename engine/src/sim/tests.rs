@@ -111,6 +111,35 @@ fn seed_sweep() {
     );
 }
 
+/// Core bug (open): a leader that removes itself and then loses leadership (check-quorum
+/// step-down or crash) before the removal commits leaves the cluster without a possible leader:
+/// it no longer campaigns (it is not a voter in its latest, uncommitted membership), and the
+/// remaining voters, still on the old membership, need its vote, which it refuses because its
+/// log is ahead of theirs. Each seed fails `liveness` after the quiet period.
+const SELF_REMOVAL_STALL_SEEDS: &[(u64, usize, u64)] = &[
+    (38, 3, 10_000),
+    (141, 3, 10_000),
+    (181, 3, 10_000),
+    (320, 1, 10_000),
+];
+
+#[test]
+fn core_bug_self_removal_stalls_elections() {
+    let failures: Vec<SimReport> = SELF_REMOVAL_STALL_SEEDS
+        .iter()
+        .map(|&(seed, nodes, steps)| run(SimOptions::new(seed, nodes, steps)))
+        .filter(|report| report.violation.is_some())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{}",
+        describe_failures(
+            &failures,
+            "sim::tests::core_bug_self_removal_stalls_elections"
+        )
+    );
+}
+
 #[test]
 fn regression_seeds() {
     for &(seed, nodes, steps) in REGRESSION_SEEDS {
