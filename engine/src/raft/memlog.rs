@@ -276,6 +276,7 @@ impl MemLog {
 mod tests {
     use super::*;
     use crate::batch::{BatchBuilder, BatchKind};
+    use proptest::prelude::*;
 
     fn batch(term: u64, first: u64, count: u32) -> Batch {
         let mut builder = BatchBuilder::default();
@@ -343,6 +344,74 @@ mod tests {
         log.slice(LogIndex(2), LogIndex(6), &mut sliced);
         assert_eq!(sliced.len(), 2);
         assert_eq!(sliced[1].last_index(), LogIndex(6));
+    }
+
+    /// Operations on the log, checked against a plain vector of terms.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append { term_step: u64, count: u32 },
+        Truncate { back: u64 },
+        Compact { ahead: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..2, 1u32..5).prop_map(|(term_step, count)| Op::Append { term_step, count }),
+            (0u64..6).prop_map(|back| Op::Truncate { back }),
+            (0u64..6).prop_map(|ahead| Op::Compact { ahead }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn matches_a_vector_of_terms(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut log = MemLog::new(LogIndex(0), Term(0));
+            // model[i] = term of index i + 1; indexes <= snapshot are None (compacted)
+            let mut model: Vec<Option<u64>> = Vec::new();
+            let mut snapshot = 0u64;
+            for op in ops {
+                match op {
+                    Op::Append { term_step, count } => {
+                        let term = log.last_term().get().max(1) + term_step;
+                        let first = log.last_index().get() + 1;
+                        log.append(batch(term, first, count));
+                        model.extend(std::iter::repeat(Some(term)).take(count as usize));
+                    }
+                    Op::Truncate { back } => {
+                        let from = (model.len() as u64 + 1).saturating_sub(back).max(snapshot + 1);
+                        log.truncate_from(LogIndex(from));
+                        model.truncate(from as usize - 1);
+                    }
+                    Op::Compact { ahead } => {
+                        let to = (snapshot + ahead).min(model.len() as u64);
+                        if to > snapshot {
+                            let term = model[to as usize - 1].unwrap();
+                            log.compact_to(LogIndex(to), Term(term));
+                            for slot in model.iter_mut().take(to as usize - 1) {
+                                *slot = None;
+                            }
+                            snapshot = to;
+                        }
+                    }
+                }
+                log.check();
+                prop_assert_eq!(log.last_index().get(), model.len() as u64);
+                for (i, term) in model.iter().enumerate() {
+                    let index = LogIndex(i as u64 + 1);
+                    match term {
+                        Some(term) if index.get() >= snapshot => {
+                            prop_assert_eq!(log.term_at(index), Some(Term(*term)));
+                        }
+                        _ => prop_assert_eq!(log.term_at(index), None),
+                    }
+                }
+                if log.last_index() >= log.first_index() {
+                    let (all, _) = log.batches_from(log.first_index(), u64::MAX);
+                    let count: u64 = all.iter().map(|b| b.entry_count() as u64).sum();
+                    prop_assert_eq!(count, log.last_index().get() - snapshot);
+                }
+            }
+        }
     }
 
     #[test]
