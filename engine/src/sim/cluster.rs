@@ -284,6 +284,10 @@ struct SimNode {
     commit: LogIndex,
     role: Role,
     term: Term,
+    /// A leader whose term and self-vote are durable: only then did it really win (a
+    /// single-voter leader acts before, but nothing leaves it until that write is durable, and
+    /// a crash may erase its term).
+    leader_confirmed: bool,
     /// Confirmed reads waiting for the state machine, with the commit index at their issue.
     reads: Vec<(ReadReady, LogIndex)>,
 }
@@ -403,6 +407,7 @@ impl Cluster {
                 commit: LogIndex::ZERO,
                 role: Role::Follower,
                 term: Term::ZERO,
+                leader_confirmed: false,
                 reads: Vec::new(),
             })
             .collect();
@@ -532,6 +537,7 @@ impl Cluster {
         n.after_durable.clear();
         n.commit = LogIndex::ZERO;
         n.role = Role::Follower;
+        n.leader_confirmed = false;
         n.term = durable.hard_state.term;
         n.reads.clear();
         match &durable.snapshot {
@@ -666,6 +672,7 @@ impl Cluster {
                 self.trace
                     .record(now, format_args!("{} synced w{}", n.id, write.0));
                 n.raft.as_mut().expect("checked up").on_durable(write);
+                self.confirm_leader(node)?;
                 for message in released {
                     self.send(message)?;
                 }
@@ -937,6 +944,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Checks Election Safety and Leader Completeness for `node` once it leads with a durable
+    /// term.
+    fn confirm_leader(&mut self, node: usize) -> Checked {
+        let n = &mut self.nodes[node];
+        if n.role != Role::Leader || n.leader_confirmed || n.raft.is_none() {
+            return Ok(());
+        }
+        if n.disk.durable().hard_state.term != n.term {
+            return Ok(());
+        }
+        n.leader_confirmed = true;
+        self.checker.on_leader(n.id, n.term, n.disk.written())
+    }
+
     /// Sends one message through the network.
     fn send(&mut self, message: Message) -> Checked {
         if let MessageBody::VoteResponse { granted: true } = message.body {
@@ -995,9 +1016,9 @@ impl Cluster {
                     self.slow_disk_on_leadership = None;
                     self.nodes[node].disk.set_slow(true);
                 }
-                let log = self.nodes[node].disk.written();
-                self.checker.on_leader(id, soft.term, log)?;
             }
+            self.nodes[node].leader_confirmed = false;
+            self.confirm_leader(node)?;
         }
         if let Some(write) = ready.write {
             self.perform_write(node, write)?;
@@ -1209,7 +1230,7 @@ impl Cluster {
             let from = previous.next();
             self.checker.on_leader_commit(term, from, commit);
             for other in &self.nodes {
-                if other.is_leader() && other.term > term {
+                if other.is_leader() && other.leader_confirmed && other.term > term {
                     self.checker.check_leader_holds(
                         other.id,
                         other.term,
