@@ -26,6 +26,7 @@ const REGRESSION_SEEDS: &[(u64, usize, u64)] = &[
     (178, 3, 3000),   // same
     (208, 3, 3000),   // crash kept a snapshot install but not the truncation of its write
     (434, 5, 10_000), // leader completeness must use the commit term, not the entry term
+    (2495, 1, 10_000), // a single-voter leader whose term never became durable is no leader
     // Core bugs:
     (1287, 5, 10_000), // lease reads after a leadership transfer (fixed in raft 9684fb3)
 ];
@@ -121,6 +122,8 @@ const SELF_REMOVAL_STALL_SEEDS: &[(u64, usize, u64)] = &[
     (141, 3, 10_000),
     (181, 3, 10_000),
     (320, 1, 10_000),
+    (732, 5, 10_000),
+    (1286, 3, 10_000),
 ];
 
 #[test]
