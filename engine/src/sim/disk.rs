@@ -121,7 +121,7 @@ impl StoredState {
 
     /// Replaces the hard state.
     fn persist_hard_state(&mut self, hard_state: &HardState) {
-        self.hard_state = hard_state.clone();
+        self.hard_state = *hard_state;
     }
 
     /// Installs a snapshot received from a leader: the log at and below its index is dropped,
@@ -278,7 +278,7 @@ impl Disk {
         assert!(latency.sync_min >= 1 && latency.sync_min <= latency.sync_max);
         assert!(latency.sync_max <= latency.slow_sync_max);
         Disk {
-            durable: StoredState::new(hard_state.clone()),
+            durable: StoredState::new(hard_state),
             written: StoredState::new(hard_state),
             pending: VecDeque::new(),
             newly_durable: Vec::new(),
