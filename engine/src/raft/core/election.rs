@@ -13,8 +13,25 @@ impl Raft {
         self.randomized_timeout = self.config.election_ticks + (self.rng.next() % spread) as u32;
     }
 
+    /// Voters of the latest membership campaign. So does a node that the latest membership
+    /// removes while that change is uncommitted, if it voted before it (Raft dissertation
+    /// 4.2.2): the remaining voters may need it as leader to commit the change. It does not
+    /// count its own vote then (votes are tallied over the latest membership).
     pub(super) fn can_campaign(&self) -> bool {
-        self.membership().is_voter(self.id)
+        if self.membership().is_voter(self.id) {
+            return true;
+        }
+        match self.membership_log.len() {
+            0 => false,
+            len => {
+                let (index, _) = self.membership_log[len - 1];
+                let previous = match len {
+                    1 => &self.base_membership,
+                    _ => &self.membership_log[len - 2].1,
+                };
+                index > self.commit && previous.is_voter(self.id)
+            }
+        }
     }
 
     /// Followers that heard from a live leader within the election timeout (and, under lease

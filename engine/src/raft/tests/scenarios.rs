@@ -911,3 +911,49 @@ fn proposals_are_sealed_at_the_batch_limit_and_refused_off_leader() {
     assert_eq!(stats.batches_sealed, 2, "the rest sealed by ready()");
     assert_eq!(commit(&cluster, 1), LogIndex(12));
 }
+
+/// Regression (sim seeds 38, 141, 181, 320, 732, 1286): a leader that removes itself and loses
+/// leadership before the removal commits must still campaign (Raft dissertation 4.2.2), or the
+/// remaining voter, still on the old membership, can never gather a quorum: the old leader's
+/// longer log makes it refuse that voter.
+#[test]
+fn a_leader_removing_itself_still_campaigns_until_the_removal_commits() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Remove(NodeId(3)))
+        .unwrap();
+    cluster.stabilize();
+    cluster.ticks(2);
+    cluster.isolate(1);
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Remove(NodeId(1)))
+        .unwrap();
+    cluster.propose(1, 3);
+    cluster.stabilize();
+    cluster.ticks(25);
+    assert_eq!(
+        role(&cluster, 1),
+        Role::Follower,
+        "check-quorum stepped it down"
+    );
+    assert_ne!(
+        role(&cluster, 2),
+        Role::Leader,
+        "2 alone is not a quorum of {{1, 2}}"
+    );
+    cluster.heal();
+    cluster.ticks(80);
+    assert_eq!(
+        cluster.leader(),
+        Some(2),
+        "1 led again, committed its removal, left"
+    );
+    let status = cluster.node(2).raft.status();
+    assert_eq!(status.membership.voters, voters(&[2]).voters);
+    let last = cluster.propose(2, 2);
+    cluster.stabilize();
+    assert_eq!(commit(&cluster, 2), last);
+}
