@@ -140,6 +140,27 @@ pub struct SimStats {
     pub membership_changes: u64,
 }
 
+impl SimStats {
+    /// Adds `other`'s counters to these (totals over a sweep; `term_max` takes the maximum).
+    pub fn add(&mut self, other: &SimStats) {
+        self.events += other.events;
+        self.committed += other.committed;
+        self.proposed += other.proposed;
+        self.leaders += other.leaders;
+        self.term_max = self.term_max.max(other.term_max);
+        self.crashes += other.crashes;
+        self.torn_crashes += other.torn_crashes;
+        self.partitions += other.partitions;
+        self.delivered += other.delivered;
+        self.dropped += other.dropped;
+        self.reads_served += other.reads_served;
+        self.compactions += other.compactions;
+        self.snapshots_installed += other.snapshots_installed;
+        self.transfers += other.transfers;
+        self.membership_changes += other.membership_changes;
+    }
+}
+
 /// The outcome of a run.
 #[derive(Clone, Debug)]
 pub struct SimReport {
