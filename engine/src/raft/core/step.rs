@@ -75,8 +75,15 @@ impl Raft {
             body,
         } = message;
         assert_eq!(to, self.id, "message for {to} stepped into {}", self.id);
+        // A non-member's answers are ignored. Its leader messages are accepted when current (a
+        // node just added may not know the membership that contains it yet), and so are its
+        // vote requests: a lagging member may not know the candidate was added, and refusing
+        // to listen can leave the cluster without a quorum. Disruption by removed nodes is
+        // handled by pre-vote and the lease, as for any other node.
         let from_leader = body.is_from_leader();
-        let accepted = self.membership().contains(from) || (from_leader && term >= self.term);
+        let vote_request = matches!(body, MessageBody::PreVote { .. } | MessageBody::Vote { .. });
+        let accepted =
+            self.membership().contains(from) || vote_request || (from_leader && term >= self.term);
         if !accepted {
             self.stats.non_member_ignored += 1;
             return;

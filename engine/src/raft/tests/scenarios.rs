@@ -144,20 +144,39 @@ fn stale_terms_and_non_members_are_ignored() {
         body: MessageBody::VoteResponse { granted: true },
     };
     cluster.raft(2).step(stale);
+    // A non-member's answer is ignored, even at a newer term.
     let foreign = Message {
+        from: NodeId(9),
+        to: NodeId(1),
+        term: Term(50),
+        body: MessageBody::AppendResponse {
+            success: true,
+            index: LogIndex(1),
+            hint_index: LogIndex::ZERO,
+            hint_term: Term::ZERO,
+        },
+    };
+    cluster.raft(1).step(foreign);
+    // A non-member's vote request is heard (a lagging member may not know it was added), but
+    // refused while the leader is live.
+    let candidate = Message {
         from: NodeId(9),
         to: NodeId(2),
         term: Term(50),
         body: MessageBody::Vote {
             last_index: LogIndex(100),
             last_term: Term(49),
-            leadership_transfer: true,
+            leadership_transfer: false,
         },
     };
-    cluster.raft(2).step(foreign);
-    let stats = cluster.node(2).raft.status().stats;
-    assert_eq!(stats.stale_term_ignored, 1);
-    assert_eq!(stats.non_member_ignored, 1);
+    cluster.raft(2).step(candidate);
+    assert_eq!(cluster.node(2).raft.status().stats.stale_term_ignored, 1);
+    assert_eq!(cluster.node(1).raft.status().stats.non_member_ignored, 1);
+    assert_eq!(
+        cluster.node(2).raft.status().stats.votes_ignored_in_lease,
+        1
+    );
+    assert_eq!(cluster.node(1).raft.status().role, Role::Leader);
     assert_eq!(cluster.node(2).raft.status().term, Term(1));
 }
 
@@ -956,4 +975,47 @@ fn a_leader_removing_itself_still_campaigns_until_the_removal_commits() {
     let last = cluster.propose(2, 2);
     cluster.stabilize();
     assert_eq!(commit(&cluster, 2), last);
+}
+
+/// Regression (sim seed 2414): a member whose log lags may not know that a candidate was added;
+/// it must still hear the candidate's vote requests, or a quorum that needs it never forms.
+#[test]
+fn a_lagging_member_hears_a_candidate_it_does_not_know() {
+    use crate::batch::Batch;
+    let new_membership = voters(&[2, 4]);
+    let log = vec![Batch::single(
+        Term(1),
+        LogIndex(1),
+        BatchKind::Membership,
+        &new_membership.encode(),
+    )];
+    let restored = vec![
+        (
+            2,
+            Restored {
+                initial_membership: voters(&[1, 2]),
+                ..Restored::default()
+            },
+        ),
+        (
+            4,
+            Restored {
+                hard_state: HardState {
+                    term: Term(1),
+                    vote: None,
+                },
+                batches: log,
+                initial_membership: voters(&[1, 2]),
+                ..Restored::default()
+            },
+        ),
+    ];
+    let mut cluster = Cluster::with_restored(restored, |_| {});
+    cluster.elect(4);
+    cluster.ticks(2);
+    assert_eq!(
+        cluster.node(2).raft.status().membership,
+        new_membership,
+        "2 learned the membership from its new leader"
+    );
 }
