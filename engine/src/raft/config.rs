@@ -188,7 +188,8 @@ pub enum ConfigError {
         /// Where it started.
         found: crate::types::LogIndex,
     },
-    /// A restored batch has a lower term than the one before it, or above the hard state's term.
+    /// A restored batch (or the snapshot) has a lower term than the one before it, or a term
+    /// above the hard state's.
     RestoredTermOrder {
         /// The batch's first index.
         index: crate::types::LogIndex,

@@ -159,6 +159,15 @@ impl Raft {
             batches,
             initial_membership,
         } = restored;
+        if let Some((meta, _)) = &snapshot {
+            if meta.term > hard_state.term {
+                return Err(ConfigError::RestoredTermOrder {
+                    index: meta.index,
+                    term: meta.term,
+                    bound: hard_state.term,
+                });
+            }
+        }
         let (mut log, base_membership) = match &snapshot {
             Some((meta, _)) => (MemLog::new(meta.index, meta.term), meta.membership.clone()),
             None => (MemLog::new(LogIndex::ZERO, Term::ZERO), initial_membership),
