@@ -41,6 +41,16 @@ pub const CLIENT_BACKLOG_MAX: u64 = 256;
 /// Election timeout of every simulated core, in ticks.
 pub const ELECTION_TICKS: u32 = 10;
 
+/// Lease reads allow a follower's clock to run `LEASE_DRIFT_TICKS` ticks ahead of the leader's
+/// over one election timeout.
+pub const LEASE_DRIFT_TICKS: u32 = 2;
+
+/// Shortest tick period of a node's clock (time units; the longest is [`TICK`]). Clock rates
+/// differ by at most `TICK / TICK_PERIOD_MIN` = 1.087: over one election timeout (10 ticks) a
+/// follower counts at most 0.87 ticks more than the leader, plus up to one tick of phase, which
+/// stays within the documented lease bound of [`LEASE_DRIFT_TICKS`] (see `docs/RAFT.md`).
+pub const TICK_PERIOD_MIN: u64 = 92;
+
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimOptions {
@@ -309,6 +319,8 @@ struct SimNode {
     /// single-voter leader acts before, but nothing leaves it until that write is durable, and
     /// a crash may erase its term).
     leader_confirmed: bool,
+    /// Time units between two ticks of this node's clock (drifting clocks, bounded).
+    tick_period: u64,
     /// Confirmed reads waiting for the state machine, with the commit index at their issue.
     reads: Vec<(ReadReady, LogIndex)>,
 }
@@ -415,8 +427,10 @@ impl Cluster {
         let membership = Membership::with_voters((1..=options.nodes as u64).map(NodeId));
         // Seeds with membership changes get one spare node, started outside the cluster.
         let spare = usize::from(profile.membership_changes);
+        let mut clock_rng = SimRng::new(options.seed ^ 0xC10C_C10C_C10C_C10C);
         let nodes = (0..options.nodes + spare)
             .map(|i| SimNode {
+                tick_period: clock_rng.between(TICK_PERIOD_MIN, TICK),
                 id: NodeId(i as u64 + 1),
                 raft: None,
                 incarnation: 0,
@@ -511,7 +525,7 @@ impl Cluster {
         config.seed = self.options.seed;
         if self.profile.lease_reads {
             config.read_mode = ReadMode::Lease {
-                clock_drift_ticks: 2,
+                clock_drift_ticks: LEASE_DRIFT_TICKS,
             };
         }
         config.batch_entries_max = self.profile.batch_entries_max;
@@ -649,8 +663,9 @@ impl Cluster {
                     return Ok(());
                 };
                 raft.tick();
+                let period = n.tick_period;
                 self.queue
-                    .push(now + TICK, Event::Tick { node, incarnation });
+                    .push(now + period, Event::Tick { node, incarnation });
                 self.drain(node)
             }
             Event::Deliver { message } => {
@@ -1391,6 +1406,32 @@ impl Cluster {
         let accepted = raft.propose(command).is_ok();
         self.drain(node)?;
         Ok(accepted)
+    }
+
+    /// Sets the period of `node`'s clock (time units per tick) from its next tick on.
+    pub(super) fn set_tick_period(&mut self, node: usize, period: u64) {
+        self.nodes[node].tick_period = period;
+    }
+
+    /// A client read at `node`; returns whether the core accepted it.
+    pub(super) fn read_at(&mut self, node: usize) -> Result<bool, Violation> {
+        let id = self.next_read;
+        self.next_read += 1;
+        let raft = self.nodes[node]
+            .raft
+            .as_mut()
+            .expect("reading at a running node");
+        let accepted = raft.read_index(ReadId(id)).is_ok();
+        if accepted {
+            self.reads_issued.insert(id, self.checker.commit_max());
+        }
+        self.drain(node)?;
+        Ok(accepted)
+    }
+
+    /// Reads served so far.
+    pub(super) fn reads_served(&self) -> u64 {
+        self.stats.reads_served
     }
 
     /// Crashes `node`, losing every write not yet durable.

@@ -11,7 +11,7 @@ use crate::raft::InjectedBug;
 
 /// A calm fault mix (the script injects the faults): fast network, fast disks, slow mode 20-40
 /// ticks, one entry per Append message.
-fn scripted_profile() -> Profile {
+fn scripted_profile(lease_reads: bool) -> Profile {
     Profile {
         network: NetworkFaults::quiet(1, 20),
         disk: DiskLatency {
@@ -25,13 +25,22 @@ fn scripted_profile() -> Profile {
         propose_gap_max: TICK,
         propose_burst_max: 1,
         read_gap_max: 0,
-        lease_reads: false,
+        lease_reads,
         membership_changes: false,
         compact_every: 0,
         batch_entries_max: 1,
         append_bytes_max: 20,
         inflight_messages_max: 8,
         snapshot_chunk_bytes: 1 << 20,
+    }
+}
+
+/// The two nodes other than `node` in a three-node cluster.
+fn others(node: usize) -> (usize, usize) {
+    match node {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
     }
 }
 
@@ -68,7 +77,7 @@ fn figure_8(seed: u64, bug: Option<InjectedBug>) -> Result<(), Violation> {
     let mut options = SimOptions::new(seed, 3, 0);
     options.bug = bug;
     options.trace = std::env::var_os("LOCKSTEP_SIM_TRACE").is_some();
-    let mut cluster = Cluster::with_profile(options, scripted_profile());
+    let mut cluster = Cluster::with_profile(options, scripted_profile(false));
     cluster.start_all()?;
     wait(&mut cluster, 200, "first election", |c| {
         c.leader().is_some()
@@ -152,4 +161,65 @@ fn figure_8_commit_old_term_by_counting_is_caught() {
         );
         println!("seed {seed}: {violation}");
     }
+}
+
+/// Lease reads beyond their clock bound: leader A is cut off from B and C, whose clocks run
+/// `follower_period` time units per tick against A's 100. B or C is elected and commits a write;
+/// then a client reads at A, which still believes in its lease. With clocks within the documented
+/// drift bound A's lease has lapsed by then (the read waits for a quorum round it cannot get);
+/// with much faster follower clocks A serves a stale read, and the checker must say so.
+fn lease_read_with_follower_clock(seed: u64, follower_period: u64) -> Result<u64, Violation> {
+    let mut options = SimOptions::new(seed, 3, 0);
+    options.trace = std::env::var_os("LOCKSTEP_SIM_TRACE").is_some();
+    let mut cluster = Cluster::with_profile(options, scripted_profile(true));
+    cluster.start_all()?;
+    wait(&mut cluster, 200, "first election", |c| {
+        c.leader().is_some()
+    })?;
+    let a = cluster.leader().expect("a leader");
+    let (b, c) = others(a);
+    cluster.propose_at(a, b"W1")?;
+    let w1 = cluster.last_index_of(a);
+    wait(&mut cluster, 100, "W1 committed everywhere", |cl| {
+        (0..3).all(|n| cl.commit_of(n) >= w1)
+    })?;
+    // Let A hear from its quorum once more, then cut it off and speed the followers up.
+    cluster.run_until(3, |_| false)?;
+    cluster.isolate(&[a]);
+    cluster.set_tick_period(b, follower_period);
+    cluster.set_tick_period(c, follower_period);
+    wait(&mut cluster, 100, "a new leader among B and C", |cl| {
+        cl.is_leader(b) || cl.is_leader(c)
+    })?;
+    let new = if cluster.is_leader(b) { b } else { c };
+    cluster.propose_at(new, b"W2")?;
+    let w2 = cluster.last_index_of(new);
+    wait(&mut cluster, 100, "W2 committed", |cl| {
+        cl.commit_of(new) >= w2
+    })?;
+    let served_before = cluster.reads_served();
+    cluster.read_at(a)?;
+    cluster.run_until(20, |cl| cl.reads_served() > served_before)?;
+    Ok(cluster.reads_served() - served_before)
+}
+
+#[test]
+fn lease_reads_within_the_clock_bound_are_never_stale() {
+    // Follower clocks 8 % fast: within the bound of `LEASE_DRIFT_TICKS`.
+    for seed in 0..5 {
+        if let Err(violation) = lease_read_with_follower_clock(seed, 92) {
+            panic!("seed {seed}: {violation}");
+        }
+    }
+}
+
+#[test]
+fn lease_reads_beyond_the_clock_bound_are_caught() {
+    // Follower clocks 3.3 times as fast as the leader's: far beyond the bound.
+    let caught = (0..5)
+        .filter_map(|seed| lease_read_with_follower_clock(seed, 30).err())
+        .inspect(|violation| println!("{violation}"))
+        .filter(|violation| violation.invariant == Invariant::LinearizableRead)
+        .count();
+    assert!(caught > 0, "no stale lease read was caught in 5 seeds");
 }
