@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Events processed under faults before the quiet period.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 10_000)]
     steps: u64,
     /// Print every event.
     #[arg(long)]
