@@ -553,6 +553,104 @@ mod tests {
         assert_eq!(err.invariant, Invariant::CommitMonotonic);
     }
 
+    /// A log holding one entry per element of `terms`, in order.
+    fn log_of(terms: &[u64]) -> StoredState {
+        let mut writes = super::super::disk::Disk::new(
+            crate::raft::HardState::default(),
+            super::super::disk::DiskLatency {
+                sync_min: 1,
+                sync_max: 1,
+                slow_sync_max: 1,
+            },
+        );
+        let mut rng = super::super::rng::SimRng::new(0);
+        for (offset, term) in terms.iter().enumerate() {
+            let batch = Batch::single(
+                Term(*term),
+                LogIndex(offset as u64 + 1),
+                BatchKind::Normal,
+                b"e",
+            );
+            let write = super::super::disk::DiskWrite {
+                id: offset as u64 + 1,
+                hard_state: None,
+                snapshot: None,
+                truncate_from: None,
+                batches: vec![batch],
+            };
+            writes.submit(write, 0, &mut rng).expect("contiguous");
+        }
+        writes.written().clone()
+    }
+
+    #[test]
+    fn leader_completeness_uses_the_commit_term() {
+        let mut checker = Checker::new();
+        // Index 1 (an entry of t1) and index 2 (t2) committed by the leader of t2.
+        checker
+            .on_apply(NodeId(1), LogIndex(1), Term(1), 1, 1)
+            .unwrap();
+        checker
+            .on_apply(NodeId(1), LogIndex(2), Term(2), 2, 2)
+            .unwrap();
+        checker.on_leader_commit(Term(2), LogIndex(1), LogIndex(2));
+        // A leader of t3 lacking index 2 breaks Leader Completeness...
+        let short = log_of(&[1]);
+        let err = checker.on_leader(NodeId(2), Term(3), &short).unwrap_err();
+        assert_eq!(err.invariant, Invariant::LeaderCompleteness);
+        // ... a stale leader of t2 elected late does not (t2 committed it, not an earlier term),
+        // and one holding both entries is fine.
+        let mut other = Checker::new();
+        other
+            .on_apply(NodeId(1), LogIndex(1), Term(1), 1, 1)
+            .unwrap();
+        other.on_leader_commit(Term(2), LogIndex(1), LogIndex(1));
+        assert_eq!(other.on_leader(NodeId(3), Term(2), &log_of(&[2])), Ok(()));
+        assert_eq!(
+            checker.on_leader(NodeId(3), Term(4), &log_of(&[1, 2])),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn truncating_a_committed_entry_and_stale_reads_are_caught() {
+        let mut checker = Checker::new();
+        checker
+            .on_apply(NodeId(1), LogIndex(1), Term(1), 1, 1)
+            .unwrap();
+        checker
+            .on_apply(NodeId(1), LogIndex(2), Term(1), 2, 2)
+            .unwrap();
+        let log = log_of(&[1, 1, 1]);
+        assert_eq!(
+            checker.on_truncate(NodeId(2), false, &log, LogIndex(3)),
+            Ok(())
+        );
+        let err = checker
+            .on_truncate(NodeId(2), false, &log, LogIndex(2))
+            .unwrap_err();
+        assert_eq!(err.invariant, Invariant::StateMachineSafety);
+        let err = checker
+            .on_truncate(NodeId(2), true, &log, LogIndex(3))
+            .unwrap_err();
+        assert_eq!(err.invariant, Invariant::LeaderAppendOnly);
+        assert_eq!(
+            checker.on_read_served(NodeId(1), 1, LogIndex(2), LogIndex(2)),
+            Ok(())
+        );
+        let err = checker
+            .on_read_served(NodeId(1), 2, LogIndex(2), LogIndex(1))
+            .unwrap_err();
+        assert_eq!(err.invariant, Invariant::LinearizableRead);
+        let wrong = StateDigest {
+            applied: LogIndex(2),
+            applied_term: Term(1),
+            hash: 99,
+        };
+        let err = checker.on_snapshot_state(NodeId(3), &wrong).unwrap_err();
+        assert_eq!(err.invariant, Invariant::StateMachineSafety);
+    }
+
     #[test]
     fn digest_roundtrips() {
         let digest = StateDigest::default().advance(LogIndex(1), Term(1), 42);
