@@ -1206,8 +1206,12 @@ impl Cluster {
         let raft = n.raft.as_mut().expect("applying on a running node");
         raft.on_applied(applied);
         // Runtime snapshot + compaction.
+        // The runtime's snapshot is written durably at once, so it waits until the term of what
+        // it covers is durable (a real runtime orders it after the pending hard state write):
+        // a restart never finds a snapshot newer than its term.
         let every = self.profile.compact_every;
-        if every > 0 && applied.get() >= n.snapshot_index.get() + every {
+        let term_durable = n.digest.applied_term <= n.disk.durable().hard_state.term;
+        if every > 0 && term_durable && applied.get() >= n.snapshot_index.get() + every {
             let meta = SnapshotMeta {
                 index: applied,
                 term: n.digest.applied_term,
