@@ -14,4 +14,5 @@
 pub mod batch;
 pub mod log;
 pub mod raft;
+pub mod sim;
 pub mod types;

@@ -1,0 +1,1021 @@
+//! Scenario tests: each drives a small cluster through one situation from the Raft paper or
+//! the issue and checks the rule it is named after.
+
+use bytes::Bytes;
+
+use super::harness::{log_of_terms, voters, Cluster};
+use crate::batch::BatchKind;
+use crate::raft::{
+    HardState, InjectedBug, MembershipChange, Message, MessageBody, ProposeError, ReadId, ReadMode,
+    Restored, Role,
+};
+use crate::types::{LogIndex, NodeId, Term};
+
+fn role(cluster: &Cluster, id: u64) -> Role {
+    cluster.node(id).raft.status().role
+}
+
+fn commit(cluster: &Cluster, id: u64) -> LogIndex {
+    cluster.node(id).raft.status().commit
+}
+
+#[test]
+fn leader_election_basics() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader is elected");
+    let term = cluster.node(leader).raft.status().term;
+    for id in [1, 2, 3] {
+        let status = cluster.node(id).raft.status();
+        assert_eq!(status.term, term, "{id} agrees on the term");
+        assert_eq!(status.leader, Some(NodeId(leader)), "{id} knows the leader");
+        if id != leader {
+            assert_eq!(status.role, Role::Follower);
+        }
+        // the new leader's Noop is committed everywhere
+        assert_eq!(status.commit, LogIndex(1), "{id}");
+        assert_eq!(cluster.node(id).applied[&1].0, BatchKind::Noop);
+    }
+}
+
+#[test]
+fn single_node_elects_itself_and_commits() {
+    let mut cluster = Cluster::new(&[1], |_| {});
+    cluster.elect(1);
+    let last = cluster.propose(1, 10);
+    cluster.stabilize();
+    assert_eq!(commit(&cluster, 1), last);
+}
+
+#[test]
+fn election_timeouts_are_randomized() {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4, 5], |_| {});
+    // everyone is ticked; with equal timeouts all would campaign at once and split the vote
+    cluster.ticks(19);
+    let started: u64 = cluster
+        .nodes
+        .values()
+        .map(|n| n.raft.status().stats.pre_votes_started)
+        .sum();
+    assert!(started >= 1, "someone timed out in [10, 20)");
+    assert!(started < 5, "not everyone at the same tick");
+}
+
+#[test]
+fn pre_vote_prevents_term_inflation_from_a_partitioned_node() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let term = cluster.node(1).raft.status().term;
+    cluster.isolate(3);
+    cluster.ticks(100);
+    let isolated = cluster.node(3).raft.status();
+    assert_eq!(
+        isolated.term, term,
+        "pre-vote never succeeds, so the term stays"
+    );
+    assert!(isolated.stats.pre_votes_started >= 3);
+    cluster.heal();
+    cluster.ticks(30);
+    assert_eq!(
+        cluster.leader(),
+        Some(1),
+        "the rejoining node does not disrupt"
+    );
+    assert_eq!(cluster.node(1).raft.status().term, term);
+
+    // Without pre-vote the same partition inflates the term and disrupts the leader.
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.pre_vote = false);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.ticks(100);
+    assert!(cluster.node(3).raft.status().term > term.next());
+}
+
+#[test]
+fn check_quorum_steps_down_a_partitioned_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.ticks(25);
+    let old = cluster.node(1).raft.status();
+    assert_eq!(
+        old.role,
+        Role::Follower,
+        "no quorum heard within an election timeout"
+    );
+    assert_eq!(old.stats.check_quorum_step_downs, 1);
+    let new_leader = cluster.leader().expect("the majority elects a new leader");
+    assert_ne!(new_leader, 1);
+}
+
+#[test]
+fn followers_that_hear_a_live_leader_ignore_votes() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let term = cluster.node(1).raft.status().term;
+    let last_index = cluster.node(3).raft.status().last_index;
+    let vote = Message {
+        from: NodeId(3),
+        to: NodeId(2),
+        term: term.next(),
+        body: MessageBody::Vote {
+            last_index,
+            last_term: term,
+            leadership_transfer: false,
+        },
+    };
+    cluster.raft(2).step(vote);
+    let status = cluster.node(2).raft.status();
+    assert_eq!(
+        status.term, term,
+        "the disruptive vote did not bump the term"
+    );
+    assert_eq!(status.stats.votes_ignored_in_lease, 1);
+}
+
+#[test]
+fn stale_terms_and_non_members_are_ignored() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let stale = Message {
+        from: NodeId(3),
+        to: NodeId(2),
+        term: Term(0),
+        body: MessageBody::VoteResponse { granted: true },
+    };
+    cluster.raft(2).step(stale);
+    // A non-member's answer is ignored, even at a newer term.
+    let foreign = Message {
+        from: NodeId(9),
+        to: NodeId(1),
+        term: Term(50),
+        body: MessageBody::AppendResponse {
+            success: true,
+            index: LogIndex(1),
+            hint_index: LogIndex::ZERO,
+            hint_term: Term::ZERO,
+        },
+    };
+    cluster.raft(1).step(foreign);
+    // A non-member's vote request is heard (a lagging member may not know it was added), but
+    // refused while the leader is live.
+    let candidate = Message {
+        from: NodeId(9),
+        to: NodeId(2),
+        term: Term(50),
+        body: MessageBody::Vote {
+            last_index: LogIndex(100),
+            last_term: Term(49),
+            leadership_transfer: false,
+        },
+    };
+    cluster.raft(2).step(candidate);
+    assert_eq!(cluster.node(2).raft.status().stats.stale_term_ignored, 1);
+    assert_eq!(cluster.node(1).raft.status().stats.non_member_ignored, 1);
+    assert_eq!(
+        cluster.node(2).raft.status().stats.votes_ignored_in_lease,
+        1
+    );
+    assert_eq!(cluster.node(1).raft.status().role, Role::Leader);
+    assert_eq!(cluster.node(2).raft.status().term, Term(1));
+}
+
+/// Raft paper Figure 7: a leader for term 8 and followers (a)-(f) with missing and extra
+/// entries; after replication every log equals the leader's.
+#[test]
+fn figure_7_logs_converge_to_the_leader() {
+    let logs: [(u64, &[u64]); 7] = [
+        (1, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6]),
+        (2, &[1, 1, 1, 4, 4, 5, 5, 6, 6]),
+        (3, &[1, 1, 1, 4]),
+        (4, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6]),
+        (5, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7]),
+        (6, &[1, 1, 1, 4, 4, 4, 4]),
+        (7, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]),
+    ];
+    let restored = logs
+        .iter()
+        .map(|&(id, terms)| {
+            (
+                id,
+                Restored {
+                    hard_state: HardState {
+                        term: Term(7),
+                        vote: None,
+                    },
+                    batches: log_of_terms(terms),
+                    initial_membership: voters(&[1, 2, 3, 4, 5, 6, 7]),
+                    ..Restored::default()
+                },
+            )
+        })
+        .collect();
+    let mut cluster = Cluster::with_restored(restored, |config| config.append_bytes_max = 16);
+    cluster.elect(1);
+    assert_eq!(cluster.node(1).raft.status().term, Term(8));
+    cluster.ticks(4);
+    let expected = cluster.terms(1);
+    assert_eq!(expected.len(), 11, "the leader's 10 entries and its noop");
+    for id in 2..=7 {
+        assert_eq!(cluster.terms(id), expected, "follower {id} converged");
+        assert_eq!(commit(&cluster, id), LogIndex(11));
+    }
+    let rejects: u64 = (2..=7)
+        .map(|id| cluster.node(id).raft.status().stats.appends_rejected)
+        .sum();
+    let truncations: u64 = (2..=7)
+        .map(|id| cluster.node(id).raft.status().stats.truncations)
+        .sum();
+    assert!(
+        rejects >= 3,
+        "missing and conflicting entries were rejected"
+    );
+    assert!(
+        truncations >= 3,
+        "extra entries of (c), (d) and (f) were cut"
+    );
+}
+
+/// Raft paper Figure 8: the leader of term 4 holds an entry of term 2 on a majority, yet must
+/// not commit it by counting, because a node with a term-3 entry at that index can still win.
+fn figure_8_cluster(bug: Option<InjectedBug>) -> Cluster {
+    let logs: [(u64, &[u64]); 3] = [(1, &[1, 2]), (2, &[1]), (3, &[1, 3])];
+    let restored = logs
+        .iter()
+        .map(|&(id, terms)| {
+            (
+                id,
+                Restored {
+                    hard_state: HardState {
+                        term: Term(3),
+                        vote: None,
+                    },
+                    batches: log_of_terms(terms),
+                    initial_membership: voters(&[1, 2, 3]),
+                    ..Restored::default()
+                },
+            )
+        })
+        .collect();
+    let mut cluster = Cluster::with_restored(restored, |config| {
+        config.append_bytes_max = 1; // one batch per Append
+        config.inject_bug = bug;
+    });
+    cluster.isolate(3);
+    // Node 2 gets the term-2 entry but never the leader's term-4 noop (it is cut out of
+    // every Append to node 2).
+    cluster.rewrite = Some(Box::new(|mut message: Message| {
+        if message.to == NodeId(2) {
+            if let MessageBody::Append { batches, .. } = &mut message.body {
+                batches.retain(|batch| batch.kind() != BatchKind::Noop);
+            }
+        }
+        Some(message)
+    }));
+    cluster.elect(1);
+    cluster.ticks(3);
+    cluster
+}
+
+#[test]
+fn figure_8_old_term_entry_is_not_committed_by_counting() {
+    let mut cluster = figure_8_cluster(None);
+    let leader = cluster.node(1).raft.status();
+    assert_eq!(leader.term, Term(4));
+    let match_2 = leader.progress.iter().find(|p| p.id == NodeId(2)).unwrap();
+    assert_eq!(
+        match_2.match_index,
+        LogIndex(2),
+        "a majority holds index 2 (term 2)"
+    );
+    assert_eq!(
+        leader.commit,
+        LogIndex(0),
+        "but it is not committed by counting"
+    );
+
+    // Why: node 3 (term-3 entry at index 2) can still win and overwrite it.
+    cluster.crash(1);
+    cluster.rewrite = None;
+    cluster.heal();
+    cluster.ticks(60);
+    let leader = cluster.leader().expect("a new leader");
+    assert_eq!(leader, 3);
+    assert_eq!(
+        cluster.terms(2)[1],
+        (2, 3),
+        "index 2 now holds term 3 everywhere"
+    );
+}
+
+#[test]
+fn figure_8_bug_switch_commits_the_old_term_entry() {
+    let cluster = figure_8_cluster(Some(InjectedBug::CommitOldTermByCounting));
+    assert_eq!(
+        commit(&cluster, 1),
+        LogIndex(2),
+        "with the check skipped, the old-term entry is committed by counting"
+    );
+}
+
+#[test]
+fn disk_stalled_leader_commits_through_a_follower_quorum() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.node_mut(1).auto_sync = false;
+    let last = cluster.propose(1, 100);
+    cluster.stabilize();
+    let status = cluster.node(1).raft.status();
+    assert!(
+        status.durable < last,
+        "the leader's own write is not durable"
+    );
+    assert_eq!(status.commit, last, "two durable followers are a quorum");
+
+    // With one follower stalled too, the commit waits.
+    cluster.node_mut(2).auto_sync = false;
+    let next = cluster.propose(1, 10);
+    cluster.stabilize();
+    assert_eq!(
+        commit(&cluster, 1),
+        last,
+        "only one durable copy of the new entries"
+    );
+    cluster.sync(1);
+    cluster.stabilize();
+    assert_eq!(
+        commit(&cluster, 1),
+        next,
+        "the leader's sync completes the quorum"
+    );
+}
+
+#[test]
+fn followers_ack_only_after_durable() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.node_mut(2).auto_sync = false;
+    cluster.node_mut(3).auto_sync = false;
+    let last = cluster.propose(1, 5);
+    cluster.stabilize();
+    assert!(
+        commit(&cluster, 1) < last,
+        "no follower ack leaves before its sync"
+    );
+    let unsynced = &cluster.node(2).unsynced;
+    assert!(unsynced
+        .iter()
+        .flat_map(|w| &w.after_durable)
+        .any(|m| matches!(m.body, MessageBody::AppendResponse { success: true, .. })));
+    cluster.sync(2);
+    cluster.stabilize();
+    assert_eq!(commit(&cluster, 1), last);
+}
+
+#[test]
+fn ack_before_durable_bug_switch_leaks_acks() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.inject_bug = Some(InjectedBug::AckBeforeDurable)
+    });
+    cluster.elect(1);
+    cluster.node_mut(2).auto_sync = false;
+    cluster.node_mut(3).auto_sync = false;
+    let last = cluster.propose(1, 5);
+    cluster.stabilize();
+    assert_eq!(
+        commit(&cluster, 1),
+        last,
+        "acks left before any follower synced"
+    );
+}
+
+#[test]
+fn votes_and_vote_requests_wait_for_durable_hard_state() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.node_mut(1).auto_sync = false;
+    cluster.node_mut(2).auto_sync = false;
+    cluster.node_mut(3).auto_sync = false;
+    for _ in 0..30 {
+        cluster.raft(1).tick();
+        cluster.stabilize();
+        if role(&cluster, 1) == Role::Candidate {
+            break;
+        }
+    }
+    assert_eq!(role(&cluster, 1), Role::Candidate);
+    assert!(cluster.network.is_empty());
+    let write = &cluster.node(1).unsynced.last().unwrap();
+    assert_eq!(write.hard_state.unwrap().vote, Some(NodeId(1)));
+    assert_eq!(
+        write.after_durable.len(),
+        2,
+        "vote requests wait for the self-vote"
+    );
+    cluster.sync(1);
+    cluster.stabilize();
+    assert_eq!(
+        role(&cluster, 1),
+        Role::Candidate,
+        "grants wait for the voters' syncs"
+    );
+    cluster.sync(2);
+    cluster.stabilize();
+    assert_eq!(role(&cluster, 1), Role::Leader);
+}
+
+#[test]
+fn node_rejoining_with_a_diverged_log_converges() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.propose(1, 10);
+    cluster.stabilize();
+    cluster.isolate(1);
+    // entries only the isolated leader has: never committed
+    cluster.propose(1, 7);
+    cluster.stabilize();
+    cluster.ticks(30);
+    let leader = cluster.leader().expect("new leader");
+    assert_ne!(leader, 1);
+    let committed = cluster.propose(leader, 20);
+    cluster.stabilize();
+    cluster.heal();
+    cluster.ticks(10);
+    assert_eq!(role(&cluster, 1), Role::Follower);
+    assert_eq!(
+        cluster.terms(1),
+        cluster.terms(leader),
+        "diverged suffix replaced"
+    );
+    assert!(cluster.node(1).raft.status().stats.truncations >= 1);
+    assert!(commit(&cluster, 1) >= committed);
+}
+
+#[test]
+fn crash_loses_unsynced_writes_but_never_acknowledged_ones() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let acked = cluster.propose(1, 10);
+    cluster.stabilize();
+    cluster.node_mut(3).auto_sync = false;
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    cluster.crash(3);
+    cluster.restart(3);
+    let status = cluster.node(3).raft.status();
+    assert_eq!(status.last_index, acked, "only the synced prefix survived");
+    cluster.ticks(6);
+    assert_eq!(
+        cluster.terms(3),
+        cluster.terms(1),
+        "re-replicated after restart"
+    );
+}
+
+#[test]
+fn read_index_confirms_leadership_with_a_heartbeat_quorum() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let last = cluster.propose(1, 3);
+    cluster.stabilize();
+    cluster.raft(1).read_index(ReadId(7)).unwrap();
+    cluster.stabilize();
+    let reads = &cluster.node(1).reads;
+    assert_eq!(reads.len(), 1);
+    assert_eq!((reads[0].id, reads[0].index), (ReadId(7), last));
+    assert_eq!(
+        cluster.raft(2).read_index(ReadId(8)),
+        Err(ProposeError::NotLeader {
+            leader: Some(NodeId(1))
+        })
+    );
+
+    // A partitioned leader cannot confirm; its reads fail when it steps down.
+    cluster.isolate(1);
+    cluster.raft(1).read_index(ReadId(9)).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).reads.len(), 1, "not confirmed");
+    cluster.ticks(25);
+    assert_eq!(cluster.node(1).reads_failed, vec![ReadId(9)]);
+}
+
+#[test]
+fn read_index_waits_for_a_commit_in_the_leaders_term() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.node_mut(1).auto_sync = false;
+    cluster.node_mut(2).auto_sync = false;
+    cluster.node_mut(3).auto_sync = false;
+    cluster.raft(1).tick();
+    for _ in 0..30 {
+        cluster.raft(1).tick();
+        cluster.stabilize();
+        for id in 1..=3 {
+            cluster.sync(id);
+        }
+        cluster.stabilize();
+        if role(&cluster, 1) == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(role(&cluster, 1), Role::Leader);
+    assert_eq!(
+        commit(&cluster, 1),
+        LogIndex(0),
+        "noop not yet durable anywhere"
+    );
+    cluster.raft(1).read_index(ReadId(1)).unwrap();
+    cluster.stabilize();
+    assert!(
+        cluster.node(1).reads.is_empty(),
+        "waits for the noop's commit"
+    );
+    for id in 1..=3 {
+        cluster.sync(id);
+    }
+    cluster.stabilize();
+    for id in 1..=3 {
+        cluster.sync(id);
+    }
+    cluster.stabilize();
+    let reads = &cluster.node(1).reads;
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].index, LogIndex(1));
+}
+
+#[test]
+fn lease_reads_skip_the_round_until_the_lease_lapses() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.read_mode = ReadMode::Lease {
+            clock_drift_ticks: 2,
+        }
+    });
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader");
+    cluster.raft(leader).read_index(ReadId(1)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert_eq!(ready.reads.len(), 1, "served at once under the lease");
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })),
+        "without a heartbeat round"
+    );
+    cluster.stabilize();
+
+    cluster.isolate(leader);
+    for _ in 0..8 {
+        cluster.raft(leader).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(
+        role(&cluster, leader),
+        Role::Leader,
+        "check-quorum not yet due"
+    );
+    cluster.raft(leader).read_index(ReadId(2)).unwrap();
+    cluster.stabilize();
+    assert!(
+        !cluster.node(leader).reads.iter().any(|r| r.id == ReadId(2)),
+        "lease lapsed after election_ticks - clock_drift_ticks: needs a round"
+    );
+}
+
+#[test]
+fn leadership_transfer_hands_over_to_a_caught_up_follower() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.propose(1, 10);
+    cluster.stabilize();
+    cluster.node_mut(2).auto_sync = false; // target lags: transfer waits for its catch-up
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    cluster.raft(1).transfer_leadership(NodeId(2)).unwrap();
+    assert_eq!(
+        cluster.raft(1).propose(b"x"),
+        Err(ProposeError::TransferInProgress { target: NodeId(2) })
+    );
+    cluster.stabilize();
+    assert_eq!(role(&cluster, 1), Role::Leader, "target not caught up yet");
+    cluster.node_mut(2).auto_sync = true;
+    cluster.sync(2);
+    cluster.stabilize();
+    assert_eq!(
+        cluster.leader(),
+        Some(2),
+        "TimeoutNow made 2 campaign and win"
+    );
+    assert_eq!(role(&cluster, 1), Role::Follower);
+    assert_eq!(
+        cluster.raft(1).transfer_leadership(NodeId(3)),
+        Err(ProposeError::NotLeader {
+            leader: Some(NodeId(2))
+        })
+    );
+}
+
+#[test]
+fn leadership_transfer_aborts_after_an_election_timeout() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    cluster.raft(1).transfer_leadership(NodeId(3)).unwrap();
+    for _ in 0..10 {
+        cluster.raft(1).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(role(&cluster, 1), Role::Leader);
+    assert_eq!(cluster.node(1).raft.status().stats.transfers_aborted, 1);
+    assert!(cluster.raft(1).propose(b"after").is_ok());
+}
+
+#[test]
+fn snapshot_reaches_a_lagging_follower_in_chunks() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.snapshot_chunk_bytes = 1000);
+    cluster.elect(1);
+    cluster.isolate(3);
+    let last = cluster.propose(1, 500);
+    cluster.stabilize();
+    let data = Bytes::from(vec![0xab; 9_500]);
+    for id in [1, 2] {
+        cluster.compact(id, data.clone());
+    }
+    assert_eq!(
+        cluster.node(1).raft.status().first_index,
+        last.next(),
+        "log prefix dropped"
+    );
+    cluster.propose(1, 20);
+    cluster.stabilize();
+    cluster.heal();
+    cluster.ticks(6);
+    let leader = cluster.node(1).raft.status();
+    assert_eq!(
+        leader.stats.snapshot_chunks_sent, 10,
+        "9500 bytes in 1000-byte chunks"
+    );
+    let follower = cluster.node(3).raft.status();
+    assert_eq!(follower.stats.snapshots_installed, 1);
+    assert_eq!(
+        follower.commit, leader.commit,
+        "appends followed the snapshot"
+    );
+    assert_eq!(cluster.node(3).disk.snapshot.as_ref().unwrap().1, data);
+    assert_eq!(cluster.terms(3), cluster.terms(1));
+    cluster.crash(3);
+    cluster.restart(3);
+    cluster.ticks(4);
+    assert_eq!(
+        commit(&cluster, 3),
+        leader.commit,
+        "restarts from the snapshot"
+    );
+}
+
+#[test]
+fn add_learner_then_promote_then_remove_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.propose(1, 50);
+    cluster.stabilize();
+    let mut config = super::harness::test_config(4);
+    config.seed = 4;
+    cluster.add_node(config, Restored::default());
+
+    assert!(matches!(
+        cluster
+            .raft(1)
+            .propose_membership(MembershipChange::Promote(NodeId(4))),
+        Err(ProposeError::Membership(_))
+    ));
+    let index = cluster
+        .raft(1)
+        .propose_membership(MembershipChange::AddLearner(NodeId(4)))
+        .unwrap();
+    assert_eq!(
+        cluster
+            .raft(1)
+            .propose_membership(MembershipChange::AddLearner(NodeId(5))),
+        Err(ProposeError::MembershipChangePending { index })
+    );
+    cluster.stabilize();
+    cluster.ticks(4);
+    let learner = cluster.node(4).raft.status();
+    assert_eq!(learner.commit, commit(&cluster, 1), "the learner caught up");
+    assert!(learner.membership.learners.contains(&NodeId(4)));
+    // learners never campaign
+    cluster.isolate(4);
+    cluster.ticks(40);
+    assert_eq!(cluster.node(4).raft.status().stats.pre_votes_started, 0);
+    cluster.heal();
+    cluster.ticks(4);
+
+    // a lagging learner is not promoted
+    let mut config5 = super::harness::test_config(5);
+    config5.seed = 5;
+    cluster.add_node(config5, Restored::default());
+    cluster.isolate(5);
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::AddLearner(NodeId(5)))
+        .unwrap();
+    cluster.stabilize();
+    cluster.propose(1, 2000);
+    cluster.stabilize();
+    assert!(matches!(
+        cluster
+            .raft(1)
+            .propose_membership(MembershipChange::Promote(NodeId(5))),
+        Err(ProposeError::LearnerBehind { .. })
+    ));
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Remove(NodeId(5)))
+        .unwrap();
+    cluster.stabilize();
+
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Promote(NodeId(4)))
+        .unwrap();
+    cluster.stabilize();
+    assert_eq!(
+        cluster.node(1).raft.status().membership.voters,
+        voters(&[1, 2, 3, 4]).voters
+    );
+    // Remove the leader itself: it steps down once the removal commits.
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Remove(NodeId(1)))
+        .unwrap();
+    cluster.stabilize();
+    assert_eq!(role(&cluster, 1), Role::Follower);
+    let campaigns = cluster.node(1).raft.status().stats.pre_votes_started;
+    cluster.ticks(40);
+    let leader = cluster
+        .leader()
+        .expect("the remaining voters elect a leader");
+    assert_ne!(leader, 1);
+    let last = cluster.propose(leader, 5);
+    cluster.stabilize();
+    cluster.ticks(2); // followers learn the commit index from the next heartbeat
+    for id in [2, 3, 4] {
+        assert_eq!(commit(&cluster, id), last, "{id}");
+        assert_eq!(
+            cluster.node(id).raft.status().membership.voters,
+            voters(&[2, 3, 4]).voters
+        );
+    }
+    assert_eq!(
+        cluster.node(1).raft.status().stats.pre_votes_started,
+        campaigns,
+        "a removed node never campaigns"
+    );
+}
+
+#[test]
+fn pipelining_keeps_many_appends_in_flight() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.batch_entries_max = 10;
+        config.append_bytes_max = 200;
+        config.inflight_messages_max = 4;
+    });
+    cluster.elect(1);
+    cluster.node_mut(2).auto_sync = false;
+    cluster.node_mut(3).auto_sync = false;
+    cluster.propose(1, 200);
+    cluster.stabilize();
+    let status = cluster.raft(1).status();
+    for peer in status.progress {
+        assert_eq!(
+            peer.inflight_messages, 4,
+            "window full, bounded by messages"
+        );
+    }
+    cluster.node_mut(2).auto_sync = true;
+    cluster.node_mut(3).auto_sync = true;
+    cluster.sync(2);
+    cluster.sync(3);
+    cluster.stabilize();
+    cluster.ticks(2);
+    assert_eq!(commit(&cluster, 1), LogIndex(201));
+}
+
+/// Regression (sim seed 1287): a leader that sent TimeoutNow must not serve lease reads again in
+/// that term, even after its transfer is abandoned, because the transfer vote bypasses the
+/// followers' lease.
+#[test]
+fn lease_is_revoked_by_a_leadership_transfer() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.read_mode = ReadMode::Lease {
+            clock_drift_ticks: 2,
+        }
+    });
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader");
+    let target = if leader == 1 { 2 } else { 1 };
+    // The target gets TimeoutNow, but everything it sends in its new term is lost: the
+    // transfer is abandoned.
+    let term = cluster.node(leader).raft.status().term;
+    cluster.rewrite = Some(Box::new(move |message: Message| {
+        (message.term == term).then_some(message)
+    }));
+    cluster
+        .raft(leader)
+        .transfer_leadership(NodeId(target))
+        .unwrap();
+    cluster.stabilize();
+    for _ in 0..10 {
+        cluster.raft(leader).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(role(&cluster, leader), Role::Leader);
+    assert_eq!(
+        cluster.node(leader).raft.status().stats.transfers_aborted,
+        1
+    );
+    cluster.raft(leader).read_index(ReadId(5)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert!(ready.reads.is_empty(), "no lease read after a TimeoutNow");
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+}
+
+#[test]
+fn snapshot_transfer_restarts_when_the_follower_restarts() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.snapshot_chunk_bytes = 1000);
+    cluster.elect(1);
+    cluster.isolate(3);
+    cluster.propose(1, 300);
+    cluster.stabilize();
+    let data = Bytes::from(vec![7u8; 5_000]);
+    cluster.compact(1, data.clone());
+    cluster.heal();
+    // Let two chunks through, then crash the follower mid-transfer.
+    let mut chunks = 0;
+    cluster.rewrite = Some(Box::new(move |message: Message| {
+        if let MessageBody::Snapshot { .. } = message.body {
+            chunks += 1;
+            if chunks > 2 {
+                return None;
+            }
+        }
+        Some(message)
+    }));
+    cluster.ticks(6);
+    assert!(cluster.node(3).disk.snapshot.is_none(), "not complete yet");
+    cluster.crash(3);
+    cluster.restart(3);
+    cluster.rewrite = None;
+    cluster.ticks(10);
+    assert_eq!(cluster.node(3).disk.snapshot.as_ref().unwrap().1, data);
+    assert_eq!(cluster.terms(3), cluster.terms(1));
+}
+
+#[test]
+fn restored_state_is_validated_and_resumed() {
+    use crate::raft::{Config, ConfigError, Raft};
+    let mut batches = log_of_terms(&[1, 1, 2]);
+    let restored = |batches: Vec<crate::batch::Batch>, term: u64| Restored {
+        hard_state: HardState {
+            term: Term(term),
+            vote: Some(NodeId(1)),
+        },
+        batches,
+        initial_membership: voters(&[1, 2, 3]),
+        ..Restored::default()
+    };
+    let raft = Raft::new(Config::new(NodeId(1)), restored(batches.clone(), 2)).unwrap();
+    let status = raft.status();
+    assert_eq!(
+        (status.last_index, status.durable),
+        (LogIndex(3), LogIndex(3))
+    );
+    assert_eq!((status.term, status.vote), (Term(2), Some(NodeId(1))));
+    assert!(matches!(
+        Raft::new(Config::new(NodeId(1)), restored(batches.clone(), 1)),
+        Err(ConfigError::RestoredTermOrder { .. })
+    ));
+    batches.remove(0);
+    assert_eq!(
+        Raft::new(Config::new(NodeId(1)), restored(batches, 2)).err(),
+        Some(ConfigError::RestoredLogGap {
+            expected: LogIndex(1),
+            found: LogIndex(3)
+        })
+    );
+}
+
+#[test]
+fn proposals_are_sealed_at_the_batch_limit_and_refused_off_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.batch_entries_max = 8);
+    cluster.elect(1);
+    assert_eq!(
+        cluster.raft(2).propose(b"x"),
+        Err(ProposeError::NotLeader {
+            leader: Some(NodeId(1))
+        })
+    );
+    let first = cluster.raft(1).propose(b"a").unwrap();
+    assert_eq!(first, LogIndex(2), "after the noop");
+    cluster.propose(1, 7);
+    assert_eq!(cluster.node(1).raft.status().stats.batches_sealed, 1);
+    assert_eq!(cluster.node(1).raft.status().last_index, LogIndex(9));
+    cluster.propose(1, 3);
+    cluster.stabilize();
+    let stats = cluster.node(1).raft.status().stats;
+    assert_eq!(stats.batches_sealed, 2, "the rest sealed by ready()");
+    assert_eq!(commit(&cluster, 1), LogIndex(12));
+}
+
+/// Regression (sim seeds 38, 141, 181, 320, 732, 1286): a leader that removes itself and loses
+/// leadership before the removal commits must still campaign (Raft dissertation 4.2.2), or the
+/// remaining voter, still on the old membership, can never gather a quorum: the old leader's
+/// longer log makes it refuse that voter.
+#[test]
+fn a_leader_removing_itself_still_campaigns_until_the_removal_commits() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Remove(NodeId(3)))
+        .unwrap();
+    cluster.stabilize();
+    cluster.ticks(2);
+    cluster.isolate(1);
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Remove(NodeId(1)))
+        .unwrap();
+    cluster.propose(1, 3);
+    cluster.stabilize();
+    cluster.ticks(25);
+    assert_eq!(
+        role(&cluster, 1),
+        Role::Follower,
+        "check-quorum stepped it down"
+    );
+    assert_ne!(
+        role(&cluster, 2),
+        Role::Leader,
+        "2 alone is not a quorum of {{1, 2}}"
+    );
+    cluster.heal();
+    cluster.ticks(80);
+    assert_eq!(
+        cluster.leader(),
+        Some(2),
+        "1 led again, committed its removal, left"
+    );
+    let status = cluster.node(2).raft.status();
+    assert_eq!(status.membership.voters, voters(&[2]).voters);
+    let last = cluster.propose(2, 2);
+    cluster.stabilize();
+    assert_eq!(commit(&cluster, 2), last);
+}
+
+/// Regression (sim seed 2414): a member whose log lags may not know that a candidate was added;
+/// it must still hear the candidate's vote requests, or a quorum that needs it never forms.
+#[test]
+fn a_lagging_member_hears_a_candidate_it_does_not_know() {
+    use crate::batch::Batch;
+    let new_membership = voters(&[2, 4]);
+    let log = vec![Batch::single(
+        Term(1),
+        LogIndex(1),
+        BatchKind::Membership,
+        &new_membership.encode(),
+    )];
+    let restored = vec![
+        (
+            2,
+            Restored {
+                initial_membership: voters(&[1, 2]),
+                ..Restored::default()
+            },
+        ),
+        (
+            4,
+            Restored {
+                hard_state: HardState {
+                    term: Term(1),
+                    vote: None,
+                },
+                batches: log,
+                initial_membership: voters(&[1, 2]),
+                ..Restored::default()
+            },
+        ),
+    ];
+    let mut cluster = Cluster::with_restored(restored, |_| {});
+    cluster.elect(4);
+    cluster.ticks(2);
+    assert_eq!(
+        cluster.node(2).raft.status().membership,
+        new_membership,
+        "2 learned the membership from its new leader"
+    );
+}
