@@ -204,10 +204,7 @@ impl Batch {
 
     /// The entries in order, as borrowed slices.
     pub fn entries(&self) -> Entries<'_> {
-        Entries {
-            rest: &self.payload,
-            remaining: self.entry_count,
-        }
+        Entries::new(&self.payload, self.entry_count)
     }
 
     /// The entries `from ..= last_index()` as a new batch sharing this one's memory.
@@ -245,13 +242,18 @@ impl Batch {
     /// Byte offset in the payload where entry number `n` (0-based) starts; `n == entry_count`
     /// gives the payload length.
     fn byte_offset_of(&self, n: u32) -> usize {
-        let mut offset = 0usize;
-        for _ in 0..n {
-            let len = read_len(&self.payload, offset);
-            offset += ENTRY_PREFIX_BYTES + len;
-        }
-        offset
+        entry_offset(&self.payload, n)
     }
+}
+
+/// Byte offset where entry number `n` (0-based) starts in an encoded payload that holds at least
+/// `n` entries; `n` equal to the entry count gives the payload length.
+pub fn entry_offset(payload: &[u8], n: u32) -> usize {
+    let mut offset = 0usize;
+    for _ in 0..n {
+        offset += ENTRY_PREFIX_BYTES + read_len(payload, offset);
+    }
+    offset
 }
 
 #[inline]
@@ -290,6 +292,17 @@ pub fn count_entries(payload: &[u8]) -> Result<u32, BatchError> {
 pub struct Entries<'a> {
     rest: &'a [u8],
     remaining: u32,
+}
+
+impl<'a> Entries<'a> {
+    /// Iterates the first `entry_count` entries of an encoded payload that was already verified
+    /// (by [`Batch::new`] or a record checksum); a payload holding fewer entries panics.
+    pub fn new(payload: &'a [u8], entry_count: u32) -> Entries<'a> {
+        Entries {
+            rest: payload,
+            remaining: entry_count,
+        }
+    }
 }
 
 impl<'a> Iterator for Entries<'a> {

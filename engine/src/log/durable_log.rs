@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::batch::{Batch, BatchKind, ENTRY_PREFIX_BYTES};
+use crate::batch::{entry_offset, Batch, BatchKind, Entries};
 use crate::log::error::LogError;
 use crate::log::hard_state::{HardState, HardStateFile};
 use crate::log::preparer::{Preparer, Spare};
@@ -167,10 +167,7 @@ impl<'a> BatchView<'a> {
 
     /// The entries as borrowed slices.
     pub fn entries(&self) -> impl ExactSizeIterator<Item = &'a [u8]> {
-        EntryIter {
-            rest: self.payload,
-            remaining: self.entry_count,
-        }
+        Entries::new(self.payload, self.entry_count)
     }
 
     /// Copies the view into an owned batch.
@@ -184,46 +181,6 @@ impl<'a> BatchView<'a> {
         )
         .expect("a verified record holds a valid batch")
     }
-}
-
-struct EntryIter<'a> {
-    rest: &'a [u8],
-    remaining: u32,
-}
-
-impl<'a> Iterator for EntryIter<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        if self.remaining == 0 {
-            return None;
-        }
-        let len = entry_len(self.rest, 0);
-        let entry = &self.rest[ENTRY_PREFIX_BYTES..ENTRY_PREFIX_BYTES + len];
-        self.rest = &self.rest[ENTRY_PREFIX_BYTES + len..];
-        self.remaining -= 1;
-        Some(entry)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining as usize, Some(self.remaining as usize))
-    }
-}
-
-impl ExactSizeIterator for EntryIter<'_> {}
-
-#[inline]
-fn entry_len(payload: &[u8], at: usize) -> usize {
-    u32::from_le_bytes(payload[at..at + 4].try_into().expect("4 bytes")) as usize
-}
-
-/// Byte offset of entry number `n` (0-based) in a payload.
-fn entry_offset(payload: &[u8], n: u32) -> usize {
-    let mut at = 0;
-    for _ in 0..n {
-        at += ENTRY_PREFIX_BYTES + entry_len(payload, at);
-    }
-    at
 }
 
 /// Bytes of one segment written since the last sync round was submitted.
