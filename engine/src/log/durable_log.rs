@@ -22,7 +22,7 @@ use crate::log::record::{
     batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, RecordHeader,
     RecordKind, RECORD_HEADER_BYTES,
 };
-use crate::log::recovery::{recover, void_from, RecordSpan, SegmentBytes};
+use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::segment::{
     live_name, map_segment, parse_live_name, parse_spare_name, prefault, spare_name, sync_dir,
     Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
@@ -396,20 +396,11 @@ impl Log {
                 map,
             });
         }
-        let inputs: Vec<SegmentBytes<'_>> = segments
-            .iter()
-            .map(|segment| SegmentBytes {
-                first_seq: segment.first_seq,
-                bytes: &segment.map[..],
-            })
-            .collect();
-        let recovered = recover(&inputs).map_err(|corrupt| LogError::Corrupt {
-            file: segments[corrupt.segment].path.clone(),
-            offset: corrupt.offset as u64,
-            index: corrupt.index,
-            reason: corrupt.reason,
-        })?;
-        drop(inputs);
+        let recovered = recover_files(
+            segments
+                .iter()
+                .map(|segment| (segment.path.as_path(), segment.first_seq, &segment.map[..])),
+        )?;
 
         let torn_tail = recovered.torn.as_ref().map(|torn| TornTailReport {
             file: segments[torn.segment].path.clone(),

@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use crate::log::error::LogError;
 use crate::log::hard_state::{read_file, HardState, HARD_STATE_FILE};
 use crate::log::record::RECORD_HEADER_BYTES;
-use crate::log::recovery::{recover, RecordSpan, Recovered, SegmentBytes};
+use crate::log::recovery::{recover_files, RecordSpan, Recovered};
 use crate::log::segment::{parse_live_name, parse_spare_name, SEGMENT_BYTES_MIN};
 
 /// A live segment file as found.
@@ -95,20 +95,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection, LogError> {
         }
     }
     segments.sort_by_key(|segment| segment.first_seq);
-    let inputs: Vec<SegmentBytes<'_>> = segments
-        .iter()
-        .map(|segment| SegmentBytes {
-            first_seq: segment.first_seq,
-            bytes: &segment.map[..],
-        })
-        .collect();
-    let recovered = recover(&inputs).map_err(|corrupt| LogError::Corrupt {
-        file: segments[corrupt.segment].path.clone(),
-        offset: corrupt.offset as u64,
-        index: corrupt.index,
-        reason: corrupt.reason,
-    })?;
-    drop(inputs);
+    let recovered = recover_files(
+        segments
+            .iter()
+            .map(|segment| (segment.path.as_path(), segment.first_seq, &segment.map[..])),
+    )?;
     let hard_state = read_file(&dir.join(HARD_STATE_FILE))?;
     Ok(Inspection {
         segments,

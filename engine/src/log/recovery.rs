@@ -20,8 +20,10 @@
 //! after them; see `docs/FORMATS.md`.
 
 use std::collections::VecDeque;
+use std::path::Path;
 
 use crate::batch::BatchKind;
+use crate::log::error::LogError;
 use crate::log::record::{verify_record, RecordError, RecordKind, RecordView, RECORD_ALIGN};
 use crate::log::record::{RECORD_HEADER_BYTES, RECORD_MAGIC};
 use crate::log::segment::{check_segment_header, SEGMENT_HEADER_BYTES};
@@ -299,6 +301,24 @@ fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: 
         }
     }
     witness
+}
+/// [`recover`] over named segment files in sequence order: `(path, first_seq, bytes)` each. A
+/// corruption becomes [`LogError::Corrupt`] naming the file.
+pub(crate) fn recover_files<'a>(
+    files: impl Iterator<Item = (&'a Path, u64, &'a [u8])>,
+) -> Result<Recovered, LogError> {
+    let mut paths = Vec::new();
+    let mut inputs = Vec::new();
+    for (path, first_seq, bytes) in files {
+        paths.push(path);
+        inputs.push(SegmentBytes { first_seq, bytes });
+    }
+    recover(&inputs).map_err(|corrupt| LogError::Corrupt {
+        file: paths[corrupt.segment].to_path_buf(),
+        offset: corrupt.offset as u64,
+        index: corrupt.index,
+        reason: corrupt.reason,
+    })
 }
 
 /// Scans the live segments (in name order) and returns the log they hold, or where it is
