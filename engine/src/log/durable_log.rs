@@ -24,8 +24,8 @@ use crate::log::record::{
 };
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::segment::{
-    live_name, map_segment, parse_live_name, parse_spare_name, prefault, spare_name, sync_dir,
-    Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+    check_segment_len, live_name, map_segment, parse_live_name, parse_spare_name, prefault,
+    spare_name, sync_dir, Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
 use crate::log::sync::{SyncMode, SyncTarget, Syncer};
 use crate::types::{LogIndex, Term};
@@ -380,14 +380,7 @@ impl Log {
             let len = std::fs::metadata(&path)
                 .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
                 .len();
-            if len < SEGMENT_BYTES_MIN {
-                return Err(LogError::Corrupt {
-                    file: path,
-                    offset: len,
-                    index: LogIndex::ZERO,
-                    reason: format!("segment file of {len} bytes is cut short"),
-                });
-            }
+            check_segment_len(&path, len)?;
             let (file, map) = open_mapped(&path)?;
             segments.push_back(Segment {
                 first_seq,

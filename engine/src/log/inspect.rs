@@ -10,7 +10,7 @@ use crate::log::error::LogError;
 use crate::log::hard_state::{read_file, HardState, HARD_STATE_FILE};
 use crate::log::record::RECORD_HEADER_BYTES;
 use crate::log::recovery::{recover_files, RecordSpan, Recovered};
-use crate::log::segment::{parse_live_name, parse_spare_name, SEGMENT_BYTES_MIN};
+use crate::log::segment::{check_segment_len, parse_live_name, parse_spare_name};
 
 /// A live segment file as found.
 pub struct InspectedSegment {
@@ -73,14 +73,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, LogError> {
                 .metadata()
                 .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
                 .len();
-            if len < SEGMENT_BYTES_MIN {
-                return Err(LogError::Corrupt {
-                    file: path,
-                    offset: len,
-                    index: crate::types::LogIndex::ZERO,
-                    reason: format!("segment file of {len} bytes is cut short"),
-                });
-            }
+            check_segment_len(&path, len)?;
             // SAFETY: read-only mapping; a concurrent writer could change bytes under us, which
             // the scan tolerates (it never panics on any bytes).
             let map = unsafe { Mmap::map(&file) }

@@ -33,6 +33,20 @@ pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Smallest segment size accepted (tests use small segments).
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
 
+/// Refuses a live segment file shorter than [`SEGMENT_BYTES_MIN`]: a segment is created at its
+/// full size, so a shorter one was cut after the fact.
+pub(crate) fn check_segment_len(path: &Path, len: u64) -> Result<(), crate::log::error::LogError> {
+    if len < SEGMENT_BYTES_MIN {
+        return Err(crate::log::error::LogError::Corrupt {
+            file: path.to_path_buf(),
+            offset: len,
+            index: crate::types::LogIndex::ZERO,
+            reason: format!("segment file of {len} bytes is cut short"),
+        });
+    }
+    Ok(())
+}
+
 /// The name of the live segment whose first record has sequence number `first_seq`.
 pub fn live_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
