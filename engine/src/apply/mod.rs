@@ -1,0 +1,29 @@
+//! The execution stage: the [`StateMachine`] trait users implement, and the apply loop that runs
+//! committed commands behind the commit index (ordering never waits for it), answers proposers,
+//! serves reads, and takes snapshots.
+
+use bytes::Bytes;
+
+use crate::types::LogIndex;
+
+/// A deterministic state machine replicated by lockstep.
+///
+/// Every replica applies the same commands in the same order, so `apply` must depend only on the
+/// state and the command: no clocks, randomness, thread timing or iteration over unordered
+/// containers. Time, if needed, enters as data inside the command.
+pub trait StateMachine: Send + 'static {
+    /// Applies the committed `command` at log `index` and returns the reply for its proposer.
+    /// A command the machine does not understand must still be handled deterministically (for
+    /// example by returning an error reply), never by panicking.
+    fn apply(&mut self, index: LogIndex, command: &[u8]) -> Bytes;
+
+    /// Answers a read-only `query` against the current state.
+    fn query(&self, query: &[u8]) -> Bytes;
+
+    /// Appends a serialization of the whole state to `out` (restorable by
+    /// [`StateMachine::restore`] on any replica).
+    fn snapshot(&self, out: &mut Vec<u8>);
+
+    /// Replaces the whole state with the one `snapshot` describes.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+}

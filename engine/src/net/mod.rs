@@ -1,0 +1,94 @@
+//! The network stage: framed, checksummed TCP between peers (consensus messages) and from clients
+//! (proposals, reads, status), driven by one mio event loop on its own thread.
+//!
+//! Contract with the runtime (`crate::node`):
+//! - [`Transport::start`] binds the peer port (and the client port, if configured), dials every
+//!   peer, and delivers what arrives as [`NetEvent`]s on a bounded crossbeam channel, in batches
+//!   (one `Vec` per socket read, never one channel message per entry).
+//! - Other stages send through a cloneable [`NetHandle`]; it queues and wakes the loop, which
+//!   coalesces queued frames into vectored writes.
+//! - Bad input (failed handshake, wrong cluster id or version, malformed, oversized or
+//!   checksum-failing frames) closes that one connection, is logged with both values, and is
+//!   counted in [`NetStats`]; every other connection keeps being served.
+//!
+//! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
+
+mod client_msg;
+pub mod frame;
+mod peer_msg;
+mod transport;
+
+pub use self::client_msg::{ClientHello, ClientReply, ClientRequest, CodecError};
+pub use self::peer_msg::PeerHello;
+pub use self::transport::{NetHandle, NetStats, Transport};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::raft::Message;
+use crate::types::NodeId;
+
+/// Identifies one client connection of one transport (never reused while the transport runs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the network stage hands to the consensus stage.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// Consensus messages from peers, in arrival order per peer.
+    Peer(Vec<Message>),
+    /// Requests read from one client connection, in order.
+    Client {
+        /// The connection; replies go back to it through [`NetHandle::reply`].
+        conn: ConnId,
+        /// The requests.
+        requests: Vec<ClientRequest>,
+    },
+    /// A client connection closed; pending replies to it may be dropped.
+    ClientGone(ConnId),
+}
+
+/// Settings of the network stage.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The cluster's id: peers and clients presenting another one are refused.
+    pub cluster_id: u64,
+    /// This node.
+    pub node_id: NodeId,
+    /// Where to accept peer connections (port 0 picks a free port; see
+    /// [`Transport::peer_addr`]).
+    pub peer_listen: SocketAddr,
+    /// The other nodes and their peer addresses.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Where to accept client connections, if anywhere.
+    pub client_listen: Option<SocketAddr>,
+    /// Largest frame accepted or sent, in bytes (header included).
+    pub max_frame_bytes: u32,
+    /// SO_SNDBUF / SO_RCVBUF requested for every socket.
+    pub socket_buffer_bytes: usize,
+    /// First reconnect delay after a lost or refused peer connection.
+    pub reconnect_min: Duration,
+    /// Reconnect delays double up to this.
+    pub reconnect_max: Duration,
+    /// Most concurrent client connections; more are accepted and closed at once.
+    pub max_clients: usize,
+}
+
+impl NetConfig {
+    /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
+    /// clients, no client port.
+    pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
+        NetConfig {
+            cluster_id,
+            node_id,
+            peer_listen,
+            peers: Vec::new(),
+            client_listen: None,
+            max_frame_bytes: 64 << 20,
+            socket_buffer_bytes: 4 << 20,
+            reconnect_min: Duration::from_millis(10),
+            reconnect_max: Duration::from_secs(1),
+            max_clients: 4096,
+        }
+    }
+}
