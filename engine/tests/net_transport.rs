@@ -438,3 +438,18 @@ fn client_hello_request_reply_round_trip() {
     assert_closed_after_hello(&mut stranger);
     assert_eq!(stats(&server).handshakes_refused, 1);
 }
+
+#[test]
+fn silent_connections_time_out() {
+    let mut server_config = config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]);
+    server_config.client_listen = Some(local());
+    server_config.handshake_timeout = Duration::from_millis(100);
+    let server = start(server_config, 8);
+    let started = Instant::now();
+    let mut silent_client = TcpStream::connect(server.transport.client_addr().unwrap()).unwrap();
+    let mut silent_peer = TcpStream::connect(server.transport.peer_addr()).unwrap();
+    assert_closed_after_hello(&mut silent_client);
+    assert_closed_after_hello(&mut silent_peer);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(stats(&server).bad_frames, 0);
+}

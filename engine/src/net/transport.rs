@@ -228,6 +228,7 @@ impl Transport {
             pending_events: VecDeque::new(),
             read_ready: Vec::new(),
             dirty: Vec::new(),
+            handshake_deadlines: VecDeque::new(),
             scratch: Vec::new(),
             parts: Vec::new(),
             config,
@@ -397,7 +398,7 @@ impl OutQueue {
         total
     }
 
-    /// Writes as much as the socket takes. Returns bytes written and whether it would block.
+    /// Writes as much as the socket takes. Returns whether the socket would block (output left).
     fn write_to(&mut self, stream: &mut TcpStream, stats: &mut NetStats) -> io::Result<bool> {
         self.seal();
         while !self.chunks.is_empty() {
@@ -470,6 +471,8 @@ struct EventLoop {
     read_ready: Vec<Token>,
     /// Connections with queued output to write.
     dirty: Vec<Token>,
+    /// Handshake deadlines of connections, in opening order (so in deadline order).
+    handshake_deadlines: VecDeque<(Instant, Token)>,
     scratch: Vec<u8>,
     parts: Vec<BodyPart>,
 }
@@ -527,6 +530,7 @@ impl EventLoop {
                 }
             }
             self.retry_pending_events();
+            self.expire_handshakes();
             self.dial_due_peers();
             self.read_ready_conns();
             self.publish_stats();
@@ -541,11 +545,41 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
+        let handshake = self.handshake_deadlines.front().map(|(at, _)| *at);
         self.peers
             .values()
             .filter_map(|slot| slot.redial_at)
+            .chain(handshake)
             .min()
             .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Closes connections still waiting for (or refusing) a hello past their deadline.
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, token)) = self.handshake_deadlines.front() {
+            if deadline > now {
+                return;
+            }
+            self.handshake_deadlines.pop_front();
+            let Some(conn) = self.conns.get(&token) else {
+                continue;
+            };
+            let waiting = matches!(
+                conn.kind,
+                ConnKind::Peer(PeerState::Handshake { .. })
+                    | ConnKind::Client(ClientProtocol::Undetected)
+                    | ConnKind::Client(ClientProtocol::Native { greeted: false })
+            );
+            if waiting {
+                warn!(
+                    addr = %conn.addr,
+                    "closing a connection: no accepted hello within {:?}",
+                    self.config.handshake_timeout
+                );
+                self.close(token, CloseReason::Gone("handshake timeout".to_owned()));
+            }
+        }
     }
 
     fn publish_stats(&self) {
@@ -584,6 +618,8 @@ impl EventLoop {
             closing: false,
         };
         self.conns.insert(token, conn);
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        self.handshake_deadlines.push_back((deadline, token));
         Ok(token)
     }
 
