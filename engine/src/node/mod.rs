@@ -132,6 +132,24 @@ pub enum NodeError {
     Failed(String),
 }
 
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::NotLeader { leader: Some(id) } => write!(f, "not the leader ({id} is)"),
+            NodeError::NotLeader { leader: None } => write!(f, "not the leader (none known)"),
+            NodeError::OutcomeUnknown => {
+                write!(f, "leadership was lost: the outcome is unknown")
+            }
+            NodeError::Stopped => write!(f, "the node is stopped"),
+            NodeError::Timeout => write!(f, "timed out (the request may still complete)"),
+            NodeError::Refused(why) => write!(f, "refused: {why}"),
+            NodeError::Failed(why) => write!(f, "the node failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
 /// Completes once a proposal (or read) has an outcome.
 pub struct Receipt {
     outcome: Receiver<Result<Applied, NodeError>>,
