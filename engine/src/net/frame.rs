@@ -149,7 +149,7 @@ impl FrameHeader {
 
     /// Checks the CRC against `body`.
     pub fn check_body(&self, raw_header: &[u8], body: &[u8]) -> Result<(), FrameError> {
-        let computed = frame_crc(&raw_header[..8], &[body]);
+        let computed = frame_crc(&raw_header[..8], [body]);
         if computed != self.crc {
             return Err(malformed(format!(
                 "frame checksum mismatch (stored {:#010x}, computed {computed:#010x})",
@@ -164,7 +164,7 @@ fn malformed(reason: String) -> FrameError {
     FrameError::Malformed { reason }
 }
 
-fn frame_crc(head8: &[u8], body_parts: &[&[u8]]) -> u32 {
+fn frame_crc<'a>(head8: &[u8], body_parts: impl IntoIterator<Item = &'a [u8]>) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(head8);
     for part in body_parts {
@@ -175,8 +175,13 @@ fn frame_crc(head8: &[u8], body_parts: &[&[u8]]) -> u32 {
 
 /// The header of a frame of type `ty` whose body is the concatenation of `body_parts` (the
 /// transport sends the parts without joining them).
-pub fn frame_header(ty: FrameType, body_parts: &[&[u8]]) -> [u8; FRAME_HEADER_BYTES] {
-    let body_len: usize = body_parts.iter().map(|part| part.len()).sum();
+pub fn frame_header<'a, I>(ty: FrameType, body_parts: I) -> [u8; FRAME_HEADER_BYTES]
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: Clone,
+{
+    let body_parts = body_parts.into_iter();
+    let body_len: usize = body_parts.clone().map(<[u8]>::len).sum();
     let body_len = u32::try_from(body_len)
         .unwrap_or_else(|_| panic!("frame body of {body_len} bytes exceeds u32"));
     let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -191,7 +196,7 @@ pub fn frame_header(ty: FrameType, body_parts: &[&[u8]]) -> [u8; FRAME_HEADER_BY
 
 /// Appends one frame of type `ty` holding `body` to `out`.
 pub fn encode_frame(ty: FrameType, body: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&frame_header(ty, &[body]));
+    out.extend_from_slice(&frame_header(ty, [body]));
     out.extend_from_slice(body);
 }
 
@@ -367,8 +372,8 @@ mod tests {
 
     #[test]
     fn split_header_matches_joined() {
-        let joined = frame_header(FrameType::Raft, &[b"abcdef"]);
-        let split = frame_header(FrameType::Raft, &[b"ab", b"", b"cdef"]);
+        let joined = frame_header(FrameType::Raft, [&b"abcdef"[..]]);
+        let split = frame_header(FrameType::Raft, [&b"ab"[..], &b""[..], &b"cdef"[..]]);
         assert_eq!(joined, split);
     }
 
