@@ -2,6 +2,9 @@
 //! committed commands behind the commit index (ordering never waits for it), answers proposers,
 //! serves reads, and takes snapshots.
 
+pub mod snapshot;
+pub(crate) mod stage;
+
 use bytes::Bytes;
 
 use crate::types::LogIndex;

@@ -839,6 +839,52 @@ impl Log {
         Ok(())
     }
 
+    /// Drops the whole log and restarts it empty just after `after` (a snapshot installed from
+    /// a leader, or found at start, covers everything up to there): the next append must start
+    /// at `after + 1` with a term of at least `term`.
+    ///
+    /// Crash safety: everything appended so far is first made durable, then the segments are
+    /// removed newest first with the directory synced after each, so a crash part way leaves a
+    /// prefix of the old log (or nothing); the runtime's start-up check drops a log that does not
+    /// continue its snapshot. The new segment's first record carries a seq above every old one,
+    /// so recovery never mixes old records into the new chain.
+    pub fn reset_after(&mut self, after: LogIndex, term: Term) -> Result<(), LogError> {
+        self.check_usable()?;
+        self.wait_durable()?;
+        assert!(
+            self.in_flight.is_none() && self.dirty.is_empty(),
+            "reset_after({after}): a sync round is still pending after wait_durable"
+        );
+        while let Some(segment) = self.segments.pop_back() {
+            self.recycle(segment)?;
+        }
+        self.spans.clear();
+        self.next_index = after.next();
+        self.last_term = term;
+        self.durable_index = after;
+        self.unsynced_entries = 0;
+        self.unsynced_bytes = 0;
+        self.sync_wanted = false;
+        self.sealed_seq = None;
+        self.activate_spare()?;
+        sync_dir(&self.dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
+        self.dir_dirty = false;
+        self.stats.truncations += 1;
+        Ok(())
+    }
+
+    /// Seq of the last record appended (batches and markers; 0 before the first). Together with
+    /// [`Log::durable_seq`] it tells a runtime whether everything it appended so far is durable,
+    /// truncation markers included.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Seq of the last record known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
     /// Reads entries `from..=to` as views borrowed from the mapping, one per stored batch (the
     /// first and last clipped to the range). `from` and `to` must lie within the log.
     pub fn read(&self, from: LogIndex, to: LogIndex) -> Result<Read<'_>, LogError> {

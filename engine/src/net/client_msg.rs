@@ -1,13 +1,31 @@
 //! The client protocol's messages and their encoding (frame bodies; the frame itself is the
-//! transport's). Pure functions over bytes.
+//! transport's). Pure functions over bytes; layouts in `docs/FORMATS.md` ("Wire protocol").
+//!
+//! Every body starts with a one-byte tag (except the hello), integers are little-endian, byte
+//! and string fields are a `u32` length then the bytes. Decoding never panics: short, unknown or
+//! trailing bytes are a [`CodecError`].
+
+use std::fmt;
 
 use bytes::Bytes;
 
+use super::wire::{put_bool, put_bytes, put_u16, put_u64, WireReader};
 use crate::types::{LogIndex, NodeId};
+
+/// The client protocol version this code speaks (sent in [`ClientHello`]).
+pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
 
 /// Why bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodecError(pub String);
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodecError {}
 
 /// The first frame a client sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,43 +123,326 @@ pub enum ClientReply {
 }
 
 impl ClientHello {
+    /// A hello of this code's protocol version for `cluster_id`.
+    pub fn new(cluster_id: u64) -> ClientHello {
+        ClientHello {
+            version: CLIENT_PROTOCOL_VERSION,
+            cluster_id,
+        }
+    }
+
     /// Appends the encoded hello to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let _ = out;
-        todo!("net helper")
+        put_u16(out, self.version);
+        put_u64(out, self.cluster_id);
     }
 
     /// Decodes a hello frame body.
     pub fn decode(body: &[u8]) -> Result<ClientHello, CodecError> {
-        let _ = body;
-        todo!("net helper")
+        let body = Bytes::copy_from_slice(body);
+        let mut reader = WireReader::new(&body);
+        let hello = ClientHello {
+            version: reader.u16("client hello version")?,
+            cluster_id: reader.u64("client hello cluster id")?,
+        };
+        reader.finish("client hello")?;
+        Ok(hello)
     }
 }
 
+const REQ_PROPOSE: u8 = 1;
+const REQ_READ: u8 = 2;
+const REQ_STATUS: u8 = 3;
+const REQ_TRANSFER_LEADER: u8 = 4;
+
 impl ClientRequest {
+    /// The request id.
+    pub fn req(&self) -> u64 {
+        match self {
+            ClientRequest::Propose { req, .. }
+            | ClientRequest::Read { req, .. }
+            | ClientRequest::Status { req }
+            | ClientRequest::TransferLeader { req, .. } => *req,
+        }
+    }
+
     /// Appends the encoded request (a frame body) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let _ = out;
-        todo!("net helper")
+        match self {
+            ClientRequest::Propose { req, command } => {
+                out.push(REQ_PROPOSE);
+                put_u64(out, *req);
+                put_bytes(out, command);
+            }
+            ClientRequest::Read {
+                req,
+                query,
+                linearizable,
+            } => {
+                out.push(REQ_READ);
+                put_u64(out, *req);
+                put_bool(out, *linearizable);
+                put_bytes(out, query);
+            }
+            ClientRequest::Status { req } => {
+                out.push(REQ_STATUS);
+                put_u64(out, *req);
+            }
+            ClientRequest::TransferLeader { req, to } => {
+                out.push(REQ_TRANSFER_LEADER);
+                put_u64(out, *req);
+                put_u64(out, to.get());
+            }
+        }
     }
 
     /// Decodes a request frame body.
     pub fn decode(body: &[u8]) -> Result<ClientRequest, CodecError> {
-        let _ = body;
-        todo!("net helper")
+        ClientRequest::decode_shared(&Bytes::copy_from_slice(body))
+    }
+
+    /// Decodes a request frame body; the command or query is a slice of `body` (no copy).
+    pub fn decode_shared(body: &Bytes) -> Result<ClientRequest, CodecError> {
+        let mut reader = WireReader::new(body);
+        let tag = reader.u8("client request tag")?;
+        let req = reader.u64("client request id")?;
+        let request = match tag {
+            REQ_PROPOSE => ClientRequest::Propose {
+                req,
+                command: reader.bytes("propose command")?,
+            },
+            REQ_READ => {
+                let linearizable = reader.bool("read linearizable flag")?;
+                ClientRequest::Read {
+                    req,
+                    query: reader.bytes("read query")?,
+                    linearizable,
+                }
+            }
+            REQ_STATUS => ClientRequest::Status { req },
+            REQ_TRANSFER_LEADER => ClientRequest::TransferLeader {
+                req,
+                to: NodeId(reader.u64("transfer target")?),
+            },
+            other => return Err(CodecError(format!("unknown client request tag {other}"))),
+        };
+        reader.finish("client request")?;
+        Ok(request)
     }
 }
 
+const REPLY_APPLIED: u8 = 1;
+const REPLY_READ_OK: u8 = 2;
+const REPLY_NOT_LEADER: u8 = 3;
+const REPLY_STATUS: u8 = 4;
+const REPLY_OK: u8 = 5;
+const REPLY_ERROR: u8 = 6;
+
 impl ClientReply {
+    /// The request id being answered.
+    pub fn req(&self) -> u64 {
+        match self {
+            ClientReply::Applied { req, .. }
+            | ClientReply::ReadOk { req, .. }
+            | ClientReply::NotLeader { req, .. }
+            | ClientReply::Status { req, .. }
+            | ClientReply::Ok { req }
+            | ClientReply::Error { req, .. } => *req,
+        }
+    }
+
     /// Appends the encoded reply (a frame body) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let _ = out;
-        todo!("net helper")
+        match self {
+            ClientReply::Applied { req, index, result } => {
+                out.push(REPLY_APPLIED);
+                put_u64(out, *req);
+                put_u64(out, index.get());
+                put_bytes(out, result);
+            }
+            ClientReply::ReadOk { req, index, result } => {
+                out.push(REPLY_READ_OK);
+                put_u64(out, *req);
+                put_u64(out, index.get());
+                put_bytes(out, result);
+            }
+            ClientReply::NotLeader {
+                req,
+                leader,
+                leader_addr,
+            } => {
+                out.push(REPLY_NOT_LEADER);
+                put_u64(out, *req);
+                put_u64(out, leader.map_or(0, NodeId::get));
+                put_bool(out, leader_addr.is_some());
+                if let Some(addr) = leader_addr {
+                    put_bytes(out, addr.as_bytes());
+                }
+            }
+            ClientReply::Status { req, json } => {
+                out.push(REPLY_STATUS);
+                put_u64(out, *req);
+                put_bytes(out, json.as_bytes());
+            }
+            ClientReply::Ok { req } => {
+                out.push(REPLY_OK);
+                put_u64(out, *req);
+            }
+            ClientReply::Error { req, message } => {
+                out.push(REPLY_ERROR);
+                put_u64(out, *req);
+                put_bytes(out, message.as_bytes());
+            }
+        }
     }
 
     /// Decodes a reply frame body.
     pub fn decode(body: &[u8]) -> Result<ClientReply, CodecError> {
-        let _ = body;
-        todo!("net helper")
+        ClientReply::decode_shared(&Bytes::copy_from_slice(body))
+    }
+
+    /// Decodes a reply frame body; the result bytes are a slice of `body` (no copy).
+    pub fn decode_shared(body: &Bytes) -> Result<ClientReply, CodecError> {
+        let mut reader = WireReader::new(body);
+        let tag = reader.u8("client reply tag")?;
+        let req = reader.u64("client reply id")?;
+        let reply = match tag {
+            REPLY_APPLIED => ClientReply::Applied {
+                req,
+                index: LogIndex(reader.u64("applied index")?),
+                result: reader.bytes("applied result")?,
+            },
+            REPLY_READ_OK => ClientReply::ReadOk {
+                req,
+                index: LogIndex(reader.u64("read index")?),
+                result: reader.bytes("read result")?,
+            },
+            REPLY_NOT_LEADER => {
+                let leader = reader.u64("leader id")?;
+                let leader_addr = if reader.bool("leader address flag")? {
+                    Some(reader.string("leader address")?)
+                } else {
+                    None
+                };
+                ClientReply::NotLeader {
+                    req,
+                    leader: (leader != 0).then_some(NodeId(leader)),
+                    leader_addr,
+                }
+            }
+            REPLY_STATUS => ClientReply::Status {
+                req,
+                json: reader.string("status json")?,
+            },
+            REPLY_OK => ClientReply::Ok { req },
+            REPLY_ERROR => ClientReply::Error {
+                req,
+                message: reader.string("error message")?,
+            },
+            other => return Err(CodecError(format!("unknown client reply tag {other}"))),
+        };
+        reader.finish("client reply")?;
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_bytes() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
+    }
+
+    fn any_request() -> impl Strategy<Value = ClientRequest> {
+        prop_oneof![
+            (any::<u64>(), any_bytes())
+                .prop_map(|(req, command)| ClientRequest::Propose { req, command }),
+            (any::<u64>(), any_bytes(), any::<bool>()).prop_map(|(req, query, linearizable)| {
+                ClientRequest::Read {
+                    req,
+                    query,
+                    linearizable,
+                }
+            }),
+            any::<u64>().prop_map(|req| ClientRequest::Status { req }),
+            (any::<u64>(), any::<u64>()).prop_map(|(req, to)| ClientRequest::TransferLeader {
+                req,
+                to: NodeId(to)
+            }),
+        ]
+    }
+
+    fn any_reply() -> impl Strategy<Value = ClientReply> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any_bytes()).prop_map(|(req, index, result)| {
+                ClientReply::Applied {
+                    req,
+                    index: LogIndex(index),
+                    result,
+                }
+            }),
+            (any::<u64>(), any::<u64>(), any_bytes()).prop_map(|(req, index, result)| {
+                ClientReply::ReadOk {
+                    req,
+                    index: LogIndex(index),
+                    result,
+                }
+            }),
+            (
+                any::<u64>(),
+                proptest::option::of(1u64..),
+                proptest::option::of(".{0,20}")
+            )
+                .prop_map(|(req, leader, leader_addr)| ClientReply::NotLeader {
+                    req,
+                    leader: leader.map(NodeId),
+                    leader_addr,
+                }),
+            (any::<u64>(), ".{0,30}").prop_map(|(req, json)| ClientReply::Status { req, json }),
+            any::<u64>().prop_map(|req| ClientReply::Ok { req }),
+            (any::<u64>(), ".{0,30}")
+                .prop_map(|(req, message)| ClientReply::Error { req, message }),
+        ]
+    }
+
+    #[test]
+    fn hello_layout() {
+        let mut out = Vec::new();
+        ClientHello::new(0x0102).encode(&mut out);
+        assert_eq!(out, [1, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(ClientHello::decode(&out).unwrap(), ClientHello::new(0x0102));
+        assert!(ClientHello::decode(&out[..9]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(request in any_request()) {
+            let mut out = Vec::new();
+            request.encode(&mut out);
+            prop_assert_eq!(ClientRequest::decode(&out).unwrap(), request.clone());
+            // Any strict prefix is refused.
+            if !out.is_empty() {
+                prop_assert!(ClientRequest::decode(&out[..out.len() - 1]).is_err());
+            }
+            out.push(0);
+            prop_assert!(ClientRequest::decode(&out).is_err());
+        }
+
+        #[test]
+        fn replies_round_trip(reply in any_reply()) {
+            let mut out = Vec::new();
+            reply.encode(&mut out);
+            prop_assert_eq!(ClientReply::decode(&out).unwrap(), reply.clone());
+            prop_assert!(ClientReply::decode(&out[..out.len() - 1]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = ClientHello::decode(&bytes);
+            let _ = ClientRequest::decode(&bytes);
+            let _ = ClientReply::decode(&bytes);
+        }
     }
 }

@@ -17,9 +17,12 @@ mod client_msg;
 pub mod frame;
 mod peer_msg;
 mod transport;
+mod wire;
 
-pub use self::client_msg::{ClientHello, ClientReply, ClientRequest, CodecError};
-pub use self::peer_msg::PeerHello;
+pub use self::client_msg::{
+    ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
+};
+pub use self::peer_msg::{decode_message, encode_message, PeerHello, PEER_PROTOCOL_VERSION};
 pub use self::transport::{NetHandle, NetStats, Transport};
 
 use std::net::SocketAddr;

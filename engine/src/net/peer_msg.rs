@@ -1,8 +1,31 @@
 //! The peer protocol's messages: the handshake and the encoding of consensus messages (appends
 //! carry each batch as its log record's wire head + payload, the bytes the leader's log holds).
+//!
+//! A consensus message body is `from u64, to u64, term u64, tag u8` and the tag's fields (layouts
+//! in `docs/FORMATS.md`, "Wire protocol"). Guarantees of [`decode_message`]: it never panics and
+//! never copies a payload; every batch it returns passed the record CRC check, holds exactly its
+//! announced entries, and the batches of an append are consecutive from `prev_index + 1`.
 
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use super::CodecError;
-use crate::types::NodeId;
+use crate::batch::{Batch, BatchKind};
+use crate::log::record::{
+    batch_header, write_header, ChainFields, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION,
+    WIRE_HEAD_BYTES,
+};
+use crate::raft::{Membership, Message, MessageBody, SnapshotMeta};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// The peer protocol version this code speaks (sent in [`PeerHello`]).
+pub const PEER_PROTOCOL_VERSION: u16 = 1;
+
+/// Payloads up to this size are copied next to the message head; larger ones travel as their
+/// own shared buffer (one more iovec, no copy).
+const INLINE_PAYLOAD_BYTES_MAX: usize = 4096;
 
 /// The first frame on a peer connection, sent by both ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,15 +39,553 @@ pub struct PeerHello {
 }
 
 impl PeerHello {
+    /// A hello of this code's protocol version.
+    pub fn new(cluster_id: u64, node_id: NodeId) -> PeerHello {
+        PeerHello {
+            version: PEER_PROTOCOL_VERSION,
+            cluster_id,
+            node_id,
+        }
+    }
+
     /// Appends the encoded hello (a frame body) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let _ = out;
-        todo!("net helper")
+        put_u16(out, self.version);
+        put_u64(out, self.cluster_id);
+        put_u64(out, self.node_id.get());
     }
 
     /// Decodes a hello frame body.
     pub fn decode(body: &[u8]) -> Result<PeerHello, CodecError> {
-        let _ = body;
-        todo!("net helper")
+        let body = Bytes::copy_from_slice(body);
+        let mut reader = WireReader::new(&body);
+        let hello = PeerHello {
+            version: reader.u16("peer hello version")?,
+            cluster_id: reader.u64("peer hello cluster id")?,
+            node_id: NodeId(reader.u64("peer hello node id")?),
+        };
+        reader.finish("peer hello")?;
+        Ok(hello)
+    }
+}
+
+const TAG_PRE_VOTE: u8 = 1;
+const TAG_PRE_VOTE_RESPONSE: u8 = 2;
+const TAG_VOTE: u8 = 3;
+const TAG_VOTE_RESPONSE: u8 = 4;
+const TAG_APPEND: u8 = 5;
+const TAG_APPEND_RESPONSE: u8 = 6;
+const TAG_HEARTBEAT: u8 = 7;
+const TAG_HEARTBEAT_RESPONSE: u8 = 8;
+const TAG_SNAPSHOT: u8 = 9;
+const TAG_SNAPSHOT_RESPONSE: u8 = 10;
+const TAG_TIMEOUT_NOW: u8 = 11;
+
+/// One piece of an encoded message body, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BodyPart {
+    /// These bytes of the scratch buffer the message was encoded into.
+    Inline(Range<usize>),
+    /// A shared buffer (a batch payload or snapshot chunk), sent without copying.
+    Shared(Bytes),
+}
+
+/// Appends parts to a scratch buffer and a part list, merging consecutive inline bytes.
+struct PartsWriter<'a> {
+    scratch: &'a mut Vec<u8>,
+    parts: &'a mut Vec<BodyPart>,
+    inline_start: usize,
+}
+
+impl PartsWriter<'_> {
+    fn shared(&mut self, bytes: &Bytes) {
+        if bytes.len() <= INLINE_PAYLOAD_BYTES_MAX {
+            self.scratch.extend_from_slice(bytes);
+            return;
+        }
+        self.close_inline();
+        self.parts.push(BodyPart::Shared(bytes.clone()));
+    }
+
+    fn close_inline(&mut self) {
+        if self.scratch.len() > self.inline_start {
+            self.parts
+                .push(BodyPart::Inline(self.inline_start..self.scratch.len()));
+        }
+        self.inline_start = self.scratch.len();
+    }
+}
+
+/// Encodes `message` as a frame body: fixed fields are appended to `scratch`, and `parts` gets
+/// the body in order as ranges of `scratch` and shared payloads (large payloads are not copied).
+pub(crate) fn encode_message_parts(
+    message: &Message,
+    scratch: &mut Vec<u8>,
+    parts: &mut Vec<BodyPart>,
+) {
+    let inline_start = scratch.len();
+    let mut writer = PartsWriter {
+        scratch,
+        parts,
+        inline_start,
+    };
+    let out = &mut *writer.scratch;
+    put_u64(out, message.from.get());
+    put_u64(out, message.to.get());
+    put_u64(out, message.term.get());
+    match &message.body {
+        MessageBody::PreVote {
+            last_index,
+            last_term,
+        } => {
+            out.push(TAG_PRE_VOTE);
+            put_u64(out, last_index.get());
+            put_u64(out, last_term.get());
+        }
+        MessageBody::PreVoteResponse { granted } => {
+            out.push(TAG_PRE_VOTE_RESPONSE);
+            put_bool(out, *granted);
+        }
+        MessageBody::Vote {
+            last_index,
+            last_term,
+            leadership_transfer,
+        } => {
+            out.push(TAG_VOTE);
+            put_u64(out, last_index.get());
+            put_u64(out, last_term.get());
+            put_bool(out, *leadership_transfer);
+        }
+        MessageBody::VoteResponse { granted } => {
+            out.push(TAG_VOTE_RESPONSE);
+            put_bool(out, *granted);
+        }
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            batches,
+            commit,
+        } => {
+            out.push(TAG_APPEND);
+            put_u64(out, prev_index.get());
+            put_u64(out, prev_term.get());
+            put_u64(out, commit.get());
+            let count = u32::try_from(batches.len()).expect("batch count fits u32");
+            put_u32(out, count);
+            for batch in batches {
+                let mut header = [0u8; RECORD_HEADER_BYTES];
+                write_header(&mut header, &batch_header(batch, ChainFields::default()));
+                writer.scratch.extend_from_slice(&header[..WIRE_HEAD_BYTES]);
+                writer.shared(batch.payload());
+            }
+        }
+        MessageBody::AppendResponse {
+            success,
+            index,
+            hint_index,
+            hint_term,
+        } => {
+            out.push(TAG_APPEND_RESPONSE);
+            put_bool(out, *success);
+            put_u64(out, index.get());
+            put_u64(out, hint_index.get());
+            put_u64(out, hint_term.get());
+        }
+        MessageBody::Heartbeat { commit, read_round } => {
+            out.push(TAG_HEARTBEAT);
+            put_u64(out, commit.get());
+            put_u64(out, *read_round);
+        }
+        MessageBody::HeartbeatResponse { read_round } => {
+            out.push(TAG_HEARTBEAT_RESPONSE);
+            put_u64(out, *read_round);
+        }
+        MessageBody::Snapshot {
+            meta,
+            offset,
+            data,
+            done,
+        } => {
+            out.push(TAG_SNAPSHOT);
+            put_u64(out, meta.index.get());
+            put_u64(out, meta.term.get());
+            put_bytes(out, &meta.membership.encode());
+            put_u64(out, *offset);
+            put_bool(out, *done);
+            let len = u32::try_from(data.len()).expect("snapshot chunk fits u32");
+            put_u32(out, len);
+            writer.shared(data);
+        }
+        MessageBody::SnapshotResponse {
+            index,
+            next_offset,
+            done,
+        } => {
+            out.push(TAG_SNAPSHOT_RESPONSE);
+            put_u64(out, index.get());
+            put_u64(out, *next_offset);
+            put_bool(out, *done);
+        }
+        MessageBody::TimeoutNow => out.push(TAG_TIMEOUT_NOW),
+    }
+    writer.close_inline();
+}
+
+/// Appends `message`, fully encoded as a frame body, to `out` (payloads copied; for tools and
+/// tests, the transport uses the zero-copy parts).
+pub fn encode_message(message: &Message, out: &mut Vec<u8>) {
+    let mut scratch = Vec::new();
+    let mut parts = Vec::new();
+    encode_message_parts(message, &mut scratch, &mut parts);
+    for part in &parts {
+        match part {
+            BodyPart::Inline(range) => out.extend_from_slice(&scratch[range.clone()]),
+            BodyPart::Shared(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+}
+
+/// Decodes a consensus message frame body. Payloads and snapshot data are slices of `body`.
+pub fn decode_message(body: &Bytes) -> Result<Message, CodecError> {
+    let mut reader = WireReader::new(body);
+    let from = NodeId(reader.u64("message from")?);
+    let to = NodeId(reader.u64("message to")?);
+    let term = Term(reader.u64("message term")?);
+    let message_body = match reader.u8("message tag")? {
+        TAG_PRE_VOTE => MessageBody::PreVote {
+            last_index: LogIndex(reader.u64("pre-vote last index")?),
+            last_term: Term(reader.u64("pre-vote last term")?),
+        },
+        TAG_PRE_VOTE_RESPONSE => MessageBody::PreVoteResponse {
+            granted: reader.bool("pre-vote granted")?,
+        },
+        TAG_VOTE => MessageBody::Vote {
+            last_index: LogIndex(reader.u64("vote last index")?),
+            last_term: Term(reader.u64("vote last term")?),
+            leadership_transfer: reader.bool("vote transfer flag")?,
+        },
+        TAG_VOTE_RESPONSE => MessageBody::VoteResponse {
+            granted: reader.bool("vote granted")?,
+        },
+        TAG_APPEND => decode_append(&mut reader)?,
+        TAG_APPEND_RESPONSE => MessageBody::AppendResponse {
+            success: reader.bool("append response success")?,
+            index: LogIndex(reader.u64("append response index")?),
+            hint_index: LogIndex(reader.u64("append response hint index")?),
+            hint_term: Term(reader.u64("append response hint term")?),
+        },
+        TAG_HEARTBEAT => MessageBody::Heartbeat {
+            commit: LogIndex(reader.u64("heartbeat commit")?),
+            read_round: reader.u64("heartbeat read round")?,
+        },
+        TAG_HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse {
+            read_round: reader.u64("heartbeat response read round")?,
+        },
+        TAG_SNAPSHOT => {
+            let index = LogIndex(reader.u64("snapshot index")?);
+            let term = Term(reader.u64("snapshot term")?);
+            let membership_bytes = reader.bytes("snapshot membership")?;
+            let membership = Membership::decode(&membership_bytes)
+                .map_err(|err| CodecError(format!("snapshot membership: {err}")))?;
+            MessageBody::Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term,
+                    membership,
+                },
+                offset: reader.u64("snapshot offset")?,
+                done: reader.bool("snapshot done flag")?,
+                data: reader.bytes("snapshot data")?,
+            }
+        }
+        TAG_SNAPSHOT_RESPONSE => MessageBody::SnapshotResponse {
+            index: LogIndex(reader.u64("snapshot response index")?),
+            next_offset: reader.u64("snapshot response next offset")?,
+            done: reader.bool("snapshot response done flag")?,
+        },
+        TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
+        other => return Err(CodecError(format!("unknown message tag {other}"))),
+    };
+    reader.finish("consensus message")?;
+    Ok(Message {
+        from,
+        to,
+        term,
+        body: message_body,
+    })
+}
+
+fn decode_append(reader: &mut WireReader<'_>) -> Result<MessageBody, CodecError> {
+    let prev_index = LogIndex(reader.u64("append prev index")?);
+    let prev_term = Term(reader.u64("append prev term")?);
+    let commit = LogIndex(reader.u64("append commit")?);
+    let count = reader.u32("append batch count")?;
+    // Every batch takes at least a wire head plus one entry prefix, so a count that cannot fit
+    // is refused before it sizes the vector.
+    let mut batches = Vec::with_capacity((count as usize).min(1024));
+    let mut next_index = prev_index.get().checked_add(1).ok_or_else(|| {
+        CodecError(format!(
+            "append prev index {prev_index} leaves no next index"
+        ))
+    })?;
+    for n in 0..count {
+        let batch = decode_batch(reader, n)?;
+        if batch.first_index().get() != next_index {
+            return Err(CodecError(format!(
+                "append batch {n} starts at {} instead of {next_index}",
+                batch.first_index()
+            )));
+        }
+        next_index = batch.last_index().get() + 1;
+        batches.push(batch);
+    }
+    Ok(MessageBody::Append {
+        prev_index,
+        prev_term,
+        batches,
+        commit,
+    })
+}
+
+/// Decodes and verifies one batch: a record's wire head (magic, version, kind, shape) followed
+/// by its payload, whose record CRC must match.
+fn decode_batch(reader: &mut WireReader<'_>, n: u32) -> Result<Batch, CodecError> {
+    let head = reader.take(WIRE_HEAD_BYTES, "batch wire head")?;
+    let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    let bad = |what: String| CodecError(format!("append batch {n}: {what}"));
+    if u32_at(0) != RECORD_MAGIC {
+        return Err(bad(format!("bad record magic {:#010x}", u32_at(0))));
+    }
+    if head[4] != RECORD_VERSION {
+        return Err(bad(format!("unknown record version {}", head[4])));
+    }
+    let kind = BatchKind::from_u8(head[5])
+        .ok_or_else(|| bad(format!("kind {:#04x} is not a batch", head[5])))?;
+    if head[6] != 0 || head[7] != 0 {
+        return Err(bad("reserved bytes 6..8 are not zero".to_owned()));
+    }
+    let term = Term(u64_at(8));
+    let first_index = u64_at(16);
+    let entry_count = u32_at(24);
+    let payload_bytes = u32_at(28) as usize;
+    let crc = u32_at(32);
+    if first_index == 0 || first_index.checked_add(u64::from(entry_count)).is_none() {
+        return Err(bad(format!(
+            "first index {first_index} with {entry_count} entries is out of range"
+        )));
+    }
+    let payload = reader.take_shared(payload_bytes, "batch payload")?;
+    let batch = Batch::new(term, LogIndex(first_index), kind, entry_count, payload)
+        .map_err(|err| bad(err.to_string()))?;
+    let computed = batch_header(&batch, ChainFields::default()).crc;
+    if computed != crc {
+        return Err(bad(format!(
+            "record checksum mismatch (stored {crc:#010x}, computed {computed:#010x})"
+        )));
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBuilder;
+    use proptest::prelude::*;
+
+    fn batches_from(prev: u64, term: u64, sizes: &[(u8, usize)]) -> Vec<Batch> {
+        let mut next = prev + 1;
+        sizes
+            .iter()
+            .map(|&(fill, entries)| {
+                let mut builder = BatchBuilder::with_capacity(entries * 20);
+                for i in 0..entries {
+                    builder.push(&vec![fill; i % 17]);
+                }
+                let batch = builder.finish(Term(term), LogIndex(next), BatchKind::Normal);
+                next = batch.last_index().get() + 1;
+                batch
+            })
+            .collect()
+    }
+
+    fn any_body() -> impl Strategy<Value = MessageBody> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>()).prop_map(|(i, t)| MessageBody::PreVote {
+                last_index: LogIndex(i),
+                last_term: Term(t)
+            }),
+            any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse { granted }),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(i, t, x)| MessageBody::Vote {
+                last_index: LogIndex(i),
+                last_term: Term(t),
+                leadership_transfer: x
+            }),
+            any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
+            (
+                0u64..1000,
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec((any::<u8>(), 1usize..300), 0..4)
+            )
+                .prop_map(|(prev, term, commit, sizes)| MessageBody::Append {
+                    prev_index: LogIndex(prev),
+                    prev_term: Term(term),
+                    batches: batches_from(prev, term, &sizes),
+                    commit: LogIndex(commit),
+                }),
+            (any::<bool>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(success, index, hint_index, hint_term)| MessageBody::AppendResponse {
+                    success,
+                    index: LogIndex(index),
+                    hint_index: LogIndex(hint_index),
+                    hint_term: Term(hint_term),
+                }
+            ),
+            (any::<u64>(), any::<u64>()).prop_map(|(c, r)| MessageBody::Heartbeat {
+                commit: LogIndex(c),
+                read_round: r
+            }),
+            any::<u64>().prop_map(|read_round| MessageBody::HeartbeatResponse { read_round }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::btree_set(1u64..10, 1..4),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..6000),
+                any::<bool>()
+            )
+                .prop_map(|(index, term, voters, offset, data, done)| {
+                    MessageBody::Snapshot {
+                        meta: SnapshotMeta {
+                            index: LogIndex(index),
+                            term: Term(term),
+                            membership: Membership::with_voters(voters.into_iter().map(NodeId)),
+                        },
+                        offset,
+                        data: Bytes::from(data),
+                        done,
+                    }
+                }),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(i, o, done)| {
+                MessageBody::SnapshotResponse {
+                    index: LogIndex(i),
+                    next_offset: o,
+                    done,
+                }
+            }),
+            Just(MessageBody::TimeoutNow),
+        ]
+    }
+
+    fn any_message() -> impl Strategy<Value = Message> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), any_body()).prop_map(|(from, to, term, body)| {
+            Message {
+                from: NodeId(from),
+                to: NodeId(to),
+                term: Term(term),
+                body,
+            }
+        })
+    }
+
+    fn encoded(message: &Message) -> Bytes {
+        let mut out = Vec::new();
+        encode_message(message, &mut out);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn hello_layout() {
+        let mut out = Vec::new();
+        PeerHello::new(7, NodeId(3)).encode(&mut out);
+        assert_eq!(out.len(), 18);
+        assert_eq!(&out[..2], &[1, 0]);
+        assert_eq!(
+            PeerHello::decode(&out).unwrap(),
+            PeerHello::new(7, NodeId(3))
+        );
+        assert!(PeerHello::decode(&out[..17]).is_err());
+    }
+
+    #[test]
+    fn large_payloads_are_shared_not_copied() {
+        let batches = batches_from(9, 2, &[(1, 3), (2, 2000)]);
+        let message = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(2),
+            body: MessageBody::Append {
+                prev_index: LogIndex(9),
+                prev_term: Term(2),
+                batches: batches.clone(),
+                commit: LogIndex(5),
+            },
+        };
+        let mut scratch = Vec::new();
+        let mut parts = Vec::new();
+        encode_message_parts(&message, &mut scratch, &mut parts);
+        assert!(batches[1].payload().len() > INLINE_PAYLOAD_BYTES_MAX);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(parts[1], BodyPart::Shared(batches[1].payload().clone()));
+
+        // The decoded payload points into the frame body.
+        let body = encoded(&message);
+        let decoded = decode_message(&body).unwrap();
+        let MessageBody::Append { batches: got, .. } = &decoded.body else {
+            panic!("{decoded:?}")
+        };
+        let range = body.as_ptr_range();
+        assert!(range.contains(&got[1].payload().as_ptr()));
+        assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn refuses_corrupt_payload_and_gaps() {
+        let message = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(4),
+            body: MessageBody::Append {
+                prev_index: LogIndex(0),
+                prev_term: Term(0),
+                batches: batches_from(0, 4, &[(5, 10)]),
+                commit: LogIndex(0),
+            },
+        };
+        let body = encoded(&message);
+        let mut corrupt = body.to_vec();
+        *corrupt.last_mut().unwrap() ^= 0x40;
+        let err = decode_message(&Bytes::from(corrupt)).unwrap_err();
+        assert!(err.0.contains("checksum"), "{err}");
+
+        // prev_index 3 does not precede a batch starting at 1.
+        let mut gap = body.to_vec();
+        gap[25..33].copy_from_slice(&3u64.to_le_bytes());
+        let err = decode_message(&Bytes::from(gap)).unwrap_err();
+        assert!(err.0.contains("instead of 4"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(message in any_message()) {
+            let body = encoded(&message);
+            prop_assert_eq!(decode_message(&body).unwrap(), message);
+            prop_assert!(decode_message(&body.slice(..body.len() - 1)).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_message(&Bytes::from(bytes.clone()));
+            let _ = PeerHello::decode(&bytes);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(message in any_message(), at in any::<usize>(), bit in 0u8..8) {
+            let mut raw = encoded(&message).to_vec();
+            let at = at % raw.len();
+            raw[at] ^= 1 << bit;
+            let _ = decode_message(&Bytes::from(raw));
+        }
     }
 }

@@ -2,17 +2,31 @@
 //! optionally pinned to cores), connected by bounded crossbeam channels; and the embedding API,
 //! [`Node`].
 
+mod consensus;
+pub(crate) mod pipeline;
+pub mod start;
+mod storage;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::apply::stage::ApplyStage;
 use crate::apply::StateMachine;
 use crate::log::LogOptions;
-use crate::raft::MembershipChange;
+use crate::net::{NetConfig, Transport};
+use crate::raft::{MembershipChange, Raft};
 use crate::types::{LogIndex, NodeId};
+
+use self::consensus::{ConsensusStage, Request};
+use self::pipeline::{ClientAddrs, Shared};
+use self::storage::StorageStage;
 
 /// One member of the cluster as the configuration names it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,74 +133,302 @@ pub enum NodeError {
 }
 
 /// Completes once a proposal (or read) has an outcome.
-pub struct Receipt {}
+pub struct Receipt {
+    outcome: Receiver<Result<Applied, NodeError>>,
+    shared: Arc<Shared>,
+}
 
 impl Receipt {
     /// Blocks until the outcome is known.
     pub fn wait(self) -> Result<Applied, NodeError> {
-        todo!("runtime helper")
+        match self.outcome.recv() {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.shared.gone()),
+        }
     }
 
     /// Blocks at most `timeout`.
     pub fn wait_timeout(self, timeout: Duration) -> Result<Applied, NodeError> {
-        let _ = timeout;
-        todo!("runtime helper")
+        match self.outcome.recv_timeout(timeout) {
+            Ok(outcome) => outcome,
+            Err(RecvTimeoutError::Timeout) => Err(NodeError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(self.shared.gone()),
+        }
     }
 }
 
 /// A running replica. Dropping it shuts it down.
-pub struct Node {}
+pub struct Node {
+    id: NodeId,
+    requests: Sender<Request>,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    transport: Option<Transport>,
+    peer_addr: SocketAddr,
+    client_addr: Option<SocketAddr>,
+}
 
 impl Node {
     /// Opens (or creates) the data directory, recovers, and starts the stages.
+    ///
+    /// The network stage starts only when there is something to talk to (other members, or a
+    /// client port); a single-member node without a client port runs without sockets.
     pub fn start<S: StateMachine>(config: NodeConfig, state_machine: S) -> Result<Node, NodeError> {
-        let _ = (config, state_machine);
-        todo!("runtime helper")
+        let mut state_machine = state_machine;
+        let Some(me) = config.members.get(&config.id).cloned() else {
+            return Err(NodeError::Refused(format!(
+                "node {} is not one of the members {:?}",
+                config.id,
+                config.members.keys().collect::<Vec<_>>()
+            )));
+        };
+        if config.channel_capacity == 0 || config.tick.is_zero() {
+            return Err(NodeError::Refused(
+                "channel_capacity and tick must be above zero".to_string(),
+            ));
+        }
+        let (log, restored) = start::recover(&config)?;
+        if let Some((meta, data)) = &restored.snapshot {
+            state_machine.restore(data).map_err(|why| {
+                NodeError::Failed(format!(
+                    "refusing to start: the state machine rejected the snapshot at {}: {why}",
+                    meta.index
+                ))
+            })?;
+        }
+        let snapshot_meta = restored.snapshot.as_ref().map(|(meta, _)| meta.clone());
+        let initial_membership = restored.initial_membership.clone();
+        let mut raft_config = config.raft.clone();
+        raft_config.id = config.id;
+        let raft = Raft::new(raft_config, restored)
+            .map_err(|error| NodeError::Failed(format!("refusing to start: {error}")))?;
+
+        let capacity = config.channel_capacity;
+        let (net_sender, net_events) = bounded(capacity);
+        let peer_listen = config.peer_listen.unwrap_or(me.peer_addr);
+        let client_listen = config.client_listen.or(me.client_addr);
+        let transport = if config.members.len() > 1 || client_listen.is_some() {
+            let mut net_config = NetConfig::new(config.cluster_id, config.id, peer_listen);
+            net_config.peers = config
+                .members
+                .iter()
+                .filter(|(&id, _)| id != config.id)
+                .map(|(&id, peer)| (id, peer.peer_addr))
+                .collect();
+            net_config.client_listen = client_listen;
+            net_config.max_frame_bytes = config.max_frame_bytes;
+            let transport = Transport::start(net_config, net_sender).map_err(|error| {
+                NodeError::Failed(format!(
+                    "cannot start the network on {peer_listen}: {error}"
+                ))
+            })?;
+            Some(transport)
+        } else {
+            drop(net_sender);
+            None
+        };
+        let net = transport.as_ref().map(Transport::handle);
+        let net_events = if transport.is_some() {
+            net_events
+        } else {
+            crossbeam_channel::never()
+        };
+        let peer_addr = transport.as_ref().map_or(peer_listen, Transport::peer_addr);
+        let client_addr = transport.as_ref().and_then(Transport::client_addr);
+
+        let shared = Arc::new(Shared::default());
+        let (requests, request_inbox) = bounded(capacity);
+        let (to_storage, storage_inbox) = bounded(capacity);
+        let (to_apply, apply_inbox) = bounded(capacity);
+        let (feedback, feedback_inbox) = unbounded();
+        let snapshot_dir = start::snapshot_dir(&config.data_dir);
+        let storage = StorageStage::new(
+            log,
+            snapshot_dir.clone(),
+            net.clone(),
+            feedback.clone(),
+            shared.clone(),
+        );
+        let apply = ApplyStage::new(
+            state_machine,
+            snapshot_meta.as_ref(),
+            initial_membership,
+            config.snapshot_entries.max(1),
+            snapshot_dir,
+            shared.clone(),
+            net.clone(),
+            feedback,
+        );
+        let client_addrs: ClientAddrs = config
+            .members
+            .iter()
+            .map(|(&id, peer)| (id, peer.client_addr))
+            .collect();
+        let consensus = ConsensusStage::new(
+            raft,
+            config.tick,
+            net,
+            to_storage,
+            to_apply,
+            shared.clone(),
+            client_addrs,
+        );
+        // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
+        let core_for = |slot: usize| {
+            config
+                .cpu_affinity
+                .as_ref()
+                .filter(|cores| !cores.is_empty())
+                .map(|cores| cores[slot % cores.len()])
+        };
+        let id = config.id;
+        let threads = vec![
+            spawn(format!("ls-consensus-{id}"), core_for(1), move || {
+                consensus.run(request_inbox, net_events, feedback_inbox)
+            })?,
+            spawn(format!("ls-storage-{id}"), core_for(2), move || {
+                storage.run(storage_inbox)
+            })?,
+            spawn(format!("ls-apply-{id}"), core_for(3), move || {
+                apply.run(apply_inbox)
+            })?,
+        ];
+        Ok(Node {
+            id,
+            requests,
+            shared,
+            threads,
+            transport,
+            peer_addr,
+            client_addr,
+        })
+    }
+
+    fn request(&self, make: impl FnOnce(Sender<Result<Applied, NodeError>>) -> Request) -> Receipt {
+        let (sender, outcome) = bounded(1);
+        // If consensus is gone the sender is dropped with the request: `wait` reports why.
+        drop(self.requests.send(make(sender)));
+        Receipt {
+            outcome,
+            shared: self.shared.clone(),
+        }
     }
 
     /// Proposes a command (only the leader accepts).
     pub fn propose(&self, command: Bytes) -> Receipt {
-        let _ = command;
-        todo!("runtime helper")
+        self.request(|sender| Request::Propose(command, sender))
     }
 
     /// Runs `query` once every write committed before this call is applied (read-index).
     pub fn read_linearizable(&self, query: Bytes) -> Receipt {
-        let _ = query;
-        todo!("runtime helper")
+        self.request(|sender| Request::Read(query, sender))
     }
 
-    /// Role, term, leader, commit, applied, per-peer progress, stage counters.
+    /// Role, term, leader, commit, applied, per-peer progress, stage counters. A stopped node
+    /// reports the role "stopped".
     pub fn status(&self) -> crate::node::NodeStatus {
-        todo!("runtime helper")
+        let (sender, answer) = bounded(1);
+        if self.requests.send(Request::Status(sender)).is_ok() {
+            if let Ok(status) = answer.recv() {
+                return status;
+            }
+        }
+        NodeStatus {
+            id: self.id.get(),
+            role: "stopped".to_string(),
+            term: 0,
+            leader: None,
+            commit: 0,
+            applied: self.shared.applied().get(),
+            durable: 0,
+            peers: Vec::new(),
+        }
     }
 
     /// Asks the leader to hand leadership to `to`.
     pub fn transfer_leadership(&self, to: NodeId) -> Result<(), NodeError> {
-        let _ = to;
-        todo!("runtime helper")
+        let (sender, answer) = bounded(1);
+        self.requests
+            .send(Request::Transfer(to, sender))
+            .map_err(|_| self.shared.gone())?;
+        answer.recv().map_err(|_| self.shared.gone())?
     }
 
     /// Adds or removes a member (one at a time); completes when the change is applied.
+    ///
+    /// The network learns peer addresses only at start: a node added here must be among the
+    /// configured `members` of every node (with its address) to be reachable.
     pub fn change_membership(&self, change: MembershipChange) -> Receipt {
-        let _ = change;
-        todo!("runtime helper")
+        self.request(|sender| Request::Membership(change, sender))
     }
 
-    /// The bound peer address.
+    /// The bound peer address (the configured one when the node runs without a network).
     pub fn peer_addr(&self) -> SocketAddr {
-        todo!("runtime helper")
+        self.peer_addr
     }
 
     /// The bound client address, if any.
     pub fn client_addr(&self) -> Option<SocketAddr> {
-        todo!("runtime helper")
+        self.client_addr
     }
 
     /// Stops the stages, syncs and seals the log, and joins every thread.
-    pub fn shutdown(self) -> Result<(), NodeError> {
-        todo!("runtime helper")
+    pub fn shutdown(mut self) -> Result<(), NodeError> {
+        self.stop()
     }
+
+    /// Stop accepting, answer waiters, let storage make everything durable and seal the log,
+    /// let apply drain, then stop the network. Idempotent.
+    fn stop(&mut self) -> Result<(), NodeError> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
+        drop(self.requests.send(Request::Stop));
+        let mut panicked = Vec::new();
+        for thread in self.threads.drain(..) {
+            let name = thread.thread().name().unwrap_or("stage").to_string();
+            if thread.join().is_err() {
+                panicked.push(name);
+            }
+        }
+        if let Some(transport) = self.transport.take() {
+            transport.shutdown();
+        }
+        if !panicked.is_empty() {
+            return Err(NodeError::Failed(format!("threads panicked: {panicked:?}")));
+        }
+        match self.shared.gone() {
+            NodeError::Stopped => Ok(()),
+            error => Err(error),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::error!(node = self.id.get(), error = ?error, "node stopped with an error");
+        }
+    }
+}
+
+/// Spawns a named stage thread, pinned to `core` when given.
+fn spawn(
+    name: String,
+    core: Option<usize>,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, NodeError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Some(id) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                    tracing::warn!(thread = %name, core = id, "could not pin the thread");
+                }
+            }
+            body()
+        })
+        .map_err(|error| NodeError::Failed(format!("cannot spawn a thread: {error}")))
 }
 
 /// A node's view of itself and its peers (serializable to JSON for tools).

@@ -1,0 +1,250 @@
+//! The apply thread: owns the [`StateMachine`], runs committed batches in order behind the
+//! commit index, answers proposers and readers, restores installed snapshots, and takes its own
+//! snapshots every `snapshot_entries` applied entries.
+//!
+//! Guarantees: entries are applied exactly once each, in index order (entries at or below the
+//! applied index, e.g. after a snapshot restore, are skipped); a read is answered only once
+//! applied >= its index; a snapshot file covers only terms already durable in the hard state.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::apply::{snapshot, StateMachine};
+use crate::batch::{Batch, BatchKind};
+use crate::net::{ClientReply, ConnId, NetHandle};
+use crate::node::pipeline::{ApplyMsg, Feedback, PendingRead, Shared, Target};
+use crate::node::Applied;
+use crate::raft::{Membership, SnapshotMeta};
+use crate::types::{LogIndex, Term};
+
+/// The apply stage's state.
+pub(crate) struct ApplyStage<S: StateMachine> {
+    pub state_machine: S,
+    pub applied: LogIndex,
+    pub applied_term: Term,
+    /// The membership in effect at `applied` (for the snapshots this stage takes).
+    pub membership: Membership,
+    pub snapshot_index: LogIndex,
+    pub snapshot_entries: u64,
+    pub snapshot_dir: PathBuf,
+    pub shared: Arc<Shared>,
+    pub net: Option<NetHandle>,
+    pub feedback: Sender<Feedback>,
+    reads: Vec<PendingRead>,
+    replies: Vec<(ConnId, ClientReply)>,
+}
+
+impl<S: StateMachine> ApplyStage<S> {
+    /// A stage whose state machine already holds the state at `applied` (a restored snapshot or
+    /// nothing).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        state_machine: S,
+        snapshot: Option<&SnapshotMeta>,
+        initial_membership: Membership,
+        snapshot_entries: u64,
+        snapshot_dir: PathBuf,
+        shared: Arc<Shared>,
+        net: Option<NetHandle>,
+        feedback: Sender<Feedback>,
+    ) -> ApplyStage<S> {
+        let (applied, applied_term, membership) = match snapshot {
+            Some(meta) => (meta.index, meta.term, meta.membership.clone()),
+            None => (LogIndex::ZERO, Term::ZERO, initial_membership),
+        };
+        shared.applied.store(applied.get(), Ordering::Release);
+        ApplyStage {
+            state_machine,
+            applied,
+            applied_term,
+            membership,
+            snapshot_index: applied,
+            snapshot_entries,
+            snapshot_dir,
+            shared,
+            net,
+            feedback,
+            reads: Vec::new(),
+            replies: Vec::new(),
+        }
+    }
+
+    /// Runs until consensus drops its sender (after draining what is queued) or a fatal error.
+    pub(crate) fn run(mut self, inbox: Receiver<ApplyMsg>) {
+        while let Ok(message) = inbox.recv() {
+            let before = self.applied;
+            let mut outcome = self.handle(message);
+            while outcome.is_ok() {
+                match inbox.try_recv() {
+                    Ok(message) => outcome = self.handle(message),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = outcome.and_then(|()| self.after_turn(before)) {
+                self.shared.fail(error.clone());
+                drop(self.feedback.send(Feedback::Failed(error)));
+                break;
+            }
+        }
+        for read in self.reads.drain(..) {
+            read.target
+                .fail(self.shared.gone(), None, &mut self.replies);
+        }
+        self.flush_replies();
+    }
+
+    fn handle(&mut self, message: ApplyMsg) -> Result<(), String> {
+        match message {
+            ApplyMsg::Committed { batches, targets } => {
+                let mut targets = targets.into_iter().peekable();
+                for batch in &batches {
+                    self.apply_batch(batch, &mut targets);
+                }
+                assert!(
+                    targets.peek().is_none(),
+                    "targets left after applying through {}",
+                    self.applied
+                );
+            }
+            ApplyMsg::Reads(reads) => self.reads.extend(reads),
+            ApplyMsg::Install(meta, data) => {
+                if meta.index > self.applied {
+                    self.state_machine.restore(&data).map_err(|why| {
+                        format!("restoring the snapshot at {} failed: {why}", meta.index)
+                    })?;
+                    self.applied = meta.index;
+                    self.applied_term = meta.term;
+                    self.membership = meta.membership;
+                    self.snapshot_index = meta.index;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_batch(
+        &mut self,
+        batch: &Batch,
+        targets: &mut std::iter::Peekable<std::vec::IntoIter<(LogIndex, Target)>>,
+    ) {
+        if batch.last_index() <= self.applied {
+            return;
+        }
+        assert!(
+            batch.first_index() <= self.applied.next(),
+            "committed batch {}..={} leaves a gap after applied {}",
+            batch.first_index(),
+            batch.last_index(),
+            self.applied
+        );
+        let kind = batch.kind();
+        for (offset, entry) in batch.entries().enumerate() {
+            let index = batch.first_index().plus(offset as u64);
+            if index <= self.applied {
+                continue;
+            }
+            let result = match kind {
+                BatchKind::Normal => self.state_machine.apply(index, entry),
+                BatchKind::Membership => {
+                    match Membership::decode(entry) {
+                        Ok(membership) => self.membership = membership,
+                        Err(error) => {
+                            panic!("committed membership entry at {index} does not decode: {error}")
+                        }
+                    }
+                    Bytes::new()
+                }
+                BatchKind::Noop => Bytes::new(),
+            };
+            self.applied = index;
+            while targets.peek().is_some_and(|(at, _)| *at <= index) {
+                let (at, target) = targets.next().expect("peeked");
+                assert_eq!(at, index, "a target for {at} was skipped at {index}");
+                target.succeed(
+                    Applied {
+                        index,
+                        result: result.clone(),
+                    },
+                    false,
+                    &mut self.replies,
+                );
+            }
+        }
+        self.applied_term = batch.term();
+    }
+
+    /// After a batch of messages: serve reads, publish the applied index, maybe snapshot, and
+    /// send the client replies in one go.
+    fn after_turn(&mut self, before: LogIndex) -> Result<(), String> {
+        let applied = self.applied;
+        if !self.reads.is_empty() {
+            let mut waiting = Vec::new();
+            for read in self.reads.drain(..) {
+                if read.index <= applied {
+                    let result = self.state_machine.query(&read.query);
+                    read.target.succeed(
+                        Applied {
+                            index: applied,
+                            result,
+                        },
+                        true,
+                        &mut self.replies,
+                    );
+                } else {
+                    waiting.push(read);
+                }
+            }
+            self.reads = waiting;
+        }
+        if applied != before {
+            self.shared.applied.store(applied.get(), Ordering::Release);
+            drop(self.feedback.send(Feedback::Applied(applied)));
+            self.maybe_snapshot()?;
+        }
+        self.flush_replies();
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), String> {
+        let due = self.applied.get() >= self.snapshot_index.get() + self.snapshot_entries;
+        let term_durable =
+            self.applied_term.get() <= self.shared.durable_term.load(Ordering::Acquire);
+        if !due || !term_durable {
+            return Ok(());
+        }
+        let meta = SnapshotMeta {
+            index: self.applied,
+            term: self.applied_term,
+            membership: self.membership.clone(),
+        };
+        let mut data = Vec::new();
+        self.state_machine.snapshot(&mut data);
+        snapshot::write(&self.snapshot_dir, &meta, &data).map_err(|err| err.to_string())?;
+        snapshot::remove_older(&self.snapshot_dir, meta.index).map_err(|err| err.to_string())?;
+        tracing::debug!(
+            index = meta.index.get(),
+            bytes = data.len(),
+            "snapshot taken"
+        );
+        self.snapshot_index = meta.index;
+        drop(
+            self.feedback
+                .send(Feedback::Snapshot(meta, Bytes::from(data))),
+        );
+        Ok(())
+    }
+
+    fn flush_replies(&mut self) {
+        if self.replies.is_empty() {
+            return;
+        }
+        match &self.net {
+            Some(net) => net.reply(std::mem::take(&mut self.replies)),
+            None => self.replies.clear(),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The consensus thread: owns the [`Raft`] core and the reply targets of what was proposed here.
+//!
+//! One loop turn: wait for anything (or the next tick), drain every input that is already
+//! queued (peer messages, client requests, embedding-API requests, stage feedback), tick if due,
+//! then take ONE `ready()`. Everything that arrived while the previous turn ran lands in the same
+//! batch: that is where batching comes from. The `Ready` is then carried out: the storage write
+//! goes to storage (the leader's own append runs in parallel with the appends it sends),
+//! messages go to the network, committed batches (with their targets) and confirmed reads go to
+//! apply.
+//!
+//! Targets: an entry proposed here is answered by apply once applied; entries still
+//! uncommitted when this node stops leading are answered `OutcomeUnknown`; requests on a
+//! non-leader get `NotLeader` with the leader's client address.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle};
+use crate::node::pipeline::{
+    error_reply, ApplyMsg, ClientAddrs, Feedback, PendingRead, Shared, StorageMsg, Target,
+};
+use crate::node::{Applied, NodeError, NodeStatus, PeerProgress};
+use crate::raft::{MembershipChange, ProgressState, ProposeError, Raft, ReadId, Ready, Role};
+use crate::types::{LogIndex, NodeId};
+
+/// Most inputs taken in one loop turn (so ticks and outputs are never starved).
+const INPUTS_PER_TURN_MAX: usize = 4096;
+
+/// A request from the embedding API ([`super::Node`]).
+pub(crate) enum Request {
+    /// Propose a command.
+    Propose(Bytes, Sender<Result<Applied, NodeError>>),
+    /// A linearizable read.
+    Read(Bytes, Sender<Result<Applied, NodeError>>),
+    /// The node's status.
+    Status(Sender<NodeStatus>),
+    /// Hand leadership over.
+    Transfer(NodeId, Sender<Result<(), NodeError>>),
+    /// Change the membership.
+    Membership(MembershipChange, Sender<Result<Applied, NodeError>>),
+    /// Stop the node.
+    Stop,
+}
+
+/// The consensus stage's state.
+pub(crate) struct ConsensusStage {
+    pub raft: Raft,
+    pub tick: Duration,
+    pub net: Option<NetHandle>,
+    pub to_storage: Sender<StorageMsg>,
+    pub to_apply: Sender<ApplyMsg>,
+    pub shared: Arc<Shared>,
+    pub client_addrs: ClientAddrs,
+    /// Entries proposed here and not yet handed to apply, ascending by index.
+    pending: VecDeque<(LogIndex, Target)>,
+    reads: HashMap<u64, (Bytes, Target)>,
+    next_read: u64,
+    leader: Option<NodeId>,
+    role: Role,
+    replies: Vec<(ConnId, ClientReply)>,
+    local_reads: Vec<PendingRead>,
+}
+
+/// Whether the loop keeps going.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl ConsensusStage {
+    /// A stage over a core restored from disk.
+    pub(crate) fn new(
+        raft: Raft,
+        tick: Duration,
+        net: Option<NetHandle>,
+        to_storage: Sender<StorageMsg>,
+        to_apply: Sender<ApplyMsg>,
+        shared: Arc<Shared>,
+        client_addrs: ClientAddrs,
+    ) -> ConsensusStage {
+        ConsensusStage {
+            raft,
+            tick,
+            net,
+            to_storage,
+            to_apply,
+            shared,
+            client_addrs,
+            pending: VecDeque::new(),
+            reads: HashMap::new(),
+            next_read: 1,
+            leader: None,
+            role: Role::Follower,
+            replies: Vec::new(),
+            local_reads: Vec::new(),
+        }
+    }
+
+    /// Runs until [`Request::Stop`], the API side going away, or a fatal stage error. On the
+    /// way out every waiting proposer and reader is answered and the senders to storage and
+    /// apply are dropped, so those stages drain and finish.
+    pub(crate) fn run(
+        mut self,
+        requests: Receiver<Request>,
+        net_events: Receiver<NetEvent>,
+        feedback: Receiver<Feedback>,
+    ) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let mut flow = crossbeam_channel::select! {
+                recv(requests) -> request => match request {
+                    Ok(request) => self.on_request(request),
+                    Err(_) => Flow::Stop,
+                },
+                recv(net_events) -> event => match event {
+                    Ok(event) => self.on_net(event),
+                    Err(_) => Flow::Continue,
+                },
+                recv(feedback) -> item => match item {
+                    Ok(item) => self.on_feedback(item),
+                    Err(_) => Flow::Continue,
+                },
+                default(timeout) => Flow::Continue,
+            };
+            let mut taken = 1;
+            while flow == Flow::Continue && taken < INPUTS_PER_TURN_MAX {
+                taken += 1;
+                flow = if let Ok(item) = feedback.try_recv() {
+                    self.on_feedback(item)
+                } else if let Ok(event) = net_events.try_recv() {
+                    self.on_net(event)
+                } else if let Ok(request) = requests.try_recv() {
+                    self.on_request(request)
+                } else {
+                    break;
+                };
+            }
+            if flow == Flow::Stop {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raft.tick();
+                next_tick += self.tick;
+                if next_tick < now {
+                    // Far behind (a long stall): do not replay the missed ticks in a burst.
+                    next_tick = now + self.tick;
+                }
+            }
+            if self.raft.has_ready() {
+                let ready = self.raft.ready();
+                if self.perform(ready) == Flow::Stop {
+                    break;
+                }
+            }
+            self.flush();
+        }
+        self.stop();
+    }
+
+    fn leader_addr(&self) -> Option<SocketAddr> {
+        self.leader
+            .and_then(|leader| self.client_addrs.get(&leader).copied().flatten())
+    }
+
+    fn refusal(&self, error: ProposeError) -> NodeError {
+        match error {
+            ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+            other => NodeError::Refused(other.to_string()),
+        }
+    }
+
+    fn propose(&mut self, command: &[u8], target: Target) {
+        match self.raft.propose(command) {
+            Ok(index) => self.pending.push_back((index, target)),
+            Err(error) => {
+                let error = self.refusal(error);
+                let addr = self.leader_addr();
+                target.fail(error, addr, &mut self.replies);
+            }
+        }
+    }
+
+    fn read(&mut self, query: Bytes, target: Target) {
+        let id = self.next_read;
+        match self.raft.read_index(ReadId(id)) {
+            Ok(()) => {
+                self.next_read += 1;
+                self.reads.insert(id, (query, target));
+            }
+            Err(error) => {
+                let error = self.refusal(error);
+                let addr = self.leader_addr();
+                target.fail(error, addr, &mut self.replies);
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request) -> Flow {
+        match request {
+            Request::Propose(command, sender) => self.propose(&command, Target::Receipt(sender)),
+            Request::Read(query, sender) => self.read(query, Target::Receipt(sender)),
+            Request::Status(sender) => drop(sender.send(self.status())),
+            Request::Transfer(to, sender) => {
+                let outcome = self
+                    .raft
+                    .transfer_leadership(to)
+                    .map_err(|error| self.refusal(error));
+                drop(sender.send(outcome));
+            }
+            Request::Membership(change, sender) => match self.raft.propose_membership(change) {
+                Ok(index) => self.pending.push_back((index, Target::Receipt(sender))),
+                Err(error) => drop(sender.send(Err(self.refusal(error)))),
+            },
+            Request::Stop => return Flow::Stop,
+        }
+        Flow::Continue
+    }
+
+    fn on_net(&mut self, event: NetEvent) -> Flow {
+        match event {
+            NetEvent::Peer(messages) => {
+                for message in messages {
+                    self.raft.step(message);
+                }
+            }
+            NetEvent::Client { conn, requests } => {
+                for request in requests {
+                    self.on_client(conn, request);
+                }
+            }
+            NetEvent::ClientGone(_) => {}
+        }
+        Flow::Continue
+    }
+
+    fn on_client(&mut self, conn: ConnId, request: ClientRequest) {
+        match request {
+            ClientRequest::Propose { req, command } => {
+                self.propose(&command, Target::Client { conn, req })
+            }
+            ClientRequest::Read {
+                req,
+                query,
+                linearizable: true,
+            } => self.read(query, Target::Client { conn, req }),
+            ClientRequest::Read {
+                req,
+                query,
+                linearizable: false,
+            } => self.local_reads.push(PendingRead {
+                index: LogIndex::ZERO,
+                query,
+                target: Target::Client { conn, req },
+            }),
+            ClientRequest::Status { req } => {
+                let json =
+                    serde_json::to_string(&self.status()).expect("a status always serializes");
+                self.replies.push((conn, ClientReply::Status { req, json }));
+            }
+            ClientRequest::TransferLeader { req, to } => {
+                let reply = match self.raft.transfer_leadership(to) {
+                    Ok(()) => ClientReply::Ok { req },
+                    Err(error) => {
+                        let error = self.refusal(error);
+                        error_reply(req, &error, self.leader_addr())
+                    }
+                };
+                self.replies.push((conn, reply));
+            }
+        }
+    }
+
+    fn on_feedback(&mut self, item: Feedback) -> Flow {
+        match item {
+            Feedback::Durable(write) => self.raft.on_durable(write),
+            Feedback::Applied(index) => self.raft.on_applied(index),
+            Feedback::Snapshot(meta, data) => {
+                let index = meta.index;
+                self.raft.compact(meta, data);
+                if self.to_storage.send(StorageMsg::Compact(index)).is_err() {
+                    return Flow::Stop;
+                }
+            }
+            Feedback::Failed(error) => {
+                self.shared.fail(error);
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Carries out one `Ready`.
+    fn perform(&mut self, ready: Ready) -> Flow {
+        let Ready {
+            messages,
+            write,
+            committed,
+            commit_index,
+            reads,
+            reads_failed,
+            soft_state,
+        } = ready;
+        let mut lost_leadership = false;
+        if let Some(soft) = soft_state {
+            lost_leadership = self.role == Role::Leader && soft.role != Role::Leader;
+            self.role = soft.role;
+            self.leader = soft.leader;
+        }
+        if let Some(write) = write {
+            if let Some((meta, data)) = &write.snapshot {
+                let install = ApplyMsg::Install(meta.clone(), data.clone());
+                if self.to_apply.send(install).is_err() {
+                    return Flow::Stop;
+                }
+            }
+            if self.to_storage.send(StorageMsg::Write(write)).is_err() {
+                return Flow::Stop;
+            }
+        }
+        if !messages.is_empty() {
+            if let Some(net) = &self.net {
+                net.send(messages);
+            }
+        }
+        if let Some(last) = committed.last().map(|batch| batch.last_index()) {
+            let mut targets = Vec::new();
+            while self
+                .pending
+                .front()
+                .is_some_and(|(index, _)| *index <= last)
+            {
+                targets.push(self.pending.pop_front().expect("front"));
+            }
+            let message = ApplyMsg::Committed {
+                batches: committed,
+                targets,
+            };
+            if self.to_apply.send(message).is_err() {
+                return Flow::Stop;
+            }
+        }
+        if lost_leadership {
+            self.fail_uncommitted(commit_index);
+        }
+        for ready in reads {
+            if let Some((query, target)) = self.reads.remove(&ready.id.0) {
+                self.local_reads.push(PendingRead {
+                    index: ready.index,
+                    query,
+                    target,
+                });
+            }
+        }
+        for failed in reads_failed {
+            if let Some((_, target)) = self.reads.remove(&failed.0) {
+                let error = NodeError::NotLeader {
+                    leader: self.leader,
+                };
+                let addr = self.leader_addr();
+                target.fail(error, addr, &mut self.replies);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Leadership is gone: what was proposed here and is not committed may or may not commit.
+    fn fail_uncommitted(&mut self, commit: LogIndex) {
+        let addr = self.leader_addr();
+        while let Some((index, target)) = self.pending.pop_back() {
+            assert!(
+                index > commit,
+                "entry {index} is committed (commit {commit}) but was never handed to apply"
+            );
+            target.fail(NodeError::OutcomeUnknown, addr, &mut self.replies);
+        }
+    }
+
+    /// Sends what this turn produced for apply and for clients.
+    fn flush(&mut self) {
+        if !self.local_reads.is_empty() {
+            let reads = std::mem::take(&mut self.local_reads);
+            // A closed apply channel means the node is stopping; the reads are dropped.
+            drop(self.to_apply.send(ApplyMsg::Reads(reads)));
+        }
+        if !self.replies.is_empty() {
+            match &self.net {
+                Some(net) => net.reply(std::mem::take(&mut self.replies)),
+                None => self.replies.clear(),
+            }
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let status = self.raft.status();
+        NodeStatus {
+            id: status.id.get(),
+            role: role_name(status.role).to_string(),
+            term: status.term.get(),
+            leader: status.leader.map(NodeId::get),
+            commit: status.commit.get(),
+            applied: self.shared.applied().get(),
+            durable: status.durable.get(),
+            peers: status
+                .progress
+                .iter()
+                .map(|peer| PeerProgress {
+                    id: peer.id.get(),
+                    matched: peer.match_index.get(),
+                    next: peer.next_index.get(),
+                    state: match peer.state {
+                        ProgressState::Probe => "probe",
+                        ProgressState::Replicate => "replicate",
+                        ProgressState::Snapshot => "snapshot",
+                    }
+                    .to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Answers everyone still waiting here; dropping `self` then closes the stage channels.
+    fn stop(mut self) {
+        let error = self.shared.gone();
+        for (_, target) in std::mem::take(&mut self.pending) {
+            target.fail(error.clone(), None, &mut self.replies);
+        }
+        for (_, (_, target)) in std::mem::take(&mut self.reads) {
+            target.fail(error.clone(), None, &mut self.replies);
+        }
+        self.flush();
+    }
+}
+
+/// The status name of a role.
+pub(crate) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+    }
+}

@@ -1,0 +1,204 @@
+//! The items that travel between the stages, and the little state they share.
+//!
+//! Channels (see `docs/RUNTIME.md`): consensus -> storage ([`StorageMsg`]) and consensus ->
+//! apply ([`ApplyMsg`]) are bounded, so a slow disk or state machine pushes back on consensus
+//! and, through it, on the network and the proposers. Storage -> consensus and apply ->
+//! consensus ([`Feedback`]) are unbounded: those stages must never block on consensus (it may
+//! itself be blocked sending to them), and they send at most one feedback item per loop turn.
+//! Every item carries a batch (a `Vec`), never one entry.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::batch::Batch;
+use crate::net::{ClientReply, ConnId};
+use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
+use crate::types::{LogIndex, NodeId};
+
+use super::{Applied, NodeError};
+
+/// Who is waiting for the outcome of one proposal or read.
+pub(crate) enum Target {
+    /// A caller of the embedding API, holding a [`super::Receipt`].
+    Receipt(Sender<Result<Applied, NodeError>>),
+    /// A client connection and the request id it chose.
+    Client {
+        /// The connection.
+        conn: ConnId,
+        /// The request id to echo.
+        req: u64,
+    },
+}
+
+impl Target {
+    /// Answers with a success: for a client, `Applied` for a proposal or `ReadOk` for a read.
+    pub(crate) fn succeed(
+        self,
+        applied: Applied,
+        read: bool,
+        replies: &mut Vec<(ConnId, ClientReply)>,
+    ) {
+        match self {
+            // The receiver may have given up (timeout, dropped receipt): nothing to do then.
+            Target::Receipt(sender) => drop(sender.send(Ok(applied))),
+            Target::Client { conn, req } => {
+                let reply = if read {
+                    ClientReply::ReadOk {
+                        req,
+                        index: applied.index,
+                        result: applied.result,
+                    }
+                } else {
+                    ClientReply::Applied {
+                        req,
+                        index: applied.index,
+                        result: applied.result,
+                    }
+                };
+                replies.push((conn, reply));
+            }
+        }
+    }
+
+    /// Answers with a failure; `leader_addr` is the known leader's client address (for
+    /// `NotLeader` replies to clients).
+    pub(crate) fn fail(
+        self,
+        error: NodeError,
+        leader_addr: Option<SocketAddr>,
+        replies: &mut Vec<(ConnId, ClientReply)>,
+    ) {
+        match self {
+            Target::Receipt(sender) => drop(sender.send(Err(error))),
+            Target::Client { conn, req } => {
+                replies.push((conn, error_reply(req, &error, leader_addr)))
+            }
+        }
+    }
+}
+
+/// The client protocol's form of a [`NodeError`].
+pub(crate) fn error_reply(
+    req: u64,
+    error: &NodeError,
+    leader_addr: Option<SocketAddr>,
+) -> ClientReply {
+    match error {
+        NodeError::NotLeader { leader } => ClientReply::NotLeader {
+            req,
+            leader: *leader,
+            leader_addr: leader_addr.map(|addr| addr.to_string()),
+        },
+        NodeError::OutcomeUnknown => ClientReply::Error {
+            req,
+            message: "leadership was lost: the outcome is unknown (the command may still commit)"
+                .to_string(),
+        },
+        NodeError::Stopped => ClientReply::Error {
+            req,
+            message: "the node is stopping: the outcome is unknown".to_string(),
+        },
+        NodeError::Timeout => ClientReply::Error {
+            req,
+            message: "timed out: the outcome is unknown".to_string(),
+        },
+        NodeError::Refused(why) => ClientReply::Error {
+            req,
+            message: format!("refused: {why}"),
+        },
+        NodeError::Failed(why) => ClientReply::Error {
+            req,
+            message: format!("the node failed: {why}"),
+        },
+    }
+}
+
+/// A read waiting for the state machine to reach `index` (0 for a local read: served at once).
+pub(crate) struct PendingRead {
+    /// The applied index the answer must reflect.
+    pub index: LogIndex,
+    /// The query.
+    pub query: Bytes,
+    /// Who gets the answer.
+    pub target: Target,
+}
+
+/// Consensus -> apply.
+pub(crate) enum ApplyMsg {
+    /// Committed batches in order, with the targets of the entries proposed here (ascending).
+    Committed {
+        /// The batches.
+        batches: Vec<Batch>,
+        /// `(index, target)` of the entries someone here waits for.
+        targets: Vec<(LogIndex, Target)>,
+    },
+    /// Reads to serve once applied.
+    Reads(Vec<PendingRead>),
+    /// A snapshot received from the leader: restore the state machine from it (its file is
+    /// written by storage). Sent before the committed batches that follow it.
+    Install(SnapshotMeta, Bytes),
+}
+
+/// Consensus -> storage.
+pub(crate) enum StorageMsg {
+    /// A write to execute (in id order).
+    Write(StorageWrite),
+    /// A snapshot up to this index is durable: drop the log behind it.
+    Compact(LogIndex),
+}
+
+/// Storage or apply -> consensus.
+pub(crate) enum Feedback {
+    /// Every write up to this id is durable (its `after_durable` messages have been handed to
+    /// the network).
+    Durable(WriteId),
+    /// The state machine applied everything up to this index.
+    Applied(LogIndex),
+    /// The apply stage wrote a snapshot file durably.
+    Snapshot(SnapshotMeta, Bytes),
+    /// A stage hit a fatal error; the node stops.
+    Failed(String),
+}
+
+/// What every stage and the [`super::Node`] handle can read.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// The state machine's applied index.
+    pub applied: AtomicU64,
+    /// The term of the durable hard state (a snapshot may only cover terms up to it, or a
+    /// restart would find a snapshot newer than its term).
+    pub durable_term: AtomicU64,
+    /// The first fatal error, if any.
+    pub failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Records the first fatal error.
+    pub(crate) fn fail(&self, message: String) {
+        let mut failure = self.failure.lock().expect("failure lock");
+        if failure.is_none() {
+            tracing::error!(error = %message, "node failed");
+            *failure = Some(message);
+        }
+    }
+
+    /// The error for a request that found the node gone.
+    pub(crate) fn gone(&self) -> NodeError {
+        match &*self.failure.lock().expect("failure lock") {
+            Some(message) => NodeError::Failed(message.clone()),
+            None => NodeError::Stopped,
+        }
+    }
+
+    /// The applied index.
+    pub(crate) fn applied(&self) -> LogIndex {
+        LogIndex(self.applied.load(Ordering::Acquire))
+    }
+}
+
+/// The client address of each member, for `NotLeader` redirects.
+pub(crate) type ClientAddrs = std::collections::BTreeMap<NodeId, Option<SocketAddr>>;

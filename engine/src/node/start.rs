@@ -1,0 +1,103 @@
+//! Start-up: recovery from the data directory, and the spawning of the stage threads.
+//!
+//! Recovery: the newest snapshot file (verified; a corrupt one refuses the start, naming the
+//! file), the log (verified by `Log::open`; corruption refuses the start, naming the file), and
+//! the reconciliation of the two: a log that holds the snapshot's index with its term keeps the
+//! entries after it; a log that starts right after the snapshot is kept whole; any other log
+//! (older than the snapshot, or a remnant of an interrupted snapshot install) is reset to start
+//! after the snapshot. A log that starts after the snapshot with a gap is refused.
+//!
+//! Layout of the data directory: `log/` (segments and hard state, see `docs/LOG.md`) and
+//! `snapshots/` (see [`crate::apply::snapshot`]).
+
+use std::path::{Path, PathBuf};
+
+use crate::apply::snapshot;
+use crate::batch::Batch;
+use crate::log::Log;
+use crate::raft::{HardState, Membership, Restored, SnapshotMeta};
+use crate::types::{LogIndex, NodeId};
+
+use super::{NodeConfig, NodeError};
+
+/// The log directory inside a data directory.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+/// The snapshot directory inside a data directory.
+pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshots")
+}
+
+fn refuse(what: impl std::fmt::Display) -> NodeError {
+    NodeError::Failed(format!("refusing to start: {what}"))
+}
+
+/// Opens the log and the newest snapshot and turns them into what the core restarts from.
+pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError> {
+    let snapshot_dir = snapshot_dir(&config.data_dir);
+    let snapshot = snapshot::latest(&snapshot_dir).map_err(refuse)?;
+    let log_dir = log_dir(&config.data_dir);
+    let (mut log, report) = Log::open(&log_dir, config.log.clone()).map_err(refuse)?;
+    if let Some(torn) = &report.torn_tail {
+        tracing::warn!(file = %torn.file.display(), index = torn.index.get(), "cut a torn log tail");
+    }
+    if let Some((meta, _)) = &snapshot {
+        reconcile(&mut log, meta, &log_dir)?;
+    }
+    let from = match &snapshot {
+        Some((meta, _)) => meta.index.next().max(log.first_index()),
+        None => log.first_index(),
+    };
+    let batches = read_batches(&log, from)?;
+    let stored = log.hard_state();
+    let hard_state = HardState {
+        term: stored.term,
+        vote: (stored.vote != NodeId::ZERO).then_some(stored.vote),
+    };
+    let restored = Restored {
+        hard_state,
+        snapshot,
+        batches,
+        initial_membership: Membership::with_voters(config.members.keys().copied()),
+    };
+    Ok((log, restored))
+}
+
+/// Makes the log continue the snapshot (see the module docs).
+fn reconcile(log: &mut Log, meta: &SnapshotMeta, log_dir: &Path) -> Result<(), NodeError> {
+    let after = meta.index.next();
+    let holds_entries = log.last_index() >= log.first_index();
+    if log.term_at(meta.index) == Some(meta.term) {
+        log.compact_to(meta.index).map_err(refuse)
+    } else if log.first_index() == after {
+        Ok(())
+    } else if holds_entries && log.first_index() > after {
+        Err(refuse(format!(
+            "the log in {} starts at {} but the newest snapshot ends at {}",
+            log_dir.display(),
+            log.first_index(),
+            meta.index
+        )))
+    } else {
+        tracing::info!(
+            snapshot = meta.index.get(),
+            log_first = log.first_index().get(),
+            log_last = log.last_index().get(),
+            "the log does not continue the snapshot: restarting it after the snapshot"
+        );
+        log.reset_after(meta.index, meta.term).map_err(refuse)
+    }
+}
+
+/// Copies the log from `from` to its end into batches for the core.
+fn read_batches(log: &Log, from: LogIndex) -> Result<Vec<Batch>, NodeError> {
+    let mut batches = Vec::new();
+    if from <= log.last_index() {
+        for view in log.read(from, log.last_index()).map_err(refuse)? {
+            batches.push(view.to_batch());
+        }
+    }
+    Ok(batches)
+}

@@ -1,0 +1,195 @@
+//! The storage thread: owns the [`Log`] and executes the core's [`StorageWrite`]s strictly in id
+//! order, with group commit, releasing each write's `after_durable` messages (and telling
+//! consensus) only once the write and every earlier one are durable.
+//!
+//! Group commit: everything queued is appended, then one sync round is requested; while it is in
+//! flight the thread keeps taking and appending new writes, and only blocks on the round when
+//! its inbox is empty. A write is durable once the log's durable seq reaches the seq of the last
+//! record it appended (hard state and snapshot files are written synchronously before that).
+//!
+//! Any storage error is fatal: the log refuses further work after a failed sync (never retried),
+//! the error is reported to consensus and the thread ends.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::apply::snapshot;
+use crate::log::{HardState as LogHardState, Log};
+use crate::net::NetHandle;
+use crate::node::pipeline::{Feedback, Shared, StorageMsg};
+use crate::raft::{Message, StorageWrite, WriteId};
+use crate::types::NodeId;
+
+/// The storage stage's state.
+pub(crate) struct StorageStage {
+    pub log: Log,
+    pub snapshot_dir: PathBuf,
+    pub net: Option<NetHandle>,
+    pub feedback: Sender<Feedback>,
+    pub shared: Arc<Shared>,
+    /// Executed writes not yet reported durable: id, log seq that must be durable, messages.
+    pending: VecDeque<(WriteId, u64, Vec<Message>)>,
+}
+
+impl StorageStage {
+    /// A stage over an opened (and start-up-checked) log.
+    pub(crate) fn new(
+        log: Log,
+        snapshot_dir: PathBuf,
+        net: Option<NetHandle>,
+        feedback: Sender<Feedback>,
+        shared: Arc<Shared>,
+    ) -> StorageStage {
+        shared
+            .durable_term
+            .store(log.hard_state().term.get(), Ordering::Release);
+        StorageStage {
+            log,
+            snapshot_dir,
+            net,
+            feedback,
+            shared,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Runs until consensus drops its sender; then makes everything durable, releases it, and
+    /// closes (seals) the log. A fatal error is reported as [`Feedback::Failed`].
+    pub(crate) fn run(self, inbox: Receiver<StorageMsg>) {
+        let shared = self.shared.clone();
+        let feedback = self.feedback.clone();
+        if let Err(error) = self.serve_and_close(&inbox) {
+            shared.fail(error.clone());
+            drop(feedback.send(Feedback::Failed(error)));
+        }
+    }
+
+    fn serve_and_close(mut self, inbox: &Receiver<StorageMsg>) -> Result<(), String> {
+        self.serve(inbox)?;
+        self.log.close().map(drop).map_err(|e| e.to_string())
+    }
+
+    fn serve(&mut self, inbox: &Receiver<StorageMsg>) -> Result<(), String> {
+        let err = |error: crate::log::LogError| error.to_string();
+        loop {
+            let idle = self.pending.is_empty() && !self.log.sync_in_flight();
+            let first = if idle {
+                inbox.recv().ok()
+            } else {
+                match inbox.try_recv() {
+                    Ok(message) => Some(message),
+                    Err(TryRecvError::Empty) => {
+                        // Nothing new to append: wait for the round (or start one and wait).
+                        if self.log.sync_in_flight() {
+                            self.log.wait_in_flight().map_err(err)?;
+                        } else {
+                            self.log.wait_durable().map_err(err)?;
+                        }
+                        self.release();
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(first) = first else { break };
+            self.execute(first)?;
+            while let Ok(message) = inbox.try_recv() {
+                self.execute(message)?;
+            }
+            self.log.request_sync().map_err(err)?;
+            self.log.poll_durable().map_err(err)?;
+            self.release();
+        }
+        self.log.wait_durable().map_err(err)?;
+        self.release();
+        assert!(
+            self.pending.is_empty(),
+            "writes left unreleased after the final sync: first {:?}",
+            self.pending.front().map(|(id, seq, _)| (id, seq))
+        );
+        Ok(())
+    }
+
+    fn execute(&mut self, message: StorageMsg) -> Result<(), String> {
+        match message {
+            StorageMsg::Write(write) => self.write(write),
+            StorageMsg::Compact(index) => self.log.compact_to(index).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn write(&mut self, write: StorageWrite) -> Result<(), String> {
+        let err = |error: crate::log::LogError| error.to_string();
+        let StorageWrite {
+            id,
+            hard_state,
+            snapshot,
+            truncate_from,
+            batches,
+            after_durable,
+        } = write;
+        assert!(
+            self.pending.back().map_or(true, |&(last, _, _)| last < id),
+            "storage write {id:?} out of order after {:?}",
+            self.pending.back().map(|(last, _, _)| last)
+        );
+        if let Some(state) = hard_state {
+            self.log
+                .save_hard_state(LogHardState {
+                    term: state.term,
+                    vote: state.vote.unwrap_or(NodeId::ZERO),
+                })
+                .map_err(err)?;
+            self.shared
+                .durable_term
+                .store(state.term.get(), Ordering::Release);
+        }
+        if let Some((meta, data)) = &snapshot {
+            snapshot::write(&self.snapshot_dir, meta, data).map_err(|e| e.to_string())?;
+            if self.log.term_at(meta.index) == Some(meta.term) {
+                self.log.compact_to(meta.index).map_err(err)?;
+            } else {
+                self.log.reset_after(meta.index, meta.term).map_err(err)?;
+            }
+            snapshot::remove_older(&self.snapshot_dir, meta.index).map_err(|e| e.to_string())?;
+        }
+        if let Some(from) = truncate_from {
+            if from <= self.log.last_index() {
+                self.log.truncate_from(from).map_err(err)?;
+            }
+        }
+        for batch in &batches {
+            self.log.append(batch).map_err(err)?;
+        }
+        self.pending
+            .push_back((id, self.log.last_seq(), after_durable));
+        Ok(())
+    }
+
+    /// Hands the messages of every durable write to the network and tells consensus.
+    fn release(&mut self) {
+        let durable_seq = self.log.durable_seq();
+        let mut last = None;
+        let mut messages = Vec::new();
+        while self
+            .pending
+            .front()
+            .is_some_and(|&(_, seq, _)| seq <= durable_seq)
+        {
+            let (id, _, after) = self.pending.pop_front().expect("front");
+            messages.extend(after);
+            last = Some(id);
+        }
+        if !messages.is_empty() {
+            if let Some(net) = &self.net {
+                net.send(messages);
+            }
+        }
+        if let Some(id) = last {
+            drop(self.feedback.send(Feedback::Durable(id)));
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! A single-member node on real files: proposals, reads, snapshots, restart recovery, and the
+//! refusal to start on a corrupt snapshot.
+
+mod node_common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lockstep::{Node, NodeError};
+use node_common::{config, members, wait_leader, Kv};
+
+#[test]
+fn single_node_proposes_reads_snapshots_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = members(1);
+    let cfg = config(1, &members, dir.path(), 300);
+    let node = Node::start(cfg.clone(), Kv::default()).unwrap();
+    let nodes = [Some(node)];
+    wait_leader(&nodes);
+    let [Some(node)] = nodes else { unreachable!() };
+
+    let receipts: Vec<_> = (0..1000)
+        .map(|i| node.propose(Bytes::from(format!("k{}=v{i}", i % 100))))
+        .collect();
+    let mut last = 0;
+    for (i, receipt) in receipts.into_iter().enumerate() {
+        let applied = receipt.wait_timeout(Duration::from_secs(10)).unwrap();
+        assert!(applied.index.get() > last, "indexes ascend");
+        last = applied.index.get();
+        let expected = if i < 100 {
+            String::new()
+        } else {
+            format!("v{}", i - 100)
+        };
+        assert_eq!(applied.result, Bytes::from(expected));
+    }
+    let read = node
+        .read_linearizable(Bytes::from_static(b"k7"))
+        .wait()
+        .unwrap();
+    assert_eq!(read.result, Bytes::from_static(b"v907"));
+    assert!(read.index.get() >= last);
+    let status = node.status();
+    assert_eq!((status.role.as_str(), status.applied), ("leader", last));
+    let hash = node
+        .read_linearizable(Bytes::from_static(b"#hash"))
+        .wait()
+        .unwrap()
+        .result;
+    node.shutdown().unwrap();
+
+    let snapshots: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot kept: {snapshots:?}");
+
+    // Restart: state comes back from the snapshot plus the log after it.
+    let node = Node::start(cfg.clone(), Kv::default()).unwrap();
+    let nodes = [Some(node)];
+    wait_leader(&nodes);
+    let [Some(node)] = nodes else { unreachable!() };
+    let again = node
+        .read_linearizable(Bytes::from_static(b"#hash"))
+        .wait()
+        .unwrap();
+    assert_eq!(again.result, hash);
+    let applied = node
+        .propose(Bytes::from_static(b"after=restart"))
+        .wait()
+        .unwrap();
+    assert!(
+        applied.index.get() > last + 1,
+        "new term's noop then the entry"
+    );
+    node.shutdown().unwrap();
+
+    // A corrupt newest snapshot refuses the start, naming the file.
+    let snapshot = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let name = snapshot.file_name().unwrap().to_str().unwrap().to_string();
+    match Node::start(cfg, Kv::default()) {
+        Err(NodeError::Failed(message)) => assert!(message.contains(&name), "{message}"),
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(_) => panic!("started on a corrupt snapshot"),
+    }
+}
+
+#[test]
+fn dropping_a_node_shuts_it_down_and_frees_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = members(1);
+    let cfg = config(1, &members, dir.path(), 1000);
+    for round in 0..2u64 {
+        let node = Node::start(cfg.clone(), Kv::default()).unwrap();
+        let nodes = [Some(node)];
+        wait_leader(&nodes);
+        let [Some(node)] = nodes else { unreachable!() };
+        let read = node
+            .read_linearizable(Bytes::from_static(b"a"))
+            .wait()
+            .unwrap();
+        let expected = if round == 0 { "" } else { "0" };
+        assert_eq!(read.result, Bytes::from(expected));
+        node.propose(Bytes::from(format!("a={round}")))
+            .wait()
+            .unwrap();
+        drop(node);
+    }
+}
