@@ -401,13 +401,13 @@ impl OutQueue {
     fn write_to(&mut self, stream: &mut TcpStream, stats: &mut NetStats) -> io::Result<bool> {
         self.seal();
         while !self.chunks.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .chunks
-                .iter()
-                .take(IOVECS_PER_WRITE)
-                .map(|chunk| IoSlice::new(chunk))
-                .collect();
-            let written = match stream.write_vectored(&slices) {
+            let mut slices = [IoSlice::new(&[]); IOVECS_PER_WRITE];
+            let mut used = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                *slot = IoSlice::new(chunk);
+                used += 1;
+            }
+            let written = match stream.write_vectored(&slices[..used]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(true),

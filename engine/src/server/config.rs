@@ -259,9 +259,16 @@ pub struct ServerConfig {
 pub struct ServerError(pub String);
 
 impl ServerError {
-    /// An error about option `name`.
+    /// An error about option `name` (as the file spells it, e.g. `tuning.sync`); the message
+    /// also names the matching `lockstep serve` flag.
     pub fn option(name: &str, why: String) -> ServerError {
-        ServerError(format!("option `{name}`: {why}"))
+        let key = name.rsplit('.').next().unwrap_or(name);
+        let flag = match key {
+            "members" => "member".to_string(),
+            "tuning" => return ServerError(format!("option `{name}`: {why}")),
+            other => other.replace('_', "-"),
+        };
+        ServerError(format!("option `{name}` (flag --{flag}): {why}"))
     }
 
     /// The same error, prefixed with where the configuration came from.
@@ -488,7 +495,7 @@ snapshot_entries = 1000
             (
                 "id = 2\ncluster",
                 "id = 5\ncluster",
-                "`id`: 5 is not among the members [1, 2]",
+                "`id` (flag --id): 5 is not among the members [1, 2]",
             ),
             ("id = 1\npeer", "id = 2\npeer", "node id 2 is listed twice"),
             (

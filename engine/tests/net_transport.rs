@@ -1,0 +1,440 @@
+//! The network stage over real TCP on 127.0.0.1: peers exchanging consensus messages (large
+//! appends intact and in order), refused handshakes, bad input on peer and client ports, a
+//! restarted peer being re-dialed, inbound back-pressure, and the client protocol end to end.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use lockstep::batch::{Batch, BatchBuilder, BatchKind};
+use lockstep::net::frame::{encode_frame, read_frame, FrameType};
+use lockstep::net::{
+    ClientHello, ClientReply, ClientRequest, NetConfig, NetEvent, NetStats, Transport,
+};
+use lockstep::raft::{Message, MessageBody};
+use lockstep::types::{LogIndex, NodeId, Term};
+
+const CLUSTER: u64 = 0xC1;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A config for `id`; `peers` lists every other node, with a placeholder address for the ones
+/// this node never dials (larger ids dial nobody smaller).
+fn config(id: u64, cluster: u64, peers: &[(u64, SocketAddr)]) -> NetConfig {
+    let mut config = NetConfig::new(cluster, NodeId(id), local());
+    config.peers = peers.iter().map(|&(id, addr)| (NodeId(id), addr)).collect();
+    config.reconnect_min = Duration::from_millis(5);
+    config.reconnect_max = Duration::from_millis(100);
+    config.max_frame_bytes = 4 << 20;
+    config.socket_buffer_bytes = 1 << 20;
+    config
+}
+
+struct Node {
+    transport: Transport,
+    events: Receiver<NetEvent>,
+}
+
+fn start(config: NetConfig, capacity: usize) -> Node {
+    let (tx, rx): (Sender<NetEvent>, Receiver<NetEvent>) = crossbeam_channel::bounded(capacity);
+    Node {
+        transport: Transport::start(config, tx).unwrap(),
+        events: rx,
+    }
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn stats(node: &Node) -> NetStats {
+    node.transport.stats()
+}
+
+/// A batch of `entries` entries of 16 bytes, tagged with `seed`, starting at `first`.
+fn batch(term: u64, first: u64, entries: usize, seed: u8) -> Batch {
+    let mut builder = BatchBuilder::with_capacity(entries * 20);
+    for i in 0..entries {
+        let mut entry = [seed; 16];
+        entry[..8].copy_from_slice(&(first + i as u64).to_le_bytes());
+        builder.push(&entry);
+    }
+    builder.finish(Term(term), LogIndex(first), BatchKind::Normal)
+}
+
+fn append(from: u64, to: u64, prev: u64, batches: Vec<Batch>) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(3),
+        body: MessageBody::Append {
+            prev_index: LogIndex(prev),
+            prev_term: Term(3),
+            batches,
+            commit: LogIndex(prev),
+        },
+    }
+}
+
+fn heartbeat(from: u64, to: u64, round: u64) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(3),
+        body: MessageBody::Heartbeat {
+            commit: LogIndex(0),
+            read_round: round,
+        },
+    }
+}
+
+/// Appends 1 -> `to` covering indexes 1..: message k carries 1 or 2 batches, some large
+/// (sent without copying), some small (packed).
+fn append_stream(to: u64, count: usize) -> Vec<Message> {
+    let mut next = 1u64;
+    (0..count)
+        .map(|k| {
+            let sizes: &[usize] = if k % 3 == 0 { &[1000, 7] } else { &[3] };
+            let batches: Vec<Batch> = sizes
+                .iter()
+                .map(|&entries| {
+                    let b = batch(3, next, entries, k as u8);
+                    next += entries as u64;
+                    b
+                })
+                .collect();
+            let prev = batches[0].first_index().get() - 1;
+            append(1, to, prev, batches)
+        })
+        .collect()
+}
+
+/// Collects `count` consensus messages from `node`.
+fn collect_messages(node: &Node, count: usize) -> Vec<Message> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match node.events.recv_timeout(left) {
+            Ok(NetEvent::Peer(messages)) => got.extend(messages),
+            Ok(other) => panic!("unexpected event {other:?}"),
+            Err(err) => panic!("got {} of {count} messages: {err}", got.len()),
+        }
+    }
+    assert_eq!(got.len(), count);
+    got
+}
+
+/// Three nodes: 1 dials 2 and 3, 2 dials 3. Returns them connected.
+fn three_nodes() -> (Node, Node, Node) {
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let n3 = start(
+        config(3, CLUSTER, &[(1, placeholder), (2, placeholder)]),
+        64,
+    );
+    let a3 = n3.transport.peer_addr();
+    let n2 = start(config(2, CLUSTER, &[(1, placeholder), (3, a3)]), 64);
+    let a2 = n2.transport.peer_addr();
+    let n1 = start(config(1, CLUSTER, &[(2, a2), (3, a3)]), 64);
+    wait_for("the three links", || {
+        stats(&n1).peer_connects == 2
+            && stats(&n2).peer_connects == 2
+            && stats(&n3).peer_connects == 2
+    });
+    (n1, n2, n3)
+}
+
+#[test]
+fn three_transports_exchange_large_appends_in_order() {
+    let (n1, n2, n3) = three_nodes();
+    let to2 = append_stream(2, 300);
+    let to3 = append_stream(3, 300);
+    let handle = n1.transport.handle();
+    // Interleave, several messages per send call.
+    for (a, b) in to2.chunks(4).zip(to3.chunks(4)) {
+        handle.send(a.iter().chain(b).cloned().collect());
+    }
+    assert_eq!(collect_messages(&n2, to2.len()), to2);
+    assert_eq!(collect_messages(&n3, to3.len()), to3);
+
+    // And back, between the other pairs.
+    n2.transport
+        .handle()
+        .send(vec![heartbeat(2, 1, 7), heartbeat(2, 3, 8)]);
+    n3.transport.handle().send(vec![heartbeat(3, 1, 9)]);
+    let mut at1 = collect_messages(&n1, 2);
+    at1.sort_by_key(|m| m.from);
+    assert_eq!(at1, vec![heartbeat(2, 1, 7), heartbeat(3, 1, 9)]);
+    assert_eq!(collect_messages(&n3, 1), vec![heartbeat(2, 3, 8)]);
+
+    let s1 = stats(&n1);
+    assert!(
+        s1.writes > 0 && s1.bytes_out > 0 && s1.frames_out >= 600,
+        "{s1:?}"
+    );
+    assert_eq!(s1.messages_dropped, 0, "{s1:?}");
+    assert_eq!(stats(&n2).bad_frames, 0);
+    for node in [n1, n2, n3] {
+        node.transport.shutdown();
+    }
+}
+
+#[test]
+fn full_events_channel_pauses_reading_without_loss() {
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    // Node 2 delivers into a channel of one event and is not read for a while.
+    let n2 = start(config(2, CLUSTER, &[(1, placeholder)]), 1);
+    let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 64);
+    wait_for("the link", || stats(&n2).peer_connects == 1);
+    let stream = append_stream(2, 200);
+    for message in &stream {
+        n1.transport.handle().send(vec![message.clone()]);
+    }
+    wait_for("back-pressure", || stats(&n2).events_blocked > 0);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(collect_messages(&n2, stream.len()), stream);
+    assert_eq!(stats(&n1).messages_dropped, 0);
+}
+
+#[test]
+fn wrong_cluster_id_is_refused_on_both_sides() {
+    let n2 = start(config(2, 8, &[(1, "127.0.0.1:9".parse().unwrap())]), 8);
+    let n1 = start(config(1, 7, &[(2, n2.transport.peer_addr())]), 8);
+    wait_for("refusals on both sides", || {
+        stats(&n1).handshakes_refused >= 1 && stats(&n2).handshakes_refused >= 1
+    });
+    assert_eq!(stats(&n1).peer_connects, 0);
+    assert_eq!(stats(&n2).peer_connects, 0);
+    // Messages to a peer that is not connected are dropped and counted.
+    n1.transport.handle().send(vec![heartbeat(1, 2, 1)]);
+    wait_for("the drop", || stats(&n1).messages_dropped == 1);
+}
+
+#[test]
+fn unknown_node_id_is_refused() {
+    // Node 5 is not in node 2's peer list.
+    let n2 = start(
+        config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]),
+        8,
+    );
+    let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
+    let mut raw = TcpStream::connect(n2.transport.peer_addr()).unwrap();
+    let mut body = Vec::new();
+    lockstep::net::PeerHello::new(CLUSTER, NodeId(5)).encode(&mut body);
+    let mut frame = Vec::new();
+    encode_frame(FrameType::PeerHello, &body, &mut frame);
+    raw.write_all(&frame).unwrap();
+    assert_closed_after_hello(&mut raw);
+    wait_for("the refusal", || stats(&n2).handshakes_refused >= 1);
+    // The legitimate node 1 still connects.
+    wait_for("node 1", || stats(&n1).peer_connects == 1);
+}
+
+/// Reads until the other end closes; a hello frame may come first.
+fn assert_closed_after_hello(stream: &mut TcpStream) {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(err) => panic!("connection not closed: {err}"),
+        }
+    }
+}
+
+/// Three kinds of bad input, as raw bytes.
+fn bad_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let mut bad_crc = Vec::new();
+    encode_frame(FrameType::PeerHello, b"0123456789abcdefgh", &mut bad_crc);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xFF;
+    let mut oversized = Vec::new();
+    encode_frame(FrameType::Raft, b"x", &mut oversized);
+    oversized[4..8].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("oversized", oversized),
+        ("bad crc", bad_crc),
+    ]
+}
+
+#[test]
+fn bad_input_closes_only_that_connection() {
+    let (n1, n2, n3) = three_nodes();
+    let mut client_config = config(9, CLUSTER, &[]);
+    client_config.client_listen = Some(local());
+    let server = start(client_config, 8);
+    let client_addr = server.transport.client_addr().unwrap();
+
+    for (round, (what, bytes)) in bad_inputs().into_iter().enumerate() {
+        let before = stats(&n2).bad_frames;
+        let mut raw = TcpStream::connect(n2.transport.peer_addr()).unwrap();
+        raw.write_all(&bytes).unwrap();
+        assert_closed_after_hello(&mut raw);
+        wait_for(what, || stats(&n2).bad_frames == before + 1);
+
+        let before = stats(&server).bad_frames;
+        let mut raw = TcpStream::connect(client_addr).unwrap();
+        raw.write_all(&bytes).unwrap();
+        assert_closed_after_hello(&mut raw);
+        wait_for(what, || stats(&server).bad_frames == before + 1);
+
+        // The peers keep exchanging messages.
+        n1.transport
+            .handle()
+            .send(vec![heartbeat(1, 2, round as u64)]);
+        assert_eq!(
+            collect_messages(&n2, 1),
+            vec![heartbeat(1, 2, round as u64)]
+        );
+        n3.transport
+            .handle()
+            .send(vec![heartbeat(3, 2, round as u64)]);
+        assert_eq!(
+            collect_messages(&n2, 1),
+            vec![heartbeat(3, 2, round as u64)]
+        );
+    }
+    assert_eq!(stats(&n2).peer_disconnects, 0);
+    assert!(
+        server.events.try_recv().is_err(),
+        "bad clients produce no events"
+    );
+}
+
+#[test]
+fn restarted_peer_is_redialed() {
+    let n2 = start(
+        config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]),
+        8,
+    );
+    let a2 = n2.transport.peer_addr();
+    let n1 = start(config(1, CLUSTER, &[(2, a2)]), 8);
+    wait_for("first link", || stats(&n1).peer_connects == 1);
+    n2.transport.shutdown();
+    wait_for("the loss", || stats(&n1).peer_disconnects == 1);
+
+    let mut again = config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]);
+    again.peer_listen = a2;
+    let n2 = start(again, 8);
+    wait_for("the re-dial", || stats(&n1).peer_connects == 2);
+    n1.transport.handle().send(vec![heartbeat(1, 2, 42)]);
+    assert_eq!(collect_messages(&n2, 1), vec![heartbeat(1, 2, 42)]);
+}
+
+fn send_frame(stream: &mut TcpStream, ty: FrameType, body: &[u8]) {
+    let mut frame = Vec::new();
+    encode_frame(ty, body, &mut frame);
+    stream.write_all(&frame).unwrap();
+}
+
+fn read_reply(stream: &mut TcpStream) -> ClientReply {
+    let mut body = Vec::new();
+    let ty = read_frame(stream, 1 << 20, &mut body).unwrap();
+    assert_eq!(ty, FrameType::ClientReply);
+    ClientReply::decode(&body).unwrap()
+}
+
+#[test]
+fn client_hello_request_reply_round_trip() {
+    let mut server_config = config(1, CLUSTER, &[]);
+    server_config.client_listen = Some(local());
+    let server = start(server_config, 8);
+    let addr = server.transport.client_addr().unwrap();
+
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = Vec::new();
+    ClientHello::new(CLUSTER).encode(&mut body);
+    send_frame(&mut client, FrameType::ClientHello, &body);
+    assert_eq!(read_reply(&mut client), ClientReply::Ok { req: 0 });
+
+    // Three requests in one write.
+    let requests = vec![
+        ClientRequest::Propose {
+            req: 1,
+            command: Bytes::from_static(b"set x 1"),
+        },
+        ClientRequest::Read {
+            req: 2,
+            query: Bytes::from_static(b"get x"),
+            linearizable: true,
+        },
+        ClientRequest::Status { req: 3 },
+    ];
+    let mut wire = Vec::new();
+    for request in &requests {
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        encode_frame(FrameType::ClientRequest, &body, &mut wire);
+    }
+    client.write_all(&wire).unwrap();
+    let mut got = Vec::new();
+    let mut conn = None;
+    while got.len() < requests.len() {
+        match server.events.recv_timeout(WAIT).unwrap() {
+            NetEvent::Client { conn: c, requests } => {
+                if let Some(seen) = conn {
+                    assert_eq!(seen, c);
+                }
+                conn = Some(c);
+                got.extend(requests);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, requests);
+    let conn = conn.unwrap();
+
+    let replies = [
+        ClientReply::Applied {
+            req: 1,
+            index: LogIndex(5),
+            result: Bytes::from_static(b"ok"),
+        },
+        ClientReply::NotLeader {
+            req: 2,
+            leader: Some(NodeId(2)),
+            leader_addr: Some("127.0.0.1:7000".to_owned()),
+        },
+    ];
+    server
+        .transport
+        .handle()
+        .reply(replies.iter().map(|r| (conn, r.clone())).collect());
+    assert_eq!(read_reply(&mut client), replies[0]);
+    assert_eq!(read_reply(&mut client), replies[1]);
+
+    drop(client);
+    match server.events.recv_timeout(WAIT).unwrap() {
+        NetEvent::ClientGone(gone) => assert_eq!(gone, conn),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(stats(&server).client_connects, 1);
+
+    // A client of another cluster gets an error reply, then the connection closes.
+    let mut stranger = TcpStream::connect(addr).unwrap();
+    stranger.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = Vec::new();
+    ClientHello::new(CLUSTER + 1).encode(&mut body);
+    send_frame(&mut stranger, FrameType::ClientHello, &body);
+    match read_reply(&mut stranger) {
+        ClientReply::Error { req: 0, message } => {
+            assert!(message.contains("cluster id"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_closed_after_hello(&mut stranger);
+    assert_eq!(stats(&server).handshakes_refused, 1);
+}
