@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 use lockstep::client::{Client, ClientError};
 use lockstep::net::{ClientReply, ClientRequest};
 
-use super::status::find_leader;
+use super::status::{find_leader, HANDSHAKE_REQ};
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
 
@@ -247,7 +247,9 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
                 }
             }
         };
-        tally.abandoned += connection.pending.len() as u64;
+        if !matches!(ended, Ended::Done) {
+            tally.abandoned += connection.pending.len() as u64;
+        }
         connection.pending.clear();
         match ended {
             Ended::Done => return tally,
@@ -335,6 +337,7 @@ impl Connection<'_> {
                     }
                     tally.failed += 1;
                 }
+                Ok(ClientReply::Ok { req: HANDSHAKE_REQ }) => {}
                 Ok(ClientReply::NotLeader { leader_addr, .. }) => {
                     tally.not_leader += 1;
                     return Ended::Reconnect(leader_addr.and_then(|addr| addr.parse().ok()));

@@ -24,7 +24,9 @@ use crate::interrupt::{Interrupt, EXIT_INTERRUPTED};
 use crate::report::{now_utc, Machine, Report};
 use args::{Args, RunConfig, Sweep, Target};
 use load::LoadPlan;
-use results::{Memory, NodeExitRow, NodeMemory, RunResults, SweepPoint, SweepResults};
+use results::{
+    Cpu, Memory, NodeCpu, NodeExitRow, NodeMemory, RunResults, SweepPoint, SweepResults,
+};
 use supervisor::{ClusterSpec, LocalCluster, NodeCommand};
 
 /// How long the nodes may take to print their ready lines.
@@ -162,14 +164,27 @@ impl Session {
             .map(|second| measure_start + Duration::from_secs(second as u64))
             .collect();
         sample_at.push(plan.measure_end);
+        // CPU time of the bench, then of each local node.
+        let mut pids = vec!["self".to_string()];
+        if let Some(cluster) = &self.local {
+            pids.extend(cluster.pids().into_iter().map(|(_, pid)| pid.to_string()));
+        }
         let poller = {
             let members = self.members.clone();
+            let pids = pids.clone();
             let interrupt = interrupt.clone();
             let cluster_id = config.cluster_id;
             std::thread::Builder::new()
                 .name("status-poll".to_string())
                 .spawn(move || {
-                    status::poll(&members, cluster_id, measure_start, &sample_at, &interrupt)
+                    status::poll(
+                        &members,
+                        cluster_id,
+                        &pids,
+                        measure_start,
+                        &sample_at,
+                        &interrupt,
+                    )
                 })
                 .map_err(|error| format!("spawning the status poller: {error}"))?
         };
@@ -191,6 +206,18 @@ impl Session {
                     .peak_rss_bytes()
                     .into_iter()
                     .map(|(id, peak_rss_bytes)| NodeMemory { id, peak_rss_bytes })
+                    .collect()
+            }),
+        };
+        let mut cores = status::cores_used(&samples).into_iter();
+        results.cpu = Cpu {
+            bench_cores: cores.next().flatten(),
+            nodes: self.local.as_ref().map_or_else(Vec::new, |cluster| {
+                cluster
+                    .pids()
+                    .into_iter()
+                    .zip(cores)
+                    .map(|((id, _), cores)| NodeCpu { id, cores })
                     .collect()
             }),
         };

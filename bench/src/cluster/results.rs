@@ -35,6 +35,8 @@ pub struct RunResults {
     pub per_second: Vec<SecondRow>,
     /// Peak resident memory.
     pub memory: Memory,
+    /// CPU used during the window.
+    pub cpu: Cpu,
     /// How each local node ended (empty with `--connect`, or before the cluster stopped).
     pub node_exits: Vec<NodeExitRow>,
 }
@@ -74,6 +76,24 @@ pub struct Memory {
     pub bench_peak_rss_bytes: Option<u64>,
     /// Each local node process, read just before it was stopped.
     pub nodes: Vec<NodeMemory>,
+}
+
+/// CPU used during the measured window, in cores (CPU seconds per second; 2 = two cores busy).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cpu {
+    /// The bench process (all client threads).
+    pub bench_cores: Option<f64>,
+    /// Each local node process.
+    pub nodes: Vec<NodeCpu>,
+}
+
+/// One node's CPU use.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCpu {
+    /// The node.
+    pub id: u64,
+    /// Cores used (`None` when unreadable).
+    pub cores: Option<f64>,
 }
 
 /// One node's peak resident memory.
@@ -147,6 +167,7 @@ impl RunResults {
             },
             per_second,
             memory: Memory::default(),
+            cpu: Cpu::default(),
             node_exits: Vec::new(),
         }
     }
@@ -238,6 +259,12 @@ impl Describe for RunResults {
             memory.push_str(&format!(", node {} {}", node.id, mib(node.peak_rss_bytes)));
         }
         rows.push(("peak RSS".into(), memory));
+        let cores = |value: Option<f64>| optional(value, " cores");
+        let mut cpu = format!("bench {}", cores(self.cpu.bench_cores));
+        for node in &self.cpu.nodes {
+            cpu.push_str(&format!(", node {} {}", node.id, cores(node.cores)));
+        }
+        rows.push(("CPU in window".into(), cpu));
         let series: Vec<String> = self
             .per_second
             .iter()

@@ -12,10 +12,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lockstep::client::Client;
+use lockstep::net::{ClientReply, ClientRequest};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::interrupt::Interrupt;
+
+/// The request id of the node's answer to the client hello.
+pub const HANDSHAKE_REQ: u64 = 0;
 
 /// Timeout of one status query.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -34,13 +38,30 @@ pub struct Leader {
 /// One node's status as JSON, or why it could not be had.
 fn status_of(addr: SocketAddr, cluster_id: u64) -> Result<Value, String> {
     let mut client = Client::connect(addr, cluster_id, STATUS_TIMEOUT)
-        .map_err(|error| format!("{addr}: {error:?}"))?;
+        .map_err(|error| format!("{addr}: {error}"))?;
     status_json(&mut client).map_err(|error| format!("{addr}: {error}"))
 }
 
+/// Asks for the status on `client` (pipelined, so that the handshake's `Ok {req: 0}`, which the
+/// node sends ahead of every reply, is skipped whether or not `Client` consumes it).
 fn status_json(client: &mut Client) -> Result<Value, String> {
-    let text = client.status().map_err(|error| format!("{error:?}"))?;
-    serde_json::from_str(&text).map_err(|error| format!("status is not JSON ({error}): {text}"))
+    let req = client.next_req();
+    client
+        .send(&ClientRequest::Status { req })
+        .map_err(|error| error.to_string())?;
+    loop {
+        match client.recv().map_err(|error| error.to_string())? {
+            ClientReply::Status {
+                req: answered,
+                json,
+            } if answered == req => {
+                return serde_json::from_str(&json)
+                    .map_err(|error| format!("status is not JSON ({error}): {json}"))
+            }
+            ClientReply::Ok { req: HANDSHAKE_REQ } => {}
+            other => return Err(format!("unexpected reply to a status request: {other:?}")),
+        }
+    }
 }
 
 /// Asks every member until one says it is the leader, retrying until `deadline`.
@@ -90,13 +111,17 @@ pub struct Sample {
     pub at_sec: f64,
     /// Each member's status, in member order (`None`: it did not answer).
     pub nodes: Vec<Option<Value>>,
+    /// CPU seconds used so far by each process of `pids` (see [`poll`]), in that order.
+    pub cpu_sec: Vec<Option<f64>>,
 }
 
 /// Polls every member's status at each of `at` (instants in order), keeping one connection per
-/// member (reopened when lost). Stops early when `interrupt` is set.
+/// member (reopened when lost), and reads the CPU time of the processes `pids` (numbers, or
+/// `self`) at the same moments. Stops early when `interrupt` is set.
 pub fn poll(
     members: &[SocketAddr],
     cluster_id: u64,
+    pids: &[String],
     origin: Instant,
     at: &[Instant],
     interrupt: &Interrupt,
@@ -129,9 +154,48 @@ pub fn poll(
         } else {
             -(origin - when).as_secs_f64()
         };
-        samples.push(Sample { at_sec, nodes });
+        let cpu_sec = pids.iter().map(|pid| cpu_seconds(pid)).collect();
+        samples.push(Sample {
+            at_sec,
+            nodes,
+            cpu_sec,
+        });
     }
     samples
+}
+
+/// User + system CPU seconds used by process `pid` (a number or `self`), all its threads.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ..." - COMM may hold spaces, so count fields after its ')'.
+    // utime and stime are fields 14 and 15, i.e. the 12th and 13th after the ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks_per_sec > 0).then(|| (utime + stime) as f64 / ticks_per_sec as f64)
+}
+
+/// Cores used by each process over the samples (CPU seconds between the first and last sample
+/// per second between them), in `pids` order.
+pub fn cores_used(samples: &[Sample]) -> Vec<Option<f64>> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Vec::new();
+    };
+    let seconds = last.at_sec - first.at_sec;
+    first
+        .cpu_sec
+        .iter()
+        .zip(&last.cpu_sec)
+        .map(|(start, end)| match (start, end) {
+            (Some(start), Some(end)) if seconds > 0.0 => {
+                Some(crate::report::round_to((end - start) / seconds, 2))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The (term, leader id) the samples agree on at each sample: the highest term reported by a
@@ -271,7 +335,37 @@ mod tests {
     use serde_json::json;
 
     fn sample(at_sec: f64, nodes: Vec<Option<Value>>) -> Sample {
-        Sample { at_sec, nodes }
+        Sample {
+            at_sec,
+            nodes,
+            cpu_sec: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cpu_time_is_read_and_turned_into_cores() {
+        let start = cpu_seconds("self").unwrap();
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0);
+        }
+        let end = cpu_seconds("self").unwrap();
+        assert!(end >= start, "{start} {end}");
+        assert_eq!(cpu_seconds("0"), None);
+        let samples = [
+            Sample {
+                at_sec: 0.0,
+                nodes: Vec::new(),
+                cpu_sec: vec![Some(1.0), None],
+            },
+            Sample {
+                at_sec: 2.0,
+                nodes: Vec::new(),
+                cpu_sec: vec![Some(4.0), Some(1.0)],
+            },
+        ];
+        assert_eq!(cores_used(&samples), vec![Some(1.5), None]);
+        assert!(cores_used(&[]).is_empty());
     }
 
     fn node(id: u64, role: &str, term: u64, commit: u64) -> Option<Value> {

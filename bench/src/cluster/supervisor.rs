@@ -147,6 +147,14 @@ impl LocalCluster {
             .collect()
     }
 
+    /// Each node's id and process id.
+    pub fn pids(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .map(|node| (node.id, node.child.id()))
+            .collect()
+    }
+
     /// Node ids whose process has exited, with the status.
     pub fn exited(&mut self) -> Vec<(u64, String)> {
         self.nodes
