@@ -116,7 +116,7 @@ fn a_short_three_node_run_reports_sane_figures_and_cleans_up() {
 #[test]
 fn sigint_in_the_middle_of_a_run_stops_the_nodes_and_removes_their_data() {
     let parent = tempfile::tempdir().unwrap();
-    let mut child = bench()
+    let child = bench()
         .args([
             "--seconds",
             "60",

@@ -192,6 +192,29 @@ fn optional(value: Option<f64>, unit: &str) -> String {
     value.map_or_else(|| "n/a".to_string(), |value| format!("{value}{unit}"))
 }
 
+/// `value` with three significant digits and a k or M suffix (`153`, `12.3k`, `2.05M`).
+fn human(value: f64) -> String {
+    let (scaled, suffix) = if value >= 1e6 {
+        (value / 1e6, "M")
+    } else if value >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        (value, "")
+    };
+    let decimals = if scaled >= 100.0 {
+        0
+    } else if scaled >= 10.0 {
+        1
+    } else {
+        2
+    };
+    if suffix.is_empty() {
+        format!("{}", value.round())
+    } else {
+        format!("{scaled:.decimals$}{suffix}")
+    }
+}
+
 fn mib(bytes: Option<u64>) -> String {
     bytes.map_or_else(
         || "n/a".to_string(),
@@ -268,7 +291,7 @@ impl Describe for RunResults {
         let series: Vec<String> = self
             .per_second
             .iter()
-            .map(|row| format!("{:.2}M/{}µs", row.throughput_per_sec / 1e6, row.p99_us))
+            .map(|row| format!("{}/{}µs", human(row.throughput_per_sec), row.p99_us))
             .collect();
         for (chunk_index, chunk) in series.chunks(5).enumerate() {
             let label = if chunk_index == 0 {
@@ -394,6 +417,14 @@ mod tests {
         assert!(json["per_second"].is_array());
         assert!(json["grouping"].is_object());
         assert!(json["memory"]["nodes"].is_array());
+    }
+
+    #[test]
+    fn large_numbers_are_shortened() {
+        assert_eq!(human(153.0), "153");
+        assert_eq!(human(12_345.0), "12.3k");
+        assert_eq!(human(2_054_000.0), "2.05M");
+        assert_eq!(human(312_000.0), "312k");
     }
 
     #[test]
