@@ -214,6 +214,9 @@ pub struct RunConfig {
     pub tuning: Tuning,
     /// The cluster id.
     pub cluster_id: u64,
+    /// With `--sweep`: the knob varied (its value above is then only the base).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
     /// Parent of the temporary data directory.
     #[serde(skip)]
     pub dir: Option<PathBuf>,
@@ -299,6 +302,7 @@ impl RunConfig {
             durability: args.durability,
             tuning: tuning(args)?,
             cluster_id: args.cluster_id,
+            sweep: None,
             dir: args.dir.clone(),
         })
     }
@@ -326,13 +330,14 @@ impl RunConfig {
 impl Args {
     /// The base configuration and, with `--sweep`, the parsed sweep.
     pub fn validate(&self) -> Result<(RunConfig, Option<Sweep>), String> {
-        let config = RunConfig::from_args(self)?;
+        let mut config = RunConfig::from_args(self)?;
         let sweep = self.sweep.as_deref().map(Sweep::parse).transpose()?;
         if let Some(sweep) = &sweep {
             for &value in &sweep.values {
                 config.with(sweep.knob, value)?;
             }
         }
+        config.sweep = sweep.clone();
         Ok((config, sweep))
     }
 }
@@ -399,7 +404,7 @@ impl Describe for RunConfig {
             None => "closed loop".to_string(),
         };
         let tuning = &self.tuning;
-        vec![
+        let mut rows = vec![
             ("mode".into(), format!("{:?}", self.mode).to_lowercase()),
             ("cluster".into(), cluster),
             ("entry".into(), format!("{} B", self.entry_bytes)),
@@ -432,7 +437,15 @@ impl Describe for RunConfig {
                     tuning.append_bytes_max
                 ),
             ),
-        ]
+        ];
+        if let Some(sweep) = &self.sweep {
+            let values: Vec<String> = sweep.values.iter().map(usize::to_string).collect();
+            rows.push((
+                "sweep".into(),
+                format!("{}={} (one run each)", sweep.knob_name(), values.join(",")),
+            ));
+        }
+        rows
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod load;
+pub mod progress;
 pub mod results;
 pub mod status;
 pub mod supervisor;
@@ -24,6 +25,7 @@ use crate::interrupt::{Interrupt, EXIT_INTERRUPTED};
 use crate::report::{now_utc, Machine, Report};
 use args::{Args, RunConfig, Sweep, Target};
 use load::LoadPlan;
+use progress::Progress;
 use results::{
     Cpu, Memory, NodeCpu, NodeExitRow, NodeMemory, RunResults, SweepPoint, SweepResults,
 };
@@ -188,7 +190,15 @@ impl Session {
                 })
                 .map_err(|error| format!("spawning the status poller: {error}"))?
         };
+        let progress = Progress::start(
+            format!("{} clients x {}", config.clients, config.depth),
+            load_start,
+            plan.measure_start,
+            plan.measure_end,
+            interrupt,
+        );
         let tally = load::run(&plan, leader.addr, interrupt);
+        drop(progress);
         let samples = poller
             .join()
             .map_err(|_| "the status poller panicked".to_string())?;
