@@ -151,7 +151,7 @@ impl RunResults {
             .collect();
         RunResults {
             throughput_per_sec: round_to(throughput, 0),
-            mb_per_sec: round_to(throughput * entry_bytes as f64 / 1e6, 2),
+            mb_per_sec: round_to(throughput * entry_bytes as f64 / 1e6, 4),
             committed: tally.committed,
             latency_us: LatencyUs::from_histogram_ns(&tally.latency_ns),
             offered_per_sec: None,
