@@ -438,3 +438,44 @@ fn client_hello_request_reply_round_trip() {
     assert_closed_after_hello(&mut stranger);
     assert_eq!(stats(&server).handshakes_refused, 1);
 }
+
+#[test]
+fn silent_connections_time_out() {
+    let mut server_config = config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]);
+    server_config.client_listen = Some(local());
+    server_config.handshake_timeout = Duration::from_millis(100);
+    let server = start(server_config, 8);
+    let started = Instant::now();
+    let mut silent_client = TcpStream::connect(server.transport.client_addr().unwrap()).unwrap();
+    let mut silent_peer = TcpStream::connect(server.transport.peer_addr()).unwrap();
+    assert_closed_after_hello(&mut silent_client);
+    assert_closed_after_hello(&mut silent_peer);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(stats(&server).bad_frames, 0);
+}
+
+#[test]
+fn peers_can_be_added_and_removed() {
+    // Node 2 starts knowing nobody: node 1's dials are refused until node 2 learns of it.
+    let n2 = start(config(2, CLUSTER, &[]), 8);
+    let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
+    wait_for("a refusal", || stats(&n2).handshakes_refused >= 1);
+    // Node 1 saw a valid hello, then the close; it backs off instead of hammering node 2.
+    std::thread::sleep(Duration::from_millis(100));
+    let dials = stats(&n2).handshakes_refused;
+    assert!(dials <= 6, "{dials} dials in 100 ms with backoff 5..100 ms");
+    assert_eq!(stats(&n2).peer_connects, 0);
+    n2.transport
+        .handle()
+        .add_peer(NodeId(1), "127.0.0.1:9".parse().unwrap());
+    wait_for("the link", || stats(&n2).peer_connects == 1);
+    n2.transport.handle().send(vec![heartbeat(2, 1, 5)]);
+    assert_eq!(collect_messages(&n1, 1), vec![heartbeat(2, 1, 5)]);
+
+    let refused = stats(&n2).handshakes_refused;
+    let lost = stats(&n1).peer_disconnects;
+    n2.transport.handle().remove_peer(NodeId(1));
+    wait_for("the loss", || stats(&n1).peer_disconnects > lost);
+    wait_for("refusals again", || stats(&n2).handshakes_refused > refused);
+    assert_eq!(stats(&n2).peer_connects, 1);
+}
