@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockstep::client::Client;
+use lockstep::client::{Client, ClientError};
 use serde_json::Value;
 
 /// Arguments of `lockstep status`.
@@ -15,9 +15,9 @@ pub struct Args {
     /// The node's client address, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     addr: String,
-    /// The cluster id the node must belong to [default: 0].
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    cluster_id: u64,
+    /// The cluster id the node belongs to (the handshake is refused otherwise) [default: 0].
+    #[arg(long, value_name = "N")]
+    cluster_id: Option<u64>,
     /// Print the node's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -36,8 +36,13 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 fn fetch(args: &Args) -> Result<String, String> {
     let addr = resolve(&args.addr)?;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut client = Client::connect(addr, args.cluster_id, timeout)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let mut client = Client::connect(addr, args.cluster_id.unwrap_or(0), timeout).map_err(|e| {
+        let hint = match (&e, args.cluster_id) {
+            (ClientError::Refused(_), None) => " (pass the cluster's --cluster-id)",
+            _ => "",
+        };
+        format!("cannot connect to {addr}: {e}{hint}")
+    })?;
     client.status().map_err(|e| format!("{addr}: {e}"))
 }
 

@@ -5,10 +5,10 @@
 //! [`Client::recv`] reads through a 64 KiB buffer, so many replies cost one syscall. Beyond the
 //! reply itself nothing is allocated per request.
 //!
-//! The hello travels in the same write as the first request. A node that refuses the handshake
-//! answers with an `Error` reply for request id 0 (reported as [`ClientError::Refused`]) or
-//! closes the connection (reported as [`ClientError::Io`]). After any I/O or protocol error the
-//! connection is unusable: later calls fail at once.
+//! [`Client::connect`] completes the handshake: the node answers the hello with `Ok` for request
+//! id 0, or refuses it with an `Error` for request id 0 (reported as [`ClientError::Refused`])
+//! and closes. Request ids handed out by [`Client::next_req`] therefore start at 1. After any I/O
+//! or protocol error the connection is unusable: later calls fail at once.
 
 use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -55,8 +55,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` and performs the handshake for `cluster_id`. `timeout` bounds the
-    /// connect and every later read and write.
+    /// Connects to `addr` and performs the handshake for `cluster_id` (one round trip).
+    /// `timeout` bounds the connect and every later read and write.
     pub fn connect(
         addr: SocketAddr,
         cluster_id: u64,
@@ -80,7 +80,13 @@ impl Client {
         };
         ClientHello::new(cluster_id).encode(&mut client.scratch);
         encode_frame(FrameType::ClientHello, &client.scratch, &mut client.out);
-        Ok(client)
+        client.flush()?;
+        match client.read_reply()? {
+            ClientReply::Ok { req: HANDSHAKE_REQ } => Ok(client),
+            other => Err(ClientError::Protocol(format!(
+                "expected the handshake's Ok reply, got {other:?}"
+            ))),
+        }
     }
 
     /// The node's address.
@@ -151,7 +157,9 @@ impl Client {
     pub fn recv(&mut self) -> Result<ClientReply, ClientError> {
         self.flush()?;
         let result = self.read_reply();
-        self.track(result)
+        let reply = self.track(result)?;
+        self.pending = self.pending.saturating_sub(1);
+        Ok(reply)
     }
 
     fn read_reply(&mut self) -> Result<ClientReply, ClientError> {
@@ -170,7 +178,6 @@ impl Client {
         {
             return Err(ClientError::Refused(message.clone()));
         }
-        self.pending = self.pending.saturating_sub(1);
         Ok(reply)
     }
 
