@@ -851,7 +851,7 @@ impl EventLoop {
         if conn.closing {
             return false;
         }
-        let outcome = conn.decoder.read_from(&mut conn.stream);
+        let outcome = conn.decoder.read_from(&conn.stream);
         match outcome {
             Ok(ReadOutcome::Data(n)) => {
                 self.stats.bytes_in += n as u64;
