@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lockstep::node::PeerConfig;
+use lockstep::raft::MembershipChange;
 use lockstep::types::NodeId;
 use lockstep::{Node, NodeError};
 use node_common::{config, members, wait_for, wait_leader, Kv};
@@ -160,5 +161,33 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     cluster.stop(lagging);
     cluster.restart(lagging);
     cluster.propose("c", 100);
+    cluster.assert_converged();
+}
+
+#[test]
+fn a_voter_is_removed_and_the_rest_keep_committing() {
+    let mut cluster = Cluster::start(3, 1 << 20);
+    let leader = cluster.propose("a", 100);
+    let removed = (leader + 1) % 3;
+    let removed_id = NodeId(removed as u64 + 1);
+    let applied = cluster
+        .node(leader)
+        .change_membership(MembershipChange::Remove(removed_id))
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap();
+    assert!(applied.index.get() > 100);
+    match cluster
+        .node(leader)
+        .change_membership(MembershipChange::Remove(removed_id))
+        .wait()
+    {
+        Err(NodeError::Refused(why)) => assert!(why.contains("not a member"), "{why}"),
+        other => panic!("removing twice: {other:?}"),
+    }
+    cluster.stop(removed);
+    // Two voters left: both are needed, and they still commit.
+    let leader = cluster.propose("b", 200);
+    let status = cluster.node(leader).status();
+    assert_eq!(status.peers.len(), 1, "{status:?}");
     cluster.assert_converged();
 }
