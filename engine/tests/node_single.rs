@@ -140,3 +140,32 @@ fn pinned_stages_run_the_same() {
     );
     node.shutdown().unwrap();
 }
+
+#[test]
+fn a_failed_snapshot_write_stops_the_node_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = members(1);
+    let node = Node::start(config(1, &members, dir.path(), 50), Kv::default()).unwrap();
+    let nodes = [Some(node)];
+    wait_leader(&nodes);
+    let [Some(node)] = nodes else { unreachable!() };
+    // A file where the snapshot directory should be: the first snapshot cannot be written.
+    std::fs::write(dir.path().join("snapshots"), b"in the way").unwrap();
+    let receipts: Vec<_> = (0..200)
+        .map(|i| node.propose(Bytes::from(format!("k={i}"))))
+        .collect();
+    for receipt in receipts {
+        drop(receipt.wait_timeout(Duration::from_secs(10)));
+    }
+    node_common::wait_for("the node to stop", Duration::from_secs(10), || {
+        node.status().role == "stopped"
+    });
+    match node.propose(Bytes::from_static(b"after=failure")).wait() {
+        Err(NodeError::Failed(why)) => assert!(why.contains("snapshots"), "{why}"),
+        other => panic!("a failed node accepted a proposal: {other:?}"),
+    }
+    match node.shutdown() {
+        Err(NodeError::Failed(why)) => assert!(why.contains("snapshots"), "{why}"),
+        other => panic!("shutdown of a failed node: {other:?}"),
+    }
+}

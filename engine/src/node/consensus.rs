@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,7 +168,7 @@ impl ConsensusStage {
             }
             self.flush();
         }
-        self.stop();
+        self.stop(&requests);
     }
 
     fn leader_addr(&self) -> Option<SocketAddr> {
@@ -448,7 +449,10 @@ impl ConsensusStage {
     }
 
     /// Answers everyone still waiting here; dropping `self` then closes the stage channels.
-    fn stop(mut self) {
+    fn stop(mut self, requests: &Receiver<Request>) {
+        self.shared.exited.store(true, Ordering::Release);
+        // Requests still queued are dropped: their waiters see the node gone.
+        while requests.try_recv().is_ok() {}
         let error = self.shared.gone();
         for (_, target) in std::mem::take(&mut self.pending) {
             target.fail(error.clone(), None, &mut self.replies);

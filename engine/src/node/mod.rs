@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::apply::stage::ApplyStage;
 use crate::apply::StateMachine;
@@ -159,18 +159,20 @@ pub struct Receipt {
 impl Receipt {
     /// Blocks until the outcome is known.
     pub fn wait(self) -> Result<Applied, NodeError> {
-        match self.outcome.recv() {
-            Ok(outcome) => outcome,
-            Err(_) => Err(self.shared.gone()),
+        match self.shared.wait(&self.outcome, None)? {
+            Some(outcome) => outcome,
+            None => unreachable!("a wait without deadline never times out"),
         }
     }
 
     /// Blocks at most `timeout`.
     pub fn wait_timeout(self, timeout: Duration) -> Result<Applied, NodeError> {
-        match self.outcome.recv_timeout(timeout) {
-            Ok(outcome) => outcome,
-            Err(RecvTimeoutError::Timeout) => Err(NodeError::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(self.shared.gone()),
+        match self
+            .shared
+            .wait(&self.outcome, Some(Instant::now() + timeout))?
+        {
+            Some(outcome) => outcome,
+            None => Err(NodeError::Timeout),
         }
     }
 }
@@ -260,6 +262,7 @@ impl Node {
 
         let shared = Arc::new(Shared::default());
         let (requests, request_inbox) = bounded(capacity);
+        *shared.orphans.lock().expect("orphans lock") = Some(request_inbox.clone());
         let (to_storage, storage_inbox) = bounded(capacity);
         let (to_apply, apply_inbox) = bounded(capacity);
         let (feedback, feedback_inbox) = unbounded();
@@ -357,7 +360,7 @@ impl Node {
     pub fn status(&self) -> crate::node::NodeStatus {
         let (sender, answer) = bounded(1);
         if self.requests.send(Request::Status(sender)).is_ok() {
-            if let Ok(status) = answer.recv() {
+            if let Ok(Some(status)) = self.shared.wait(&answer, None) {
                 return status;
             }
         }
@@ -382,7 +385,10 @@ impl Node {
         self.requests
             .send(Request::Transfer(to, sender))
             .map_err(|_| self.shared.gone())?;
-        answer.recv().map_err(|_| self.shared.gone())?
+        match self.shared.wait(&answer, None)? {
+            Some(outcome) => outcome,
+            None => unreachable!("a wait without deadline never times out"),
+        }
     }
 
     /// Adds or removes a member (one at a time); completes when the change is applied.

@@ -8,18 +8,23 @@
 //! Every item carries a batch (a `Vec`), never one entry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::batch::Batch;
 use crate::net::{ClientReply, ConnId};
 use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
 use crate::types::{LogIndex, NodeId};
 
+use super::consensus::Request;
 use super::{Applied, LogCounters, NodeError};
+
+/// How often a waiter checks for requests orphaned by a stopped consensus stage.
+pub(crate) const ORPHAN_CHECK: Duration = Duration::from_millis(20);
 
 /// Who is waiting for the outcome of one proposal or read.
 pub(crate) enum Target {
@@ -176,6 +181,11 @@ pub(crate) struct Shared {
     pub failure: Mutex<Option<String>>,
     /// The log counters, published by storage once per loop turn.
     pub log: Mutex<LogCounters>,
+    /// Set by consensus once it takes no more requests.
+    pub exited: AtomicBool,
+    /// A receiver of the request channel, so that requests sent after consensus exited (they
+    /// stay queued while a sender lives) can be dropped, which disconnects their waiters.
+    pub orphans: Mutex<Option<Receiver<Request>>>,
 }
 
 impl Shared {
@@ -193,6 +203,38 @@ impl Shared {
         match &*self.failure.lock().expect("failure lock") {
             Some(message) => NodeError::Failed(message.clone()),
             None => NodeError::Stopped,
+        }
+    }
+
+    /// Waits for an answer from a stage, up to `deadline`: `Ok(None)` on timeout, `Err` when
+    /// the answer can no longer come (the node stopped or failed). Wakes every
+    /// [`ORPHAN_CHECK`] while waiting, to drop requests queued after consensus exited.
+    pub(crate) fn wait<T>(
+        &self,
+        answer: &Receiver<T>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<T>, NodeError> {
+        loop {
+            let slice = match deadline {
+                Some(deadline) => deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(ORPHAN_CHECK),
+                None => ORPHAN_CHECK,
+            };
+            match answer.recv_timeout(slice) {
+                Ok(value) => return Ok(Some(value)),
+                Err(RecvTimeoutError::Disconnected) => return Err(self.gone()),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.exited.load(Ordering::Acquire) {
+                        if let Some(orphans) = &*self.orphans.lock().expect("orphans lock") {
+                            while orphans.try_recv().is_ok() {}
+                        }
+                    }
+                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        return Ok(None);
+                    }
+                }
+            }
         }
     }
 
