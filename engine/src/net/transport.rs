@@ -823,23 +823,32 @@ impl EventLoop {
     /// One read per ready connection per turn, for fairness; a connection stays ready until a
     /// read would block. Stops as soon as an event cannot be delivered.
     fn read_ready_conns(&mut self) {
+        // Reading never lists new connections (only poll events do), so the list is compacted
+        // in place: no allocation per turn.
         let mut ready = std::mem::take(&mut self.read_ready);
-        let mut keep = Vec::with_capacity(ready.len());
-        for (at, &token) in ready.iter().enumerate() {
+        let mut kept = 0;
+        for at in 0..ready.len() {
+            let token = ready[at];
             if !self.pending_events.is_empty() {
-                keep.extend_from_slice(&ready[at..]);
+                let left = ready.len() - at;
+                ready.copy_within(at.., kept);
+                kept += left;
                 break;
             }
             if self.read_once(token) {
-                keep.push(token);
+                ready[kept] = token;
+                kept += 1;
             } else if let Some(conn) = self.conns.get_mut(&token) {
                 conn.in_read_ready = false;
             }
         }
-        ready.clear();
-        // Connections made ready during this turn were pushed onto the (new) list meanwhile.
-        keep.append(&mut self.read_ready);
-        self.read_ready = keep;
+        ready.truncate(kept);
+        assert!(
+            self.read_ready.is_empty(),
+            "{} connections listed as readable while reading",
+            self.read_ready.len()
+        );
+        self.read_ready = ready;
     }
 
     /// Reads once from `token` and handles the complete frames. Returns whether the connection
