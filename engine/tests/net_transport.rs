@@ -479,3 +479,33 @@ fn peers_can_be_added_and_removed() {
     wait_for("refusals again", || stats(&n2).handshakes_refused > refused);
     assert_eq!(stats(&n2).peer_connects, 1);
 }
+
+#[test]
+fn max_clients_and_oversized_sends_are_bounded() {
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut server_config = config(2, CLUSTER, &[(1, placeholder)]);
+    server_config.client_listen = Some(local());
+    server_config.max_clients = 1;
+    let n2 = start(server_config, 8);
+    let client_addr = n2.transport.client_addr().unwrap();
+    let _first = TcpStream::connect(client_addr).unwrap();
+    wait_for("the first client", || stats(&n2).client_connects == 1);
+    let mut second = TcpStream::connect(client_addr).unwrap();
+    assert_closed_after_hello(&mut second);
+    assert_eq!(stats(&n2).client_connects, 1);
+
+    // A message larger than max_frame_bytes (4 MiB here) is dropped at the sender, and the
+    // connection stays up.
+    let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
+    wait_for("the link", || stats(&n1).peer_connects == 1);
+    let huge = append(1, 2, 0, vec![batch(3, 1, 300_000, 1)]);
+    n1.transport.handle().send(vec![huge, heartbeat(1, 2, 1)]);
+    assert_eq!(collect_messages(&n2, 1), vec![heartbeat(1, 2, 1)]);
+    assert_eq!(stats(&n1).messages_dropped, 1);
+    assert_eq!(stats(&n2).bad_frames, 0);
+
+    // What is queued before shutdown is flushed.
+    n1.transport.handle().send(vec![heartbeat(1, 2, 2)]);
+    n1.transport.shutdown();
+    assert_eq!(collect_messages(&n2, 1), vec![heartbeat(1, 2, 2)]);
+}

@@ -536,6 +536,8 @@ impl EventLoop {
             self.wake.awake.store(false, Ordering::SeqCst);
             self.drain_outbound();
             self.flush_dirty();
+            // Counters are current whenever the loop sleeps.
+            self.publish_stats();
             let timeout = self.poll_timeout();
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() != io::ErrorKind::Interrupted {
@@ -562,7 +564,6 @@ impl EventLoop {
             self.expire_handshakes();
             self.dial_due_peers();
             self.read_ready_conns();
-            self.publish_stats();
         }
     }
 
