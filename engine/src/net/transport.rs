@@ -1102,8 +1102,10 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Delivers an event, or keeps it (and stops reading) while the channel is full.
+    /// Delivers an event, or keeps it (and stops reading) while the channel is full. Counters
+    /// are published first, so a consumer that sees the event sees counts at least as new.
     fn emit(&mut self, event: NetEvent) {
+        self.publish_stats();
         if !self.pending_events.is_empty() {
             self.pending_events.push_back(event);
             return;
