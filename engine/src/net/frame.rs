@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 
 use bytes::{Bytes, BytesMut};
 
@@ -261,9 +262,10 @@ impl FrameDecoder {
         &self.buf
     }
 
-    /// Does one `read` from `reader` into the buffer. The read is sized to finish the frame in
-    /// progress (once its header is known to be acceptable) and at least one chunk.
-    pub fn read_from(&mut self, reader: &mut impl io::Read) -> io::Result<ReadOutcome> {
+    /// Does one `recv` from `socket` into the buffer's spare capacity (no zero-filling). The read
+    /// is sized to finish the frame in progress (once its header is known to be acceptable) and
+    /// at least one chunk.
+    pub fn read_from(&mut self, socket: &impl AsRawFd) -> io::Result<ReadOutcome> {
         let mut want = READ_CHUNK_BYTES;
         if self.buf.len() >= FRAME_HEADER_BYTES {
             let raw: &[u8; FRAME_HEADER_BYTES] =
@@ -273,32 +275,40 @@ impl FrameDecoder {
                 want = want.max(total.saturating_sub(self.buf.len()));
             }
         }
-        let start = self.buf.len();
-        self.buf.resize(start + want, 0);
-        let result = loop {
-            match reader.read(&mut self.buf[start..]) {
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
+        self.buf.reserve(want);
+        let spare = self.buf.spare_capacity_mut();
+        let received = loop {
+            // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `self.buf` and
+            // not aliased during the call; the kernel writes at most that many bytes into it.
+            let rc = unsafe {
+                libc::recv(
+                    socket.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    0,
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+                _ => return Err(err),
             }
         };
-        match result {
-            Ok(0) => {
-                self.buf.truncate(start);
-                Ok(ReadOutcome::Closed)
-            }
-            Ok(n) => {
-                self.buf.truncate(start + n);
-                Ok(ReadOutcome::Data(n))
-            }
-            Err(err) => {
-                self.buf.truncate(start);
-                if err.kind() == io::ErrorKind::WouldBlock {
-                    Ok(ReadOutcome::WouldBlock)
-                } else {
-                    Err(err)
-                }
-            }
+        if received == 0 {
+            return Ok(ReadOutcome::Closed);
         }
+        assert!(
+            received <= spare.len(),
+            "recv returned {received} bytes into {} of space",
+            spare.len()
+        );
+        // SAFETY: the kernel initialised the first `received` bytes of the spare capacity.
+        unsafe { self.buf.set_len(self.buf.len() + received) };
+        Ok(ReadOutcome::Data(received))
     }
 
     /// Appends received bytes (for callers that read elsewhere, and for tests).
@@ -414,21 +424,29 @@ mod tests {
 
     #[test]
     fn read_from_sizes_reads_to_the_frame() {
-        let body = vec![7u8; 200_000];
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+
+        let body: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let mut wire = Vec::new();
         encode_frame(FrameType::Raft, &body, &mut wire);
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            tx.write_all(&wire).unwrap();
+        });
         let mut decoder = FrameDecoder::new(1 << 20);
-        let mut reader = &wire[..];
         loop {
-            match decoder.read_from(&mut reader).unwrap() {
+            match decoder.read_from(&rx).unwrap() {
                 ReadOutcome::Data(_) => {}
                 ReadOutcome::Closed => break,
-                ReadOutcome::WouldBlock => unreachable!("slices never block"),
+                ReadOutcome::WouldBlock => unreachable!("blocking socket"),
             }
         }
+        writer.join().unwrap();
         let (ty, got) = decoder.next_frame().unwrap().unwrap();
         assert_eq!(ty, FrameType::Raft);
         assert_eq!(&got[..], &body[..]);
+        assert_eq!(decoder.buffered(), 0);
     }
 
     proptest! {

@@ -75,11 +75,14 @@ pub struct NetConfig {
     pub reconnect_max: Duration,
     /// Most concurrent client connections; more are accepted and closed at once.
     pub max_clients: usize,
+    /// A connection whose hello has not arrived (and been accepted) this long after it opened
+    /// is closed (a dial is then retried).
+    pub handshake_timeout: Duration,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, no client port.
+    /// clients, 10 s handshake timeout, no client port.
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -92,6 +95,7 @@ impl NetConfig {
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_secs(1),
             max_clients: 4096,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

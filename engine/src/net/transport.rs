@@ -103,6 +103,8 @@ impl Wake {
 enum Outbound {
     Messages(Vec<Message>),
     Replies(Vec<(ConnId, ClientReply)>),
+    AddPeer(NodeId, SocketAddr),
+    RemovePeer(NodeId),
 }
 
 /// Sends to the network stage from any thread; cheap to clone.
@@ -130,6 +132,23 @@ impl NetHandle {
             return;
         }
         if self.outbound.send(Outbound::Replies(replies)).is_ok() {
+            self.wake.notify();
+        }
+    }
+
+    /// Adds a peer (e.g. a node joining through a membership change) or changes its address
+    /// (used from the next dial on). Handshakes from `id` are accepted from then on; a node
+    /// dials it if its own id is smaller. Ignored for this node's own id and for id 0.
+    pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
+        if self.outbound.send(Outbound::AddPeer(id, addr)).is_ok() {
+            self.wake.notify();
+        }
+    }
+
+    /// Forgets a peer (a node removed from the cluster): its connection is closed, it is no
+    /// longer dialed, and its handshakes are refused.
+    pub fn remove_peer(&self, id: NodeId) {
+        if self.outbound.send(Outbound::RemovePeer(id)).is_ok() {
             self.wake.notify();
         }
     }
@@ -161,6 +180,14 @@ impl Transport {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("peer list holds node id {id} (self or reserved)"),
+            ));
+        }
+        let mut ids: Vec<NodeId> = config.peers.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("peer list names node {} twice", pair[0]),
             ));
         }
         if config.max_frame_bytes < 1024 {
@@ -228,6 +255,7 @@ impl Transport {
             pending_events: VecDeque::new(),
             read_ready: Vec::new(),
             dirty: Vec::new(),
+            handshake_deadlines: VecDeque::new(),
             scratch: Vec::new(),
             parts: Vec::new(),
             config,
@@ -397,7 +425,7 @@ impl OutQueue {
         total
     }
 
-    /// Writes as much as the socket takes. Returns bytes written and whether it would block.
+    /// Writes as much as the socket takes. Returns whether the socket would block (output left).
     fn write_to(&mut self, stream: &mut TcpStream, stats: &mut NetStats) -> io::Result<bool> {
         self.seal();
         while !self.chunks.is_empty() {
@@ -446,6 +474,8 @@ struct Conn {
     /// Listed in `read_ready` / `dirty`.
     in_read_ready: bool,
     in_dirty: bool,
+    /// A peer connection has carried a consensus message in (proof the other end accepted it).
+    carried: bool,
     /// Close once the queue is flushed (a refused client's error reply).
     closing: bool,
 }
@@ -470,6 +500,8 @@ struct EventLoop {
     read_ready: Vec<Token>,
     /// Connections with queued output to write.
     dirty: Vec<Token>,
+    /// Handshake deadlines of connections, in opening order (so in deadline order).
+    handshake_deadlines: VecDeque<(Instant, Token)>,
     scratch: Vec<u8>,
     parts: Vec<BodyPart>,
 }
@@ -504,6 +536,8 @@ impl EventLoop {
             self.wake.awake.store(false, Ordering::SeqCst);
             self.drain_outbound();
             self.flush_dirty();
+            // Counters are current whenever the loop sleeps.
+            self.publish_stats();
             let timeout = self.poll_timeout();
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() != io::ErrorKind::Interrupted {
@@ -527,9 +561,9 @@ impl EventLoop {
                 }
             }
             self.retry_pending_events();
+            self.expire_handshakes();
             self.dial_due_peers();
             self.read_ready_conns();
-            self.publish_stats();
         }
     }
 
@@ -541,11 +575,41 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
+        let handshake = self.handshake_deadlines.front().map(|(at, _)| *at);
         self.peers
             .values()
             .filter_map(|slot| slot.redial_at)
+            .chain(handshake)
             .min()
             .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Closes connections still waiting for (or refusing) a hello past their deadline.
+    fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, token)) = self.handshake_deadlines.front() {
+            if deadline > now {
+                return;
+            }
+            self.handshake_deadlines.pop_front();
+            let Some(conn) = self.conns.get(&token) else {
+                continue;
+            };
+            let waiting = matches!(
+                conn.kind,
+                ConnKind::Peer(PeerState::Handshake { .. })
+                    | ConnKind::Client(ClientProtocol::Undetected)
+                    | ConnKind::Client(ClientProtocol::Native { greeted: false })
+            );
+            if waiting {
+                warn!(
+                    addr = %conn.addr,
+                    "closing a connection: no accepted hello within {:?}",
+                    self.config.handshake_timeout
+                );
+                self.close(token, CloseReason::Gone("handshake timeout".to_owned()));
+            }
+        }
     }
 
     fn publish_stats(&self) {
@@ -581,9 +645,12 @@ impl EventLoop {
             writable: connected,
             in_read_ready: false,
             in_dirty: false,
+            carried: false,
             closing: false,
         };
         self.conns.insert(token, conn);
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        self.handshake_deadlines.push_back((deadline, token));
         Ok(token)
     }
 
@@ -757,23 +824,32 @@ impl EventLoop {
     /// One read per ready connection per turn, for fairness; a connection stays ready until a
     /// read would block. Stops as soon as an event cannot be delivered.
     fn read_ready_conns(&mut self) {
+        // Reading never lists new connections (only poll events do), so the list is compacted
+        // in place: no allocation per turn.
         let mut ready = std::mem::take(&mut self.read_ready);
-        let mut keep = Vec::with_capacity(ready.len());
-        for (at, &token) in ready.iter().enumerate() {
+        let mut kept = 0;
+        for at in 0..ready.len() {
+            let token = ready[at];
             if !self.pending_events.is_empty() {
-                keep.extend_from_slice(&ready[at..]);
+                let left = ready.len() - at;
+                ready.copy_within(at.., kept);
+                kept += left;
                 break;
             }
             if self.read_once(token) {
-                keep.push(token);
+                ready[kept] = token;
+                kept += 1;
             } else if let Some(conn) = self.conns.get_mut(&token) {
                 conn.in_read_ready = false;
             }
         }
-        ready.clear();
-        // Connections made ready during this turn were pushed onto the (new) list meanwhile.
-        keep.append(&mut self.read_ready);
-        self.read_ready = keep;
+        ready.truncate(kept);
+        assert!(
+            self.read_ready.is_empty(),
+            "{} connections listed as readable while reading",
+            self.read_ready.len()
+        );
+        self.read_ready = ready;
     }
 
     /// Reads once from `token` and handles the complete frames. Returns whether the connection
@@ -785,7 +861,7 @@ impl EventLoop {
         if conn.closing {
             return false;
         }
-        let outcome = conn.decoder.read_from(&mut conn.stream);
+        let outcome = conn.decoder.read_from(&conn.stream);
         match outcome {
             Ok(ReadOutcome::Data(n)) => {
                 self.stats.bytes_in += n as u64;
@@ -845,7 +921,7 @@ impl EventLoop {
             let handled = match stage {
                 Stage::PeerHello(expected) => self.on_peer_hello(token, expected, ty, &body),
                 Stage::Peer(peer) => self
-                    .on_peer_frame(peer, ty, &body)
+                    .on_peer_frame(token, peer, ty, &body)
                     .map(|message| messages.push(message)),
                 Stage::ClientHello => self.on_client_hello(token, ty, &body),
                 Stage::Client if ty == FrameType::ClientRequest => {
@@ -879,6 +955,7 @@ impl EventLoop {
 
     fn on_peer_frame(
         &mut self,
+        token: Token,
         peer: NodeId,
         ty: FrameType,
         body: &Bytes,
@@ -895,6 +972,15 @@ impl EventLoop {
                 "message from {} to {} on the connection from {peer} to {}",
                 message.from, message.to, self.config.node_id
             )));
+        }
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        if !conn.carried {
+            // Only a connection the other end has used counts as healthy for the backoff: a
+            // refusal after our hello looks like a handshake followed by a close.
+            conn.carried = true;
+            if let Some(slot) = self.peers.get_mut(&peer) {
+                slot.backoff = self.config.reconnect_min;
+            }
         }
         Ok(message)
     }
@@ -951,7 +1037,6 @@ impl EventLoop {
         if slot.dialing == Some(token) {
             slot.dialing = None;
         }
-        slot.backoff = self.config.reconnect_min;
         slot.redial_at = None;
         let conn = self.conns.get_mut(&token).expect("live connection");
         conn.kind = ConnKind::Peer(PeerState::Established(id));
@@ -1017,8 +1102,10 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Delivers an event, or keeps it (and stops reading) while the channel is full.
+    /// Delivers an event, or keeps it (and stops reading) while the channel is full. Counters
+    /// are published first, so a consumer that sees the event sees counts at least as new.
     fn emit(&mut self, event: NetEvent) {
+        self.publish_stats();
         if !self.pending_events.is_empty() {
             self.pending_events.push_back(event);
             return;
@@ -1063,8 +1150,38 @@ impl EventLoop {
                         self.queue_reply(*conn, reply);
                     }
                 }
+                Ok(Outbound::AddPeer(id, addr)) => self.add_peer(id, addr),
+                Ok(Outbound::RemovePeer(id)) => self.remove_peer(id),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }
+        }
+    }
+
+    fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        if id == self.config.node_id || id == NodeId(0) {
+            warn!("ignoring add_peer of node id {id} (self or reserved)");
+            return;
+        }
+        if let Some(slot) = self.peers.get_mut(&id) {
+            slot.addr = addr;
+            return;
+        }
+        let slot = PeerSlot {
+            addr,
+            conn: None,
+            dialing: None,
+            backoff: self.config.reconnect_min,
+            redial_at: (self.config.node_id < id).then(Instant::now),
+        };
+        self.peers.insert(id, slot);
+    }
+
+    fn remove_peer(&mut self, id: NodeId) {
+        let Some(slot) = self.peers.remove(&id) else {
+            return;
+        };
+        for token in [slot.conn, slot.dialing].into_iter().flatten() {
+            self.close(token, CloseReason::Gone(format!("node {id} was removed")));
         }
     }
 
@@ -1205,6 +1322,14 @@ impl EventLoop {
                 if slot.conn == Some(token) {
                     slot.conn = None;
                     self.stats.peer_disconnects += 1;
+                    if !conn.carried && matches!(reason, CloseReason::Gone(_)) {
+                        warn!(
+                            addr = %conn.addr,
+                            "connection to node {id} closed before carrying any message: \
+                             refused by the peer? (is node {} in its peer list?)",
+                            self.config.node_id
+                        );
+                    }
                 }
                 if slot.dialing == Some(token) {
                     slot.dialing = None;

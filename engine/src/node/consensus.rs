@@ -24,7 +24,7 @@ use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle};
 use crate::node::pipeline::{
     error_reply, ApplyMsg, ClientAddrs, Feedback, PendingRead, Shared, StorageMsg, Target,
 };
-use crate::node::{Applied, NodeError, NodeStatus, PeerProgress};
+use crate::node::{Applied, NodeCounters, NodeError, NodeStatus, PeerProgress};
 use crate::raft::{MembershipChange, ProgressState, ProposeError, Raft, ReadId, Ready, Role};
 use crate::types::{LogIndex, NodeId};
 
@@ -37,6 +37,8 @@ pub(crate) enum Request {
     Propose(Bytes, Sender<Result<Applied, NodeError>>),
     /// A linearizable read.
     Read(Bytes, Sender<Result<Applied, NodeError>>),
+    /// A read of this node's applied state, at once.
+    ReadLocal(Bytes, Sender<Result<Applied, NodeError>>),
     /// The node's status.
     Status(Sender<NodeStatus>),
     /// Hand leadership over.
@@ -207,6 +209,11 @@ impl ConsensusStage {
         match request {
             Request::Propose(command, sender) => self.propose(&command, Target::Receipt(sender)),
             Request::Read(query, sender) => self.read(query, Target::Receipt(sender)),
+            Request::ReadLocal(query, sender) => self.local_reads.push(PendingRead {
+                index: LogIndex::ZERO,
+                query,
+                target: Target::Receipt(sender),
+            }),
             Request::Status(sender) => drop(sender.send(self.status())),
             Request::Transfer(to, sender) => {
                 let outcome = self
@@ -423,6 +430,15 @@ impl ConsensusStage {
                     .to_string(),
                 })
                 .collect(),
+            counters: NodeCounters {
+                entries_proposed: status.stats.entries_proposed,
+                batches_sealed: status.stats.batches_sealed,
+                writes: status.stats.writes,
+                elections_started: status.stats.elections_started,
+                snapshot_chunks_sent: status.stats.snapshot_chunks_sent,
+                snapshots_installed: status.stats.snapshots_installed,
+                reads_ready: status.stats.reads_ready,
+            },
         }
     }
 

@@ -132,6 +132,24 @@ pub enum NodeError {
     Failed(String),
 }
 
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::NotLeader { leader: Some(id) } => write!(f, "not the leader ({id} is)"),
+            NodeError::NotLeader { leader: None } => write!(f, "not the leader (none known)"),
+            NodeError::OutcomeUnknown => {
+                write!(f, "leadership was lost: the outcome is unknown")
+            }
+            NodeError::Stopped => write!(f, "the node is stopped"),
+            NodeError::Timeout => write!(f, "timed out (the request may still complete)"),
+            NodeError::Refused(why) => write!(f, "refused: {why}"),
+            NodeError::Failed(why) => write!(f, "the node failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
 /// Completes once a proposal (or read) has an outcome.
 pub struct Receipt {
     outcome: Receiver<Result<Applied, NodeError>>,
@@ -324,6 +342,12 @@ impl Node {
         self.request(|sender| Request::Read(query, sender))
     }
 
+    /// Runs `query` against this node's applied state at once (any role; possibly stale). The
+    /// answer's index is the applied index it reflects.
+    pub fn read_local(&self, query: Bytes) -> Receipt {
+        self.request(|sender| Request::ReadLocal(query, sender))
+    }
+
     /// Role, term, leader, commit, applied, per-peer progress, stage counters. A stopped node
     /// reports the role "stopped".
     pub fn status(&self) -> crate::node::NodeStatus {
@@ -342,6 +366,7 @@ impl Node {
             applied: self.shared.applied().get(),
             durable: 0,
             peers: Vec::new(),
+            counters: NodeCounters::default(),
         }
     }
 
@@ -450,6 +475,27 @@ pub struct NodeStatus {
     pub durable: u64,
     /// Per-peer replication progress (leader only).
     pub peers: Vec<PeerProgress>,
+    /// What the consensus core did since start.
+    pub counters: NodeCounters,
+}
+
+/// Counters of one node since it started (monotonic).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct NodeCounters {
+    /// Entries proposed at this node while it led.
+    pub entries_proposed: u64,
+    /// Batches sealed by this node as leader.
+    pub batches_sealed: u64,
+    /// Storage writes handed to the storage stage.
+    pub writes: u64,
+    /// Elections this node started.
+    pub elections_started: u64,
+    /// Snapshot chunks this node sent as leader.
+    pub snapshot_chunks_sent: u64,
+    /// Snapshots this node installed from a leader.
+    pub snapshots_installed: u64,
+    /// Reads confirmed.
+    pub reads_ready: u64,
 }
 
 /// One follower's progress as the leader sees it.
