@@ -36,10 +36,10 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub entry_bytes: usize,
     /// Client connections, each driven by its own thread.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub clients: usize,
     /// Requests in flight per connection (pipelining).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 2048)]
     pub depth: usize,
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
@@ -473,6 +473,7 @@ mod tests {
         assert_eq!(config.target, Target::Local { nodes: 3 });
         assert_eq!(config.mode, Mode::Log);
         assert_eq!(config.entry_bytes, 16);
+        assert_eq!((config.clients, config.depth), (8, 2048));
         assert_eq!(config.load_loop, "closed");
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.tuning, Tuning::default());

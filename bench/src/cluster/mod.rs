@@ -8,6 +8,7 @@
 //! of [`run`] — success, error, panic or Ctrl-C (which only sets a flag that every wait polls).
 
 pub mod args;
+pub mod in_flight;
 pub mod load;
 pub mod progress;
 pub mod results;

@@ -232,9 +232,9 @@ pub fn leader_changes(samples: &[Sample]) -> u64 {
 /// How the leader grouped its work over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Grouping {
-    /// Entries per log record (batch) the leader appended.
+    /// Entries per batch the leader sealed (each batch is one log record and one unit sent).
     pub entries_per_batch: Option<f64>,
-    /// Entries made durable per sync.
+    /// Entries the leader proposed per sync of its log.
     pub entries_per_sync: Option<f64>,
     /// Syncs per second.
     pub syncs_per_sec: Option<f64>,
@@ -247,28 +247,32 @@ pub struct Grouping {
     pub missing: Vec<String>,
 }
 
-/// Names under which a node may report each counter, searched anywhere in its status JSON.
-const ENTRIES_APPENDED: &[&str] = &["entries_appended", "log_entries_appended"];
-const BATCHES_APPENDED: &[&str] = &[
-    "batches_appended",
-    "records_appended",
-    "log_batches_appended",
+/// Where a node may report each counter in its status JSON, first the name `NodeStatus` uses
+/// now, then names it may use later; a counter is missing when none of them holds a number.
+const ENTRIES: &[&[&str]] = &[
+    &["counters", "entries_proposed"],
+    &["log", "entries_appended"],
 ];
-const SYNCS: &[&str] = &["syncs", "syncs_completed", "log_syncs"];
-const ENTRIES_SYNCED: &[&str] = &["entries_synced", "entries_durable"];
-const NET_WRITES: &[&str] = &["writes", "net_writes"];
-const NET_BYTES_OUT: &[&str] = &["bytes_out", "net_bytes_out"];
+const BATCHES: &[&[&str]] = &[
+    &["counters", "batches_sealed"],
+    &["log", "batches_appended"],
+];
+const SYNCS: &[&[&str]] = &[
+    &["counters", "syncs"],
+    &["storage", "syncs"],
+    &["log", "syncs"],
+];
+const NET_WRITES: &[&[&str]] = &[&["net", "writes"], &["counters", "net_writes"]];
+const NET_BYTES_OUT: &[&[&str]] = &[&["net", "bytes_out"], &["counters", "net_bytes_out"]];
+const COMMIT: &[&[&str]] = &[&["commit"]];
 
-/// The first number found under any of `names`, depth first.
-fn counter(status: &Value, names: &[&str]) -> Option<u64> {
-    match status {
-        Value::Object(map) => names
-            .iter()
-            .find_map(|name| map.get(*name).and_then(Value::as_u64))
-            .or_else(|| map.values().find_map(|value| counter(value, names))),
-        Value::Array(values) => values.iter().find_map(|value| counter(value, names)),
-        _ => None,
-    }
+/// The number at the first of `paths` that holds one.
+fn counter(status: &Value, paths: &[&[&str]]) -> Option<u64> {
+    paths.iter().find_map(|path| {
+        path.iter()
+            .try_fold(status, |value, key| value.get(key))
+            .and_then(Value::as_u64)
+    })
 }
 
 /// Grouping over `samples` taken inside the window (the first at its start, the last at its
@@ -298,34 +302,30 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
         return grouping;
     };
     let seconds = last.at_sec - first.at_sec;
-    let mut delta = |names: &[&str]| {
-        let value = counter(&end, names)
-            .zip(counter(&start, names))
+    let mut delta = |paths: &[&[&str]]| {
+        let value = counter(&end, paths)
+            .zip(counter(&start, paths))
             .map(|(end, start)| end.saturating_sub(start) as f64);
         if value.is_none() {
-            grouping.missing.push(names[0].to_string());
+            grouping.missing.push(paths[0].join("."));
         }
         value
     };
-    let entries = delta(ENTRIES_APPENDED);
-    let batches = delta(BATCHES_APPENDED);
+    let entries = delta(ENTRIES);
+    let batches = delta(BATCHES);
     let syncs = delta(SYNCS);
-    let synced = delta(ENTRIES_SYNCED).or(entries);
     let writes = delta(NET_WRITES);
     let bytes_out = delta(NET_BYTES_OUT);
-    let commits = delta(&["commit"]);
+    let commits = delta(COMMIT);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(crate::report::round_to(a / b, 1)),
         _ => None,
     };
     grouping.entries_per_batch = ratio(entries, batches);
-    grouping.entries_per_sync = ratio(synced, syncs);
+    grouping.entries_per_sync = ratio(entries, syncs);
     grouping.syncs_per_sec = ratio(syncs, Some(seconds));
     grouping.bytes_per_network_write = ratio(bytes_out, writes);
     grouping.commit_index_per_sec = ratio(commits, Some(seconds));
-    if synced.is_some() {
-        grouping.missing.retain(|name| name != ENTRIES_SYNCED[0]);
-    }
     grouping
 }
 
@@ -405,7 +405,8 @@ mod tests {
         let leader = |commit: u64, entries: u64, batches: u64, syncs: u64, writes: u64| {
             Some(json!({
                 "id": 1, "role": "leader", "term": 2, "commit": commit,
-                "log": {"entries_appended": entries, "batches_appended": batches, "syncs": syncs},
+                "counters": {"entries_proposed": entries, "batches_sealed": batches,
+                             "syncs": syncs, "writes": 1},
                 "net": {"writes": writes, "bytes_out": writes * 1000},
             }))
         };
@@ -443,11 +444,11 @@ mod tests {
         assert_eq!(grouping.syncs_per_sec, None);
         assert_eq!(grouping.commit_index_per_sec, Some(250.0));
         for name in [
-            "entries_appended",
-            "batches_appended",
-            "syncs",
-            "writes",
-            "bytes_out",
+            "counters.entries_proposed",
+            "counters.batches_sealed",
+            "counters.syncs",
+            "net.writes",
+            "net.bytes_out",
         ] {
             assert!(
                 grouping.missing.contains(&name.to_string()),
