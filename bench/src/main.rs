@@ -1,18 +1,33 @@
 //! `lockstep-bench`: lockstep's benchmark tool.
+//!
+//! With no subcommand it runs the cluster benchmark (`--mode log`, see [`cluster`]); `disk` and
+//! `core` measure the durable log and the consensus core alone. The hidden `node` subcommand is
+//! how the cluster benchmark starts its node processes: it re-executes this binary.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod core;
 mod disk;
+mod interrupt;
 mod report;
 
 #[derive(Parser)]
-#[command(name = "lockstep-bench", version, about = "Benchmarks lockstep")]
+#[command(
+    name = "lockstep-bench",
+    version,
+    about = "Benchmarks lockstep. With no subcommand: a local 3-node cluster, durable, \
+             16-byte entries, closed loop (see the options)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    cluster: cluster::args::Args,
 }
 
 #[derive(Subcommand)]
@@ -21,14 +36,33 @@ enum Command {
     Disk(disk::Args),
     /// A 3-node cluster of consensus cores in one thread, no I/O.
     Core(core::Args),
+    /// Runs one node of the cluster benchmark's local cluster until SIGTERM.
+    #[command(hide = true)]
+    Node {
+        /// The node's server configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Some(Command::Disk(args)) => disk::run(args),
         Some(Command::Core(args)) => core::run(args),
-        None => {
-            eprintln!("lockstep-bench: the zero-argument cluster run is not built yet; try `disk` or `core`");
+        Some(Command::Node { config }) => run_node(&config),
+        None => cluster::run(cli.cluster),
+    }
+}
+
+/// Loads the configuration and serves until SIGINT/SIGTERM (`lockstep::server::run` prints
+/// the ready line the bench waits for).
+fn run_node(config: &std::path::Path) -> ExitCode {
+    let outcome = lockstep::server::ServerConfig::load(config).and_then(lockstep::server::run);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("lockstep-bench node: {}", error.0);
             ExitCode::FAILURE
         }
     }

@@ -1,11 +1,14 @@
-//! `lockstep`: the command-line tool (log inspection, simulation replay; the server comes later).
+//! `lockstep`: the command-line tool: run a node (`serve`), ask a node for its status (`status`),
+//! inspect logs (`log`), replay simulator seeds (`sim`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod log_cmd;
+mod serve_cmd;
 mod sim_cmd;
+mod status_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node of a cluster until SIGINT/SIGTERM.
+    Serve(Box<serve_cmd::Args>),
+    /// Show a running node's role, term, leader, commit/applied index and peer progress.
+    Status(status_cmd::Args),
     /// Inspect and verify log directories.
     Log(log_cmd::Args),
     /// Replay one seed of the deterministic consensus simulator.
@@ -35,6 +42,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => serve_cmd::run(*args),
+        Command::Status(args) => status_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
     }

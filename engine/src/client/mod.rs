@@ -1,13 +1,18 @@
 //! A blocking Rust client for the native client protocol (see `docs/FORMATS.md`, "Wire
-//! protocol"): pipelined requests on one connection, and a cluster client that follows leader
-//! redirects. Used by tests, `lockstep status` and `lockstep-bench`.
+//! protocol"): pipelined requests on one connection ([`Client`]), and a client that follows
+//! leader redirects and fails over between members ([`ClusterClient`]). Used by tests,
+//! `lockstep status` and `lockstep-bench`.
 
+mod cluster;
+mod connection;
+
+pub use self::cluster::ClusterClient;
+pub use self::connection::Client;
+
+use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::time::Duration;
 
-use crate::net::{ClientReply, ClientRequest};
-use crate::node::Applied;
+use crate::net::frame::FrameError;
 use crate::types::NodeId;
 
 /// Why a client call failed.
@@ -30,51 +35,56 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// One connection to one node.
-pub struct Client {}
-
-impl Client {
-    /// Connects to `addr` and performs the handshake for `cluster_id`.
-    pub fn connect(
-        addr: SocketAddr,
-        cluster_id: u64,
-        timeout: Duration,
-    ) -> Result<Client, ClientError> {
-        let _ = (addr, cluster_id, timeout);
-        todo!("server helper")
-    }
-
-    /// Queues `request` (written on [`Client::flush`] or when the buffer fills).
-    pub fn send(&mut self, request: &ClientRequest) -> Result<(), ClientError> {
-        let _ = request;
-        todo!("server helper")
-    }
-
-    /// Writes everything queued.
-    pub fn flush(&mut self) -> Result<(), ClientError> {
-        todo!("server helper")
-    }
-
-    /// Blocks for the next reply (replies come in request order per connection... or not:
-    /// match them by `req`).
-    pub fn recv(&mut self) -> Result<ClientReply, ClientError> {
-        todo!("server helper")
-    }
-
-    /// Proposes one command and waits for its outcome.
-    pub fn propose(&mut self, command: &[u8]) -> Result<Applied, ClientError> {
-        let _ = command;
-        todo!("server helper")
-    }
-
-    /// Runs one query and waits for the answer.
-    pub fn read(&mut self, query: &[u8], linearizable: bool) -> Result<Applied, ClientError> {
-        let _ = (query, linearizable);
-        todo!("server helper")
-    }
-
-    /// The node's status as JSON text.
-    pub fn status(&mut self) -> Result<String, ClientError> {
-        todo!("server helper")
+impl ClientError {
+    /// Whether the request surely had no effect, so it can be sent again anywhere: the node was
+    /// not the leader or refused the connection. Connection failures are not, for a proposal:
+    /// it may have committed before the connection broke.
+    pub fn surely_not_applied(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NotLeader { .. } | ClientError::Refused(_)
+        )
     }
 }
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(err) => write!(f, "connection error: {err}"),
+            ClientError::Refused(message) => write!(f, "refused by the node: {message}"),
+            ClientError::NotLeader {
+                leader,
+                leader_addr,
+            } => {
+                write!(f, "not the leader")?;
+                match (leader, leader_addr) {
+                    (Some(id), Some(addr)) => write!(f, " (leader is {id} at {addr})"),
+                    (Some(id), None) => write!(f, " (leader is {id})"),
+                    _ => write!(f, " (no leader known)"),
+                }
+            }
+            ClientError::Server(message) => write!(f, "node error: {message}"),
+            ClientError::Protocol(message) => write!(f, "protocol error: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(err: io::Error) -> ClientError {
+        ClientError::Io(err)
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(err: FrameError) -> ClientError {
+        match err {
+            FrameError::Io(err) => ClientError::Io(err),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,571 @@
+//! The command line of the cluster benchmark (`lockstep-bench` with no subcommand) and its
+//! validation into a [`RunConfig`].
+//!
+//! Owns every knob of a cluster run and the rules that make a combination of them valid: a
+//! [`RunConfig`] only exists for a run that can start (node count 1, 3 or 5, non-zero sizes and
+//! times, tuning knobs only for a cluster the bench starts itself, no durability mode the node
+//! does not have). Errors are messages that name the option.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use lockstep::server::Tuning;
+use serde::Serialize;
+
+use crate::report::Describe;
+
+/// Largest entry the bench proposes (well under the node's default 64 MiB frame limit).
+pub const ENTRY_BYTES_MAX: usize = 16 << 20;
+
+/// Most client connections one run opens (each is a thread).
+pub const CLIENTS_MAX: usize = 4096;
+
+/// Most requests in flight on one connection.
+pub const DEPTH_MAX: usize = 1 << 16;
+
+/// Arguments of the cluster benchmark.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// What the clients send: `log` proposes opaque entries to the `journal` app.
+    #[arg(long, value_enum, default_value_t = Mode::Log)]
+    pub mode: Mode,
+    /// Nodes in the local cluster: 1, 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Bytes of each proposed entry.
+    #[arg(long, default_value_t = 16)]
+    pub entry_bytes: usize,
+    /// Client connections, each driven by its own thread.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Requests in flight per connection (pipelining).
+    #[arg(long, default_value_t = 2048)]
+    pub depth: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Open loop: offer this many entries per second in total, spread evenly over the clients,
+    /// and measure latency from each request's intended send time. Without it the loop is
+    /// closed (each reply releases the next request).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Durability of the nodes' logs: `fsync` (io_uring fdatasync before acknowledging).
+    #[arg(long, value_enum, default_value_t = Durability::Fsync)]
+    pub durability: Durability,
+    /// Nodes' most entries per batch (default: the node's own).
+    #[arg(long)]
+    pub batch_entries_max: Option<u32>,
+    /// Nodes' most payload bytes per batch.
+    #[arg(long)]
+    pub batch_bytes_max: Option<u32>,
+    /// Nodes' most payload bytes per append message.
+    #[arg(long)]
+    pub append_bytes_max: Option<u32>,
+    /// Nodes' per-follower window: most append messages in flight.
+    #[arg(long)]
+    pub inflight_messages_max: Option<u32>,
+    /// Nodes' per-follower window: most bytes in flight.
+    #[arg(long)]
+    pub inflight_bytes_max: Option<u64>,
+    /// Benchmark an already running cluster: the client addresses of its members
+    /// (`HOST:PORT,...`). No nodes are started or stopped.
+    #[arg(long, value_delimiter = ',')]
+    pub connect: Vec<String>,
+    /// Cluster id presented to the nodes (the local cluster is started with it).
+    #[arg(long, default_value_t = 7)]
+    pub cluster_id: u64,
+    /// Run a series and print one table: `KNOB=V1,V2,...` with KNOB one of `clients`, `depth`,
+    /// `entry-bytes` (e.g. `clients=1,16,256`).
+    #[arg(long)]
+    pub sweep: Option<String>,
+    /// Parent directory of the nodes' temporary data directory (default: the system's).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `--mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Opaque entries proposed to the `journal` app.
+    Log,
+}
+
+/// `--durability`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every node syncs its log (io_uring fdatasync) before an entry counts as durable.
+    Fsync,
+    /// No syncs (refused: the node has no such mode yet).
+    None,
+}
+
+/// A knob a sweep varies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SweepKnob {
+    /// `--clients`.
+    Clients,
+    /// `--depth`.
+    Depth,
+    /// `--entry-bytes`.
+    EntryBytes,
+}
+
+/// `--sweep KNOB=V1,V2,...`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sweep {
+    /// The knob varied.
+    pub knob: SweepKnob,
+    /// Its values, in run order.
+    pub values: Vec<usize>,
+}
+
+impl Sweep {
+    /// Parses `KNOB=V1,V2,...`.
+    pub fn parse(text: &str) -> Result<Sweep, String> {
+        let (knob, values) = text.split_once('=').ok_or_else(|| {
+            format!("--sweep {text:?}: expected KNOB=V1,V2,... (e.g. clients=1,16,256)")
+        })?;
+        let knob = match knob.trim() {
+            "clients" => SweepKnob::Clients,
+            "depth" => SweepKnob::Depth,
+            "entry-bytes" | "entry_bytes" => SweepKnob::EntryBytes,
+            other => {
+                return Err(format!(
+                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes)"
+                ))
+            }
+        };
+        let values = values
+            .split(',')
+            .map(|value| {
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("--sweep: {value:?} is not a whole number"))
+            })
+            .collect::<Result<Vec<usize>, String>>()?;
+        if values.is_empty() {
+            return Err("--sweep: no values".to_string());
+        }
+        Ok(Sweep { knob, values })
+    }
+
+    /// The name of the knob as an option, without dashes (`clients`, `depth`, `entry-bytes`).
+    pub fn knob_name(&self) -> &'static str {
+        match self.knob {
+            SweepKnob::Clients => "clients",
+            SweepKnob::Depth => "depth",
+            SweepKnob::EntryBytes => "entry-bytes",
+        }
+    }
+}
+
+/// Where the cluster under test comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The bench starts `nodes` local processes and stops them afterwards.
+    Local {
+        /// How many.
+        nodes: usize,
+    },
+    /// An existing cluster, by its members' client addresses.
+    Connect {
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
+    },
+}
+
+/// A validated run: everything one measurement needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunConfig {
+    /// What the clients send.
+    pub mode: Mode,
+    /// The cluster under test.
+    pub target: Target,
+    /// The state machine the local nodes run.
+    pub app: &'static str,
+    /// Bytes of each entry.
+    pub entry_bytes: usize,
+    /// Client connections.
+    pub clients: usize,
+    /// Requests in flight per connection.
+    pub depth: usize,
+    /// `"closed"` or `"open"`.
+    pub load_loop: &'static str,
+    /// Offered entries per second in total (open loop only).
+    pub rate_per_sec: Option<f64>,
+    /// Seconds of warm-up.
+    pub warmup_sec: f64,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Durability mode.
+    pub durability: Durability,
+    /// The tuning the local nodes run with (for `--connect`: the defaults, for reference).
+    pub tuning: Tuning,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// With `--sweep`: the knob varied (its value above is then only the base).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
+    /// Parent of the temporary data directory.
+    #[serde(skip)]
+    pub dir: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// Validates `args` (ignoring `--sweep`, see [`Args::sweep_configs`]).
+    pub fn from_args(args: &Args) -> Result<RunConfig, String> {
+        if args.durability == Durability::None {
+            return Err(
+                "--durability none: the node has no mode without syncs yet; \
+                        only `fsync` can be measured"
+                    .to_string(),
+            );
+        }
+        if !(1..=ENTRY_BYTES_MAX).contains(&args.entry_bytes) {
+            return Err(format!(
+                "--entry-bytes {}: must be 1..={ENTRY_BYTES_MAX}",
+                args.entry_bytes
+            ));
+        }
+        if !(1..=CLIENTS_MAX).contains(&args.clients) {
+            return Err(format!(
+                "--clients {}: must be 1..={CLIENTS_MAX}",
+                args.clients
+            ));
+        }
+        if !(1..=DEPTH_MAX).contains(&args.depth) {
+            return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", args.depth));
+        }
+        if !(args.seconds.is_finite() && args.seconds > 0.0) {
+            return Err(format!("--seconds {}: must be more than 0", args.seconds));
+        }
+        if !(args.warmup.is_finite() && args.warmup >= 0.0) {
+            return Err(format!("--warmup {}: must be 0 or more", args.warmup));
+        }
+        if let Some(rate) = args.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(format!("--rate {rate}: must be more than 0 entries/s"));
+            }
+        }
+        let target = if args.connect.is_empty() {
+            if ![1, 3, 5].contains(&args.nodes) {
+                return Err(format!("--nodes {}: must be 1, 3 or 5", args.nodes));
+            }
+            Target::Local { nodes: args.nodes }
+        } else {
+            let tuned = [
+                ("--batch-entries-max", args.batch_entries_max.is_some()),
+                ("--batch-bytes-max", args.batch_bytes_max.is_some()),
+                ("--append-bytes-max", args.append_bytes_max.is_some()),
+                (
+                    "--inflight-messages-max",
+                    args.inflight_messages_max.is_some(),
+                ),
+                ("--inflight-bytes-max", args.inflight_bytes_max.is_some()),
+            ];
+            if let Some((option, _)) = tuned.iter().find(|(_, given)| *given) {
+                return Err(format!(
+                    "{option} tunes the nodes the bench starts; it cannot change a cluster \
+                     given with --connect"
+                ));
+            }
+            Target::Connect {
+                addrs: resolve_all(&args.connect)?,
+            }
+        };
+        Ok(RunConfig {
+            mode: args.mode,
+            target,
+            app: "journal",
+            entry_bytes: args.entry_bytes,
+            clients: args.clients,
+            depth: args.depth,
+            load_loop: if args.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
+            rate_per_sec: args.rate,
+            warmup_sec: args.warmup,
+            seconds: args.seconds,
+            durability: args.durability,
+            tuning: tuning(args)?,
+            cluster_id: args.cluster_id,
+            sweep: None,
+            dir: args.dir.clone(),
+        })
+    }
+
+    /// This configuration with the swept knob set to `value` (validated like the option).
+    pub fn with(&self, knob: SweepKnob, value: usize) -> Result<RunConfig, String> {
+        let (name, max) = match knob {
+            SweepKnob::Clients => ("clients", CLIENTS_MAX),
+            SweepKnob::Depth => ("depth", DEPTH_MAX),
+            SweepKnob::EntryBytes => ("entry-bytes", ENTRY_BYTES_MAX),
+        };
+        if !(1..=max).contains(&value) {
+            return Err(format!("--sweep {name}={value}: must be 1..={max}"));
+        }
+        let mut config = self.clone();
+        match knob {
+            SweepKnob::Clients => config.clients = value,
+            SweepKnob::Depth => config.depth = value,
+            SweepKnob::EntryBytes => config.entry_bytes = value,
+        }
+        Ok(config)
+    }
+}
+
+impl Args {
+    /// The base configuration and, with `--sweep`, the parsed sweep.
+    pub fn validate(&self) -> Result<(RunConfig, Option<Sweep>), String> {
+        let mut config = RunConfig::from_args(self)?;
+        let sweep = self.sweep.as_deref().map(Sweep::parse).transpose()?;
+        if let Some(sweep) = &sweep {
+            for &value in &sweep.values {
+                config.with(sweep.knob, value)?;
+            }
+        }
+        config.sweep = sweep.clone();
+        Ok((config, sweep))
+    }
+}
+
+fn tuning(args: &Args) -> Result<Tuning, String> {
+    let mut tuning = Tuning::default();
+    let positive = |option: &str, value: u64| {
+        if value == 0 {
+            Err(format!("{option} 0: must be more than 0"))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(value) = args.batch_entries_max {
+        positive("--batch-entries-max", value.into())?;
+        tuning.batch_entries_max = value;
+    }
+    if let Some(value) = args.batch_bytes_max {
+        positive("--batch-bytes-max", value.into())?;
+        tuning.batch_bytes_max = value;
+    }
+    if let Some(value) = args.append_bytes_max {
+        positive("--append-bytes-max", value.into())?;
+        tuning.append_bytes_max = value;
+    }
+    if let Some(value) = args.inflight_messages_max {
+        positive("--inflight-messages-max", value.into())?;
+        tuning.inflight_messages_max = value;
+    }
+    if let Some(value) = args.inflight_bytes_max {
+        positive("--inflight-bytes-max", value)?;
+        tuning.inflight_bytes_max = value;
+    }
+    Ok(tuning)
+}
+
+fn resolve_all(addrs: &[String]) -> Result<Vec<SocketAddr>, String> {
+    addrs
+        .iter()
+        .map(|addr| {
+            addr.to_socket_addrs()
+                .map_err(|error| format!("--connect {addr}: {error}"))?
+                .next()
+                .ok_or_else(|| format!("--connect {addr}: no address"))
+        })
+        .collect()
+}
+
+impl Describe for RunConfig {
+    fn rows(&self) -> Vec<(String, String)> {
+        let cluster = match &self.target {
+            Target::Local { nodes } => format!("{nodes} local node processes, app {}", self.app),
+            Target::Connect { addrs } => format!(
+                "existing cluster at {}",
+                addrs
+                    .iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let load = match self.rate_per_sec {
+            Some(rate) => format!("open loop at {rate} entries/s (latency from intended send)"),
+            None => "closed loop".to_string(),
+        };
+        let tuning = &self.tuning;
+        let mut rows = vec![
+            ("mode".into(), format!("{:?}", self.mode).to_lowercase()),
+            ("cluster".into(), cluster),
+            ("entry".into(), format!("{} B", self.entry_bytes)),
+            (
+                "clients".into(),
+                format!("{} connections x {} in flight", self.clients, self.depth),
+            ),
+            ("load".into(), load),
+            (
+                "time".into(),
+                format!("{} s warm-up, {} s measured", self.warmup_sec, self.seconds),
+            ),
+            (
+                "durability".into(),
+                format!("{:?} ({})", self.durability, tuning.sync).to_lowercase(),
+            ),
+            (
+                "batch".into(),
+                format!(
+                    "<= {} entries, <= {} B",
+                    tuning.batch_entries_max, tuning.batch_bytes_max
+                ),
+            ),
+            (
+                "window".into(),
+                format!(
+                    "<= {} messages, <= {} B in flight per follower, <= {} B per append",
+                    tuning.inflight_messages_max,
+                    tuning.inflight_bytes_max,
+                    tuning.append_bytes_max
+                ),
+            ),
+        ];
+        if let Some(sweep) = &self.sweep {
+            let values: Vec<String> = sweep.values.iter().map(usize::to_string).collect();
+            rows.push((
+                "sweep".into(),
+                format!("{}={} (one run each)", sweep.knob_name(), values.join(",")),
+            ));
+        }
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(line: &[&str]) -> Result<(RunConfig, Option<Sweep>), String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("lockstep-bench").chain(line.iter().copied()))
+                .map_err(|error| error.to_string())?;
+        cli.args.validate()
+    }
+
+    #[test]
+    fn defaults_are_a_closed_loop_three_node_fsync_run() {
+        let (config, sweep) = parse(&[]).unwrap();
+        assert_eq!(config.target, Target::Local { nodes: 3 });
+        assert_eq!(config.mode, Mode::Log);
+        assert_eq!(config.entry_bytes, 16);
+        assert_eq!((config.clients, config.depth), (8, 2048));
+        assert_eq!(config.load_loop, "closed");
+        assert_eq!(config.durability, Durability::Fsync);
+        assert_eq!(config.tuning, Tuning::default());
+        assert!(sweep.is_none());
+    }
+
+    #[test]
+    fn knobs_reach_the_config_and_the_tuning() {
+        let (config, _) = parse(&[
+            "--nodes",
+            "5",
+            "--entry-bytes",
+            "128",
+            "--clients",
+            "2",
+            "--depth",
+            "1",
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0",
+            "--rate",
+            "1000",
+            "--batch-entries-max",
+            "64",
+            "--inflight-bytes-max",
+            "1048576",
+        ])
+        .unwrap();
+        assert_eq!(config.target, Target::Local { nodes: 5 });
+        assert_eq!(
+            (config.entry_bytes, config.clients, config.depth),
+            (128, 2, 1)
+        );
+        assert_eq!((config.seconds, config.warmup_sec), (0.5, 0.0));
+        assert_eq!(
+            (config.load_loop, config.rate_per_sec),
+            ("open", Some(1000.0))
+        );
+        assert_eq!(config.tuning.batch_entries_max, 64);
+        assert_eq!(config.tuning.inflight_bytes_max, 1 << 20);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_option() {
+        for (line, option) in [
+            (&["--nodes", "2"][..], "--nodes"),
+            (&["--entry-bytes", "0"][..], "--entry-bytes"),
+            (&["--clients", "0"][..], "--clients"),
+            (&["--depth", "0"][..], "--depth"),
+            (&["--seconds", "0"][..], "--seconds"),
+            (&["--warmup=-1"][..], "--warmup"),
+            (&["--rate", "0"][..], "--rate"),
+            (&["--durability", "none"][..], "--durability"),
+            (&["--batch-bytes-max", "0"][..], "--batch-bytes-max"),
+            (&["--sweep", "clients"][..], "--sweep"),
+            (&["--sweep", "threads=1,2"][..], "--sweep"),
+            (&["--sweep", "clients=1,x"][..], "--sweep"),
+            (&["--sweep", "depth=1,0"][..], "--sweep"),
+            (
+                &["--connect", "127.0.0.1:1", "--batch-entries-max", "8"][..],
+                "--batch-entries-max",
+            ),
+            (&["--connect", "not an address"][..], "--connect"),
+        ] {
+            let error = parse(line).expect_err(&format!("{line:?} was accepted"));
+            assert!(error.contains(option), "{line:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn sweeps_and_connect_parse() {
+        let (config, sweep) = parse(&[
+            "--connect",
+            "127.0.0.1:6001,127.0.0.1:6002",
+            "--sweep",
+            "clients=1,16,256",
+        ])
+        .unwrap();
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:6001".parse().unwrap(),
+            "127.0.0.1:6002".parse().unwrap(),
+        ];
+        assert_eq!(config.target, Target::Connect { addrs });
+        let sweep = sweep.unwrap();
+        assert_eq!(sweep.knob, SweepKnob::Clients);
+        assert_eq!(sweep.values, vec![1, 16, 256]);
+        let point = config.with(sweep.knob, 16).unwrap();
+        assert_eq!(point.clients, 16);
+        assert_eq!(
+            Sweep::parse("entry-bytes=16,4096").unwrap().knob,
+            SweepKnob::EntryBytes
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! The load generator: one thread per client connection, each proposing entries to the leader
+//! with up to `depth` requests in flight.
+//!
+//! Owns the measurement of commit latency (from sending a proposal to receiving its `Applied`
+//! reply, i.e. committed by a quorum, durable, and applied) and its bookkeeping per thread
+//! ([`Tally`]), merged once at the end so the hot loop shares nothing.
+//!
+//! - Closed loop (default): a thread keeps `depth` proposals in flight; once a quarter of them
+//!   are answered it sends as many new ones in one flush (one write per refill, not per entry).
+//! - Open loop (`rate`): each thread has a schedule of intended send times at `rate / clients`
+//!   per second; latency is measured from the *intended* time, so when the cluster (or the
+//!   `depth` limit) holds a request back, the wait is in the figure (no coordinated omission).
+//!
+//! Only replies that arrive inside the measured window count. A `NotLeader` reply or a lost
+//! connection makes the thread find the leader again and reconnect; what was in flight then is
+//! counted as abandoned (its outcome is unknown to the bench).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use lockstep::client::{Client, ClientError};
+use lockstep::net::{ClientReply, ClientRequest};
+
+use super::args::ENTRY_BYTES_MAX;
+use super::in_flight::InFlight;
+use super::status::{find_leader, HANDSHAKE_REQ};
+use crate::interrupt::Interrupt;
+use crate::report::latency_histogram_ns;
+
+/// How long a client waits for the connection, and then for any one reply.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client keeps looking for a leader after losing one before it gives up.
+pub const LEADER_SEARCH: Duration = Duration::from_secs(10);
+
+/// The bytes every proposal carries (a prefix of this many): zeros in static memory, so a
+/// request's command is a `Bytes` that costs no allocation and no reference count.
+static PAYLOAD: [u8; ENTRY_BYTES_MAX] = [0; ENTRY_BYTES_MAX];
+
+/// How far (in requests) the oldest unanswered proposal of a connection may lag behind the
+/// newest, in multiples of `depth`, before the bench gives up on the connection.
+const LAG_DEPTHS_MAX: usize = 64;
+
+/// What every load thread shares.
+#[derive(Clone, Debug)]
+pub struct LoadPlan {
+    /// Client connections (threads).
+    pub clients: usize,
+    /// Requests in flight per connection.
+    pub depth: usize,
+    /// Bytes per entry.
+    pub entry_bytes: usize,
+    /// Total offered entries per second (open loop), or `None` (closed loop).
+    pub rate_per_sec: Option<f64>,
+    /// The cluster id to present.
+    pub cluster_id: u64,
+    /// Every member's client address (to find a new leader).
+    pub members: Vec<SocketAddr>,
+    /// Where load starts (warm-up included).
+    pub load_start: Instant,
+    /// Where the measured window starts.
+    pub measure_start: Instant,
+    /// Where it ends (load stops).
+    pub measure_end: Instant,
+}
+
+impl LoadPlan {
+    /// Whole seconds in the measured window (the last one may be partial).
+    pub fn window_seconds(&self) -> usize {
+        let window = self.measure_end - self.measure_start;
+        window.as_secs() as usize + usize::from(window.subsec_nanos() > 0)
+    }
+}
+
+/// One second of the measured window.
+#[derive(Clone, Debug)]
+pub struct SecondTally {
+    /// Entries committed (replied) in this second.
+    pub committed: u64,
+    /// Their commit latencies, microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+/// What one thread (or, merged, all of them) measured.
+#[derive(Clone, Debug)]
+pub struct Tally {
+    /// Commit latency of every entry committed in the window, nanoseconds.
+    pub latency_ns: Histogram<u64>,
+    /// Per second of the window.
+    pub seconds: Vec<SecondTally>,
+    /// Entries committed in the window.
+    pub committed: u64,
+    /// Proposals sent (warm-up included).
+    pub sent: u64,
+    /// `NotLeader` replies.
+    pub not_leader: u64,
+    /// `Error` replies (the outcome of those proposals is unknown).
+    pub failed: u64,
+    /// Proposals in flight on a connection that was given up (outcome unknown).
+    pub abandoned: u64,
+    /// Connections opened after the first.
+    pub reconnects: u64,
+    /// Why threads stopped before the end of the window, if any did.
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    /// An empty tally for a window of `seconds` seconds.
+    pub fn new(seconds: usize) -> Tally {
+        Tally {
+            latency_ns: latency_histogram_ns(),
+            seconds: (0..seconds)
+                .map(|_| SecondTally {
+                    committed: 0,
+                    latency_us: second_histogram_us(),
+                })
+                .collect(),
+            committed: 0,
+            sent: 0,
+            not_leader: 0,
+            failed: 0,
+            abandoned: 0,
+            reconnects: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Adds `other`'s counts and samples to this one.
+    pub fn merge(&mut self, other: &Tally) {
+        assert_eq!(
+            self.seconds.len(),
+            other.seconds.len(),
+            "tallies of different windows cannot merge"
+        );
+        self.latency_ns
+            .add(&other.latency_ns)
+            .expect("same histogram bounds");
+        for (mine, theirs) in self.seconds.iter_mut().zip(&other.seconds) {
+            mine.committed += theirs.committed;
+            mine.latency_us
+                .add(&theirs.latency_us)
+                .expect("same histogram bounds");
+        }
+        self.committed += other.committed;
+        self.sent += other.sent;
+        self.not_leader += other.not_leader;
+        self.failed += other.failed;
+        self.abandoned += other.abandoned;
+        self.reconnects += other.reconnects;
+        self.errors.extend(other.errors.iter().cloned());
+    }
+
+    /// Records one reply received at `now` for a request whose latency counts from `since`.
+    fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant) {
+        if now < plan.measure_start || now >= plan.measure_end {
+            return;
+        }
+        let latency = now.saturating_duration_since(since);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.latency_ns.saturating_record(nanos);
+        let second = (now - plan.measure_start).as_secs() as usize;
+        let slot = &mut self.seconds[second];
+        slot.committed += 1;
+        slot.latency_us.saturating_record((nanos / 1000).max(1));
+        self.committed += 1;
+    }
+}
+
+/// A histogram for one second's latencies: 1 µs to 100 s, 2 significant digits (small, as
+/// there is one per thread per second).
+fn second_histogram_us() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Runs `plan.clients` threads against the leader at `leader` until the window ends (or
+/// `interrupt` is set), and returns their merged tally.
+pub fn run(plan: &LoadPlan, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
+    let threads: Vec<_> = (0..plan.clients)
+        .map(|index| {
+            let plan = plan.clone();
+            let interrupt = interrupt.clone();
+            std::thread::Builder::new()
+                .name(format!("client-{index}"))
+                .spawn(move || drive(&plan, index, leader, &interrupt))
+                .expect("spawning a client thread")
+        })
+        .collect();
+    let mut total = Tally::new(plan.window_seconds());
+    for thread in threads {
+        match thread.join() {
+            Ok(tally) => total.merge(&tally),
+            Err(_) => total.errors.push("a client thread panicked".to_string()),
+        }
+    }
+    total
+}
+
+/// Why a connection's loop ended.
+enum Ended {
+    /// The window is over or the bench was interrupted.
+    Done,
+    /// Reconnect, to this address if known (else find the leader).
+    Reconnect(Option<SocketAddr>),
+    /// Give up: the message says why.
+    Fatal(String),
+}
+
+/// One client thread.
+fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
+    let mut tally = Tally::new(plan.window_seconds());
+    let mut connection = Connection {
+        plan,
+        payload: Bytes::from_static(&PAYLOAD[..plan.entry_bytes]),
+        next_req: 1,
+        pending: InFlight::with_capacity(2 * plan.depth),
+        // Stagger the threads' schedules evenly over one interval.
+        interval: plan
+            .rate_per_sec
+            .map(|rate| Duration::from_secs_f64(plan.clients as f64 / rate)),
+        next_intended: plan.load_start,
+    };
+    if let Some(interval) = connection.interval {
+        connection.next_intended += interval.mul_f64(index as f64 / plan.clients as f64);
+    }
+    let mut target = Some(leader);
+    let mut first = true;
+    loop {
+        let addr = match target {
+            Some(addr) => addr,
+            None => match find_leader(
+                &plan.members,
+                plan.cluster_id,
+                Instant::now() + LEADER_SEARCH,
+                interrupt,
+            ) {
+                Ok(found) => found.addr,
+                Err(error) => {
+                    tally.errors.push(format!("client {index}: {error}"));
+                    return tally;
+                }
+            },
+        };
+        if !first {
+            tally.reconnects += 1;
+        }
+        first = false;
+        let ended = match Client::connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
+            Ok(mut client) => connection.run(&mut client, &mut tally, interrupt),
+            Err(error) => {
+                std::thread::sleep(Duration::from_millis(50));
+                match error {
+                    ClientError::Io(_) => Ended::Reconnect(None),
+                    other => Ended::Fatal(format!("connecting to {addr}: {other:?}")),
+                }
+            }
+        };
+        if !matches!(ended, Ended::Done) {
+            tally.abandoned += connection.pending.len() as u64;
+        }
+        connection.pending.clear();
+        match ended {
+            Ended::Done => return tally,
+            Ended::Reconnect(next) => target = next,
+            Ended::Fatal(error) => {
+                tally.errors.push(format!("client {index}: {error}"));
+                return tally;
+            }
+        }
+        if Instant::now() >= plan.measure_end || interrupt.is_set() {
+            return tally;
+        }
+    }
+}
+
+/// The state of one thread's proposals across reconnections.
+struct Connection<'a> {
+    plan: &'a LoadPlan,
+    payload: Bytes,
+    next_req: u64,
+    /// Request id -> the instant its latency counts from.
+    pending: InFlight,
+    /// Open loop: time between this thread's intended sends.
+    interval: Option<Duration>,
+    /// Open loop: the next intended send time.
+    next_intended: Instant,
+}
+
+impl Connection<'_> {
+    fn run(&mut self, client: &mut Client, tally: &mut Tally, interrupt: &Interrupt) -> Ended {
+        let depth = self.plan.depth;
+        let refill_at = depth - (depth / 4).max(1);
+        loop {
+            let now = Instant::now();
+            if now >= self.plan.measure_end || interrupt.is_set() {
+                return Ended::Done;
+            }
+            let sent = match self.interval {
+                None => {
+                    let mut sent = false;
+                    if self.pending.len() <= refill_at {
+                        while self.pending.len() < depth {
+                            if let Err(error) = self.send(client, tally, now) {
+                                return error;
+                            }
+                            sent = true;
+                        }
+                    }
+                    sent
+                }
+                Some(interval) => {
+                    let mut sent = false;
+                    while self.next_intended <= now && self.pending.len() < depth {
+                        let intended = self.next_intended;
+                        if let Err(error) = self.send(client, tally, intended) {
+                            return error;
+                        }
+                        self.next_intended += interval;
+                        sent = true;
+                    }
+                    sent
+                }
+            };
+            if sent {
+                if let Err(error) = client.flush() {
+                    return lost(error);
+                }
+            }
+            if self.pending.is_empty() {
+                // Open loop, nothing in flight: wait for the next intended send.
+                let wait = self.next_intended.saturating_duration_since(Instant::now());
+                std::thread::sleep(wait.min(Duration::from_millis(10)));
+                continue;
+            }
+            if self.pending.span() > LAG_DEPTHS_MAX * depth {
+                return Ended::Fatal(format!(
+                    "a proposal stayed unanswered while {} later ones were sent",
+                    self.pending.span()
+                ));
+            }
+            match client.recv() {
+                Ok(ClientReply::Applied { req, .. }) => match self.pending.remove(req) {
+                    Some(since) => tally.record(self.plan, since, Instant::now()),
+                    None => return Ended::Fatal(format!("a reply to unknown request {req}")),
+                },
+                Ok(ClientReply::Error { req, message }) => {
+                    if self.pending.remove(req).is_none() {
+                        return Ended::Fatal(format!(
+                            "an error for unknown request {req}: {message}"
+                        ));
+                    }
+                    tally.failed += 1;
+                }
+                Ok(ClientReply::Ok { req: HANDSHAKE_REQ }) => {}
+                Ok(ClientReply::NotLeader { leader_addr, .. }) => {
+                    tally.not_leader += 1;
+                    return Ended::Reconnect(leader_addr.and_then(|addr| addr.parse().ok()));
+                }
+                Ok(other) => return Ended::Fatal(format!("unexpected reply {other:?}")),
+                Err(error) => return lost(error),
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        client: &mut Client,
+        tally: &mut Tally,
+        since: Instant,
+    ) -> Result<(), Ended> {
+        let req = self.next_req;
+        self.next_req += 1;
+        let request = ClientRequest::Propose {
+            req,
+            command: self.payload.clone(),
+        };
+        client.send(&request).map_err(lost)?;
+        self.pending.insert(req, since);
+        tally.sent += 1;
+        Ok(())
+    }
+}
+
+/// What a client error means for the connection.
+fn lost(error: ClientError) -> Ended {
+    match error {
+        ClientError::Io(_) => Ended::Reconnect(None),
+        ClientError::NotLeader { leader_addr, .. } => {
+            Ended::Reconnect(leader_addr.and_then(|addr| addr.parse().ok()))
+        }
+        other => Ended::Fatal(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(window: Duration) -> LoadPlan {
+        let load_start = Instant::now();
+        LoadPlan {
+            clients: 2,
+            depth: 4,
+            entry_bytes: 16,
+            rate_per_sec: None,
+            cluster_id: 7,
+            members: Vec::new(),
+            load_start,
+            measure_start: load_start + Duration::from_secs(1),
+            measure_end: load_start + Duration::from_secs(1) + window,
+        }
+    }
+
+    #[test]
+    fn windows_count_partial_seconds() {
+        assert_eq!(plan(Duration::from_secs(3)).window_seconds(), 3);
+        assert_eq!(plan(Duration::from_millis(2500)).window_seconds(), 3);
+        assert_eq!(plan(Duration::from_millis(500)).window_seconds(), 1);
+    }
+
+    #[test]
+    fn only_replies_inside_the_window_are_recorded() {
+        let plan = plan(Duration::from_secs(2));
+        let mut tally = Tally::new(plan.window_seconds());
+        let us = Duration::from_micros;
+        // Warm-up: ignored.
+        tally.record(&plan, plan.load_start, plan.load_start + us(100));
+        // Second 0 and second 1.
+        tally.record(&plan, plan.measure_start, plan.measure_start + us(200));
+        let late = plan.measure_start + Duration::from_millis(1500);
+        tally.record(&plan, late - us(300), late);
+        // After the end: ignored.
+        tally.record(&plan, plan.measure_end, plan.measure_end + us(1));
+        assert_eq!(tally.committed, 2);
+        assert_eq!(tally.latency_ns.len(), 2);
+        assert_eq!(tally.seconds[0].committed, 1);
+        assert_eq!(tally.seconds[1].committed, 1);
+        assert!((199..=201).contains(&tally.seconds[0].latency_us.max()));
+        assert!((299..=301).contains(&tally.seconds[1].latency_us.max()));
+    }
+
+    #[test]
+    fn tallies_merge_counts_samples_and_seconds() {
+        let plan = plan(Duration::from_secs(2));
+        let mut a = Tally::new(2);
+        let mut b = Tally::new(2);
+        for micros in 1..=100u64 {
+            a.record(
+                &plan,
+                plan.measure_start,
+                plan.measure_start + Duration::from_micros(micros),
+            );
+        }
+        for micros in 901..=1000u64 {
+            let at = plan.measure_start + Duration::from_millis(1000);
+            b.record(&plan, at - Duration::from_micros(micros), at);
+        }
+        a.not_leader = 1;
+        b.failed = 2;
+        b.abandoned = 3;
+        b.errors.push("client 1: gone".to_string());
+        let mut total = Tally::new(2);
+        total.merge(&a);
+        total.merge(&b);
+        assert_eq!(total.committed, 200);
+        assert_eq!(total.latency_ns.len(), 200);
+        assert_eq!(total.seconds[0].committed, 100);
+        assert_eq!(total.seconds[1].committed, 100);
+        // The merged median sits between the two groups; the max is b's.
+        let p50_us = total.latency_ns.value_at_quantile(0.5) / 1000;
+        assert!((99..=101).contains(&p50_us), "{p50_us}");
+        assert!((999..=1001).contains(&(total.latency_ns.max() / 1000)));
+        assert_eq!((total.not_leader, total.failed, total.abandoned), (1, 2, 3));
+        assert_eq!(total.errors, vec!["client 1: gone".to_string()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "different windows")]
+    fn tallies_of_different_windows_do_not_merge() {
+        Tally::new(2).merge(&Tally::new(3));
+    }
+}

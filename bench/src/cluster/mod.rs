@@ -1,0 +1,312 @@
+//! The cluster benchmark, `lockstep-bench` with no subcommand (`--mode log`): starts a local
+//! cluster of node processes (or uses one given with `--connect`), waits for a leader, drives
+//! load through the native client protocol, and reports throughput, commit latency, grouping,
+//! leader changes, a per-second series and peak memory.
+//!
+//! Owns the order of a run and its cleanup: the cluster ([`supervisor::LocalCluster`]) is a
+//! guard, so its processes are stopped and its temporary directory removed on every path out
+//! of [`run`] — success, error, panic or Ctrl-C (which only sets a flag that every wait polls).
+
+pub mod args;
+pub mod in_flight;
+pub mod load;
+pub mod progress;
+pub mod results;
+pub mod status;
+pub mod supervisor;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use lockstep::apps::AppKind;
+
+use crate::interrupt::{Interrupt, EXIT_INTERRUPTED};
+use crate::report::{now_utc, Machine, Report};
+use args::{Args, RunConfig, Sweep, Target};
+use load::LoadPlan;
+use progress::Progress;
+use results::{
+    Cpu, Memory, NodeCpu, NodeExitRow, NodeMemory, RunResults, SweepPoint, SweepResults,
+};
+use supervisor::{ClusterSpec, LocalCluster, NodeCommand};
+
+/// How long the nodes may take to print their ready lines.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait for the first leader.
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The report of one run.
+pub type RunReport = Report<RunConfig, RunResults>;
+
+/// The report of a sweep.
+pub type SweepReport = Report<RunConfig, SweepResults>;
+
+/// Runs the benchmark described by `args`; prints the report (and writes `--json`).
+pub fn run(args: Args) -> ExitCode {
+    let (config, sweep) = match args.validate() {
+        Ok(validated) => validated,
+        Err(error) => {
+            eprintln!("lockstep-bench: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let interrupt = match Interrupt::install() {
+        Ok(interrupt) => interrupt,
+        Err(error) => {
+            eprintln!("lockstep-bench: installing signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match &sweep {
+        None => run_once(&config, &interrupt).map(|report| {
+            let clean = report.results.problems().is_empty();
+            (report.to_text(), report.to_json(), clean)
+        }),
+        Some(sweep) => run_sweep(&config, sweep, &interrupt).map(|report| {
+            let clean = report
+                .results
+                .points
+                .iter()
+                .all(|point| point.results.problems().is_empty());
+            (report.to_text(), report.to_json(), clean)
+        }),
+    };
+    match outcome {
+        Ok((text, json, clean)) => {
+            print!("{text}");
+            if let Some(path) = &args.json {
+                if let Err(error) = std::fs::write(path, json + "\n") {
+                    eprintln!("lockstep-bench: writing {}: {error}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("lockstep-bench: the run had problems (see PROBLEM lines)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) if interrupt.is_set() => {
+            eprintln!("lockstep-bench: interrupted ({error}); nodes stopped, data removed");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Err(error) => {
+            eprintln!("lockstep-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cluster under test for the length of a run or sweep.
+struct Session {
+    /// The local cluster, if the bench started one (a guard: dropping it cleans up).
+    local: Option<LocalCluster>,
+    /// Every member's client address.
+    members: Vec<SocketAddr>,
+    /// The directory whose filesystem the report describes.
+    data_dir: PathBuf,
+}
+
+impl Session {
+    fn open(config: &RunConfig, interrupt: &Interrupt) -> Result<Session, String> {
+        match &config.target {
+            Target::Local { nodes } => {
+                let spec = ClusterSpec {
+                    nodes: *nodes,
+                    cluster_id: config.cluster_id,
+                    app: AppKind::Journal,
+                    tuning: config.tuning.clone(),
+                    parent_dir: config.dir.clone(),
+                    ready_timeout: READY_TIMEOUT,
+                };
+                let command = NodeCommand::this_executable()
+                    .map_err(|error| format!("finding this executable: {error}"))?;
+                let cluster = LocalCluster::start(&spec, &command, interrupt)?;
+                Ok(Session {
+                    members: cluster.members().iter().map(|m| m.client_addr).collect(),
+                    data_dir: cluster.dir().to_path_buf(),
+                    local: Some(cluster),
+                })
+            }
+            Target::Connect { addrs } => Ok(Session {
+                local: None,
+                members: addrs.clone(),
+                data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
+            }),
+        }
+    }
+
+    /// One measurement: leader, warm-up, window, figures.
+    fn measure(&mut self, config: &RunConfig, interrupt: &Interrupt) -> Result<RunResults, String> {
+        let leader = status::find_leader(
+            &self.members,
+            config.cluster_id,
+            Instant::now() + ELECTION_TIMEOUT,
+            interrupt,
+        )
+        .map_err(|error| self.with_node_output(format!("waiting for a leader: {error}")))?;
+        let load_start = Instant::now();
+        let measure_start = load_start + Duration::from_secs_f64(config.warmup_sec);
+        let plan = LoadPlan {
+            clients: config.clients,
+            depth: config.depth,
+            entry_bytes: config.entry_bytes,
+            rate_per_sec: config.rate_per_sec,
+            cluster_id: config.cluster_id,
+            members: self.members.clone(),
+            load_start,
+            measure_start,
+            measure_end: measure_start + Duration::from_secs_f64(config.seconds),
+        };
+        // Status samples at the window's start, each whole second, and its end.
+        let mut sample_at: Vec<Instant> = (0..plan.window_seconds())
+            .map(|second| measure_start + Duration::from_secs(second as u64))
+            .collect();
+        sample_at.push(plan.measure_end);
+        // CPU time of the bench, then of each local node.
+        let mut pids = vec!["self".to_string()];
+        if let Some(cluster) = &self.local {
+            pids.extend(cluster.pids().into_iter().map(|(_, pid)| pid.to_string()));
+        }
+        let poller = {
+            let members = self.members.clone();
+            let pids = pids.clone();
+            let interrupt = interrupt.clone();
+            let cluster_id = config.cluster_id;
+            std::thread::Builder::new()
+                .name("status-poll".to_string())
+                .spawn(move || {
+                    status::poll(
+                        &members,
+                        cluster_id,
+                        &pids,
+                        measure_start,
+                        &sample_at,
+                        &interrupt,
+                    )
+                })
+                .map_err(|error| format!("spawning the status poller: {error}"))?
+        };
+        let progress = Progress::start(
+            format!("{} clients x {}", config.clients, config.depth),
+            load_start,
+            plan.measure_start,
+            plan.measure_end,
+            interrupt,
+        );
+        let tally = load::run(&plan, leader.addr, interrupt);
+        drop(progress);
+        let samples = poller
+            .join()
+            .map_err(|_| "the status poller panicked".to_string())?;
+        if interrupt.is_set() {
+            return Err("interrupted during the run".to_string());
+        }
+        let mut results = RunResults::from_tally(&tally, config.seconds, config.entry_bytes);
+        results.offered_per_sec = config.rate_per_sec;
+        results.grouping = status::grouping(&samples);
+        results.leader_changes = status::leader_changes(&samples);
+        results.memory = Memory {
+            bench_peak_rss_bytes: supervisor::peak_rss_bytes("self"),
+            nodes: self.local.as_ref().map_or_else(Vec::new, |cluster| {
+                cluster
+                    .peak_rss_bytes()
+                    .into_iter()
+                    .map(|(id, peak_rss_bytes)| NodeMemory { id, peak_rss_bytes })
+                    .collect()
+            }),
+        };
+        let mut cores = status::cores_used(&samples).into_iter();
+        results.cpu = Cpu {
+            bench_cores: cores.next().flatten(),
+            nodes: self.local.as_ref().map_or_else(Vec::new, |cluster| {
+                cluster
+                    .pids()
+                    .into_iter()
+                    .zip(cores)
+                    .map(|((id, _), cores)| NodeCpu { id, cores })
+                    .collect()
+            }),
+        };
+        if let Some(cluster) = &mut self.local {
+            for (id, status) in cluster.exited() {
+                results.clients.errors.push(format!(
+                    "node {id} died during the run ({status}); its last output:\n{}",
+                    cluster.output_tail(id)
+                ));
+            }
+        }
+        Ok(results)
+    }
+
+    /// `message`, followed by every local node's last output lines (to explain a failure).
+    fn with_node_output(&self, mut message: String) -> String {
+        if let Some(cluster) = &self.local {
+            for member in cluster.members() {
+                message.push_str(&format!(
+                    "\nnode {} output:\n{}",
+                    member.id,
+                    cluster.output_tail(member.id)
+                ));
+            }
+        }
+        message
+    }
+
+    /// Stops the local cluster (if any) and says how its nodes ended.
+    fn close(self) -> Vec<NodeExitRow> {
+        self.local.map_or_else(Vec::new, |cluster| {
+            cluster.stop().iter().map(NodeExitRow::from).collect()
+        })
+    }
+}
+
+fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, String> {
+    let started_utc = now_utc();
+    let mut session = Session::open(config, interrupt)?;
+    let machine = Machine::describe(&session.data_dir);
+    let mut results = session.measure(config, interrupt)?;
+    results.node_exits = session.close();
+    Ok(Report {
+        bench: "log".to_string(),
+        started_utc,
+        machine,
+        config: config.clone(),
+        results,
+    })
+}
+
+fn run_sweep(
+    config: &RunConfig,
+    sweep: &Sweep,
+    interrupt: &Interrupt,
+) -> Result<SweepReport, String> {
+    let started_utc = now_utc();
+    let mut session = Session::open(config, interrupt)?;
+    let machine = Machine::describe(&session.data_dir);
+    let mut points = Vec::with_capacity(sweep.values.len());
+    for &value in &sweep.values {
+        let point_config = config.with(sweep.knob, value)?;
+        eprintln!("lockstep-bench: sweep {}={value}", sweep.knob_name());
+        let results = session.measure(&point_config, interrupt)?;
+        points.push(SweepPoint { value, results });
+    }
+    let exits = session.close();
+    if let Some(last) = points.last_mut() {
+        last.results.node_exits = exits;
+    }
+    Ok(Report {
+        bench: format!("log sweep of {}", sweep.knob_name()),
+        started_utc,
+        machine,
+        config: config.clone(),
+        results: SweepResults {
+            knob: sweep.knob_name().to_string(),
+            points,
+        },
+    })
+}

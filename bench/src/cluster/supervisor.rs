@@ -1,0 +1,571 @@
+//! A local cluster of node processes that never outlives the bench.
+//!
+//! Owns the node processes and their temporary directory (configs, data, output logs). It
+//! guarantees:
+//! - every started process is stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and reaped
+//!   when the [`LocalCluster`] (or, during start-up, the half-started node) is dropped, whether
+//!   the run ended, failed, panicked or was interrupted; the temporary directory is removed
+//!   after the processes are gone;
+//! - the nodes run in their own process group, so a terminal's Ctrl-C reaches only the bench,
+//!   which then stops them in order; and each asks the kernel to SIGKILL it should the bench
+//!   die without cleaning up (`PR_SET_PDEATHSIG`);
+//! - [`LocalCluster::start`] returns only once every node printed its ready line
+//!   (`lockstep node <id> ready: ...`, on stdout or stderr); a node that exits or stays silent
+//!   past the timeout fails the start with the tail of its output in the error.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lockstep::apps::AppKind;
+use lockstep::server::{MemberConfig, ServerConfig, Tuning};
+use tempfile::TempDir;
+
+use crate::interrupt::Interrupt;
+
+/// How long a node may take to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Lines of a node's output quoted in an error.
+const TAIL_LINES: usize = 20;
+
+/// How a node process is started: `program args... CONFIG_FILE`.
+#[derive(Clone, Debug)]
+pub struct NodeCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments before the config file's path.
+    pub args: Vec<String>,
+}
+
+impl NodeCommand {
+    /// This executable, re-run as `lockstep-bench node --config FILE`.
+    pub fn this_executable() -> io::Result<NodeCommand> {
+        Ok(NodeCommand {
+            program: std::env::current_exe()?,
+            args: vec!["node".to_string(), "--config".to_string()],
+        })
+    }
+}
+
+/// What a local cluster is made of.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Number of nodes (ids 1..=nodes).
+    pub nodes: usize,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// The state machine every node runs.
+    pub app: AppKind,
+    /// Every node's tuning.
+    pub tuning: Tuning,
+    /// Where to create the temporary directory (default: the system's temp dir).
+    pub parent_dir: Option<PathBuf>,
+    /// How long to wait for every node's ready line.
+    pub ready_timeout: Duration,
+}
+
+/// A running local cluster. Dropping it stops the nodes and removes its directory.
+pub struct LocalCluster {
+    // Field order matters: the nodes are dropped (stopped) before the directory is removed.
+    nodes: Vec<NodeProcess>,
+    members: Vec<MemberConfig>,
+    dir: TempDir,
+}
+
+/// How one node ended when the cluster was stopped.
+#[derive(Clone, Debug)]
+pub struct NodeExit {
+    /// The node.
+    pub id: u64,
+    /// Its exit status, as text (`exit status: 0`, `signal: 9 (SIGKILL)`).
+    pub status: String,
+    /// Whether it exited 0 after SIGTERM (a clean shutdown).
+    pub clean: bool,
+}
+
+impl LocalCluster {
+    /// Starts `spec.nodes` processes with `command` and waits until each is ready.
+    pub fn start(
+        spec: &ClusterSpec,
+        command: &NodeCommand,
+        interrupt: &Interrupt,
+    ) -> Result<LocalCluster, String> {
+        assert!(spec.nodes >= 1, "a cluster needs a node, spec {spec:?}");
+        let dir = match &spec.parent_dir {
+            Some(parent) => tempfile::Builder::new()
+                .prefix("lockstep-bench-")
+                .tempdir_in(parent),
+            None => tempfile::Builder::new().prefix("lockstep-bench-").tempdir(),
+        }
+        .map_err(|error| format!("creating the cluster's temporary directory: {error}"))?;
+        let members = free_members(spec.nodes)
+            .map_err(|error| format!("finding free loopback ports: {error}"))?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut nodes = Vec::with_capacity(spec.nodes);
+        for member in &members {
+            let config = ServerConfig {
+                id: member.id,
+                cluster_id: spec.cluster_id,
+                data_dir: dir.path().join(format!("node-{}", member.id)),
+                app: spec.app,
+                members: members.clone(),
+                tuning: spec.tuning.clone(),
+            };
+            nodes.push(NodeProcess::spawn(&config, dir.path(), command, &ready_tx)?);
+        }
+        drop(ready_tx);
+        wait_ready(&mut nodes, &ready_rx, spec.ready_timeout, interrupt)?;
+        Ok(LocalCluster {
+            nodes,
+            members,
+            dir,
+        })
+    }
+
+    /// The members (ids and addresses).
+    pub fn members(&self) -> &[MemberConfig] {
+        &self.members
+    }
+
+    /// The temporary directory holding configs, data and output logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Peak resident memory (VmHWM) of each node process so far, by id; `None` when unreadable.
+    pub fn peak_rss_bytes(&self) -> Vec<(u64, Option<u64>)> {
+        self.nodes
+            .iter()
+            .map(|node| (node.id, peak_rss_bytes(&node.child.id().to_string())))
+            .collect()
+    }
+
+    /// Each node's id and process id.
+    pub fn pids(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .map(|node| (node.id, node.child.id()))
+            .collect()
+    }
+
+    /// Node ids whose process has exited, with the status.
+    pub fn exited(&mut self) -> Vec<(u64, String)> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|node| match node.child.try_wait() {
+                Ok(Some(status)) => Some((node.id, status.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The last lines of node `id`'s output.
+    pub fn output_tail(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|node| node.id == id)
+            .map_or_else(String::new, NodeProcess::output_tail)
+    }
+
+    /// Stops every node (SIGTERM to all, then each gets the rest of [`STOP_GRACE`] before
+    /// SIGKILL), removes the directory, and says how each node ended.
+    pub fn stop(mut self) -> Vec<NodeExit> {
+        for node in &mut self.nodes {
+            node.terminate();
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        self.nodes
+            .iter_mut()
+            .map(|node| {
+                let status = node.reap(deadline);
+                NodeExit {
+                    id: node.id,
+                    clean: status.as_ref().is_some_and(|status| status.success()),
+                    status: status.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                }
+            })
+            .collect()
+        // `self` drops here: the processes are reaped, so only the directory goes.
+    }
+}
+
+/// One node process; dropping it stops it.
+struct NodeProcess {
+    id: u64,
+    child: Child,
+    output: Arc<Mutex<File>>,
+    output_path: PathBuf,
+    reaped: Option<ExitStatus>,
+}
+
+impl NodeProcess {
+    fn spawn(
+        config: &ServerConfig,
+        dir: &Path,
+        command: &NodeCommand,
+        ready_tx: &mpsc::Sender<u64>,
+    ) -> Result<NodeProcess, String> {
+        let id = config.id;
+        let config_path = dir.join(format!("node-{id}.toml"));
+        let text = toml::to_string(config)
+            .map_err(|error| format!("encoding node {id}'s config: {error}"))?;
+        std::fs::write(&config_path, text)
+            .map_err(|error| format!("writing {}: {error}", config_path.display()))?;
+        let output_path = dir.join(format!("node-{id}.out"));
+        let output = File::create(&output_path)
+            .map_err(|error| format!("creating {}: {error}", output_path.display()))?;
+        let mut process = Command::new(&command.program);
+        process
+            .args(&command.args)
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only makes one
+        // async-signal-safe system call.
+        unsafe {
+            process.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = process.spawn().map_err(|error| {
+            format!(
+                "starting node {id} ({}): {error}",
+                command.program.display()
+            )
+        })?;
+        let output = Arc::new(Mutex::new(output));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        copy_lines(id, stdout, output.clone(), ready_tx.clone());
+        copy_lines(id, stderr, output.clone(), ready_tx.clone());
+        Ok(NodeProcess {
+            id,
+            child,
+            output,
+            output_path,
+            reaped: None,
+        })
+    }
+
+    /// Sends SIGTERM unless the process was already reaped.
+    fn terminate(&mut self) {
+        if self.reaped.is_none() {
+            signal(&self.child, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process until `deadline`, then SIGKILLs it; returns its status.
+    fn reap(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        while self.reaped.is_none() {
+            match self.child.try_wait() {
+                Ok(Some(status)) => self.reaped = Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Ok(None) => {
+                    signal(&self.child, libc::SIGKILL);
+                    self.reaped = self.child.wait().ok();
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.reaped
+    }
+
+    fn output_tail(&self) -> String {
+        let _writers_done = self.output.lock();
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.output_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.terminate();
+        self.reap(Instant::now() + STOP_GRACE);
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
+    // SAFETY: plain system call; `pid` is our unreaped child, so it cannot name another process.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Copies `stream` line by line into `output` on a thread of its own; the first ready line is
+/// announced on `ready_tx`. Ends at the end of the stream (when the process exits).
+fn copy_lines(
+    id: u64,
+    stream: impl Read + Send + 'static,
+    output: Arc<Mutex<File>>,
+    ready_tx: mpsc::Sender<u64>,
+) {
+    std::thread::spawn(move || {
+        let mut announced = false;
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut file) = output.lock() {
+                let _ = writeln!(file, "{line}");
+            }
+            if !announced && is_ready_line(&line, id) {
+                announced = true;
+                let _ = ready_tx.send(id);
+            }
+        }
+    });
+}
+
+/// Whether `line` is node `id`'s ready line: `lockstep node <id> ready: ...`.
+pub fn is_ready_line(line: &str, id: u64) -> bool {
+    line.trim_start()
+        .strip_prefix("lockstep node ")
+        .and_then(|rest| rest.strip_prefix(&id.to_string()))
+        .is_some_and(|rest| rest.starts_with(" ready:"))
+}
+
+fn wait_ready(
+    nodes: &mut [NodeProcess],
+    ready_rx: &mpsc::Receiver<u64>,
+    timeout: Duration,
+    interrupt: &Interrupt,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut ready = vec![false; nodes.len()];
+    while ready.contains(&false) {
+        if interrupt.is_set() {
+            return Err("interrupted while the nodes were starting".to_string());
+        }
+        for node in nodes.iter_mut() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                node.reaped = Some(status);
+                // Let the output threads drain what the process wrote before it died.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(format!(
+                    "node {} exited ({status}) before it was ready; its last output:\n{}",
+                    node.id,
+                    node.output_tail()
+                ));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let (index, _) = ready
+                .iter()
+                .enumerate()
+                .find(|(_, ready)| !**ready)
+                .unwrap();
+            let node = &nodes[index];
+            return Err(format!(
+                "node {} printed no ready line within {timeout:?}; its last output:\n{}",
+                node.id,
+                node.output_tail()
+            ));
+        }
+        if let Ok(id) = ready_rx.recv_timeout((deadline - now).min(Duration::from_millis(20))) {
+            let index = nodes.iter().position(|node| node.id == id).unwrap();
+            ready[index] = true;
+        }
+    }
+    Ok(())
+}
+
+/// Members 1..=n on loopback, each with a free peer and client port. All ports are held open
+/// together while choosing, so none is chosen twice.
+fn free_members(n: usize) -> io::Result<Vec<MemberConfig>> {
+    let listeners = (0..2 * n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    let addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<io::Result<Vec<SocketAddr>>>()?;
+    Ok((0..n)
+        .map(|i| MemberConfig {
+            id: i as u64 + 1,
+            peer_addr: addrs[2 * i],
+            client_addr: addrs[2 * i + 1],
+        })
+        .collect())
+}
+
+/// Peak resident memory (VmHWM) of process `pid` (a number or `self`), in bytes.
+pub fn peak_rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    // "VmHWM:	    1234 kB"
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: usize, parent: &Path, ready_timeout: Duration) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            cluster_id: 7,
+            app: AppKind::Journal,
+            tuning: Tuning::default(),
+            parent_dir: Some(parent.to_path_buf()),
+            ready_timeout,
+        }
+    }
+
+    /// A fake node: a shell script given the config path as `$1`. It writes its pid to
+    /// `pid_dir/ID`; nodes 1 and 2 print their ready line and sleep, node 3 first runs
+    /// `last_node_script`.
+    fn fake_node(pid_dir: &Path, last_node_script: &str) -> NodeCommand {
+        let script = format!(
+            r#"id=$(grep -m1 '^id = ' "$1" | cut -d' ' -f3); echo $$ > {pids}/$id;
+               if [ "$id" = 3 ]; then {last_node_script}; fi;
+               echo "lockstep node $id ready: peer x client y"; exec sleep 60"#,
+            pids = pid_dir.display()
+        );
+        NodeCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".to_string(), script, "fake-node".to_string()],
+        }
+    }
+
+    /// The pids the fake nodes wrote.
+    fn fake_pids(pid_dir: &Path) -> Vec<i32> {
+        std::fs::read_dir(pid_dir)
+            .unwrap()
+            .map(|entry| {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                text.trim().parse().unwrap()
+            })
+            .collect()
+    }
+
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    #[test]
+    fn ready_lines_are_recognized() {
+        assert!(is_ready_line(
+            "lockstep node 3 ready: peer 127.0.0.1:1 client 127.0.0.1:2",
+            3
+        ));
+        assert!(!is_ready_line("lockstep node 31 ready: peer a client b", 3));
+        assert!(!is_ready_line("lockstep node 3 starting", 3));
+    }
+
+    #[test]
+    fn a_started_cluster_is_stopped_and_its_directory_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid_dir = tempfile::tempdir().unwrap();
+        let cluster = LocalCluster::start(
+            &spec(3, parent.path(), Duration::from_secs(10)),
+            &fake_node(pid_dir.path(), "true"),
+            &Interrupt::default(),
+        )
+        .unwrap();
+        assert_eq!(cluster.members().len(), 3);
+        let config = std::fs::read_to_string(cluster.dir().join("node-2.toml")).unwrap();
+        let parsed: ServerConfig = toml::from_str(&config).unwrap();
+        assert_eq!(parsed.id, 2);
+        assert_eq!(parsed.members, cluster.members());
+        assert!(cluster
+            .peak_rss_bytes()
+            .iter()
+            .all(|(_, rss)| rss.is_some()));
+        let pids = fake_pids(pid_dir.path());
+        assert_eq!(pids.len(), 3);
+        assert!(pids.iter().all(|&pid| alive(pid)));
+        let exits = cluster.stop();
+        // `sleep` dies of SIGTERM: not a clean exit, but stopped well within the grace time.
+        assert_eq!(exits.len(), 3);
+        assert!(exits.iter().all(|exit| !exit.clean), "{exits:?}");
+        assert!(pids.iter().all(|&pid| !alive(pid)));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_node_that_dies_at_start_fails_the_start_and_everything_is_cleaned_up() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid_dir = tempfile::tempdir().unwrap();
+        let error = LocalCluster::start(
+            &spec(3, parent.path(), Duration::from_secs(10)),
+            &fake_node(
+                pid_dir.path(),
+                "echo 'cannot bind: address in use' >&2; exit 3",
+            ),
+            &Interrupt::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(error.contains("node 3 exited"), "{error}");
+        assert!(error.contains("address in use"), "{error}");
+        // Nodes 1 and 2 had started: they are gone too.
+        let pids = fake_pids(pid_dir.path());
+        assert_eq!(pids.len(), 3);
+        assert!(pids.iter().all(|&pid| !alive(pid)));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_silent_node_times_out_and_everything_is_cleaned_up() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid_dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let error = LocalCluster::start(
+            &spec(3, parent.path(), Duration::from_millis(500)),
+            &fake_node(pid_dir.path(), "exec sleep 60"),
+            &Interrupt::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(error.contains("node 3 printed no ready line"), "{error}");
+        // SIGTERM ended the sleeps at once: no grace period was waited out.
+        assert!(start.elapsed() < STOP_GRACE, "{:?}", start.elapsed());
+        assert!(fake_pids(pid_dir.path()).iter().all(|&pid| !alive(pid)));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_interrupt_during_start_cleans_up() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid_dir = tempfile::tempdir().unwrap();
+        let interrupt = Interrupt::default();
+        interrupt.set();
+        let error = LocalCluster::start(
+            &spec(1, parent.path(), Duration::from_secs(10)),
+            &fake_node(pid_dir.path(), "true"),
+            &interrupt,
+        )
+        .err()
+        .unwrap();
+        assert!(error.contains("interrupted"), "{error}");
+        assert!(fake_pids(pid_dir.path()).iter().all(|&pid| !alive(pid)));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn peak_rss_of_this_process_is_readable() {
+        assert!(peak_rss_bytes("self").unwrap() > 0);
+        assert_eq!(peak_rss_bytes("0"), None);
+    }
+}

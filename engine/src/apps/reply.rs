@@ -1,0 +1,162 @@
+//! The reply the example state machines return for a command or a query: one tag byte, then a
+//! body whose shape the tag fixes:
+//!
+//! | tag | variant | body |
+//! |-----|---------|------|
+//! | 0 | `Ok` | nothing |
+//! | 1 | `Value` | the value's bytes (the rest of the reply) |
+//! | 2 | `Nil` | nothing (no such key) |
+//! | 3 | `Int` | `i64`, little-endian, 8 bytes |
+//! | 4 | `Error` | a UTF-8 message (the rest of the reply) |
+//!
+//! Replies without a body are static bytes, so answering `Ok` allocates nothing.
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+const TAG_OK: u8 = 0;
+const TAG_VALUE: u8 = 1;
+const TAG_NIL: u8 = 2;
+const TAG_INT: u8 = 3;
+const TAG_ERROR: u8 = 4;
+
+static OK_BYTES: [u8; 1] = [TAG_OK];
+static NIL_BYTES: [u8; 1] = [TAG_NIL];
+
+/// A decoded reply of an example state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Done, nothing to return.
+    Ok,
+    /// A value.
+    Value(Bytes),
+    /// No such key.
+    Nil,
+    /// A number (a count, a new value, a flag as 0/1).
+    Int(i64),
+    /// The command was refused; the message says why. The state is unchanged.
+    Error(String),
+}
+
+/// Why bytes are not a valid reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyError(pub String);
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad reply: {}", self.0)
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
+impl Reply {
+    /// The encoded `Ok` reply (static, no allocation).
+    pub fn ok_bytes() -> Bytes {
+        Bytes::from_static(&OK_BYTES)
+    }
+
+    /// The encoded `Nil` reply (static, no allocation).
+    pub fn nil_bytes() -> Bytes {
+        Bytes::from_static(&NIL_BYTES)
+    }
+
+    /// Encodes a `Value` reply holding `value`.
+    pub fn value_bytes(value: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + value.len());
+        out.put_u8(TAG_VALUE);
+        out.put_slice(value);
+        out.freeze()
+    }
+
+    /// Encodes an `Int` reply.
+    pub fn int_bytes(value: i64) -> Bytes {
+        let mut out = BytesMut::with_capacity(9);
+        out.put_u8(TAG_INT);
+        out.put_i64_le(value);
+        out.freeze()
+    }
+
+    /// Encodes an `Error` reply.
+    pub fn error_bytes(message: &str) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + message.len());
+        out.put_u8(TAG_ERROR);
+        out.put_slice(message.as_bytes());
+        out.freeze()
+    }
+
+    /// Encodes this reply.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Reply::Ok => Reply::ok_bytes(),
+            Reply::Value(value) => Reply::value_bytes(value),
+            Reply::Nil => Reply::nil_bytes(),
+            Reply::Int(value) => Reply::int_bytes(*value),
+            Reply::Error(message) => Reply::error_bytes(message),
+        }
+    }
+
+    /// Decodes a reply. `Value` shares `bytes`' buffer (no copy).
+    pub fn decode(bytes: &Bytes) -> Result<Reply, ReplyError> {
+        let Some((&tag, body)) = bytes.split_first() else {
+            return Err(ReplyError("empty".to_string()));
+        };
+        let expect_empty = |reply: Reply| {
+            if body.is_empty() {
+                Ok(reply)
+            } else {
+                Err(ReplyError(format!(
+                    "tag {tag} takes no body, found {} bytes",
+                    body.len()
+                )))
+            }
+        };
+        match tag {
+            TAG_OK => expect_empty(Reply::Ok),
+            TAG_NIL => expect_empty(Reply::Nil),
+            TAG_VALUE => Ok(Reply::Value(bytes.slice(1..))),
+            TAG_INT => match <[u8; 8]>::try_from(body) {
+                Ok(raw) => Ok(Reply::Int(i64::from_le_bytes(raw))),
+                Err(_) => Err(ReplyError(format!(
+                    "an int takes 8 bytes, found {}",
+                    body.len()
+                ))),
+            },
+            TAG_ERROR => match std::str::from_utf8(body) {
+                Ok(message) => Ok(Reply::Error(message.to_string())),
+                Err(_) => Err(ReplyError("error message is not UTF-8".to_string())),
+            },
+            other => Err(ReplyError(format!("unknown tag {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_round_trips() {
+        let replies = [
+            Reply::Ok,
+            Reply::Value(Bytes::from_static(b"v")),
+            Reply::Value(Bytes::new()),
+            Reply::Nil,
+            Reply::Int(-7),
+            Reply::Error("nope".to_string()),
+        ];
+        for reply in replies {
+            assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn bad_bytes_are_refused() {
+        assert!(Reply::decode(&Bytes::new()).is_err());
+        assert!(Reply::decode(&Bytes::from_static(&[9])).is_err());
+        assert!(Reply::decode(&Bytes::from_static(&[TAG_OK, 1])).is_err());
+        assert!(Reply::decode(&Bytes::from_static(&[TAG_INT, 1, 2])).is_err());
+        assert!(Reply::decode(&Bytes::from_static(&[TAG_ERROR, 0xff])).is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! A client for a whole cluster: it keeps one connection to the node it believes leads, follows
+//! `NotLeader` redirects, and moves on to the next member when a node is down, until a deadline.
+//!
+//! Retry policy (what makes it safe): a proposal is sent again automatically only when it surely
+//! had no effect (a redirect, a refused or failed connect). When a connection breaks after a
+//! proposal went out, the outcome is unknown and [`ClusterClient::propose`] returns the error;
+//! [`ClusterClient::propose_idempotent`] retries then too, for commands that may apply twice.
+//! Reads are always retried.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::node::Applied;
+
+use super::{Client, ClientError};
+
+/// Pause after a full round of members without success, or when no leader is known.
+const BACKOFF: Duration = Duration::from_millis(25);
+
+/// A client that follows the leader across a cluster's members.
+pub struct ClusterClient {
+    addrs: Vec<SocketAddr>,
+    cluster_id: u64,
+    timeout: Duration,
+    retry_for: Duration,
+    /// The member tried next (or connected to).
+    current: usize,
+    connection: Option<Client>,
+}
+
+impl ClusterClient {
+    /// A client for the members whose client addresses are `addrs`. `timeout` bounds each
+    /// connect, read and write; calls keep retrying other members for up to 10 s (see
+    /// [`ClusterClient::with_retry_for`]). Connects lazily.
+    pub fn new(addrs: Vec<SocketAddr>, cluster_id: u64, timeout: Duration) -> ClusterClient {
+        assert!(
+            !addrs.is_empty(),
+            "a cluster client needs at least one address"
+        );
+        ClusterClient {
+            addrs,
+            cluster_id,
+            timeout,
+            retry_for: Duration::from_secs(10),
+            current: 0,
+            connection: None,
+        }
+    }
+
+    /// Sets how long one call keeps trying before it returns the last error.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> ClusterClient {
+        self.retry_for = retry_for;
+        self
+    }
+
+    /// The member the client is connected to (or will try next).
+    pub fn current_addr(&self) -> SocketAddr {
+        self.addrs[self.current]
+    }
+
+    /// Proposes `command` at the leader. Retries only while the proposal surely did not apply.
+    pub fn propose(&mut self, command: &[u8]) -> Result<Applied, ClientError> {
+        self.with_leader(false, |client| client.propose(command))
+    }
+
+    /// Proposes `command` at the leader, retrying also when the outcome is unknown: the command
+    /// may apply more than once, so use this only for idempotent commands.
+    pub fn propose_idempotent(&mut self, command: &[u8]) -> Result<Applied, ClientError> {
+        self.with_leader(true, |client| client.propose(command))
+    }
+
+    /// Runs `query` at the leader (linearizable).
+    pub fn read(&mut self, query: &[u8]) -> Result<Applied, ClientError> {
+        self.with_leader(true, |client| client.read(query, true))
+    }
+
+    fn advance(&mut self) {
+        self.connection = None;
+        self.current = (self.current + 1) % self.addrs.len();
+    }
+
+    /// Runs `call` against the member believed to lead until it succeeds, fails for good, or
+    /// the deadline passes. `retry_unknown`: also retry after a broken connection.
+    fn with_leader(
+        &mut self,
+        retry_unknown: bool,
+        mut call: impl FnMut(&mut Client) -> Result<Applied, ClientError>,
+    ) -> Result<Applied, ClientError> {
+        let deadline = Instant::now() + self.retry_for;
+        let mut failures_in_round = 0;
+        loop {
+            let result = match self.connection.as_mut() {
+                Some(client) => call(client),
+                None => {
+                    match Client::connect(self.addrs[self.current], self.cluster_id, self.timeout) {
+                        Ok(client) => {
+                            self.connection = Some(client);
+                            continue;
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+            };
+            let connected = self.connection.is_some();
+            let err = match result {
+                Ok(applied) => return Ok(applied),
+                Err(err) => err,
+            };
+            let retry = match &err {
+                ClientError::NotLeader {
+                    leader_addr: Some(addr),
+                    ..
+                } => {
+                    match addr
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .and_then(|addr| self.addrs.iter().position(|known| *known == addr))
+                    {
+                        Some(position) if position != self.current => {
+                            self.connection = None;
+                            self.current = position;
+                        }
+                        _ => {
+                            self.advance();
+                            failures_in_round += 1;
+                        }
+                    }
+                    true
+                }
+                ClientError::NotLeader { .. } => {
+                    self.advance();
+                    failures_in_round += 1;
+                    true
+                }
+                ClientError::Io(_) if !connected => {
+                    // The connect itself failed: nothing was sent.
+                    self.advance();
+                    failures_in_round += 1;
+                    true
+                }
+                ClientError::Io(_) | ClientError::Protocol(_) => {
+                    self.advance();
+                    failures_in_round += 1;
+                    retry_unknown
+                }
+                ClientError::Refused(_) | ClientError::Server(_) => false,
+            };
+            if !retry || Instant::now() >= deadline {
+                return Err(err);
+            }
+            if failures_in_round >= self.addrs.len() {
+                failures_in_round = 0;
+                std::thread::sleep(BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! One connection to one node: the handshake, buffered pipelined requests, and blocking helpers.
+//!
+//! Efficiency contract (the benchmark drives load through this type): [`Client::send`] encodes
+//! into reused buffers and writes only when [`Client::flush`] is called or 64 KiB are queued;
+//! [`Client::recv`] reads through a 64 KiB buffer, so many replies cost one syscall. Beyond the
+//! reply itself nothing is allocated per request.
+//!
+//! [`Client::connect`] completes the handshake: the node answers the hello with `Ok` for request
+//! id 0, or refuses it with an `Error` for request id 0 (reported as [`ClientError::Refused`])
+//! and closes. Request ids handed out by [`Client::next_req`] therefore start at 1. After any I/O
+//! or protocol error the connection is unusable: later calls fail at once.
+
+use std::io::{self, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::net::frame::{encode_frame, read_frame, FrameType};
+use crate::net::{ClientHello, ClientReply, ClientRequest};
+use crate::node::Applied;
+use crate::types::NodeId;
+
+use super::ClientError;
+
+/// Queued request bytes that trigger a write without waiting for [`Client::flush`].
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
+/// Read buffer size.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// The largest reply frame accepted (the node's default frame limit).
+const REPLY_FRAME_BYTES_MAX: u32 = 64 << 20;
+
+/// The request id a node uses to answer a refused handshake.
+const HANDSHAKE_REQ: u64 = 0;
+
+/// One connection to one node.
+pub struct Client {
+    addr: SocketAddr,
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    /// Encoded frames not yet written.
+    out: Vec<u8>,
+    /// Scratch for encoding one request body.
+    scratch: Vec<u8>,
+    /// The body of the last reply read.
+    body: Vec<u8>,
+    /// The last request id handed out by [`Client::next_req`] (ids start at 1).
+    last_req: u64,
+    /// Requests sent whose reply has not been received.
+    pending: usize,
+    /// Set by an I/O or protocol error; the stream's position is then unknown.
+    broken: bool,
+}
+
+impl Client {
+    /// Connects to `addr` and performs the handshake for `cluster_id` (one round trip).
+    /// `timeout` bounds the connect and every later read and write.
+    pub fn connect(
+        addr: SocketAddr,
+        cluster_id: u64,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream.try_clone()?);
+        let mut client = Client {
+            addr,
+            writer: stream,
+            reader,
+            out: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            scratch: Vec::new(),
+            body: Vec::new(),
+            last_req: 0,
+            pending: 0,
+            broken: false,
+        };
+        ClientHello::new(cluster_id).encode(&mut client.scratch);
+        encode_frame(FrameType::ClientHello, &client.scratch, &mut client.out);
+        client.flush()?;
+        match client.read_reply()? {
+            ClientReply::Ok { req: HANDSHAKE_REQ } => Ok(client),
+            other => Err(ClientError::Protocol(format!(
+                "expected the handshake's Ok reply, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A fresh request id for a pipelined [`Client::send`] (never 0, never repeated on this
+    /// connection).
+    pub fn next_req(&mut self) -> u64 {
+        self.last_req += 1;
+        self.last_req
+    }
+
+    /// Requests sent whose reply has not been received yet.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    fn check_usable(&self) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("connection to {} was broken by an earlier error", self.addr),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks the connection broken when `result` is an I/O or protocol error.
+    fn track<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        if matches!(
+            result,
+            Err(ClientError::Io(_) | ClientError::Protocol(_) | ClientError::Refused(_))
+        ) {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Queues `request` (written on [`Client::flush`] or when the buffer fills).
+    pub fn send(&mut self, request: &ClientRequest) -> Result<(), ClientError> {
+        self.check_usable()?;
+        self.scratch.clear();
+        request.encode(&mut self.scratch);
+        encode_frame(FrameType::ClientRequest, &self.scratch, &mut self.out);
+        self.pending += 1;
+        if self.out.len() >= WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.check_usable()?;
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.writer.write_all(&self.out).map_err(ClientError::Io);
+        self.out.clear();
+        self.track(result)
+    }
+
+    /// Blocks for the next reply, flushing queued requests first. Replies to one connection come
+    /// in the order the node completes them, which need not be the request order: match them by
+    /// `req`.
+    pub fn recv(&mut self) -> Result<ClientReply, ClientError> {
+        self.flush()?;
+        let result = self.read_reply();
+        let reply = self.track(result)?;
+        self.pending = self.pending.saturating_sub(1);
+        Ok(reply)
+    }
+
+    fn read_reply(&mut self) -> Result<ClientReply, ClientError> {
+        let ty = read_frame(&mut self.reader, REPLY_FRAME_BYTES_MAX, &mut self.body)?;
+        if ty != FrameType::ClientReply {
+            return Err(ClientError::Protocol(format!(
+                "expected a client reply frame, got {ty:?}"
+            )));
+        }
+        let reply = ClientReply::decode(&self.body)
+            .map_err(|e| ClientError::Protocol(format!("bad reply: {e}")))?;
+        if let ClientReply::Error {
+            req: HANDSHAKE_REQ,
+            message,
+        } = &reply
+        {
+            return Err(ClientError::Refused(message.clone()));
+        }
+        Ok(reply)
+    }
+
+    /// Sends one request and waits for its reply. Only for a connection with nothing pipelined.
+    fn call(&mut self, request: &ClientRequest) -> Result<ClientReply, ClientError> {
+        assert_eq!(
+            self.pending, 0,
+            "blocking call on a connection with {} pipelined replies pending",
+            self.pending
+        );
+        self.send(request)?;
+        let reply = self.recv()?;
+        if reply.req() != request.req() {
+            let err = ClientError::Protocol(format!(
+                "reply for request {} while waiting for {}",
+                reply.req(),
+                request.req()
+            ));
+            return self.track(Err(err));
+        }
+        Ok(reply)
+    }
+
+    /// Proposes one command and waits for its outcome.
+    pub fn propose(&mut self, command: &[u8]) -> Result<Applied, ClientError> {
+        let req = self.next_req();
+        let command = Bytes::copy_from_slice(command);
+        let reply = self.call(&ClientRequest::Propose { req, command })?;
+        outcome(reply)
+    }
+
+    /// Runs one query and waits for the answer.
+    pub fn read(&mut self, query: &[u8], linearizable: bool) -> Result<Applied, ClientError> {
+        let req = self.next_req();
+        let query = Bytes::copy_from_slice(query);
+        let reply = self.call(&ClientRequest::Read {
+            req,
+            query,
+            linearizable,
+        })?;
+        outcome(reply)
+    }
+
+    /// The node's status as JSON text.
+    pub fn status(&mut self) -> Result<String, ClientError> {
+        let req = self.next_req();
+        match self.call(&ClientRequest::Status { req })? {
+            ClientReply::Status { json, .. } => Ok(json),
+            other => unexpected(other),
+        }
+    }
+
+    /// Asks the node (the leader) to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ClientError> {
+        let req = self.next_req();
+        match self.call(&ClientRequest::TransferLeader { req, to })? {
+            ClientReply::Ok { .. } => Ok(()),
+            other => outcome(other).map(|_| ()),
+        }
+    }
+}
+
+/// Maps a reply to a proposal or read onto its outcome.
+pub(super) fn outcome(reply: ClientReply) -> Result<Applied, ClientError> {
+    match reply {
+        ClientReply::Applied { index, result, .. } | ClientReply::ReadOk { index, result, .. } => {
+            Ok(Applied { index, result })
+        }
+        ClientReply::NotLeader {
+            leader,
+            leader_addr,
+            ..
+        } => Err(ClientError::NotLeader {
+            leader,
+            leader_addr,
+        }),
+        ClientReply::Error { message, .. } => Err(ClientError::Server(message)),
+        other => unexpected(other),
+    }
+}
+
+fn unexpected<T>(reply: ClientReply) -> Result<T, ClientError> {
+    match reply {
+        ClientReply::NotLeader {
+            leader,
+            leader_addr,
+            ..
+        } => Err(ClientError::NotLeader {
+            leader,
+            leader_addr,
+        }),
+        ClientReply::Error { message, .. } => Err(ClientError::Server(message)),
+        other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}

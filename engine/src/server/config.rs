@@ -1,0 +1,578 @@
+//! A server's configuration: the TOML file's shape ([`ServerConfig`]), loading, validation
+//! that names the option at fault, and the mapping onto the runtime's
+//! [`NodeConfig`](crate::node::NodeConfig). Every option is documented in `docs/CONFIG.md`.
+//!
+//! Guarantee: a [`ServerConfig`] that passed [`ServerConfig::validate`] maps onto a `NodeConfig`
+//! whose consensus settings pass [`crate::raft::Config::validate`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::apps::AppKind;
+use crate::log::{AppendMode, LogOptions, SyncMode};
+use crate::node::{NodeConfig, PeerConfig};
+use crate::types::NodeId;
+
+/// The smallest allowed `max_frame_bytes`: room for handshakes, heartbeats and replies.
+pub const MAX_FRAME_BYTES_MIN: u32 = 64 << 10;
+
+/// Log segments are a whole number of these.
+const SEGMENT_ALIGN_BYTES: u64 = 4096;
+
+/// One cluster member in a server configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The member's node id (not 0).
+    pub id: u64,
+    /// Its peer (replication) address.
+    pub peer_addr: SocketAddr,
+    /// Its client address.
+    pub client_addr: SocketAddr,
+}
+
+impl MemberConfig {
+    /// Parses the flag form `ID=PEER_ADDR/CLIENT_ADDR`, e.g.
+    /// `1=127.0.0.1:7001/127.0.0.1:6380`.
+    pub fn parse(text: &str) -> Result<MemberConfig, String> {
+        let shape = "expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:7001/127.0.0.1:6380";
+        let (id, addrs) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: {shape}"))?;
+        let (peer, client) = addrs
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: {shape}"))?;
+        let id = id
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{text:?}: node id {id:?}: {e}"))?;
+        let peer_addr = peer
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{text:?}: peer address {peer:?}: {e}"))?;
+        let client_addr = client
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{text:?}: client address {client:?}: {e}"))?;
+        Ok(MemberConfig {
+            id,
+            peer_addr,
+            client_addr,
+        })
+    }
+}
+
+impl fmt::Display for MemberConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}/{}", self.id, self.peer_addr, self.client_addr)
+    }
+}
+
+/// Tuning knobs; every one has a default.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// Length of one consensus tick, milliseconds.
+    pub tick_ms: u64,
+    /// Election timeout base, in ticks.
+    pub election_ticks: u32,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: u32,
+    /// Most entries per batch.
+    pub batch_entries_max: u32,
+    /// Most payload bytes per batch.
+    pub batch_bytes_max: u32,
+    /// Most payload bytes per append message.
+    pub append_bytes_max: u32,
+    /// Per-follower window: most append messages in flight.
+    pub inflight_messages_max: u32,
+    /// Per-follower window: most bytes in flight.
+    pub inflight_bytes_max: u64,
+    /// Snapshot after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Log segment size in bytes.
+    pub segment_bytes: u64,
+    /// "io_uring" or "fdatasync".
+    pub sync: String,
+    /// "mmap" (copy into the mapped segment) or "pwrite" (vectored writes into the file).
+    pub append_mode: String,
+    /// Core ids to pin stages to; empty = no pinning.
+    pub cpu_affinity: Vec<usize>,
+    /// Bound of each inter-stage channel, in batches.
+    pub channel_capacity: usize,
+    /// Largest frame, in bytes.
+    pub max_frame_bytes: u32,
+}
+
+impl Default for Tuning {
+    /// The defaults of [`crate::node::NodeConfig::new`] and [`crate::log::LogOptions`].
+    fn default() -> Tuning {
+        Tuning {
+            tick_ms: 1,
+            election_ticks: 100,
+            heartbeat_ticks: 20,
+            batch_entries_max: 4096,
+            batch_bytes_max: 256 << 10,
+            append_bytes_max: 1 << 20,
+            inflight_messages_max: 64,
+            inflight_bytes_max: 16 << 20,
+            snapshot_entries: 1 << 20,
+            segment_bytes: 64 << 20,
+            sync: "io_uring".to_string(),
+            append_mode: "mmap".to_string(),
+            cpu_affinity: Vec::new(),
+            channel_capacity: 1024,
+            max_frame_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Tuning {
+    /// The sync mode `sync` names.
+    pub fn sync_mode(&self) -> Result<SyncMode, ServerError> {
+        match self.sync.as_str() {
+            "io_uring" => Ok(SyncMode::IoUring),
+            "fdatasync" => Ok(SyncMode::Fdatasync),
+            other => Err(ServerError::option(
+                "tuning.sync",
+                format!("{other:?} is not a sync mode (expected \"io_uring\" or \"fdatasync\")"),
+            )),
+        }
+    }
+
+    /// The append mode `append_mode` names.
+    pub fn append_mode(&self) -> Result<AppendMode, ServerError> {
+        match self.append_mode.as_str() {
+            "mmap" => Ok(AppendMode::Mmap),
+            "pwrite" => Ok(AppendMode::Pwrite),
+            other => Err(ServerError::option(
+                "tuning.append_mode",
+                format!("{other:?} is not an append mode (expected \"mmap\" or \"pwrite\")"),
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ServerError> {
+        let nonzero: [(&str, u64); 11] = [
+            ("tick_ms", self.tick_ms),
+            ("election_ticks", self.election_ticks as u64),
+            ("heartbeat_ticks", self.heartbeat_ticks as u64),
+            ("batch_entries_max", self.batch_entries_max as u64),
+            ("batch_bytes_max", self.batch_bytes_max as u64),
+            ("append_bytes_max", self.append_bytes_max as u64),
+            ("inflight_messages_max", self.inflight_messages_max as u64),
+            ("inflight_bytes_max", self.inflight_bytes_max),
+            ("snapshot_entries", self.snapshot_entries),
+            ("segment_bytes", self.segment_bytes),
+            ("channel_capacity", self.channel_capacity as u64),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
+            return Err(ServerError::option(
+                &format!("tuning.{name}"),
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.election_ticks < 2 {
+            return Err(ServerError::option(
+                "tuning.election_ticks",
+                format!("{} is below 2", self.election_ticks),
+            ));
+        }
+        if self.heartbeat_ticks >= self.election_ticks {
+            return Err(ServerError::option(
+                "tuning.heartbeat_ticks",
+                format!(
+                    "{} must be below election_ticks ({})",
+                    self.heartbeat_ticks, self.election_ticks
+                ),
+            ));
+        }
+        if self.segment_bytes % SEGMENT_ALIGN_BYTES != 0 {
+            return Err(ServerError::option(
+                "tuning.segment_bytes",
+                format!(
+                    "{} is not a multiple of {SEGMENT_ALIGN_BYTES}",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if self.max_frame_bytes < MAX_FRAME_BYTES_MIN {
+            return Err(ServerError::option(
+                "tuning.max_frame_bytes",
+                format!(
+                    "{} is below the minimum {MAX_FRAME_BYTES_MIN}",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
+        if self.append_bytes_max >= self.max_frame_bytes {
+            return Err(ServerError::option(
+                "tuning.append_bytes_max",
+                format!(
+                    "{} must be below max_frame_bytes ({}) so an append message fits a frame",
+                    self.append_bytes_max, self.max_frame_bytes
+                ),
+            ));
+        }
+        let mut seen_cores = HashSet::new();
+        if let Some(core) = self
+            .cpu_affinity
+            .iter()
+            .find(|core| !seen_cores.insert(**core))
+        {
+            return Err(ServerError::option(
+                "tuning.cpu_affinity",
+                format!("core {core} is listed twice"),
+            ));
+        }
+        self.sync_mode()?;
+        self.append_mode()?;
+        Ok(())
+    }
+}
+
+/// A server's whole configuration (the TOML file's shape; `docs/CONFIG.md` documents it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's id; must be one of `members`.
+    pub id: u64,
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Which state machine to run.
+    pub app: AppKind,
+    /// The initial voters (this node included).
+    pub members: Vec<MemberConfig>,
+    /// Tuning.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// Why the server could not start or stopped with an error. The message names the file and the
+/// option at fault when there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError(pub String);
+
+impl ServerError {
+    /// An error about option `name` (as the file spells it, e.g. `tuning.sync`); the message
+    /// also names the matching `lockstep serve` flag.
+    pub fn option(name: &str, why: String) -> ServerError {
+        let key = name.rsplit('.').next().unwrap_or(name);
+        let flag = match key {
+            "members" => "member".to_string(),
+            "tuning" => return ServerError(format!("option `{name}`: {why}")),
+            other => other.replace('_', "-"),
+        };
+        ServerError(format!("option `{name}` (flag --{flag}): {why}"))
+    }
+
+    /// The same error, prefixed with where the configuration came from.
+    pub fn in_source(self, source: &str) -> ServerError {
+        ServerError(format!("{source}: {}", self.0))
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl ServerConfig {
+    /// Reads and validates a TOML file; errors name the file, the option and the problem.
+    pub fn load(path: &Path) -> Result<ServerConfig, ServerError> {
+        let config = ServerConfig::parse_file(path)?;
+        config
+            .validate()
+            .map_err(|e| e.in_source(&path.display().to_string()))?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file without validating it (so flags can still override
+    /// options before [`ServerConfig::validate`]).
+    pub fn parse_file(path: &Path) -> Result<ServerConfig, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError(format!("{}: cannot read: {e}", path.display())))?;
+        ServerConfig::parse_toml(&text).map_err(|e| e.in_source(&path.display().to_string()))
+    }
+
+    /// Parses TOML text without validating it.
+    pub fn parse_toml(text: &str) -> Result<ServerConfig, ServerError> {
+        toml::from_str(text).map_err(|e| ServerError(e.to_string().trim_end().to_string()))
+    }
+
+    /// The configuration as TOML text (what [`ServerConfig::parse_toml`] reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a ServerConfig always serializes to TOML")
+    }
+
+    /// Checks every option; the error names the first one at fault and why.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.id == 0 {
+            return Err(ServerError::option(
+                "id",
+                "0 is reserved for \"no node\"".to_string(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ServerError::option("data_dir", "is empty".to_string()));
+        }
+        if self.members.is_empty() {
+            return Err(ServerError::option(
+                "members",
+                "no member is listed".to_string(),
+            ));
+        }
+        let mut ids = HashSet::new();
+        let mut addrs: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        for member in &self.members {
+            if member.id == 0 {
+                return Err(ServerError::option(
+                    "members",
+                    "node id 0 is reserved for \"no node\"".to_string(),
+                ));
+            }
+            if !ids.insert(member.id) {
+                return Err(ServerError::option(
+                    "members",
+                    format!("node id {} is listed twice", member.id),
+                ));
+            }
+            for (addr, role) in [
+                (member.peer_addr, "peer_addr"),
+                (member.client_addr, "client_addr"),
+            ] {
+                let owner = format!("the {role} of node {}", member.id);
+                if let Some(previous) = addrs.insert(addr, owner.clone()) {
+                    return Err(ServerError::option(
+                        "members",
+                        format!("{addr} is both {previous} and {owner}"),
+                    ));
+                }
+            }
+        }
+        if !ids.contains(&self.id) {
+            let mut listed: Vec<u64> = ids.into_iter().collect();
+            listed.sort_unstable();
+            return Err(ServerError::option(
+                "id",
+                format!("{} is not among the members {listed:?}", self.id),
+            ));
+        }
+        self.tuning.validate()?;
+        let raft = self.raft_config();
+        raft.validate()
+            .map_err(|e| ServerError::option("tuning", e.to_string()))?;
+        Ok(())
+    }
+
+    /// This node's own member entry.
+    pub fn own_member(&self) -> Option<&MemberConfig> {
+        self.members.iter().find(|member| member.id == self.id)
+    }
+
+    fn raft_config(&self) -> crate::raft::Config {
+        let tuning = &self.tuning;
+        let mut raft = crate::raft::Config::new(NodeId(self.id));
+        raft.election_ticks = tuning.election_ticks;
+        raft.heartbeat_ticks = tuning.heartbeat_ticks;
+        raft.batch_entries_max = tuning.batch_entries_max;
+        raft.batch_bytes_max = tuning.batch_bytes_max;
+        raft.append_bytes_max = tuning.append_bytes_max;
+        raft.inflight_messages_max = tuning.inflight_messages_max;
+        raft.inflight_bytes_max = tuning.inflight_bytes_max;
+        raft.seed = self.cluster_id ^ self.id.rotate_left(32);
+        raft
+    }
+
+    /// Validates and maps onto the runtime's configuration.
+    pub fn node_config(&self) -> Result<NodeConfig, ServerError> {
+        self.validate()?;
+        let tuning = &self.tuning;
+        let members = self
+            .members
+            .iter()
+            .map(|member| {
+                let peer = PeerConfig {
+                    peer_addr: member.peer_addr,
+                    client_addr: Some(member.client_addr),
+                };
+                (NodeId(member.id), peer)
+            })
+            .collect();
+        let mut node = NodeConfig::new(
+            NodeId(self.id),
+            self.cluster_id,
+            members,
+            self.data_dir.clone(),
+        );
+        node.raft = self.raft_config();
+        node.tick = Duration::from_millis(tuning.tick_ms);
+        node.log = LogOptions {
+            segment_bytes: tuning.segment_bytes,
+            sync_mode: tuning.sync_mode()?,
+            append_mode: tuning.append_mode()?,
+            ..LogOptions::default()
+        };
+        node.snapshot_entries = tuning.snapshot_entries;
+        node.channel_capacity = tuning.channel_capacity;
+        node.cpu_affinity = if tuning.cpu_affinity.is_empty() {
+            None
+        } else {
+            Some(tuning.cpu_affinity.clone())
+        };
+        node.max_frame_bytes = tuning.max_frame_bytes;
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = 2
+cluster_id = 7
+data_dir = "/tmp/lockstep-2"
+app = "kv"
+
+[[members]]
+id = 1
+peer_addr = "127.0.0.1:7001"
+client_addr = "127.0.0.1:6380"
+
+[[members]]
+id = 2
+peer_addr = "127.0.0.1:7002"
+client_addr = "127.0.0.1:6381"
+
+[tuning]
+sync = "fdatasync"
+snapshot_entries = 1000
+"#;
+
+    fn error_of(text: &str) -> String {
+        match ServerConfig::parse_toml(text).and_then(|config| config.validate()) {
+            Ok(()) => panic!("accepted:\n{text}"),
+            Err(ServerError(message)) => message,
+        }
+    }
+
+    #[test]
+    fn a_good_file_loads_and_maps_onto_the_node_config() {
+        let config = ServerConfig::parse_toml(GOOD).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.tuning.snapshot_entries, 1000);
+        assert_eq!(config.tuning.tick_ms, Tuning::default().tick_ms);
+        let node = config.node_config().unwrap();
+        assert_eq!(node.id, NodeId(2));
+        assert_eq!(node.cluster_id, 7);
+        assert_eq!(node.members.len(), 2);
+        assert_eq!(node.log.sync_mode, SyncMode::Fdatasync);
+        assert_eq!(node.snapshot_entries, 1000);
+        assert_eq!(node.raft.election_ticks, 100);
+        assert_eq!(node.cpu_affinity, None);
+        assert_eq!(ServerConfig::parse_toml(&config.to_toml()), Ok(config));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let cases: [(&str, &str, &str); 12] = [
+            ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
+            (
+                "sync = \"fdatasync\"",
+                "sync = \"fdatasync\"\nfrobnicate = 1",
+                "frobnicate",
+            ),
+            ("\"127.0.0.1:7001\"", "\"127.0.0.1:70001\"", "peer_addr"),
+            (
+                "id = 2\ncluster",
+                "id = 5\ncluster",
+                "`id` (flag --id): 5 is not among the members [1, 2]",
+            ),
+            ("id = 1\npeer", "id = 2\npeer", "node id 2 is listed twice"),
+            (
+                "\"127.0.0.1:6381\"",
+                "\"127.0.0.1:6380\"",
+                "127.0.0.1:6380 is both",
+            ),
+            ("\"fdatasync\"", "\"sometimes\"", "`tuning.sync`"),
+            (
+                "snapshot_entries = 1000",
+                "snapshot_entries = 0",
+                "`tuning.snapshot_entries`",
+            ),
+            ("app = \"kv\"", "app = \"sql\"", "app"),
+            (
+                "sync = \"fdatasync\"",
+                "heartbeat_ticks = 100",
+                "`tuning.heartbeat_ticks`",
+            ),
+            (
+                "sync = \"fdatasync\"",
+                "segment_bytes = 5000",
+                "`tuning.segment_bytes`",
+            ),
+            (
+                "sync = \"fdatasync\"",
+                "cpu_affinity = [0, 0]",
+                "`tuning.cpu_affinity`",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let message = error_of(&GOOD.replacen(from, to, 1));
+            assert!(message.contains(expected), "{to:?}: {message}");
+        }
+        let message = error_of(&GOOD.replacen("app = \"kv\"\n", "", 1));
+        assert!(message.contains("missing field `app`"), "{message}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let err = ServerConfig::load(&path).unwrap_err();
+        assert!(
+            err.0.contains("node.toml") && err.0.contains("cannot read"),
+            "{err}"
+        );
+        std::fs::write(&path, GOOD.replacen("cluster_id = 7", "cluster_id = -7", 1)).unwrap();
+        let err = ServerConfig::load(&path).unwrap_err();
+        assert!(
+            err.0.contains("node.toml") && err.0.contains("cluster_id"),
+            "{err}"
+        );
+        std::fs::write(&path, GOOD.replacen("id = 2\n", "id = 9\n", 1)).unwrap();
+        let err = ServerConfig::load(&path).unwrap_err();
+        assert!(
+            err.0
+                .starts_with(&format!("{}: option `id`", path.display())),
+            "{err}"
+        );
+        std::fs::write(&path, GOOD).unwrap();
+        assert_eq!(ServerConfig::load(&path).unwrap().id, 2);
+    }
+
+    #[test]
+    fn member_flags_parse() {
+        let member = MemberConfig::parse("3=127.0.0.1:7003/127.0.0.1:6382").unwrap();
+        assert_eq!(member.id, 3);
+        assert_eq!(member.to_string(), "3=127.0.0.1:7003/127.0.0.1:6382");
+        for bad in [
+            "3",
+            "3=127.0.0.1:7003",
+            "x=127.0.0.1:1/127.0.0.1:2",
+            "3=a/b",
+        ] {
+            assert!(MemberConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `lockstep serve`: run one node. Options come from `--config FILE` (TOML, see
+//! `docs/CONFIG.md`) and from flags; a flag overrides the file's value. Without a file, `--id`,
+//! `--cluster-id`, `--data-dir`, `--app` and at least one `--member` are required.
+//!
+//! Exit status: 0 after a clean shutdown on SIGINT/SIGTERM; 1 when the configuration is bad (the
+//! message names the option) or the node fails; 2 for flags clap rejects.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use lockstep::apps::AppKind;
+use lockstep::server::{self, MemberConfig, ServerConfig, ServerError, Tuning};
+
+/// Arguments of `lockstep serve`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Every option is documented in docs/CONFIG.md. The node prints \
+`lockstep node <id> ready: peer <addr> client <addr>` on stdout once it serves; logs go to \
+stderr (filter with LOCKSTEP_LOG, e.g. LOCKSTEP_LOG=debug)."
+)]
+pub struct Args {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This node's id (not 0; one of the members).
+    #[arg(long, value_name = "N")]
+    id: Option<u64>,
+    /// The cluster id: peers and clients presenting another one are refused.
+    #[arg(long, value_name = "N")]
+    cluster_id: Option<u64>,
+    /// Directory of the log, hard state and snapshots (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// State machine: `kv` (key-value store) or `journal` (opaque entries, counted and hashed).
+    #[arg(long, value_name = "APP", value_parser = parse_app)]
+    app: Option<AppKind>,
+    /// A cluster member as ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:7001/127.0.0.1:6380.
+    /// Repeat for every member (this node included); replaces the file's member list.
+    #[arg(long = "member", value_name = "ID=PEER/CLIENT", value_parser = MemberConfig::parse)]
+    members: Vec<MemberConfig>,
+    /// Length of one consensus tick, milliseconds [default: 1].
+    #[arg(long, value_name = "MS")]
+    tick_ms: Option<u64>,
+    /// Election timeout base in ticks (timeouts are drawn from [N, 2N)) [default: 100].
+    #[arg(long, value_name = "TICKS")]
+    election_ticks: Option<u32>,
+    /// Leader heartbeat interval in ticks, below the election timeout [default: 20].
+    #[arg(long, value_name = "TICKS")]
+    heartbeat_ticks: Option<u32>,
+    /// Most proposals gathered into one batch [default: 4096].
+    #[arg(long, value_name = "N")]
+    batch_entries_max: Option<u32>,
+    /// Most payload bytes gathered into one batch [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    batch_bytes_max: Option<u32>,
+    /// Most payload bytes per append message to a follower [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    append_bytes_max: Option<u32>,
+    /// Per-follower pipelining window: most append messages in flight [default: 64].
+    #[arg(long, value_name = "N")]
+    inflight_messages_max: Option<u32>,
+    /// Per-follower pipelining window: most payload bytes in flight [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    inflight_bytes_max: Option<u64>,
+    /// Snapshot the state machine (and compact the log) after this many applied entries
+    /// [default: 1048576].
+    #[arg(long, value_name = "N")]
+    snapshot_entries: Option<u64>,
+    /// Size of each preallocated log segment, a multiple of 4096 [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    segment_bytes: Option<u64>,
+    /// How the log is made durable: `io_uring` (falls back to fdatasync when unavailable) or
+    /// `fdatasync` [default: io_uring].
+    #[arg(long, value_name = "MODE")]
+    sync: Option<String>,
+    /// How records reach a segment: `mmap` (copy into the mapping) or `pwrite` [default: mmap].
+    #[arg(long, value_name = "MODE")]
+    append_mode: Option<String>,
+    /// Pin the stages (network, consensus, storage, apply) to these cores, e.g. 0,1; empty
+    /// string = no pinning [default: no pinning].
+    #[arg(long, value_name = "CORES", value_parser = parse_cores)]
+    cpu_affinity: Option<CoreList>,
+    /// Bound of each inter-stage channel, in batches [default: 1024].
+    #[arg(long, value_name = "N")]
+    channel_capacity: Option<usize>,
+    /// Largest frame accepted or sent on any connection, bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    max_frame_bytes: Option<u32>,
+}
+
+/// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
+#[derive(Clone, Debug)]
+struct CoreList(Vec<usize>);
+
+fn parse_app(text: &str) -> Result<AppKind, String> {
+    AppKind::from_name(text)
+        .ok_or_else(|| format!("{text:?} is not an app (expected kv or journal)"))
+}
+
+fn parse_cores(text: &str) -> Result<CoreList, String> {
+    if text.trim().is_empty() {
+        return Ok(CoreList(Vec::new()));
+    }
+    text.split(',')
+        .map(|core| {
+            core.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("core id {core:?}: {e}"))
+        })
+        .collect::<Result<Vec<usize>, String>>()
+        .map(CoreList)
+}
+
+impl Args {
+    /// The configuration: the file (if any) with the flags applied, validated.
+    fn config(self) -> Result<ServerConfig, ServerError> {
+        let source = match &self.config {
+            Some(path) => format!("{} with flags", path.display()),
+            None => "flags".to_string(),
+        };
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::parse_file(path)?,
+            None => ServerConfig {
+                id: self.id.ok_or_else(|| missing("id"))?,
+                cluster_id: self.cluster_id.ok_or_else(|| missing("cluster-id"))?,
+                data_dir: self.data_dir.clone().ok_or_else(|| missing("data-dir"))?,
+                app: self.app.ok_or_else(|| missing("app"))?,
+                members: Vec::new(),
+                tuning: Tuning::default(),
+            },
+        };
+        self.apply_to(&mut config);
+        config.validate().map_err(|e| e.in_source(&source))?;
+        Ok(config)
+    }
+
+    fn apply_to(self, config: &mut ServerConfig) {
+        fn set<T>(target: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+        set(&mut config.id, self.id);
+        set(&mut config.cluster_id, self.cluster_id);
+        set(&mut config.data_dir, self.data_dir);
+        set(&mut config.app, self.app);
+        if !self.members.is_empty() {
+            config.members = self.members;
+        }
+        let tuning = &mut config.tuning;
+        set(&mut tuning.tick_ms, self.tick_ms);
+        set(&mut tuning.election_ticks, self.election_ticks);
+        set(&mut tuning.heartbeat_ticks, self.heartbeat_ticks);
+        set(&mut tuning.batch_entries_max, self.batch_entries_max);
+        set(&mut tuning.batch_bytes_max, self.batch_bytes_max);
+        set(&mut tuning.append_bytes_max, self.append_bytes_max);
+        set(
+            &mut tuning.inflight_messages_max,
+            self.inflight_messages_max,
+        );
+        set(&mut tuning.inflight_bytes_max, self.inflight_bytes_max);
+        set(&mut tuning.snapshot_entries, self.snapshot_entries);
+        set(&mut tuning.segment_bytes, self.segment_bytes);
+        set(&mut tuning.sync, self.sync);
+        set(&mut tuning.append_mode, self.append_mode);
+        set(
+            &mut tuning.cpu_affinity,
+            self.cpu_affinity.map(|cores| cores.0),
+        );
+        set(&mut tuning.channel_capacity, self.channel_capacity);
+        set(&mut tuning.max_frame_bytes, self.max_frame_bytes);
+    }
+}
+
+fn missing(flag: &str) -> ServerError {
+    ServerError(format!(
+        "option `--{flag}` is required when no --config file is given"
+    ))
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> ExitCode {
+    let result = args.config().and_then(server::run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lockstep serve: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

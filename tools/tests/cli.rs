@@ -1,0 +1,121 @@
+//! The binary's command line: bad flags and bad configuration files exit non-zero with a message
+//! naming the option; `status` against nothing exits non-zero.
+
+mod common;
+
+use common::{free_ports, run_bin};
+
+fn member_flags(ports: &[u16]) -> Vec<String> {
+    vec![
+        "--member".to_string(),
+        format!("1=127.0.0.1:{}/127.0.0.1:{}", ports[0], ports[1]),
+    ]
+}
+
+fn assert_refused(args: &[&str], expected: &[&str]) {
+    let (status, stderr) = run_bin(args);
+    assert!(!status.success(), "{args:?} was accepted");
+    for word in expected {
+        assert!(
+            stderr.contains(word),
+            "{args:?}: {word:?} missing from: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_exit_non_zero_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let members = member_flags(&free_ports(2));
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["serve", "--cluster-id", "7", "--data-dir", data]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
+        args.extend(members.iter().cloned());
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        if !extra.contains(&"--app") {
+            args.extend(["--app".to_string(), "kv".to_string()]);
+        }
+        args
+    };
+    let run = |extra: &[&str], expected: &[&str]| {
+        let args = base(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, expected);
+    };
+    run(&["--id", "x"], &["--id"]);
+    run(&["--id", "2"], &["id", "not among the members"]);
+    run(
+        &["--id", "1", "--sync", "sometimes"],
+        &["--sync", "sometimes"],
+    );
+    run(&["--id", "1", "--app", "sql"], &["--app", "sql"]);
+    run(
+        &["--id", "1", "--snapshot-entries", "0"],
+        &["--snapshot-entries"],
+    );
+    run(
+        &["--id", "1", "--heartbeat-ticks", "500"],
+        &["--heartbeat-ticks"],
+    );
+    run(&["--id", "1", "--member", "2=127.0.0.1:1"], &["--member"]);
+    run(&["--id", "1", "--bogus"], &["--bogus"]);
+    assert_refused(&["serve", "--id", "1"], &["--cluster-id"]);
+}
+
+#[test]
+fn bad_config_files_exit_non_zero_naming_file_and_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(4);
+    let good = format!(
+        "id = 1\ncluster_id = 7\ndata_dir = \"{}\"\napp = \"kv\"\n\n\
+         [[members]]\nid = 1\npeer_addr = \"127.0.0.1:{}\"\nclient_addr = \"127.0.0.1:{}\"\n\n\
+         [[members]]\nid = 2\npeer_addr = \"127.0.0.1:{}\"\nclient_addr = \"127.0.0.1:{}\"\n\n\
+         [tuning]\nsync = \"fdatasync\"\n",
+        dir.path().join("data").display(),
+        ports[0],
+        ports[1],
+        ports[2],
+        ports[3]
+    );
+    let path = dir.path().join("node.toml");
+    let path_text = path.to_str().unwrap();
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("app = \"kv\"", "app = \"kv\"\nspeed = 11", &["speed"]),
+        ("sync = \"fdatasync\"", "sync = \"nope\"", &["tuning.sync"]),
+        ("id = 2\n", "id = 1\n", &["members", "listed twice"]),
+        ("cluster_id = 7", "cluster_id = \"seven\"", &["cluster_id"]),
+        (
+            "peer_addr = \"127.0.0.1:",
+            "peer_addr = \"localhost-ish:",
+            &["peer_addr"],
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(good.contains(from), "{from}");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        let mut words = expected.to_vec();
+        words.push("node.toml");
+        assert_refused(&["serve", "--config", path_text], &words);
+    }
+    // A flag overrides the (good) file and is checked too.
+    std::fs::write(&path, &good).unwrap();
+    assert_refused(
+        &["serve", "--config", path_text, "--segment-bytes", "1000"],
+        &["node.toml", "--segment-bytes"],
+    );
+    assert_refused(
+        &["serve", "--config", "/nonexistent/node.toml"],
+        &["/nonexistent/node.toml"],
+    );
+}
+
+#[test]
+fn status_of_nothing_exits_non_zero() {
+    let port = free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    assert_refused(&["status", "--addr", &addr], &[addr.as_str()]);
+}
