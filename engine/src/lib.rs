@@ -13,6 +13,45 @@
 //! - [`apply`]: the execution stage and the [`StateMachine`] trait;
 //! - [`apps`]: example state machines; [`server`]: the server binary's core; [`client`]: a Rust
 //!   client for the native protocol.
+//!
+//! Embedding, in short (a one-member cluster; `engine/examples/embed.rs` runs three members and
+//! `docs/RUNTIME.md` explains the threads, channels, snapshots and shutdown):
+//! ```no_run
+//! use std::collections::BTreeMap;
+//! use bytes::Bytes;
+//! use lockstep::node::PeerConfig;
+//! use lockstep::types::{LogIndex, NodeId};
+//! use lockstep::{Node, NodeConfig, StateMachine};
+//!
+//! #[derive(Default)]
+//! struct Count(u64);
+//!
+//! impl StateMachine for Count {
+//!     fn apply(&mut self, _index: LogIndex, _command: &[u8]) -> Bytes {
+//!         self.0 += 1;
+//!         Bytes::from(self.0.to_string())
+//!     }
+//!     fn query(&self, _query: &[u8]) -> Bytes {
+//!         Bytes::from(self.0.to_string())
+//!     }
+//!     fn snapshot(&self, out: &mut Vec<u8>) {
+//!         out.extend_from_slice(&self.0.to_le_bytes());
+//!     }
+//!     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+//!         self.0 = u64::from_le_bytes(data.try_into().map_err(|_| "8 bytes expected")?);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let peer = PeerConfig { peer_addr: "127.0.0.1:7001".parse()?, client_addr: None };
+//! let members = BTreeMap::from([(NodeId(1), peer)]);
+//! let node = Node::start(NodeConfig::new(NodeId(1), 1, members, "/tmp/count".into()), Count(0))?;
+//! // (Wait until `node.status().role == "leader"`; proposals before get `NotLeader`.)
+//! let applied = node.propose(Bytes::from_static(b"+1")).wait()?;
+//! println!("committed at {}: {:?}", applied.index, applied.result);
+//! node.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 

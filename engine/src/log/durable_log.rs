@@ -19,8 +19,8 @@ use crate::log::error::LogError;
 use crate::log::hard_state::{HardState, HardStateFile};
 use crate::log::preparer::{Preparer, Spare};
 use crate::log::record::{
-    batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, RecordHeader,
-    RecordKind, RECORD_HEADER_BYTES,
+    batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, ChainFields,
+    RecordHeader, RecordKind, RECORD_HEADER_BYTES,
 };
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::segment::{
@@ -843,11 +843,16 @@ impl Log {
     /// a leader, or found at start, covers everything up to there): the next append must start
     /// at `after + 1` with a term of at least `term`.
     ///
-    /// Crash safety: everything appended so far is first made durable, then the segments are
-    /// removed newest first with the directory synced after each, so a crash part way leaves a
-    /// prefix of the old log (or nothing); the runtime's start-up check drops a log that does not
-    /// continue its snapshot. The new segment's first record carries a seq above every old one,
-    /// so recovery never mixes old records into the new chain.
+    /// Crash safety, step by step: (1) everything appended so far is made durable; (2) a spare
+    /// gets, as its first record, a truncation marker from `after + 1` with the next seq and a
+    /// `prev_crc` of 0 (deliberately not chained to the old log), and is synced while it still
+    /// has a spare's name; (3) it is renamed to its live name and the directory synced; (4) the
+    /// old segments are removed newest first, the directory synced after each. A crash before
+    /// (4) ends leaves a prefix of the old log followed by the new segment, whose unchained first
+    /// record ends the log there like a torn tail (its `synced_seq` is 0: it vouches for nothing), so recovery
+    /// finds the old prefix and the runtime's start-up check resets again; after (4) recovery
+    /// finds only the new segment, starting at `after + 1`. Seqs keep growing throughout, so no
+    /// stale record can ever pass for a newer one.
     pub fn reset_after(&mut self, after: LogIndex, term: Term) -> Result<(), LogError> {
         self.check_usable()?;
         self.wait_durable()?;
@@ -855,20 +860,49 @@ impl Log {
             self.in_flight.is_none() && self.dirty.is_empty(),
             "reset_after({after}): a sync round is still pending after wait_durable"
         );
+        let mut spare = self
+            .preparer
+            .take()
+            .map_err(|err| prepare_error(err, self.options.segment_bytes))?;
+        let chain = ChainFields {
+            prev_crc: 0,
+            seq: self.next_seq,
+            // Claims nothing: were the old log's newest segments removed and the oldest kept
+            // by a crash, a claim about their seqs would make recovery call them corrupt.
+            synced_seq: 0,
+        };
+        let header = truncate_header(after.next(), chain);
+        let end = SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES;
+        write_header(&mut spare.map[SEGMENT_HEADER_BYTES..end], &header);
+        if let Err(err) = spare.file.sync_data() {
+            return Err(self.poison(err.raw_os_error().unwrap_or(libc::EIO)));
+        }
+        let path = self.dir.join(live_name(self.next_seq));
+        if let Err(err) = std::fs::rename(&spare.path, &path) {
+            let context = format!("activate {}", spare.path.display());
+            self.preparer.give_back(spare);
+            return Err(LogError::io(context, err));
+        }
+        sync_dir(&self.dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
         while let Some(segment) = self.segments.pop_back() {
             self.recycle(segment)?;
         }
+        self.segments.push_back(Segment {
+            first_seq: self.next_seq,
+            path,
+            file: spare.file,
+            map: spare.map,
+        });
+        self.write_offset = SEGMENT_HEADER_BYTES + stored_bytes(0);
+        self.next_seq += 1;
+        self.last_crc = header.crc;
+        self.durable_seq = header.seq;
         self.spans.clear();
         self.next_index = after.next();
         self.last_term = term;
         self.durable_index = after;
-        self.unsynced_entries = 0;
-        self.unsynced_bytes = 0;
-        self.sync_wanted = false;
         self.sealed_seq = None;
-        self.activate_spare()?;
-        sync_dir(&self.dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
-        self.dir_dirty = false;
+        self.stats.segments_activated += 1;
         self.stats.truncations += 1;
         Ok(())
     }
