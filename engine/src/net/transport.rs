@@ -536,6 +536,8 @@ impl EventLoop {
             self.wake.awake.store(false, Ordering::SeqCst);
             self.drain_outbound();
             self.flush_dirty();
+            // Counters are current whenever the loop sleeps.
+            self.publish_stats();
             let timeout = self.poll_timeout();
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() != io::ErrorKind::Interrupted {
@@ -562,7 +564,6 @@ impl EventLoop {
             self.expire_handshakes();
             self.dial_due_peers();
             self.read_ready_conns();
-            self.publish_stats();
         }
     }
 
@@ -823,23 +824,32 @@ impl EventLoop {
     /// One read per ready connection per turn, for fairness; a connection stays ready until a
     /// read would block. Stops as soon as an event cannot be delivered.
     fn read_ready_conns(&mut self) {
+        // Reading never lists new connections (only poll events do), so the list is compacted
+        // in place: no allocation per turn.
         let mut ready = std::mem::take(&mut self.read_ready);
-        let mut keep = Vec::with_capacity(ready.len());
-        for (at, &token) in ready.iter().enumerate() {
+        let mut kept = 0;
+        for at in 0..ready.len() {
+            let token = ready[at];
             if !self.pending_events.is_empty() {
-                keep.extend_from_slice(&ready[at..]);
+                let left = ready.len() - at;
+                ready.copy_within(at.., kept);
+                kept += left;
                 break;
             }
             if self.read_once(token) {
-                keep.push(token);
+                ready[kept] = token;
+                kept += 1;
             } else if let Some(conn) = self.conns.get_mut(&token) {
                 conn.in_read_ready = false;
             }
         }
-        ready.clear();
-        // Connections made ready during this turn were pushed onto the (new) list meanwhile.
-        keep.append(&mut self.read_ready);
-        self.read_ready = keep;
+        ready.truncate(kept);
+        assert!(
+            self.read_ready.is_empty(),
+            "{} connections listed as readable while reading",
+            self.read_ready.len()
+        );
+        self.read_ready = ready;
     }
 
     /// Reads once from `token` and handles the complete frames. Returns whether the connection
@@ -1092,8 +1102,10 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Delivers an event, or keeps it (and stops reading) while the channel is full.
+    /// Delivers an event, or keeps it (and stops reading) while the channel is full. Counters
+    /// are published first, so a consumer that sees the event sees counts at least as new.
     fn emit(&mut self, event: NetEvent) {
+        self.publish_stats();
         if !self.pending_events.is_empty() {
             self.pending_events.push_back(event);
             return;
