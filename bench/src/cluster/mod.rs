@@ -232,10 +232,17 @@ impl Session {
         results.memory = Memory {
             bench_peak_rss_bytes: supervisor::peak_rss_bytes("self"),
             nodes: self.local.as_ref().map_or_else(Vec::new, |cluster| {
+                let anon = status::peak_anon_rss_bytes(&samples);
                 cluster
                     .peak_rss_bytes()
                     .into_iter()
-                    .map(|(id, peak_rss_bytes)| NodeMemory { id, peak_rss_bytes })
+                    .enumerate()
+                    .map(|(index, (id, peak_rss_bytes))| NodeMemory {
+                        id,
+                        peak_rss_bytes,
+                        // Sample processes are the bench, then the nodes in order.
+                        peak_anon_rss_bytes: anon.get(index + 1).copied().flatten(),
+                    })
                     .collect()
             }),
         };

@@ -105,12 +105,12 @@ pub struct SecondRow {
     pub p99_us: f64,
 }
 
-/// Peak resident memory (VmHWM), bytes.
+/// Peak resident memory, bytes.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Memory {
-    /// The bench process (all client threads).
+    /// The bench process (all client threads): VmHWM.
     pub bench_peak_rss_bytes: Option<u64>,
-    /// Each local node process, read just before it was stopped.
+    /// Each local node process.
     pub nodes: Vec<NodeMemory>,
 }
 
@@ -137,8 +137,12 @@ pub struct NodeCpu {
 pub struct NodeMemory {
     /// The node.
     pub id: u64,
-    /// VmHWM in bytes (`None` when unreadable).
+    /// VmHWM (anonymous memory and the touched pages of mapped log segments), read just
+    /// before the node was stopped (`None` when unreadable).
     pub peak_rss_bytes: Option<u64>,
+    /// The largest RssAnon (heap and stacks, without mapped files) of the once-a-second
+    /// samples of the measured window.
+    pub peak_anon_rss_bytes: Option<u64>,
 }
 
 /// How one node ended.
@@ -316,7 +320,12 @@ impl Describe for RunResults {
         ));
         let mut memory = format!("bench {}", mib(self.memory.bench_peak_rss_bytes));
         for node in &self.memory.nodes {
-            memory.push_str(&format!(", node {} {}", node.id, mib(node.peak_rss_bytes)));
+            memory.push_str(&format!(
+                ", node {} {} ({} anonymous)",
+                node.id,
+                mib(node.peak_rss_bytes),
+                mib(node.peak_anon_rss_bytes)
+            ));
         }
         rows.push(("peak RSS".into(), memory));
         let cores = |value: Option<f64>| optional(value, " cores");

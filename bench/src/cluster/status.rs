@@ -16,6 +16,7 @@ use lockstep::net::{ClientReply, ClientRequest};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::supervisor::anon_rss_bytes;
 use crate::interrupt::Interrupt;
 
 /// The request id of the node's answer to the client hello.
@@ -113,6 +114,8 @@ pub struct Sample {
     pub nodes: Vec<Option<Value>>,
     /// CPU seconds used so far by each process of `pids` (see [`poll`]), in that order.
     pub cpu_sec: Vec<Option<f64>>,
+    /// Anonymous resident bytes of each process of `pids` at this moment.
+    pub anon_rss_bytes: Vec<Option<u64>>,
 }
 
 /// Polls every member's status at each of `at` (instants in order), keeping one connection per
@@ -155,10 +158,12 @@ pub fn poll(
             -(origin - when).as_secs_f64()
         };
         let cpu_sec = pids.iter().map(|pid| cpu_seconds(pid)).collect();
+        let anon_rss_bytes = pids.iter().map(|pid| anon_rss_bytes(pid)).collect();
         samples.push(Sample {
             at_sec,
             nodes,
             cpu_sec,
+            anon_rss_bytes,
         });
     }
     samples
@@ -176,6 +181,21 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks_per_sec > 0).then(|| (utime + stime) as f64 / ticks_per_sec as f64)
+}
+
+/// The largest anonymous resident size each process had in any sample, in `pids` order.
+pub fn peak_anon_rss_bytes(samples: &[Sample]) -> Vec<Option<u64>> {
+    let processes = samples
+        .first()
+        .map_or(0, |sample| sample.anon_rss_bytes.len());
+    (0..processes)
+        .map(|process| {
+            samples
+                .iter()
+                .filter_map(|sample| sample.anon_rss_bytes.get(process).copied().flatten())
+                .max()
+        })
+        .collect()
 }
 
 /// Cores used by each process over the samples (CPU seconds between the first and last sample
@@ -339,6 +359,7 @@ mod tests {
             at_sec,
             nodes,
             cpu_sec: Vec::new(),
+            anon_rss_bytes: Vec::new(),
         }
     }
 
@@ -357,14 +378,18 @@ mod tests {
                 at_sec: 0.0,
                 nodes: Vec::new(),
                 cpu_sec: vec![Some(1.0), None],
+                anon_rss_bytes: vec![Some(10), None],
             },
             Sample {
                 at_sec: 2.0,
                 nodes: Vec::new(),
                 cpu_sec: vec![Some(4.0), Some(1.0)],
+                anon_rss_bytes: vec![Some(5), Some(7)],
             },
         ];
         assert_eq!(cores_used(&samples), vec![Some(1.5), None]);
+        assert_eq!(peak_anon_rss_bytes(&samples), vec![Some(10), Some(7)]);
+        assert!(peak_anon_rss_bytes(&[]).is_empty());
         assert!(cores_used(&[]).is_empty());
     }
 

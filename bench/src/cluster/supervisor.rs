@@ -407,11 +407,23 @@ fn free_members(n: usize) -> io::Result<Vec<MemberConfig>> {
         .collect())
 }
 
-/// Peak resident memory (VmHWM) of process `pid` (a number or `self`), in bytes.
+/// Peak resident memory (VmHWM) of process `pid` (a number or `self`), in bytes: anonymous
+/// memory and the pages of mapped files (such as log segments) alike.
 pub fn peak_rss_bytes(pid: &str) -> Option<u64> {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+/// Anonymous resident memory (RssAnon) of process `pid` now, in bytes: the heap and stacks,
+/// without the pages of mapped files.
+pub fn anon_rss_bytes(pid: &str) -> Option<u64> {
+    proc_status_bytes(pid, "RssAnon:")
+}
+
+/// A `KEY: N kB` line of `/proc/PID/status`, in bytes.
+fn proc_status_bytes(pid: &str, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     // "VmHWM:	    1234 kB"
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -565,7 +577,9 @@ mod tests {
 
     #[test]
     fn peak_rss_of_this_process_is_readable() {
-        assert!(peak_rss_bytes("self").unwrap() > 0);
+        let peak = peak_rss_bytes("self").unwrap();
+        let anon = anon_rss_bytes("self").unwrap();
+        assert!(anon > 0 && anon <= peak, "anon {anon} peak {peak}");
         assert_eq!(peak_rss_bytes("0"), None);
     }
 }
