@@ -153,7 +153,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         status.counters.entries_proposed,
         status.counters.batches_sealed,
         status.counters.entries_proposed as f64 / status.counters.batches_sealed.max(1) as f64,
-        status.counters.writes
+        status.counters.storage_writes
     );
     let nodes = Arc::try_unwrap(nodes).map_err(|_| "nodes still shared")?;
     for node in nodes {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lockstep::node::PeerConfig;
+use lockstep::raft::MembershipChange;
 use lockstep::types::NodeId;
 use lockstep::{Node, NodeError};
 use node_common::{config, members, wait_for, wait_leader, Kv};
@@ -160,5 +161,48 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     cluster.stop(lagging);
     cluster.restart(lagging);
     cluster.propose("c", 100);
+    cluster.assert_converged();
+}
+
+#[test]
+fn a_voter_is_removed_and_the_rest_keep_committing() {
+    let mut cluster = Cluster::start(3, 1 << 20);
+    let leader = cluster.propose("a", 100);
+    let removed = (leader + 1) % 3;
+    let removed_id = NodeId(removed as u64 + 1);
+    // Under CPU starvation leadership may move meanwhile: retry at the current leader (a retry
+    // after an unknown outcome may find the change already made).
+    let mut retried = false;
+    loop {
+        let leader = wait_leader(&cluster.nodes);
+        let outcome = cluster
+            .node(leader)
+            .change_membership(MembershipChange::Remove(removed_id))
+            .wait_timeout(Duration::from_secs(10));
+        match outcome {
+            Ok(applied) => {
+                assert!(applied.index.get() > 100);
+                break;
+            }
+            Err(NodeError::NotLeader { .. } | NodeError::OutcomeUnknown) => retried = true,
+            Err(NodeError::Refused(why)) if retried && why.contains("not a member") => break,
+            Err(other) => panic!("removal failed: {other:?}"),
+        }
+    }
+    let leader = wait_leader(&cluster.nodes);
+    match cluster
+        .node(leader)
+        .change_membership(MembershipChange::Remove(removed_id))
+        .wait()
+    {
+        Err(NodeError::Refused(why)) => assert!(why.contains("not a member"), "{why}"),
+        Err(NodeError::NotLeader { .. }) => {}
+        other => panic!("removing twice: {other:?}"),
+    }
+    cluster.stop(removed);
+    // Two voters left: both are needed, and they still commit.
+    let leader = cluster.propose("b", 200);
+    let status = cluster.node(leader).status();
+    assert_eq!(status.peers.len(), 1, "{status:?}");
     cluster.assert_converged();
 }

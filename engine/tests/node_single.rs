@@ -115,3 +115,28 @@ fn dropping_a_node_shuts_it_down_and_frees_its_directory() {
         drop(node);
     }
 }
+
+#[test]
+fn pinned_stages_run_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = members(1);
+    let mut cfg = config(1, &members, dir.path(), 1000);
+    cfg.cpu_affinity = Some(vec![0, 1]);
+    let node = Node::start(cfg, Kv::default()).unwrap();
+    let nodes = [Some(node)];
+    wait_leader(&nodes);
+    let [Some(node)] = nodes else { unreachable!() };
+    let applied = node
+        .propose(Bytes::from_static(b"pinned=yes"))
+        .wait()
+        .unwrap();
+    let read = node
+        .read_local(Bytes::from_static(b"pinned"))
+        .wait()
+        .unwrap();
+    assert_eq!(
+        (read.index, read.result),
+        (applied.index, Bytes::from_static(b"yes"))
+    );
+    node.shutdown().unwrap();
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle};
+use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle, Transport};
 use crate::node::pipeline::{
     error_reply, ApplyMsg, ClientAddrs, Feedback, PendingRead, Shared, StorageMsg, Target,
 };
@@ -58,6 +58,8 @@ pub(crate) struct ConsensusStage {
     pub to_apply: Sender<ApplyMsg>,
     pub shared: Arc<Shared>,
     pub client_addrs: ClientAddrs,
+    /// For the network counters in the status.
+    transport: Option<Arc<Transport>>,
     /// Entries proposed here and not yet handed to apply, ascending by index.
     pending: VecDeque<(LogIndex, Target)>,
     reads: HashMap<u64, (Bytes, Target)>,
@@ -76,24 +78,25 @@ enum Flow {
 }
 
 impl ConsensusStage {
-    /// A stage over a core restored from disk.
+    /// A stage over a core restored from disk; `transport` is `None` without a network.
     pub(crate) fn new(
         raft: Raft,
         tick: Duration,
-        net: Option<NetHandle>,
         to_storage: Sender<StorageMsg>,
         to_apply: Sender<ApplyMsg>,
         shared: Arc<Shared>,
         client_addrs: ClientAddrs,
+        transport: Option<Arc<Transport>>,
     ) -> ConsensusStage {
         ConsensusStage {
             raft,
             tick,
-            net,
+            net: transport.as_ref().map(|transport| transport.handle()),
             to_storage,
             to_apply,
             shared,
             client_addrs,
+            transport,
             pending: VecDeque::new(),
             reads: HashMap::new(),
             next_read: 1,
@@ -433,12 +436,14 @@ impl ConsensusStage {
             counters: NodeCounters {
                 entries_proposed: status.stats.entries_proposed,
                 batches_sealed: status.stats.batches_sealed,
-                writes: status.stats.writes,
+                storage_writes: status.stats.writes,
                 elections_started: status.stats.elections_started,
                 snapshot_chunks_sent: status.stats.snapshot_chunks_sent,
                 snapshots_installed: status.stats.snapshots_installed,
                 reads_ready: status.stats.reads_ready,
             },
+            log: *self.shared.log.lock().expect("log counters lock"),
+            net: self.transport.as_ref().map(|transport| transport.stats()),
         }
     }
 

@@ -181,7 +181,7 @@ pub struct Node {
     requests: Sender<Request>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    transport: Option<Transport>,
+    transport: Option<Arc<Transport>>,
     peer_addr: SocketAddr,
     client_addr: Option<SocketAddr>,
 }
@@ -240,19 +240,23 @@ impl Node {
                     "cannot start the network on {peer_listen}: {error}"
                 ))
             })?;
-            Some(transport)
+            Some(Arc::new(transport))
         } else {
             drop(net_sender);
             None
         };
-        let net = transport.as_ref().map(Transport::handle);
+        let net = transport.as_ref().map(|transport| transport.handle());
         let net_events = if transport.is_some() {
             net_events
         } else {
             crossbeam_channel::never()
         };
-        let peer_addr = transport.as_ref().map_or(peer_listen, Transport::peer_addr);
-        let client_addr = transport.as_ref().and_then(Transport::client_addr);
+        let peer_addr = transport
+            .as_ref()
+            .map_or(peer_listen, |transport| transport.peer_addr());
+        let client_addr = transport
+            .as_ref()
+            .and_then(|transport| transport.client_addr());
 
         let shared = Arc::new(Shared::default());
         let (requests, request_inbox) = bounded(capacity);
@@ -285,11 +289,11 @@ impl Node {
         let consensus = ConsensusStage::new(
             raft,
             config.tick,
-            net,
             to_storage,
             to_apply,
             shared.clone(),
             client_addrs,
+            transport.clone(),
         );
         // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
         let core_for = |slot: usize| {
@@ -367,6 +371,8 @@ impl Node {
             durable: 0,
             peers: Vec::new(),
             counters: NodeCounters::default(),
+            log: *self.shared.log.lock().expect("log counters lock"),
+            net: None,
         }
     }
 
@@ -417,7 +423,11 @@ impl Node {
             }
         }
         if let Some(transport) = self.transport.take() {
-            transport.shutdown();
+            // Every stage (the consensus one holds a reference for its status) has ended.
+            match Arc::try_unwrap(transport) {
+                Ok(transport) => transport.shutdown(),
+                Err(_) => panic!("the transport is still shared after every stage ended"),
+            }
         }
         if !panicked.is_empty() {
             return Err(NodeError::Failed(format!("threads panicked: {panicked:?}")));
@@ -477,6 +487,25 @@ pub struct NodeStatus {
     pub peers: Vec<PeerProgress>,
     /// What the consensus core did since start.
     pub counters: NodeCounters,
+    /// What the storage stage did to the log since start.
+    pub log: LogCounters,
+    /// The network stage's counters (none when the node runs without a network).
+    pub net: Option<crate::net::NetStats>,
+}
+
+/// Counters of the local log since the node started (monotonic).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct LogCounters {
+    /// Entries appended.
+    pub entries_appended: u64,
+    /// Batch records appended (entries_appended / batches_appended = entries per batch).
+    pub batches_appended: u64,
+    /// Payload and header bytes appended.
+    pub bytes_appended: u64,
+    /// Sync rounds completed.
+    pub syncs: u64,
+    /// Entries made durable by those rounds (entries_synced / syncs = entries per sync).
+    pub entries_synced: u64,
 }
 
 /// Counters of one node since it started (monotonic).
@@ -487,7 +516,7 @@ pub struct NodeCounters {
     /// Batches sealed by this node as leader.
     pub batches_sealed: u64,
     /// Storage writes handed to the storage stage.
-    pub writes: u64,
+    pub storage_writes: u64,
     /// Elections this node started.
     pub elections_started: u64,
     /// Snapshot chunks this node sent as leader.

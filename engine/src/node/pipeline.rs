@@ -19,7 +19,7 @@ use crate::net::{ClientReply, ConnId};
 use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
 use crate::types::{LogIndex, NodeId};
 
-use super::{Applied, NodeError};
+use super::{Applied, LogCounters, NodeError};
 
 /// Who is waiting for the outcome of one proposal or read.
 pub(crate) enum Target {
@@ -174,6 +174,8 @@ pub(crate) struct Shared {
     pub durable_term: AtomicU64,
     /// The first fatal error, if any.
     pub failure: Mutex<Option<String>>,
+    /// The log counters, published by storage once per loop turn.
+    pub log: Mutex<LogCounters>,
 }
 
 impl Shared {

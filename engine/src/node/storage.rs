@@ -21,6 +21,7 @@ use crate::apply::snapshot;
 use crate::log::{HardState as LogHardState, Log};
 use crate::net::NetHandle;
 use crate::node::pipeline::{Feedback, Shared, StorageMsg};
+use crate::node::LogCounters;
 use crate::raft::{Message, StorageWrite, WriteId};
 use crate::types::NodeId;
 
@@ -169,8 +170,17 @@ impl StorageStage {
         Ok(())
     }
 
-    /// Hands the messages of every durable write to the network and tells consensus.
+    /// Hands the messages of every durable write to the network and tells consensus; publishes
+    /// the log counters.
     fn release(&mut self) {
+        let stats = self.log.stats();
+        *self.shared.log.lock().expect("log counters lock") = LogCounters {
+            entries_appended: stats.entries_appended,
+            batches_appended: stats.appends,
+            bytes_appended: stats.bytes_appended,
+            syncs: stats.syncs,
+            entries_synced: stats.entries_synced,
+        };
         let durable_seq = self.log.durable_seq();
         let mut last = None;
         let mut messages = Vec::new();
