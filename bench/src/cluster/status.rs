@@ -252,9 +252,9 @@ pub fn leader_changes(samples: &[Sample]) -> u64 {
 /// How the leader grouped its work over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Grouping {
-    /// Entries per batch the leader sealed (each batch is one log record and one unit sent).
+    /// Entries per batch the leader appended (each batch is one log record and one unit sent).
     pub entries_per_batch: Option<f64>,
-    /// Entries the leader proposed per sync of its log.
+    /// Entries the leader's syncs made durable, per sync.
     pub entries_per_sync: Option<f64>,
     /// Syncs per second.
     pub syncs_per_sec: Option<f64>,
@@ -270,20 +270,17 @@ pub struct Grouping {
 /// Where a node may report each counter in its status JSON, first the name `NodeStatus` uses
 /// now, then names it may use later; a counter is missing when none of them holds a number.
 const ENTRIES: &[&[&str]] = &[
-    &["counters", "entries_proposed"],
     &["log", "entries_appended"],
+    &["counters", "entries_proposed"],
 ];
 const BATCHES: &[&[&str]] = &[
-    &["counters", "batches_sealed"],
     &["log", "batches_appended"],
+    &["counters", "batches_sealed"],
 ];
-const SYNCS: &[&[&str]] = &[
-    &["counters", "syncs"],
-    &["storage", "syncs"],
-    &["log", "syncs"],
-];
-const NET_WRITES: &[&[&str]] = &[&["net", "writes"], &["counters", "net_writes"]];
-const NET_BYTES_OUT: &[&[&str]] = &[&["net", "bytes_out"], &["counters", "net_bytes_out"]];
+const SYNCS: &[&[&str]] = &[&["log", "syncs"]];
+const ENTRIES_SYNCED: &[&[&str]] = &[&["log", "entries_synced"]];
+const NET_WRITES: &[&[&str]] = &[&["net", "writes"]];
+const NET_BYTES_OUT: &[&[&str]] = &[&["net", "bytes_out"]];
 const COMMIT: &[&[&str]] = &[&["commit"]];
 
 /// The number at the first of `paths` that holds one.
@@ -334,6 +331,7 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
     let entries = delta(ENTRIES);
     let batches = delta(BATCHES);
     let syncs = delta(SYNCS);
+    let synced = delta(ENTRIES_SYNCED);
     let writes = delta(NET_WRITES);
     let bytes_out = delta(NET_BYTES_OUT);
     let commits = delta(COMMIT);
@@ -342,7 +340,7 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
         _ => None,
     };
     grouping.entries_per_batch = ratio(entries, batches);
-    grouping.entries_per_sync = ratio(entries, syncs);
+    grouping.entries_per_sync = ratio(synced, syncs);
     grouping.syncs_per_sec = ratio(syncs, Some(seconds));
     grouping.bytes_per_network_write = ratio(bytes_out, writes);
     grouping.commit_index_per_sec = ratio(commits, Some(seconds));
@@ -430,8 +428,9 @@ mod tests {
         let leader = |commit: u64, entries: u64, batches: u64, syncs: u64, writes: u64| {
             Some(json!({
                 "id": 1, "role": "leader", "term": 2, "commit": commit,
-                "counters": {"entries_proposed": entries, "batches_sealed": batches,
-                             "syncs": syncs, "writes": 1},
+                "counters": {"storage_writes": 1},
+                "log": {"entries_appended": entries, "batches_appended": batches,
+                        "syncs": syncs, "entries_synced": entries},
                 "net": {"writes": writes, "bytes_out": writes * 1000},
             }))
         };
@@ -469,9 +468,10 @@ mod tests {
         assert_eq!(grouping.syncs_per_sec, None);
         assert_eq!(grouping.commit_index_per_sec, Some(250.0));
         for name in [
-            "counters.entries_proposed",
-            "counters.batches_sealed",
-            "counters.syncs",
+            "log.entries_appended",
+            "log.batches_appended",
+            "log.syncs",
+            "log.entries_synced",
             "net.writes",
             "net.bytes_out",
         ] {
