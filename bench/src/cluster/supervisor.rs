@@ -558,6 +558,28 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_while_the_cluster_runs_still_stops_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid_dir = tempfile::tempdir().unwrap();
+        // Caught on this same thread, so it is the guard's Drop that stops the nodes (not the
+        // parent-death signal, which fires when the spawning thread ends).
+        let outcome = std::panic::catch_unwind(|| {
+            let _cluster = LocalCluster::start(
+                &spec(3, parent.path(), Duration::from_secs(10)),
+                &fake_node(pid_dir.path(), "true"),
+                &Interrupt::default(),
+            )
+            .unwrap();
+            panic!("the bench failed mid-run");
+        });
+        assert!(outcome.is_err());
+        let pids = fake_pids(pid_dir.path());
+        assert_eq!(pids.len(), 3);
+        assert!(pids.iter().all(|&pid| !alive(pid)));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn an_interrupt_during_start_cleans_up() {
         let parent = tempfile::tempdir().unwrap();
         let pid_dir = tempfile::tempdir().unwrap();
