@@ -103,7 +103,9 @@ fn a_short_three_node_run_reports_sane_figures_and_cleans_up() {
     let nodes = report["memory"]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     for node in nodes {
-        assert!(node["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{node}");
+        let peak = node["peak_rss_bytes"].as_u64().unwrap();
+        let anon = node["peak_anon_rss_bytes"].as_u64().unwrap();
+        assert!(peak > 1 << 20 && anon > 0, "{node}");
     }
     assert!(report["memory"]["bench_peak_rss_bytes"].as_u64().unwrap() > 0);
     let exits = report["node_exits"].as_array().unwrap();

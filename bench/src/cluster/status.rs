@@ -16,6 +16,7 @@ use lockstep::net::{ClientReply, ClientRequest};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::supervisor::anon_rss_bytes;
 use crate::interrupt::Interrupt;
 
 /// The request id of the node's answer to the client hello.
@@ -113,6 +114,8 @@ pub struct Sample {
     pub nodes: Vec<Option<Value>>,
     /// CPU seconds used so far by each process of `pids` (see [`poll`]), in that order.
     pub cpu_sec: Vec<Option<f64>>,
+    /// Anonymous resident bytes of each process of `pids` at this moment.
+    pub anon_rss_bytes: Vec<Option<u64>>,
 }
 
 /// Polls every member's status at each of `at` (instants in order), keeping one connection per
@@ -155,10 +158,12 @@ pub fn poll(
             -(origin - when).as_secs_f64()
         };
         let cpu_sec = pids.iter().map(|pid| cpu_seconds(pid)).collect();
+        let anon_rss_bytes = pids.iter().map(|pid| anon_rss_bytes(pid)).collect();
         samples.push(Sample {
             at_sec,
             nodes,
             cpu_sec,
+            anon_rss_bytes,
         });
     }
     samples
@@ -176,6 +181,21 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks_per_sec > 0).then(|| (utime + stime) as f64 / ticks_per_sec as f64)
+}
+
+/// The largest anonymous resident size each process had in any sample, in `pids` order.
+pub fn peak_anon_rss_bytes(samples: &[Sample]) -> Vec<Option<u64>> {
+    let processes = samples
+        .first()
+        .map_or(0, |sample| sample.anon_rss_bytes.len());
+    (0..processes)
+        .map(|process| {
+            samples
+                .iter()
+                .filter_map(|sample| sample.anon_rss_bytes.get(process).copied().flatten())
+                .max()
+        })
+        .collect()
 }
 
 /// Cores used by each process over the samples (CPU seconds between the first and last sample
@@ -232,9 +252,9 @@ pub fn leader_changes(samples: &[Sample]) -> u64 {
 /// How the leader grouped its work over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Grouping {
-    /// Entries per batch the leader sealed (each batch is one log record and one unit sent).
+    /// Entries per batch the leader appended (each batch is one log record and one unit sent).
     pub entries_per_batch: Option<f64>,
-    /// Entries the leader proposed per sync of its log.
+    /// Entries the leader's syncs made durable, per sync.
     pub entries_per_sync: Option<f64>,
     /// Syncs per second.
     pub syncs_per_sec: Option<f64>,
@@ -250,20 +270,17 @@ pub struct Grouping {
 /// Where a node may report each counter in its status JSON, first the name `NodeStatus` uses
 /// now, then names it may use later; a counter is missing when none of them holds a number.
 const ENTRIES: &[&[&str]] = &[
-    &["counters", "entries_proposed"],
     &["log", "entries_appended"],
+    &["counters", "entries_proposed"],
 ];
 const BATCHES: &[&[&str]] = &[
-    &["counters", "batches_sealed"],
     &["log", "batches_appended"],
+    &["counters", "batches_sealed"],
 ];
-const SYNCS: &[&[&str]] = &[
-    &["counters", "syncs"],
-    &["storage", "syncs"],
-    &["log", "syncs"],
-];
-const NET_WRITES: &[&[&str]] = &[&["net", "writes"], &["counters", "net_writes"]];
-const NET_BYTES_OUT: &[&[&str]] = &[&["net", "bytes_out"], &["counters", "net_bytes_out"]];
+const SYNCS: &[&[&str]] = &[&["log", "syncs"]];
+const ENTRIES_SYNCED: &[&[&str]] = &[&["log", "entries_synced"]];
+const NET_WRITES: &[&[&str]] = &[&["net", "writes"]];
+const NET_BYTES_OUT: &[&[&str]] = &[&["net", "bytes_out"]];
 const COMMIT: &[&[&str]] = &[&["commit"]];
 
 /// The number at the first of `paths` that holds one.
@@ -314,6 +331,7 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
     let entries = delta(ENTRIES);
     let batches = delta(BATCHES);
     let syncs = delta(SYNCS);
+    let synced = delta(ENTRIES_SYNCED);
     let writes = delta(NET_WRITES);
     let bytes_out = delta(NET_BYTES_OUT);
     let commits = delta(COMMIT);
@@ -322,7 +340,7 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
         _ => None,
     };
     grouping.entries_per_batch = ratio(entries, batches);
-    grouping.entries_per_sync = ratio(entries, syncs);
+    grouping.entries_per_sync = ratio(synced, syncs);
     grouping.syncs_per_sec = ratio(syncs, Some(seconds));
     grouping.bytes_per_network_write = ratio(bytes_out, writes);
     grouping.commit_index_per_sec = ratio(commits, Some(seconds));
@@ -339,6 +357,7 @@ mod tests {
             at_sec,
             nodes,
             cpu_sec: Vec::new(),
+            anon_rss_bytes: Vec::new(),
         }
     }
 
@@ -357,14 +376,18 @@ mod tests {
                 at_sec: 0.0,
                 nodes: Vec::new(),
                 cpu_sec: vec![Some(1.0), None],
+                anon_rss_bytes: vec![Some(10), None],
             },
             Sample {
                 at_sec: 2.0,
                 nodes: Vec::new(),
                 cpu_sec: vec![Some(4.0), Some(1.0)],
+                anon_rss_bytes: vec![Some(5), Some(7)],
             },
         ];
         assert_eq!(cores_used(&samples), vec![Some(1.5), None]);
+        assert_eq!(peak_anon_rss_bytes(&samples), vec![Some(10), Some(7)]);
+        assert!(peak_anon_rss_bytes(&[]).is_empty());
         assert!(cores_used(&[]).is_empty());
     }
 
@@ -405,8 +428,9 @@ mod tests {
         let leader = |commit: u64, entries: u64, batches: u64, syncs: u64, writes: u64| {
             Some(json!({
                 "id": 1, "role": "leader", "term": 2, "commit": commit,
-                "counters": {"entries_proposed": entries, "batches_sealed": batches,
-                             "syncs": syncs, "writes": 1},
+                "counters": {"storage_writes": 1},
+                "log": {"entries_appended": entries, "batches_appended": batches,
+                        "syncs": syncs, "entries_synced": entries},
                 "net": {"writes": writes, "bytes_out": writes * 1000},
             }))
         };
@@ -444,9 +468,10 @@ mod tests {
         assert_eq!(grouping.syncs_per_sec, None);
         assert_eq!(grouping.commit_index_per_sec, Some(250.0));
         for name in [
-            "counters.entries_proposed",
-            "counters.batches_sealed",
-            "counters.syncs",
+            "log.entries_appended",
+            "log.batches_appended",
+            "log.syncs",
+            "log.entries_synced",
             "net.writes",
             "net.bytes_out",
         ] {
