@@ -291,10 +291,22 @@ impl Session {
     }
 }
 
+/// Describes the machine, warning when the data directory's filesystem makes syncs free.
+fn describe_machine(session: &Session) -> Machine {
+    let machine = Machine::describe(&session.data_dir);
+    if session.local.is_some() && machine.data_dir_filesystem == "tmpfs" {
+        eprintln!(
+            "lockstep-bench: warning: {} is on tmpfs, where fdatasync does nothing; use --dir on the disk you mean to measure",
+            session.data_dir.display()
+        );
+    }
+    machine
+}
+
 fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, String> {
     let started_utc = now_utc();
     let mut session = Session::open(config, interrupt)?;
-    let machine = Machine::describe(&session.data_dir);
+    let machine = describe_machine(&session);
     let mut results = session.measure(config, interrupt)?;
     results.node_exits = session.close();
     Ok(Report {
@@ -313,7 +325,7 @@ fn run_sweep(
 ) -> Result<SweepReport, String> {
     let started_utc = now_utc();
     let mut session = Session::open(config, interrupt)?;
-    let machine = Machine::describe(&session.data_dir);
+    let machine = describe_machine(&session);
     let mut points = Vec::with_capacity(sweep.values.len());
     for &value in &sweep.values {
         let point_config = config.with(sweep.knob, value)?;
