@@ -200,3 +200,15 @@ fn serve_from_a_file_then_status_then_sigterm() {
     };
     assert!(exit.success(), "exit status after SIGTERM: {exit}");
 }
+
+#[test]
+fn a_node_that_cannot_start_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let members = member_flags(&free_ports(2));
+    let mut args = vec!["serve", "--id", "1", "--cluster-id", "7", "--app", "kv"];
+    args.extend(["--data-dir", file.to_str().unwrap()]);
+    args.extend(members.iter().map(String::as_str));
+    assert_refused(&args, &["failed to start", "not-a-directory"]);
+}
