@@ -221,3 +221,43 @@ fn an_open_loop_run_offers_its_rate() {
     assert!((1500.0..=2500.0).contains(&throughput), "{throughput}");
     assert_eq!(entries(parent.path()), 0);
 }
+
+#[test]
+fn a_sweep_reports_one_point_per_value_in_one_table() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json_path = out.path().join("sweep.json");
+    let output = bench()
+        .args(["--nodes", "1", "--sweep", "clients=1,2", "--depth", "8"])
+        .args(["--seconds", "1", "--warmup", "0.2"])
+        .arg("--dir")
+        .arg(parent.path())
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains("entries/s") && stdout.contains("clients=1,2"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["knob"], "clients");
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for (point, clients) in points.iter().zip([1, 2]) {
+        assert_eq!(point["value"], clients);
+        assert!(
+            point["throughput_per_sec"].as_f64().unwrap() > 0.0,
+            "{point}"
+        );
+        assert!(
+            point["latency_us"]["p50"].as_f64().unwrap() > 0.0,
+            "{point}"
+        );
+    }
+    assert_eq!(entries(parent.path()), 0);
+}
