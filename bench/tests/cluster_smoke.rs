@@ -103,7 +103,9 @@ fn a_short_three_node_run_reports_sane_figures_and_cleans_up() {
     let nodes = report["memory"]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     for node in nodes {
-        assert!(node["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{node}");
+        let peak = node["peak_rss_bytes"].as_u64().unwrap();
+        let anon = node["peak_anon_rss_bytes"].as_u64().unwrap();
+        assert!(peak > 1 << 20 && anon > 0, "{node}");
     }
     assert!(report["memory"]["bench_peak_rss_bytes"].as_u64().unwrap() > 0);
     let exits = report["node_exits"].as_array().unwrap();
@@ -182,4 +184,80 @@ fn bad_options_exit_2_naming_the_option() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(option), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn an_open_loop_run_offers_its_rate() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json_path = out.path().join("open.json");
+    let output = bench()
+        .args([
+            "--nodes",
+            "1",
+            "--rate",
+            "2000",
+            "--clients",
+            "2",
+            "--depth",
+            "256",
+        ])
+        .args(["--seconds", "2", "--warmup", "0.5"])
+        .arg("--dir")
+        .arg(parent.path())
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["config"]["load_loop"], "open");
+    assert_eq!(report["offered_per_sec"], 2000.0);
+    // The schedule, not the cluster, sets the pace: the committed rate is the offered one
+    // (a wide margin: the machine is shared, and a slow second delays rather than drops).
+    let throughput = report["throughput_per_sec"].as_f64().unwrap();
+    assert!((1500.0..=2500.0).contains(&throughput), "{throughput}");
+    assert_eq!(entries(parent.path()), 0);
+}
+
+#[test]
+fn a_sweep_reports_one_point_per_value_in_one_table() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json_path = out.path().join("sweep.json");
+    let output = bench()
+        .args(["--nodes", "1", "--sweep", "clients=1,2", "--depth", "8"])
+        .args(["--seconds", "1", "--warmup", "0.2"])
+        .arg("--dir")
+        .arg(parent.path())
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains("entries/s") && stdout.contains("clients=1,2"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["knob"], "clients");
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for (point, clients) in points.iter().zip([1, 2]) {
+        assert_eq!(point["value"], clients);
+        assert!(
+            point["throughput_per_sec"].as_f64().unwrap() > 0.0,
+            "{point}"
+        );
+        assert!(
+            point["latency_us"]["p50"].as_f64().unwrap() > 0.0,
+            "{point}"
+        );
+    }
+    assert_eq!(entries(parent.path()), 0);
 }

@@ -166,9 +166,11 @@ fn net_bench() {
             let NetEvent::Peer(replies) = e1.recv_timeout(Duration::from_secs(10)).unwrap() else {
                 panic!("unexpected event");
             };
-            if replies.iter().any(|m| {
-                matches!(m.body, MessageBody::HeartbeatResponse { read_round } if read_round == round)
-            }) {
+            let answered = |m: &Message| match m.body {
+                MessageBody::HeartbeatResponse { read_round } => read_round == round,
+                _ => false,
+            };
+            if replies.iter().any(answered) {
                 break;
             }
         }

@@ -176,6 +176,7 @@ fn three_transports_exchange_large_appends_in_order() {
     assert_eq!(at1, vec![heartbeat(2, 1, 7), heartbeat(3, 1, 9)]);
     assert_eq!(collect_messages(&n3, 1), vec![heartbeat(2, 3, 8)]);
 
+    wait_for("the sender's counters", || stats(&n1).frames_out >= 600);
     let s1 = stats(&n1);
     assert!(
         s1.writes > 0 && s1.bytes_out > 0 && s1.frames_out >= 600,
@@ -436,7 +437,9 @@ fn client_hello_request_reply_round_trip() {
         other => panic!("unexpected {other:?}"),
     }
     assert_closed_after_hello(&mut stranger);
-    assert_eq!(stats(&server).handshakes_refused, 1);
+    wait_for("the refusal count", || {
+        stats(&server).handshakes_refused == 1
+    });
 }
 
 #[test]
@@ -478,4 +481,34 @@ fn peers_can_be_added_and_removed() {
     wait_for("the loss", || stats(&n1).peer_disconnects > lost);
     wait_for("refusals again", || stats(&n2).handshakes_refused > refused);
     assert_eq!(stats(&n2).peer_connects, 1);
+}
+
+#[test]
+fn max_clients_and_oversized_sends_are_bounded() {
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut server_config = config(2, CLUSTER, &[(1, placeholder)]);
+    server_config.client_listen = Some(local());
+    server_config.max_clients = 1;
+    let n2 = start(server_config, 8);
+    let client_addr = n2.transport.client_addr().unwrap();
+    let _first = TcpStream::connect(client_addr).unwrap();
+    wait_for("the first client", || stats(&n2).client_connects == 1);
+    let mut second = TcpStream::connect(client_addr).unwrap();
+    assert_closed_after_hello(&mut second);
+    assert_eq!(stats(&n2).client_connects, 1);
+
+    // A message larger than max_frame_bytes (4 MiB here) is dropped at the sender, and the
+    // connection stays up.
+    let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
+    wait_for("the link", || stats(&n1).peer_connects == 1);
+    let huge = append(1, 2, 0, vec![batch(3, 1, 300_000, 1)]);
+    n1.transport.handle().send(vec![huge, heartbeat(1, 2, 1)]);
+    assert_eq!(collect_messages(&n2, 1), vec![heartbeat(1, 2, 1)]);
+    wait_for("the drop", || stats(&n1).messages_dropped == 1);
+    assert_eq!(stats(&n2).bad_frames, 0);
+
+    // What is queued before shutdown is flushed.
+    n1.transport.handle().send(vec![heartbeat(1, 2, 2)]);
+    n1.transport.shutdown();
+    assert_eq!(collect_messages(&n2, 1), vec![heartbeat(1, 2, 2)]);
 }

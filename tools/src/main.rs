@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node of a cluster until SIGINT/SIGTERM.
-    Serve(serve_cmd::Args),
+    Serve(Box<serve_cmd::Args>),
     /// Show a running node's role, term, leader, commit/applied index and peer progress.
     Status(status_cmd::Args),
     /// Inspect and verify log directories.
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(*args),
         Command::Status(args) => status_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),

@@ -119,3 +119,96 @@ fn status_of_nothing_exits_non_zero() {
     let addr = format!("127.0.0.1:{port}");
     assert_refused(&["status", "--addr", &addr], &[addr.as_str()]);
 }
+
+/// A one-node cluster from a config file: ready line on stdout, `lockstep status` shows it
+/// leading, SIGTERM exits 0.
+#[test]
+fn serve_from_a_file_then_status_then_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let config = format!(
+        "id = 1\ncluster_id = 9\ndata_dir = \"{}\"\napp = \"journal\"\n\n\
+         [[members]]\nid = 1\npeer_addr = \"127.0.0.1:{}\"\nclient_addr = \"127.0.0.1:{}\"\n",
+        dir.path().join("data").display(),
+        ports[0],
+        ports[1]
+    );
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(common::BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = KillOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let client = format!("127.0.0.1:{}", ports[1]);
+    assert_eq!(
+        line.trim_end(),
+        format!(
+            "lockstep node 1 ready: peer 127.0.0.1:{} client {client}",
+            ports[0]
+        )
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = Command::new(common::BIN)
+            .args(["status", "--addr", &client, "--cluster-id", "9"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && text.contains("role     leader") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never led: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, stderr) = run_bin(&["status", "--addr", &client]);
+    assert!(
+        !status.success() && stderr.contains("--cluster-id"),
+        "{stderr}"
+    );
+
+    let pid = guard.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = guard.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "exit status after SIGTERM: {exit}");
+}
+
+#[test]
+fn a_node_that_cannot_start_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let members = member_flags(&free_ports(2));
+    let mut args = vec!["serve", "--id", "1", "--cluster-id", "7", "--app", "kv"];
+    args.extend(["--data-dir", file.to_str().unwrap()]);
+    args.extend(members.iter().map(String::as_str));
+    assert_refused(&args, &["failed to start", "not-a-directory"]);
+}

@@ -1,8 +1,9 @@
 //! A 3-node cluster of the real binary under a load of unique kv puts from several client
 //! threads: the leader is killed with SIGKILL again and again, a new leader takes over, the old
 //! one restarts and catches up (every few cycles only after the survivors compacted their logs
-//! past its last entry, so it must catch up from a snapshot). At the end every replica, read
-//! locally, holds every acknowledged put.
+//! past its last entry or the new leader marked it as needing a snapshot, so it must catch up
+//! by installing one, which its `snapshots_installed` counter must show). At the end every
+//! replica, read locally, holds every acknowledged put.
 //!
 //! `LOCKSTEP_KILL_CYCLES` sets the number of kill cycles (default 20).
 
@@ -20,7 +21,7 @@ use lockstep::net::{ClientReply, ClientRequest};
 
 const WRITERS: usize = 4;
 const SNAPSHOT_ENTRIES: u64 = 1000;
-/// Every this many cycles, the killed node stays down until the survivors compacted past it.
+/// Every this many cycles, the killed node stays down until it can only catch up by snapshot.
 const SNAPSHOT_CYCLE_EVERY: usize = 5;
 
 fn key_value(writer: usize, seq: u64) -> (String, String) {
@@ -140,6 +141,27 @@ fn check_replica(cluster: &Cluster, id: u64, acked: &[Vec<u64>]) {
     }
 }
 
+/// Whether `dead` (whose log ends at `dead_last`) can only catch up by a snapshot: `leader`
+/// reports it in snapshot state, or every other node's oldest segment starts past its end.
+fn needs_snapshot(cluster: &Cluster, leader: u64, dead: u64, dead_last: u64) -> bool {
+    let snapshot_state = cluster.status(leader).is_ok_and(|status| {
+        status["peers"].as_array().is_some_and(|peers| {
+            peers
+                .iter()
+                .any(|peer| peer["id"].as_u64() == Some(dead) && peer["state"] == "snapshot")
+        })
+    });
+    snapshot_state
+        || cluster
+            .ids()
+            .into_iter()
+            .filter(|id| *id != dead)
+            .all(|id| {
+                oldest_segment_index(&cluster.data_dir(id).join("log"))
+                    .is_some_and(|first| first > dead_last + 1)
+            })
+}
+
 #[test]
 fn killing_the_leader_loses_no_acknowledged_put() {
     let cycles: usize = std::env::var("LOCKSTEP_KILL_CYCLES")
@@ -189,31 +211,56 @@ fn killing_the_leader_loses_no_acknowledged_put() {
             "after the kill",
         );
         if cycle % SNAPSHOT_CYCLE_EVERY == SNAPSHOT_CYCLE_EVERY - 1 {
-            // Keep the node down until every survivor's log starts past the dead node's end.
+            // Keep the node down until the new leader marked it as needing a snapshot, or no
+            // survivor holds the entry after the dead node's end any more.
             let dead_last = last_log_index(&cluster, leader);
             let deadline = Instant::now() + Duration::from_secs(60);
+            while !needs_snapshot(&cluster, new_leader, leader, dead_last) {
+                if Instant::now() >= deadline {
+                    let survivors: Vec<String> = cluster
+                        .ids()
+                        .into_iter()
+                        .filter(|id| *id != leader)
+                        .map(|id| {
+                            let log_dir = cluster.data_dir(id).join("log");
+                            format!(
+                                "node {id}: oldest segment {:?}, status {:?}",
+                                oldest_segment_index(&log_dir),
+                                cluster.status(id).ok()
+                            )
+                        })
+                        .collect();
+                    panic!(
+                        "cycle {cycle}: node {leader} (log ends at {dead_last}) never needed a \
+                         snapshot ({} acks): {survivors:#?}\n{}",
+                        acked.load(Ordering::Relaxed),
+                        cluster.all_logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cluster.restart(leader);
+            // It can only catch up by installing a snapshot from the leader.
+            let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let compacted = cluster
-                    .ids()
-                    .into_iter()
-                    .filter(|id| *id != leader)
-                    .all(|id| {
-                        oldest_segment_index(&cluster.data_dir(id).join("log"))
-                            .is_some_and(|first| first > dead_last + 1)
-                    });
-                if compacted {
+                let installed = cluster
+                    .status(leader)
+                    .ok()
+                    .and_then(|status| status["counters"]["snapshots_installed"].as_u64());
+                if installed.is_some_and(|count| count >= 1) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "survivors did not compact past index {dead_last}\n{}",
+                    "cycle {cycle}: node {leader} installed no snapshot: {installed:?}\n{}",
                     cluster.all_logs()
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
             snapshot_catch_ups += 1;
+        } else {
+            cluster.restart(leader);
         }
-        cluster.restart(leader);
     }
     wait_progress(
         &cluster,

@@ -36,10 +36,10 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub entry_bytes: usize,
     /// Client connections, each driven by its own thread.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub clients: usize,
     /// Requests in flight per connection (pipelining).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 2048)]
     pub depth: usize,
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
@@ -87,6 +87,10 @@ pub struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw the latency percentile curve and the throughput of each second into this SVG
+    /// file (not with --sweep).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// `--mode`.
@@ -307,6 +311,14 @@ impl RunConfig {
         })
     }
 
+    /// The cluster's size for titles: `3` (local) or `connected` (`--connect`).
+    pub fn nodes_label(&self) -> String {
+        match &self.target {
+            Target::Local { nodes } => nodes.to_string(),
+            Target::Connect { addrs } => format!("{} connected", addrs.len()),
+        }
+    }
+
     /// This configuration with the swept knob set to `value` (validated like the option).
     pub fn with(&self, knob: SweepKnob, value: usize) -> Result<RunConfig, String> {
         let (name, max) = match knob {
@@ -336,6 +348,9 @@ impl Args {
             for &value in &sweep.values {
                 config.with(sweep.knob, value)?;
             }
+        }
+        if sweep.is_some() && self.plot.is_some() {
+            return Err("--plot draws one run; it cannot be combined with --sweep".to_string());
         }
         config.sweep = sweep.clone();
         Ok((config, sweep))
@@ -473,6 +488,7 @@ mod tests {
         assert_eq!(config.target, Target::Local { nodes: 3 });
         assert_eq!(config.mode, Mode::Log);
         assert_eq!(config.entry_bytes, 16);
+        assert_eq!((config.clients, config.depth), (8, 2048));
         assert_eq!(config.load_loop, "closed");
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.tuning, Tuning::default());
@@ -532,6 +548,7 @@ mod tests {
             (&["--sweep", "threads=1,2"][..], "--sweep"),
             (&["--sweep", "clients=1,x"][..], "--sweep"),
             (&["--sweep", "depth=1,0"][..], "--sweep"),
+            (&["--sweep", "depth=1", "--plot", "x.svg"][..], "--plot"),
             (
                 &["--connect", "127.0.0.1:1", "--batch-entries-max", "8"][..],
                 "--batch-entries-max",

@@ -15,7 +15,6 @@
 //! connection makes the thread find the leader again and reconnect; what was in flight then is
 //! counted as abandoned (its outcome is unknown to the bench).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,8 @@ use hdrhistogram::Histogram;
 use lockstep::client::{Client, ClientError};
 use lockstep::net::{ClientReply, ClientRequest};
 
+use super::args::ENTRY_BYTES_MAX;
+use super::in_flight::InFlight;
 use super::status::{find_leader, HANDSHAKE_REQ};
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
@@ -33,6 +34,14 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a client keeps looking for a leader after losing one before it gives up.
 pub const LEADER_SEARCH: Duration = Duration::from_secs(10);
+
+/// The bytes every proposal carries (a prefix of this many): zeros in static memory, so a
+/// request's command is a `Bytes` that costs no allocation and no reference count.
+static PAYLOAD: [u8; ENTRY_BYTES_MAX] = [0; ENTRY_BYTES_MAX];
+
+/// How far (in requests) the oldest unanswered proposal of a connection may lag behind the
+/// newest, in multiples of `depth`, before the bench gives up on the connection.
+const LAG_DEPTHS_MAX: usize = 64;
 
 /// What every load thread shares.
 #[derive(Clone, Debug)]
@@ -203,9 +212,9 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
     let mut tally = Tally::new(plan.window_seconds());
     let mut connection = Connection {
         plan,
-        payload: Bytes::from(vec![b'a' + (index % 26) as u8; plan.entry_bytes]),
+        payload: Bytes::from_static(&PAYLOAD[..plan.entry_bytes]),
         next_req: 1,
-        pending: HashMap::with_capacity(2 * plan.depth),
+        pending: InFlight::with_capacity(2 * plan.depth),
         // Stagger the threads' schedules evenly over one interval.
         interval: plan
             .rate_per_sec
@@ -271,7 +280,7 @@ struct Connection<'a> {
     payload: Bytes,
     next_req: u64,
     /// Request id -> the instant its latency counts from.
-    pending: HashMap<u64, Instant>,
+    pending: InFlight,
     /// Open loop: time between this thread's intended sends.
     interval: Option<Duration>,
     /// Open loop: the next intended send time.
@@ -324,13 +333,19 @@ impl Connection<'_> {
                 std::thread::sleep(wait.min(Duration::from_millis(10)));
                 continue;
             }
+            if self.pending.span() > LAG_DEPTHS_MAX * depth {
+                return Ended::Fatal(format!(
+                    "a proposal stayed unanswered while {} later ones were sent",
+                    self.pending.span()
+                ));
+            }
             match client.recv() {
-                Ok(ClientReply::Applied { req, .. }) => match self.pending.remove(&req) {
+                Ok(ClientReply::Applied { req, .. }) => match self.pending.remove(req) {
                     Some(since) => tally.record(self.plan, since, Instant::now()),
                     None => return Ended::Fatal(format!("a reply to unknown request {req}")),
                 },
                 Ok(ClientReply::Error { req, message }) => {
-                    if self.pending.remove(&req).is_none() {
+                    if self.pending.remove(req).is_none() {
                         return Ended::Fatal(format!(
                             "an error for unknown request {req}: {message}"
                         ));

@@ -8,7 +8,9 @@
 //! of [`run`] — success, error, panic or Ctrl-C (which only sets a flag that every wait polls).
 
 pub mod args;
+pub mod in_flight;
 pub mod load;
+pub mod plot;
 pub mod progress;
 pub mod results;
 pub mod status;
@@ -59,9 +61,21 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut plotted = None;
+    let mut title = String::new();
     let outcome = match &sweep {
         None => run_once(&config, &interrupt).map(|report| {
             let clean = report.results.problems().is_empty();
+            title = format!(
+                "lockstep {} nodes, {} B entries, {} clients x {} in flight ({}, commit {})",
+                config.nodes_label(),
+                config.entry_bytes,
+                config.clients,
+                config.depth,
+                report.started_utc,
+                report.machine.git_commit
+            );
+            plotted = Some(report.results.clone());
             (report.to_text(), report.to_json(), clean)
         }),
         Some(sweep) => run_sweep(&config, sweep, &interrupt).map(|report| {
@@ -76,6 +90,12 @@ pub fn run(args: Args) -> ExitCode {
     match outcome {
         Ok((text, json, clean)) => {
             print!("{text}");
+            if let (Some(path), Some(results)) = (&args.plot, &plotted) {
+                if let Err(error) = plot::draw(path, &title, results) {
+                    eprintln!("lockstep-bench: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
             if let Some(path) = &args.json {
                 if let Err(error) = std::fs::write(path, json + "\n") {
                     eprintln!("lockstep-bench: writing {}: {error}", path.display());
@@ -212,10 +232,17 @@ impl Session {
         results.memory = Memory {
             bench_peak_rss_bytes: supervisor::peak_rss_bytes("self"),
             nodes: self.local.as_ref().map_or_else(Vec::new, |cluster| {
+                let anon = status::peak_anon_rss_bytes(&samples);
                 cluster
                     .peak_rss_bytes()
                     .into_iter()
-                    .map(|(id, peak_rss_bytes)| NodeMemory { id, peak_rss_bytes })
+                    .enumerate()
+                    .map(|(index, (id, peak_rss_bytes))| NodeMemory {
+                        id,
+                        peak_rss_bytes,
+                        // Sample processes are the bench, then the nodes in order.
+                        peak_anon_rss_bytes: anon.get(index + 1).copied().flatten(),
+                    })
                     .collect()
             }),
         };
@@ -264,10 +291,22 @@ impl Session {
     }
 }
 
+/// Describes the machine, warning when the data directory's filesystem makes syncs free.
+fn describe_machine(session: &Session) -> Machine {
+    let machine = Machine::describe(&session.data_dir);
+    if session.local.is_some() && machine.data_dir_filesystem == "tmpfs" {
+        eprintln!(
+            "lockstep-bench: warning: {} is on tmpfs, where fdatasync does nothing; use --dir on the disk you mean to measure",
+            session.data_dir.display()
+        );
+    }
+    machine
+}
+
 fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, String> {
     let started_utc = now_utc();
     let mut session = Session::open(config, interrupt)?;
-    let machine = Machine::describe(&session.data_dir);
+    let machine = describe_machine(&session);
     let mut results = session.measure(config, interrupt)?;
     results.node_exits = session.close();
     Ok(Report {
@@ -286,7 +325,7 @@ fn run_sweep(
 ) -> Result<SweepReport, String> {
     let started_utc = now_utc();
     let mut session = Session::open(config, interrupt)?;
-    let machine = Machine::describe(&session.data_dir);
+    let machine = describe_machine(&session);
     let mut points = Vec::with_capacity(sweep.values.len());
     for &value in &sweep.values {
         let point_config = config.with(sweep.knob, value)?;

@@ -23,6 +23,9 @@ pub struct RunResults {
     pub committed: u64,
     /// Commit latency (send, or intended send in open loop, to `Applied` reply).
     pub latency_us: LatencyUs,
+    /// The latency percentile curve, from the median to 99.999 (10 points per decade of
+    /// 1 - quantile).
+    pub latency_curve: Vec<CurvePoint>,
     /// Open loop: the offered rate, entries/s.
     pub offered_per_sec: Option<f64>,
     /// How the leader grouped work (from the nodes' status counters).
@@ -39,6 +42,39 @@ pub struct RunResults {
     pub cpu: Cpu,
     /// How each local node ended (empty with `--connect`, or before the cluster stopped).
     pub node_exits: Vec<NodeExitRow>,
+}
+
+/// One point of the latency percentile curve.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CurvePoint {
+    /// The percentile (e.g. 99.9).
+    pub percentile: f64,
+    /// The latency at it, µs.
+    pub latency_us: f64,
+}
+
+/// Decades of `1 - quantile` the curve covers past the median (50 % -> 99.999 %).
+const CURVE_DECADES: u32 = 5;
+
+/// Points per decade of the curve.
+const CURVE_POINTS_PER_DECADE: u32 = 10;
+
+/// The percentile curve of a histogram of nanoseconds (empty for an empty histogram).
+fn latency_curve(histogram: &hdrhistogram::Histogram<u64>) -> Vec<CurvePoint> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    // 1 - quantile goes from 0.5 down to 0.5 * 10^-CURVE_DECADES in equal steps of its log.
+    (0..=CURVE_DECADES * CURVE_POINTS_PER_DECADE)
+        .map(|step| {
+            let tail = 0.5 * 10f64.powf(-f64::from(step) / f64::from(CURVE_POINTS_PER_DECADE));
+            let quantile = 1.0 - tail;
+            CurvePoint {
+                percentile: round_to(quantile * 100.0, 4),
+                latency_us: round_to(histogram.value_at_quantile(quantile) as f64 / 1000.0, 1),
+            }
+        })
+        .collect()
 }
 
 /// Requests that did not simply commit.
@@ -69,12 +105,12 @@ pub struct SecondRow {
     pub p99_us: f64,
 }
 
-/// Peak resident memory (VmHWM), bytes.
+/// Peak resident memory, bytes.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Memory {
-    /// The bench process (all client threads).
+    /// The bench process (all client threads): VmHWM.
     pub bench_peak_rss_bytes: Option<u64>,
-    /// Each local node process, read just before it was stopped.
+    /// Each local node process.
     pub nodes: Vec<NodeMemory>,
 }
 
@@ -101,8 +137,12 @@ pub struct NodeCpu {
 pub struct NodeMemory {
     /// The node.
     pub id: u64,
-    /// VmHWM in bytes (`None` when unreadable).
+    /// VmHWM (anonymous memory and the touched pages of mapped log segments), read just
+    /// before the node was stopped (`None` when unreadable).
     pub peak_rss_bytes: Option<u64>,
+    /// The largest RssAnon (heap and stacks, without mapped files) of the once-a-second
+    /// samples of the measured window.
+    pub peak_anon_rss_bytes: Option<u64>,
 }
 
 /// How one node ended.
@@ -154,6 +194,7 @@ impl RunResults {
             mb_per_sec: round_to(throughput * entry_bytes as f64 / 1e6, 4),
             committed: tally.committed,
             latency_us: LatencyUs::from_histogram_ns(&tally.latency_ns),
+            latency_curve: latency_curve(&tally.latency_ns),
             offered_per_sec: None,
             grouping: Grouping::default(),
             leader_changes: 0,
@@ -279,7 +320,12 @@ impl Describe for RunResults {
         ));
         let mut memory = format!("bench {}", mib(self.memory.bench_peak_rss_bytes));
         for node in &self.memory.nodes {
-            memory.push_str(&format!(", node {} {}", node.id, mib(node.peak_rss_bytes)));
+            memory.push_str(&format!(
+                ", node {} {} ({} anonymous)",
+                node.id,
+                mib(node.peak_rss_bytes),
+                mib(node.peak_anon_rss_bytes)
+            ));
         }
         rows.push(("peak RSS".into(), memory));
         let cores = |value: Option<f64>| optional(value, " cores");
@@ -401,6 +447,15 @@ mod tests {
         assert_eq!(results.per_second[1].throughput_per_sec, 1000.0);
         assert!((299.0..=303.0).contains(&results.per_second[1].p99_us));
         assert!((99.0..=101.0).contains(&results.latency_us.p50));
+        let curve = &results.latency_curve;
+        assert_eq!(curve.len(), 51);
+        assert_eq!(curve[0].percentile, 50.0);
+        assert_eq!(curve[10].percentile, 95.0);
+        assert_eq!(curve[50].percentile, 99.9995);
+        assert!(curve
+            .windows(2)
+            .all(|pair| pair[0].latency_us <= pair[1].latency_us));
+        assert!((299.0..=301.0).contains(&curve[50].latency_us), "{curve:?}");
         assert!(results.problems().is_empty());
         let json = serde_json::to_value(&results).unwrap();
         for key in [
@@ -431,6 +486,7 @@ mod tests {
     fn an_empty_run_is_a_problem() {
         let results = RunResults::from_tally(&Tally::new(1), 1.0, 16);
         assert_eq!(results.latency_us, LatencyUs::default());
+        assert!(results.latency_curve.is_empty());
         assert_eq!(
             results.problems(),
             vec!["nothing committed in the measured window".to_string()]

@@ -16,6 +16,7 @@ use lockstep::net::{ClientReply, ClientRequest};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::supervisor::anon_rss_bytes;
 use crate::interrupt::Interrupt;
 
 /// The request id of the node's answer to the client hello.
@@ -113,6 +114,8 @@ pub struct Sample {
     pub nodes: Vec<Option<Value>>,
     /// CPU seconds used so far by each process of `pids` (see [`poll`]), in that order.
     pub cpu_sec: Vec<Option<f64>>,
+    /// Anonymous resident bytes of each process of `pids` at this moment.
+    pub anon_rss_bytes: Vec<Option<u64>>,
 }
 
 /// Polls every member's status at each of `at` (instants in order), keeping one connection per
@@ -155,10 +158,12 @@ pub fn poll(
             -(origin - when).as_secs_f64()
         };
         let cpu_sec = pids.iter().map(|pid| cpu_seconds(pid)).collect();
+        let anon_rss_bytes = pids.iter().map(|pid| anon_rss_bytes(pid)).collect();
         samples.push(Sample {
             at_sec,
             nodes,
             cpu_sec,
+            anon_rss_bytes,
         });
     }
     samples
@@ -176,6 +181,21 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks_per_sec > 0).then(|| (utime + stime) as f64 / ticks_per_sec as f64)
+}
+
+/// The largest anonymous resident size each process had in any sample, in `pids` order.
+pub fn peak_anon_rss_bytes(samples: &[Sample]) -> Vec<Option<u64>> {
+    let processes = samples
+        .first()
+        .map_or(0, |sample| sample.anon_rss_bytes.len());
+    (0..processes)
+        .map(|process| {
+            samples
+                .iter()
+                .filter_map(|sample| sample.anon_rss_bytes.get(process).copied().flatten())
+                .max()
+        })
+        .collect()
 }
 
 /// Cores used by each process over the samples (CPU seconds between the first and last sample
@@ -232,9 +252,9 @@ pub fn leader_changes(samples: &[Sample]) -> u64 {
 /// How the leader grouped its work over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Grouping {
-    /// Entries per log record (batch) the leader appended.
+    /// Entries per batch the leader appended (each batch is one log record and one unit sent).
     pub entries_per_batch: Option<f64>,
-    /// Entries made durable per sync.
+    /// Entries the leader's syncs made durable, per sync.
     pub entries_per_sync: Option<f64>,
     /// Syncs per second.
     pub syncs_per_sec: Option<f64>,
@@ -247,28 +267,29 @@ pub struct Grouping {
     pub missing: Vec<String>,
 }
 
-/// Names under which a node may report each counter, searched anywhere in its status JSON.
-const ENTRIES_APPENDED: &[&str] = &["entries_appended", "log_entries_appended"];
-const BATCHES_APPENDED: &[&str] = &[
-    "batches_appended",
-    "records_appended",
-    "log_batches_appended",
+/// Where a node may report each counter in its status JSON, first the name `NodeStatus` uses
+/// now, then names it may use later; a counter is missing when none of them holds a number.
+const ENTRIES: &[&[&str]] = &[
+    &["log", "entries_appended"],
+    &["counters", "entries_proposed"],
 ];
-const SYNCS: &[&str] = &["syncs", "syncs_completed", "log_syncs"];
-const ENTRIES_SYNCED: &[&str] = &["entries_synced", "entries_durable"];
-const NET_WRITES: &[&str] = &["writes", "net_writes"];
-const NET_BYTES_OUT: &[&str] = &["bytes_out", "net_bytes_out"];
+const BATCHES: &[&[&str]] = &[
+    &["log", "batches_appended"],
+    &["counters", "batches_sealed"],
+];
+const SYNCS: &[&[&str]] = &[&["log", "syncs"]];
+const ENTRIES_SYNCED: &[&[&str]] = &[&["log", "entries_synced"]];
+const NET_WRITES: &[&[&str]] = &[&["net", "writes"]];
+const NET_BYTES_OUT: &[&[&str]] = &[&["net", "bytes_out"]];
+const COMMIT: &[&[&str]] = &[&["commit"]];
 
-/// The first number found under any of `names`, depth first.
-fn counter(status: &Value, names: &[&str]) -> Option<u64> {
-    match status {
-        Value::Object(map) => names
-            .iter()
-            .find_map(|name| map.get(*name).and_then(Value::as_u64))
-            .or_else(|| map.values().find_map(|value| counter(value, names))),
-        Value::Array(values) => values.iter().find_map(|value| counter(value, names)),
-        _ => None,
-    }
+/// The number at the first of `paths` that holds one.
+fn counter(status: &Value, paths: &[&[&str]]) -> Option<u64> {
+    paths.iter().find_map(|path| {
+        path.iter()
+            .try_fold(status, |value, key| value.get(key))
+            .and_then(Value::as_u64)
+    })
 }
 
 /// Grouping over `samples` taken inside the window (the first at its start, the last at its
@@ -298,22 +319,22 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
         return grouping;
     };
     let seconds = last.at_sec - first.at_sec;
-    let mut delta = |names: &[&str]| {
-        let value = counter(&end, names)
-            .zip(counter(&start, names))
+    let mut delta = |paths: &[&[&str]]| {
+        let value = counter(&end, paths)
+            .zip(counter(&start, paths))
             .map(|(end, start)| end.saturating_sub(start) as f64);
         if value.is_none() {
-            grouping.missing.push(names[0].to_string());
+            grouping.missing.push(paths[0].join("."));
         }
         value
     };
-    let entries = delta(ENTRIES_APPENDED);
-    let batches = delta(BATCHES_APPENDED);
+    let entries = delta(ENTRIES);
+    let batches = delta(BATCHES);
     let syncs = delta(SYNCS);
-    let synced = delta(ENTRIES_SYNCED).or(entries);
+    let synced = delta(ENTRIES_SYNCED);
     let writes = delta(NET_WRITES);
     let bytes_out = delta(NET_BYTES_OUT);
-    let commits = delta(&["commit"]);
+    let commits = delta(COMMIT);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(crate::report::round_to(a / b, 1)),
         _ => None,
@@ -323,9 +344,6 @@ pub fn grouping(samples: &[Sample]) -> Grouping {
     grouping.syncs_per_sec = ratio(syncs, Some(seconds));
     grouping.bytes_per_network_write = ratio(bytes_out, writes);
     grouping.commit_index_per_sec = ratio(commits, Some(seconds));
-    if synced.is_some() {
-        grouping.missing.retain(|name| name != ENTRIES_SYNCED[0]);
-    }
     grouping
 }
 
@@ -339,6 +357,7 @@ mod tests {
             at_sec,
             nodes,
             cpu_sec: Vec::new(),
+            anon_rss_bytes: Vec::new(),
         }
     }
 
@@ -357,14 +376,18 @@ mod tests {
                 at_sec: 0.0,
                 nodes: Vec::new(),
                 cpu_sec: vec![Some(1.0), None],
+                anon_rss_bytes: vec![Some(10), None],
             },
             Sample {
                 at_sec: 2.0,
                 nodes: Vec::new(),
                 cpu_sec: vec![Some(4.0), Some(1.0)],
+                anon_rss_bytes: vec![Some(5), Some(7)],
             },
         ];
         assert_eq!(cores_used(&samples), vec![Some(1.5), None]);
+        assert_eq!(peak_anon_rss_bytes(&samples), vec![Some(10), Some(7)]);
+        assert!(peak_anon_rss_bytes(&[]).is_empty());
         assert!(cores_used(&[]).is_empty());
     }
 
@@ -405,7 +428,9 @@ mod tests {
         let leader = |commit: u64, entries: u64, batches: u64, syncs: u64, writes: u64| {
             Some(json!({
                 "id": 1, "role": "leader", "term": 2, "commit": commit,
-                "log": {"entries_appended": entries, "batches_appended": batches, "syncs": syncs},
+                "counters": {"storage_writes": 1},
+                "log": {"entries_appended": entries, "batches_appended": batches,
+                        "syncs": syncs, "entries_synced": entries},
                 "net": {"writes": writes, "bytes_out": writes * 1000},
             }))
         };
@@ -443,11 +468,12 @@ mod tests {
         assert_eq!(grouping.syncs_per_sec, None);
         assert_eq!(grouping.commit_index_per_sec, Some(250.0));
         for name in [
-            "entries_appended",
-            "batches_appended",
-            "syncs",
-            "writes",
-            "bytes_out",
+            "log.entries_appended",
+            "log.batches_appended",
+            "log.syncs",
+            "log.entries_synced",
+            "net.writes",
+            "net.bytes_out",
         ] {
             assert!(
                 grouping.missing.contains(&name.to_string()),

@@ -407,11 +407,23 @@ fn free_members(n: usize) -> io::Result<Vec<MemberConfig>> {
         .collect())
 }
 
-/// Peak resident memory (VmHWM) of process `pid` (a number or `self`), in bytes.
+/// Peak resident memory (VmHWM) of process `pid` (a number or `self`), in bytes: anonymous
+/// memory and the pages of mapped files (such as log segments) alike.
 pub fn peak_rss_bytes(pid: &str) -> Option<u64> {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+/// Anonymous resident memory (RssAnon) of process `pid` now, in bytes: the heap and stacks,
+/// without the pages of mapped files.
+pub fn anon_rss_bytes(pid: &str) -> Option<u64> {
+    proc_status_bytes(pid, "RssAnon:")
+}
+
+/// A `KEY: N kB` line of `/proc/PID/status`, in bytes.
+fn proc_status_bytes(pid: &str, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     // "VmHWM:	    1234 kB"
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -546,6 +558,28 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_while_the_cluster_runs_still_stops_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid_dir = tempfile::tempdir().unwrap();
+        // Caught on this same thread, so it is the guard's Drop that stops the nodes (not the
+        // parent-death signal, which fires when the spawning thread ends).
+        let outcome = std::panic::catch_unwind(|| {
+            let _cluster = LocalCluster::start(
+                &spec(3, parent.path(), Duration::from_secs(10)),
+                &fake_node(pid_dir.path(), "true"),
+                &Interrupt::default(),
+            )
+            .unwrap();
+            panic!("the bench failed mid-run");
+        });
+        assert!(outcome.is_err());
+        let pids = fake_pids(pid_dir.path());
+        assert_eq!(pids.len(), 3);
+        assert!(pids.iter().all(|&pid| !alive(pid)));
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn an_interrupt_during_start_cleans_up() {
         let parent = tempfile::tempdir().unwrap();
         let pid_dir = tempfile::tempdir().unwrap();
@@ -565,7 +599,9 @@ mod tests {
 
     #[test]
     fn peak_rss_of_this_process_is_readable() {
-        assert!(peak_rss_bytes("self").unwrap() > 0);
+        let peak = peak_rss_bytes("self").unwrap();
+        let anon = anon_rss_bytes("self").unwrap();
+        assert!(anon > 0 && anon <= peak, "anon {anon} peak {peak}");
         assert_eq!(peak_rss_bytes("0"), None);
     }
 }

@@ -85,3 +85,6 @@ impl From<FrameError> for ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,9 @@
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
 mod client_msg;
+mod event_loop;
 pub mod frame;
+mod out_queue;
 mod peer_msg;
 mod transport;
 mod wire;
@@ -22,6 +24,7 @@ mod wire;
 pub use self::client_msg::{
     ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
 };
+pub use self::event_loop::{CLIENT_QUEUE_BYTES_MAX, PEER_QUEUE_BYTES_MAX};
 pub use self::peer_msg::{decode_message, encode_message, PeerHello, PEER_PROTOCOL_VERSION};
 pub use self::transport::{NetHandle, NetStats, Transport};
 

@@ -581,7 +581,11 @@ mod tests {
         }
 
         #[test]
-        fn flipped_bytes_never_panic(message in any_message(), at in any::<usize>(), bit in 0u8..8) {
+        fn flipped_bytes_never_panic(
+            message in any_message(),
+            at in any::<usize>(),
+            bit in 0u8..8,
+        ) {
             let mut raw = encoded(&message).to_vec();
             let at = at % raw.len();
             raw[at] ^= 1 << bit;

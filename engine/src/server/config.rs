@@ -1,6 +1,6 @@
 //! A server's configuration: the TOML file's shape ([`ServerConfig`]), loading, validation
 //! that names the option at fault, and the mapping onto the runtime's
-//! [`NodeConfig`](crate::node::NodeConfig). Every option is documented in `docs/CONFIG.md`.
+//! [`crate::node::NodeConfig`]. Every option is documented in `docs/CONFIG.md`.
 //!
 //! Guarantee: a [`ServerConfig`] that passed [`ServerConfig::validate`] maps onto a `NodeConfig`
 //! whose consensus settings pass [`crate::raft::Config::validate`].

@@ -58,7 +58,7 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
         AppKind::Kv => Node::start(node_config, KvStore::new()),
         AppKind::Journal => Node::start(node_config, Journal::new()),
     }
-    .map_err(|e| ServerError(format!("node {} failed to start: {e:?}", config.id)))?;
+    .map_err(|e| ServerError(format!("node {} failed to start: {e}", config.id)))?;
     let line = ready_line(config.id, node.peer_addr(), node.client_addr());
     tracing::info!(app = config.app.name(), "{line}");
     {
@@ -73,7 +73,7 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
     tracing::info!(id = config.id, "stopping: shutting the node down");
     node.shutdown().map_err(|e| {
         ServerError(format!(
-            "node {} failed to shut down cleanly: {e:?}",
+            "node {} failed to shut down cleanly: {e}",
             config.id
         ))
     })?;

@@ -1,0 +1,873 @@
+//! The mio event loop (one thread): accepts and dials connections, runs the handshakes, decodes
+//! inbound frames into [`NetEvent`]s, and encodes outbound messages and replies into
+//! per-connection queues flushed with vectored writes.
+//!
+//! Loop turn: announce sleep, drain the handles' channel, flush, publish counters, poll; then
+//! handle poll events, retry undelivered events, expire handshakes, dial due peers, and do one
+//! read per readable connection (edge-triggered: a connection stays listed until a read would
+//! block; none is read while an event waits for room in the channel).
+
+mod handshake;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use tracing::{debug, warn};
+
+use self::handshake::detect_client;
+use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
+use super::out_queue::OutQueue;
+use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
+use super::transport::{set_buffer_sizes, Outbound, Wake};
+use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats, PeerHello};
+use crate::raft::Message;
+use crate::types::NodeId;
+
+/// Most bytes queued for one peer; messages beyond are dropped (Raft retransmits).
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
+/// Most bytes of replies queued for one client; a client that does not read is disconnected.
+pub const CLIENT_QUEUE_BYTES_MAX: usize = 64 << 20;
+/// Poll timeout while the events channel is full.
+const BLOCKED_POLL: Duration = Duration::from_millis(1);
+
+pub(super) const WAKER: Token = Token(0);
+pub(super) const PEER_LISTENER: Token = Token(1);
+pub(super) const CLIENT_LISTENER: Token = Token(2);
+const FIRST_CONN: usize = 3;
+
+/// What connects the loop to the rest of the stage.
+pub(super) struct LoopLinks {
+    /// Where inbound events go (bounded).
+    pub(super) events_tx: Sender<NetEvent>,
+    /// What handles queue.
+    pub(super) outbound_rx: Receiver<Outbound>,
+    /// The wake-up and stop flags.
+    pub(super) wake: Arc<Wake>,
+    /// Where counters are published.
+    pub(super) stats: Arc<Mutex<NetStats>>,
+}
+
+/// What the loop knows about one configured peer.
+struct PeerSlot {
+    addr: SocketAddr,
+    /// The established connection.
+    conn: Option<Token>,
+    /// A dial in progress (connecting or handshaking).
+    dialing: Option<Token>,
+    /// The next reconnect delay.
+    backoff: Duration,
+    /// When to dial next (dialing side only).
+    redial_at: Option<Instant>,
+}
+
+enum PeerState {
+    /// Waiting for the other end's hello; `expected` is the node dialed (None when accepted).
+    Handshake { expected: Option<NodeId> },
+    /// Hello checked: this is the connection to `NodeId`.
+    Established(NodeId),
+}
+
+/// The protocol a client speaks, told from its first bytes. Only the native framed protocol
+/// exists today; another (e.g. RESP) would be recognised in `handshake::detect_client`.
+enum ClientProtocol {
+    /// No byte received yet.
+    Undetected,
+    /// Framed protocol: `greeted` once its hello was accepted.
+    Native { greeted: bool },
+}
+
+enum ConnKind {
+    Peer(PeerState),
+    Client(ClientProtocol),
+}
+
+struct Conn {
+    stream: TcpStream,
+    addr: SocketAddr,
+    kind: ConnKind,
+    decoder: FrameDecoder,
+    out: OutQueue,
+    /// False while an outgoing connect is in progress.
+    connected: bool,
+    /// The socket accepted the last write without blocking (or signalled writable since).
+    writable: bool,
+    /// Listed in `read_ready` / `dirty`.
+    in_read_ready: bool,
+    in_dirty: bool,
+    /// A peer connection has carried a consensus message in (proof the other end accepted it).
+    carried: bool,
+    /// Close once the queue is flushed (a refused client's error reply).
+    closing: bool,
+}
+
+pub(super) struct EventLoop {
+    config: NetConfig,
+    poll: Poll,
+    peer_listener: TcpListener,
+    client_listener: Option<TcpListener>,
+    events_tx: Sender<NetEvent>,
+    outbound_rx: Receiver<Outbound>,
+    wake: Arc<Wake>,
+    stats_shared: Arc<Mutex<NetStats>>,
+    stats: NetStats,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    peers: HashMap<NodeId, PeerSlot>,
+    clients: usize,
+    /// Events the channel had no room for; sockets are not read while any wait here.
+    pending_events: VecDeque<NetEvent>,
+    /// Connections that may have bytes to read (edge-triggered: until a read would block).
+    read_ready: Vec<Token>,
+    /// Connections with queued output to write.
+    dirty: Vec<Token>,
+    /// Handshake deadlines of connections, in opening order (so in deadline order).
+    handshake_deadlines: VecDeque<(Instant, Token)>,
+    scratch: Vec<u8>,
+    parts: Vec<BodyPart>,
+}
+
+/// What the next frame on a connection must be.
+enum Stage {
+    /// A peer hello (from the node dialed, if any).
+    PeerHello(Option<NodeId>),
+    /// A consensus message from this peer.
+    Peer(NodeId),
+    /// A client hello.
+    ClientHello,
+    /// A client request.
+    Client,
+}
+
+/// Why a connection is being closed.
+enum CloseReason {
+    /// Orderly close, I/O error, or shutdown: not counted as bad input.
+    Gone(String),
+    /// A bad frame or message: counted in `bad_frames`.
+    BadFrame(String),
+    /// A refused handshake: counted in `handshakes_refused`.
+    Refused(String),
+}
+
+impl EventLoop {
+    /// A loop over bound listeners (already registered with `poll`); dials start at once.
+    pub(super) fn new(
+        config: NetConfig,
+        poll: Poll,
+        peer_listener: TcpListener,
+        client_listener: Option<TcpListener>,
+        links: LoopLinks,
+    ) -> EventLoop {
+        let now = Instant::now();
+        let peers = config
+            .peers
+            .iter()
+            .map(|&(id, addr)| {
+                let slot = PeerSlot {
+                    addr,
+                    conn: None,
+                    dialing: None,
+                    backoff: config.reconnect_min,
+                    // Only the smaller id dials; the first dial is immediate.
+                    redial_at: (config.node_id < id).then_some(now),
+                };
+                (id, slot)
+            })
+            .collect();
+        EventLoop {
+            poll,
+            peer_listener,
+            client_listener,
+            events_tx: links.events_tx,
+            outbound_rx: links.outbound_rx,
+            wake: links.wake,
+            stats_shared: links.stats,
+            stats: NetStats::default(),
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            peers,
+            clients: 0,
+            pending_events: VecDeque::new(),
+            read_ready: Vec::new(),
+            dirty: Vec::new(),
+            handshake_deadlines: VecDeque::new(),
+            scratch: Vec::new(),
+            parts: Vec::new(),
+            config,
+        }
+    }
+
+    /// Runs until the stop flag is set (or poll fails).
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            // Announce the coming sleep, then pick up anything queued before the announcement.
+            self.wake.awake.store(false, Ordering::SeqCst);
+            self.drain_outbound();
+            self.flush_dirty();
+            // Counters are current whenever the loop sleeps.
+            self.publish_stats();
+            let timeout = self.poll_timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != io::ErrorKind::Interrupted {
+                    warn!("network poll failed, stopping: {err}");
+                    return;
+                }
+            }
+            self.wake.awake.store(true, Ordering::SeqCst);
+            if self.wake.stop.load(Ordering::SeqCst) {
+                self.drain_outbound();
+                self.flush_dirty();
+                self.publish_stats();
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    PEER_LISTENER => self.accept_peers(),
+                    CLIENT_LISTENER => self.accept_clients(),
+                    token => self.on_conn_event(token, event),
+                }
+            }
+            self.retry_pending_events();
+            self.expire_handshakes();
+            self.dial_due_peers();
+            self.read_ready_conns();
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.pending_events.is_empty() {
+            return Some(BLOCKED_POLL);
+        }
+        if !self.read_ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let handshake = self.handshake_deadlines.front().map(|(at, _)| *at);
+        self.peers
+            .values()
+            .filter_map(|slot| slot.redial_at)
+            .chain(handshake)
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    fn publish_stats(&self) {
+        *self.stats_shared.lock().expect("net stats lock") = self.stats;
+    }
+
+    fn new_token(&mut self) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        token
+    }
+
+    fn add_conn(
+        &mut self,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        kind: ConnKind,
+        connected: bool,
+    ) -> io::Result<Token> {
+        let token = self.new_token();
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let conn = Conn {
+            stream,
+            addr,
+            kind,
+            decoder: FrameDecoder::new(self.config.max_frame_bytes),
+            out: OutQueue::new(),
+            connected,
+            writable: connected,
+            in_read_ready: false,
+            in_dirty: false,
+            carried: false,
+            closing: false,
+        };
+        self.conns.insert(token, conn);
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        self.handshake_deadlines.push_back((deadline, token));
+        Ok(token)
+    }
+
+    fn configure(&self, stream: &TcpStream) {
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("TCP_NODELAY failed: {err}");
+        }
+        set_buffer_sizes(stream.as_raw_fd(), self.config.socket_buffer_bytes);
+    }
+
+    fn accept_peers(&mut self) {
+        loop {
+            match self.peer_listener.accept() {
+                Ok((stream, addr)) => {
+                    self.configure(&stream);
+                    let kind = ConnKind::Peer(PeerState::Handshake { expected: None });
+                    match self.add_conn(stream, addr, kind, true) {
+                        Ok(token) => self.queue_peer_hello(token),
+                        Err(err) => warn!(peer = %addr, "cannot register peer connection: {err}"),
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    warn!("peer accept failed: {err}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            let Some(listener) = &self.client_listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    if self.clients >= self.config.max_clients {
+                        warn!(
+                            client = %addr,
+                            "refusing client: {} connections already (max_clients)",
+                            self.clients
+                        );
+                        continue;
+                    }
+                    self.configure(&stream);
+                    let kind = ConnKind::Client(ClientProtocol::Undetected);
+                    match self.add_conn(stream, addr, kind, true) {
+                        Ok(_) => {
+                            self.clients += 1;
+                            self.stats.client_connects += 1;
+                        }
+                        Err(err) => warn!(client = %addr, "cannot register client: {err}"),
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    warn!("client accept failed: {err}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dial_due_peers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, slot)| slot.redial_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let slot = self.peers.get_mut(&id).expect("due peer");
+            slot.redial_at = None;
+            let addr = slot.addr;
+            let stream = match TcpStream::connect(addr) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    debug!(peer = %addr, "dial of node {id} failed: {err}");
+                    self.schedule_redial(id);
+                    continue;
+                }
+            };
+            self.configure(&stream);
+            let kind = ConnKind::Peer(PeerState::Handshake { expected: Some(id) });
+            match self.add_conn(stream, addr, kind, false) {
+                Ok(token) => {
+                    self.peers.get_mut(&id).expect("peer").dialing = Some(token);
+                    self.queue_peer_hello(token);
+                }
+                Err(err) => {
+                    warn!(peer = %addr, "cannot register dial to node {id}: {err}");
+                    self.schedule_redial(id);
+                }
+            }
+        }
+    }
+
+    fn schedule_redial(&mut self, id: NodeId) {
+        let max = self.config.reconnect_max;
+        let slot = self.peers.get_mut(&id).expect("configured peer");
+        if self.config.node_id > id || slot.conn.is_some() || slot.dialing.is_some() {
+            return;
+        }
+        slot.redial_at = Some(Instant::now() + slot.backoff);
+        slot.backoff = (slot.backoff * 2).min(max);
+    }
+
+    fn queue_peer_hello(&mut self, token: Token) {
+        self.scratch.clear();
+        PeerHello::new(self.config.cluster_id, self.config.node_id).encode(&mut self.scratch);
+        self.queue_scratch(token, FrameType::PeerHello);
+    }
+
+    /// Queues the whole of `scratch` as one frame on `token`.
+    fn queue_scratch(&mut self, token: Token, ty: FrameType) {
+        self.parts.clear();
+        self.parts.push(BodyPart::Inline(0..self.scratch.len()));
+        self.queue_parts(token, ty);
+    }
+
+    fn queue_parts(&mut self, token: Token, ty: FrameType) {
+        let conn = self
+            .conns
+            .get_mut(&token)
+            .expect("queue on a live connection");
+        conn.out.push_frame(ty, &self.scratch, &self.parts);
+        self.stats.frames_out += 1;
+        if !conn.in_dirty {
+            conn.in_dirty = true;
+            self.dirty.push(token);
+        }
+    }
+
+    fn on_conn_event(&mut self, token: Token, event: &mio::event::Event) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if !conn.connected {
+            let failure = match conn.stream.take_error() {
+                Ok(Some(err)) | Err(err) => Some(format!("connect failed: {err}")),
+                Ok(None) if event.is_error() || event.is_write_closed() => {
+                    Some("connect failed".to_owned())
+                }
+                Ok(None) => None,
+            };
+            if let Some(reason) = failure {
+                self.close(token, CloseReason::Gone(reason));
+                return;
+            }
+            if event.is_writable() && conn.stream.peer_addr().is_ok() {
+                conn.connected = true;
+            }
+        }
+        if event.is_writable() && conn.connected {
+            conn.writable = true;
+            if !conn.in_dirty && !conn.out.is_empty() {
+                conn.in_dirty = true;
+                self.dirty.push(token);
+            }
+        }
+        if (event.is_readable() || event.is_read_closed() || event.is_error())
+            && !conn.in_read_ready
+        {
+            conn.in_read_ready = true;
+            self.read_ready.push(token);
+        }
+    }
+
+    /// One read per ready connection per turn, for fairness; a connection stays ready until a
+    /// read would block. Stops as soon as an event cannot be delivered.
+    fn read_ready_conns(&mut self) {
+        // Reading never lists new connections (only poll events do), so the list is compacted
+        // in place: no allocation per turn.
+        let mut ready = std::mem::take(&mut self.read_ready);
+        let mut kept = 0;
+        for at in 0..ready.len() {
+            let token = ready[at];
+            if !self.pending_events.is_empty() {
+                let left = ready.len() - at;
+                ready.copy_within(at.., kept);
+                kept += left;
+                break;
+            }
+            if self.read_once(token) {
+                ready[kept] = token;
+                kept += 1;
+            } else if let Some(conn) = self.conns.get_mut(&token) {
+                conn.in_read_ready = false;
+            }
+        }
+        ready.truncate(kept);
+        assert!(
+            self.read_ready.is_empty(),
+            "{} connections listed as readable while reading",
+            self.read_ready.len()
+        );
+        self.read_ready = ready;
+    }
+
+    /// Reads once from `token` and handles the complete frames. Returns whether the connection
+    /// may have more to read.
+    fn read_once(&mut self, token: Token) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        if conn.closing {
+            return false;
+        }
+        let outcome = conn.decoder.read_from(&conn.stream);
+        match outcome {
+            Ok(ReadOutcome::Data(n)) => {
+                self.stats.bytes_in += n as u64;
+                self.handle_frames(token)
+            }
+            Ok(ReadOutcome::WouldBlock) => false,
+            Ok(ReadOutcome::Closed) => {
+                self.close(
+                    token,
+                    CloseReason::Gone("closed by the other end".to_owned()),
+                );
+                false
+            }
+            Err(err) => {
+                self.close(token, CloseReason::Gone(format!("read failed: {err}")));
+                false
+            }
+        }
+    }
+
+    /// Takes every complete frame out of the connection's buffer and delivers one event.
+    /// Returns whether the connection is still open.
+    fn handle_frames(&mut self, token: Token) -> bool {
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        if let ConnKind::Client(ClientProtocol::Undetected) = conn.kind {
+            if let Err(reason) = detect_client(conn) {
+                self.close(token, CloseReason::BadFrame(reason));
+                return false;
+            }
+        }
+        let mut messages = Vec::new();
+        let mut requests = Vec::new();
+        loop {
+            let conn = self.conns.get_mut(&token).expect("live connection");
+            let (ty, body) = match conn.decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(FrameError::Io(err)) => {
+                    self.close(token, CloseReason::Gone(format!("read failed: {err}")));
+                    return false;
+                }
+                Err(err) => {
+                    self.close(token, CloseReason::BadFrame(err.to_string()));
+                    return false;
+                }
+            };
+            self.stats.frames_in += 1;
+            let stage = match &conn.kind {
+                ConnKind::Peer(PeerState::Handshake { expected }) => Stage::PeerHello(*expected),
+                ConnKind::Peer(PeerState::Established(peer)) => Stage::Peer(*peer),
+                ConnKind::Client(ClientProtocol::Native { greeted: false }) => Stage::ClientHello,
+                ConnKind::Client(ClientProtocol::Native { greeted: true }) => Stage::Client,
+                ConnKind::Client(ClientProtocol::Undetected) => {
+                    unreachable!("a client frame before its protocol was detected")
+                }
+            };
+            let handled = match stage {
+                Stage::PeerHello(expected) => self.on_peer_hello(token, expected, ty, &body),
+                Stage::Peer(peer) => self
+                    .on_peer_frame(token, peer, ty, &body)
+                    .map(|message| messages.push(message)),
+                Stage::ClientHello => self.on_client_hello(token, ty, &body),
+                Stage::Client if ty == FrameType::ClientRequest => {
+                    ClientRequest::decode_shared(&body)
+                        .map(|request| requests.push(request))
+                        .map_err(|err| CloseReason::BadFrame(format!("client request: {err}")))
+                }
+                Stage::Client => Err(CloseReason::BadFrame(format!(
+                    "{ty:?} frame where a client request was expected"
+                ))),
+            };
+            if let Err(reason) = handled {
+                self.close(token, reason);
+                return false;
+            }
+            if !self.conns.get(&token).is_some_and(|conn| !conn.closing) {
+                break;
+            }
+        }
+        if !messages.is_empty() {
+            self.emit(NetEvent::Peer(messages));
+        }
+        if !requests.is_empty() {
+            self.emit(NetEvent::Client {
+                conn: ConnId(token.0 as u64),
+                requests,
+            });
+        }
+        self.conns.get(&token).is_some_and(|conn| !conn.closing)
+    }
+
+    fn on_peer_frame(
+        &mut self,
+        token: Token,
+        peer: NodeId,
+        ty: FrameType,
+        body: &Bytes,
+    ) -> Result<Message, CloseReason> {
+        if ty != FrameType::Raft {
+            return Err(CloseReason::BadFrame(format!(
+                "{ty:?} frame on an established peer connection"
+            )));
+        }
+        let message = decode_message(body)
+            .map_err(|err| CloseReason::BadFrame(format!("consensus message: {err}")))?;
+        if message.from != peer || message.to != self.config.node_id {
+            return Err(CloseReason::BadFrame(format!(
+                "message from {} to {} on the connection from {peer} to {}",
+                message.from, message.to, self.config.node_id
+            )));
+        }
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        if !conn.carried {
+            // Only a connection the other end has used counts as healthy for the backoff: a
+            // refusal after our hello looks like a handshake followed by a close.
+            conn.carried = true;
+            if let Some(slot) = self.peers.get_mut(&peer) {
+                slot.backoff = self.config.reconnect_min;
+            }
+        }
+        Ok(message)
+    }
+
+    /// Delivers an event, or keeps it (and stops reading) while the channel is full. Counters
+    /// are published first, so a consumer that sees the event sees counts at least as new.
+    fn emit(&mut self, event: NetEvent) {
+        self.publish_stats();
+        if !self.pending_events.is_empty() {
+            self.pending_events.push_back(event);
+            return;
+        }
+        match self.events_tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                self.stats.events_blocked += 1;
+                self.pending_events.push_back(event);
+            }
+            // The consumer is gone (shutting down): nothing to deliver to.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn retry_pending_events(&mut self) {
+        while let Some(event) = self.pending_events.pop_front() {
+            match self.events_tx.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.pending_events.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.pending_events.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_outbound(&mut self) {
+        loop {
+            match self.outbound_rx.try_recv() {
+                Ok(Outbound::Messages(messages)) => {
+                    for message in &messages {
+                        self.queue_message(message);
+                    }
+                }
+                Ok(Outbound::Replies(replies)) => {
+                    for (conn, reply) in &replies {
+                        self.queue_reply(*conn, reply);
+                    }
+                }
+                Ok(Outbound::AddPeer(id, addr)) => self.add_peer(id, addr),
+                Ok(Outbound::RemovePeer(id)) => self.remove_peer(id),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        if id == self.config.node_id || id == NodeId(0) {
+            warn!("ignoring add_peer of node id {id} (self or reserved)");
+            return;
+        }
+        if let Some(slot) = self.peers.get_mut(&id) {
+            slot.addr = addr;
+            return;
+        }
+        let slot = PeerSlot {
+            addr,
+            conn: None,
+            dialing: None,
+            backoff: self.config.reconnect_min,
+            redial_at: (self.config.node_id < id).then(Instant::now),
+        };
+        self.peers.insert(id, slot);
+    }
+
+    fn remove_peer(&mut self, id: NodeId) {
+        let Some(slot) = self.peers.remove(&id) else {
+            return;
+        };
+        for token in [slot.conn, slot.dialing].into_iter().flatten() {
+            self.close(token, CloseReason::Gone(format!("node {id} was removed")));
+        }
+    }
+
+    fn queue_message(&mut self, message: &Message) {
+        let Some(token) = self.peers.get(&message.to).and_then(|slot| slot.conn) else {
+            self.stats.messages_dropped += 1;
+            return;
+        };
+        assert_eq!(
+            message.from, self.config.node_id,
+            "sending a message that is not from this node"
+        );
+        self.scratch.clear();
+        self.parts.clear();
+        encode_message_parts(message, &mut self.scratch, &mut self.parts);
+        let body_bytes: usize = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                BodyPart::Inline(range) => range.len(),
+                BodyPart::Shared(bytes) => bytes.len(),
+            })
+            .sum();
+        let frame_bytes = body_bytes + FRAME_HEADER_BYTES;
+        if frame_bytes > self.config.max_frame_bytes as usize {
+            warn!(
+                "dropping a message to {} of {frame_bytes} bytes: larger than max_frame_bytes {}",
+                message.to, self.config.max_frame_bytes
+            );
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        let queued = self
+            .conns
+            .get(&token)
+            .expect("peer connection")
+            .out
+            .queued_bytes;
+        if queued > 0 && queued + frame_bytes > PEER_QUEUE_BYTES_MAX {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        self.queue_parts(token, FrameType::Raft);
+    }
+
+    fn queue_reply(&mut self, conn_id: ConnId, reply: &ClientReply) {
+        let token = Token(conn_id.0 as usize);
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        if conn.closing
+            || !matches!(
+                conn.kind,
+                ConnKind::Client(ClientProtocol::Native { greeted: true })
+            )
+        {
+            return;
+        }
+        if conn.out.queued_bytes > CLIENT_QUEUE_BYTES_MAX {
+            let reason = format!(
+                "{} bytes of replies unread (max {CLIENT_QUEUE_BYTES_MAX})",
+                conn.out.queued_bytes
+            );
+            self.close(token, CloseReason::Gone(reason));
+            return;
+        }
+        self.scratch.clear();
+        reply.encode(&mut self.scratch);
+        self.queue_scratch(token, FrameType::ClientReply);
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &token in &dirty {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            if !conn.connected || !conn.writable {
+                // Stays queued; the writable event lists it again.
+                conn.in_dirty = false;
+                continue;
+            }
+            conn.in_dirty = false;
+            match conn.out.write_to(&mut conn.stream, &mut self.stats) {
+                Ok(would_block) => {
+                    conn.writable = !would_block;
+                    if conn.closing && conn.out.is_empty() {
+                        self.close(token, CloseReason::Gone("refused".to_owned()));
+                    }
+                }
+                Err(err) => self.close(token, CloseReason::Gone(format!("write failed: {err}"))),
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn close(&mut self, token: Token, reason: CloseReason) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let (what, peer_id) = match &conn.kind {
+            ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),
+            ConnKind::Peer(PeerState::Handshake { expected }) => ("peer", *expected),
+            ConnKind::Client(_) => ("client", None),
+        };
+        match &reason {
+            CloseReason::Gone(why) => debug!(addr = %conn.addr, "{what} connection closed: {why}"),
+            CloseReason::BadFrame(why) => {
+                self.stats.bad_frames += 1;
+                warn!(addr = %conn.addr, "closing {what} connection on bad input: {why}");
+            }
+            CloseReason::Refused(why) => {
+                self.stats.handshakes_refused += 1;
+                warn!(
+                    addr = %conn.addr,
+                    "refusing {what} handshake from node {}: {why}",
+                    peer_id.map_or("?".to_owned(), |id| id.to_string())
+                );
+            }
+        }
+        match conn.kind {
+            ConnKind::Client(protocol) => {
+                self.clients -= 1;
+                if let ClientProtocol::Native { greeted: true } = protocol {
+                    self.emit(NetEvent::ClientGone(ConnId(token.0 as u64)));
+                }
+            }
+            ConnKind::Peer(_) => {
+                let Some(id) = peer_id else { return };
+                let Some(slot) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                if slot.conn == Some(token) {
+                    slot.conn = None;
+                    self.stats.peer_disconnects += 1;
+                    if !conn.carried && matches!(reason, CloseReason::Gone(_)) {
+                        warn!(
+                            addr = %conn.addr,
+                            "connection to node {id} closed before carrying any message: \
+                             refused by the peer? (is node {} in its peer list?)",
+                            self.config.node_id
+                        );
+                    }
+                }
+                if slot.dialing == Some(token) {
+                    slot.dialing = None;
+                }
+                self.schedule_redial(id);
+            }
+        }
+    }
+}
