@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
     /// How the log writes appended records into its segments.
-    #[arg(long, value_enum, default_value_t = AppendModeArg::Mmap)]
+    #[arg(long, value_enum, default_value_t = AppendModeArg::Pwrite)]
     pub append_mode: AppendModeArg,
     /// Also write the report as JSON to this file.
     #[arg(long)]

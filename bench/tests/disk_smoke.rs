@@ -66,7 +66,7 @@ fn disk_bench_runs_and_reports() {
         ..LogOptions::default()
     };
     let (log, open) = Log::open(&log_dir, options).unwrap();
-    assert!(open.torn_tail.is_none());
+    assert!(open.torn_tail.is_none(), "{open:?}");
     assert!(log.last_index().get() > 0);
     assert!(log.durable_index() == log.last_index());
 }

@@ -20,7 +20,7 @@ use crate::log::hard_state::{HardState, HardStateFile};
 use crate::log::preparer::{Preparer, Spare};
 use crate::log::record::{
     batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, ChainFields,
-    RecordHeader, RecordKind, RECORD_HEADER_BYTES,
+    RecordHeader, RecordKind, RECORD_ALIGN, RECORD_HEADER_BYTES,
 };
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::segment::{
@@ -42,20 +42,25 @@ pub struct LogOptions {
     pub spare_segments: usize,
     /// How syncs are issued (default io_uring, falling back to fdatasync).
     pub sync_mode: SyncMode,
-    /// How records reach the segment (default: copies into the mapping).
+    /// How records reach the segment (default: `pwritev`; see [`AppendMode`]).
     pub append_mode: AppendMode,
 }
+
+/// Zeros written after each record in [`AppendMode::Pwrite`]: its padding plus one header.
+static TAIL_ZEROS: [u8; RECORD_ALIGN + RECORD_HEADER_BYTES] =
+    [0; RECORD_ALIGN + RECORD_HEADER_BYTES];
 
 /// How appended records reach the segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AppendMode {
-    /// Copy into the shared mapping (the design default). Pages are pre-faulted writable by the
-    /// preparer, so appends take no page fault; writeback of mapped pages costs the kernel a
-    /// TLB shootdown per page.
-    #[default]
+    /// Copy into the shared mapping (the design card's plan). Pages are pre-faulted writable by
+    /// the preparer, so appends take no page fault; but writeback of mapped pages costs the
+    /// kernel a write-protect and TLB shootdown per page, which made each sync about 4x slower
+    /// than [`AppendMode::Pwrite`] on the development VM (`docs/LOG.md`, "Append mode").
     Mmap,
     /// `pwritev` of header and payload into the page cache; the mapping is only read. Same
-    /// format, same durability; no faults and no shootdowns, one syscall per record.
+    /// format, same durability; no faults and no shootdowns, one syscall per record. The default.
+    #[default]
     Pwrite,
 }
 
@@ -65,7 +70,7 @@ impl Default for LogOptions {
             segment_bytes: 64 << 20,
             spare_segments: 1,
             sync_mode: SyncMode::IoUring,
-            append_mode: AppendMode::Mmap,
+            append_mode: AppendMode::Pwrite,
         }
     }
 }
@@ -640,17 +645,26 @@ impl Log {
             AppendMode::Pwrite => {
                 let mut head = [0u8; RECORD_HEADER_BYTES];
                 write_header(&mut head, &header);
-                pwrite_all(&segment.file, &[&head, payload], offset as u64).map_err(|err| {
-                    LogError::io(format!("write {}", segment.path.display()), err)
-                })?;
+                // The padding and a zeroed header's worth after the record: a recycled segment
+                // is not re-zeroed in this mode, and recovery must find zeros (not the middle
+                // of a stale record) where the log ends. The next record overwrites them.
+                let end = (offset + stored + RECORD_HEADER_BYTES).min(segment.map.len());
+                let zeros = &TAIL_ZEROS[..end - (offset + RECORD_HEADER_BYTES + payload.len())];
+                pwrite_all(&segment.file, &[&head, payload, zeros], offset as u64).map_err(
+                    |err| LogError::io(format!("write {}", segment.path.display()), err),
+                )?;
             }
         }
+        let dirty_end = match self.options.append_mode {
+            AppendMode::Mmap => offset + stored,
+            AppendMode::Pwrite => (offset + stored + RECORD_HEADER_BYTES).min(segment.map.len()),
+        };
         match self.dirty.last_mut() {
-            Some(range) if Arc::ptr_eq(&range.file, &segment.file) => range.end = offset + stored,
+            Some(range) if Arc::ptr_eq(&range.file, &segment.file) => range.end = dirty_end,
             _ => self.dirty.push(DirtyRange {
                 file: segment.file.clone(),
                 start: offset,
-                end: offset + stored,
+                end: dirty_end,
             }),
         }
         let segment_seq = segment.first_seq;

@@ -122,7 +122,7 @@ impl Default for Tuning {
             snapshot_entries: 1 << 20,
             segment_bytes: 64 << 20,
             sync: "io_uring".to_string(),
-            append_mode: "mmap".to_string(),
+            append_mode: "pwrite".to_string(),
             cpu_affinity: Vec::new(),
             channel_capacity: 1024,
             max_frame_bytes: 64 << 20,
