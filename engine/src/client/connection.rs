@@ -246,19 +246,11 @@ pub(super) fn outcome(reply: ClientReply) -> Result<Applied, ClientError> {
         ClientReply::Applied { index, result, .. } | ClientReply::ReadOk { index, result, .. } => {
             Ok(Applied { index, result })
         }
-        ClientReply::NotLeader {
-            leader,
-            leader_addr,
-            ..
-        } => Err(ClientError::NotLeader {
-            leader,
-            leader_addr,
-        }),
-        ClientReply::Error { message, .. } => Err(ClientError::Server(message)),
         other => unexpected(other),
     }
 }
 
+/// The error for any reply but the one expected: redirects and errors keep their meaning.
 fn unexpected<T>(reply: ClientReply) -> Result<T, ClientError> {
     match reply {
         ClientReply::NotLeader {
