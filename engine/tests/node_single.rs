@@ -160,6 +160,8 @@ fn a_failed_snapshot_write_stops_the_node_with_the_reason() {
     node_common::wait_for("the node to stop", Duration::from_secs(10), || {
         node.status().role == "stopped"
     });
+    let failure = node.failure().expect("a failed node reports its failure");
+    assert!(failure.contains("snapshots"), "{failure}");
     match node.propose(Bytes::from_static(b"after=failure")).wait() {
         Err(NodeError::Failed(why)) => assert!(why.contains("snapshots"), "{why}"),
         other => panic!("a failed node accepted a proposal: {other:?}"),

@@ -212,3 +212,73 @@ fn a_node_that_cannot_start_exits_non_zero() {
     args.extend(members.iter().map(String::as_str));
     assert_refused(&args, &["failed to start", "not-a-directory"]);
 }
+
+#[test]
+fn a_node_that_fails_while_serving_exits_non_zero_naming_the_cause() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ports = free_ports(2);
+    let members = member_flags(&ports);
+    let mut args = vec!["serve", "--id", "1", "--cluster-id", "7", "--app", "kv"];
+    args.extend([
+        "--snapshot-entries",
+        "20",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    args.extend(members.iter().map(String::as_str));
+    let mut child = Command::new(common::BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        match lockstep::client::Client::connect(addr, 7, Duration::from_secs(1)) {
+            Ok(client) => break client,
+            Err(error) => {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("the node never answered: {error:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    // A file where the snapshot directory is: the first snapshot cannot be written, which is
+    // fatal for the node.
+    if data.join("snapshots").is_dir() {
+        std::fs::remove_dir_all(data.join("snapshots")).unwrap();
+    }
+    std::fs::write(data.join("snapshots"), b"in the way").unwrap();
+    // Until the node fails: refusals before it leads, then commits, then the failure.
+    let mut committed = 0;
+    for i in 0..2000 {
+        match client.propose(format!("put {i}").as_bytes()) {
+            Ok(_) => committed += 1,
+            Err(_) if committed > 0 => break,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(committed > 0, "nothing committed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a failed node kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "exit status {}", output.status);
+    assert!(
+        stderr.contains("failed") && stderr.contains("snapshots"),
+        "{stderr}"
+    );
+}

@@ -409,6 +409,13 @@ impl Node {
         self.client_addr
     }
 
+    /// The fatal error that stopped this node on its own (a failed sync, a storage error, a
+    /// snapshot that could not be written), if one did. A failed node answers every request with
+    /// [`NodeError::Failed`]; its owner should shut it down and report the error.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().expect("failure lock").clone()
+    }
+
     /// Stops the stages, syncs and seals the log, and joins every thread.
     pub fn shutdown(mut self) -> Result<(), NodeError> {
         self.stop()

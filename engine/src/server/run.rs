@@ -19,7 +19,7 @@ use super::config::{ServerConfig, ServerError};
 /// The words that start every ready line (followed by the node id).
 pub const READY_MARKER: &str = "lockstep node ";
 
-/// How often the serving loop looks at the stop flag.
+/// How often the serving loop looks at the stop flag and at the node's health.
 const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// The line printed once the node serves: `lockstep node <id> ready: peer <addr> client <addr>`.
@@ -51,7 +51,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 }
 
 /// Starts the node, prints the ready line, and serves until `stop` becomes true; then shuts the
-/// node down (syncing and sealing its log) and returns. Installs no signal handler.
+/// node down (syncing and sealing its log) and returns. Installs no signal handler. A node that
+/// fails on its own (see [`Node::failure`]) ends the run with an error naming the cause.
 pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerError> {
     let node_config = config.node_config()?;
     let node = match config.app {
@@ -68,6 +69,11 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
             .map_err(|e| ServerError(format!("cannot write the ready line to stdout: {e}")))?;
     }
     while !stop.load(Ordering::Relaxed) {
+        if let Some(failure) = node.failure() {
+            // The node already stopped itself; shutting down only joins its threads.
+            drop(node.shutdown());
+            return Err(ServerError(format!("node {} failed: {failure}", config.id)));
+        }
         std::thread::sleep(STOP_POLL);
     }
     tracing::info!(id = config.id, "stopping: shutting the node down");
