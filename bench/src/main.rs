@@ -58,6 +58,16 @@ fn main() -> ExitCode {
 /// Loads the configuration and serves until SIGINT/SIGTERM (`lockstep::server::run` prints
 /// the ready line the bench waits for).
 fn run_node(config: &std::path::Path) -> ExitCode {
+    // Warnings and errors (refused handshakes, a failed sync) go to stderr, which the bench
+    // keeps with the node's output; `LOCKSTEP_LOG` filters as for `lockstep serve`.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let outcome = lockstep::server::ServerConfig::load(config).and_then(lockstep::server::run);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
