@@ -26,6 +26,7 @@ fn options() -> LogOptions {
         spare_segments: 1,
         sync_mode: SyncMode::IoUring,
         append_mode: AppendMode::Mmap,
+        syncs_in_flight: 4,
     }
 }
 
@@ -63,6 +64,8 @@ fn build(batches: &[(u8, u8, bool)], tail: &[(u8, u8)]) -> Built {
         dir.path(),
         LogOptions {
             append_mode,
+            // From one round at a time to four in flight.
+            syncs_in_flight: 1 + batches.len() % 4,
             ..options()
         },
     )

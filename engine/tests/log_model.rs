@@ -11,10 +11,19 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { count: u8, size: u8 },
-    Truncate { back: u8 },
-    Compact { permille: u16 },
+    Append {
+        count: u8,
+        size: u8,
+    },
+    Truncate {
+        back: u8,
+    },
+    Compact {
+        permille: u16,
+    },
     Sync,
+    /// Start a round without waiting, and reap whatever completed.
+    RequestSync,
     Reopen,
 }
 
@@ -24,6 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..12).prop_map(|back| Op::Truncate { back }),
         1 => (0u16..1000).prop_map(|permille| Op::Compact { permille }),
         2 => Just(Op::Sync),
+        2 => Just(Op::RequestSync),
         1 => Just(Op::Reopen),
     ]
 }
@@ -81,6 +91,8 @@ fn run(ops: Vec<Op>, mode: SyncMode, append_mode: AppendMode) -> Result<(), Test
         spare_segments: 1,
         sync_mode: mode,
         append_mode,
+        // 1 (one round at a time) to 4 rounds in flight.
+        syncs_in_flight: 1 + ops.len() % 4,
     };
     let (mut log, _) = Log::open(dir.path(), options.clone()).unwrap();
     let mut model = Model {
@@ -122,6 +134,21 @@ fn run(ops: Vec<Op>, mode: SyncMode, append_mode: AppendMode) -> Result<(), Test
             Op::Sync => {
                 let durable = log.wait_durable().unwrap();
                 prop_assert_eq!(durable, LogIndex(model.entries.len() as u64));
+            }
+            Op::RequestSync => {
+                let before = log.durable_index();
+                log.request_sync().unwrap();
+                let polled = log.poll_durable().unwrap();
+                prop_assert!(log.syncs_in_flight() <= options.syncs_in_flight);
+                if let Some(durable) = polled {
+                    prop_assert!(
+                        durable >= before,
+                        "durable {} fell below {}",
+                        durable,
+                        before
+                    );
+                }
+                prop_assert!(log.durable_index() <= LogIndex(model.entries.len() as u64));
             }
             Op::Reopen => {
                 drop(log);

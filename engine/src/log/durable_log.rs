@@ -2,9 +2,11 @@
 //!
 //! It owns the live segments (mapped), the in-memory index of records, the sync engine, the
 //! spare preparer and the hard-state file. Appends copy a record into the mapping and return;
-//! [`Log::request_sync`] starts a sync round if none is in flight (group commit: the next round
-//! covers everything appended meanwhile), and [`Log::poll_durable`] / [`Log::wait_durable`] reap
-//! it. A failed sync poisons the log for good. See the module docs of [`crate::log`] for the
+//! [`Log::request_sync`] starts a sync round covering everything appended since the previous one,
+//! unless [`LogOptions::syncs_in_flight`] rounds are already in flight (group commit: then the
+//! next round starts when one completes), and [`Log::poll_durable`] / [`Log::wait_durable`] reap
+//! them. Rounds may complete in any order; the durable point only advances over a prefix of
+//! completed rounds. A failed sync, in whichever round, poisons the log for good. See the module docs of [`crate::log`] for the
 //! big picture and `docs/FORMATS.md` for the bytes.
 
 use std::collections::VecDeque;
@@ -27,7 +29,7 @@ use crate::log::segment::{
     check_segment_len, live_name, map_segment, parse_live_name, parse_spare_name, prefault,
     spare_name, sync_dir, Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
-use crate::log::sync::{SyncMode, SyncTarget, Syncer};
+use crate::log::sync::{SyncMode, SyncTarget, Syncer, MAX_SYNCS_IN_FLIGHT};
 use crate::types::{LogIndex, Term};
 
 /// Name of the lock file that keeps two `Log`s off one directory.
@@ -44,6 +46,11 @@ pub struct LogOptions {
     pub sync_mode: SyncMode,
     /// How records reach the segment (default: `pwritev`; see [`AppendMode`]).
     pub append_mode: AppendMode,
+    /// Sync rounds allowed in flight at once (default 4; 1..=64). 1 means a record appended
+    /// while a round runs waits for it to finish before its own round starts; more lets a new
+    /// round start at once, which pays off on disks that serve concurrent flushes in parallel
+    /// (`docs/LOG.md`, "Choices").
+    pub syncs_in_flight: usize,
 }
 
 /// Zeros written after each record in [`AppendMode::Pwrite`]: its padding plus one header.
@@ -71,6 +78,7 @@ impl Default for LogOptions {
             spare_segments: 1,
             sync_mode: SyncMode::IoUring,
             append_mode: AppendMode::Pwrite,
+            syncs_in_flight: 4,
         }
     }
 }
@@ -197,6 +205,10 @@ struct DirtyRange {
 
 /// A sync round in flight: what it will make durable.
 struct Round {
+    /// The syncer's id for it.
+    id: u64,
+    /// Completed, but some earlier round has not yet.
+    done: bool,
     index: LogIndex,
     seq: u64,
     entries: u64,
@@ -218,7 +230,8 @@ pub struct Log {
     durable_index: LogIndex,
     durable_seq: u64,
     syncer: Syncer,
-    in_flight: Option<Round>,
+    /// Rounds submitted and not yet counted durable, oldest first (seqs strictly increasing).
+    in_flight: VecDeque<Round>,
     sync_wanted: bool,
     dirty: Vec<DirtyRange>,
     dir_dirty: bool,
@@ -266,6 +279,12 @@ fn check_options(options: &LogOptions) -> Result<(), LogError> {
         return Err(LogError::BadOptions(format!(
             "segment_bytes {} must be a multiple of 4096 in {SEGMENT_BYTES_MIN}..=4 GiB",
             options.segment_bytes
+        )));
+    }
+    if !(1..=MAX_SYNCS_IN_FLIGHT).contains(&options.syncs_in_flight) {
+        return Err(LogError::BadOptions(format!(
+            "syncs_in_flight {} must be in 1..={MAX_SYNCS_IN_FLIGHT}",
+            options.syncs_in_flight
         )));
     }
     if options.spare_segments == 0 {
@@ -449,7 +468,7 @@ impl Log {
         sync_dir(&dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
 
         let hard_state = HardStateFile::open(dir, &dir_file)?;
-        let syncer = Syncer::new(options.sync_mode);
+        let syncer = Syncer::new(options.sync_mode, options.syncs_in_flight);
         let prefault_mode = match (options.append_mode, syncer.syncs_ranges()) {
             (AppendMode::Pwrite, _) => Prefault::Skip,
             (AppendMode::Mmap, true) => Prefault::Write,
@@ -485,7 +504,7 @@ impl Log {
             durable_index: last_index,
             durable_seq: recovered.last_seq,
             syncer,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             sync_wanted: false,
             dirty: Vec::new(),
             dir_dirty: false,
@@ -767,7 +786,7 @@ impl Log {
         self.next_index = from;
         self.last_term = self.spans.back().map_or(Term::ZERO, |span| span.term);
         self.durable_index = self.durable_index.min(from.prev());
-        if let Some(round) = &mut self.in_flight {
+        for round in &mut self.in_flight {
             round.index = round.index.min(from.prev());
         }
         Ok(())
@@ -871,7 +890,7 @@ impl Log {
         self.check_usable()?;
         self.wait_durable()?;
         assert!(
-            self.in_flight.is_none() && self.dirty.is_empty(),
+            self.in_flight.is_empty() && self.dirty.is_empty(),
             "reset_after({after}): a sync round is still pending after wait_durable"
         );
         let mut spare = self
@@ -1005,18 +1024,21 @@ impl Log {
         }
     }
 
-    /// Starts a sync round covering everything appended so far, unless one is in flight (then
-    /// the next round starts when it completes) or nothing new was appended. Never blocks.
+    /// Starts a sync round covering everything appended since the previous round, unless
+    /// [`LogOptions::syncs_in_flight`] rounds are in flight (then the next round starts when one
+    /// completes) or nothing new was appended. Never blocks.
     pub fn request_sync(&mut self) -> Result<(), LogError> {
         self.check_usable()?;
         let covered = self
             .in_flight
-            .as_ref()
+            .back()
             .map_or(self.durable_seq, |round| round.seq);
         if self.next_seq - 1 <= covered || self.dirty.is_empty() {
             return Ok(());
         }
-        if self.syncer.busy() {
+        // Rounds completed behind a running one still count: at most `syncs_in_flight` rounds
+        // are ever not yet durable.
+        if self.in_flight.len() >= self.options.syncs_in_flight {
             self.sync_wanted = true;
             return Ok(());
         }
@@ -1040,16 +1062,28 @@ impl Log {
                 range: None,
             });
         }
-        self.in_flight = Some(Round {
+        let seq = self.next_seq - 1;
+        let covered = self
+            .in_flight
+            .back()
+            .map_or(self.durable_seq, |round| round.seq);
+        assert!(
+            seq > covered,
+            "sync round up to seq {seq} submitted behind one covering seq {covered}"
+        );
+        self.sync_wanted = false;
+        let id = match self.syncer.submit(round) {
+            Ok(id) => id,
+            Err(errno) => return Err(self.poison(errno)),
+        };
+        self.in_flight.push_back(Round {
+            id,
+            done: false,
             index: self.last_index(),
-            seq: self.next_seq - 1,
+            seq,
             entries: std::mem::take(&mut self.unsynced_entries),
             bytes: std::mem::take(&mut self.unsynced_bytes),
         });
-        self.sync_wanted = false;
-        if let Err(errno) = self.syncer.submit(round) {
-            return Err(self.poison(errno));
-        }
         Ok(())
     }
 
@@ -1060,35 +1094,66 @@ impl Log {
             "log sync failed; the log is poisoned and refuses all further work"
         );
         self.poisoned = Some(errno);
-        self.in_flight = None;
+        self.in_flight.clear();
         LogError::Poisoned { errno }
     }
 
-    /// Reaps a completed round (blocking when `wait`); returns whether one completed.
+    /// Reaps completed rounds (blocking for one when `wait` and one is in flight), advances the
+    /// durable point over the prefix of completed rounds and submits a wanted round if there is
+    /// room; returns whether the durable point advanced.
     fn reap(&mut self, wait: bool) -> Result<bool, LogError> {
-        match self.syncer.poll(wait) {
-            None => Ok(false),
-            Some(Err(errno)) => Err(self.poison(errno)),
-            Some(Ok(())) => {
-                let round = self
-                    .in_flight
-                    .take()
-                    .expect("a completed round was in flight");
-                self.durable_index = self.durable_index.max(round.index);
-                self.durable_seq = round.seq;
-                self.stats.syncs += 1;
-                self.stats.entries_synced += round.entries;
-                self.stats.bytes_synced += round.bytes;
-                if self.sync_wanted {
-                    self.request_sync()?;
-                }
-                Ok(true)
-            }
+        let mut block = wait;
+        while let Some((id, outcome)) = self.syncer.poll(block) {
+            block = false;
+            self.complete(id, outcome)?;
         }
+        let advanced = self.advance();
+        if self.sync_wanted {
+            self.request_sync()?;
+        }
+        Ok(advanced)
     }
 
-    /// Non-blocking: reaps a completed sync round and returns the new durable index, or `None`
-    /// when nothing completed since the last call.
+    /// Marks round `id` completed; a failed round poisons the log, whichever it is.
+    fn complete(&mut self, id: u64, outcome: Result<(), i32>) -> Result<(), LogError> {
+        if let Err(errno) = outcome {
+            return Err(self.poison(errno));
+        }
+        let round = self
+            .in_flight
+            .iter_mut()
+            .find(|round| round.id == id)
+            .unwrap_or_else(|| panic!("completion of round {id}, which is not in flight"));
+        assert!(!round.done, "round {id} completed twice");
+        round.done = true;
+        Ok(())
+    }
+
+    /// Counts durable every completed round not preceded by one still running.
+    fn advance(&mut self) -> bool {
+        let mut advanced = false;
+        while self.in_flight.front().is_some_and(|round| round.done) {
+            let round = self.in_flight.pop_front().expect("front round");
+            assert!(
+                round.seq > self.durable_seq,
+                "round {} up to seq {} completed behind durable seq {}",
+                round.id,
+                round.seq,
+                self.durable_seq
+            );
+            self.durable_index = self.durable_index.max(round.index);
+            self.durable_seq = round.seq;
+            self.stats.syncs += 1;
+            self.stats.entries_synced += round.entries;
+            self.stats.bytes_synced += round.bytes;
+            advanced = true;
+        }
+        advanced
+    }
+
+    /// Non-blocking: reaps completed sync rounds and returns the new durable index, or `None`
+    /// when the durable point did not advance since the last call (a round that completed
+    /// before an earlier one counts once that one completes too).
     pub fn poll_durable(&mut self) -> Result<Option<LogIndex>, LogError> {
         self.check_usable()?;
         Ok(self.reap(false)?.then_some(self.durable_index))
@@ -1099,8 +1164,8 @@ impl Log {
         self.check_usable()?;
         let target = self.next_seq - 1;
         self.request_sync()?;
-        while self.durable_seq < target && (self.in_flight.is_some() || !self.dirty.is_empty()) {
-            if self.in_flight.is_none() {
+        while self.durable_seq < target && (!self.in_flight.is_empty() || !self.dirty.is_empty()) {
+            if self.in_flight.is_empty() {
                 self.submit_round()?;
             }
             self.reap(true)?;
@@ -1115,12 +1180,13 @@ impl Log {
         self.preparer.wait_all_ready()
     }
 
-    /// Blocks until the sync round in flight (if any) completes, without starting one for
-    /// appends made since (when a round was requested meanwhile, it is submitted on
-    /// completion, as in [`Log::poll_durable`]); returns the durable index.
+    /// Blocks until some sync round in flight (if any) completes, without starting one for
+    /// appends made since (when a round was requested meanwhile, it is submitted once there is
+    /// room, as in [`Log::poll_durable`]); returns the durable index, which advances only if
+    /// that round and every earlier one completed.
     pub fn wait_in_flight(&mut self) -> Result<LogIndex, LogError> {
         self.check_usable()?;
-        if self.in_flight.is_some() {
+        if !self.in_flight.is_empty() {
             self.reap(true)?;
         }
         Ok(self.durable_index)
@@ -1128,7 +1194,20 @@ impl Log {
 
     /// Whether a sync round is in flight.
     pub fn sync_in_flight(&self) -> bool {
-        self.in_flight.is_some()
+        !self.in_flight.is_empty()
+    }
+
+    /// Sync rounds in flight (submitted, not yet counted durable).
+    pub fn syncs_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Receives a message whenever a sync round may have completed, so a thread can block on
+    /// "new work or a completion" with `crossbeam_channel::select!` and then call
+    /// [`Log::poll_durable`]. Spurious messages are possible; a completion that happens after
+    /// the last reap always sends one.
+    pub fn sync_signal(&self) -> &crossbeam_channel::Receiver<()> {
+        self.syncer.signal()
     }
 
     /// The term and vote last saved.
@@ -1167,5 +1246,118 @@ impl<'a> Iterator for Read<'a> {
         self.at += 1;
         self.next = view.last_index().next();
         Some(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Out-of-order completion: real rounds on real files (io_uring when available), whose
+    //! completions are then handed to the log in an order chosen by the test.
+
+    use super::*;
+    use crate::batch::BatchBuilder;
+
+    fn append_one(log: &mut Log) {
+        let mut builder = BatchBuilder::default();
+        builder.push(&[7u8; 64]);
+        let batch = builder.finish(Term(1), log.last_index().next(), BatchKind::Normal);
+        log.append(&batch).unwrap();
+    }
+
+    /// Appends and submits `rounds` rounds of one record each, then lets the real syncer finish
+    /// all of them without telling the log; returns the completions by submission order.
+    fn rounds_completed_unseen(log: &mut Log, rounds: usize) -> Vec<(u64, Result<(), i32>)> {
+        for _ in 0..rounds {
+            append_one(log);
+            log.request_sync().unwrap();
+        }
+        assert_eq!(
+            log.syncs_in_flight(),
+            rounds,
+            "every round submitted at once"
+        );
+        let mut done = Vec::new();
+        while let Some(completion) = log.syncer.poll(true) {
+            done.push(completion);
+        }
+        done.sort_by_key(|&(id, _)| id);
+        assert_eq!(done.len(), rounds);
+        done
+    }
+
+    fn open(dir: &Path, syncs_in_flight: usize) -> Log {
+        let options = LogOptions {
+            segment_bytes: 16 << 10,
+            syncs_in_flight,
+            ..LogOptions::default()
+        };
+        Log::open(dir, options).unwrap().0
+    }
+
+    #[test]
+    fn durable_advances_only_over_a_prefix_of_completed_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 3);
+        let base = log.durable_seq();
+        let done = rounds_completed_unseen(&mut log, 3);
+        let seqs: Vec<u64> = log.in_flight.iter().map(|round| round.seq).collect();
+        assert_eq!(seqs, vec![base + 1, base + 2, base + 3]);
+
+        // The last round completes first, then the middle one: nothing is durable yet, and a
+        // record written now vouches only for what was durable before.
+        for &(id, outcome) in [done[2], done[1]].iter() {
+            log.complete(id, outcome).unwrap();
+            assert!(!log.advance());
+            assert_eq!(log.durable_seq(), base);
+            assert_eq!(log.durable_index(), LogIndex(0));
+        }
+        // The first completes: all three become durable together.
+        log.complete(done[0].0, done[0].1).unwrap();
+        assert!(log.advance());
+        assert_eq!(log.durable_seq(), base + 3);
+        assert_eq!(log.durable_index(), LogIndex(3));
+        assert_eq!(log.stats().syncs, 3);
+        assert!(!log.sync_in_flight());
+        assert_eq!(log.wait_durable().unwrap(), LogIndex(3));
+    }
+
+    #[test]
+    fn a_failed_later_round_poisons_even_with_earlier_rounds_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 2);
+        let base = log.durable_seq();
+        let done = rounds_completed_unseen(&mut log, 2);
+        let error = log.complete(done[1].0, Err(libc::EIO)).unwrap_err();
+        assert!(
+            matches!(error, LogError::Poisoned { errno: libc::EIO }),
+            "{error}"
+        );
+        assert_eq!(log.durable_seq(), base);
+        assert!(matches!(
+            log.poll_durable(),
+            Err(LogError::Poisoned { errno: libc::EIO })
+        ));
+        assert!(log.request_sync().is_err());
+    }
+
+    #[test]
+    fn a_full_window_queues_the_next_round_until_one_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 2);
+        let done = rounds_completed_unseen(&mut log, 2);
+        append_one(&mut log);
+        log.request_sync().unwrap();
+        assert_eq!(log.syncs_in_flight(), 2, "no room for a third round");
+        assert!(log.sync_wanted);
+        // The second round completes first: room for the wanted round, nothing durable yet.
+        log.complete(done[1].0, done[1].1).unwrap();
+        assert!(log.in_flight.front().is_some_and(|round| !round.done));
+        log.complete(done[0].0, done[0].1).unwrap();
+        assert!(log.advance());
+        assert_eq!(log.durable_index(), LogIndex(2));
+        log.request_sync().unwrap();
+        assert_eq!(log.syncs_in_flight(), 1);
+        assert_eq!(log.wait_durable().unwrap(), LogIndex(3));
+        assert_eq!(log.close().unwrap(), LogIndex(3));
     }
 }

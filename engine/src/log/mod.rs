@@ -7,7 +7,8 @@
 //! - [`segment`]: segment files (zero-filled, full size before they get a name) and their names.
 //! - `preparer`: a background thread keeping one (or more) spare segments ready, zero-filled and
 //!   mapped, and reusing compacted segments.
-//! - `sync`: sync rounds through io_uring (or fdatasync on a helper thread as the fallback).
+//! - `sync`: sync rounds, several in flight, through io_uring (or fdatasync on helper threads as
+//!   the fallback).
 //! - [`hard_state`]: term and vote in a two-slot checksummed file.
 //! - [`Log`] (in `durable_log`): the type the storage thread owns.
 //! - [`inspect`]: read-only verification and listing, for `lockstep log`.

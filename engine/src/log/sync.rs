@@ -1,21 +1,28 @@
 //! The sync engine: makes a set of files durable without blocking the caller.
 //!
-//! One sync *round* is in flight at a time: a set of `fsync`/`fdatasync` operations (the segment
-//! files written since the previous round, and the directory when a segment was renamed). With
-//! io_uring they are submitted as `IORING_OP_FSYNC` entries and reaped from the completion queue;
-//! where io_uring cannot be set up (or the fallback is forced) a helper thread runs plain
-//! `fdatasync`/`fsync` calls, so the caller never blocks in either mode unless it asks to wait.
+//! Up to a fixed number of sync *rounds* may be in flight at once (`LogOptions::syncs_in_flight`).
+//! A round is a set of `fsync`/`fdatasync` operations (the segment byte ranges written since the
+//! previous round, and the directory when a segment was renamed). With io_uring they are
+//! submitted as `IORING_OP_FSYNC` entries tagged with the round's id and reaped from the
+//! completion queue; where io_uring cannot be set up (or the fallback is forced) a pool of helper
+//! threads, one per round in flight, runs plain `fdatasync`/`fsync` calls. The caller never
+//! blocks in either mode unless it asks to wait, and can block on [`Syncer::signal`] (together
+//! with other channels) to learn that a round may have completed.
 //!
-//! A round succeeds only when every operation of it succeeded; otherwise it reports the first
-//! errno and the caller must treat the log as poisoned (never retried).
+//! Rounds may complete in any order: this layer reports each round's outcome under its id and
+//! leaves ordering (durable only over a prefix of completed rounds) to the log. A round succeeds
+//! only when every operation of it succeeded; otherwise it reports the first errno and the caller
+//! must treat the log as poisoned (never retried).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use io_uring::{opcode, types, IoUring};
 
 /// How the log makes its writes durable.
@@ -40,74 +47,174 @@ pub(crate) struct SyncTarget {
     pub range: Option<(u64, u32)>,
 }
 
+/// A round in flight on the ring.
+struct UringRound {
+    id: u64,
+    pending: usize,
+    first_errno: Option<i32>,
+    /// Keeps the descriptors open while the kernel works on them.
+    _targets: Vec<SyncTarget>,
+}
+
+/// Wakes [`Syncer::signal`] whenever the ring posts a completion: a thread blocked on an eventfd
+/// registered with the ring.
+struct Notifier {
+    eventfd: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Notifier {
+    fn start(ring: &IoUring, signal: Sender<()>) -> io::Result<Notifier> {
+        // SAFETY: plain syscall; the returned descriptor is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let eventfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (eventfd, stop) = (eventfd.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("lockstep-log-notify".to_string())
+                .spawn(move || loop {
+                    let mut count = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a live local buffer.
+                    let read = unsafe {
+                        libc::read(eventfd.as_raw_fd(), count.as_mut_ptr().cast(), count.len())
+                    };
+                    if read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    if read < 0 || stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Err(TrySendError::Disconnected(())) = signal.try_send(()) {
+                        return;
+                    }
+                })?
+        };
+        Ok(Notifier {
+            eventfd,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to our own eventfd.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 enum Backend {
     Uring {
         ring: Box<IoUring>,
-        pending: usize,
-        first_errno: Option<i32>,
-        /// Keeps the descriptors open while the kernel works on them.
-        targets: Vec<SyncTarget>,
+        rounds: Vec<UringRound>,
+        _notifier: Notifier,
     },
     Thread {
-        jobs: Option<Sender<Vec<SyncTarget>>>,
-        done: Receiver<Result<(), i32>>,
-        thread: Option<JoinHandle<()>>,
-        busy: bool,
+        jobs: Option<Sender<(u64, Vec<SyncTarget>)>>,
+        done: Receiver<(u64, Result<(), i32>)>,
+        threads: Vec<JoinHandle<()>>,
+        busy: usize,
     },
 }
 
-/// Runs sync rounds, one at a time.
+/// Most rounds a log may keep in flight.
+pub(crate) const MAX_SYNCS_IN_FLIGHT: usize = 64;
+
+/// Runs sync rounds, up to `max_in_flight` at a time.
 pub(crate) struct Syncer {
     backend: Backend,
+    max_in_flight: usize,
+    next_id: u64,
+    /// Completed rounds reaped from the ring but not yet handed out.
+    ready: VecDeque<(u64, Result<(), i32>)>,
+    signal: Receiver<()>,
 }
 
 impl Syncer {
-    pub fn new(mode: SyncMode) -> Syncer {
+    pub fn new(mode: SyncMode, max_in_flight: usize) -> Syncer {
+        assert!(
+            (1..=MAX_SYNCS_IN_FLIGHT).contains(&max_in_flight),
+            "syncs in flight {max_in_flight} outside 1..={MAX_SYNCS_IN_FLIGHT}"
+        );
+        let (signal_tx, signal) = crossbeam_channel::bounded(1);
         if mode == SyncMode::IoUring {
-            match IoUring::new(16) {
-                Ok(ring) => {
+            let entries = (4 * max_in_flight).next_power_of_two().max(16) as u32;
+            let started = IoUring::new(entries).and_then(|ring| {
+                let notifier = Notifier::start(&ring, signal_tx.clone())?;
+                Ok((ring, notifier))
+            });
+            match started {
+                Ok((ring, notifier)) => {
                     return Syncer {
                         backend: Backend::Uring {
                             ring: Box::new(ring),
-                            pending: 0,
-                            first_errno: None,
-                            targets: Vec::new(),
+                            rounds: Vec::with_capacity(max_in_flight),
+                            _notifier: notifier,
                         },
-                    }
+                        max_in_flight,
+                        next_id: 1,
+                        ready: VecDeque::new(),
+                        signal,
+                    };
                 }
                 Err(err) => tracing::warn!(
                     error = %err,
-                    "io_uring is unavailable; the log falls back to fdatasync on a helper thread"
+                    "io_uring is unavailable; the log falls back to fdatasync on helper threads"
                 ),
             }
         }
-        let (jobs, job_rx) = crossbeam_channel::bounded::<Vec<SyncTarget>>(1);
-        let (done_tx, done) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("lockstep-log-sync".to_string())
-            .spawn(move || {
-                for round in job_rx {
-                    let result = round.iter().try_for_each(|target| {
-                        let outcome = if target.datasync {
-                            target.file.sync_data()
-                        } else {
-                            target.file.sync_all()
-                        };
-                        outcome.map_err(|err| err.raw_os_error().unwrap_or(libc::EIO))
-                    });
-                    if done_tx.send(result).is_err() {
-                        return;
-                    }
-                }
+        let (jobs, job_rx) = crossbeam_channel::bounded::<(u64, Vec<SyncTarget>)>(max_in_flight);
+        let (done_tx, done) = crossbeam_channel::bounded(max_in_flight);
+        let threads = (0..max_in_flight)
+            .map(|_| {
+                let (job_rx, done_tx, signal_tx) =
+                    (job_rx.clone(), done_tx.clone(), signal_tx.clone());
+                std::thread::Builder::new()
+                    .name("lockstep-log-sync".to_string())
+                    .spawn(move || {
+                        for (id, round) in job_rx {
+                            let result = round.iter().try_for_each(|target| {
+                                let outcome = if target.datasync {
+                                    target.file.sync_data()
+                                } else {
+                                    target.file.sync_all()
+                                };
+                                outcome.map_err(|err| err.raw_os_error().unwrap_or(libc::EIO))
+                            });
+                            drop(round);
+                            if done_tx.send((id, result)).is_err() {
+                                return;
+                            }
+                            let _ = signal_tx.try_send(());
+                        }
+                    })
+                    .expect("spawn a log sync thread")
             })
-            .expect("spawn the log sync thread");
+            .collect();
         Syncer {
             backend: Backend::Thread {
                 jobs: Some(jobs),
                 done,
-                thread: Some(thread),
-                busy: false,
+                threads,
+                busy: 0,
             },
+            max_in_flight,
+            next_id: 1,
+            ready: VecDeque::new(),
+            signal,
         }
     }
 
@@ -124,19 +231,41 @@ impl Syncer {
         }
     }
 
-    /// Starts a round. Must not be called while one is in flight.
-    pub fn submit(&mut self, round: Vec<SyncTarget>) -> Result<(), i32> {
+    /// Receives a message whenever a round may have completed (spurious ones are possible; a
+    /// completion after the last [`Syncer::poll`] always sends one).
+    pub fn signal(&self) -> &Receiver<()> {
+        &self.signal
+    }
+
+    /// Rounds submitted and not yet handed out by [`Syncer::poll`].
+    pub fn in_flight(&self) -> usize {
+        self.ready.len()
+            + match &self.backend {
+                Backend::Uring { rounds, .. } => rounds.len(),
+                Backend::Thread { busy, .. } => *busy,
+            }
+    }
+
+    /// Whether another round may be submitted now.
+    pub fn has_room(&self) -> bool {
+        self.in_flight() < self.max_in_flight
+    }
+
+    /// Starts a round and returns its id (ids grow by one per round). Must not be called
+    /// without room (see [`Syncer::has_room`]).
+    pub fn submit(&mut self, round: Vec<SyncTarget>) -> Result<u64, i32> {
         assert!(!round.is_empty(), "empty sync round");
+        assert!(
+            self.has_room(),
+            "sync round submitted with {} of {} in flight",
+            self.in_flight(),
+            self.max_in_flight
+        );
+        let id = self.next_id;
+        self.next_id += 1;
         match &mut self.backend {
-            Backend::Uring {
-                ring,
-                pending,
-                first_errno,
-                targets,
-            } => {
-                assert_eq!(*pending, 0, "sync round submitted while one is in flight");
-                *first_errno = None;
-                for (slot, target) in round.iter().enumerate() {
+            Backend::Uring { ring, rounds, .. } => {
+                for target in &round {
                     let flags = if target.datasync {
                         types::FsyncFlags::DATASYNC
                     } else {
@@ -148,101 +277,101 @@ impl Syncer {
                         .offset(offset)
                         .len(len)
                         .build()
-                        .user_data(slot as u64);
+                        .user_data(id);
                     // SAFETY: the descriptor stays open until the round completes (kept in
-                    // `targets`), and the entry references no other memory.
+                    // `rounds`), and the entry references no other memory.
                     unsafe { ring.submission().push(&entry) }
                         .expect("sync round larger than the ring");
                 }
-                *pending = round.len();
-                *targets = round;
+                rounds.push(UringRound {
+                    id,
+                    pending: round.len(),
+                    first_errno: None,
+                    _targets: round,
+                });
                 loop {
                     match ring.submit() {
-                        Ok(_) => return Ok(()),
+                        Ok(_) => return Ok(id),
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(err) => {
-                            // Nothing will complete: the caller poisons the log.
-                            *pending = 0;
-                            return Err(err.raw_os_error().unwrap_or(libc::EIO));
-                        }
+                        // Nothing may complete: the caller poisons the log.
+                        Err(err) => return Err(err.raw_os_error().unwrap_or(libc::EIO)),
                     }
                 }
             }
             Backend::Thread { jobs, busy, .. } => {
-                assert!(!*busy, "sync round submitted while one is in flight");
-                *busy = true;
+                *busy += 1;
                 jobs.as_ref()
-                    .expect("sync thread running")
-                    .send(round)
-                    .map_err(|_| libc::EIO)
+                    .expect("sync threads running")
+                    .send((id, round))
+                    .map_err(|_| libc::EIO)?;
+                Ok(id)
             }
         }
     }
 
-    /// Whether a round is in flight.
-    pub fn busy(&self) -> bool {
-        match &self.backend {
-            Backend::Uring { pending, .. } => *pending > 0,
-            Backend::Thread { busy, .. } => *busy,
-        }
-    }
-
-    /// Reaps the round in flight: `Some(result)` once it completed, `None` while it runs (or
-    /// when none is in flight). With `wait`, blocks until it completes.
-    pub fn poll(&mut self, wait: bool) -> Option<Result<(), i32>> {
-        if !self.busy() {
-            return None;
+    /// Hands out one completed round as `(id, outcome)`, in completion order (not submission
+    /// order). `None` when none completed (or none is in flight); with `wait`, blocks until one
+    /// completes unless none is in flight.
+    pub fn poll(&mut self, wait: bool) -> Option<(u64, Result<(), i32>)> {
+        if let Some(done) = self.ready.pop_front() {
+            return Some(done);
         }
         match &mut self.backend {
-            Backend::Uring {
-                ring,
-                pending,
-                first_errno,
-                targets,
-            } => {
-                loop {
-                    for cqe in ring.completion() {
-                        assert!(
-                            (cqe.user_data() as usize) < targets.len(),
-                            "unknown completion {}",
-                            cqe.user_data()
-                        );
-                        *pending -= 1;
-                        if cqe.result() < 0 && first_errno.is_none() {
-                            *first_errno = Some(-cqe.result());
-                        }
+            Backend::Uring { ring, rounds, .. } => loop {
+                if rounds.is_empty() {
+                    return None;
+                }
+                for cqe in ring.completion() {
+                    let at = rounds
+                        .iter()
+                        .position(|round| round.id == cqe.user_data())
+                        .unwrap_or_else(|| {
+                            panic!("completion of unknown round {}", cqe.user_data())
+                        });
+                    let round = &mut rounds[at];
+                    round.pending -= 1;
+                    if cqe.result() < 0 && round.first_errno.is_none() {
+                        round.first_errno = Some(-cqe.result());
                     }
-                    if *pending == 0 {
-                        targets.clear();
-                        return Some(first_errno.map_or(Ok(()), Err));
+                    if round.pending == 0 {
+                        let round = rounds.remove(at);
+                        self.ready
+                            .push_back((round.id, round.first_errno.map_or(Ok(()), Err)));
                     }
-                    if !wait {
-                        return None;
-                    }
-                    match ring.submit_and_wait(1) {
-                        Ok(_) => {}
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                        Err(err) => {
-                            // The ring itself failed; the round's outcome is unknown.
-                            *pending = 0;
-                            targets.clear();
-                            return Some(Err(err.raw_os_error().unwrap_or(libc::EIO)));
+                }
+                if let Some(done) = self.ready.pop_front() {
+                    return Some(done);
+                }
+                if !wait {
+                    return None;
+                }
+                match ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        // The ring itself failed: every round's outcome is unknown.
+                        let errno = err.raw_os_error().unwrap_or(libc::EIO);
+                        for round in rounds.drain(..) {
+                            self.ready.push_back((round.id, Err(errno)));
                         }
                     }
                 }
-            }
+            },
             Backend::Thread { done, busy, .. } => {
-                let result = if wait {
-                    done.recv().map_err(|_| libc::EIO)
+                if *busy == 0 {
+                    return None;
+                }
+                let (id, result) = if wait {
+                    done.recv().unwrap_or((0, Err(libc::EIO)))
                 } else {
                     match done.try_recv() {
-                        Ok(result) => Ok(result),
-                        Err(crossbeam_channel::TryRecvError::Empty) => return None,
-                        Err(crossbeam_channel::TryRecvError::Disconnected) => Err(libc::EIO),
+                        Ok(done) => done,
+                        Err(TryRecvError::Empty) => return None,
+                        Err(TryRecvError::Disconnected) => (0, Err(libc::EIO)),
                     }
                 };
-                *busy = false;
-                Some(result.and_then(|outcome| outcome))
+                *busy -= 1;
+                Some((id, result))
             }
         }
     }
@@ -250,13 +379,11 @@ impl Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        // Let a round in flight finish so no descriptor is closed under the kernel's feet.
-        if self.busy() {
-            let _ = self.poll(true);
-        }
-        if let Backend::Thread { jobs, thread, .. } = &mut self.backend {
+        // Let rounds in flight finish so no descriptor is closed under the kernel's feet.
+        while self.poll(true).is_some() {}
+        if let Backend::Thread { jobs, threads, .. } = &mut self.backend {
             jobs.take();
-            if let Some(thread) = thread.take() {
+            for thread in threads.drain(..) {
                 let _ = thread.join();
             }
         }
@@ -267,28 +394,40 @@ impl Drop for Syncer {
 mod tests {
     use super::*;
 
+    fn pipe_end() -> Arc<File> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here; the write end is
+        // closed at once (fsync on the read end fails with EINVAL either way).
+        let (read, _write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        Arc::new(read)
+    }
+
+    fn target(file: &Arc<File>, datasync: bool, range: Option<(u64, u32)>) -> SyncTarget {
+        SyncTarget {
+            file: file.clone(),
+            datasync,
+            range,
+        }
+    }
+
     fn round_trip(mode: SyncMode) -> &'static str {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(File::create(dir.path().join("f")).unwrap());
-        let mut syncer = Syncer::new(mode);
+        let dir_file = Arc::new(File::open(dir.path()).unwrap());
+        let mut syncer = Syncer::new(mode, 1);
         assert_eq!(syncer.poll(false), None);
-        syncer
+        let id = syncer
             .submit(vec![
-                SyncTarget {
-                    file: file.clone(),
-                    datasync: true,
-                    range: Some((0, 4096)),
-                },
-                SyncTarget {
-                    file: Arc::new(File::open(dir.path()).unwrap()),
-                    datasync: false,
-                    range: None,
-                },
+                target(&file, true, Some((0, 4096))),
+                target(&dir_file, false, None),
             ])
             .unwrap();
-        assert!(syncer.busy());
-        assert_eq!(syncer.poll(true), Some(Ok(())));
-        assert!(!syncer.busy());
+        assert!(!syncer.has_room());
+        assert_eq!(syncer.poll(true), Some((id, Ok(()))));
+        assert_eq!(syncer.in_flight(), 0);
+        assert!(syncer.signal().recv().is_ok(), "a completion signals");
         syncer.mechanism()
     }
 
@@ -302,26 +441,49 @@ mod tests {
     #[test]
     fn a_failing_sync_reports_its_errno() {
         // fsync on a pipe fails with EINVAL in both mechanisms.
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe() writes.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        let (read, write) = unsafe {
-            use std::os::fd::FromRawFd;
-            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
-        };
-        let read = Arc::new(read);
+        let read = pipe_end();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode);
-            syncer
-                .submit(vec![SyncTarget {
-                    file: read.clone(),
-                    datasync: true,
-                    range: None,
-                }])
-                .unwrap();
-            assert_eq!(syncer.poll(true), Some(Err(libc::EINVAL)), "{mode:?}");
+            let mut syncer = Syncer::new(mode, 1);
+            let id = syncer.submit(vec![target(&read, true, None)]).unwrap();
+            assert_eq!(syncer.poll(true), Some((id, Err(libc::EINVAL))), "{mode:?}");
         }
-        drop(write);
+    }
+
+    #[test]
+    fn several_rounds_in_flight_each_report_their_own_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
+        file.set_len(1 << 20).unwrap();
+        let bad = pipe_end();
+        for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
+            let mut syncer = Syncer::new(mode, 4);
+            let mut expected = Vec::new();
+            for round in 0..4u64 {
+                let targets = if round == 2 {
+                    vec![
+                        target(&file, true, Some((8192, 4096))),
+                        target(&bad, true, None),
+                    ]
+                } else {
+                    vec![target(&file, true, Some((round * 4096, 4096)))]
+                };
+                let id = syncer.submit(targets).unwrap();
+                let outcome = if round == 2 {
+                    Err(libc::EINVAL)
+                } else {
+                    Ok(())
+                };
+                expected.push((id, outcome));
+            }
+            assert!(!syncer.has_room(), "{mode:?}");
+            let mut seen = Vec::new();
+            while let Some(done) = syncer.poll(true) {
+                seen.push(done);
+            }
+            seen.sort_by_key(|&(id, _)| id);
+            assert_eq!(seen, expected, "{mode:?}");
+            assert_eq!(syncer.in_flight(), 0);
+            assert!(syncer.has_room());
+        }
     }
 }

@@ -2,10 +2,13 @@
 //! order, with group commit, releasing each write's `after_durable` messages (and telling
 //! consensus) only once the write and every earlier one are durable.
 //!
-//! Group commit: everything queued is appended, then one sync round is requested; while it is in
-//! flight the thread keeps taking and appending new writes, and only blocks on the round when
-//! its inbox is empty. A write is durable once the log's durable seq reaches the seq of the last
-//! record it appended (hard state and snapshot files are written synchronously before that).
+//! Group commit: everything queued is appended, then a sync round is requested for it. The log
+//! keeps up to `LogOptions::syncs_in_flight` rounds in flight, so writes that arrive while
+//! rounds run get their own round at once (or, with no room, the next round when one completes).
+//! With nothing to do but wait, the thread blocks on "an inbox message or a sync completion"
+//! (the log's sync signal), never spinning. A write is durable once the log's durable seq
+//! reaches the seq of the last record it appended (the log advances it only over a prefix of
+//! completed rounds; hard state and snapshot files are written synchronously before that).
 //!
 //! Any storage error is fatal: the log refuses further work after a failed sync (never retried),
 //! the error is reported to consensus and the thread ends.
@@ -76,34 +79,41 @@ impl StorageStage {
 
     fn serve(&mut self, inbox: &Receiver<StorageMsg>) -> Result<(), String> {
         let err = |error: crate::log::LogError| error.to_string();
-        loop {
-            let idle = self.pending.is_empty() && !self.log.sync_in_flight();
-            let first = if idle {
-                inbox.recv().ok()
-            } else {
+        let signal = self.log.sync_signal().clone();
+        'serve: loop {
+            // Take everything queued, append it, and start a round for it.
+            loop {
                 match inbox.try_recv() {
-                    Ok(message) => Some(message),
-                    Err(TryRecvError::Empty) => {
-                        // Nothing new to append: wait for the round (or start one and wait).
-                        if self.log.sync_in_flight() {
-                            self.log.wait_in_flight().map_err(err)?;
-                        } else {
-                            self.log.wait_durable().map_err(err)?;
-                        }
-                        self.release();
-                        continue;
-                    }
-                    Err(TryRecvError::Disconnected) => None,
+                    Ok(message) => self.execute(message)?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'serve,
                 }
-            };
-            let Some(first) = first else { break };
-            self.execute(first)?;
-            while let Ok(message) = inbox.try_recv() {
-                self.execute(message)?;
             }
             self.log.request_sync().map_err(err)?;
             self.log.poll_durable().map_err(err)?;
             self.release();
+            if self.log.sync_in_flight() {
+                crossbeam_channel::select! {
+                    recv(inbox) -> message => match message {
+                        Ok(message) => self.execute(message)?,
+                        Err(_) => break 'serve,
+                    },
+                    recv(signal) -> _ => {}
+                }
+            } else {
+                // Nothing in flight after a request: every executed write is durable.
+                assert!(
+                    self.pending.is_empty(),
+                    "write {:?} waits for seq {} but no sync round is in flight (durable seq {})",
+                    self.pending.front().map(|(id, _, _)| id),
+                    self.pending.front().map_or(0, |&(_, seq, _)| seq),
+                    self.log.durable_seq()
+                );
+                match inbox.recv() {
+                    Ok(message) => self.execute(message)?,
+                    Err(_) => break 'serve,
+                }
+            }
         }
         self.log.wait_durable().map_err(err)?;
         self.release();
