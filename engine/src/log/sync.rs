@@ -278,10 +278,17 @@ impl Syncer {
                         .len(len)
                         .build()
                         .user_data(id);
+                    // A round may touch more segments than the submission queue holds: hand
+                    // the queued entries to the kernel to make room.
                     // SAFETY: the descriptor stays open until the round completes (kept in
                     // `rounds`), and the entry references no other memory.
-                    unsafe { ring.submission().push(&entry) }
-                        .expect("sync round larger than the ring");
+                    while unsafe { ring.submission().push(&entry) }.is_err() {
+                        if let Err(err) = ring.submit() {
+                            if err.kind() != io::ErrorKind::Interrupted {
+                                return Err(err.raw_os_error().unwrap_or(libc::EIO));
+                            }
+                        }
+                    }
                 }
                 rounds.push(UringRound {
                     id,
@@ -436,6 +443,20 @@ mod tests {
         assert_eq!(round_trip(SyncMode::Fdatasync), "fdatasync");
         let uring = round_trip(SyncMode::IoUring);
         assert!(uring == "io_uring" || uring == "fdatasync");
+    }
+
+    #[test]
+    fn a_round_larger_than_the_submission_queue_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Arc<File>> = (0..40)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
+            let mut syncer = Syncer::new(mode, 1);
+            let round = files.iter().map(|f| target(f, true, None)).collect();
+            let id = syncer.submit(round).unwrap();
+            assert_eq!(syncer.poll(true), Some((id, Ok(()))), "{mode:?}");
+        }
     }
 
     #[test]
