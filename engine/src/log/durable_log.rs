@@ -307,28 +307,32 @@ fn open_mapped(path: &Path) -> Result<(Arc<File>, memmap2::MmapMut), LogError> {
 }
 
 /// Writes `parts` back to back at `offset`, retrying short writes.
-fn pwrite_all(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
-    let mut parts: Vec<&[u8]> = parts
-        .iter()
-        .copied()
-        .filter(|part| !part.is_empty())
-        .collect();
-    let mut offset = offset;
-    while !parts.is_empty() {
-        let iovecs: Vec<libc::iovec> = parts
-            .iter()
-            .map(|part| libc::iovec {
-                iov_base: part.as_ptr() as *mut libc::c_void,
-                iov_len: part.len(),
-            })
-            .collect();
+fn pwrite_all<const N: usize>(
+    file: &File,
+    mut parts: [&[u8]; N],
+    mut offset: u64,
+) -> io::Result<()> {
+    // Index of the first part with bytes left; the iovecs live on the stack (no allocation
+    // per record).
+    let mut first = 0;
+    loop {
+        while first < N && parts[first].is_empty() {
+            first += 1;
+        }
+        if first == N {
+            return Ok(());
+        }
+        let iovecs: [libc::iovec; N] = std::array::from_fn(|i| libc::iovec {
+            iov_base: parts[i].as_ptr() as *mut libc::c_void,
+            iov_len: parts[i].len(),
+        });
         // SAFETY: every iovec points into a live borrowed slice of the stated length, and the
         // kernel only reads them.
         let written = unsafe {
             libc::pwritev(
                 file.as_raw_fd(),
-                iovecs.as_ptr(),
-                iovecs.len() as libc::c_int,
+                iovecs[first..].as_ptr(),
+                (N - first) as libc::c_int,
                 offset as libc::off_t,
             )
         };
@@ -341,18 +345,12 @@ fn pwrite_all(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
         }
         let mut written = written as usize;
         offset += written as u64;
-        while written > 0 {
-            let first = parts[0];
-            if written >= first.len() {
-                written -= first.len();
-                parts.remove(0);
-            } else {
-                parts[0] = &first[written..];
-                written = 0;
-            }
+        for part in parts[first..].iter_mut() {
+            let taken = written.min(part.len());
+            *part = &part[taken..];
+            written -= taken;
         }
     }
-    Ok(())
 }
 
 fn prepare_error(err: io::Error, segment_bytes: u64) -> LogError {
@@ -669,7 +667,7 @@ impl Log {
                 // of a stale record) where the log ends. The next record overwrites them.
                 let end = (offset + stored + RECORD_HEADER_BYTES).min(segment.map.len());
                 let zeros = &TAIL_ZEROS[..end - (offset + RECORD_HEADER_BYTES + payload.len())];
-                pwrite_all(&segment.file, &[&head, payload, zeros], offset as u64).map_err(
+                pwrite_all(&segment.file, [&head, payload, zeros], offset as u64).map_err(
                     |err| LogError::io(format!("write {}", segment.path.display()), err),
                 )?;
             }
