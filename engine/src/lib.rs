@@ -63,6 +63,7 @@ pub mod log;
 pub mod net;
 pub mod node;
 pub mod raft;
+pub mod resp;
 pub mod server;
 pub mod sim;
 pub mod types;

@@ -8,6 +8,10 @@
 //! Both machines are deterministic and never panic on bad input: a command they cannot decode
 //! gets an error reply.
 
+use std::sync::Arc;
+
+use crate::resp::Frontend;
+
 pub mod journal;
 pub mod kv;
 pub mod reply;
@@ -41,6 +45,14 @@ impl AppKind {
             "kv" => Some(AppKind::Kv),
             "journal" => Some(AppKind::Journal),
             _ => None,
+        }
+    }
+
+    /// The RESP command set of this app, served on the client port; `None` for apps without
+    /// one (the journal takes opaque entries over the native protocol only).
+    pub fn frontend(self) -> Option<Arc<dyn Frontend>> {
+        match self {
+            AppKind::Kv | AppKind::Journal => None,
         }
     }
 }

@@ -29,9 +29,11 @@ pub use self::peer_msg::{decode_message, encode_message, PeerHello, PEER_PROTOCO
 pub use self::transport::{NetHandle, NetStats, Transport};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::raft::Message;
+use crate::resp::Frontend;
 use crate::types::NodeId;
 
 /// Identifies one client connection of one transport (never reused while the transport runs).
@@ -81,6 +83,9 @@ pub struct NetConfig {
     /// A connection whose hello has not arrived (and been accepted) this long after it opened
     /// is closed (a dial is then retried).
     pub handshake_timeout: Duration,
+    /// The command set RESP clients on the client port talk to; `None`: RESP clients are
+    /// refused with an error naming the native protocol.
+    pub frontend: Option<Arc<dyn Frontend>>,
 }
 
 impl NetConfig {
@@ -99,6 +104,7 @@ impl NetConfig {
             reconnect_max: Duration::from_secs(1),
             max_clients: 4096,
             handshake_timeout: Duration::from_secs(10),
+            frontend: None,
         }
     }
 }

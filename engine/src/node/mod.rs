@@ -22,6 +22,7 @@ use crate::apply::StateMachine;
 use crate::log::LogOptions;
 use crate::net::{NetConfig, Transport};
 use crate::raft::{MembershipChange, Raft};
+use crate::resp::Frontend;
 use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
@@ -69,6 +70,9 @@ pub struct NodeConfig {
     pub cpu_affinity: Option<Vec<usize>>,
     /// Network settings not derived from the above.
     pub max_frame_bytes: u32,
+    /// The RESP command set served on the client port (see [`crate::resp`]); `None`: the
+    /// client port speaks only the native protocol.
+    pub frontend: Option<Arc<dyn Frontend>>,
 }
 
 impl NodeConfig {
@@ -99,6 +103,7 @@ impl NodeConfig {
             channel_capacity: 1024,
             cpu_affinity: None,
             max_frame_bytes: 64 << 20,
+            frontend: None,
         }
     }
 }
@@ -237,6 +242,7 @@ impl Node {
                 .collect();
             net_config.client_listen = client_listen;
             net_config.max_frame_bytes = config.max_frame_bytes;
+            net_config.frontend = config.frontend.clone();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
                     "cannot start the network on {peer_listen}: {error}"

@@ -54,7 +54,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 /// node down (syncing and sealing its log) and returns. Installs no signal handler. A node that
 /// fails on its own (see [`Node::failure`]) ends the run with an error naming the cause.
 pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerError> {
-    let node_config = config.node_config()?;
+    let mut node_config = config.node_config()?;
+    node_config.frontend = config.app.frontend();
     let node = match config.app {
         AppKind::Kv => Node::start(node_config, KvStore::new()),
         AppKind::Journal => Node::start(node_config, Journal::new()),
