@@ -569,6 +569,13 @@ impl Log {
         if log.segments.is_empty() {
             log.activate_spare()?;
         }
+        if damage.is_some() {
+            // A record chained to the good prefix, right at the cut, with a seq above every
+            // record left after it: from now on those are stale, and a plain open finds this
+            // log clean (the marker keeps the repair).
+            log.seal()?;
+            log.wait_durable()?;
+        }
         log.finish_repair_if_covered()?;
         let report = OpenReport {
             first_index: log.first_index(),

@@ -794,6 +794,83 @@ mod tests {
     }
 
     #[test]
+    fn repair_cuts_before_witnessed_damage_and_remembers_the_highest_index() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        let (_, second) = w.append(&batch(3, 2, 1));
+        w.synced_seq = 2;
+        w.append(&batch(5, 2, 1));
+        w.synced_seq = 3;
+        w.append(&batch(7, 3, 2));
+        w.segments[0].1[second + 70] ^= 4;
+        assert!(recover(&w.input()).is_err());
+        let (rec, damage) = recover_for_repair(&w.input()).unwrap();
+        let damage = damage.expect("damage reported");
+        assert_eq!(
+            (damage.at.segment, damage.at.offset, damage.at.index),
+            (0, second, LogIndex(3))
+        );
+        assert_eq!(damage.last_index_claimed, LogIndex(9));
+        // The good prefix stays, the rest is cut like a torn tail, seqs continue above all.
+        assert_eq!(rec.next_index, LogIndex(3));
+        assert_eq!(rec.tail, Some((0, second)));
+        assert_eq!((rec.torn, rec.next_seq), (None, 5));
+        // A clean log reports no damage in repair mode either.
+        let clean = Writer::new();
+        let (_, none) = recover_for_repair(&clean.input()).unwrap();
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn repair_with_nothing_before_the_damage_restarts_empty() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        w.synced_seq = 1;
+        w.append(&batch(3, 2, 1));
+        w.segments[0].1[SEGMENT_HEADER_BYTES + 8] ^= 1;
+        let (rec, damage) = recover_for_repair(&w.input()).unwrap();
+        let damage = damage.expect("damage reported");
+        assert_eq!(
+            (damage.at.index, damage.last_index_claimed),
+            (LogIndex(1), LogIndex(4))
+        );
+        assert_eq!(
+            (rec.tail, rec.records, rec.next_index),
+            (None, 0, LogIndex(1))
+        );
+        assert_eq!(rec.next_seq, 3);
+    }
+
+    #[test]
+    fn repair_after_a_missing_middle_segment_counts_the_later_records() {
+        let mut w = Writer::new();
+        for i in 0..12 {
+            w.synced_seq = i;
+            w.append(&batch(1 + i * 2, 2, 1));
+        }
+        let segments = w.segments.len();
+        assert!(segments >= 3);
+        w.segments.remove(1);
+        let (rec, damage) = recover_for_repair(&w.input()).unwrap();
+        let damage = damage.expect("damage reported");
+        assert_eq!(damage.last_index_claimed, LogIndex(24));
+        assert_eq!(rec.tail.unwrap().0, 0, "the log ends in the first segment");
+        assert_eq!(damage.at.index, rec.next_index);
+    }
+
+    #[test]
+    fn a_seal_marker_after_the_damage_claims_the_index_before_it() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        let (_, second) = w.append(&batch(3, 4, 1));
+        w.synced_seq = 2;
+        w.truncate(7);
+        w.segments[0].1[second + 70] ^= 4;
+        let (_, damage) = recover_for_repair(&w.input()).unwrap();
+        assert_eq!(damage.unwrap().last_index_claimed, LogIndex(6));
+    }
+
+    #[test]
     fn wrong_size_and_bad_header_are_corruption() {
         let w = Writer::new();
         let short = &w.segments[0].1[..512];
