@@ -85,6 +85,8 @@ pub struct Stats {
     pub votes_refused_repairing: u64,
     /// Repairs completed (the log again durably covers what it held before the damage).
     pub repairs_completed: u64,
+    /// Leader: rejects showing that a follower's log ends below its match (it lost entries).
+    pub followers_lost_entries: u64,
 }
 
 /// A snapshot of a core's state.

@@ -1076,3 +1076,30 @@ fn repair_gate_off_loses_a_committed_entry() {
     // gate above is what prevents this.
     committed_entries_lost_on_a_voter(false);
 }
+
+#[test]
+fn leader_lowers_the_match_of_a_follower_that_lost_acknowledged_entries() {
+    // The leader stays up: it had counted 2 up to 6 in this term. After 2 restarts with its log
+    // cut at 2, its rejects show a log ending below that match; the leader must send from there
+    // again (a match never moves down otherwise).
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    cluster.crash(2);
+    cluster.restart_damaged(2, Some(2), true);
+    assert_eq!(
+        cluster.node(2).raft.status().repair_until,
+        Some(LogIndex(6))
+    );
+    cluster.propose(1, 1);
+    cluster.ticks(30);
+    let leader = cluster.node(1).raft.status();
+    assert!(leader.stats.followers_lost_entries >= 1);
+    let repaired = cluster.node(2).raft.status();
+    assert_eq!(
+        (repaired.repair_until, repaired.durable),
+        (None, LogIndex(7))
+    );
+    assert_eq!(cluster.terms(2), cluster.terms(1));
+}
