@@ -24,7 +24,9 @@ pub enum LogError {
         /// The errno of the failed sync.
         errno: i32,
     },
-    /// Damage before the tail: the log will not open (a later repair fetches it from peers).
+    /// Damage before the tail: [`Log::open`](crate::log::Log::open) refuses it;
+    /// [`Log::open_for_repair`](crate::log::Log::open_for_repair) cuts it instead, for a node
+    /// that fetches the lost range from its peers.
     Corrupt {
         /// The file holding the damage.
         file: PathBuf,

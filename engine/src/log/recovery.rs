@@ -18,6 +18,10 @@
 //! damage to durable records that no later record witnesses (the last ones written before the
 //! log went idle) looks exactly like a torn write and is cut, unless `Log::seal` wrote a witness
 //! after them; see `docs/FORMATS.md`.
+//!
+//! Repair: [`recover_for_repair`] runs the same scan but returns damage before the tail beside
+//! the log cut right before it (instead of refusing), with the highest index any record shows
+//! the log held, so a node can fetch the lost range back from its peers.
 
 use std::collections::VecDeque;
 use std::path::Path;

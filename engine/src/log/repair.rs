@@ -87,13 +87,23 @@ impl std::fmt::Display for DamageReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "log damaged in {} at byte offset {}: entries {}..={} are lost ({})",
+            "log damaged in {} at byte offset {}: ",
             self.file.display(),
-            self.offset,
-            self.index.get(),
-            self.last_index_claimed.get(),
-            self.reason
-        )
+            self.offset
+        )?;
+        match self.index.get() {
+            0 => write!(
+                f,
+                "entries up to {} are lost",
+                self.last_index_claimed.get()
+            )?,
+            first => write!(
+                f,
+                "entries {first}..={} are lost",
+                self.last_index_claimed.get()
+            )?,
+        }
+        write!(f, " ({})", self.reason)
     }
 }
 
