@@ -228,7 +228,7 @@ fn a_sweep_reports_one_point_per_value_in_one_table() {
     let out = tempfile::tempdir().unwrap();
     let json_path = out.path().join("sweep.json");
     let output = bench()
-        .args(["--nodes", "1", "--sweep", "clients=1,2", "--depth", "8"])
+        .args(["--nodes", "1", "--sweep", "batch=1,4", "--depth", "8"])
         .args(["--seconds", "1", "--warmup", "0.2"])
         .arg("--dir")
         .arg(parent.path())
@@ -240,16 +240,16 @@ fn a_sweep_reports_one_point_per_value_in_one_table() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}\n{stdout}");
     assert!(
-        stdout.contains("entries/s") && stdout.contains("clients=1,2"),
+        stdout.contains("entries/s") && stdout.contains("batch=1,4"),
         "{stdout}"
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    assert_eq!(report["knob"], "clients");
+    assert_eq!(report["knob"], "batch");
     let points = report["points"].as_array().unwrap();
     assert_eq!(points.len(), 2);
-    for (point, clients) in points.iter().zip([1, 2]) {
-        assert_eq!(point["value"], clients);
+    for (point, batch) in points.iter().zip([1, 4]) {
+        assert_eq!(point["value"], batch);
         assert!(
             point["throughput_per_sec"].as_f64().unwrap() > 0.0,
             "{point}"

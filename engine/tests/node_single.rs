@@ -182,9 +182,14 @@ fn batch_proposals_are_all_or_nothing_at_consecutive_indexes() {
     wait_leader(&nodes);
     let [Some(node)] = nodes else { unreachable!() };
 
-    let commands = [&b"b=1"[..], b"b=2", b"b=3"].map(Bytes::from_static).to_vec();
+    let commands = [&b"b=1"[..], b"b=2", b"b=3"]
+        .map(Bytes::from_static)
+        .to_vec();
     let batch = node.propose_batch(commands).wait().unwrap();
-    assert_eq!(batch.results, [&b""[..], b"1", b"2"].map(Bytes::from_static).to_vec());
+    assert_eq!(
+        batch.results,
+        [&b""[..], b"1", b"2"].map(Bytes::from_static).to_vec()
+    );
     let read = node.read_local(Bytes::from_static(b"b")).wait().unwrap();
     assert_eq!(read.index, batch.first.plus(2));
     assert_eq!(read.result, Bytes::from_static(b"3"));
@@ -211,7 +216,15 @@ fn batch_proposals_are_all_or_nothing_at_consecutive_indexes() {
         Err(NodeError::Refused(_))
     ));
     let after = node.propose(Bytes::from_static(b"d=2")).wait().unwrap();
-    assert_eq!(after.index.get(), applied + 1, "the refused batch took no index");
-    assert_eq!(after.result, Bytes::new(), "d was never set by the refused batch");
+    assert_eq!(
+        after.index.get(),
+        applied + 1,
+        "the refused batch took no index"
+    );
+    assert_eq!(
+        after.result,
+        Bytes::new(),
+        "d was never set by the refused batch"
+    );
     node.shutdown().unwrap();
 }

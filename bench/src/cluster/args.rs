@@ -20,8 +20,11 @@ pub const ENTRY_BYTES_MAX: usize = 16 << 20;
 /// Most client connections one run opens (each is a thread).
 pub const CLIENTS_MAX: usize = 4096;
 
-/// Most requests in flight on one connection.
+/// Most entries in flight on one connection.
 pub const DEPTH_MAX: usize = 1 << 16;
+
+/// Most payload bytes in one batch request (half the node's default 64 MiB frame limit).
+pub const REQUEST_BYTES_MAX: usize = 32 << 20;
 
 /// Arguments of the cluster benchmark.
 #[derive(clap::Args, Clone, Debug)]
@@ -38,9 +41,13 @@ pub struct Args {
     /// Client connections, each driven by its own thread.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Requests in flight per connection (pipelining).
+    /// Entries in flight per connection (pipelining).
     #[arg(long, default_value_t = 2048)]
     pub depth: usize,
+    /// Entries per request: 1 sends `Propose` requests, more sends `ProposeBatch` requests of
+    /// this many entries (a connection then keeps ceil(depth / batch) requests in flight).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -78,7 +85,7 @@ pub struct Args {
     #[arg(long, default_value_t = 7)]
     pub cluster_id: u64,
     /// Run a series and print one table: `KNOB=V1,V2,...` with KNOB one of `clients`, `depth`,
-    /// `entry-bytes` (e.g. `clients=1,16,256`).
+    /// `entry-bytes`, `batch` (e.g. `clients=1,16,256`).
     #[arg(long)]
     pub sweep: Option<String>,
     /// Parent directory of the nodes' temporary data directory (default: the system's).
@@ -121,6 +128,8 @@ pub enum SweepKnob {
     Depth,
     /// `--entry-bytes`.
     EntryBytes,
+    /// `--batch`.
+    Batch,
 }
 
 /// `--sweep KNOB=V1,V2,...`.
@@ -142,9 +151,10 @@ impl Sweep {
             "clients" => SweepKnob::Clients,
             "depth" => SweepKnob::Depth,
             "entry-bytes" | "entry_bytes" => SweepKnob::EntryBytes,
+            "batch" => SweepKnob::Batch,
             other => {
                 return Err(format!(
-                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes)"
+                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes, batch)"
                 ))
             }
         };
@@ -163,12 +173,14 @@ impl Sweep {
         Ok(Sweep { knob, values })
     }
 
-    /// The name of the knob as an option, without dashes (`clients`, `depth`, `entry-bytes`).
+    /// The name of the knob as an option, without dashes (`clients`, `depth`, `entry-bytes`,
+    /// `batch`).
     pub fn knob_name(&self) -> &'static str {
         match self.knob {
             SweepKnob::Clients => "clients",
             SweepKnob::Depth => "depth",
             SweepKnob::EntryBytes => "entry-bytes",
+            SweepKnob::Batch => "batch",
         }
     }
 }
@@ -202,8 +214,10 @@ pub struct RunConfig {
     pub entry_bytes: usize,
     /// Client connections.
     pub clients: usize,
-    /// Requests in flight per connection.
+    /// Entries in flight per connection.
     pub depth: usize,
+    /// Entries per request (1: `Propose`; more: `ProposeBatch`).
+    pub batch: usize,
     /// `"closed"` or `"open"`.
     pub load_loop: &'static str,
     /// Offered entries per second in total (open loop only).
@@ -251,6 +265,18 @@ impl RunConfig {
         if !(1..=DEPTH_MAX).contains(&args.depth) {
             return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", args.depth));
         }
+        if !(1..=args.depth).contains(&args.batch) {
+            return Err(format!(
+                "--batch {}: must be 1..=--depth ({})",
+                args.batch, args.depth
+            ));
+        }
+        if args.batch.saturating_mul(args.entry_bytes + 4) > REQUEST_BYTES_MAX {
+            return Err(format!(
+                "--batch {} x --entry-bytes {}: a request would exceed {REQUEST_BYTES_MAX} bytes",
+                args.batch, args.entry_bytes
+            ));
+        }
         if !(args.seconds.is_finite() && args.seconds > 0.0) {
             return Err(format!("--seconds {}: must be more than 0", args.seconds));
         }
@@ -295,6 +321,7 @@ impl RunConfig {
             entry_bytes: args.entry_bytes,
             clients: args.clients,
             depth: args.depth,
+            batch: args.batch,
             load_loop: if args.rate.is_some() {
                 "open"
             } else {
@@ -325,6 +352,7 @@ impl RunConfig {
             SweepKnob::Clients => ("clients", CLIENTS_MAX),
             SweepKnob::Depth => ("depth", DEPTH_MAX),
             SweepKnob::EntryBytes => ("entry-bytes", ENTRY_BYTES_MAX),
+            SweepKnob::Batch => ("batch", self.depth),
         };
         if !(1..=max).contains(&value) {
             return Err(format!("--sweep {name}={value}: must be 1..={max}"));
@@ -334,6 +362,14 @@ impl RunConfig {
             SweepKnob::Clients => config.clients = value,
             SweepKnob::Depth => config.depth = value,
             SweepKnob::EntryBytes => config.entry_bytes = value,
+            SweepKnob::Batch => config.batch = value,
+        }
+        if config.batch.saturating_mul(config.entry_bytes + 4) > REQUEST_BYTES_MAX {
+            return Err(format!(
+                "--sweep {name}={value}: a request of {} x {} B entries would exceed \
+                 {REQUEST_BYTES_MAX} bytes",
+                config.batch, config.entry_bytes
+            ));
         }
         Ok(config)
     }
@@ -427,6 +463,14 @@ impl Describe for RunConfig {
                 "clients".into(),
                 format!("{} connections x {} in flight", self.clients, self.depth),
             ),
+            (
+                "requests".into(),
+                if self.batch == 1 {
+                    "one entry per request (Propose)".to_string()
+                } else {
+                    format!("{} entries per request (ProposeBatch)", self.batch)
+                },
+            ),
             ("load".into(), load),
             (
                 "time".into(),
@@ -488,7 +532,7 @@ mod tests {
         assert_eq!(config.target, Target::Local { nodes: 3 });
         assert_eq!(config.mode, Mode::Log);
         assert_eq!(config.entry_bytes, 16);
-        assert_eq!((config.clients, config.depth), (8, 2048));
+        assert_eq!((config.clients, config.depth, config.batch), (8, 2048, 1));
         assert_eq!(config.load_loop, "closed");
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.tuning, Tuning::default());
@@ -539,6 +583,13 @@ mod tests {
             (&["--entry-bytes", "0"][..], "--entry-bytes"),
             (&["--clients", "0"][..], "--clients"),
             (&["--depth", "0"][..], "--depth"),
+            (&["--batch", "0"][..], "--batch"),
+            (&["--depth", "4", "--batch", "8"][..], "--batch"),
+            (
+                &["--entry-bytes", "1048576", "--batch", "64"][..],
+                "--batch",
+            ),
+            (&["--sweep", "batch=1,4096"][..], "--sweep"),
             (&["--seconds", "0"][..], "--seconds"),
             (&["--warmup=-1"][..], "--warmup"),
             (&["--rate", "0"][..], "--rate"),

@@ -173,6 +173,7 @@ impl Session {
         let plan = LoadPlan {
             clients: config.clients,
             depth: config.depth,
+            batch: config.batch,
             entry_bytes: config.entry_bytes,
             rate_per_sec: config.rate_per_sec,
             cluster_id: config.cluster_id,

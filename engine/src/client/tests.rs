@@ -195,7 +195,10 @@ fn batch_proposals_commit_consecutively_with_one_result_each() {
     let commands: Vec<Bytes> = (0..5).map(|_| incr("n")).collect();
     let batch = client.propose_batch(&commands).unwrap();
     let values: Vec<_> = batch.results.iter().map(|r| Reply::decode(r)).collect();
-    assert_eq!(values, (1..=5).map(|n| Ok(Reply::Int(n))).collect::<Vec<_>>());
+    assert_eq!(
+        values,
+        (1..=5).map(|n| Ok(Reply::Int(n))).collect::<Vec<_>>()
+    );
 
     // A second batch follows the first, and its indexes are consecutive after it.
     let single = client.propose(&put("solo", "1")).unwrap();
@@ -240,9 +243,13 @@ fn batch_proposals_commit_consecutively_with_one_result_each() {
     let mut results = Vec::new();
     while raw.pending() > 0 {
         match raw.recv().unwrap() {
-            ClientReply::AppliedBatch { first, results: r, .. } => {
-                results.extend(r.iter().enumerate().map(|(i, r)| (first.plus(i as u64), r.clone())))
-            }
+            ClientReply::AppliedBatch {
+                first, results: r, ..
+            } => results.extend(
+                r.iter()
+                    .enumerate()
+                    .map(|(i, r)| (first.plus(i as u64), r.clone())),
+            ),
             ClientReply::Applied { index, result, .. } => results.push((index, result)),
             other => panic!("unexpected reply {other:?}"),
         }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle, Transport};
 use crate::batch::ENTRY_BYTES_MAX;
+use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle, Transport};
 use crate::node::pipeline::{
     error_reply, ApplyMsg, BatchOutcome, BatchWaiter, ClientAddrs, Feedback, PendingRead, Shared,
     StorageMsg, Target,

@@ -92,7 +92,8 @@ impl BatchOutcome {
         }
         let expected = self.first.plus(self.results.len() as u64);
         assert_eq!(
-            applied.index, expected,
+            applied.index,
+            expected,
             "batch command {} of {} applied at {} (first at {})",
             self.results.len(),
             self.count,
@@ -199,11 +200,12 @@ impl Target {
             Target::Client { conn, req } => {
                 replies.push((conn, error_reply(req, &error, leader_addr)))
             }
-            Target::BatchPart(outcome) => outcome.lock().expect("batch outcome lock").fail(
-                error,
-                leader_addr,
-                replies,
-            ),
+            Target::BatchPart(outcome) => {
+                outcome
+                    .lock()
+                    .expect("batch outcome lock")
+                    .fail(error, leader_addr, replies)
+            }
         }
     }
 }
