@@ -59,7 +59,8 @@ pub struct Args {
     /// closed (each reply releases the next request).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Durability of the nodes' logs: `fsync` (io_uring fdatasync before acknowledging).
+    /// Durability of the nodes' logs: `fsync` (io_uring fdatasync before acknowledging) or
+    /// `none` (no syncs at all: NOT durable; isolates everything but the disk).
     #[arg(long, value_enum, default_value_t = Durability::Fsync)]
     pub durability: Durability,
     /// Nodes' most entries per batch (default: the node's own).
@@ -114,8 +115,23 @@ pub enum Mode {
 pub enum Durability {
     /// Every node syncs its log (io_uring fdatasync) before an entry counts as durable.
     Fsync,
-    /// No syncs (refused: the node has no such mode yet).
+    /// No syncs at all (the nodes run with `tuning.sync = "none"`): NOT durable. The report
+    /// says so first, in its text and its JSON.
     None,
+}
+
+impl Durability {
+    /// The report's warning for this mode, if it needs one.
+    pub fn warning(self) -> Option<String> {
+        match self {
+            Durability::Fsync => None,
+            Durability::None => Some(
+                "DURABILITY NONE: no node synced its log (tuning.sync = \"none\"); these are \
+                 not durable commits and compare only with other --durability none runs"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 /// A knob a sweep varies.
@@ -243,10 +259,10 @@ pub struct RunConfig {
 impl RunConfig {
     /// Validates `args` (ignoring `--sweep`, see [`Args::sweep_configs`]).
     pub fn from_args(args: &Args) -> Result<RunConfig, String> {
-        if args.durability == Durability::None {
+        if args.durability == Durability::None && !args.connect.is_empty() {
             return Err(
-                "--durability none: the node has no mode without syncs yet; \
-                        only `fsync` can be measured"
+                "--durability none sets the sync mode of the nodes the bench starts; a cluster \
+                 given with --connect runs with its own (set tuning.sync there)"
                     .to_string(),
             );
         }
@@ -395,6 +411,9 @@ impl Args {
 
 fn tuning(args: &Args) -> Result<Tuning, String> {
     let mut tuning = Tuning::default();
+    if args.durability == Durability::None {
+        tuning.sync = "none".to_string();
+    }
     let positive = |option: &str, value: u64| {
         if value == 0 {
             Err(format!("{option} 0: must be more than 0"))
@@ -478,7 +497,10 @@ impl Describe for RunConfig {
             ),
             (
                 "durability".into(),
-                format!("{:?} ({})", self.durability, tuning.sync).to_lowercase(),
+                match self.durability {
+                    Durability::Fsync => format!("fsync ({})", tuning.sync),
+                    Durability::None => "NONE: no syncs, NOT durable".to_string(),
+                },
             ),
             (
                 "batch".into(),
@@ -593,7 +615,10 @@ mod tests {
             (&["--seconds", "0"][..], "--seconds"),
             (&["--warmup=-1"][..], "--warmup"),
             (&["--rate", "0"][..], "--rate"),
-            (&["--durability", "none"][..], "--durability"),
+            (
+                &["--durability", "none", "--connect", "127.0.0.1:1"][..],
+                "--durability",
+            ),
             (&["--batch-bytes-max", "0"][..], "--batch-bytes-max"),
             (&["--sweep", "clients"][..], "--sweep"),
             (&["--sweep", "threads=1,2"][..], "--sweep"),

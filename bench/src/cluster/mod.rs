@@ -314,6 +314,7 @@ fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, Stri
         bench: "log".to_string(),
         started_utc,
         machine,
+        warning: config.durability.warning(),
         config: config.clone(),
         results,
     })
@@ -342,6 +343,7 @@ fn run_sweep(
         bench: format!("log sweep of {}", sweep.knob_name()),
         started_utc,
         machine,
+        warning: config.durability.warning(),
         config: config.clone(),
         results: SweepResults {
             knob: sweep.knob_name().to_string(),
