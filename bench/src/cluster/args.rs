@@ -20,6 +20,9 @@ pub const ENTRY_BYTES_MAX: usize = 16 << 20;
 /// Most client connections one run opens (each is a thread).
 pub const CLIENTS_MAX: usize = 4096;
 
+/// Entries per request unless `--batch` says otherwise (capped at `--depth`).
+pub const DEFAULT_BATCH: usize = 64;
+
 /// Most entries in flight on one connection.
 pub const DEPTH_MAX: usize = 1 << 16;
 
@@ -45,9 +48,12 @@ pub struct Args {
     #[arg(long, default_value_t = 2048)]
     pub depth: usize,
     /// Entries per request: 1 sends `Propose` requests, more sends `ProposeBatch` requests of
-    /// this many entries (a connection then keeps ceil(depth / batch) requests in flight).
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// this many entries (a connection then keeps ceil(depth / batch) requests in flight). The
+    /// default, 64, was chosen by `--sweep batch=1,16,64,256` (docs/BENCHMARKS.md); it is
+    /// capped at `--depth` (and at 32 MiB per request), so `--depth 1` measures a single
+    /// one-entry `Propose`.
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -234,6 +240,9 @@ pub struct RunConfig {
     pub depth: usize,
     /// Entries per request (1: `Propose`; more: `ProposeBatch`).
     pub batch: usize,
+    /// Whether `--batch` was given (else the default adapts to each sweep point).
+    #[serde(skip)]
+    pub batch_given: bool,
     /// `"closed"` or `"open"`.
     pub load_loop: &'static str,
     /// Offered entries per second in total (open loop only).
@@ -281,16 +290,22 @@ impl RunConfig {
         if !(1..=DEPTH_MAX).contains(&args.depth) {
             return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", args.depth));
         }
-        if !(1..=args.depth).contains(&args.batch) {
+        // The default yields to a smaller depth or a large entry; an explicit --batch must fit.
+        let batch_given = args.batch.is_some();
+        let batch = args
+            .batch
+            .unwrap_or_else(|| default_batch(args.depth, args.entry_bytes));
+        if !(1..=args.depth).contains(&batch) {
             return Err(format!(
                 "--batch {}: must be 1..=--depth ({})",
-                args.batch, args.depth
+                batch, args.depth
             ));
         }
-        if args.batch.saturating_mul(args.entry_bytes + 4) > REQUEST_BYTES_MAX {
+        if batch.saturating_mul(args.entry_bytes + 4) > REQUEST_BYTES_MAX {
             return Err(format!(
-                "--batch {} x --entry-bytes {}: a request would exceed {REQUEST_BYTES_MAX} bytes",
-                args.batch, args.entry_bytes
+                "--batch {batch} x --entry-bytes {}: a request would exceed \
+                 {REQUEST_BYTES_MAX} bytes (give a smaller --batch)",
+                args.entry_bytes
             ));
         }
         if !(args.seconds.is_finite() && args.seconds > 0.0) {
@@ -337,7 +352,8 @@ impl RunConfig {
             entry_bytes: args.entry_bytes,
             clients: args.clients,
             depth: args.depth,
-            batch: args.batch,
+            batch,
+            batch_given,
             load_loop: if args.rate.is_some() {
                 "open"
             } else {
@@ -378,7 +394,13 @@ impl RunConfig {
             SweepKnob::Clients => config.clients = value,
             SweepKnob::Depth => config.depth = value,
             SweepKnob::EntryBytes => config.entry_bytes = value,
-            SweepKnob::Batch => config.batch = value,
+            SweepKnob::Batch => {
+                config.batch = value;
+                config.batch_given = true;
+            }
+        }
+        if !config.batch_given {
+            config.batch = default_batch(config.depth, config.entry_bytes);
         }
         if config.batch.saturating_mul(config.entry_bytes + 4) > REQUEST_BYTES_MAX {
             return Err(format!(
@@ -407,6 +429,14 @@ impl Args {
         config.sweep = sweep.clone();
         Ok((config, sweep))
     }
+}
+
+/// The default entries per request for `depth` entries in flight of `entry_bytes` each.
+fn default_batch(depth: usize, entry_bytes: usize) -> usize {
+    DEFAULT_BATCH
+        .min(depth)
+        .min(REQUEST_BYTES_MAX / (entry_bytes + 4))
+        .max(1)
 }
 
 fn tuning(args: &Args) -> Result<Tuning, String> {
@@ -554,7 +584,7 @@ mod tests {
         assert_eq!(config.target, Target::Local { nodes: 3 });
         assert_eq!(config.mode, Mode::Log);
         assert_eq!(config.entry_bytes, 16);
-        assert_eq!((config.clients, config.depth, config.batch), (8, 2048, 1));
+        assert_eq!((config.clients, config.depth, config.batch), (8, 2048, 64));
         assert_eq!(config.load_loop, "closed");
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.tuning, Tuning::default());
@@ -589,6 +619,7 @@ mod tests {
             (config.entry_bytes, config.clients, config.depth),
             (128, 2, 1)
         );
+        assert_eq!(config.batch, 1, "the default batch yields to --depth 1");
         assert_eq!((config.seconds, config.warmup_sec), (0.5, 0.0));
         assert_eq!(
             (config.load_loop, config.rate_per_sec),
@@ -655,6 +686,14 @@ mod tests {
         assert_eq!(sweep.values, vec![1, 16, 256]);
         let point = config.with(sweep.knob, 16).unwrap();
         assert_eq!(point.clients, 16);
+        // The default batch adapts to each point; a given one does not.
+        assert_eq!(config.with(SweepKnob::Depth, 8).unwrap().batch, 8);
+        assert_eq!(
+            config.with(SweepKnob::EntryBytes, 16 << 20).unwrap().batch,
+            1
+        );
+        let (given, _) = parse(&["--batch", "32"]).unwrap();
+        assert!(given.with(SweepKnob::Depth, 8).unwrap().batch == 32);
         assert_eq!(
             Sweep::parse("entry-bytes=16,4096").unwrap().knob,
             SweepKnob::EntryBytes

@@ -67,11 +67,17 @@ pub fn run(args: Args) -> ExitCode {
         None => run_once(&config, &interrupt).map(|report| {
             let clean = report.results.problems().is_empty();
             title = format!(
-                "lockstep {} nodes, {} B entries, {} clients x {} in flight ({}, commit {})",
+                "lockstep {} nodes, {} B entries, {} clients x {} in flight, {} per request{} \
+                 ({}, commit {})",
                 config.nodes_label(),
                 config.entry_bytes,
                 config.clients,
                 config.depth,
+                config.batch,
+                match config.durability {
+                    args::Durability::Fsync => "",
+                    args::Durability::None => ", NO DURABILITY",
+                },
                 report.started_utc,
                 report.machine.git_commit
             );
