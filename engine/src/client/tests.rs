@@ -194,7 +194,7 @@ fn batch_proposals_commit_consecutively_with_one_result_each() {
     let mut client = ClusterClient::new(addrs.clone(), CLUSTER_ID, TIMEOUT);
     let commands: Vec<Bytes> = (0..5).map(|_| incr("n")).collect();
     let batch = client.propose_batch(&commands).unwrap();
-    let values: Vec<_> = batch.results.iter().map(|r| Reply::decode(r)).collect();
+    let values: Vec<_> = batch.results.iter().map(Reply::decode).collect();
     assert_eq!(
         values,
         (1..=5).map(|n| Ok(Reply::Int(n))).collect::<Vec<_>>()

@@ -383,6 +383,14 @@ impl ConsensusStage {
             self.role = soft.role;
             self.leader = soft.leader;
         }
+        // Messages first: a follower's append, write, sync and ack is the longer leg of a
+        // commit, so it starts before the leader's own write is handed over. Safe in any order:
+        // what may leave only after a sync travels in `write.after_durable`, not here.
+        if !messages.is_empty() {
+            if let Some(net) = &self.net {
+                net.send(messages);
+            }
+        }
         if let Some(write) = write {
             if let Some((meta, data)) = &write.snapshot {
                 let install = ApplyMsg::Install(meta.clone(), data.clone());
@@ -392,11 +400,6 @@ impl ConsensusStage {
             }
             if self.to_storage.send(StorageMsg::Write(write)).is_err() {
                 return Flow::Stop;
-            }
-        }
-        if !messages.is_empty() {
-            if let Some(net) = &self.net {
-                net.send(messages);
             }
         }
         if let Some(last) = committed.last().map(|batch| batch.last_index()) {
