@@ -370,3 +370,85 @@ impl Shared {
 
 /// The client address of each member, for `NotLeader` redirects.
 pub(crate) type ClientAddrs = std::collections::BTreeMap<NodeId, Option<SocketAddr>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(index: u64, result: &'static str) -> Applied {
+        Applied {
+            index: LogIndex(index),
+            result: Bytes::from_static(result.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_client_batch_is_answered_once_after_its_last_command() {
+        let mut replies = Vec::new();
+        let waiter = BatchWaiter::Client {
+            conn: ConnId(3),
+            req: 9,
+        };
+        let targets: Vec<Target> = BatchOutcome::targets(waiter, 3).collect();
+        for (at, target) in targets.into_iter().enumerate() {
+            assert!(replies.is_empty(), "answered before command {at}");
+            target.succeed(
+                applied(10 + at as u64, ["a", "b", "c"][at]),
+                false,
+                &mut replies,
+            );
+        }
+        assert_eq!(replies.len(), 1);
+        let (conn, reply) = replies.pop().unwrap();
+        assert_eq!(conn, ConnId(3));
+        assert_eq!(
+            reply,
+            ClientReply::AppliedBatch {
+                req: 9,
+                first: LogIndex(10),
+                results: ["a", "b", "c"]
+                    .map(|text: &'static str| Bytes::from_static(text.as_bytes()))
+                    .to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_lost_tail_answers_the_batch_with_the_first_failure_only() {
+        let (sender, outcome) = crossbeam_channel::bounded(2);
+        let mut replies = Vec::new();
+        let mut targets = BatchOutcome::targets(BatchWaiter::Receipt(sender), 3);
+        let (first, second, third) = (
+            targets.next().unwrap(),
+            targets.next().unwrap(),
+            targets.next().unwrap(),
+        );
+        // The first command committed; leadership is lost before the others (consensus fails
+        // them from the back), then apply reaches the committed one.
+        third.fail(NodeError::OutcomeUnknown, None, &mut replies);
+        second.fail(NodeError::OutcomeUnknown, None, &mut replies);
+        first.succeed(applied(5, "x"), false, &mut replies);
+        assert!(replies.is_empty());
+        assert_eq!(outcome.try_recv(), Ok(Err(NodeError::OutcomeUnknown)));
+        assert!(outcome.try_recv().is_err(), "a batch is answered once");
+    }
+
+    #[test]
+    #[should_panic(expected = "applied at i7 (first at i5)")]
+    fn batch_commands_must_apply_at_consecutive_indexes() {
+        let mut replies = Vec::new();
+        let waiter = BatchWaiter::Client {
+            conn: ConnId(1),
+            req: 1,
+        };
+        let mut targets = BatchOutcome::targets(waiter, 3);
+        targets
+            .next()
+            .unwrap()
+            .succeed(applied(5, ""), false, &mut replies);
+        targets
+            .next()
+            .unwrap()
+            .succeed(applied(7, ""), false, &mut replies);
+    }
+}
