@@ -393,6 +393,7 @@ impl ConsensusStage {
         }
         if let Some(write) = write {
             if let Some((meta, data)) = &write.snapshot {
+                self.fail_covered_by_snapshot(meta.index);
                 let install = ApplyMsg::Install(meta.clone(), data.clone());
                 if self.to_apply.send(install).is_err() {
                     return Flow::Stop;
@@ -451,6 +452,22 @@ impl ConsensusStage {
                 index > commit,
                 "entry {index} is committed (commit {commit}) but was never handed to apply"
             );
+            target.fail(NodeError::OutcomeUnknown, addr, &mut self.replies);
+        }
+    }
+
+    /// A snapshot from the leader replaces the log up to `index`: proposals made here at or
+    /// below it will never be handed to apply one by one, and whether the entry that committed
+    /// at their index is theirs cannot be told from the snapshot, so their outcome is unknown.
+    /// (A deposed leader that is behind can step down and install a snapshot in one turn.)
+    fn fail_covered_by_snapshot(&mut self, index: LogIndex) {
+        let addr = self.leader_addr();
+        while self
+            .pending
+            .front()
+            .is_some_and(|(pending, _)| *pending <= index)
+        {
+            let (_, target) = self.pending.pop_front().expect("front");
             target.fail(NodeError::OutcomeUnknown, addr, &mut self.replies);
         }
     }
