@@ -5,6 +5,7 @@
 mod consensus;
 pub(crate) mod pipeline;
 pub mod start;
+mod stats;
 mod storage;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
 use self::pipeline::{ClientAddrs, Shared};
+pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
 
 /// One member of the cluster as the configuration names it.
@@ -382,6 +384,10 @@ impl Node {
             counters: NodeCounters::default(),
             log: *self.shared.log.lock().expect("log counters lock"),
             net: None,
+            runtime: RuntimeStatus {
+                sync_latency: self.shared.sync_latency.snapshot(),
+                ..RuntimeStatus::default()
+            },
         }
     }
 
@@ -510,6 +516,8 @@ pub struct NodeStatus {
     pub log: LogCounters,
     /// The network stage's counters (none when the node runs without a network).
     pub net: Option<crate::net::NetStats>,
+    /// Leader changes, error replies, queue depths, rates and sync latency.
+    pub runtime: RuntimeStatus,
 }
 
 /// Counters of the local log since the node started (monotonic).
@@ -525,6 +533,8 @@ pub struct LogCounters {
     pub syncs: u64,
     /// Entries made durable by those rounds (entries_synced / syncs = entries per sync).
     pub entries_synced: u64,
+    /// Record bytes made durable by those rounds (bytes_synced / syncs = bytes per sync).
+    pub bytes_synced: u64,
 }
 
 /// Counters of one node since it started (monotonic).
@@ -557,4 +567,8 @@ pub struct PeerProgress {
     pub next: u64,
     /// "probe", "replicate" or "snapshot".
     pub state: String,
+    /// Append messages sent to it and not yet acknowledged.
+    pub inflight_messages: u32,
+    /// Payload bytes sent to it and not yet acknowledged.
+    pub inflight_bytes: u64,
 }
