@@ -70,7 +70,7 @@ impl LatencyHistogram {
 }
 
 /// A histogram's counts at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LatencySnapshot {
     /// Upper bound of each bucket, microseconds (inclusive).
     pub bounds_us: Vec<u64>,

@@ -246,11 +246,43 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Which state machine to run.
     pub app: AppKind,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none (the default): no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log filter (`info`, `debug`, `lockstep=debug,warn`, ...); none: `LOCKSTEP_LOG`, else
+    /// `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format, `text` or `json`; none: `LOCKSTEP_LOG_FORMAT`, else `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
     /// The initial voters (this node included).
     pub members: Vec<MemberConfig>,
     /// Tuning.
     #[serde(default)]
     pub tuning: Tuning,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, message).
+    Json,
+}
+
+impl LogFormat {
+    /// The format `name` names (`text` or `json`).
+    pub fn from_name(name: &str) -> Result<LogFormat, String> {
+        match name {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "{other:?} is not a log format (expected \"text\" or \"json\")"
+            )),
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error. The message names the file and the
@@ -366,11 +398,43 @@ impl ServerConfig {
                 format!("{} is not among the members {listed:?}", self.id),
             ));
         }
+        self.validate_observability()?;
         self.tuning.validate()?;
         let raft = self.raft_config();
         raft.validate()
             .map_err(|e| ServerError::option("tuning", e.to_string()))?;
         Ok(())
+    }
+
+    /// Checks `metrics_addr`, `log_level` and `log_format` (the filter's syntax is checked
+    /// where the logger is set up).
+    fn validate_observability(&self) -> Result<(), ServerError> {
+        if let (Some(addr), Some(own)) = (self.metrics_addr, self.own_member()) {
+            if addr == own.peer_addr || addr == own.client_addr {
+                return Err(ServerError::option(
+                    "metrics_addr",
+                    format!("{addr} is also this node's peer or client address"),
+                ));
+            }
+        }
+        if self
+            .log_level
+            .as_deref()
+            .is_some_and(|level| level.trim().is_empty())
+        {
+            return Err(ServerError::option("log_level", "is empty".to_string()));
+        }
+        self.log_format()?;
+        Ok(())
+    }
+
+    /// The configured log format, if one is configured.
+    pub fn log_format(&self) -> Result<Option<LogFormat>, ServerError> {
+        self.log_format
+            .as_deref()
+            .map(LogFormat::from_name)
+            .transpose()
+            .map_err(|why| ServerError::option("log_format", why))
     }
 
     /// This node's own member entry.
@@ -479,12 +543,26 @@ snapshot_entries = 1000
         assert_eq!(node.snapshot_entries, 1000);
         assert_eq!(node.raft.election_ticks, 100);
         assert_eq!(node.cpu_affinity, None);
-        assert_eq!(ServerConfig::parse_toml(&config.to_toml()), Ok(config));
+        assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.log_format(), Ok(None));
+        assert_eq!(
+            ServerConfig::parse_toml(&config.to_toml()),
+            Ok(config.clone())
+        );
+        let observed = ServerConfig {
+            metrics_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            log_level: Some("lockstep=debug,info".to_string()),
+            log_format: Some("json".to_string()),
+            ..config
+        };
+        observed.validate().unwrap();
+        assert_eq!(observed.log_format(), Ok(Some(LogFormat::Json)));
+        assert_eq!(ServerConfig::parse_toml(&observed.to_toml()), Ok(observed));
     }
 
     #[test]
     fn errors_name_the_option() {
-        let cases: [(&str, &str, &str); 12] = [
+        let cases: [(&str, &str, &str); 16] = [
             ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
             (
                 "sync = \"fdatasync\"",
@@ -524,6 +602,26 @@ snapshot_entries = 1000
                 "sync = \"fdatasync\"",
                 "cpu_affinity = [0, 0]",
                 "`tuning.cpu_affinity`",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nmetrics_addr = \"127.0.0.1:6381\"",
+                "option `metrics_addr` (flag --metrics-addr): 127.0.0.1:6381 is also",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nmetrics_addr = \"localhost\"",
+                "metrics_addr",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nlog_format = \"xml\"",
+                "option `log_format` (flag --log-format): \"xml\" is not a log format",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nlog_level = \" \"",
+                "option `log_level` (flag --log-level): is empty",
             ),
         ];
         for (from, to, expected) in cases {
