@@ -101,6 +101,12 @@ pub struct Args {
     /// Largest frame accepted or sent on any connection, bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     max_frame_bytes: Option<u32>,
+    /// Sync rounds the log keeps in flight at once, 1..=64 [default: 4].
+    #[arg(long, value_name = "N")]
+    syncs_in_flight: Option<usize>,
+    /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    socket_buffer_bytes: Option<usize>,
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -196,6 +202,8 @@ impl Args {
         );
         set(&mut tuning.channel_capacity, self.channel_capacity);
         set(&mut tuning.max_frame_bytes, self.max_frame_bytes);
+        set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
+        set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
     }
 }
 

@@ -72,6 +72,8 @@ pub struct NodeConfig {
     pub cpu_affinity: Option<Vec<usize>>,
     /// Network settings not derived from the above.
     pub max_frame_bytes: u32,
+    /// SO_SNDBUF / SO_RCVBUF requested for every socket (the network's default: 4 MiB).
+    pub socket_buffer_bytes: usize,
     /// The RESP command set served on the client port (see [`crate::resp`]); `None`: the
     /// client port speaks only the native protocol.
     pub frontend: Option<Arc<dyn Frontend>>,
@@ -105,6 +107,8 @@ impl NodeConfig {
             channel_capacity: 1024,
             cpu_affinity: None,
             max_frame_bytes: 64 << 20,
+            socket_buffer_bytes: NetConfig::new(cluster_id, id, ([127, 0, 0, 1], 0).into())
+                .socket_buffer_bytes,
             frontend: None,
         }
     }
@@ -244,6 +248,7 @@ impl Node {
                 .collect();
             net_config.client_listen = client_listen;
             net_config.max_frame_bytes = config.max_frame_bytes;
+            net_config.socket_buffer_bytes = config.socket_buffer_bytes;
             net_config.frontend = config.frontend.clone();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::apps::AppKind;
-use crate::log::{AppendMode, LogOptions, SyncMode};
+use crate::log::{AppendMode, LogOptions, SyncMode, MAX_SYNCS_IN_FLIGHT};
+use crate::net::NetConfig;
 use crate::node::{NodeConfig, PeerConfig};
 use crate::types::NodeId;
 
@@ -105,6 +106,10 @@ pub struct Tuning {
     pub channel_capacity: usize,
     /// Largest frame, in bytes.
     pub max_frame_bytes: u32,
+    /// Sync rounds the log keeps in flight at once (1..=64).
+    pub syncs_in_flight: usize,
+    /// SO_SNDBUF / SO_RCVBUF requested for every peer and client socket, bytes.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -126,6 +131,9 @@ impl Default for Tuning {
             cpu_affinity: Vec::new(),
             channel_capacity: 1024,
             max_frame_bytes: 64 << 20,
+            syncs_in_flight: LogOptions::default().syncs_in_flight,
+            socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
+                .socket_buffer_bytes,
         }
     }
 }
@@ -156,7 +164,7 @@ impl Tuning {
     }
 
     fn validate(&self) -> Result<(), ServerError> {
-        let nonzero: [(&str, u64); 11] = [
+        let nonzero: [(&str, u64); 13] = [
             ("tick_ms", self.tick_ms),
             ("election_ticks", self.election_ticks as u64),
             ("heartbeat_ticks", self.heartbeat_ticks as u64),
@@ -168,6 +176,8 @@ impl Tuning {
             ("snapshot_entries", self.snapshot_entries),
             ("segment_bytes", self.segment_bytes),
             ("channel_capacity", self.channel_capacity as u64),
+            ("syncs_in_flight", self.syncs_in_flight as u64),
+            ("socket_buffer_bytes", self.socket_buffer_bytes as u64),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
             return Err(ServerError::option(
@@ -214,6 +224,15 @@ impl Tuning {
                 format!(
                     "{} must be below max_frame_bytes ({}) so an append message fits a frame",
                     self.append_bytes_max, self.max_frame_bytes
+                ),
+            ));
+        }
+        if self.syncs_in_flight > MAX_SYNCS_IN_FLIGHT {
+            return Err(ServerError::option(
+                "tuning.syncs_in_flight",
+                format!(
+                    "{} is above the log's limit of {MAX_SYNCS_IN_FLIGHT}",
+                    self.syncs_in_flight
                 ),
             ));
         }
@@ -483,6 +502,7 @@ impl ServerConfig {
             segment_bytes: tuning.segment_bytes,
             sync_mode: tuning.sync_mode()?,
             append_mode: tuning.append_mode()?,
+            syncs_in_flight: tuning.syncs_in_flight,
             ..LogOptions::default()
         };
         node.snapshot_entries = tuning.snapshot_entries;
@@ -493,6 +513,7 @@ impl ServerConfig {
             Some(tuning.cpu_affinity.clone())
         };
         node.max_frame_bytes = tuning.max_frame_bytes;
+        node.socket_buffer_bytes = tuning.socket_buffer_bytes;
         Ok(node)
     }
 }
@@ -543,6 +564,11 @@ snapshot_entries = 1000
         assert_eq!(node.snapshot_entries, 1000);
         assert_eq!(node.raft.election_ticks, 100);
         assert_eq!(node.cpu_affinity, None);
+        assert_eq!(
+            node.log.syncs_in_flight,
+            LogOptions::default().syncs_in_flight
+        );
+        assert_eq!(node.socket_buffer_bytes, 4 << 20);
         assert_eq!(config.metrics_addr, None);
         assert_eq!(config.log_format(), Ok(None));
         assert_eq!(
@@ -562,7 +588,7 @@ snapshot_entries = 1000
 
     #[test]
     fn errors_name_the_option() {
-        let cases: [(&str, &str, &str); 16] = [
+        let cases: [(&str, &str, &str); 17] = [
             ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
             (
                 "sync = \"fdatasync\"",
@@ -612,6 +638,11 @@ snapshot_entries = 1000
                 "app = \"kv\"",
                 "app = \"kv\"\nmetrics_addr = \"localhost\"",
                 "metrics_addr",
+            ),
+            (
+                "sync = \"fdatasync\"",
+                "syncs_in_flight = 65",
+                "option `tuning.syncs_in_flight` (flag --syncs-in-flight): 65 is above",
             ),
             (
                 "app = \"kv\"",
