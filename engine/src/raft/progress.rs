@@ -149,6 +149,20 @@ impl Progress {
         self.clear_inflight();
     }
 
+    /// The peer says its log ends at `last_index`, below its match: it lost entries it had
+    /// acknowledged (a damaged log cut at its restart, now being repaired; or this is a stale
+    /// answer). Its log up to `last_index` is unchanged since it acknowledged more in this term,
+    /// so it still holds our entries up to there; probe from just after.
+    pub(crate) fn on_lost_entries(&mut self, last_index: LogIndex) {
+        assert!(
+            last_index < self.match_index,
+            "lost entries down to {last_index} but match is only {}",
+            self.match_index
+        );
+        self.match_index = last_index;
+        self.become_probe(last_index.next());
+    }
+
     /// Optimistic sending from just after the match.
     pub(crate) fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;

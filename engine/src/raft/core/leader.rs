@@ -187,6 +187,19 @@ impl Raft {
             self.send_appends(from);
             return;
         }
+        if hint_term == Term::ZERO
+            && hint_index < progress.match_index
+            && progress.state != ProgressState::Snapshot
+        {
+            // Its log is shorter than what it acknowledged: it lost entries (protocol-aware
+            // recovery; `docs/RAFT.md`, "Repair"). Without lowering the match, nothing below it
+            // would ever be sent again. Lowering it is safe even for a stale answer: the match
+            // only feeds commit (which never decreases) and moves up again with the next ack.
+            progress.on_lost_entries(hint_index);
+            self.stats.followers_lost_entries += 1;
+            self.send_appends(from);
+            return;
+        }
         if index <= progress.match_index
             || (progress.state == ProgressState::Probe && index != progress.next_index.prev())
             || progress.state == ProgressState::Snapshot
