@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
+pub mod apps;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
@@ -343,69 +345,4 @@ pub fn run_bin(args: &[&str]) -> (ExitStatus, String) {
         output.status,
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// Runs RESP-style commands (`["SET", "k", "v"]`) against a cluster over the native client
-/// protocol: routed by the app's own [`lockstep::resp::Frontend`] on this side, exactly as the
-/// node routes a RESP request, then proposed or read at the leader; the result comes back as
-/// the RESP value a Redis client would see.
-pub struct AppClient {
-    frontend: std::sync::Arc<dyn lockstep::resp::Frontend>,
-    client: lockstep::client::ClusterClient,
-}
-
-impl AppClient {
-    /// A client of `cluster`, which runs `app`.
-    pub fn new(cluster: &Cluster, app: lockstep::apps::AppKind) -> AppClient {
-        AppClient {
-            frontend: app.frontend().expect("the app has a RESP command set"),
-            client: lockstep::client::ClusterClient::new(
-                cluster.client_addrs(),
-                cluster.cluster_id,
-                CLIENT_TIMEOUT,
-            )
-            .with_retry_for(Duration::from_secs(20)),
-        }
-    }
-
-    /// Runs one command. Writes are retried only when they surely did not apply, unless
-    /// `retry_unknown` (for commands that are safe to repeat, like session commands).
-    pub fn try_run(
-        &mut self,
-        words: &[&str],
-        retry_unknown: bool,
-    ) -> Result<lockstep::resp::Value, ClientError> {
-        use lockstep::resp::{RouteContext, Routed};
-        let args: Vec<bytes::Bytes> = words
-            .iter()
-            .map(|word| bytes::Bytes::copy_from_slice(word.as_bytes()))
-            .collect();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as u64;
-        let applied = match self.frontend.route(&args, &RouteContext { now_ms }) {
-            Routed::Reply(value) => return Ok(value),
-            Routed::Propose(command) if retry_unknown => {
-                self.client.propose_idempotent(&command)?
-            }
-            Routed::Propose(command) => self.client.propose(&command)?,
-            Routed::Read(query) => self.client.read(&query)?,
-        };
-        Ok(self.frontend.reply(&applied.result))
-    }
-
-    /// Runs one command; panics on a client error.
-    pub fn run(&mut self, words: &[&str]) -> lockstep::resp::Value {
-        self.try_run(words, false)
-            .unwrap_or_else(|err| panic!("{words:?} failed: {err}"))
-    }
-
-    /// The integer a command answered; panics on anything else.
-    pub fn int(&mut self, words: &[&str]) -> i64 {
-        match self.run(words) {
-            lockstep::resp::Value::Int(n) => n,
-            other => panic!("{words:?} answered {other:?}, not an integer"),
-        }
-    }
 }

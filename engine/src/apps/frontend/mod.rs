@@ -21,6 +21,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::resp::session::arity as wrong_arity;
 use crate::resp::{Frontend, RouteContext, Routed, Value};
 
 use super::envelope::Envelope;
@@ -167,14 +168,6 @@ fn to_value(reply: Reply) -> Value {
 
 fn lower(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_ascii_lowercase()
-}
-
-/// `ERR wrong number of arguments for '<name>' command`.
-pub(crate) fn wrong_arity(name: &str) -> Value {
-    Value::error(
-        "ERR",
-        format!("wrong number of arguments for '{name}' command"),
-    )
 }
 
 /// `ERR unknown command '<name>'`, with the name as the client sent it.
