@@ -216,10 +216,12 @@ fn bank_test_duration() -> Duration {
     Duration::from_millis(ms)
 }
 
-/// A kv cluster: `SESSION <id> 2 INCR` is sent and the leader is killed (-9) at once; the
-/// retry with the same session and seq, at the new leader, moves the counter by one in total.
+/// A kv cluster that snapshots every few entries: `SESSION <id> 2 INCR` is sent and the leader
+/// is killed (-9) at once; the retry with the same session and seq, at the new leader, moves the
+/// counter by one in total. The killed node then restarts (from its snapshot), the next leader
+/// is killed, and the session still answers the retry with the remembered reply.
 pub fn kv_session_incr_once_across_a_leader_kill(connect: &Connect) {
-    let mut cluster = Cluster::start(3, "kv", &[]);
+    let mut cluster = Cluster::start(3, "kv", &["--snapshot-entries", "8"]);
     let leader = cluster.wait_leader(Duration::from_secs(10));
     let mut client = connect(&cluster);
     assert_eq!(
@@ -262,7 +264,25 @@ pub fn kv_session_incr_once_across_a_leader_kill(connect: &Connect) {
         panic!("a stale sequence number was applied");
     };
     assert!(stale.contains("stale"), "{stale}");
+    for n in 0..20 {
+        assert_eq!(
+            client.run(&["SET", &format!("filler-{n}"), "x"]),
+            Value::ok()
+        );
+    }
     cluster.restart(leader);
+    cluster.wait_converged(Duration::from_secs(20));
+    let second_leader = cluster.wait_leader(Duration::from_secs(10));
+    cluster.kill9(second_leader);
+    let retry = client
+        .try_run(&["SESSION", &session, "2", "INCR", "counter"], true)
+        .expect("retry at the third leader");
+    assert_eq!(retry, Value::Int(12), "the session table did not survive");
+    assert_eq!(
+        client.int(&["SESSION", &session, "3", "INCR", "counter"]),
+        13
+    );
+    cluster.restart(second_leader);
     cluster.wait_converged(Duration::from_secs(20));
 }
 
