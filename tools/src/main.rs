@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod chaos;
 mod log_cmd;
 mod serve_cmd;
 mod sim_cmd;
@@ -31,6 +32,8 @@ enum Command {
     Log(log_cmd::Args),
     /// Replay one seed of the deterministic consensus simulator.
     Sim(sim_cmd::Args),
+    /// Fault-test a real cluster (kill, pause, partition, corrupt) and check its history.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,5 +50,6 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Chaos(args) => chaos::run(args),
     }
 }

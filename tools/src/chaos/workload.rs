@@ -1,0 +1,210 @@
+//! The kv workload: client threads running single-key operations against the cluster through
+//! the native cluster client and recording each in the history.
+//!
+//! Keys come in two families. Register keys `r<slot>-<generation>` see reads and writes of
+//! values unique to the run (`process * 2^32 + sequence`), so every value names its write.
+//! Counter keys `c<slot>-<generation>` see reads and increments by 1. A slot moves to a fresh
+//! generation after [`KvWorkload::ops_per_key`] operations, which keeps every key's history
+//! small enough for the linearizability search.
+//!
+//! Outcomes: an answer is `Ok`; a write refused before it could apply (the cluster client's
+//! `surely_not_applied`) is `Fail`; any other write error is `Unknown`; a read that failed
+//! observed nothing and is recorded as `Fail`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lockstep::apps::{KvCommand, Reply, ReplyError};
+use lockstep::client::ClusterClient;
+use lockstep::sim::SimRng;
+
+use super::cluster::CLUSTER_ID;
+use super::history::{Op, OpKind, Outcome, NEVER_NS};
+
+/// Per-request timeout of workload clients.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long one workload call keeps following redirects and failing over.
+const CLIENT_RETRY_FOR: Duration = Duration::from_millis(1500);
+
+/// The shared state of the workload's clients.
+pub struct KvWorkload {
+    start: Instant,
+    addrs: Vec<SocketAddr>,
+    /// Operations begun per slot (slot `s` is a register when even, a counter when odd).
+    begun_per_slot: Vec<AtomicU64>,
+    ops_per_key: u64,
+    history: Mutex<Vec<Op>>,
+    /// Replies that make no sense for the command (a bug, reported as a failure).
+    bad_replies: Mutex<Vec<String>>,
+}
+
+/// The value a decoded read reply holds: the number, or `None` for no such key.
+fn read_value(reply: Result<Reply, ReplyError>) -> Result<Option<i64>, String> {
+    match reply {
+        Ok(Reply::Nil) => Ok(None),
+        Ok(Reply::Value(bytes)) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok())
+            .map(Some)
+            .ok_or_else(|| format!("value {bytes:?} is not a decimal number")),
+        other => Err(format!("unexpected read reply {other:?}")),
+    }
+}
+
+impl KvWorkload {
+    /// A workload over `slots` key slots against the members at `addrs`.
+    pub fn new(addrs: Vec<SocketAddr>, slots: usize, ops_per_key: u64) -> KvWorkload {
+        assert!(
+            slots >= 2 && ops_per_key > 0,
+            "slots {slots}, ops_per_key {ops_per_key}"
+        );
+        KvWorkload {
+            start: Instant::now(),
+            addrs,
+            begun_per_slot: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            ops_per_key,
+            history: Mutex::new(Vec::new()),
+            bad_replies: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Nanoseconds since the workload started.
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// The instant time 0 of the history stands for.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    fn key(slot: usize, generation: u64) -> String {
+        let family = if slot % 2 == 0 { 'r' } else { 'c' };
+        format!("{family}{slot}-{generation}")
+    }
+
+    /// Every key used so far.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (slot, begun) in self.begun_per_slot.iter().enumerate() {
+            let begun = begun.load(Ordering::Relaxed);
+            for generation in 0..begun.div_ceil(self.ops_per_key) {
+                keys.push(KvWorkload::key(slot, generation));
+            }
+        }
+        keys
+    }
+
+    /// Runs one client thread's loop until `stop`.
+    pub fn client(&self, process: u32, seed: u64, stop: &AtomicBool) {
+        let mut rng = SimRng::new(seed ^ (u64::from(process) << 40));
+        let mut client = ClusterClient::new(self.addrs.clone(), CLUSTER_ID, CLIENT_TIMEOUT)
+            .with_retry_for(CLIENT_RETRY_FOR);
+        let mut sequence: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let slot = rng.below(self.begun_per_slot.len() as u64) as usize;
+            let begun = self.begun_per_slot[slot].fetch_add(1, Ordering::Relaxed);
+            let key = KvWorkload::key(slot, begun / self.ops_per_key);
+            let kind = if rng.chance(500) {
+                OpKind::Read
+            } else if slot % 2 == 0 {
+                sequence += 1;
+                OpKind::Write(((process as i64) << 32) + sequence as i64)
+            } else {
+                OpKind::Incr(1)
+            };
+            let op = self.run_op(&mut client, process, key, kind);
+            if op.outcome == Outcome::Unknown || op.outcome == Outcome::Fail {
+                // Give a recovering cluster room instead of hammering it.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.history.lock().expect("history lock").push(op);
+        }
+    }
+
+    /// Runs one operation and returns it, recorded.
+    pub fn run_op(
+        &self,
+        client: &mut ClusterClient,
+        process: u32,
+        key: String,
+        kind: OpKind,
+    ) -> Op {
+        let mut command = Vec::new();
+        let value_text;
+        match kind {
+            OpKind::Read => KvCommand::Get {
+                key: key.as_bytes(),
+            }
+            .encode(&mut command),
+            OpKind::Write(value) => {
+                value_text = value.to_string();
+                KvCommand::Put {
+                    key: key.as_bytes(),
+                    value: value_text.as_bytes(),
+                }
+                .encode(&mut command)
+            }
+            OpKind::Incr(delta) => KvCommand::Incr {
+                key: key.as_bytes(),
+                delta,
+            }
+            .encode(&mut command),
+        }
+        let invoke_ns = self.now_ns();
+        let result = match kind {
+            OpKind::Read => client.read(&command),
+            OpKind::Write(_) | OpKind::Incr(_) => client.propose(&command),
+        };
+        let complete_ns = self.now_ns();
+        let outcome = match (kind, result) {
+            (OpKind::Read, Ok(applied)) => match read_value(Reply::decode(&applied.result)) {
+                Ok(value) => Outcome::Ok(value),
+                Err(err) => self.bad_reply(&key, kind, err),
+            },
+            (OpKind::Read, Err(_)) => Outcome::Fail,
+            (_, Err(err)) if err.surely_not_applied() => Outcome::Fail,
+            (_, Err(_)) => Outcome::Unknown,
+            (OpKind::Write(_), Ok(applied)) => match Reply::decode(&applied.result) {
+                Ok(Reply::Ok) => Outcome::Ok(None),
+                other => self.bad_reply(&key, kind, format!("write answered {other:?}")),
+            },
+            (OpKind::Incr(_), Ok(applied)) => match Reply::decode(&applied.result) {
+                Ok(Reply::Int(new)) => Outcome::Ok(Some(new)),
+                other => self.bad_reply(&key, kind, format!("incr answered {other:?}")),
+            },
+        };
+        Op {
+            process,
+            key,
+            kind,
+            invoke_ns,
+            complete_ns: if outcome == Outcome::Unknown {
+                NEVER_NS
+            } else {
+                complete_ns
+            },
+            outcome,
+        }
+    }
+
+    /// Records a reply that makes no sense; the op counts as `Unknown` (it may have applied).
+    fn bad_reply(&self, key: &str, kind: OpKind, message: String) -> Outcome {
+        self.bad_replies
+            .lock()
+            .expect("bad replies lock")
+            .push(format!("{key} {kind:?}: {message}"));
+        Outcome::Unknown
+    }
+
+    /// The history and the bad replies, once every client stopped.
+    pub fn finish(self) -> (Vec<Op>, Vec<String>) {
+        (
+            self.history.into_inner().expect("history lock"),
+            self.bad_replies.into_inner().expect("bad replies lock"),
+        )
+    }
+}
