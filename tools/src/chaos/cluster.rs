@@ -199,16 +199,16 @@ impl Cluster {
                 .map_err(|err| format!("wait for node {id}: {err}"))?;
             if let Some(status) = exited {
                 return Err(format!(
-                    "node {id} exited ({status}) before it was ready:\n{}",
-                    self.log_tail(id, 15)
+                    "node {id} exited ({status}) before it was ready: {}",
+                    self.why_failed(id)
                 ));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "node {id} not ready within {READY_TIMEOUT:?}:\n{}",
-                    self.log_tail(id, 15)
+                    "node {id} not ready within {READY_TIMEOUT:?}: {}",
+                    self.why_failed(id)
                 ));
             }
         }

@@ -24,7 +24,10 @@ use super::linearizable::{check_key, Verdict};
 use super::nemesis::{FaultKind, Nemesis};
 use super::netns::{self, Netns};
 use super::values::check_values;
-use super::workload::KvWorkload;
+use super::workload::{ClientBug, KvWorkload};
+
+/// Failures printed (all are in `summary.json`).
+const FAILURES_PRINTED: usize = 20;
 
 /// Version of `summary.json`.
 const SUMMARY_VERSION: u32 = 1;
@@ -75,6 +78,9 @@ pub struct RunArgs {
     /// Concurrent client threads.
     #[arg(long, default_value_t = 8)]
     clients: u32,
+    /// Re-insert a known bug on the client side, to show the checkers catch it.
+    #[arg(long, value_enum)]
+    bug: Option<ClientBug>,
     /// After healing, a write must succeed within this many seconds.
     #[arg(long, default_value_t = 10)]
     recovery_bound_s: u64,
@@ -158,7 +164,12 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
         args.seconds
     );
 
-    let workload = Arc::new(KvWorkload::new(cluster.client_addrs(), SLOTS, OPS_PER_KEY));
+    let workload = Arc::new(KvWorkload::new(
+        cluster.client_addrs(),
+        SLOTS,
+        OPS_PER_KEY,
+        args.bug,
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..args.clients)
         .map(|process| {
@@ -442,6 +453,7 @@ fn summary_json(
         "nodes": args.nodes,
         "seconds": args.seconds,
         "workload": args.workload,
+        "bug": args.bug.map(|bug| format!("{bug:?}")),
         "faults": nemesis.faults.len(),
         "faults_by_kind": faults_by_kind,
         "fault_log": nemesis.faults.iter().map(|fault| format!("{} ms: {}", fault.at_ms, fault.what)).collect::<Vec<_>>(),
@@ -474,8 +486,14 @@ fn print_summary(
     for undecided in &findings.undecided {
         eprintln!("chaos: {undecided}");
     }
-    for failure in &findings.failures {
+    for failure in findings.failures.iter().take(FAILURES_PRINTED) {
         eprintln!("chaos: FAILURE: {failure}");
+    }
+    if findings.failures.len() > FAILURES_PRINTED {
+        eprintln!(
+            "chaos: ... {} more failures in summary.json",
+            findings.failures.len() - FAILURES_PRINTED
+        );
     }
     let (ok, fail, unknown) = outcome_counts(history);
     println!(

@@ -7,6 +7,11 @@
 //! generation after [`KvWorkload::ops_per_key`] operations, which keeps every key's history
 //! small enough for the linearizability search.
 //!
+//! With [`ClientBug::StaleReads`] the clients re-create a classic bug on purpose: reads are
+//! answered from the local state of whichever node the client picked (a follower, or a
+//! deposed leader), without a read index. The checkers must then fail the run; that is how the
+//! harness shows it can fail.
+//!
 //! Outcomes: an answer is `Ok`; a write refused before it could apply (the cluster client's
 //! `surely_not_applied`) is `Fail`; any other write error is `Unknown`; a read that failed
 //! observed nothing and is recorded as `Fail`.
@@ -17,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lockstep::apps::{KvCommand, Reply, ReplyError};
-use lockstep::client::ClusterClient;
+use lockstep::client::{Client, ClusterClient};
 use lockstep::sim::SimRng;
 
 use super::cluster::CLUSTER_ID;
@@ -29,8 +34,16 @@ const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long one workload call keeps following redirects and failing over.
 const CLIENT_RETRY_FOR: Duration = Duration::from_millis(1500);
 
+/// A bug the clients re-insert on request, to show the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientBug {
+    /// Reads served from a random node's local state (no read index, no leader check).
+    StaleReads,
+}
+
 /// The shared state of the workload's clients.
 pub struct KvWorkload {
+    bug: Option<ClientBug>,
     start: Instant,
     addrs: Vec<SocketAddr>,
     /// Operations begun per slot (slot `s` is a register when even, a counter when odd).
@@ -56,12 +69,18 @@ fn read_value(reply: Result<Reply, ReplyError>) -> Result<Option<i64>, String> {
 
 impl KvWorkload {
     /// A workload over `slots` key slots against the members at `addrs`.
-    pub fn new(addrs: Vec<SocketAddr>, slots: usize, ops_per_key: u64) -> KvWorkload {
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        slots: usize,
+        ops_per_key: u64,
+        bug: Option<ClientBug>,
+    ) -> KvWorkload {
         assert!(
             slots >= 2 && ops_per_key > 0,
             "slots {slots}, ops_per_key {ops_per_key}"
         );
         KvWorkload {
+            bug,
             start: Instant::now(),
             addrs,
             begun_per_slot: (0..slots).map(|_| AtomicU64::new(0)).collect(),
@@ -116,7 +135,13 @@ impl KvWorkload {
             } else {
                 OpKind::Incr(1)
             };
-            let op = self.run_op(&mut client, process, key, kind);
+            let op = match (self.bug, kind) {
+                (Some(ClientBug::StaleReads), OpKind::Read) => {
+                    let addr = *rng.pick(&self.addrs);
+                    self.local_read(addr, process, key)
+                }
+                _ => self.run_op(&mut client, process, key, kind),
+            };
             if op.outcome == Outcome::Unknown || op.outcome == Outcome::Fail {
                 // Give a recovering cluster room instead of hammering it.
                 std::thread::sleep(Duration::from_millis(10));
@@ -187,6 +212,34 @@ impl KvWorkload {
             } else {
                 complete_ns
             },
+            outcome,
+        }
+    }
+
+    /// The stale-reads bug: reads `key` from the local state of the node at `addr`.
+    fn local_read(&self, addr: SocketAddr, process: u32, key: String) -> Op {
+        let mut query = Vec::new();
+        KvCommand::Get {
+            key: key.as_bytes(),
+        }
+        .encode(&mut query);
+        let invoke_ns = self.now_ns();
+        let result = Client::connect(addr, CLUSTER_ID, CLIENT_TIMEOUT)
+            .and_then(|mut client| client.read(&query, false));
+        let complete_ns = self.now_ns();
+        let outcome = match result {
+            Ok(applied) => match read_value(Reply::decode(&applied.result)) {
+                Ok(value) => Outcome::Ok(value),
+                Err(err) => self.bad_reply(&key, OpKind::Read, err),
+            },
+            Err(_) => Outcome::Fail,
+        };
+        Op {
+            process,
+            key,
+            kind: OpKind::Read,
+            invoke_ns,
+            complete_ns,
             outcome,
         }
     }
