@@ -457,6 +457,7 @@ fn summary_json(
         "faults": nemesis.faults.len(),
         "faults_by_kind": faults_by_kind,
         "fault_log": nemesis.faults.iter().map(|fault| format!("{} ms: {}", fault.at_ms, fault.what)).collect::<Vec<_>>(),
+        "refused_start_count": nemesis.refused_starts.len(),
         "refused_starts": nemesis.refused_starts,
         "ops": history.len(),
         "ops_ok": ok,
@@ -464,6 +465,7 @@ fn summary_json(
         "ops_unknown": unknown,
         "recovery_ms": recovery_ms,
         "applied": applied,
+        "failure_count": findings.failures.len(),
         "failures": findings.failures,
         "undecided": findings.undecided,
     })
