@@ -94,7 +94,7 @@ struct CoreList(Vec<usize>);
 
 fn parse_app(text: &str) -> Result<AppKind, String> {
     AppKind::from_name(text)
-        .ok_or_else(|| format!("{text:?} is not an app (expected kv or journal)"))
+        .ok_or_else(|| format!("{text:?} is not an app (expected {})", AppKind::NAMES))
 }
 
 fn parse_cores(text: &str) -> Result<CoreList, String> {
