@@ -1,6 +1,7 @@
 //! CI-sized chaos runs of the real binary (`lockstep chaos`, see docs/CHAOS.md): a 3-node kv
-//! cluster under kill -9, SIGSTOP and (as root, with `ip` and `nft`) network partitions must
-//! pass every checker; the same harness with a re-inserted stale-read bug must fail.
+//! cluster under kill -9, SIGSTOP and (as root, with `ip` and `nft`) network partitions, and
+//! bank and lock clusters under kill -9 and SIGSTOP, must pass every checker; the same harness
+//! with a re-inserted stale-read bug must fail.
 //!
 //! `LOCKSTEP_CHAOS_SECONDS` sets the fault time of each passing run (default 12) and
 //! `LOCKSTEP_CHAOS_SEEDS` how many seeds to run (default 1, seeds 1..=N).
@@ -53,6 +54,24 @@ fn kv_history_survives_kills_pauses_and_partitions() {
         eprintln!("{stderr}{stdout}");
         assert_eq!(code, Some(0), "seed {seed} failed:\n{stderr}{stdout}");
         assert!(stdout.starts_with("PASS"), "{stdout}");
+    }
+}
+
+#[test]
+fn bank_and_lock_invariants_survive_kills_and_pauses() {
+    for workload in ["bank", "lock"] {
+        let (code, stdout, stderr) = chaos(&[
+            "--seconds",
+            "5",
+            "--seed",
+            "3",
+            "--workload",
+            workload,
+            "--nemesis",
+            "kill,pause",
+        ]);
+        eprintln!("{stderr}{stdout}");
+        assert_eq!(code, Some(0), "{workload} failed:\n{stderr}{stdout}");
     }
 }
 

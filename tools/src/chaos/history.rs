@@ -1,4 +1,4 @@
-//! The history of a chaos run: every client operation with its arguments, its invocation and
+//! The history of a kv chaos run: every client operation with its arguments, its invocation and
 //! completion times (nanoseconds since the run started) and its outcome, and the versioned
 //! JSON-lines file it is written to (see docs/CHAOS.md, "History file").
 //!
@@ -90,7 +90,7 @@ impl fmt::Display for Op {
 
 impl Op {
     /// The op as one JSON object (one line of the history file).
-    fn to_json(&self) -> serde_json::Value {
+    pub fn to_json(&self) -> serde_json::Value {
         let (kind, argument) = match self.kind {
             OpKind::Read => ("read", None),
             OpKind::Write(value) => ("write", Some(value)),
@@ -114,24 +114,28 @@ impl Op {
     }
 }
 
-/// Writes `ops` to `path` as JSON lines: a header line, then one op per line in invocation
-/// order.
-pub fn write_history(path: &Path, seed: u64, ops: &[Op]) -> Result<(), String> {
-    let mut sorted: Vec<&Op> = ops.iter().collect();
-    sorted.sort_by_key(|op| (op.invoke_ns, op.process));
+/// Writes a history to `path` as JSON lines: a header line naming the workload, then `ops`
+/// (one JSON object each, in the order given).
+pub fn write_history(
+    path: &Path,
+    seed: u64,
+    workload: &str,
+    ops: &[serde_json::Value],
+) -> Result<(), String> {
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path).map_err(|err| format!("create {}: {err}", path.display()))?,
     );
     let header = serde_json::json!({
         "format": "lockstep-chaos-history",
         "version": HISTORY_FORMAT_VERSION,
+        "workload": workload,
         "seed": seed,
         "ops": ops.len(),
     });
     let write_err = |err: std::io::Error| format!("write {}: {err}", path.display());
     writeln!(out, "{header}").map_err(write_err)?;
-    for op in sorted {
-        writeln!(out, "{}", op.to_json()).map_err(write_err)?;
+    for op in ops {
+        writeln!(out, "{op}").map_err(write_err)?;
     }
     out.flush().map_err(write_err)
 }
@@ -144,7 +148,7 @@ mod tests {
     fn history_file_has_a_versioned_header_and_one_line_per_op() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
-        let ops = vec![
+        let ops = [
             Op {
                 process: 1,
                 key: "r0-0".into(),
@@ -162,7 +166,8 @@ mod tests {
                 outcome: Outcome::Ok(None),
             },
         ];
-        write_history(&path, 9, &ops).unwrap();
+        let lines: Vec<serde_json::Value> = ops.iter().map(Op::to_json).collect();
+        write_history(&path, 9, "kv", &lines).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -171,9 +176,10 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["version"], HISTORY_FORMAT_VERSION);
         assert_eq!(lines[0]["seed"], 9);
-        assert_eq!(lines[1]["op"], "read");
-        assert_eq!(lines[2]["outcome"], "unknown");
-        assert!(lines[2]["complete_ns"].is_null());
+        assert_eq!(lines[0]["workload"], "kv");
+        assert_eq!(lines[1]["outcome"], "unknown");
+        assert!(lines[1]["complete_ns"].is_null());
+        assert_eq!(lines[2]["op"], "read");
         assert_eq!(
             ops[0].to_string(),
             "p1 r0-0 write 7 -> unknown [0.000ms, -]"

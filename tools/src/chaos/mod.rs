@@ -5,10 +5,13 @@
 //! same state and that the cluster serves again within a bound. `lockstep chaos failover`
 //! measures the unavailability window after kill -9 of the leader. See docs/CHAOS.md.
 
+mod bank;
 mod cluster;
 mod failover;
 mod history;
+mod kv;
 mod linearizable;
+mod lock;
 mod nemesis;
 mod netns;
 mod run;

@@ -15,25 +15,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep::apps::{KvCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
 
+use super::bank::BankWorkload;
 use super::cluster::{Cluster, CLUSTER_ID};
-use super::history::{write_history, Op, OpKind, Outcome};
-use super::linearizable::{check_key, Verdict};
+use super::kv::{ClientBug, KvWorkload};
+use super::lock::LockWorkload;
 use super::nemesis::{FaultKind, Nemesis};
 use super::netns::{self, Netns};
-use super::values::check_values;
-use super::workload::{ClientBug, KvWorkload};
+use super::workload::{OutcomeCounts, Workload};
 
 /// Failures printed (all are in `summary.json`).
 const FAILURES_PRINTED: usize = 20;
 
 /// Version of `summary.json`.
 const SUMMARY_VERSION: u32 = 1;
-
-/// Search steps the linearizability checker may spend on one key.
-const STEP_BUDGET_PER_KEY: u64 = 2_000_000;
 
 /// Operations per key before a slot moves on to a fresh key.
 const OPS_PER_KEY: u64 = 120;
@@ -63,9 +59,9 @@ pub struct RunArgs {
     /// Seed of the fault schedule and of the clients' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Workload: `kv` (registers and counters).
-    #[arg(long, default_value = "kv")]
-    workload: String,
+    /// Workload: `kv` (registers and counters), `bank` (transfers), `lock` (leases, fencing).
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Kv)]
+    workload: WorkloadKind,
     /// Fault kinds, comma-separated: kill, pause, partition, storage.
     #[arg(long, default_value = "kill,pause,storage")]
     nemesis: String,
@@ -84,6 +80,28 @@ pub struct RunArgs {
     /// After healing, a write must succeed within this many seconds.
     #[arg(long, default_value_t = 10)]
     recovery_bound_s: u64,
+}
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum WorkloadKind {
+    /// Registers and counters on the kv app.
+    Kv,
+    /// Transfers between accounts on the bank app.
+    Bank,
+    /// Lock acquisitions and releases on the lock app.
+    Lock,
+}
+
+impl WorkloadKind {
+    /// The app the cluster runs.
+    fn app(self) -> &'static str {
+        match self {
+            WorkloadKind::Kv => "kv",
+            WorkloadKind::Bank => "bank",
+            WorkloadKind::Lock => "lock",
+        }
+    }
 }
 
 /// What a run found.
@@ -113,11 +131,8 @@ fn prepare(args: &RunArgs) -> Result<(Vec<FaultKind>, Option<Netns>), String> {
             args.nodes
         ));
     }
-    if args.workload != "kv" {
-        return Err(format!(
-            "--workload {}: only kv is implemented (bank and lock wait for those apps)",
-            args.workload
-        ));
+    if args.bug.is_some() && args.workload != WorkloadKind::Kv {
+        return Err("--bug: the re-inserted bugs live in the kv workload".to_string());
     }
     if args.clients == 0 {
         return Err("--clients 0: at least one client is needed".to_string());
@@ -142,16 +157,26 @@ fn prepare(args: &RunArgs) -> Result<(Vec<FaultKind>, Option<Netns>), String> {
     Ok((kinds, netns))
 }
 
+/// The workload `args` ask for.
+fn workload(args: &RunArgs, addrs: Vec<std::net::SocketAddr>) -> Box<dyn Workload> {
+    match args.workload {
+        WorkloadKind::Kv => Box::new(KvWorkload::new(addrs, SLOTS, OPS_PER_KEY, args.bug)),
+        WorkloadKind::Bank => Box::new(BankWorkload::new(addrs)),
+        WorkloadKind::Lock => Box::new(LockWorkload::new(addrs)),
+    }
+}
+
 fn execute(args: &RunArgs) -> Result<bool, String> {
     let (kinds, netns) = prepare(args)?;
     let (dir, keep_dir) = super::work_dir(args.dir.clone(), "chaos", args.seed)?;
     let node_args = NODE_ARGS.iter().map(|arg| arg.to_string()).collect();
-    let mut cluster = Cluster::start(args.nodes, "kv", &dir, node_args, netns)?;
+    let app = args.workload.app();
+    let mut cluster = Cluster::start(args.nodes, app, &dir, node_args, netns)?;
     cluster
         .wait_leader(Duration::from_secs(20))
         .ok_or("no leader within 20 s of the start")?;
     eprintln!(
-        "chaos: {} nodes{} in {}, seed {}, faults {:?}, {} s",
+        "chaos: {} nodes{} in {}, seed {}, workload {app}, faults {:?}, {} s",
         args.nodes,
         if cluster.netns().is_some() {
             " (network namespaces)"
@@ -164,12 +189,9 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
         args.seconds
     );
 
-    let workload = Arc::new(KvWorkload::new(
-        cluster.client_addrs(),
-        SLOTS,
-        OPS_PER_KEY,
-        args.bug,
-    ));
+    let workload: Arc<dyn Workload> = Arc::from(workload(args, cluster.client_addrs()));
+    workload.setup(&cluster.client_addrs())?;
+    let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..args.clients)
         .map(|process| {
@@ -183,7 +205,7 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     while Instant::now() < deadline {
         std::thread::sleep(nemesis.quiet());
-        let now_ms = workload.start().elapsed().as_millis() as u64;
+        let now_ms = started.elapsed().as_millis() as u64;
         if let Err(err) = nemesis.inject_one(&mut cluster, now_ms) {
             findings.failures.push(format!("nemesis: {err}"));
             break;
@@ -192,34 +214,27 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
             break;
         }
     }
-    let recovery_ms = heal_and_time(&mut cluster, args, &mut findings);
+    let recovery_ms = heal_and_time(&mut cluster, args, &workload.probe_command(), &mut findings);
     std::thread::sleep(AFTER_HEAL);
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.join().expect("a client thread panicked");
     }
-    let workload = Arc::into_inner(workload).expect("every client thread ended");
-    let final_reads = final_reads(&workload, &cluster, args.clients, &mut findings);
-    let keys = workload.keys();
-    let (mut history, bad_replies) = workload.finish();
-    findings.failures.extend(
-        bad_replies
-            .into_iter()
-            .map(|bad| format!("bad reply: {bad}")),
-    );
+    let checked = workload.finish(&cluster.client_addrs(), args.clients);
+    findings.failures.extend(checked.failures);
+    findings.undecided.extend(checked.undecided);
     restart_crashed(&mut cluster, &mut findings);
-    let applied = check_convergence(&cluster, &keys, &mut findings);
-    check_history(&history, &final_reads, &mut findings);
+    let applied = check_convergence(&cluster, workload.as_ref(), &mut findings);
 
-    history.extend(final_reads.values().cloned());
     let history_path = dir.join("history.jsonl");
-    write_history(&history_path, args.seed, &history)?;
+    workload.write_history(&history_path, args.seed)?;
     let passed = findings.failures.is_empty();
-    let summary = summary_json(args, &nemesis, &history, &findings, recovery_ms, applied);
+    let counts = workload.counts();
+    let summary = summary_json(args, &nemesis, counts, &findings, recovery_ms, applied);
     let summary_path = dir.join("summary.json");
     std::fs::write(&summary_path, format!("{summary:#}\n"))
         .map_err(|err| format!("write {}: {err}", summary_path.display()))?;
-    print_summary(&nemesis, &history, &findings, recovery_ms, &dir, passed);
+    print_summary(&nemesis, counts, &findings, recovery_ms, &dir, passed);
     drop(cluster);
     if passed && !keep_dir {
         let _ = std::fs::remove_dir_all(&dir);
@@ -244,8 +259,13 @@ fn restart_crashed(cluster: &mut Cluster, findings: &mut Findings) -> bool {
     true
 }
 
-/// Heals every fault and returns how long until a write succeeded, in ms.
-fn heal_and_time(cluster: &mut Cluster, args: &RunArgs, findings: &mut Findings) -> Option<u64> {
+/// Heals every fault and returns how long until a proposal of `probe` succeeded, in ms.
+fn heal_and_time(
+    cluster: &mut Cluster,
+    args: &RunArgs,
+    probe: &[u8],
+    findings: &mut Findings,
+) -> Option<u64> {
     restart_crashed(cluster, findings);
     for id in cluster.ids() {
         if cluster.is_paused(id) {
@@ -268,14 +288,8 @@ fn heal_and_time(cluster: &mut Cluster, args: &RunArgs, findings: &mut Findings)
     let bound = Duration::from_secs(args.recovery_bound_s);
     let mut client = ClusterClient::new(cluster.client_addrs(), CLUSTER_ID, Duration::from_secs(1))
         .with_retry_for(bound);
-    let mut command = Vec::new();
-    KvCommand::Put {
-        key: b"probe",
-        value: b"0",
-    }
-    .encode(&mut command);
     loop {
-        match client.propose_idempotent(&command) {
+        match client.propose_idempotent(probe) {
             Ok(_) => return Some(healed.elapsed().as_millis() as u64),
             Err(err) if healed.elapsed() >= bound => {
                 findings.failures.push(format!(
@@ -288,33 +302,13 @@ fn heal_and_time(cluster: &mut Cluster, args: &RunArgs, findings: &mut Findings)
     }
 }
 
-/// Reads every key once through the leader after the clients stopped.
-fn final_reads(
-    workload: &KvWorkload,
+/// Waits until every replica applied the leader's commit index, then compares the workload's
+/// hash of each replica's local state. Returns the common applied index.
+fn check_convergence(
     cluster: &Cluster,
-    process: u32,
+    workload: &dyn Workload,
     findings: &mut Findings,
-) -> BTreeMap<String, Op> {
-    let mut client = ClusterClient::new(cluster.client_addrs(), CLUSTER_ID, Duration::from_secs(1))
-        .with_retry_for(Duration::from_secs(10));
-    let mut reads = BTreeMap::new();
-    for key in workload.keys() {
-        let op = workload.run_op(&mut client, process, key.clone(), OpKind::Read);
-        if matches!(op.outcome, Outcome::Ok(_)) {
-            reads.insert(key, op);
-        } else {
-            findings
-                .failures
-                .push(format!("final read of {key} failed after healing"));
-        }
-    }
-    reads
-}
-
-/// Waits until every replica applied the leader's commit index, then compares a hash of each
-/// replica's local state (every key the run used, the probe key and the key count). Returns the
-/// common applied index.
-fn check_convergence(cluster: &Cluster, keys: &[String], findings: &mut Findings) -> Option<u64> {
+) -> Option<u64> {
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     let applied = loop {
         let statuses: Vec<_> = cluster
@@ -342,8 +336,8 @@ fn check_convergence(cluster: &Cluster, keys: &[String], findings: &mut Findings
                 .map(|id| format!("node {id}: {}", cluster.why_failed(id)))
                 .collect();
             findings.failures.push(format!(
-                "replicas did not converge (silent: {crashed:?}) within {CONVERGE_TIMEOUT:?}: applied {applied:?}, \
-                 leader commit {leader_commit:?}"
+                "replicas did not converge (silent: {crashed:?}) within {CONVERGE_TIMEOUT:?}: \
+                 applied {applied:?}, leader commit {leader_commit:?}"
             ));
             return None;
         }
@@ -351,7 +345,10 @@ fn check_convergence(cluster: &Cluster, keys: &[String], findings: &mut Findings
     };
     let mut hashes = Vec::new();
     for id in cluster.ids() {
-        match state_hash(cluster, id, keys) {
+        let hash = Client::connect(cluster.client_addr(id), CLUSTER_ID, Duration::from_secs(2))
+            .map_err(|err| err.to_string())
+            .and_then(|mut client| workload.state_hash(&mut client));
+        match hash {
             Ok(hash) => hashes.push((id, hash)),
             Err(err) => findings.failures.push(format!("state of node {id}: {err}")),
         }
@@ -364,78 +361,10 @@ fn check_convergence(cluster: &Cluster, keys: &[String], findings: &mut Findings
     applied
 }
 
-/// An order-sensitive hash of node `id`'s local values of `keys`, the probe key and the key
-/// count (local reads: no round through the leader).
-fn state_hash(cluster: &Cluster, id: u64, keys: &[String]) -> Result<u64, String> {
-    let mut client = Client::connect(cluster.client_addr(id), CLUSTER_ID, Duration::from_secs(2))
-        .map_err(|err| err.to_string())?;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut fold = |bytes: &[u8]| {
-        for byte in bytes.iter().chain(&[0xff]) {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    let mut query = Vec::new();
-    for key in keys.iter().map(String::as_str).chain(["probe"]) {
-        query.clear();
-        KvCommand::Get {
-            key: key.as_bytes(),
-        }
-        .encode(&mut query);
-        let answer = client.read(&query, false).map_err(|err| err.to_string())?;
-        fold(key.as_bytes());
-        fold(&answer.result);
-    }
-    query.clear();
-    KvCommand::Count.encode(&mut query);
-    let count = client.read(&query, false).map_err(|err| err.to_string())?;
-    match Reply::decode(&count.result) {
-        Ok(Reply::Int(_)) => fold(&count.result),
-        other => return Err(format!("key count answered {other:?}")),
-    }
-    Ok(hash)
-}
-
-/// Runs the checkers on every key's history.
-fn check_history(history: &[Op], final_reads: &BTreeMap<String, Op>, findings: &mut Findings) {
-    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
-    for op in history {
-        by_key.entry(op.key.as_str()).or_default().push(op);
-    }
-    for (key, ops) in &by_key {
-        let final_read = final_reads.get(*key);
-        findings.failures.extend(check_values(key, ops, final_read));
-        let mut with_final = ops.clone();
-        with_final.extend(final_read);
-        match check_key(&with_final, STEP_BUDGET_PER_KEY) {
-            Verdict::Linearizable => {}
-            Verdict::NotLinearizable { stuck_at, prefix } => findings.failures.push(format!(
-                "{key}: not linearizable ({} ops): after {prefix} ops no order explains {stuck_at}",
-                with_final.len()
-            )),
-            Verdict::Undecided { steps } => findings.undecided.push(format!(
-                "{key}: undecided after {steps} steps ({} ops)",
-                with_final.len()
-            )),
-        }
-    }
-}
-
-/// Counts of ops by outcome: (ok, fail, unknown).
-fn outcome_counts(history: &[Op]) -> (usize, usize, usize) {
-    let count =
-        |wanted: fn(&Outcome) -> bool| history.iter().filter(|op| wanted(&op.outcome)).count();
-    (
-        count(|outcome| matches!(outcome, Outcome::Ok(_))),
-        count(|outcome| *outcome == Outcome::Fail),
-        count(|outcome| *outcome == Outcome::Unknown),
-    )
-}
-
 fn summary_json(
     args: &RunArgs,
     nemesis: &Nemesis,
-    history: &[Op],
+    counts: OutcomeCounts,
     findings: &Findings,
     recovery_ms: Option<u64>,
     applied: Option<u64>,
@@ -444,7 +373,6 @@ fn summary_json(
     for fault in &nemesis.faults {
         *faults_by_kind.entry(fault.kind.name()).or_default() += 1;
     }
-    let (ok, fail, unknown) = outcome_counts(history);
     serde_json::json!({
         "format": "lockstep-chaos-summary",
         "version": SUMMARY_VERSION,
@@ -452,17 +380,17 @@ fn summary_json(
         "seed": args.seed,
         "nodes": args.nodes,
         "seconds": args.seconds,
-        "workload": args.workload,
+        "workload": args.workload.app(),
         "bug": args.bug.map(|bug| format!("{bug:?}")),
         "faults": nemesis.faults.len(),
         "faults_by_kind": faults_by_kind,
         "fault_log": nemesis.faults.iter().map(|fault| format!("{} ms: {}", fault.at_ms, fault.what)).collect::<Vec<_>>(),
         "refused_start_count": nemesis.refused_starts.len(),
         "refused_starts": nemesis.refused_starts,
-        "ops": history.len(),
-        "ops_ok": ok,
-        "ops_fail": fail,
-        "ops_unknown": unknown,
+        "ops": counts.total(),
+        "ops_ok": counts.ok,
+        "ops_fail": counts.fail,
+        "ops_unknown": counts.unknown,
         "recovery_ms": recovery_ms,
         "applied": applied,
         "failure_count": findings.failures.len(),
@@ -473,7 +401,7 @@ fn summary_json(
 
 fn print_summary(
     nemesis: &Nemesis,
-    history: &[Op],
+    counts: OutcomeCounts,
     findings: &Findings,
     recovery_ms: Option<u64>,
     dir: &Path,
@@ -497,13 +425,13 @@ fn print_summary(
             findings.failures.len() - FAILURES_PRINTED
         );
     }
-    let (ok, fail, unknown) = outcome_counts(history);
+    let OutcomeCounts { ok, fail, unknown } = counts;
     println!(
         "{} faults: {}, ops: {} (ok {ok}, fail {fail}, unknown {unknown}), storage refusals: {}, \
          recovery: {}, failures: {}",
         if passed { "PASS" } else { "FAIL" },
         nemesis.faults.len(),
-        history.len(),
+        counts.total(),
         nemesis.refused_starts.len(),
         recovery_ms.map_or("none".to_string(), |ms| format!("{ms} ms")),
         findings.failures.len()

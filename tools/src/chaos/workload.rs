@@ -1,263 +1,73 @@
-//! The kv workload: client threads running single-key operations against the cluster through
-//! the native cluster client and recording each in the history.
-//!
-//! Keys come in two families. Register keys `r<slot>-<generation>` see reads and writes of
-//! values unique to the run (`process * 2^32 + sequence`), so every value names its write.
-//! Counter keys `c<slot>-<generation>` see reads and increments by 1. A slot moves to a fresh
-//! generation after [`KvWorkload::ops_per_key`] operations, which keeps every key's history
-//! small enough for the linearizability search.
-//!
-//! With [`ClientBug::StaleReads`] the clients re-create a classic bug on purpose: reads are
-//! answered from the local state of whichever node the client picked (a follower, or a
-//! deposed leader), without a read index. The checkers must then fail the run; that is how the
-//! harness shows it can fail.
-//!
-//! Outcomes: an answer is `Ok`; a write refused before it could apply (the cluster client's
-//! `surely_not_applied`) is `Fail`; any other write error is `Unknown`; a read that failed
-//! observed nothing and is recorded as `Fail`.
+//! What a workload must provide to a chaos run: client threads that record a history, a
+//! command that proves the cluster serves again, the final reads and checks once the faults
+//! healed, and a hash of one replica's local state for the convergence check.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
-use lockstep::apps::{KvCommand, Reply, ReplyError};
-use lockstep::client::{Client, ClusterClient};
-use lockstep::sim::SimRng;
+use lockstep::client::Client;
 
-use super::cluster::CLUSTER_ID;
-use super::history::{Op, OpKind, Outcome, NEVER_NS};
-
-/// Per-request timeout of workload clients.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
-
-/// How long one workload call keeps following redirects and failing over.
-const CLIENT_RETRY_FOR: Duration = Duration::from_millis(1500);
-
-/// A bug the clients re-insert on request, to show the checkers catch it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClientBug {
-    /// Reads served from a random node's local state (no read index, no leader check).
-    StaleReads,
+/// The verdict of a workload's checkers.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Violations found (the run fails).
+    pub failures: Vec<String>,
+    /// Keys or objects the checkers could not decide (reported, not failures).
+    pub undecided: Vec<String>,
 }
 
-/// The shared state of the workload's clients.
-pub struct KvWorkload {
-    bug: Option<ClientBug>,
-    start: Instant,
-    addrs: Vec<SocketAddr>,
-    /// Operations begun per slot (slot `s` is a register when even, a counter when odd).
-    begun_per_slot: Vec<AtomicU64>,
-    ops_per_key: u64,
-    history: Mutex<Vec<Op>>,
-    /// Replies that make no sense for the command (a bug, reported as a failure).
-    bad_replies: Mutex<Vec<String>>,
+/// Counts of a history's operations by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Took effect.
+    pub ok: usize,
+    /// Surely did not take effect.
+    pub fail: usize,
+    /// May have taken effect.
+    pub unknown: usize,
 }
 
-/// The value a decoded read reply holds: the number, or `None` for no such key.
-fn read_value(reply: Result<Reply, ReplyError>) -> Result<Option<i64>, String> {
-    match reply {
-        Ok(Reply::Nil) => Ok(None),
-        Ok(Reply::Value(bytes)) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| text.parse::<i64>().ok())
-            .map(Some)
-            .ok_or_else(|| format!("value {bytes:?} is not a decimal number")),
-        other => Err(format!("unexpected read reply {other:?}")),
+impl OutcomeCounts {
+    /// All operations.
+    pub fn total(&self) -> usize {
+        self.ok + self.fail + self.unknown
     }
 }
 
-impl KvWorkload {
-    /// A workload over `slots` key slots against the members at `addrs`.
-    pub fn new(
-        addrs: Vec<SocketAddr>,
-        slots: usize,
-        ops_per_key: u64,
-        bug: Option<ClientBug>,
-    ) -> KvWorkload {
-        assert!(
-            slots >= 2 && ops_per_key > 0,
-            "slots {slots}, ops_per_key {ops_per_key}"
-        );
-        KvWorkload {
-            bug,
-            start: Instant::now(),
-            addrs,
-            begun_per_slot: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-            ops_per_key,
-            history: Mutex::new(Vec::new()),
-            bad_replies: Mutex::new(Vec::new()),
-        }
-    }
+/// A workload of a chaos run, shared by its client threads.
+pub trait Workload: Send + Sync {
+    /// Prepares the state the clients need (e.g. opens accounts) before they start.
+    fn setup(&self, addrs: &[SocketAddr]) -> Result<(), String>;
 
-    /// Nanoseconds since the workload started.
-    pub fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
+    /// One client thread's loop, until `stop`.
+    fn client(&self, process: u32, seed: u64, stop: &AtomicBool);
 
-    /// The instant time 0 of the history stands for.
-    pub fn start(&self) -> Instant {
-        self.start
-    }
+    /// A command whose successful proposal shows the cluster serves, changing nothing the
+    /// checkers look at.
+    fn probe_command(&self) -> Vec<u8>;
 
-    fn key(slot: usize, generation: u64) -> String {
-        let family = if slot % 2 == 0 { 'r' } else { 'c' };
-        format!("{family}{slot}-{generation}")
-    }
+    /// After the clients stopped and the faults healed: the final reads through the leader
+    /// (as process `final_process`) and the checkers over the whole history.
+    fn finish(&self, addrs: &[SocketAddr], final_process: u32) -> Checked;
 
-    /// Every key used so far.
-    pub fn keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        for (slot, begun) in self.begun_per_slot.iter().enumerate() {
-            let begun = begun.load(Ordering::Relaxed);
-            for generation in 0..begun.div_ceil(self.ops_per_key) {
-                keys.push(KvWorkload::key(slot, generation));
-            }
-        }
-        keys
-    }
+    /// An order-sensitive hash of the state the workload touched, read locally from the node
+    /// `client` is connected to.
+    fn state_hash(&self, client: &mut Client) -> Result<u64, String>;
 
-    /// Runs one client thread's loop until `stop`.
-    pub fn client(&self, process: u32, seed: u64, stop: &AtomicBool) {
-        let mut rng = SimRng::new(seed ^ (u64::from(process) << 40));
-        let mut client = ClusterClient::new(self.addrs.clone(), CLUSTER_ID, CLIENT_TIMEOUT)
-            .with_retry_for(CLIENT_RETRY_FOR);
-        let mut sequence: u64 = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let slot = rng.below(self.begun_per_slot.len() as u64) as usize;
-            let begun = self.begun_per_slot[slot].fetch_add(1, Ordering::Relaxed);
-            let key = KvWorkload::key(slot, begun / self.ops_per_key);
-            let kind = if rng.chance(500) {
-                OpKind::Read
-            } else if slot % 2 == 0 {
-                sequence += 1;
-                OpKind::Write(((process as i64) << 32) + sequence as i64)
-            } else {
-                OpKind::Incr(1)
-            };
-            let op = match (self.bug, kind) {
-                (Some(ClientBug::StaleReads), OpKind::Read) => {
-                    let addr = *rng.pick(&self.addrs);
-                    self.local_read(addr, process, key)
-                }
-                _ => self.run_op(&mut client, process, key, kind),
-            };
-            if op.outcome == Outcome::Unknown || op.outcome == Outcome::Fail {
-                // Give a recovering cluster room instead of hammering it.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self.history.lock().expect("history lock").push(op);
-        }
-    }
+    /// The history's operations by outcome.
+    fn counts(&self) -> OutcomeCounts;
 
-    /// Runs one operation and returns it, recorded.
-    pub fn run_op(
-        &self,
-        client: &mut ClusterClient,
-        process: u32,
-        key: String,
-        kind: OpKind,
-    ) -> Op {
-        let mut command = Vec::new();
-        let value_text;
-        match kind {
-            OpKind::Read => KvCommand::Get {
-                key: key.as_bytes(),
-            }
-            .encode(&mut command),
-            OpKind::Write(value) => {
-                value_text = value.to_string();
-                KvCommand::Put {
-                    key: key.as_bytes(),
-                    value: value_text.as_bytes(),
-                }
-                .encode(&mut command)
-            }
-            OpKind::Incr(delta) => KvCommand::Incr {
-                key: key.as_bytes(),
-                delta,
-            }
-            .encode(&mut command),
-        }
-        let invoke_ns = self.now_ns();
-        let result = match kind {
-            OpKind::Read => client.read(&command),
-            OpKind::Write(_) | OpKind::Incr(_) => client.propose(&command),
-        };
-        let complete_ns = self.now_ns();
-        let outcome = match (kind, result) {
-            (OpKind::Read, Ok(applied)) => match read_value(Reply::decode(&applied.result)) {
-                Ok(value) => Outcome::Ok(value),
-                Err(err) => self.bad_reply(&key, kind, err),
-            },
-            (OpKind::Read, Err(_)) => Outcome::Fail,
-            (_, Err(err)) if err.surely_not_applied() => Outcome::Fail,
-            (_, Err(_)) => Outcome::Unknown,
-            (OpKind::Write(_), Ok(applied)) => match Reply::decode(&applied.result) {
-                Ok(Reply::Ok) => Outcome::Ok(None),
-                other => self.bad_reply(&key, kind, format!("write answered {other:?}")),
-            },
-            (OpKind::Incr(_), Ok(applied)) => match Reply::decode(&applied.result) {
-                Ok(Reply::Int(new)) => Outcome::Ok(Some(new)),
-                other => self.bad_reply(&key, kind, format!("incr answered {other:?}")),
-            },
-        };
-        Op {
-            process,
-            key,
-            kind,
-            invoke_ns,
-            complete_ns: if outcome == Outcome::Unknown {
-                NEVER_NS
-            } else {
-                complete_ns
-            },
-            outcome,
-        }
-    }
+    /// Writes the history file.
+    fn write_history(&self, path: &Path, seed: u64) -> Result<(), String>;
+}
 
-    /// The stale-reads bug: reads `key` from the local state of the node at `addr`.
-    fn local_read(&self, addr: SocketAddr, process: u32, key: String) -> Op {
-        let mut query = Vec::new();
-        KvCommand::Get {
-            key: key.as_bytes(),
-        }
-        .encode(&mut query);
-        let invoke_ns = self.now_ns();
-        let result = Client::connect(addr, CLUSTER_ID, CLIENT_TIMEOUT)
-            .and_then(|mut client| client.read(&query, false));
-        let complete_ns = self.now_ns();
-        let outcome = match result {
-            Ok(applied) => match read_value(Reply::decode(&applied.result)) {
-                Ok(value) => Outcome::Ok(value),
-                Err(err) => self.bad_reply(&key, OpKind::Read, err),
-            },
-            Err(_) => Outcome::Fail,
-        };
-        Op {
-            process,
-            key,
-            kind: OpKind::Read,
-            invoke_ns,
-            complete_ns,
-            outcome,
-        }
-    }
-
-    /// Records a reply that makes no sense; the op counts as `Unknown` (it may have applied).
-    fn bad_reply(&self, key: &str, kind: OpKind, message: String) -> Outcome {
-        self.bad_replies
-            .lock()
-            .expect("bad replies lock")
-            .push(format!("{key} {kind:?}: {message}"));
-        Outcome::Unknown
-    }
-
-    /// The history and the bad replies, once every client stopped.
-    pub fn finish(self) -> (Vec<Op>, Vec<String>) {
-        (
-            self.history.into_inner().expect("history lock"),
-            self.bad_replies.into_inner().expect("bad replies lock"),
-        )
+/// Folds `bytes` into an FNV-1a hash, with a separator after them.
+pub fn fold_hash(hash: &mut u64, bytes: &[u8]) {
+    for byte in bytes.iter().chain(&[0xff]) {
+        *hash = (*hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
 }
+
+/// The FNV-1a starting value.
+pub const HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
