@@ -25,6 +25,7 @@ use crate::log::record::{
     RecordHeader, RecordKind, RECORD_ALIGN, RECORD_HEADER_BYTES,
 };
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
+use crate::log::repair::{self, DamageReport, RepairState};
 use crate::log::segment::{
     check_segment_len, live_name, map_segment, parse_live_name, parse_spare_name, prefault,
     spare_name, sync_dir, Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
@@ -152,6 +153,12 @@ pub struct OpenReport {
     pub sync_mechanism: &'static str,
     /// The term and vote read from the hard-state file.
     pub hard_state: HardState,
+    /// Damage before the tail that [`Log::open_for_repair`] cut off (never set by
+    /// [`Log::open`], which refuses it).
+    pub damage: Option<DamageReport>,
+    /// The repair in progress (this open's damage, an earlier one's marker, or both), while the
+    /// log does not yet durably cover its `until`.
+    pub repair: Option<RepairState>,
 }
 
 /// A batch (or the part of one inside a requested range) borrowed from the log's mapping.
@@ -243,6 +250,8 @@ pub struct Log {
     sealed_seq: Option<u64>,
     preparer: Preparer,
     hard_state: HardStateFile,
+    /// The repair marker on disk, until the log is durable up to its `until`.
+    repair: Option<RepairState>,
     stats: LogStats,
     /// Held until everything else (the preparer and sync threads included) is gone: fields drop
     /// in declaration order.
@@ -366,6 +375,24 @@ impl Log {
     /// corruption before the tail with [`LogError::Corrupt`], and makes what it found durable
     /// before reporting it durable.
     pub fn open(dir: &Path, options: LogOptions) -> Result<(Log, OpenReport), LogError> {
+        Log::open_with(dir, options, false)
+    }
+
+    /// Opens the log like [`Log::open`], except that damage before the tail is cut off instead
+    /// of refused (protocol-aware recovery; see [`crate::log::recovery::recover_for_repair`]):
+    /// the log keeps the good prefix, and a repair marker recording the lost range is written
+    /// and synced *before* anything is cut. [`OpenReport::damage`] describes what was cut and
+    /// [`OpenReport::repair`] what must be fetched back from peers. Only a runtime that can
+    /// fetch entries from peers, and refrains from voting until then, may call this.
+    pub fn open_for_repair(dir: &Path, options: LogOptions) -> Result<(Log, OpenReport), LogError> {
+        Log::open_with(dir, options, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        options: LogOptions,
+        repair_damage: bool,
+    ) -> Result<(Log, OpenReport), LogError> {
         check_options(&options)?;
         std::fs::create_dir_all(dir)
             .map_err(|err| LogError::io(format!("create {}", dir.display()), err))?;
@@ -411,11 +438,35 @@ impl Log {
                 map,
             });
         }
-        let recovered = recover_files(
+        let (recovered, damage) = recover_files(
             segments
                 .iter()
                 .map(|segment| (segment.path.as_path(), segment.first_seq, &segment.map[..])),
+            repair_damage,
         )?;
+        let damage = damage.map(|damage| {
+            let file = segments[damage.at.segment].path.clone();
+            DamageReport::new(damage, file)
+        });
+        let mut repair_state = repair::read(dir)?;
+        if let Some(damage) = &damage {
+            let found = RepairState {
+                first_lost: damage.index,
+                until: damage.last_index_claimed,
+            };
+            let state = repair_state.map_or(found, |earlier| earlier.merge(found));
+            tracing::warn!(
+                file = %damage.file.display(),
+                offset = damage.offset,
+                first_lost = state.first_lost.get(),
+                until = state.until.get(),
+                reason = %damage.reason,
+                "log: damage before the tail; cutting it and repairing from peers"
+            );
+            // Before anything is cut: the damaged records are the only evidence of `until`.
+            repair::write(dir, &dir_file, state)?;
+            repair_state = Some(state);
+        }
 
         let torn_tail = recovered.torn.as_ref().map(|torn| TornTailReport {
             file: segments[torn.segment].path.clone(),
@@ -512,11 +563,20 @@ impl Log {
             sealed_seq: None,
             preparer,
             hard_state,
+            repair: repair_state,
             stats: LogStats::default(),
         };
         if log.segments.is_empty() {
             log.activate_spare()?;
         }
+        if damage.is_some() {
+            // A record chained to the good prefix, right at the cut, with a seq above every
+            // record left after it: from now on those are stale, and a plain open finds this
+            // log clean (the marker keeps the repair).
+            log.seal()?;
+            log.wait_durable()?;
+        }
+        log.finish_repair_if_covered()?;
         let report = OpenReport {
             first_index: log.first_index(),
             last_index: log.last_index(),
@@ -525,6 +585,8 @@ impl Log {
             segments_discarded,
             sync_mechanism: log.syncer.mechanism(),
             hard_state: log.hard_state.get(),
+            damage,
+            repair: log.repair,
         };
         Ok((log, report))
     }
@@ -933,6 +995,7 @@ impl Log {
         self.last_term = term;
         self.durable_index = after;
         self.sealed_seq = None;
+        self.finish_repair_if_covered()?;
         self.stats.segments_activated += 1;
         self.stats.truncations += 1;
         Ok(())
@@ -948,6 +1011,30 @@ impl Log {
     /// Seq of the last record known durable.
     pub fn durable_seq(&self) -> u64 {
         self.durable_seq
+    }
+
+    /// The repair in progress: set from [`Log::open_for_repair`] (or a marker an earlier open
+    /// left) until the log is durable up to its `until`, when the marker is removed.
+    pub fn repair(&self) -> Option<RepairState> {
+        self.repair
+    }
+
+    /// Removes the repair marker once the log durably covers the range it records.
+    fn finish_repair_if_covered(&mut self) -> Result<(), LogError> {
+        let Some(state) = self.repair else {
+            return Ok(());
+        };
+        if self.durable_index < state.until {
+            return Ok(());
+        }
+        repair::remove(&self.dir, &self.dir_file)?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            until = state.until.get(),
+            "log: repair complete, the log is durable up to the index it held before the damage"
+        );
+        self.repair = None;
+        Ok(())
     }
 
     /// Reads entries `from..=to` as views borrowed from the mapping, one per stored batch (the
@@ -1106,6 +1193,9 @@ impl Log {
             self.complete(id, outcome)?;
         }
         let advanced = self.advance();
+        if advanced {
+            self.finish_repair_if_covered()?;
+        }
         if self.sync_wanted {
             self.request_sync()?;
         }

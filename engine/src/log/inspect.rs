@@ -10,6 +10,7 @@ use crate::log::error::LogError;
 use crate::log::hard_state::{read_file, HardState, HARD_STATE_FILE};
 use crate::log::record::RECORD_HEADER_BYTES;
 use crate::log::recovery::{recover_files, RecordSpan, Recovered};
+use crate::log::repair::DamageReport;
 use crate::log::segment::{check_segment_len, parse_live_name, parse_spare_name};
 
 /// A live segment file as found.
@@ -43,6 +44,9 @@ pub struct Inspection {
     pub recovered: Recovered,
     /// The hard state, when the file exists.
     pub hard_state: Option<HardState>,
+    /// Damage before the tail, when scanned by [`inspect_for_repair`] (`recovered` is then the
+    /// log as a repair would cut it).
+    pub damage: Option<DamageReport>,
 }
 
 /// One batch record as listed by [`Inspection::batches`].
@@ -57,6 +61,17 @@ pub struct ListedBatch<'a> {
 
 /// Scans `dir` read-only. Corruption before the tail is returned as [`LogError::Corrupt`].
 pub fn inspect(dir: &Path) -> Result<Inspection, LogError> {
+    inspect_with(dir, false)
+}
+
+/// Scans `dir` read-only as [`Log::open_for_repair`](crate::log::Log::open_for_repair) would:
+/// damage before the tail is reported in [`Inspection::damage`] (with the index range it
+/// loses) instead of failing. Damaged segment headers still fail.
+pub fn inspect_for_repair(dir: &Path) -> Result<Inspection, LogError> {
+    inspect_with(dir, true)
+}
+
+fn inspect_with(dir: &Path, repair: bool) -> Result<Inspection, LogError> {
     let listing = std::fs::read_dir(dir)
         .map_err(|err| LogError::io(format!("list {}", dir.display()), err))?;
     let mut segments = Vec::new();
@@ -88,17 +103,23 @@ pub fn inspect(dir: &Path) -> Result<Inspection, LogError> {
         }
     }
     segments.sort_by_key(|segment| segment.first_seq);
-    let recovered = recover_files(
+    let (recovered, damage) = recover_files(
         segments
             .iter()
             .map(|segment| (segment.path.as_path(), segment.first_seq, &segment.map[..])),
+        repair,
     )?;
+    let damage = damage.map(|damage| {
+        let file = segments[damage.at.segment].path.clone();
+        DamageReport::new(damage, file)
+    });
     let hard_state = read_file(&dir.join(HARD_STATE_FILE))?;
     Ok(Inspection {
         segments,
         spares,
         recovered,
         hard_state,
+        damage,
     })
 }
 

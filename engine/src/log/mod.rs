@@ -3,13 +3,15 @@
 //!
 //! - [`record`]: one record per [`Batch`](crate::batch::Batch); pure encode / decode / verify.
 //! - [`recovery`]: the pure scan that turns segment bytes into the log, a torn tail to cut, or a
-//!   corruption error naming file, offset and index.
+//!   corruption error naming file, offset and index (or, for a repair, the damage to cut).
 //! - [`segment`]: segment files (zero-filled, full size before they get a name) and their names.
 //! - `preparer`: a background thread keeping one (or more) spare segments ready, zero-filled and
 //!   mapped, and reusing compacted segments.
 //! - `sync`: sync rounds, several in flight, through io_uring (or fdatasync on helper threads as
 //!   the fallback).
 //! - [`hard_state`]: term and vote in a two-slot checksummed file.
+//! - [`repair`]: the marker a log cut before damaged records keeps until the lost range is
+//!   fetched back from peers.
 //! - [`Log`] (in `durable_log`): the type the storage thread owns.
 //! - [`inspect`]: read-only verification and listing, for `lockstep log`.
 //!
@@ -41,6 +43,7 @@ pub mod inspect;
 mod preparer;
 pub mod record;
 pub mod recovery;
+pub mod repair;
 pub mod segment;
 mod sync;
 

@@ -272,6 +272,9 @@ struct Witness {
     best: Option<(u64, u64, usize, usize)>,
     max_seq: u64,
     newer_records: u64,
+    /// The highest last index any newer record implies the log held: a batch's own last index,
+    /// or for a marker voiding from `i`, `i - 1`.
+    last_index_claimed: LogIndex,
 }
 
 fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: u64) -> Witness {
@@ -291,6 +294,11 @@ fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: 
                     if h.seq >= min_seq {
                         witness.max_seq = witness.max_seq.max(h.seq);
                         witness.newer_records += 1;
+                        let implied = match h.kind {
+                            RecordKind::Batch(_) => h.last_index(),
+                            RecordKind::Truncate => h.first_index.prev(),
+                        };
+                        witness.last_index_claimed = witness.last_index_claimed.max(implied);
                         if witness.best.map_or(true, |best| h.synced_seq > best.0) {
                             witness.best = Some((h.synced_seq, h.seq, position, offset));
                         }
@@ -302,18 +310,37 @@ fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: 
     }
     witness
 }
-/// [`recover`] over named segment files in sequence order: `(path, first_seq, bytes)` each. A
-/// corruption becomes [`LogError::Corrupt`] naming the file.
+/// Damage before the tail, as [`recover_for_repair`] reports it: where it is, and how far the
+/// log is known to have reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Where the damage is; `at.index` is the first entry that cannot be read.
+    pub at: CorruptAt,
+    /// The highest index the log is known to have held: the last index of the good prefix or
+    /// the last index any valid record found after the damage implies, whichever is higher.
+    /// Entries up to it may have been durable, hence acknowledged to a leader.
+    pub last_index_claimed: LogIndex,
+}
+
+/// [`recover`] (or, with `repair`, [`recover_for_repair`]) over named segment files in
+/// sequence order: `(path, first_seq, bytes)` each. A corruption that is refused becomes
+/// [`LogError::Corrupt`] naming the file.
 pub(crate) fn recover_files<'a>(
     files: impl Iterator<Item = (&'a Path, u64, &'a [u8])>,
-) -> Result<Recovered, LogError> {
+    repair: bool,
+) -> Result<(Recovered, Option<Damage>), LogError> {
     let mut paths = Vec::new();
     let mut inputs = Vec::new();
     for (path, first_seq, bytes) in files {
         paths.push(path);
         inputs.push(SegmentBytes { first_seq, bytes });
     }
-    recover(&inputs).map_err(|corrupt| LogError::Corrupt {
+    let outcome = if repair {
+        recover_for_repair(&inputs)
+    } else {
+        recover(&inputs).map(|recovered| (recovered, None))
+    };
+    outcome.map_err(|corrupt| LogError::Corrupt {
         file: paths[corrupt.segment].to_path_buf(),
         offset: corrupt.offset as u64,
         index: corrupt.index,
@@ -324,8 +351,32 @@ pub(crate) fn recover_files<'a>(
 /// Scans the live segments (in name order) and returns the log they hold, or where it is
 /// corrupt. Never panics on any input bytes.
 pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
+    match scan(segments)? {
+        (recovered, None) => Ok(recovered),
+        (_, Some(damage)) => Err(damage.at),
+    }
+}
+
+/// Like [`recover`], except that damage to records before the tail (a record that fails its
+/// checks where a later record witnesses it was durable, a missing middle segment, an
+/// unreadable first record of a compacted log) does not refuse: the log is cut right before the
+/// damage, like a torn tail, and the damage is returned beside it so the caller can fetch the
+/// lost range from peers (protocol-aware recovery). Intact records after the damage are dropped
+/// too: without the entries before them they cannot be part of the log (log matching), but
+/// they count towards [`Damage::last_index_claimed`]. When nothing before the damage survives,
+/// the log restarts empty (`tail` is `None`, every segment is discarded). Damaged segment
+/// headers and names are still refused (nothing of such a file can be trusted).
+pub fn recover_for_repair(
+    segments: &[SegmentBytes<'_>],
+) -> Result<(Recovered, Option<Damage>), CorruptAt> {
+    scan(segments)
+}
+
+/// The scan behind [`recover`] and [`recover_for_repair`]: the log cut at the first stop, and
+/// the damage when the stop is not a torn tail. Errors only for damaged segment headers.
+fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), CorruptAt> {
     let Some(first) = segments.first() else {
-        return Ok(Recovered {
+        let empty = Recovered {
             spans: VecDeque::new(),
             next_index: LogIndex(1),
             last_term: Term::ZERO,
@@ -335,7 +386,8 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
             tail: None,
             torn: None,
             records: 0,
-        });
+        };
+        return Ok((empty, None));
     };
     for (position, segment) in segments.iter().enumerate() {
         if let Err(reason) = check_segment_header(segment.bytes) {
@@ -367,8 +419,9 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
     };
     let mut position = 0usize;
     let mut offset = SEGMENT_HEADER_BYTES;
-    // (segment, offset, reason) of the first record that is missing or bad.
-    let stop: (usize, usize, String) = loop {
+    // (segment, offset, reason) of the first record that is missing or bad, and where a record
+    // that chains but is impossible (wrong index or term) sits, if that is why the chain ended.
+    let (stop, fatal_at): ((usize, usize, String), Option<(usize, usize)>) = loop {
         let segment = &segments[position];
         let next = segments.get(position + 1);
         let exact = (offset == SEGMENT_HEADER_BYTES).then_some(segment.first_seq);
@@ -379,13 +432,13 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
                 offset += view.header.stored_bytes();
                 continue;
             }
-            Step::Fatal(reason) => return Err(corrupt(&chain, position, offset, reason)),
+            Step::Fatal(reason) => break ((position, offset, reason), Some((position, offset))),
             Step::Stop(reason, damaged) => (reason, damaged),
         };
         let Some(next) = next.filter(|_| chain.prev_crc.is_some()) else {
             // No next segment, or no record yet to chain it to (a segment is only ever started
             // after its predecessor holds a record, so a later segment cannot begin the log).
-            break (position, offset, reason);
+            break ((position, offset, reason), None);
         };
         let limit = segments.get(position + 2).map(|n| n.first_seq);
         match chain.step(
@@ -400,23 +453,32 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
                 offset = SEGMENT_HEADER_BYTES + view.header.stored_bytes();
             }
             Step::Fatal(reason) => {
-                return Err(corrupt(&chain, position + 1, SEGMENT_HEADER_BYTES, reason))
+                break (
+                    (position, offset, reason),
+                    Some((position + 1, SEGMENT_HEADER_BYTES)),
+                )
             }
             Step::Stop(next_reason, _) if damaged => {
                 break (
-                    position,
-                    offset,
-                    format!("{reason} (and the next segment does not continue: {next_reason})"),
+                    (
+                        position,
+                        offset,
+                        format!("{reason} (and the next segment does not continue: {next_reason})"),
+                    ),
+                    None,
                 )
             }
             Step::Stop(next_reason, _) => {
                 break (
-                    position + 1,
-                    SEGMENT_HEADER_BYTES,
-                    format!(
-                        "{next_reason} (first record of the next segment; a segment may be \
-                         missing before it)"
+                    (
+                        position + 1,
+                        SEGMENT_HEADER_BYTES,
+                        format!(
+                            "{next_reason} (first record of the next segment; a segment may be \
+                             missing before it)"
+                        ),
                     ),
+                    None,
                 )
             }
         }
@@ -429,47 +491,67 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
         (stop_segment, stop_offset),
         chain.last_seq + 1,
     );
-    if let Some((synced_seq, seq, w_segment, w_offset)) = witness.best {
-        if synced_seq > chain.last_seq {
-            return Err(corrupt(
-                &chain,
-                stop_segment,
-                stop_offset,
-                format!(
-                    "{reason}; yet record seq {seq} (segment #{w_segment} offset {w_offset}) \
-                     says seq {synced_seq} was durable: records after seq {} had been synced",
-                    chain.last_seq
-                ),
-            ));
-        }
-    }
-    if chain.records == 0 && first.first_seq > 1 {
-        return Err(corrupt(
+    let damage = if let Some((segment, offset)) = fatal_at {
+        Some(corrupt(&chain, segment, offset, reason.clone()))
+    } else if let Some((synced_seq, seq, w_segment, w_offset)) =
+        witness.best.filter(|best| best.0 > chain.last_seq)
+    {
+        Some(corrupt(
+            &chain,
+            stop_segment,
+            stop_offset,
+            format!(
+                "{reason}; yet record seq {seq} (segment #{w_segment} offset {w_offset}) \
+                 says seq {synced_seq} was durable: records after seq {} had been synced",
+                chain.last_seq
+            ),
+        ))
+    } else if chain.records == 0 && first.first_seq > 1 {
+        Some(corrupt(
             &chain,
             0,
             SEGMENT_HEADER_BYTES,
             format!("{reason}; the first record of a compacted log is unreadable"),
-        ));
-    }
+        ))
+    } else {
+        None
+    };
     // The tail is always in the segment whose chain we followed; segments after it (when the
     // stop was the first record of the next segment) are discarded whole.
-    let tail_segment = if stop_segment > position {
-        position
+    let (tail_segment, tail_offset) = if stop_segment > position {
+        (position, offset)
     } else {
-        stop_segment
+        (stop_segment, stop_offset)
     };
-    let tail_offset = if stop_segment > position {
-        offset
-    } else {
-        stop_offset
-    };
+    let next_index = chain.next_index.unwrap_or(LogIndex(1));
+    let next_seq = chain.last_seq.max(witness.max_seq) + 1;
+    if let Some(at) = damage {
+        let damage = Damage {
+            last_index_claimed: next_index.prev().max(witness.last_index_claimed),
+            at,
+        };
+        // With nothing before the damage, no record could chain to the next one at the start
+        // of a segment named after an older seq: the log restarts in a fresh segment.
+        let tail = (chain.records > 0).then_some((tail_segment, tail_offset));
+        let recovered = Recovered {
+            next_seq,
+            spans: chain.spans,
+            next_index,
+            last_term: chain.last_term,
+            last_seq: chain.last_seq,
+            last_crc: chain.last_crc,
+            tail,
+            torn: None,
+            records: chain.records,
+        };
+        return Ok((recovered, Some(damage)));
+    }
     // Clean: nothing newer anywhere, and the tail position holds zeros or a stale record.
     let at_tail = &segments[tail_segment].bytes[tail_offset..];
     let tail_is_clean = witness.newer_records == 0
         && segments[tail_segment + 1..].is_empty()
         && (at_tail.iter().take(RECORD_HEADER_BYTES).all(|&b| b == 0)
             || verify_record(at_tail).is_ok_and(|view| view.header.seq <= chain.last_seq));
-    let next_index = chain.next_index.unwrap_or(LogIndex(1));
     let torn = (!tail_is_clean).then_some(TornTail {
         segment: tail_segment,
         offset: tail_offset,
@@ -477,8 +559,8 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
         reason,
         newer_records_discarded: witness.newer_records,
     });
-    Ok(Recovered {
-        next_seq: chain.last_seq.max(witness.max_seq) + 1,
+    let recovered = Recovered {
+        next_seq,
         spans: chain.spans,
         next_index,
         last_term: chain.last_term,
@@ -487,7 +569,8 @@ pub fn recover(segments: &[SegmentBytes<'_>]) -> Result<Recovered, CorruptAt> {
         tail: Some((tail_segment, tail_offset)),
         torn,
         records: chain.records,
-    })
+    };
+    Ok((recovered, None))
 }
 
 fn corrupt(chain: &Chain, segment: usize, offset: usize, reason: String) -> CorruptAt {
@@ -708,6 +791,83 @@ mod tests {
         assert_eq!(rec.spans.len(), 1);
         assert_eq!(rec.spans[0].first_index, LogIndex(2));
         assert_eq!(rec.torn, None);
+    }
+
+    #[test]
+    fn repair_cuts_before_witnessed_damage_and_remembers_the_highest_index() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        let (_, second) = w.append(&batch(3, 2, 1));
+        w.synced_seq = 2;
+        w.append(&batch(5, 2, 1));
+        w.synced_seq = 3;
+        w.append(&batch(7, 3, 2));
+        w.segments[0].1[second + 70] ^= 4;
+        assert!(recover(&w.input()).is_err());
+        let (rec, damage) = recover_for_repair(&w.input()).unwrap();
+        let damage = damage.expect("damage reported");
+        assert_eq!(
+            (damage.at.segment, damage.at.offset, damage.at.index),
+            (0, second, LogIndex(3))
+        );
+        assert_eq!(damage.last_index_claimed, LogIndex(9));
+        // The good prefix stays, the rest is cut like a torn tail, seqs continue above all.
+        assert_eq!(rec.next_index, LogIndex(3));
+        assert_eq!(rec.tail, Some((0, second)));
+        assert_eq!((rec.torn, rec.next_seq), (None, 5));
+        // A clean log reports no damage in repair mode either.
+        let clean = Writer::new();
+        let (_, none) = recover_for_repair(&clean.input()).unwrap();
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn repair_with_nothing_before_the_damage_restarts_empty() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        w.synced_seq = 1;
+        w.append(&batch(3, 2, 1));
+        w.segments[0].1[SEGMENT_HEADER_BYTES + 8] ^= 1;
+        let (rec, damage) = recover_for_repair(&w.input()).unwrap();
+        let damage = damage.expect("damage reported");
+        assert_eq!(
+            (damage.at.index, damage.last_index_claimed),
+            (LogIndex(1), LogIndex(4))
+        );
+        assert_eq!(
+            (rec.tail, rec.records, rec.next_index),
+            (None, 0, LogIndex(1))
+        );
+        assert_eq!(rec.next_seq, 3);
+    }
+
+    #[test]
+    fn repair_after_a_missing_middle_segment_counts_the_later_records() {
+        let mut w = Writer::new();
+        for i in 0..12 {
+            w.synced_seq = i;
+            w.append(&batch(1 + i * 2, 2, 1));
+        }
+        let segments = w.segments.len();
+        assert!(segments >= 3);
+        w.segments.remove(1);
+        let (rec, damage) = recover_for_repair(&w.input()).unwrap();
+        let damage = damage.expect("damage reported");
+        assert_eq!(damage.last_index_claimed, LogIndex(24));
+        assert_eq!(rec.tail.unwrap().0, 0, "the log ends in the first segment");
+        assert_eq!(damage.at.index, rec.next_index);
+    }
+
+    #[test]
+    fn a_seal_marker_after_the_damage_claims_the_index_before_it() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        let (_, second) = w.append(&batch(3, 4, 1));
+        w.synced_seq = 2;
+        w.truncate(7);
+        w.segments[0].1[second + 70] ^= 4;
+        let (_, damage) = recover_for_repair(&w.input()).unwrap();
+        assert_eq!(damage.unwrap().last_index_claimed, LogIndex(6));
     }
 
     #[test]

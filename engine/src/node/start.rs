@@ -1,11 +1,19 @@
 //! Start-up: recovery from the data directory, and the spawning of the stage threads.
 //!
 //! Recovery: the newest snapshot file (verified; a corrupt one refuses the start, naming the
-//! file), the log (verified by `Log::open`; corruption refuses the start, naming the file), and
-//! the reconciliation of the two: a log that holds the snapshot's index with its term keeps the
+//! file), the log (verified by `Log::open`), and the reconciliation of the two: a log that holds the snapshot's index with its term keeps the
 //! entries after it; a log that starts right after the snapshot is kept whole; any other log
 //! (older than the snapshot, or a remnant of an interrupted snapshot install) is reset to start
 //! after the snapshot. A log that starts after the snapshot with a gap is refused.
+//!
+//! Damage before the log's tail (protocol-aware recovery, `docs/RAFT.md` "Repair"): when the
+//! node has at least one other voter (per the snapshot's membership, else the configured
+//! members), the log is reopened with `Log::open_for_repair`, which keeps the good prefix, cuts
+//! the rest and records the highest index the log held; the core then starts repairing: it
+//! fetches the lost range from the leader through the ordinary append / snapshot path and
+//! neither votes nor campaigns until its log durably reaches that index again. A node that is
+//! the only voter has nobody to fetch from and refuses to start, naming the file, the offset,
+//! the lost index range and what the operator can do; nothing is cut then.
 //!
 //! Layout of the data directory: `log/` (segments and hard state, see `docs/LOG.md`) and
 //! `snapshots/` (see [`crate::apply::snapshot`]).
@@ -14,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 use crate::apply::snapshot;
 use crate::batch::Batch;
-use crate::log::Log;
+use crate::log::inspect::inspect_for_repair;
+use crate::log::{Log, LogError, OpenReport};
 use crate::raft::{HardState, Membership, Restored, SnapshotMeta};
 use crate::types::{LogIndex, NodeId};
 
@@ -39,7 +48,11 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
     let snapshot_dir = snapshot_dir(&config.data_dir);
     let snapshot = snapshot::latest(&snapshot_dir).map_err(refuse)?;
     let log_dir = log_dir(&config.data_dir);
-    let (mut log, report) = Log::open(&log_dir, config.log.clone()).map_err(refuse)?;
+    let voters = match &snapshot {
+        Some((meta, _)) => meta.membership.voters.clone(),
+        None => config.members.keys().copied().collect(),
+    };
+    let (mut log, report) = open_log(config, &log_dir, &voters)?;
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(file = %torn.file.display(), index = torn.index.get(), "cut a torn log tail");
     }
@@ -61,8 +74,51 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
         snapshot,
         batches,
         initial_membership: Membership::with_voters(config.members.keys().copied()),
+        repair_until: log.repair().map(|repair| repair.until),
     };
     Ok((log, restored))
+}
+
+/// Opens the log; damage before its tail is cut and repaired from peers when some other voter
+/// can send the lost entries, and refused otherwise (see the module docs).
+fn open_log(
+    config: &NodeConfig,
+    log_dir: &Path,
+    voters: &std::collections::BTreeSet<NodeId>,
+) -> Result<(Log, OpenReport), NodeError> {
+    match Log::open(log_dir, config.log.clone()) {
+        Err(LogError::Corrupt { .. }) => {}
+        opened => return opened.map_err(refuse),
+    }
+    if voters.iter().all(|&voter| voter == config.id) {
+        // Read-only, so the log is left exactly as found for the operator.
+        let inspection = inspect_for_repair(log_dir).map_err(refuse)?;
+        let Some(damage) = inspection.damage else {
+            return Log::open(log_dir, config.log.clone()).map_err(refuse);
+        };
+        return Err(refuse(format!(
+            "{damage}. Node {} is the only voter, so no peer holds a copy to repair them from, \
+             and serving without them could lose acknowledged writes. Restore the data \
+             directory {} from a backup or a copy of a replica; `lockstep log verify {}` shows \
+             the damage",
+            config.id,
+            config.data_dir.display(),
+            log_dir.display()
+        )));
+    }
+    let (log, report) = Log::open_for_repair(log_dir, config.log.clone()).map_err(refuse)?;
+    if let Some(repair) = report.repair {
+        tracing::warn!(
+            node = config.id.get(),
+            first_lost = repair.first_lost.get(),
+            until = repair.until.get(),
+            "repairing the log from peers: this node will not vote or campaign until its log \
+             is durable up to {} again (if no peer holds those entries, e.g. every copy is \
+             damaged, it cannot serve: restore its data directory from a backup)",
+            repair.until
+        );
+    }
+    Ok((log, report))
 }
 
 /// Makes the log continue the snapshot (see the module docs).

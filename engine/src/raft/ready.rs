@@ -45,6 +45,13 @@ pub struct Restored {
     pub batches: Vec<Batch>,
     /// The membership used when neither the snapshot nor the log holds one.
     pub initial_membership: Membership,
+    /// Set when the log lost entries it once held durably (damage cut off at start, see
+    /// `docs/RAFT.md`, "Repair"): the highest index it held. Some of the lost entries may have
+    /// been acknowledged, so a leader may have counted this node for their commit; until its
+    /// log is durable up to this index again (fetched from a leader by the ordinary append or
+    /// snapshot path), the node neither grants (pre-)votes nor campaigns, which could otherwise
+    /// elect a leader that lacks a committed entry. Ignored when the log already reaches it.
+    pub repair_until: Option<LogIndex>,
 }
 
 /// Identifies a [`StorageWrite`]; ids strictly increase, starting at 1.

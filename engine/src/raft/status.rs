@@ -81,6 +81,10 @@ pub struct Stats {
     pub reads_failed: u64,
     /// Leadership transfers aborted after an election timeout.
     pub transfers_aborted: u64,
+    /// (Pre-)votes refused because this node is repairing its log.
+    pub votes_refused_repairing: u64,
+    /// Repairs completed (the log again durably covers what it held before the damage).
+    pub repairs_completed: u64,
 }
 
 /// A snapshot of a core's state.
@@ -108,6 +112,9 @@ pub struct Status {
     pub last_index: LogIndex,
     /// Last write id the runtime reported durable.
     pub durable_write: WriteId,
+    /// While repairing a damaged log: the index the log must durably reach again before this
+    /// node votes or campaigns (see [`Restored::repair_until`](super::Restored::repair_until)).
+    pub repair_until: Option<LogIndex>,
     /// The membership in effect (the latest appended).
     pub membership: Membership,
     /// A leader's view of its peers (empty otherwise).

@@ -554,6 +554,7 @@ impl Cluster {
             snapshot: durable.snapshot.clone(),
             batches: durable.batches.clone(),
             initial_membership: self.membership.clone(),
+            repair_until: None,
         };
         let raft = match Raft::new(config, restored) {
             Ok(raft) => raft,

@@ -17,7 +17,12 @@ impl Raft {
     /// removes while that change is uncommitted, if it voted before it (Raft dissertation
     /// 4.2.2): the remaining voters may need it as leader to commit the change. It does not
     /// count its own vote then (votes are tallied over the latest membership).
+    ///
+    /// A node repairing its log never campaigns (it may lack entries it acknowledged).
     pub(super) fn can_campaign(&self) -> bool {
+        if self.repair_until.is_some() {
+            return false;
+        }
         if self.membership().is_voter(self.id) {
             return true;
         }
@@ -92,8 +97,20 @@ impl Raft {
         }
     }
 
+    /// Whether this node may grant a (pre-)vote at all: not while it repairs its log, since
+    /// it compares the candidate against a log that lost entries it may have acknowledged.
+    /// Counts the refusal.
+    pub(super) fn may_grant_votes(&mut self) -> bool {
+        if self.repair_until.is_some() {
+            self.stats.votes_refused_repairing += 1;
+            return false;
+        }
+        true
+    }
+
     pub(super) fn handle_vote(&mut self, from: NodeId, last_index: LogIndex, last_term: Term) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+        let can_vote = can_vote && self.may_grant_votes();
         let granted = can_vote && self.log_up_to_date(last_index, last_term);
         if granted {
             self.reset_election_timer();

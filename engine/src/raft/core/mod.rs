@@ -104,6 +104,8 @@ pub struct Raft {
     applied: LogIndex,
     /// Highest index such that this node's log up to it is durable.
     durable: LogIndex,
+    /// Repairing a damaged log: no votes, no campaigns until `durable` reaches this index.
+    repair_until: Option<LogIndex>,
     snapshot: Option<(SnapshotMeta, Bytes)>,
     incoming: Option<IncomingSnapshot>,
 
@@ -158,6 +160,7 @@ impl Raft {
             snapshot,
             batches,
             initial_membership,
+            repair_until,
         } = restored;
         if let Some((meta, _)) = &snapshot {
             if meta.term > hard_state.term {
@@ -211,6 +214,7 @@ impl Raft {
             leader: None,
             reported_soft: None,
             durable: log.last_index(),
+            repair_until: repair_until.filter(|&until| until > log.last_index()),
             log,
             commit: snapshot_index,
             committed_out: snapshot_index,
@@ -396,6 +400,12 @@ impl Raft {
             self.writes_inflight.pop_front();
             self.durable = last;
         }
+        if self.repair_until.is_some_and(|until| self.durable >= until) {
+            // Every entry this node may have acknowledged before the damage is held again,
+            // matching a leader's log: it may vote again.
+            self.repair_until = None;
+            self.stats.repairs_completed += 1;
+        }
         if self.hard_state_write.is_some_and(|id| id <= write) {
             self.hard_state_write = None;
         }
@@ -528,6 +538,7 @@ impl Raft {
             first_index: self.log.first_index(),
             last_index: self.log.last_index(),
             durable_write: self.durable_write,
+            repair_until: self.repair_until,
             membership: self.membership().clone(),
             progress: self
                 .progress
@@ -600,6 +611,15 @@ impl Raft {
             self.log.last_term(),
             self.term
         );
+        if let Some(until) = self.repair_until {
+            assert!(
+                self.role == Role::Follower && until > self.durable,
+                "{}: repairing up to {until} but {:?} with durable {}",
+                self.id,
+                self.role,
+                self.durable
+            );
+        }
         self.log.check();
         let mut previous = self.log.snapshot_index();
         for &(index, _) in &self.membership_log {

@@ -138,7 +138,9 @@ impl Raft {
                 last_index,
                 last_term,
             } => {
-                let granted = term > self.term && self.log_up_to_date(last_index, last_term);
+                let granted = term > self.term
+                    && self.log_up_to_date(last_index, last_term)
+                    && self.may_grant_votes();
                 let reply_term = if granted { term } else { self.term };
                 self.send_with_term(
                     from,

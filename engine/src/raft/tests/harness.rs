@@ -421,12 +421,34 @@ impl Cluster {
 
     /// Restarts `id` from its disk.
     pub(crate) fn restart(&mut self, id: u64) {
-        let node = self.nodes.remove(&NodeId(id)).expect("node");
+        self.restart_damaged(id, None, false);
+    }
+
+    /// Restarts `id` from its disk after damage from index `lost_from` on was cut off (as
+    /// `Log::open_for_repair` does). With `remember`, the core is told the highest index the
+    /// log held (the repair gate); without, it is the bug the gate prevents.
+    pub(crate) fn restart_damaged(&mut self, id: u64, lost_from: Option<u64>, remember: bool) {
+        let mut node = self.nodes.remove(&NodeId(id)).expect("node");
+        let held = node
+            .disk
+            .batches
+            .last()
+            .map_or(LogIndex::ZERO, Batch::last_index);
+        if let Some(from) = lost_from {
+            let from = LogIndex(from);
+            node.disk.batches.retain(|batch| batch.first_index() < from);
+            if let Some(last) = node.disk.batches.last_mut() {
+                if last.last_index() >= from {
+                    *last = last.prefix_to(from.prev());
+                }
+            }
+        }
         let restored = Restored {
             hard_state: node.disk.hard_state,
             snapshot: node.disk.snapshot.clone(),
             batches: node.disk.batches.clone(),
             initial_membership: node.initial.clone(),
+            repair_until: remember.then_some(held),
         };
         self.add_node(node.config, restored);
     }

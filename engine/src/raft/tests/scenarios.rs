@@ -1019,3 +1019,60 @@ fn a_lagging_member_hears_a_candidate_it_does_not_know() {
         "2 learned the membership from its new leader"
     );
 }
+
+/// Entries 2..=6 commit on {1, 2} while 3 is cut off; then 1 crashes and 2 restarts with its
+/// log damaged from index 2 (cut off by the repair open). Returns the cluster with 2 and 3 up
+/// and connected, after enough time for an election among them.
+fn committed_entries_lost_on_a_voter(remember: bool) -> Cluster {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.isolate(3);
+    let last = cluster.propose(1, 5);
+    cluster.stabilize();
+    assert_eq!((last, commit(&cluster, 1)), (LogIndex(6), LogIndex(6)));
+    assert_eq!(cluster.node(2).raft.status().durable, LogIndex(6));
+    cluster.crash(1);
+    cluster.crash(2);
+    cluster.restart_damaged(2, Some(2), remember);
+    cluster.heal();
+    cluster.ticks(100);
+    cluster
+}
+
+#[test]
+fn repair_a_node_that_lost_acknowledged_entries_neither_votes_nor_campaigns() {
+    let mut cluster = committed_entries_lost_on_a_voter(true);
+    let repairing = cluster.node(2).raft.status();
+    assert_eq!(repairing.repair_until, Some(LogIndex(6)));
+    assert!(repairing.stats.votes_refused_repairing > 0);
+    assert_eq!(repairing.stats.pre_votes_started, 0, "never campaigns");
+    assert_eq!(
+        cluster.leader(),
+        None,
+        "3 lacks the committed entries and 2 may not vote for it"
+    );
+    // The node holding the entries comes back: it wins with 3's vote and repairs 2.
+    cluster.restart(1);
+    cluster.ticks(100);
+    assert_eq!(cluster.leader(), Some(1));
+    let repaired = cluster.node(2).raft.status();
+    assert_eq!(repaired.repair_until, None);
+    assert_eq!(repaired.stats.repairs_completed, 1);
+    for id in [1, 2, 3] {
+        let terms = cluster.terms(id);
+        assert_eq!(
+            &terms[1..6],
+            &[(2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
+            "{id} holds the committed entries"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "state machine safety")]
+fn repair_gate_off_loses_a_committed_entry() {
+    // The same damage without the repair gate: 2 votes for 3, whose new term overwrites the
+    // entries that had committed, and the harness sees another entry applied at index 2. The
+    // gate above is what prevents this.
+    committed_entries_lost_on_a_voter(false);
+}
