@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lockstep::server::LogFormat;
 
+mod chaos;
 mod log_cmd;
 mod serve_cmd;
 mod sim_cmd;
@@ -32,6 +33,8 @@ enum Command {
     Log(log_cmd::Args),
     /// Replay one seed of the deterministic consensus simulator.
     Sim(sim_cmd::Args),
+    /// Fault-test a real cluster (kill, pause, partition, corrupt) and check its history.
+    Chaos(chaos::Args),
 }
 
 /// Environment variable holding the log filter (`info`, `debug`, `lockstep=debug,warn`, ...).
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Chaos(args) => chaos::run(args),
     }
 }
 
