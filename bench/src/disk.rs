@@ -141,6 +141,7 @@ fn run_in(dir: &Path, mut config: DiskConfig, started_utc: String) -> Result<Dis
         bench: "disk".to_string(),
         started_utc,
         machine,
+        warning: None,
         config,
         results: outcome?,
     })

@@ -268,6 +268,10 @@ pub struct Report<C, R> {
     pub started_utc: String,
     /// The machine.
     pub machine: Machine,
+    /// Said first, in capitals, in the text and present in the JSON only when set: what makes
+    /// these figures unlike the others (e.g. a run without durability).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// The configuration the mode ran with.
     pub config: C,
     /// The mode's figures, flattened into the top level of the JSON.
@@ -290,6 +294,9 @@ impl<C: Serialize + Describe, R: Serialize + Describe> Report<C, R> {
     pub fn to_text(&self) -> String {
         let mut text = String::new();
         writeln!(text, "lockstep-bench {} ({})", self.bench, self.started_utc).unwrap();
+        if let Some(warning) = &self.warning {
+            writeln!(text, "WARNING: {warning}").unwrap();
+        }
         section(&mut text, "results", &self.results.rows());
         section(&mut text, "config", &self.config.rows());
         section(&mut text, "machine", &self.machine.rows());

@@ -176,7 +176,10 @@ fn sigint_in_the_middle_of_a_run_stops_the_nodes_and_removes_their_data() {
 fn bad_options_exit_2_naming_the_option() {
     for (args, option) in [
         (&["--nodes", "2"][..], "--nodes"),
-        (&["--durability", "none"][..], "--durability"),
+        (
+            &["--durability", "none", "--connect", "127.0.0.1:1"][..],
+            "--durability",
+        ),
         (&["--sweep", "threads=1"][..], "--sweep"),
     ] {
         let output = bench().args(args).output().unwrap();
@@ -186,6 +189,7 @@ fn bad_options_exit_2_naming_the_option() {
     }
 }
 
+/// Also: batch requests in an open loop, and a run without durability that says so.
 #[test]
 fn an_open_loop_run_offers_its_rate() {
     let parent = tempfile::tempdir().unwrap();
@@ -201,6 +205,10 @@ fn an_open_loop_run_offers_its_rate() {
             "2",
             "--depth",
             "256",
+            "--batch",
+            "4",
+            "--durability",
+            "none",
         ])
         .args(["--seconds", "2", "--warmup", "0.5"])
         .arg("--dir")
@@ -209,10 +217,22 @@ fn an_open_loop_run_offers_its_rate() {
         .arg(&json_path)
         .output()
         .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
+    assert!(
+        stdout.contains("WARNING: DURABILITY NONE") && stdout.contains("NOT durable"),
+        "{stdout}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert!(report["warning"]
+        .as_str()
+        .unwrap()
+        .contains("DURABILITY NONE"));
+    assert_eq!(report["config"]["durability"], "none");
+    assert_eq!(report["config"]["tuning"]["sync"], "none");
+    assert_eq!(report["config"]["batch"], 4);
     assert_eq!(report["config"]["load_loop"], "open");
     assert_eq!(report["offered_per_sec"], 2000.0);
     // The schedule, not the cluster, sets the pace: the committed rate is the offered one
@@ -228,7 +248,7 @@ fn a_sweep_reports_one_point_per_value_in_one_table() {
     let out = tempfile::tempdir().unwrap();
     let json_path = out.path().join("sweep.json");
     let output = bench()
-        .args(["--nodes", "1", "--sweep", "clients=1,2", "--depth", "8"])
+        .args(["--nodes", "1", "--sweep", "batch=1,4", "--depth", "8"])
         .args(["--seconds", "1", "--warmup", "0.2"])
         .arg("--dir")
         .arg(parent.path())
@@ -240,16 +260,16 @@ fn a_sweep_reports_one_point_per_value_in_one_table() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}\n{stdout}");
     assert!(
-        stdout.contains("entries/s") && stdout.contains("clients=1,2"),
+        stdout.contains("entries/s") && stdout.contains("batch=1,4"),
         "{stdout}"
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    assert_eq!(report["knob"], "clients");
+    assert_eq!(report["knob"], "batch");
     let points = report["points"].as_array().unwrap();
     assert_eq!(points.len(), 2);
-    for (point, clients) in points.iter().zip([1, 2]) {
-        assert_eq!(point["value"], clients);
+    for (point, batch) in points.iter().zip([1, 4]) {
+        assert_eq!(point["value"], batch);
         assert!(
             point["throughput_per_sec"].as_f64().unwrap() > 0.0,
             "{point}"

@@ -171,3 +171,60 @@ fn a_failed_snapshot_write_stops_the_node_with_the_reason() {
         other => panic!("shutdown of a failed node: {other:?}"),
     }
 }
+
+#[test]
+fn batch_proposals_are_all_or_nothing_at_consecutive_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = members(1);
+    let cfg = config(1, &members, dir.path(), 100_000);
+    let node = Node::start(cfg, Kv::default()).unwrap();
+    let nodes = [Some(node)];
+    wait_leader(&nodes);
+    let [Some(node)] = nodes else { unreachable!() };
+
+    let commands = [&b"b=1"[..], b"b=2", b"b=3"]
+        .map(Bytes::from_static)
+        .to_vec();
+    let batch = node.propose_batch(commands).wait().unwrap();
+    assert_eq!(
+        batch.results,
+        [&b""[..], b"1", b"2"].map(Bytes::from_static).to_vec()
+    );
+    let read = node.read_local(Bytes::from_static(b"b")).wait().unwrap();
+    assert_eq!(read.index, batch.first.plus(2));
+    assert_eq!(read.result, Bytes::from_static(b"3"));
+
+    // Larger than one leader batch (4096 entries): split in the log, still consecutive.
+    let commands: Vec<Bytes> = (0..5000).map(|i| Bytes::from(format!("c=v{i}"))).collect();
+    let big = node.propose_batch(commands).wait().unwrap();
+    assert_eq!(big.first, read.index.next());
+    assert_eq!(big.results.len(), 5000);
+    assert_eq!(big.results[4999], Bytes::from_static(b"v4998"));
+
+    // One oversized command refuses the whole batch: nothing is appended.
+    let applied = big.first.get() + 4999;
+    let oversized = Bytes::from(vec![b'x'; lockstep::batch::ENTRY_BYTES_MAX + 1]);
+    let refused = node
+        .propose_batch(vec![Bytes::from_static(b"d=1"), oversized])
+        .wait();
+    match refused {
+        Err(NodeError::Refused(why)) => assert!(why.contains("command 1"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(matches!(
+        node.propose_batch(Vec::new()).wait(),
+        Err(NodeError::Refused(_))
+    ));
+    let after = node.propose(Bytes::from_static(b"d=2")).wait().unwrap();
+    assert_eq!(
+        after.index.get(),
+        applied + 1,
+        "the refused batch took no index"
+    );
+    assert_eq!(
+        after.result,
+        Bytes::new(),
+        "d was never set by the refused batch"
+    );
+    node.shutdown().unwrap();
+}

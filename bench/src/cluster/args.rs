@@ -20,8 +20,14 @@ pub const ENTRY_BYTES_MAX: usize = 16 << 20;
 /// Most client connections one run opens (each is a thread).
 pub const CLIENTS_MAX: usize = 4096;
 
-/// Most requests in flight on one connection.
+/// Entries per request unless `--batch` says otherwise (capped at `--depth`).
+pub const DEFAULT_BATCH: usize = 64;
+
+/// Most entries in flight on one connection.
 pub const DEPTH_MAX: usize = 1 << 16;
+
+/// Most payload bytes in one batch request (half the node's default 64 MiB frame limit).
+pub const REQUEST_BYTES_MAX: usize = 32 << 20;
 
 /// Arguments of the cluster benchmark.
 #[derive(clap::Args, Clone, Debug)]
@@ -38,9 +44,16 @@ pub struct Args {
     /// Client connections, each driven by its own thread.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Requests in flight per connection (pipelining).
+    /// Entries in flight per connection (pipelining).
     #[arg(long, default_value_t = 2048)]
     pub depth: usize,
+    /// Entries per request: 1 sends `Propose` requests, more sends `ProposeBatch` requests of
+    /// this many entries (a connection then keeps ceil(depth / batch) requests in flight). The
+    /// default, 64, was chosen by `--sweep batch=1,16,64,256` (docs/BENCHMARKS.md); it is
+    /// capped at `--depth` (and at 32 MiB per request), so `--depth 1` measures a single
+    /// one-entry `Propose`.
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -52,7 +65,8 @@ pub struct Args {
     /// closed (each reply releases the next request).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Durability of the nodes' logs: `fsync` (io_uring fdatasync before acknowledging).
+    /// Durability of the nodes' logs: `fsync` (io_uring fdatasync before acknowledging) or
+    /// `none` (no syncs at all: NOT durable; isolates everything but the disk).
     #[arg(long, value_enum, default_value_t = Durability::Fsync)]
     pub durability: Durability,
     /// Nodes' most entries per batch (default: the node's own).
@@ -78,7 +92,7 @@ pub struct Args {
     #[arg(long, default_value_t = 7)]
     pub cluster_id: u64,
     /// Run a series and print one table: `KNOB=V1,V2,...` with KNOB one of `clients`, `depth`,
-    /// `entry-bytes` (e.g. `clients=1,16,256`).
+    /// `entry-bytes`, `batch` (e.g. `clients=1,16,256`).
     #[arg(long)]
     pub sweep: Option<String>,
     /// Parent directory of the nodes' temporary data directory (default: the system's).
@@ -107,8 +121,23 @@ pub enum Mode {
 pub enum Durability {
     /// Every node syncs its log (io_uring fdatasync) before an entry counts as durable.
     Fsync,
-    /// No syncs (refused: the node has no such mode yet).
+    /// No syncs at all (the nodes run with `tuning.sync = "none"`): NOT durable. The report
+    /// says so first, in its text and its JSON.
     None,
+}
+
+impl Durability {
+    /// The report's warning for this mode, if it needs one.
+    pub fn warning(self) -> Option<String> {
+        match self {
+            Durability::Fsync => None,
+            Durability::None => Some(
+                "DURABILITY NONE: no node synced its log (tuning.sync = \"none\"); these are \
+                 not durable commits and compare only with other --durability none runs"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 /// A knob a sweep varies.
@@ -121,6 +150,8 @@ pub enum SweepKnob {
     Depth,
     /// `--entry-bytes`.
     EntryBytes,
+    /// `--batch`.
+    Batch,
 }
 
 /// `--sweep KNOB=V1,V2,...`.
@@ -142,9 +173,10 @@ impl Sweep {
             "clients" => SweepKnob::Clients,
             "depth" => SweepKnob::Depth,
             "entry-bytes" | "entry_bytes" => SweepKnob::EntryBytes,
+            "batch" => SweepKnob::Batch,
             other => {
                 return Err(format!(
-                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes)"
+                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes, batch)"
                 ))
             }
         };
@@ -163,12 +195,14 @@ impl Sweep {
         Ok(Sweep { knob, values })
     }
 
-    /// The name of the knob as an option, without dashes (`clients`, `depth`, `entry-bytes`).
+    /// The name of the knob as an option, without dashes (`clients`, `depth`, `entry-bytes`,
+    /// `batch`).
     pub fn knob_name(&self) -> &'static str {
         match self.knob {
             SweepKnob::Clients => "clients",
             SweepKnob::Depth => "depth",
             SweepKnob::EntryBytes => "entry-bytes",
+            SweepKnob::Batch => "batch",
         }
     }
 }
@@ -202,8 +236,13 @@ pub struct RunConfig {
     pub entry_bytes: usize,
     /// Client connections.
     pub clients: usize,
-    /// Requests in flight per connection.
+    /// Entries in flight per connection.
     pub depth: usize,
+    /// Entries per request (1: `Propose`; more: `ProposeBatch`).
+    pub batch: usize,
+    /// Whether `--batch` was given (else the default adapts to each sweep point).
+    #[serde(skip)]
+    pub batch_given: bool,
     /// `"closed"` or `"open"`.
     pub load_loop: &'static str,
     /// Offered entries per second in total (open loop only).
@@ -229,10 +268,10 @@ pub struct RunConfig {
 impl RunConfig {
     /// Validates `args` (ignoring `--sweep`, see [`Args::sweep_configs`]).
     pub fn from_args(args: &Args) -> Result<RunConfig, String> {
-        if args.durability == Durability::None {
+        if args.durability == Durability::None && !args.connect.is_empty() {
             return Err(
-                "--durability none: the node has no mode without syncs yet; \
-                        only `fsync` can be measured"
+                "--durability none sets the sync mode of the nodes the bench starts; a cluster \
+                 given with --connect runs with its own (set tuning.sync there)"
                     .to_string(),
             );
         }
@@ -250,6 +289,24 @@ impl RunConfig {
         }
         if !(1..=DEPTH_MAX).contains(&args.depth) {
             return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", args.depth));
+        }
+        // The default yields to a smaller depth or a large entry; an explicit --batch must fit.
+        let batch_given = args.batch.is_some();
+        let batch = args
+            .batch
+            .unwrap_or_else(|| default_batch(args.depth, args.entry_bytes));
+        if !(1..=args.depth).contains(&batch) {
+            return Err(format!(
+                "--batch {}: must be 1..=--depth ({})",
+                batch, args.depth
+            ));
+        }
+        if batch.saturating_mul(args.entry_bytes + 4) > REQUEST_BYTES_MAX {
+            return Err(format!(
+                "--batch {batch} x --entry-bytes {}: a request would exceed \
+                 {REQUEST_BYTES_MAX} bytes (give a smaller --batch)",
+                args.entry_bytes
+            ));
         }
         if !(args.seconds.is_finite() && args.seconds > 0.0) {
             return Err(format!("--seconds {}: must be more than 0", args.seconds));
@@ -295,6 +352,8 @@ impl RunConfig {
             entry_bytes: args.entry_bytes,
             clients: args.clients,
             depth: args.depth,
+            batch,
+            batch_given,
             load_loop: if args.rate.is_some() {
                 "open"
             } else {
@@ -325,6 +384,7 @@ impl RunConfig {
             SweepKnob::Clients => ("clients", CLIENTS_MAX),
             SweepKnob::Depth => ("depth", DEPTH_MAX),
             SweepKnob::EntryBytes => ("entry-bytes", ENTRY_BYTES_MAX),
+            SweepKnob::Batch => ("batch", self.depth),
         };
         if !(1..=max).contains(&value) {
             return Err(format!("--sweep {name}={value}: must be 1..={max}"));
@@ -334,6 +394,20 @@ impl RunConfig {
             SweepKnob::Clients => config.clients = value,
             SweepKnob::Depth => config.depth = value,
             SweepKnob::EntryBytes => config.entry_bytes = value,
+            SweepKnob::Batch => {
+                config.batch = value;
+                config.batch_given = true;
+            }
+        }
+        if !config.batch_given {
+            config.batch = default_batch(config.depth, config.entry_bytes);
+        }
+        if config.batch.saturating_mul(config.entry_bytes + 4) > REQUEST_BYTES_MAX {
+            return Err(format!(
+                "--sweep {name}={value}: a request of {} x {} B entries would exceed \
+                 {REQUEST_BYTES_MAX} bytes",
+                config.batch, config.entry_bytes
+            ));
         }
         Ok(config)
     }
@@ -357,8 +431,19 @@ impl Args {
     }
 }
 
+/// The default entries per request for `depth` entries in flight of `entry_bytes` each.
+fn default_batch(depth: usize, entry_bytes: usize) -> usize {
+    DEFAULT_BATCH
+        .min(depth)
+        .min(REQUEST_BYTES_MAX / (entry_bytes + 4))
+        .max(1)
+}
+
 fn tuning(args: &Args) -> Result<Tuning, String> {
     let mut tuning = Tuning::default();
+    if args.durability == Durability::None {
+        tuning.sync = "none".to_string();
+    }
     let positive = |option: &str, value: u64| {
         if value == 0 {
             Err(format!("{option} 0: must be more than 0"))
@@ -427,6 +512,14 @@ impl Describe for RunConfig {
                 "clients".into(),
                 format!("{} connections x {} in flight", self.clients, self.depth),
             ),
+            (
+                "requests".into(),
+                if self.batch == 1 {
+                    "one entry per request (Propose)".to_string()
+                } else {
+                    format!("{} entries per request (ProposeBatch)", self.batch)
+                },
+            ),
             ("load".into(), load),
             (
                 "time".into(),
@@ -434,7 +527,10 @@ impl Describe for RunConfig {
             ),
             (
                 "durability".into(),
-                format!("{:?} ({})", self.durability, tuning.sync).to_lowercase(),
+                match self.durability {
+                    Durability::Fsync => format!("fsync ({})", tuning.sync),
+                    Durability::None => "NONE: no syncs, NOT durable".to_string(),
+                },
             ),
             (
                 "batch".into(),
@@ -488,7 +584,7 @@ mod tests {
         assert_eq!(config.target, Target::Local { nodes: 3 });
         assert_eq!(config.mode, Mode::Log);
         assert_eq!(config.entry_bytes, 16);
-        assert_eq!((config.clients, config.depth), (8, 2048));
+        assert_eq!((config.clients, config.depth, config.batch), (8, 2048, 64));
         assert_eq!(config.load_loop, "closed");
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.tuning, Tuning::default());
@@ -523,6 +619,7 @@ mod tests {
             (config.entry_bytes, config.clients, config.depth),
             (128, 2, 1)
         );
+        assert_eq!(config.batch, 1, "the default batch yields to --depth 1");
         assert_eq!((config.seconds, config.warmup_sec), (0.5, 0.0));
         assert_eq!(
             (config.load_loop, config.rate_per_sec),
@@ -539,10 +636,20 @@ mod tests {
             (&["--entry-bytes", "0"][..], "--entry-bytes"),
             (&["--clients", "0"][..], "--clients"),
             (&["--depth", "0"][..], "--depth"),
+            (&["--batch", "0"][..], "--batch"),
+            (&["--depth", "4", "--batch", "8"][..], "--batch"),
+            (
+                &["--entry-bytes", "1048576", "--batch", "64"][..],
+                "--batch",
+            ),
+            (&["--sweep", "batch=1,4096"][..], "--sweep"),
             (&["--seconds", "0"][..], "--seconds"),
             (&["--warmup=-1"][..], "--warmup"),
             (&["--rate", "0"][..], "--rate"),
-            (&["--durability", "none"][..], "--durability"),
+            (
+                &["--durability", "none", "--connect", "127.0.0.1:1"][..],
+                "--durability",
+            ),
             (&["--batch-bytes-max", "0"][..], "--batch-bytes-max"),
             (&["--sweep", "clients"][..], "--sweep"),
             (&["--sweep", "threads=1,2"][..], "--sweep"),
@@ -579,6 +686,14 @@ mod tests {
         assert_eq!(sweep.values, vec![1, 16, 256]);
         let point = config.with(sweep.knob, 16).unwrap();
         assert_eq!(point.clients, 16);
+        // The default batch adapts to each point; a given one does not.
+        assert_eq!(config.with(SweepKnob::Depth, 8).unwrap().batch, 8);
+        assert_eq!(
+            config.with(SweepKnob::EntryBytes, 16 << 20).unwrap().batch,
+            1
+        );
+        let (given, _) = parse(&["--batch", "32"]).unwrap();
+        assert!(given.with(SweepKnob::Depth, 8).unwrap().batch == 32);
         assert_eq!(
             Sweep::parse("entry-bytes=16,4096").unwrap().knob,
             SweepKnob::EntryBytes

@@ -48,8 +48,10 @@ const LAG_DEPTHS_MAX: usize = 64;
 pub struct LoadPlan {
     /// Client connections (threads).
     pub clients: usize,
-    /// Requests in flight per connection.
+    /// Entries in flight per connection.
     pub depth: usize,
+    /// Entries per request (1: `Propose`, more: `ProposeBatch`).
+    pub batch: usize,
     /// Bytes per entry.
     pub entry_bytes: usize,
     /// Total offered entries per second (open loop), or `None` (closed loop).
@@ -92,13 +94,13 @@ pub struct Tally {
     pub seconds: Vec<SecondTally>,
     /// Entries committed in the window.
     pub committed: u64,
-    /// Proposals sent (warm-up included).
+    /// Entries sent (warm-up included).
     pub sent: u64,
     /// `NotLeader` replies.
     pub not_leader: u64,
-    /// `Error` replies (the outcome of those proposals is unknown).
+    /// Entries answered by `Error` replies (their outcome is unknown).
     pub failed: u64,
-    /// Proposals in flight on a connection that was given up (outcome unknown).
+    /// Entries in flight on a connection that was given up (outcome unknown).
     pub abandoned: u64,
     /// Connections opened after the first.
     pub reconnects: u64,
@@ -152,19 +154,21 @@ impl Tally {
         self.errors.extend(other.errors.iter().cloned());
     }
 
-    /// Records one reply received at `now` for a request whose latency counts from `since`.
-    fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant) {
+    /// Records one reply received at `now` for a request of `entries` entries whose latency
+    /// counts from `since` (every entry of it is one sample).
+    fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant, entries: u64) {
         if now < plan.measure_start || now >= plan.measure_end {
             return;
         }
         let latency = now.saturating_duration_since(since);
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.latency_ns.saturating_record(nanos);
+        self.latency_ns.saturating_record_n(nanos, entries);
         let second = (now - plan.measure_start).as_secs() as usize;
         let slot = &mut self.seconds[second];
-        slot.committed += 1;
-        slot.latency_us.saturating_record((nanos / 1000).max(1));
-        self.committed += 1;
+        slot.committed += entries;
+        slot.latency_us
+            .saturating_record_n((nanos / 1000).max(1), entries);
+        self.committed += entries;
     }
 }
 
@@ -210,9 +214,11 @@ enum Ended {
 /// One client thread.
 fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
     let mut tally = Tally::new(plan.window_seconds());
+    let payload = Bytes::from_static(&PAYLOAD[..plan.entry_bytes]);
     let mut connection = Connection {
         plan,
-        payload: Bytes::from_static(&PAYLOAD[..plan.entry_bytes]),
+        payload: payload.clone(),
+        commands: vec![payload; plan.batch],
         next_req: 1,
         pending: InFlight::with_capacity(2 * plan.depth),
         // Stagger the threads' schedules evenly over one interval.
@@ -257,7 +263,7 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
             }
         };
         if !matches!(ended, Ended::Done) {
-            tally.abandoned += connection.pending.len() as u64;
+            tally.abandoned += (connection.pending.len() * plan.batch) as u64;
         }
         connection.pending.clear();
         match ended {
@@ -278,6 +284,8 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
 struct Connection<'a> {
     plan: &'a LoadPlan,
     payload: Bytes,
+    /// A batch request's commands (`plan.batch` copies of `payload`, sharing its bytes).
+    commands: Vec<Bytes>,
     next_req: u64,
     /// Request id -> the instant its latency counts from.
     pending: InFlight,
@@ -289,7 +297,9 @@ struct Connection<'a> {
 
 impl Connection<'_> {
     fn run(&mut self, client: &mut Client, tally: &mut Tally, interrupt: &Interrupt) -> Ended {
-        let depth = self.plan.depth;
+        let batch = self.plan.batch;
+        // In requests: enough of them to keep `plan.depth` entries in flight.
+        let depth = self.plan.depth.div_ceil(batch);
         let refill_at = depth - (depth / 4).max(1);
         loop {
             let now = Instant::now();
@@ -310,13 +320,16 @@ impl Connection<'_> {
                     sent
                 }
                 Some(interval) => {
+                    // A request leaves once its last entry is due; its latency counts from
+                    // when its first one was (the wait to fill a batch is in the figures).
                     let mut sent = false;
-                    while self.next_intended <= now && self.pending.len() < depth {
+                    let fill = interval * (batch as u32 - 1);
+                    while self.next_intended + fill <= now && self.pending.len() < depth {
                         let intended = self.next_intended;
                         if let Err(error) = self.send(client, tally, intended) {
                             return error;
                         }
-                        self.next_intended += interval;
+                        self.next_intended += interval * batch as u32;
                         sent = true;
                     }
                     sent
@@ -340,17 +353,25 @@ impl Connection<'_> {
                 ));
             }
             match client.recv() {
-                Ok(ClientReply::Applied { req, .. }) => match self.pending.remove(req) {
-                    Some(since) => tally.record(self.plan, since, Instant::now()),
-                    None => return Ended::Fatal(format!("a reply to unknown request {req}")),
-                },
+                Ok(ClientReply::Applied { req, .. }) if batch == 1 => {
+                    match self.pending.remove(req) {
+                        Some(since) => tally.record(self.plan, since, Instant::now(), 1),
+                        None => return Ended::Fatal(format!("a reply to unknown request {req}")),
+                    }
+                }
+                Ok(ClientReply::AppliedBatch { req, results, .. }) if results.len() == batch => {
+                    match self.pending.remove(req) {
+                        Some(since) => tally.record(self.plan, since, Instant::now(), batch as u64),
+                        None => return Ended::Fatal(format!("a reply to unknown request {req}")),
+                    }
+                }
                 Ok(ClientReply::Error { req, message }) => {
                     if self.pending.remove(req).is_none() {
                         return Ended::Fatal(format!(
                             "an error for unknown request {req}: {message}"
                         ));
                     }
-                    tally.failed += 1;
+                    tally.failed += batch as u64;
                 }
                 Ok(ClientReply::Ok { req: HANDSHAKE_REQ }) => {}
                 Ok(ClientReply::NotLeader { leader_addr, .. }) => {
@@ -371,13 +392,20 @@ impl Connection<'_> {
     ) -> Result<(), Ended> {
         let req = self.next_req;
         self.next_req += 1;
-        let request = ClientRequest::Propose {
-            req,
-            command: self.payload.clone(),
+        let request = if self.commands.len() == 1 {
+            ClientRequest::Propose {
+                req,
+                command: self.payload.clone(),
+            }
+        } else {
+            ClientRequest::ProposeBatch {
+                req,
+                commands: self.commands.clone(),
+            }
         };
         client.send(&request).map_err(lost)?;
         self.pending.insert(req, since);
-        tally.sent += 1;
+        tally.sent += self.commands.len() as u64;
         Ok(())
     }
 }
@@ -402,6 +430,7 @@ mod tests {
         LoadPlan {
             clients: 2,
             depth: 4,
+            batch: 1,
             entry_bytes: 16,
             rate_per_sec: None,
             cluster_id: 7,
@@ -425,13 +454,13 @@ mod tests {
         let mut tally = Tally::new(plan.window_seconds());
         let us = Duration::from_micros;
         // Warm-up: ignored.
-        tally.record(&plan, plan.load_start, plan.load_start + us(100));
+        tally.record(&plan, plan.load_start, plan.load_start + us(100), 1);
         // Second 0 and second 1.
-        tally.record(&plan, plan.measure_start, plan.measure_start + us(200));
+        tally.record(&plan, plan.measure_start, plan.measure_start + us(200), 1);
         let late = plan.measure_start + Duration::from_millis(1500);
-        tally.record(&plan, late - us(300), late);
+        tally.record(&plan, late - us(300), late, 1);
         // After the end: ignored.
-        tally.record(&plan, plan.measure_end, plan.measure_end + us(1));
+        tally.record(&plan, plan.measure_end, plan.measure_end + us(1), 1);
         assert_eq!(tally.committed, 2);
         assert_eq!(tally.latency_ns.len(), 2);
         assert_eq!(tally.seconds[0].committed, 1);
@@ -450,11 +479,12 @@ mod tests {
                 &plan,
                 plan.measure_start,
                 plan.measure_start + Duration::from_micros(micros),
+                1,
             );
         }
         for micros in 901..=1000u64 {
             let at = plan.measure_start + Duration::from_millis(1000);
-            b.record(&plan, at - Duration::from_micros(micros), at);
+            b.record(&plan, at - Duration::from_micros(micros), at, 1);
         }
         a.not_leader = 1;
         b.failed = 2;

@@ -67,11 +67,17 @@ pub fn run(args: Args) -> ExitCode {
         None => run_once(&config, &interrupt).map(|report| {
             let clean = report.results.problems().is_empty();
             title = format!(
-                "lockstep {} nodes, {} B entries, {} clients x {} in flight ({}, commit {})",
+                "lockstep {} nodes, {} B entries, {} clients x {} in flight, {} per request{} \
+                 ({}, commit {})",
                 config.nodes_label(),
                 config.entry_bytes,
                 config.clients,
                 config.depth,
+                config.batch,
+                match config.durability {
+                    args::Durability::Fsync => "",
+                    args::Durability::None => ", NO DURABILITY",
+                },
                 report.started_utc,
                 report.machine.git_commit
             );
@@ -173,6 +179,7 @@ impl Session {
         let plan = LoadPlan {
             clients: config.clients,
             depth: config.depth,
+            batch: config.batch,
             entry_bytes: config.entry_bytes,
             rate_per_sec: config.rate_per_sec,
             cluster_id: config.cluster_id,
@@ -313,6 +320,7 @@ fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, Stri
         bench: "log".to_string(),
         started_utc,
         machine,
+        warning: config.durability.warning(),
         config: config.clone(),
         results,
     })
@@ -341,6 +349,7 @@ fn run_sweep(
         bench: format!("log sweep of {}", sweep.knob_name()),
         started_utc,
         machine,
+        warning: config.durability.warning(),
         config: config.clone(),
         results: SweepResults {
             knob: sweep.knob_name().to_string(),

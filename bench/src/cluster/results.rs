@@ -418,6 +418,7 @@ mod tests {
         let plan = LoadPlan {
             clients: 1,
             depth: 1,
+            batch: 1,
             entry_bytes: 100,
             rate_per_sec: None,
             cluster_id: 7,

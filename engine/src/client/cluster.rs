@@ -10,7 +10,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::node::Applied;
+use bytes::Bytes;
+
+use crate::node::{Applied, AppliedBatch};
 
 use super::{Client, ClientError};
 
@@ -69,6 +71,12 @@ impl ClusterClient {
         self.with_leader(true, |client| client.propose(command))
     }
 
+    /// Proposes `commands` in one request at the leader (consecutive indexes, all or none).
+    /// Retries only while the batch surely did not apply.
+    pub fn propose_batch(&mut self, commands: &[Bytes]) -> Result<AppliedBatch, ClientError> {
+        self.with_leader(false, |client| client.propose_batch(commands))
+    }
+
     /// Runs `query` at the leader (linearizable).
     pub fn read(&mut self, query: &[u8]) -> Result<Applied, ClientError> {
         self.with_leader(true, |client| client.read(query, true))
@@ -81,11 +89,11 @@ impl ClusterClient {
 
     /// Runs `call` against the member believed to lead until it succeeds, fails for good, or
     /// the deadline passes. `retry_unknown`: also retry after a broken connection.
-    fn with_leader(
+    fn with_leader<T>(
         &mut self,
         retry_unknown: bool,
-        mut call: impl FnMut(&mut Client) -> Result<Applied, ClientError>,
-    ) -> Result<Applied, ClientError> {
+        mut call: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         let deadline = Instant::now() + self.retry_for;
         let mut failures_in_round = 0;
         loop {

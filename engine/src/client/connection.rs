@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use crate::net::frame::{encode_frame, read_frame, FrameType};
 use crate::net::{ClientHello, ClientReply, ClientRequest};
-use crate::node::Applied;
+use crate::node::{Applied, AppliedBatch};
 use crate::types::NodeId;
 
 use super::ClientError;
@@ -207,6 +207,27 @@ impl Client {
         let command = Bytes::copy_from_slice(command);
         let reply = self.call(&ClientRequest::Propose { req, command })?;
         outcome(reply)
+    }
+
+    /// Proposes several commands in one request and waits for their outcome: they commit at
+    /// consecutive indexes, all or none (see [`crate::node::Node::propose_batch`]).
+    pub fn propose_batch(&mut self, commands: &[Bytes]) -> Result<AppliedBatch, ClientError> {
+        let req = self.next_req();
+        let reply = self.call(&ClientRequest::ProposeBatch {
+            req,
+            commands: commands.to_vec(),
+        })?;
+        match reply {
+            ClientReply::AppliedBatch { first, results, .. } if results.len() == commands.len() => {
+                Ok(AppliedBatch { first, results })
+            }
+            ClientReply::AppliedBatch { results, .. } => Err(ClientError::Protocol(format!(
+                "{} results for a batch of {} commands",
+                results.len(),
+                commands.len()
+            ))),
+            other => unexpected(other),
+        }
     }
 
     /// Runs one query and waits for the answer.

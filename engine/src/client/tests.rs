@@ -179,3 +179,91 @@ fn cluster_client_follows_redirects_and_fails_over() {
         node.shutdown().unwrap();
     }
 }
+
+fn incr(key: &str) -> Bytes {
+    KvCommand::Incr {
+        key: key.as_bytes(),
+        delta: 1,
+    }
+    .to_bytes()
+}
+
+#[test]
+fn batch_proposals_commit_consecutively_with_one_result_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut addrs) = start_cluster(3, dir.path());
+    // Start at a follower (if the first member leads, the rotation makes no difference).
+    addrs.rotate_left(1);
+    let mut client = ClusterClient::new(addrs.clone(), CLUSTER_ID, TIMEOUT);
+    let commands: Vec<Bytes> = (0..5).map(|_| incr("n")).collect();
+    let batch = client.propose_batch(&commands).unwrap();
+    let values: Vec<_> = batch.results.iter().map(Reply::decode).collect();
+    assert_eq!(
+        values,
+        (1..=5).map(|n| Ok(Reply::Int(n))).collect::<Vec<_>>()
+    );
+
+    // A second batch follows the first, and its indexes are consecutive after it.
+    let single = client.propose(&put("solo", "1")).unwrap();
+    assert!(single.index > batch.first.plus(4), "{single:?} {batch:?}");
+    let next = client.propose_batch(&[incr("n"), put("m", "2")]).unwrap();
+    assert!(next.first > single.index);
+    assert_eq!(Reply::decode(&next.results[0]), Ok(Reply::Int(6)));
+    let read = client.read(&get("m")).unwrap();
+    assert!(read.index >= next.first.plus(1));
+    assert_eq!(
+        Reply::decode(&read.result),
+        Ok(Reply::Value(Bytes::from_static(b"2")))
+    );
+
+    // An empty batch is refused with a message, and the connection keeps serving.
+    match client.propose_batch(&[]) {
+        Err(ClientError::Server(message)) => {
+            assert!(message.contains("at least one command"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    client.propose(&incr("n")).unwrap();
+
+    // Pipelined batches on one connection, with plain proposals between them.
+    let mut raw = Client::connect(client.current_addr(), CLUSTER_ID, TIMEOUT).unwrap();
+    let mut expected_results = 0;
+    for round in 0..50 {
+        let req = raw.next_req();
+        let commands = (0..round % 7 + 1).map(|_| incr("p")).collect::<Vec<_>>();
+        expected_results += commands.len();
+        raw.send(&ClientRequest::ProposeBatch { req, commands })
+            .unwrap();
+        let req = raw.next_req();
+        raw.send(&ClientRequest::Propose {
+            req,
+            command: incr("p"),
+        })
+        .unwrap();
+        expected_results += 1;
+    }
+    raw.flush().unwrap();
+    let mut results = Vec::new();
+    while raw.pending() > 0 {
+        match raw.recv().unwrap() {
+            ClientReply::AppliedBatch {
+                first, results: r, ..
+            } => results.extend(
+                r.iter()
+                    .enumerate()
+                    .map(|(i, r)| (first.plus(i as u64), r.clone())),
+            ),
+            ClientReply::Applied { index, result, .. } => results.push((index, result)),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    assert_eq!(results.len(), expected_results);
+    // In index order the counter counts up by one: every command applied once, in log order.
+    results.sort_by_key(|(index, _)| *index);
+    for (n, (_, result)) in results.iter().enumerate() {
+        assert_eq!(Reply::decode(result), Ok(Reply::Int(n as i64 + 1)));
+    }
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}

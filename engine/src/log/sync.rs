@@ -34,6 +34,10 @@ pub enum SyncMode {
     IoUring,
     /// Plain `fdatasync` on a helper thread (the fallback, forced).
     Fdatasync,
+    /// No sync at all: a round "completes" as soon as it is submitted. NOT DURABLE: a crash of
+    /// the machine (not just of the process) loses acknowledged writes. For benchmarks that
+    /// isolate everything but the disk, never for data anyone keeps.
+    None,
 }
 
 /// One file to sync in a round.
@@ -117,6 +121,8 @@ impl Drop for Notifier {
 }
 
 enum Backend {
+    /// [`SyncMode::None`]: rounds complete at once; `signal` wakes the waiter.
+    Skip { signal: Sender<()> },
     Uring {
         ring: Box<IoUring>,
         rounds: Vec<UringRound>,
@@ -150,6 +156,18 @@ impl Syncer {
             "syncs in flight {max_in_flight} outside 1..={MAX_SYNCS_IN_FLIGHT}"
         );
         let (signal_tx, signal) = crossbeam_channel::bounded(1);
+        if mode == SyncMode::None {
+            tracing::warn!(
+                "log sync mode none: nothing is fsynced, a crash loses acknowledged writes"
+            );
+            return Syncer {
+                backend: Backend::Skip { signal: signal_tx },
+                max_in_flight,
+                next_id: 1,
+                ready: VecDeque::new(),
+                signal,
+            };
+        }
         if mode == SyncMode::IoUring {
             let entries = (4 * max_in_flight).next_power_of_two().max(16) as u32;
             let started = IoUring::new(entries).and_then(|ring| {
@@ -223,9 +241,10 @@ impl Syncer {
         matches!(self.backend, Backend::Uring { .. })
     }
 
-    /// Which mechanism is in use: `"io_uring"` or `"fdatasync"`.
+    /// Which mechanism is in use: `"io_uring"`, `"fdatasync"` or `"none"`.
     pub fn mechanism(&self) -> &'static str {
         match self.backend {
+            Backend::Skip { .. } => "none",
             Backend::Uring { .. } => "io_uring",
             Backend::Thread { .. } => "fdatasync",
         }
@@ -241,6 +260,7 @@ impl Syncer {
     pub fn in_flight(&self) -> usize {
         self.ready.len()
             + match &self.backend {
+                Backend::Skip { .. } => 0,
                 Backend::Uring { rounds, .. } => rounds.len(),
                 Backend::Thread { busy, .. } => *busy,
             }
@@ -264,6 +284,13 @@ impl Syncer {
         let id = self.next_id;
         self.next_id += 1;
         match &mut self.backend {
+            Backend::Skip { signal } => {
+                drop(round);
+                self.ready.push_back((id, Ok(())));
+                // Full means a wake-up is already pending.
+                let _ = signal.try_send(());
+                Ok(id)
+            }
             Backend::Uring { ring, rounds, .. } => {
                 for target in &round {
                     let flags = if target.datasync {
@@ -324,6 +351,7 @@ impl Syncer {
             return Some(done);
         }
         match &mut self.backend {
+            Backend::Skip { .. } => None,
             Backend::Uring { ring, rounds, .. } => loop {
                 if rounds.is_empty() {
                     return None;
@@ -439,7 +467,8 @@ mod tests {
     }
 
     #[test]
-    fn both_mechanisms_complete_rounds() {
+    fn every_mechanism_completes_rounds() {
+        assert_eq!(round_trip(SyncMode::None), "none");
         assert_eq!(round_trip(SyncMode::Fdatasync), "fdatasync");
         let uring = round_trip(SyncMode::IoUring);
         assert!(uring == "io_uring" || uring == "fdatasync");

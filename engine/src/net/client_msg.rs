@@ -9,11 +9,12 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use super::wire::{put_bool, put_bytes, put_u16, put_u64, WireReader};
+use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use crate::types::{LogIndex, NodeId};
 
-/// The client protocol version this code speaks (sent in [`ClientHello`]).
-pub const CLIENT_PROTOCOL_VERSION: u16 = 1;
+/// The client protocol version this code speaks (sent in [`ClientHello`]). Version 2 added
+/// [`ClientRequest::ProposeBatch`] and [`ClientReply::AppliedBatch`].
+pub const CLIENT_PROTOCOL_VERSION: u16 = 2;
 
 /// Why bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +46,14 @@ pub enum ClientRequest {
         req: u64,
         /// The command for the state machine.
         command: Bytes,
+    },
+    /// Append several commands as consecutive log entries (one request, one reply, one batch
+    /// in the leader); replied to once all of them are committed and applied.
+    ProposeBatch {
+        /// Request id.
+        req: u64,
+        /// The commands, in order.
+        commands: Vec<Bytes>,
     },
     /// Run a read-only query.
     Read {
@@ -81,6 +90,16 @@ pub enum ClientReply {
         index: LogIndex,
         /// The state machine's reply.
         result: Bytes,
+    },
+    /// The commands of a [`ClientRequest::ProposeBatch`] committed at `first`, `first + 1`,
+    /// ... and the state machine answered `results` (one per command, in order).
+    AppliedBatch {
+        /// Request id.
+        req: u64,
+        /// Log index of the first command.
+        first: LogIndex,
+        /// The state machine's replies.
+        results: Vec<Bytes>,
     },
     /// The query's answer, reflecting everything applied up to `index`.
     ReadOk {
@@ -154,12 +173,38 @@ const REQ_PROPOSE: u8 = 1;
 const REQ_READ: u8 = 2;
 const REQ_STATUS: u8 = 3;
 const REQ_TRANSFER_LEADER: u8 = 4;
+const REQ_PROPOSE_BATCH: u8 = 5;
+
+/// Appends a count and then each item as a bytes field.
+fn put_bytes_list(out: &mut Vec<u8>, items: &[Bytes]) {
+    let count = u32::try_from(items.len()).expect("fewer than 2^32 items in one message");
+    put_u32(out, count);
+    for item in items {
+        put_bytes(out, item);
+    }
+}
+
+/// Reads a count and then that many bytes fields (slices of `body`, no copy).
+fn read_bytes_list(
+    reader: &mut WireReader<'_>,
+    body: &Bytes,
+    what: &str,
+) -> Result<Vec<Bytes>, CodecError> {
+    let count = reader.u32(what)? as usize;
+    // Each item takes at least its 4-byte length: never reserve more than the body can hold.
+    let mut items = Vec::with_capacity(count.min(body.len() / 4));
+    for _ in 0..count {
+        items.push(reader.bytes(what)?);
+    }
+    Ok(items)
+}
 
 impl ClientRequest {
     /// The request id.
     pub fn req(&self) -> u64 {
         match self {
             ClientRequest::Propose { req, .. }
+            | ClientRequest::ProposeBatch { req, .. }
             | ClientRequest::Read { req, .. }
             | ClientRequest::Status { req }
             | ClientRequest::TransferLeader { req, .. } => *req,
@@ -173,6 +218,11 @@ impl ClientRequest {
                 out.push(REQ_PROPOSE);
                 put_u64(out, *req);
                 put_bytes(out, command);
+            }
+            ClientRequest::ProposeBatch { req, commands } => {
+                out.push(REQ_PROPOSE_BATCH);
+                put_u64(out, *req);
+                put_bytes_list(out, commands);
             }
             ClientRequest::Read {
                 req,
@@ -211,6 +261,10 @@ impl ClientRequest {
                 req,
                 command: reader.bytes("propose command")?,
             },
+            REQ_PROPOSE_BATCH => ClientRequest::ProposeBatch {
+                req,
+                commands: read_bytes_list(&mut reader, body, "propose batch commands")?,
+            },
             REQ_READ => {
                 let linearizable = reader.bool("read linearizable flag")?;
                 ClientRequest::Read {
@@ -237,12 +291,14 @@ const REPLY_NOT_LEADER: u8 = 3;
 const REPLY_STATUS: u8 = 4;
 const REPLY_OK: u8 = 5;
 const REPLY_ERROR: u8 = 6;
+const REPLY_APPLIED_BATCH: u8 = 7;
 
 impl ClientReply {
     /// The request id being answered.
     pub fn req(&self) -> u64 {
         match self {
             ClientReply::Applied { req, .. }
+            | ClientReply::AppliedBatch { req, .. }
             | ClientReply::ReadOk { req, .. }
             | ClientReply::NotLeader { req, .. }
             | ClientReply::Status { req, .. }
@@ -259,6 +315,16 @@ impl ClientReply {
                 put_u64(out, *req);
                 put_u64(out, index.get());
                 put_bytes(out, result);
+            }
+            ClientReply::AppliedBatch {
+                req,
+                first,
+                results,
+            } => {
+                out.push(REPLY_APPLIED_BATCH);
+                put_u64(out, *req);
+                put_u64(out, first.get());
+                put_bytes_list(out, results);
             }
             ClientReply::ReadOk { req, index, result } => {
                 out.push(REPLY_READ_OK);
@@ -312,6 +378,11 @@ impl ClientReply {
                 index: LogIndex(reader.u64("applied index")?),
                 result: reader.bytes("applied result")?,
             },
+            REPLY_APPLIED_BATCH => ClientReply::AppliedBatch {
+                req,
+                first: LogIndex(reader.u64("applied batch first index")?),
+                results: read_bytes_list(&mut reader, body, "applied batch results")?,
+            },
             REPLY_READ_OK => ClientReply::ReadOk {
                 req,
                 index: LogIndex(reader.u64("read index")?),
@@ -359,6 +430,8 @@ mod tests {
         prop_oneof![
             (any::<u64>(), any_bytes())
                 .prop_map(|(req, command)| ClientRequest::Propose { req, command }),
+            (any::<u64>(), proptest::collection::vec(any_bytes(), 0..5))
+                .prop_map(|(req, commands)| ClientRequest::ProposeBatch { req, commands }),
             (any::<u64>(), any_bytes(), any::<bool>()).prop_map(|(req, query, linearizable)| {
                 ClientRequest::Read {
                     req,
@@ -383,6 +456,16 @@ mod tests {
                     result,
                 }
             }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any_bytes(), 0..5)
+            )
+                .prop_map(|(req, first, results)| ClientReply::AppliedBatch {
+                    req,
+                    first: LogIndex(first),
+                    results,
+                }),
             (any::<u64>(), any::<u64>(), any_bytes()).prop_map(|(req, index, result)| {
                 ClientReply::ReadOk {
                     req,
@@ -411,9 +494,28 @@ mod tests {
     fn hello_layout() {
         let mut out = Vec::new();
         ClientHello::new(0x0102).encode(&mut out);
-        assert_eq!(out, [1, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(out, [2, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(ClientHello::decode(&out).unwrap(), ClientHello::new(0x0102));
         assert!(ClientHello::decode(&out[..9]).is_err());
+    }
+
+    #[test]
+    fn propose_batch_layout() {
+        let mut out = Vec::new();
+        ClientRequest::ProposeBatch {
+            req: 9,
+            commands: vec![Bytes::from_static(b"ab"), Bytes::new()],
+        }
+        .encode(&mut out);
+        assert_eq!(
+            out,
+            [5, 9, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]
+        );
+        // A count larger than the items present is refused, without reserving for it.
+        let mut lying = out[..9].to_vec();
+        lying.extend_from_slice(&u32::MAX.to_le_bytes());
+        let error = ClientRequest::decode(&lying).unwrap_err();
+        assert!(error.0.contains("propose batch commands"), "{error}");
     }
 
     proptest! {

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::batch::ENTRY_BYTES_MAX;
 use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle, Transport};
 use crate::node::pipeline::{
-    error_reply, ApplyMsg, ClientAddrs, Feedback, PendingRead, Shared, StorageMsg, Target,
+    error_reply, ApplyMsg, BatchOutcome, BatchWaiter, ClientAddrs, Feedback, PendingRead, Shared,
+    StorageMsg, Target,
 };
 use crate::node::stats::{InboxProbes, Observed};
-use crate::node::{Applied, NodeCounters, NodeError, NodeStatus, PeerProgress};
+use crate::node::{Applied, AppliedBatch, NodeCounters, NodeError, NodeStatus, PeerProgress};
 use crate::raft::{MembershipChange, ProgressState, ProposeError, Raft, ReadId, Ready, Role};
 use crate::types::{LogIndex, NodeId};
 
@@ -37,6 +39,8 @@ const INPUTS_PER_TURN_MAX: usize = 4096;
 pub(crate) enum Request {
     /// Propose a command.
     Propose(Bytes, Sender<Result<Applied, NodeError>>),
+    /// Propose several commands at consecutive indexes.
+    ProposeBatch(Vec<Bytes>, Sender<Result<AppliedBatch, NodeError>>),
     /// A linearizable read.
     Read(Bytes, Sender<Result<Applied, NodeError>>),
     /// A read of this node's applied state, at once.
@@ -202,6 +206,54 @@ impl ConsensusStage {
         }
     }
 
+    /// Proposes every command of a batch, or none: the checks that could refuse one command
+    /// (leadership, size) are made before the first is proposed.
+    fn propose_batch(&mut self, commands: &[Bytes], waiter: BatchWaiter) {
+        let refusal = if commands.is_empty() {
+            Some(NodeError::Refused(
+                "a batch proposal needs at least one command".to_string(),
+            ))
+        } else {
+            commands
+                .iter()
+                .position(|command| command.len() > ENTRY_BYTES_MAX)
+                .map(|at| {
+                    NodeError::Refused(format!(
+                        "command {at} of the batch: {}",
+                        ProposeError::EntryTooLarge {
+                            bytes: commands[at].len()
+                        }
+                    ))
+                })
+        };
+        if let Some(error) = refusal {
+            let addr = self.leader_addr();
+            waiter.fail(error, addr, &mut self.replies);
+            return;
+        }
+        let mut targets = BatchOutcome::targets(waiter, commands.len());
+        for (at, command) in commands.iter().enumerate() {
+            let target = targets.next().expect("one target per command");
+            match self.raft.propose(command) {
+                Ok(index) => {
+                    assert!(
+                        self.pending.back().map_or(true, |(last, _)| *last < index),
+                        "batch command {at} got index {index} after {:?}",
+                        self.pending.back().map(|(last, _)| last)
+                    );
+                    self.pending.push_back((index, target));
+                }
+                Err(error) => {
+                    assert_eq!(at, 0, "batch command {at} refused after the first: {error}");
+                    let error = self.refusal(error);
+                    let addr = self.leader_addr();
+                    target.fail(error, addr, &mut self.replies);
+                    return;
+                }
+            }
+        }
+    }
+
     fn read(&mut self, query: Bytes, target: Target) {
         let id = self.next_read;
         match self.raft.read_index(ReadId(id)) {
@@ -220,6 +272,9 @@ impl ConsensusStage {
     fn on_request(&mut self, request: Request) -> Flow {
         match request {
             Request::Propose(command, sender) => self.propose(&command, Target::Receipt(sender)),
+            Request::ProposeBatch(commands, sender) => {
+                self.propose_batch(&commands, BatchWaiter::Receipt(sender))
+            }
             Request::Read(query, sender) => self.read(query, Target::Receipt(sender)),
             Request::ReadLocal(query, sender) => self.local_reads.push(PendingRead {
                 index: LogIndex::ZERO,
@@ -264,6 +319,9 @@ impl ConsensusStage {
         match request {
             ClientRequest::Propose { req, command } => {
                 self.propose(&command, Target::Client { conn, req })
+            }
+            ClientRequest::ProposeBatch { req, commands } => {
+                self.propose_batch(&commands, BatchWaiter::Client { conn, req })
             }
             ClientRequest::Read {
                 req,
@@ -334,6 +392,14 @@ impl ConsensusStage {
             self.observed.leader_seen(self.leader, soft.leader);
             self.leader = soft.leader;
         }
+        // Messages first: a follower's append, write, sync and ack is the longer leg of a
+        // commit, so it starts before the leader's own write is handed over. Safe in any order:
+        // what may leave only after a sync travels in `write.after_durable`, not here.
+        if !messages.is_empty() {
+            if let Some(net) = &self.net {
+                net.send(messages);
+            }
+        }
         if let Some(write) = write {
             if let Some((meta, data)) = &write.snapshot {
                 let install = ApplyMsg::Install(meta.clone(), data.clone());
@@ -343,11 +409,6 @@ impl ConsensusStage {
             }
             if self.to_storage.send(StorageMsg::Write(write)).is_err() {
                 return Flow::Stop;
-            }
-        }
-        if !messages.is_empty() {
-            if let Some(net) = &self.net {
-                net.send(messages);
             }
         }
         if let Some(last) = committed.last().map(|batch| batch.last_index()) {

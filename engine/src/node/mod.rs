@@ -123,6 +123,15 @@ pub struct Applied {
     pub result: Bytes,
 }
 
+/// The commands of one batch proposal, committed at consecutive indexes and applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedBatch {
+    /// The log index of the first command (command `i` is at `first + i`).
+    pub first: LogIndex,
+    /// The state machine's reply to each command, in order.
+    pub results: Vec<Bytes>,
+}
+
 /// Why a request did not complete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeError {
@@ -161,15 +170,16 @@ impl std::fmt::Display for NodeError {
 
 impl std::error::Error for NodeError {}
 
-/// Completes once a proposal (or read) has an outcome.
-pub struct Receipt {
-    outcome: Receiver<Result<Applied, NodeError>>,
+/// Completes once a proposal (or read) has an outcome: an [`Applied`], or an [`AppliedBatch`]
+/// for [`Node::propose_batch`].
+pub struct Receipt<T = Applied> {
+    outcome: Receiver<Result<T, NodeError>>,
     shared: Arc<Shared>,
 }
 
-impl Receipt {
+impl<T> Receipt<T> {
     /// Blocks until the outcome is known.
-    pub fn wait(self) -> Result<Applied, NodeError> {
+    pub fn wait(self) -> Result<T, NodeError> {
         match self.shared.wait(&self.outcome, None)? {
             Some(outcome) => outcome,
             None => unreachable!("a wait without deadline never times out"),
@@ -177,7 +187,7 @@ impl Receipt {
     }
 
     /// Blocks at most `timeout`.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Applied, NodeError> {
+    pub fn wait_timeout(self, timeout: Duration) -> Result<T, NodeError> {
         match self
             .shared
             .wait(&self.outcome, Some(Instant::now() + timeout))?
@@ -342,7 +352,7 @@ impl Node {
         })
     }
 
-    fn request(&self, make: impl FnOnce(Sender<Result<Applied, NodeError>>) -> Request) -> Receipt {
+    fn request<T>(&self, make: impl FnOnce(Sender<Result<T, NodeError>>) -> Request) -> Receipt<T> {
         let (sender, outcome) = bounded(1);
         // If consensus is gone the sender is dropped with the request: `wait` reports why.
         drop(self.requests.send(make(sender)));
@@ -355,6 +365,13 @@ impl Node {
     /// Proposes a command (only the leader accepts).
     pub fn propose(&self, command: Bytes) -> Receipt {
         self.request(|sender| Request::Propose(command, sender))
+    }
+
+    /// Proposes several commands as consecutive log entries (only the leader accepts): one
+    /// request and one outcome for all of them, and one batch in the leader's log (two when
+    /// the batch limits split it). All are accepted or none; an empty batch is refused.
+    pub fn propose_batch(&self, commands: Vec<Bytes>) -> Receipt<AppliedBatch> {
+        self.request(|sender| Request::ProposeBatch(commands, sender))
     }
 
     /// Runs `query` once every write committed before this call is applied (read-index).

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
 use crate::types::{LogIndex, NodeId};
 
 use super::consensus::Request;
-use super::{Applied, LogCounters, NodeError};
+use super::{Applied, AppliedBatch, LogCounters, NodeError};
 
 /// How often a waiter checks for requests orphaned by a stopped consensus stage.
 pub(crate) const ORPHAN_CHECK: Duration = Duration::from_millis(20);
@@ -37,6 +37,120 @@ pub(crate) enum Target {
         /// The request id to echo.
         req: u64,
     },
+    /// One command of a batch proposal (they have consecutive indexes); the batch is answered
+    /// once, when its last command is applied or the first failure is known.
+    BatchPart(Arc<Mutex<BatchOutcome>>),
+}
+
+/// Who waits for a whole batch proposal.
+pub(crate) enum BatchWaiter {
+    /// A caller of [`super::Node::propose_batch`].
+    Receipt(Sender<Result<AppliedBatch, NodeError>>),
+    /// A client's `ProposeBatch` request.
+    Client {
+        /// The connection.
+        conn: ConnId,
+        /// The request id to echo.
+        req: u64,
+    },
+}
+
+/// The results of a batch proposal gathered so far (shared by the [`Target::BatchPart`]s of
+/// its commands: apply succeeds them in index order, consensus may fail the uncommitted tail).
+pub(crate) struct BatchOutcome {
+    waiter: BatchWaiter,
+    /// Commands in the batch.
+    count: usize,
+    /// Index of the first command (known once the first result arrives).
+    first: LogIndex,
+    /// Results of the first `results.len()` commands.
+    results: Vec<Bytes>,
+    /// The waiter has its answer; later outcomes are dropped.
+    answered: bool,
+}
+
+impl BatchOutcome {
+    /// One target per command of a batch of `count` commands, all answering `waiter`.
+    pub(crate) fn targets(waiter: BatchWaiter, count: usize) -> impl Iterator<Item = Target> {
+        assert!(count > 0, "a batch proposal of no commands");
+        let outcome = Arc::new(Mutex::new(BatchOutcome {
+            waiter,
+            count,
+            first: LogIndex::ZERO,
+            results: Vec::with_capacity(count),
+            answered: false,
+        }));
+        (0..count).map(move |_| Target::BatchPart(outcome.clone()))
+    }
+
+    fn succeed(&mut self, applied: Applied, replies: &mut Vec<(ConnId, ClientReply)>) {
+        if self.answered {
+            return;
+        }
+        if self.results.is_empty() {
+            self.first = applied.index;
+        }
+        let expected = self.first.plus(self.results.len() as u64);
+        assert_eq!(
+            applied.index,
+            expected,
+            "batch command {} of {} applied at {} (first at {})",
+            self.results.len(),
+            self.count,
+            applied.index,
+            self.first
+        );
+        self.results.push(applied.result);
+        if self.results.len() < self.count {
+            return;
+        }
+        self.answered = true;
+        let results = std::mem::take(&mut self.results);
+        match &self.waiter {
+            BatchWaiter::Receipt(sender) => drop(sender.send(Ok(AppliedBatch {
+                first: self.first,
+                results,
+            }))),
+            BatchWaiter::Client { conn, req } => replies.push((
+                *conn,
+                ClientReply::AppliedBatch {
+                    req: *req,
+                    first: self.first,
+                    results,
+                },
+            )),
+        }
+    }
+
+    fn fail(
+        &mut self,
+        error: NodeError,
+        leader_addr: Option<SocketAddr>,
+        replies: &mut Vec<(ConnId, ClientReply)>,
+    ) {
+        if self.answered {
+            return;
+        }
+        self.answered = true;
+        self.waiter.fail(error, leader_addr, replies);
+    }
+}
+
+impl BatchWaiter {
+    /// Answers the whole batch with a failure (see [`Target::fail`]).
+    pub(crate) fn fail(
+        &self,
+        error: NodeError,
+        leader_addr: Option<SocketAddr>,
+        replies: &mut Vec<(ConnId, ClientReply)>,
+    ) {
+        match self {
+            BatchWaiter::Receipt(sender) => drop(sender.send(Err(error))),
+            BatchWaiter::Client { conn, req } => {
+                replies.push((*conn, error_reply(*req, &error, leader_addr)))
+            }
+        }
+    }
 }
 
 impl Target {
@@ -66,6 +180,10 @@ impl Target {
                 };
                 replies.push((conn, reply));
             }
+            Target::BatchPart(outcome) => outcome
+                .lock()
+                .expect("batch outcome lock")
+                .succeed(applied, replies),
         }
     }
 
@@ -81,6 +199,12 @@ impl Target {
             Target::Receipt(sender) => drop(sender.send(Err(error))),
             Target::Client { conn, req } => {
                 replies.push((conn, error_reply(req, &error, leader_addr)))
+            }
+            Target::BatchPart(outcome) => {
+                outcome
+                    .lock()
+                    .expect("batch outcome lock")
+                    .fail(error, leader_addr, replies)
             }
         }
     }

@@ -96,7 +96,7 @@ pub struct Tuning {
     pub snapshot_entries: u64,
     /// Log segment size in bytes.
     pub segment_bytes: u64,
-    /// "io_uring" or "fdatasync".
+    /// "io_uring", "fdatasync", or "none" (no syncs at all: NOT durable, for benchmarks only).
     pub sync: String,
     /// "mmap" (copy into the mapped segment) or "pwrite" (vectored writes into the file).
     pub append_mode: String,
@@ -144,9 +144,13 @@ impl Tuning {
         match self.sync.as_str() {
             "io_uring" => Ok(SyncMode::IoUring),
             "fdatasync" => Ok(SyncMode::Fdatasync),
+            "none" => Ok(SyncMode::None),
             other => Err(ServerError::option(
                 "tuning.sync",
-                format!("{other:?} is not a sync mode (expected \"io_uring\" or \"fdatasync\")"),
+                format!(
+                    "{other:?} is not a sync mode (expected \"io_uring\", \"fdatasync\" or \
+                     \"none\")"
+                ),
             )),
         }
     }
