@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lockstep::server::LogFormat;
 
+mod chaos;
 mod log_cmd;
 mod serve_cmd;
 mod sim_cmd;
@@ -31,21 +33,74 @@ enum Command {
     Log(log_cmd::Args),
     /// Replay one seed of the deterministic consensus simulator.
     Sim(sim_cmd::Args),
+    /// Fault-test a real cluster (kill, pause, partition, corrupt) and check its history.
+    Chaos(chaos::Args),
+}
+
+/// Environment variable holding the log filter (`info`, `debug`, `lockstep=debug,warn`, ...).
+pub const LOG_ENV: &str = "LOCKSTEP_LOG";
+
+/// Environment variable holding the log format (`text` or `json`).
+pub const LOG_FORMAT_ENV: &str = "LOCKSTEP_LOG_FORMAT";
+
+/// The value of environment variable `name`, if set and not blank.
+pub fn env_setting(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+/// Sets up the process's logger: events passing `filter` (tracing's `EnvFilter` syntax) go to
+/// stderr as text lines or JSON objects. The error says what is wrong with the filter.
+pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("{filter:?} is not a log filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve_cmd::run(*args),
+    let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        // Its configuration may set the level and format, so it sets up logging itself.
+        return serve_cmd::run(*args);
+    }
+    let format = env_setting(LOG_FORMAT_ENV)
+        .and_then(|name| LogFormat::from_name(&name).ok())
+        .unwrap_or(LogFormat::Text);
+    let filter = env_setting(LOG_ENV).unwrap_or_else(|| "info".to_string());
+    if init_logging(&filter, format).is_err() {
+        // A bad LOCKSTEP_LOG must not stop an inspection tool: fall back to the default.
+        drop(init_logging("info", format));
+        tracing::warn!("{LOG_ENV}={filter:?} is not a log filter; logging at info");
+    }
+    match cli.command {
+        Command::Serve(_) => unreachable!("serve returned above"),
         Command::Status(args) => status_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Chaos(args) => chaos::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_filters_are_refused_with_the_reason() {
+        let error = init_logging("lockstep=loudest", LogFormat::Text).unwrap_err();
+        assert!(
+            error.contains("\"lockstep=loudest\" is not a log filter"),
+            "{error}"
+        );
     }
 }

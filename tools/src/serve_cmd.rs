@@ -5,18 +5,22 @@
 //! Exit status: 0 after a clean shutdown on SIGINT/SIGTERM; 1 when the configuration is bad (the
 //! message names the option) or the node fails; 2 for flags clap rejects.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lockstep::apps::AppKind;
-use lockstep::server::{self, MemberConfig, ServerConfig, ServerError, Tuning};
+use lockstep::server::{self, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning};
+
+use crate::{env_setting, LOG_ENV, LOG_FORMAT_ENV};
 
 /// Arguments of `lockstep serve`.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Every option is documented in docs/CONFIG.md. The node prints \
 `lockstep node <id> ready: peer <addr> client <addr>` on stdout once it serves; logs go to \
-stderr (filter with LOCKSTEP_LOG, e.g. LOCKSTEP_LOG=debug)."
+stderr: level from --log-level, else LOCKSTEP_LOG, else the file's log_level, else info; \
+format likewise from --log-format, LOCKSTEP_LOG_FORMAT, log_format (text or json)."
 )]
 pub struct Args {
     /// TOML configuration file; flags override its values.
@@ -31,13 +35,25 @@ pub struct Args {
     /// Directory of the log, hard state and snapshots (created if missing).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// State machine: `kv` (key-value store) or `journal` (opaque entries, counted and hashed).
+    /// State machine: `kv` (key-value store), `bank` (ledger), `lock` (lock service) or `journal`
+    /// (opaque entries, counted and hashed).
     #[arg(long, value_name = "APP", value_parser = parse_app)]
     app: Option<AppKind>,
     /// A cluster member as ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:7001/127.0.0.1:6380.
     /// Repeat for every member (this node included); replaces the file's member list.
     #[arg(long = "member", value_name = "ID=PEER/CLIENT", value_parser = MemberConfig::parse)]
     members: Vec<MemberConfig>,
+    /// Serve Prometheus metrics over HTTP on HOST:PORT (`GET /metrics`) [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or per-module
+    /// directives (`lockstep=debug,info`); wins over LOCKSTEP_LOG and the file [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format: `text` or `json` (one object per line); wins over LOCKSTEP_LOG_FORMAT and
+    /// the file [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
     /// Length of one consensus tick, milliseconds [default: 1].
     #[arg(long, value_name = "MS")]
     tick_ms: Option<u64>,
@@ -86,6 +102,12 @@ pub struct Args {
     /// Largest frame accepted or sent on any connection, bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     max_frame_bytes: Option<u32>,
+    /// Sync rounds the log keeps in flight at once, 1..=64 [default: 4].
+    #[arg(long, value_name = "N")]
+    syncs_in_flight: Option<usize>,
+    /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    socket_buffer_bytes: Option<usize>,
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -94,7 +116,7 @@ struct CoreList(Vec<usize>);
 
 fn parse_app(text: &str) -> Result<AppKind, String> {
     AppKind::from_name(text)
-        .ok_or_else(|| format!("{text:?} is not an app (expected kv or journal)"))
+        .ok_or_else(|| format!("{text:?} is not an app (expected {})", AppKind::NAMES))
 }
 
 fn parse_cores(text: &str) -> Result<CoreList, String> {
@@ -125,6 +147,9 @@ impl Args {
                 cluster_id: self.cluster_id.ok_or_else(|| missing("cluster-id"))?,
                 data_dir: self.data_dir.clone().ok_or_else(|| missing("data-dir"))?,
                 app: self.app.ok_or_else(|| missing("app"))?,
+                metrics_addr: None,
+                log_level: None,
+                log_format: None,
                 members: Vec::new(),
                 tuning: Tuning::default(),
             },
@@ -144,6 +169,15 @@ impl Args {
         set(&mut config.cluster_id, self.cluster_id);
         set(&mut config.data_dir, self.data_dir);
         set(&mut config.app, self.app);
+        if self.metrics_addr.is_some() {
+            config.metrics_addr = self.metrics_addr;
+        }
+        if self.log_level.is_some() {
+            config.log_level = self.log_level;
+        }
+        if self.log_format.is_some() {
+            config.log_format = self.log_format;
+        }
         if !self.members.is_empty() {
             config.members = self.members;
         }
@@ -169,6 +203,8 @@ impl Args {
         );
         set(&mut tuning.channel_capacity, self.channel_capacity);
         set(&mut tuning.max_frame_bytes, self.max_frame_bytes);
+        set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
+        set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
     }
 }
 
@@ -178,9 +214,39 @@ fn missing(flag: &str) -> ServerError {
     ))
 }
 
+/// Sets up logging with the filter and format from the flag, else the environment, else the file, else the default.
+/// `flags` are the `--log-level` and `--log-format` values (already merged into `config`).
+fn log_settings(
+    config: &ServerConfig,
+    flags: (Option<String>, Option<String>),
+) -> Result<(), ServerError> {
+    let (level_flag, format_flag) = flags;
+    let format = match format_flag
+        .is_none()
+        .then(|| env_setting(LOG_FORMAT_ENV))
+        .flatten()
+    {
+        Some(name) => LogFormat::from_name(&name)
+            .map_err(|why| ServerError(format!("environment variable {LOG_FORMAT_ENV}: {why}")))?,
+        None => config.log_format()?.unwrap_or(LogFormat::Text),
+    };
+    let (level, source) = match (level_flag, env_setting(LOG_ENV), &config.log_level) {
+        (Some(flag), _, _) => (flag, "--log-level"),
+        (None, Some(env), _) => (env, LOG_ENV),
+        (None, None, Some(file)) => (file.clone(), "the file's log_level"),
+        (None, None, None) => ("info".to_string(), "the default"),
+    };
+    crate::init_logging(&level, format)
+        .map_err(|why| ServerError::option("log_level", format!("{why} (from {source})")))
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> ExitCode {
-    let result = args.config().and_then(server::run);
+    let flags = (args.log_level.clone(), args.log_format.clone());
+    let result = args.config().and_then(|config| {
+        log_settings(&config, flags)?;
+        server::run(config)
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

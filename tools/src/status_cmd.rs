@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lockstep::client::{Client, ClientError};
+use lockstep::node::LatencySnapshot;
 use serde_json::Value;
 
 /// Arguments of `lockstep status`.
@@ -54,6 +55,11 @@ fn field(status: &Value, name: &str) -> String {
     }
 }
 
+/// A number field of `object` (0 when missing).
+fn number(object: &Value, name: &str) -> f64 {
+    object.get(name).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
 /// The human-readable rendering of a status JSON object.
 fn render(status: &Value) -> String {
     let mut out = String::new();
@@ -68,23 +74,79 @@ fn render(status: &Value) -> String {
     ] {
         out.push_str(&format!("{label:<8} {}\n", field(status, name)));
     }
+    if let Some(runtime) = status.get("runtime") {
+        out.push_str(&render_runtime(status, runtime));
+    }
     if let Some(Value::Array(peers)) = status.get("peers") {
         if !peers.is_empty() {
             out.push_str(&format!(
-                "{:<6} {:>12} {:>12}  {}\n",
-                "peer", "matched", "next", "state"
+                "{:<6} {:>12} {:>12}  {:<10} {:>10} {:>14}\n",
+                "peer", "matched", "next", "state", "in flight", "in-flight bytes"
             ));
             for peer in peers {
                 out.push_str(&format!(
-                    "{:<6} {:>12} {:>12}  {}\n",
+                    "{:<6} {:>12} {:>12}  {:<10} {:>10} {:>14}\n",
                     field(peer, "id"),
                     field(peer, "matched"),
                     field(peer, "next"),
-                    field(peer, "state")
+                    field(peer, "state"),
+                    field(peer, "inflight_messages"),
+                    field(peer, "inflight_bytes")
                 ));
             }
         }
     }
+    out
+}
+
+/// Rates, sync sizes and latency, and queue depths (the status's `runtime` and `log` parts).
+fn render_runtime(status: &Value, runtime: &Value) -> String {
+    let mut out = String::new();
+    let null = Value::Null;
+    let rates = runtime.get("rates").unwrap_or(&null);
+    out.push_str(&format!(
+        "rates    {:.0} commits/s, {:.0} applied/s, {:.1} syncs/s, {:.0} entries synced/s (over {} ms)\n",
+        number(rates, "commits_per_s"),
+        number(rates, "applied_per_s"),
+        number(rates, "syncs_per_s"),
+        number(rates, "entries_synced_per_s"),
+        field(rates, "window_ms")
+    ));
+    let log = status.get("log").unwrap_or(&null);
+    let syncs = number(log, "syncs").max(1.0);
+    let batches = number(log, "batches_appended").max(1.0);
+    out.push_str(&format!(
+        "syncs    {} done, {:.1} entries and {:.0} bytes each; {:.1} entries per batch\n",
+        field(log, "syncs"),
+        number(log, "entries_synced") / syncs,
+        number(log, "bytes_synced") / syncs,
+        number(log, "entries_appended") / batches
+    ));
+    if let Ok(latency) = serde_json::from_value::<LatencySnapshot>(
+        runtime.get("sync_latency").cloned().unwrap_or(Value::Null),
+    ) {
+        let show = |q: f64| match latency.quantile_upper_us(q) {
+            Some(us) => format!("<= {us} us"),
+            None if latency.count == 0 => "-".to_string(),
+            None => format!("> {} us", latency.bounds_us.last().copied().unwrap_or(0)),
+        };
+        out.push_str(&format!(
+            "sync lat p50 {}, p99 {} ({} syncs timed)\n",
+            show(0.5),
+            show(0.99),
+            latency.count
+        ));
+    }
+    let queues = runtime.get("queues").unwrap_or(&null);
+    out.push_str(&format!(
+        "queues   requests {} net {} feedback {} storage {} apply {} (capacity {})\n",
+        field(queues, "requests"),
+        field(queues, "net_events"),
+        field(queues, "feedback"),
+        field(queues, "storage"),
+        field(queues, "apply"),
+        field(queues, "capacity")
+    ));
     out
 }
 
@@ -126,6 +188,30 @@ mod tests {
         .unwrap();
         let text = render(&status);
         for expected in ["role     leader", "term     3", "applied  9", "replicate"] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        let with_runtime: Value = serde_json::from_str(
+            r#"{"id":1,"role":"leader","log":{"syncs":4,"entries_synced":400,"bytes_synced":8000,
+                "entries_appended":400,"batches_appended":8},
+               "runtime":{"rates":{"window_ms":1000,"syncs_per_s":4.0,"entries_synced_per_s":400.0,
+                 "commits_per_s":400.0,"applied_per_s":399.0},
+                 "queues":{"requests":0,"net_events":2,"feedback":0,"storage":5,"apply":1,"capacity":1024},
+                 "sync_latency":{"bounds_us":[100,1000],"counts":[1,3,0],"sum_us":2000,"count":4}},
+               "peers":[{"id":2,"matched":10,"next":11,"state":"replicate","inflight_messages":3,
+                 "inflight_bytes":4096}]}"#,
+        )
+        .unwrap();
+        let text = render(&with_runtime);
+        for expected in [
+            "rates    400 commits/s, 399 applied/s, 4.0 syncs/s",
+            "100.0 entries and 2000 bytes each; 50.0 entries per batch",
+            "sync lat p50 <= 1000 us, p99 <= 1000 us (4 syncs timed)",
+            "queues   requests 0 net 2 feedback 0 storage 5 apply 1 (capacity 1024)",
+            "4096",
+        ] {
             assert!(
                 text.contains(expected),
                 "{expected:?} missing from:\n{text}"

@@ -115,6 +115,9 @@ impl LocalCluster {
                 cluster_id: spec.cluster_id,
                 data_dir: dir.path().join(format!("node-{}", member.id)),
                 app: spec.app,
+                metrics_addr: None,
+                log_level: None,
+                log_format: None,
                 members: members.clone(),
                 tuning: spec.tuning.clone(),
             };

@@ -39,6 +39,9 @@ fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<Node>, Vec<SocketAddr>
                 cluster_id: CLUSTER_ID,
                 data_dir: dir.join(format!("node-{}", member.id)),
                 app: AppKind::Kv,
+                metrics_addr: None,
+                log_level: None,
+                log_format: None,
                 members: members.clone(),
                 tuning: Tuning {
                     segment_bytes: 1 << 20,

@@ -53,3 +53,4 @@ pub use durable_log::{
 pub use error::LogError;
 pub use hard_state::HardState;
 pub use sync::SyncMode;
+pub(crate) use sync::MAX_SYNCS_IN_FLIGHT;

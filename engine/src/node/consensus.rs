@@ -27,6 +27,7 @@ use crate::node::pipeline::{
     error_reply, ApplyMsg, BatchOutcome, BatchWaiter, ClientAddrs, Feedback, PendingRead, Shared,
     StorageMsg, Target,
 };
+use crate::node::stats::{InboxProbes, Observed};
 use crate::node::{Applied, AppliedBatch, NodeCounters, NodeError, NodeStatus, PeerProgress};
 use crate::raft::{MembershipChange, ProgressState, ProposeError, Raft, ReadId, Ready, Role};
 use crate::types::{LogIndex, NodeId};
@@ -73,6 +74,8 @@ pub(crate) struct ConsensusStage {
     role: Role,
     replies: Vec<(ConnId, ClientReply)>,
     local_reads: Vec<PendingRead>,
+    /// Leader changes, error replies, queue probes and rates, for the status.
+    observed: Observed,
 }
 
 /// Whether the loop keeps going.
@@ -93,6 +96,8 @@ impl ConsensusStage {
         client_addrs: ClientAddrs,
         transport: Option<Arc<Transport>>,
     ) -> ConsensusStage {
+        let start = raft.status();
+        let observed = Observed::new(start.commit.get(), start.applied.get());
         ConsensusStage {
             raft,
             tick,
@@ -109,6 +114,7 @@ impl ConsensusStage {
             role: Role::Follower,
             replies: Vec::new(),
             local_reads: Vec::new(),
+            observed,
         }
     }
 
@@ -122,6 +128,8 @@ impl ConsensusStage {
         feedback: Receiver<Feedback>,
     ) {
         let mut next_tick = Instant::now() + self.tick;
+        self.observed
+            .probe(InboxProbes::new(&requests, &net_events, &feedback));
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let mut flow = crossbeam_channel::select! {
@@ -381,6 +389,7 @@ impl ConsensusStage {
         if let Some(soft) = soft_state {
             lost_leadership = self.role == Role::Leader && soft.role != Role::Leader;
             self.role = soft.role;
+            self.observed.leader_seen(self.leader, soft.leader);
             self.leader = soft.leader;
         }
         // Messages first: a follower's append, write, sync and ack is the longer leg of a
@@ -480,6 +489,7 @@ impl ConsensusStage {
             drop(self.to_apply.send(ApplyMsg::Reads(reads)));
         }
         if !self.replies.is_empty() {
+            self.observed.count_replies(&self.replies);
             match &self.net {
                 Some(net) => net.reply(std::mem::take(&mut self.replies)),
                 None => self.replies.clear(),
@@ -487,15 +497,25 @@ impl ConsensusStage {
         }
     }
 
-    fn status(&self) -> NodeStatus {
+    fn status(&mut self) -> NodeStatus {
         let status = self.raft.status();
+        let log = *self.shared.log.lock().expect("log counters lock");
+        let applied = self.shared.applied().get();
+        let runtime = self.observed.status(
+            &self.to_storage,
+            &self.to_apply,
+            &log,
+            status.commit.get(),
+            applied,
+            &self.shared.sync_latency,
+        );
         NodeStatus {
             id: status.id.get(),
             role: role_name(status.role).to_string(),
             term: status.term.get(),
             leader: status.leader.map(NodeId::get),
             commit: status.commit.get(),
-            applied: self.shared.applied().get(),
+            applied,
             durable: status.durable.get(),
             peers: status
                 .progress
@@ -510,6 +530,8 @@ impl ConsensusStage {
                         ProgressState::Snapshot => "snapshot",
                     }
                     .to_string(),
+                    inflight_messages: peer.inflight_messages,
+                    inflight_bytes: peer.inflight_bytes,
                 })
                 .collect(),
             counters: NodeCounters {
@@ -521,8 +543,9 @@ impl ConsensusStage {
                 snapshots_installed: status.stats.snapshots_installed,
                 reads_ready: status.stats.reads_ready,
             },
-            log: *self.shared.log.lock().expect("log counters lock"),
+            log,
             net: self.transport.as_ref().map(|transport| transport.stats()),
+            runtime,
         }
     }
 

@@ -5,6 +5,7 @@
 mod consensus;
 pub(crate) mod pipeline;
 pub mod start;
+mod stats;
 mod storage;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
 use self::pipeline::{ClientAddrs, Shared};
+pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
 
 /// One member of the cluster as the configuration names it.
@@ -70,6 +72,8 @@ pub struct NodeConfig {
     pub cpu_affinity: Option<Vec<usize>>,
     /// Network settings not derived from the above.
     pub max_frame_bytes: u32,
+    /// SO_SNDBUF / SO_RCVBUF requested for every socket (the network's default: 4 MiB).
+    pub socket_buffer_bytes: usize,
     /// The RESP command set served on the client port (see [`crate::resp`]); `None`: the
     /// client port speaks only the native protocol.
     pub frontend: Option<Arc<dyn Frontend>>,
@@ -103,6 +107,8 @@ impl NodeConfig {
             channel_capacity: 1024,
             cpu_affinity: None,
             max_frame_bytes: 64 << 20,
+            socket_buffer_bytes: NetConfig::new(cluster_id, id, ([127, 0, 0, 1], 0).into())
+                .socket_buffer_bytes,
             frontend: None,
         }
     }
@@ -252,6 +258,7 @@ impl Node {
                 .collect();
             net_config.client_listen = client_listen;
             net_config.max_frame_bytes = config.max_frame_bytes;
+            net_config.socket_buffer_bytes = config.socket_buffer_bytes;
             net_config.frontend = config.frontend.clone();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
@@ -399,6 +406,10 @@ impl Node {
             counters: NodeCounters::default(),
             log: *self.shared.log.lock().expect("log counters lock"),
             net: None,
+            runtime: RuntimeStatus {
+                sync_latency: self.shared.sync_latency.snapshot(),
+                ..RuntimeStatus::default()
+            },
         }
     }
 
@@ -527,6 +538,8 @@ pub struct NodeStatus {
     pub log: LogCounters,
     /// The network stage's counters (none when the node runs without a network).
     pub net: Option<crate::net::NetStats>,
+    /// Leader changes, error replies, queue depths, rates and sync latency.
+    pub runtime: RuntimeStatus,
 }
 
 /// Counters of the local log since the node started (monotonic).
@@ -542,6 +555,8 @@ pub struct LogCounters {
     pub syncs: u64,
     /// Entries made durable by those rounds (entries_synced / syncs = entries per sync).
     pub entries_synced: u64,
+    /// Record bytes made durable by those rounds (bytes_synced / syncs = bytes per sync).
+    pub bytes_synced: u64,
 }
 
 /// Counters of one node since it started (monotonic).
@@ -574,4 +589,8 @@ pub struct PeerProgress {
     pub next: u64,
     /// "probe", "replicate" or "snapshot".
     pub state: String,
+    /// Append messages sent to it and not yet acknowledged.
+    pub inflight_messages: u32,
+    /// Payload bytes sent to it and not yet acknowledged.
+    pub inflight_bytes: u64,
 }

@@ -305,6 +305,8 @@ pub(crate) struct Shared {
     pub failure: Mutex<Option<String>>,
     /// The log counters, published by storage once per loop turn.
     pub log: Mutex<LogCounters>,
+    /// Sync latency, observed by storage (see [`super::stats::SyncTimer`]).
+    pub sync_latency: super::stats::LatencyHistogram,
     /// Set by consensus once it takes no more requests.
     pub exited: AtomicBool,
     /// A receiver of the request channel, so that requests sent after consensus exited (they

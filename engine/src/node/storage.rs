@@ -24,6 +24,7 @@ use crate::apply::snapshot;
 use crate::log::{HardState as LogHardState, Log};
 use crate::net::NetHandle;
 use crate::node::pipeline::{Feedback, Shared, StorageMsg};
+use crate::node::stats::SyncTimer;
 use crate::node::LogCounters;
 use crate::raft::{Message, StorageWrite, WriteId};
 use crate::types::NodeId;
@@ -37,6 +38,7 @@ pub(crate) struct StorageStage {
     pub shared: Arc<Shared>,
     /// Executed writes not yet reported durable: id, log seq that must be durable, messages.
     pending: VecDeque<(WriteId, u64, Vec<Message>)>,
+    sync_timer: SyncTimer,
 }
 
 impl StorageStage {
@@ -58,6 +60,7 @@ impl StorageStage {
             feedback,
             shared,
             pending: VecDeque::new(),
+            sync_timer: SyncTimer::default(),
         }
     }
 
@@ -90,6 +93,8 @@ impl StorageStage {
                 }
             }
             self.log.request_sync().map_err(err)?;
+            let (last_seq, durable_seq) = (self.log.last_seq(), self.log.durable_seq());
+            self.sync_timer.requested(last_seq, durable_seq);
             self.log.poll_durable().map_err(err)?;
             self.release();
             if self.log.sync_in_flight() {
@@ -190,8 +195,11 @@ impl StorageStage {
             bytes_appended: stats.bytes_appended,
             syncs: stats.syncs,
             entries_synced: stats.entries_synced,
+            bytes_synced: stats.bytes_synced,
         };
         let durable_seq = self.log.durable_seq();
+        self.sync_timer
+            .durable(durable_seq, &self.shared.sync_latency);
         let mut last = None;
         let mut messages = Vec::new();
         while self

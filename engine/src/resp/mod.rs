@@ -9,6 +9,7 @@
 //! replies back in request order. The wire details are documented in `docs/CLIENTS.md`.
 
 pub mod parser;
+pub mod session;
 
 use std::fmt;
 

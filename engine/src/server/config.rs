@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::apps::AppKind;
-use crate::log::{AppendMode, LogOptions, SyncMode};
+use crate::log::{AppendMode, LogOptions, SyncMode, MAX_SYNCS_IN_FLIGHT};
+use crate::net::NetConfig;
 use crate::node::{NodeConfig, PeerConfig};
 use crate::types::NodeId;
 
@@ -105,6 +106,10 @@ pub struct Tuning {
     pub channel_capacity: usize,
     /// Largest frame, in bytes.
     pub max_frame_bytes: u32,
+    /// Sync rounds the log keeps in flight at once (1..=64).
+    pub syncs_in_flight: usize,
+    /// SO_SNDBUF / SO_RCVBUF requested for every peer and client socket, bytes.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -126,6 +131,9 @@ impl Default for Tuning {
             cpu_affinity: Vec::new(),
             channel_capacity: 1024,
             max_frame_bytes: 64 << 20,
+            syncs_in_flight: LogOptions::default().syncs_in_flight,
+            socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
+                .socket_buffer_bytes,
         }
     }
 }
@@ -160,7 +168,7 @@ impl Tuning {
     }
 
     fn validate(&self) -> Result<(), ServerError> {
-        let nonzero: [(&str, u64); 11] = [
+        let nonzero: [(&str, u64); 13] = [
             ("tick_ms", self.tick_ms),
             ("election_ticks", self.election_ticks as u64),
             ("heartbeat_ticks", self.heartbeat_ticks as u64),
@@ -172,6 +180,8 @@ impl Tuning {
             ("snapshot_entries", self.snapshot_entries),
             ("segment_bytes", self.segment_bytes),
             ("channel_capacity", self.channel_capacity as u64),
+            ("syncs_in_flight", self.syncs_in_flight as u64),
+            ("socket_buffer_bytes", self.socket_buffer_bytes as u64),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, value)| *value == 0) {
             return Err(ServerError::option(
@@ -221,6 +231,15 @@ impl Tuning {
                 ),
             ));
         }
+        if self.syncs_in_flight > MAX_SYNCS_IN_FLIGHT {
+            return Err(ServerError::option(
+                "tuning.syncs_in_flight",
+                format!(
+                    "{} is above the log's limit of {MAX_SYNCS_IN_FLIGHT}",
+                    self.syncs_in_flight
+                ),
+            ));
+        }
         let mut seen_cores = HashSet::new();
         if let Some(core) = self
             .cpu_affinity
@@ -250,11 +269,43 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Which state machine to run.
     pub app: AppKind,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none (the default): no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log filter (`info`, `debug`, `lockstep=debug,warn`, ...); none: `LOCKSTEP_LOG`, else
+    /// `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format, `text` or `json`; none: `LOCKSTEP_LOG_FORMAT`, else `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
     /// The initial voters (this node included).
     pub members: Vec<MemberConfig>,
     /// Tuning.
     #[serde(default)]
     pub tuning: Tuning,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, message).
+    Json,
+}
+
+impl LogFormat {
+    /// The format `name` names (`text` or `json`).
+    pub fn from_name(name: &str) -> Result<LogFormat, String> {
+        match name {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "{other:?} is not a log format (expected \"text\" or \"json\")"
+            )),
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error. The message names the file and the
@@ -370,11 +421,43 @@ impl ServerConfig {
                 format!("{} is not among the members {listed:?}", self.id),
             ));
         }
+        self.validate_observability()?;
         self.tuning.validate()?;
         let raft = self.raft_config();
         raft.validate()
             .map_err(|e| ServerError::option("tuning", e.to_string()))?;
         Ok(())
+    }
+
+    /// Checks `metrics_addr`, `log_level` and `log_format` (the filter's syntax is checked
+    /// where the logger is set up).
+    fn validate_observability(&self) -> Result<(), ServerError> {
+        if let (Some(addr), Some(own)) = (self.metrics_addr, self.own_member()) {
+            if addr == own.peer_addr || addr == own.client_addr {
+                return Err(ServerError::option(
+                    "metrics_addr",
+                    format!("{addr} is also this node's peer or client address"),
+                ));
+            }
+        }
+        if self
+            .log_level
+            .as_deref()
+            .is_some_and(|level| level.trim().is_empty())
+        {
+            return Err(ServerError::option("log_level", "is empty".to_string()));
+        }
+        self.log_format()?;
+        Ok(())
+    }
+
+    /// The configured log format, if one is configured.
+    pub fn log_format(&self) -> Result<Option<LogFormat>, ServerError> {
+        self.log_format
+            .as_deref()
+            .map(LogFormat::from_name)
+            .transpose()
+            .map_err(|why| ServerError::option("log_format", why))
     }
 
     /// This node's own member entry.
@@ -423,6 +506,7 @@ impl ServerConfig {
             segment_bytes: tuning.segment_bytes,
             sync_mode: tuning.sync_mode()?,
             append_mode: tuning.append_mode()?,
+            syncs_in_flight: tuning.syncs_in_flight,
             ..LogOptions::default()
         };
         node.snapshot_entries = tuning.snapshot_entries;
@@ -433,6 +517,7 @@ impl ServerConfig {
             Some(tuning.cpu_affinity.clone())
         };
         node.max_frame_bytes = tuning.max_frame_bytes;
+        node.socket_buffer_bytes = tuning.socket_buffer_bytes;
         Ok(node)
     }
 }
@@ -483,12 +568,31 @@ snapshot_entries = 1000
         assert_eq!(node.snapshot_entries, 1000);
         assert_eq!(node.raft.election_ticks, 100);
         assert_eq!(node.cpu_affinity, None);
-        assert_eq!(ServerConfig::parse_toml(&config.to_toml()), Ok(config));
+        assert_eq!(
+            node.log.syncs_in_flight,
+            LogOptions::default().syncs_in_flight
+        );
+        assert_eq!(node.socket_buffer_bytes, 4 << 20);
+        assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.log_format(), Ok(None));
+        assert_eq!(
+            ServerConfig::parse_toml(&config.to_toml()),
+            Ok(config.clone())
+        );
+        let observed = ServerConfig {
+            metrics_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            log_level: Some("lockstep=debug,info".to_string()),
+            log_format: Some("json".to_string()),
+            ..config
+        };
+        observed.validate().unwrap();
+        assert_eq!(observed.log_format(), Ok(Some(LogFormat::Json)));
+        assert_eq!(ServerConfig::parse_toml(&observed.to_toml()), Ok(observed));
     }
 
     #[test]
     fn errors_name_the_option() {
-        let cases: [(&str, &str, &str); 12] = [
+        let cases: [(&str, &str, &str); 17] = [
             ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
             (
                 "sync = \"fdatasync\"",
@@ -528,6 +632,31 @@ snapshot_entries = 1000
                 "sync = \"fdatasync\"",
                 "cpu_affinity = [0, 0]",
                 "`tuning.cpu_affinity`",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nmetrics_addr = \"127.0.0.1:6381\"",
+                "option `metrics_addr` (flag --metrics-addr): 127.0.0.1:6381 is also",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nmetrics_addr = \"localhost\"",
+                "metrics_addr",
+            ),
+            (
+                "sync = \"fdatasync\"",
+                "syncs_in_flight = 65",
+                "option `tuning.syncs_in_flight` (flag --syncs-in-flight): 65 is above",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nlog_format = \"xml\"",
+                "option `log_format` (flag --log-format): \"xml\" is not a log format",
+            ),
+            (
+                "app = \"kv\"",
+                "app = \"kv\"\nlog_level = \" \"",
+                "option `log_level` (flag --log-level): is empty",
             ),
         ];
         for (from, to, expected) in cases {

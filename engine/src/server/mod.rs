@@ -4,10 +4,13 @@
 //!
 //! - [`config`]: [`ServerConfig`] (the file's shape), loading, validation, mapping onto
 //!   [`crate::node::NodeConfig`];
-//! - [`run`] / [`run_until`]: start the node, announce readiness, serve until told to stop.
+//! - [`run`] / [`run_until`]: start the node, announce readiness, serve until told to stop;
+//! - [`metrics`]: the Prometheus endpoint (`metrics_addr`).
 
 pub mod config;
+pub mod metrics;
 mod run;
 
-pub use self::config::{MemberConfig, ServerConfig, ServerError, Tuning};
+pub use self::config::{LogFormat, MemberConfig, ServerConfig, ServerError, Tuning};
+pub use self::metrics::MetricsServer;
 pub use self::run::{ready_line, run, run_until, READY_MARKER};

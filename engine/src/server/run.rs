@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::apps::{AppKind, Journal, KvStore};
+use crate::apps::{AppKind, Bank, Journal, KvStore, LockService};
 use crate::node::Node;
 
 use super::config::{ServerConfig, ServerError};
+use super::metrics::MetricsServer;
 
 /// The words that start every ready line (followed by the node id).
 pub const READY_MARKER: &str = "lockstep node ";
@@ -52,15 +53,35 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 
 /// Starts the node, prints the ready line, and serves until `stop` becomes true; then shuts the
 /// node down (syncing and sealing its log) and returns. Installs no signal handler. A node that
-/// fails on its own (see [`Node::failure`]) ends the run with an error naming the cause.
+/// fails on its own (see [`Node::failure`]) ends the run with an error naming the cause and,
+/// where one is known, what the operator should do about it.
+///
+/// With `metrics_addr`, the endpoint is bound before the node starts (a bad address stops
+/// the server before it touches the data directory) and stopped before the node shuts down.
 pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerError> {
     let mut node_config = config.node_config()?;
     node_config.frontend = config.app.frontend();
+    let mut metrics = config
+        .metrics_addr
+        .map(MetricsServer::bind)
+        .transpose()
+        .map_err(|why| ServerError::option("metrics_addr", why))?;
     let node = match config.app {
         AppKind::Kv => Node::start(node_config, KvStore::new()),
+        AppKind::Bank => Node::start(node_config, Bank::new()),
+        AppKind::Lock => Node::start(node_config, LockService::new()),
         AppKind::Journal => Node::start(node_config, Journal::new()),
     }
-    .map_err(|e| ServerError(format!("node {} failed to start: {e}", config.id)))?;
+    .map_err(|e| fatal(format!("node {} failed to start: {e}", config.id)))?;
+    let node = Arc::new(node);
+    let served = metrics
+        .as_mut()
+        .map_or(Ok(()), |server| server.serve(Arc::clone(&node)));
+    if let Err(why) = served {
+        drop(metrics);
+        drop(shut_down(node, &config));
+        return Err(ServerError::option("metrics_addr", why));
+    }
     let line = ready_line(config.id, node.peer_addr(), node.client_addr());
     tracing::info!(app = config.app.name(), "{line}");
     {
@@ -72,18 +93,150 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
     while !stop.load(Ordering::Relaxed) {
         if let Some(failure) = node.failure() {
             // The node already stopped itself; shutting down only joins its threads.
-            drop(node.shutdown());
-            return Err(ServerError(format!("node {} failed: {failure}", config.id)));
+            drop(metrics);
+            drop(shut_down(node, &config));
+            return Err(fatal(format!("node {} failed: {failure}", config.id)));
         }
         std::thread::sleep(STOP_POLL);
     }
     tracing::info!(id = config.id, "stopping: shutting the node down");
+    drop(metrics);
+    shut_down(node, &config)?;
+    tracing::info!(id = config.id, "stopped");
+    Ok(())
+}
+
+/// Shuts the node down once the metrics thread (the only other holder) has let go of it.
+fn shut_down(node: Arc<Node>, config: &ServerConfig) -> Result<(), ServerError> {
+    let node = Arc::try_unwrap(node).unwrap_or_else(|node| {
+        panic!(
+            "node {} is still shared ({} references) after the metrics server stopped",
+            config.id,
+            Arc::strong_count(&node)
+        )
+    });
     node.shutdown().map_err(|e| {
-        ServerError(format!(
+        fatal(format!(
             "node {} failed to shut down cleanly: {e}",
             config.id
         ))
-    })?;
-    tracing::info!(id = config.id, "stopped");
-    Ok(())
+    })
+}
+
+/// A fatal error, with what the operator should do appended when the cause is a known one;
+/// logged (so structured logs carry it too) and returned.
+fn fatal(message: String) -> ServerError {
+    let hint = operator_hint(&message);
+    tracing::error!(error = %message, hint = hint.unwrap_or(""), "fatal");
+    match hint {
+        Some(hint) => ServerError(format!("{message}. What to do: {hint}")),
+        None => ServerError(message),
+    }
+}
+
+/// Known causes of fatal errors, recognised by the (lower-case) words their messages (built by the log, the
+/// network and the node start-up) contain, and what the operator should do about each.
+/// `docs/OPERATIONS.md` ("When a node stops") explains each in more depth.
+const HINTS: [(&str, &str); 9] = [
+    (
+        "is in use by another log",
+        "another lockstep process uses this data directory; stop it, or give this node its own \
+         `data_dir`",
+    ),
+    (
+        "address already in use",
+        "another process listens on that address; stop it, or change this node's addresses in \
+         `members` (every node must list the same members)",
+    ),
+    (
+        "cannot assign requested address",
+        "that address does not belong to this machine; check this node's entry in `members`",
+    ),
+    (
+        "permission denied",
+        "the user running lockstep may not use that file, directory or port; fix ownership or \
+         mode, or use a port above 1023",
+    ),
+    (
+        "no space left",
+        "the disk is full; free space (the log needs room for one more `segment_bytes` \
+         segment) and restart: everything already durable is intact",
+    ),
+    (
+        "log is poisoned",
+        "the disk refused a sync; check the kernel log (dmesg) for I/O errors, then restart the \
+         node: syncs are never retried, the log is verified on start and peers resend the rest",
+    ),
+    (
+        "log corrupt",
+        "the named file is damaged before its tail; keep it for diagnosis (`lockstep log \
+         verify`), and see docs/OPERATIONS.md (\"A corrupt log\") before removing anything",
+    ),
+    (
+        "has no valid slot",
+        "the hard-state file is damaged; keep it for diagnosis and see docs/OPERATIONS.md \
+         (\"A corrupt log\")",
+    ),
+    (
+        "rejected the snapshot",
+        "the snapshot was written by another app; run this data directory with the `app` that \
+         wrote it",
+    ),
+];
+
+/// What the operator should do about a fatal error, when its cause is a known one (the words
+/// of [`HINTS`] are lower case and matched regardless of case).
+fn operator_hint(message: &str) -> Option<&'static str> {
+    let message = message.to_lowercase();
+    HINTS
+        .iter()
+        .find(|(words, _)| message.contains(words))
+        .map(|&(_, hint)| hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogError;
+
+    #[test]
+    fn the_hints_match_the_messages_the_causes_really_produce() {
+        let os = |errno: i32| LogError::io("opening", std::io::Error::from_raw_os_error(errno));
+        let messages = [
+            LogError::Locked {
+                dir: "/d/log".into(),
+            }
+            .to_string(),
+            std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string(),
+            std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL).to_string(),
+            os(libc::EACCES).to_string(),
+            LogError::NoSpace { segment_bytes: 1 }.to_string(),
+            LogError::Poisoned { errno: libc::EIO }.to_string(),
+            LogError::Corrupt {
+                file: "/d/log/x".into(),
+                offset: 0,
+                index: crate::types::LogIndex(3),
+                reason: "crc".into(),
+            }
+            .to_string(),
+            LogError::HardStateCorrupt {
+                file: "/d/log/hs".into(),
+            }
+            .to_string(),
+            "refusing to start: the state machine rejected the snapshot at 4: bad".to_string(),
+        ];
+        for (message, (words, hint)) in messages.iter().zip(HINTS) {
+            assert_eq!(
+                operator_hint(message),
+                Some(hint),
+                "{message:?} should match {words:?}"
+            );
+        }
+        assert_eq!(operator_hint("something new"), None);
+        let error = fatal(format!("node 1 failed to start: {}", messages[0]));
+        assert!(
+            error.0.contains("What to do: another lockstep process"),
+            "{error}"
+        );
+    }
 }

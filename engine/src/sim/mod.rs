@@ -28,3 +28,4 @@ pub use self::checker::{Invariant, Violation};
 pub use self::cluster::{bug_name, parse_bug};
 pub use self::cluster::{run, SimOptions, SimReport, SimStats, ELECTION_TICKS, LIVENESS_TICKS};
 pub use self::profile::TICK;
+pub use self::rng::SimRng;

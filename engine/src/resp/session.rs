@@ -1,0 +1,416 @@
+//! Connection-level RESP commands: the ones a node answers for a connection without the state
+//! machine (PING, ECHO, QUIT, SELECT, HELLO, CLIENT, COMMAND, CONFIG, INFO, RESET), and the
+//! RESP form of the node's replies (redirects, errors, INFO text).
+//!
+//! Pure functions over one connection's [`Session`]; the network stage does the I/O. Covers what
+//! `redis-cli`, `redis-benchmark` and the common client libraries send when they connect; every
+//! command not listed here goes to the app's [`super::Frontend`].
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::Value;
+
+/// The Redis version this server claims in `HELLO` and `INFO` (the command surface it mimics;
+/// client libraries pick features by it). lockstep's own version is reported beside it.
+pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
+
+/// What one connection has told the server about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The connection's id (`CLIENT ID`).
+    pub id: u64,
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The name set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
+    pub name: Option<Bytes>,
+}
+
+/// What a connection-level command asks the network stage to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this reply.
+    Reply(Value),
+    /// Send `+OK`, then close the connection once it is flushed.
+    Quit,
+    /// Ask the node for its status and answer with [`info`].
+    Info,
+}
+
+impl Session {
+    /// A session of connection `id` from `addr`.
+    pub fn new(id: u64, addr: SocketAddr) -> Session {
+        Session {
+            id,
+            addr,
+            name: None,
+        }
+    }
+
+    /// Answers `args` if it is a connection-level command; `None` sends it to the app.
+    pub fn command(&mut self, args: &[Bytes]) -> Option<Action> {
+        assert!(!args.is_empty(), "a command without a name");
+        let name = args[0].to_ascii_lowercase();
+        let reply = match name.as_slice() {
+            b"ping" => match args.len() {
+                1 => Value::Simple("PONG".to_string()),
+                2 => Value::Bulk(args[1].clone()),
+                _ => arity("ping"),
+            },
+            b"echo" if args.len() == 2 => Value::Bulk(args[1].clone()),
+            b"echo" => arity("echo"),
+            b"quit" => return Some(Action::Quit),
+            b"select" => match args.get(1).map(|db| &db[..]) {
+                Some(b"0") if args.len() == 2 => Value::ok(),
+                Some(_) if args.len() == 2 => Value::error(
+                    "ERR",
+                    "DB index is out of range (lockstep has one database, 0)",
+                ),
+                _ => arity("select"),
+            },
+            b"hello" => self.hello(&args[1..]),
+            b"client" => self.client(&args[1..]),
+            b"command" => command(&args[1..]),
+            b"config" => config(&args[1..]),
+            b"info" => return Some(Action::Info),
+            b"reset" => {
+                self.name = None;
+                Value::Simple("RESET".to_string())
+            }
+            _ => return None,
+        };
+        Some(Action::Reply(reply))
+    }
+
+    fn hello(&mut self, args: &[Bytes]) -> Value {
+        let mut rest = args;
+        if let Some(version) = rest.first() {
+            match std::str::from_utf8(version).ok().and_then(|v| v.parse::<i64>().ok()) {
+                Some(2) => {}
+                Some(_) => {
+                    return Value::error("NOPROTO", "this server speaks RESP2 only (HELLO 2)")
+                }
+                None => {
+                    return Value::error("ERR", "Protocol version is not an integer or out of range")
+                }
+            }
+            rest = &rest[1..];
+        }
+        let mut name = None;
+        while let Some(option) = rest.first() {
+            match (option.to_ascii_lowercase().as_slice(), rest.len()) {
+                (b"setname", 2..) => {
+                    name = Some(rest[1].clone());
+                    rest = &rest[2..];
+                }
+                (b"auth", _) => {
+                    return Value::error(
+                        "ERR",
+                        "AUTH is not supported (lockstep has no users or passwords)",
+                    )
+                }
+                _ => {
+                    return Value::error(
+                        "ERR",
+                        format!(
+                            "syntax error in HELLO option '{}'",
+                            String::from_utf8_lossy(option)
+                        ),
+                    )
+                }
+            }
+        }
+        if name.is_some() {
+            self.name = name;
+        }
+        let text = |s: &str| Value::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+        Value::Array(vec![
+            text("server"),
+            text("lockstep"),
+            text("version"),
+            text(REDIS_COMPAT_VERSION),
+            text("proto"),
+            Value::Int(2),
+            text("id"),
+            Value::Int(self.id as i64),
+            text("mode"),
+            text("standalone"),
+            text("role"),
+            text("master"),
+            text("modules"),
+            Value::Array(Vec::new()),
+        ])
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Value {
+        let Some(sub) = args.first() else {
+            return arity("client");
+        };
+        match (sub.to_ascii_lowercase().as_slice(), args.len()) {
+            (b"setname", 2) => {
+                if args[1].iter().any(|&byte| byte <= b' ' || byte > b'~') {
+                    return Value::error(
+                        "ERR",
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                self.name = (!args[1].is_empty()).then(|| args[1].clone());
+                Value::ok()
+            }
+            (b"getname", 1) => self.name.clone().map_or(Value::Nil, Value::Bulk),
+            (b"id", 1) => Value::Int(self.id as i64),
+            (b"setinfo", 3) | (b"no-evict", 2) | (b"no-touch", 2) => Value::ok(),
+            (b"info", 1) | (b"list", 1) => {
+                let name = self
+                    .name
+                    .as_ref()
+                    .map(|name| String::from_utf8_lossy(name).into_owned())
+                    .unwrap_or_default();
+                let line = format!(
+                    "id={} addr={} name={name} db=0 resp=2\n",
+                    self.id, self.addr
+                );
+                Value::Bulk(Bytes::from(line))
+            }
+            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"list", _) => {
+                arity(&format!("client|{}", String::from_utf8_lossy(sub).to_lowercase()))
+            }
+            _ => Value::error(
+                "ERR",
+                format!(
+                    "unknown subcommand '{}'. lockstep supports CLIENT SETNAME, GETNAME, ID, \
+                     SETINFO, INFO, LIST",
+                    String::from_utf8_lossy(sub)
+                ),
+            ),
+        }
+    }
+}
+
+/// `-ERR wrong number of arguments for '<command>' command` (Redis's wording).
+pub fn arity(command: &str) -> Value {
+    Value::error(
+        "ERR",
+        format!("wrong number of arguments for '{command}' command"),
+    )
+}
+
+/// COMMAND: no command table is published (clients fall back to their built-in knowledge).
+fn command(args: &[Bytes]) -> Value {
+    match args.first().map(|sub| sub.to_ascii_lowercase()).as_deref() {
+        None | Some(b"docs") | Some(b"list") => Value::Array(Vec::new()),
+        Some(b"count") => Value::Int(0),
+        Some(b"info") => Value::Array(args[1..].iter().map(|_| Value::Nil).collect()),
+        Some(_) => Value::error(
+            "ERR",
+            format!(
+                "unknown subcommand '{}'. lockstep supports COMMAND, COMMAND COUNT, DOCS, \
+                 INFO, LIST",
+                String::from_utf8_lossy(&args[0])
+            ),
+        ),
+    }
+}
+
+/// The settings `CONFIG GET` reports, as Redis names them (read-only).
+const CONFIG: [(&str, &str); 4] = [
+    // Snapshots are the state machine's business; no RDB schedule.
+    ("save", ""),
+    // Every acknowledged write is in a synced, replicated log.
+    ("appendonly", "yes"),
+    ("appendfsync", "always"),
+    ("databases", "1"),
+];
+
+/// CONFIG GET <pattern>...: the matching settings as a flat name/value array. Other CONFIG
+/// subcommands are refused (settings come from the node's configuration file).
+fn config(args: &[Bytes]) -> Value {
+    let Some(sub) = args.first() else {
+        return arity("config");
+    };
+    if !sub.eq_ignore_ascii_case(b"get") {
+        return Value::error(
+            "ERR",
+            format!(
+                "CONFIG {} is not supported: lockstep's settings come from its configuration \
+                 file (CONFIG GET works)",
+                String::from_utf8_lossy(sub).to_uppercase()
+            ),
+        );
+    }
+    if args.len() < 2 {
+        return arity("config|get");
+    }
+    let mut out = Vec::new();
+    for (name, value) in CONFIG {
+        if args[1..].iter().any(|pattern| glob(pattern, name.as_bytes())) {
+            out.push(Value::Bulk(Bytes::from_static(name.as_bytes())));
+            out.push(Value::Bulk(Bytes::from_static(value.as_bytes())));
+        }
+    }
+    Value::Array(out)
+}
+
+/// Case-insensitive glob match supporting `*` and `?` (what CONFIG GET patterns use).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+        Some((&p, rest)) => text.split_first().is_some_and(|(&t, text_rest)| {
+            (p == b'?' || p.eq_ignore_ascii_case(&t)) && glob(rest, text_rest)
+        }),
+    }
+}
+
+/// The redirect a non-leader answers writes and linearizable reads with:
+/// `-NOTLEADER <leader client address or ?> <leader node id or ?>`.
+pub fn not_leader(leader_addr: Option<&str>, leader: Option<u64>) -> Value {
+    let id = leader.map_or_else(|| "?".to_string(), |id| id.to_string());
+    Value::Error(format!("NOTLEADER {} {id}", leader_addr.unwrap_or("?")))
+}
+
+/// The INFO text for a node status (the JSON of `lockstep status`): a Redis-style `# Server`
+/// section (with `redis_version`, which libraries read) and `# Replication` with the node's
+/// role, term, leader and indexes.
+pub fn info(status_json: &str) -> Value {
+    let status: serde_json::Value = serde_json::from_str(status_json).unwrap_or_default();
+    let number = |key: &str| status[key].as_u64().map_or("?".to_string(), |n| n.to_string());
+    let role = status["role"].as_str().unwrap_or("?");
+    let text = format!(
+        "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nlockstep_version:{}\r\n\
+         redis_mode:standalone\r\nprocess_id:{}\r\n\r\n\
+         # Replication\r\nrole:{}\r\nlockstep_role:{role}\r\nlockstep_node_id:{}\r\n\
+         lockstep_term:{}\r\nlockstep_leader:{}\r\nlockstep_commit_index:{}\r\n\
+         lockstep_applied_index:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        if role == "leader" { "master" } else { "slave" },
+        number("id"),
+        number("term"),
+        number("leader"),
+        number("commit"),
+        number("applied"),
+    );
+    Value::Bulk(Bytes::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(session: &mut Session, words: &[&str]) -> Option<Action> {
+        let args: Vec<Bytes> = words
+            .iter()
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect();
+        session.command(&args)
+    }
+
+    fn reply(session: &mut Session, words: &[&str]) -> Value {
+        match run(session, words) {
+            Some(Action::Reply(value)) => value,
+            other => panic!("{words:?} gave {other:?}"),
+        }
+    }
+
+    fn bulk(text: &str) -> Value {
+        Value::Bulk(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn session() -> Session {
+        Session::new(7, "127.0.0.1:5000".parse().unwrap())
+    }
+
+    #[test]
+    fn answers_connection_commands() {
+        let mut s = session();
+        assert_eq!(reply(&mut s, &["PING"]), Value::Simple("PONG".into()));
+        assert_eq!(reply(&mut s, &["ping", "hi"]), bulk("hi"));
+        assert_eq!(reply(&mut s, &["echo", "x"]), bulk("x"));
+        assert!(matches!(reply(&mut s, &["echo"]), Value::Error(e) if e.contains("'echo'")));
+        assert_eq!(reply(&mut s, &["select", "0"]), Value::ok());
+        assert!(matches!(reply(&mut s, &["select", "1"]), Value::Error(e) if e.contains("range")));
+        assert_eq!(run(&mut s, &["QUIT"]), Some(Action::Quit));
+        assert_eq!(run(&mut s, &["INFO", "server"]), Some(Action::Info));
+        assert_eq!(run(&mut s, &["SET", "k", "v"]), None);
+        assert_eq!(reply(&mut s, &["COMMAND"]), Value::Array(vec![]));
+        assert_eq!(reply(&mut s, &["COMMAND", "DOCS"]), Value::Array(vec![]));
+        assert_eq!(reply(&mut s, &["command", "count"]), Value::Int(0));
+    }
+
+    #[test]
+    fn client_names_and_hello() {
+        let mut s = session();
+        assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), Value::Nil);
+        assert_eq!(reply(&mut s, &["CLIENT", "SETNAME", "app"]), Value::ok());
+        assert_eq!(reply(&mut s, &["client", "getname"]), bulk("app"));
+        assert_eq!(reply(&mut s, &["CLIENT", "ID"]), Value::Int(7));
+        assert!(matches!(reply(&mut s, &["CLIENT", "SETNAME", "a b"]), Value::Error(_)));
+        assert!(
+            matches!(reply(&mut s, &["CLIENT", "KILL"]), Value::Error(e) if e.contains("KILL"))
+        );
+        let Value::Bulk(info) = reply(&mut s, &["CLIENT", "INFO"]) else {
+            panic!("CLIENT INFO is a bulk string")
+        };
+        assert!(info.starts_with(b"id=7 addr=127.0.0.1:5000 name=app"));
+        assert!(matches!(
+            reply(&mut s, &["HELLO", "3"]),
+            Value::Error(e) if e.starts_with("NOPROTO ")
+        ));
+        let Value::Array(fields) = reply(&mut s, &["HELLO", "2", "SETNAME", "other"]) else {
+            panic!("HELLO answers an array")
+        };
+        assert_eq!(fields[4..6], [bulk("proto"), Value::Int(2)]);
+        assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), bulk("other"));
+        assert!(matches!(reply(&mut s, &["HELLO", "2", "AUTH", "u", "p"]), Value::Error(_)));
+        assert_eq!(
+            reply(&mut s, &["RESET"]),
+            Value::Simple("RESET".to_string())
+        );
+        assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), Value::Nil);
+    }
+
+    #[test]
+    fn config_get_matches_patterns() {
+        let mut s = session();
+        assert_eq!(
+            reply(&mut s, &["CONFIG", "GET", "save"]),
+            Value::Array(vec![bulk("save"), bulk("")])
+        );
+        assert_eq!(
+            reply(&mut s, &["config", "get", "APPEND*"]),
+            Value::Array(vec![
+                bulk("appendonly"),
+                bulk("yes"),
+                bulk("appendfsync"),
+                bulk("always")
+            ])
+        );
+        assert_eq!(
+            reply(&mut s, &["CONFIG", "GET", "nothing"]),
+            Value::Array(vec![])
+        );
+        assert!(matches!(reply(&mut s, &["CONFIG", "SET", "x", "y"]), Value::Error(_)));
+    }
+
+    #[test]
+    fn redirects_and_info() {
+        assert_eq!(
+            not_leader(Some("127.0.0.1:6381"), Some(2)),
+            Value::Error("NOTLEADER 127.0.0.1:6381 2".to_string())
+        );
+        assert_eq!(
+            not_leader(None, None),
+            Value::Error("NOTLEADER ? ?".to_string())
+        );
+        let Value::Bulk(text) = info(r#"{"id":1,"role":"leader","term":3,"leader":1,"commit":9}"#)
+        else {
+            panic!("INFO is a bulk string")
+        };
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        assert!(text.contains("redis_version:7.0.0\r\n"), "{text}");
+        assert!(text.contains("role:master\r\n") && text.contains("lockstep_term:3\r\n"));
+        assert!(text.contains("lockstep_applied_index:?\r\n"), "{text}");
+    }
+}

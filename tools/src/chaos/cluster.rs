@@ -1,0 +1,352 @@
+//! The cluster under test: real `lockstep serve` processes of the running binary, each with its
+//! own data directory under the run directory and its stderr appended to `node-<id>.log`
+//! there, on loopback or (with partitions) each in its own network namespace. It can kill -9,
+//! pause (SIGSTOP), resume (SIGCONT) and restart nodes and ask them for their status. Every
+//! child is killed when the [`Cluster`] drops.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lockstep::client::Client;
+use lockstep::server::MemberConfig;
+use serde_json::Value;
+
+use super::netns::Netns;
+
+/// How long a node may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Timeout of the harness's own status queries.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Peer and client ports of a node in its own namespace.
+const NETNS_PEER_PORT: u16 = 7000;
+const NETNS_CLIENT_PORT: u16 = 7001;
+
+/// The cluster id every chaos cluster uses.
+pub const CLUSTER_ID: u64 = 7007;
+
+/// A running (or partly running) cluster.
+pub struct Cluster {
+    dir: PathBuf,
+    app: String,
+    extra_args: Vec<String>,
+    members: Vec<MemberConfig>,
+    procs: Vec<Option<Child>>,
+    paused: Vec<bool>,
+    netns: Option<Netns>,
+}
+
+/// `n` distinct free loopback ports (bound then released).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("cannot bind a loopback port: {err}"))?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|addr| addr.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("local address: {err}"))
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes running `app` with `extra_args` under `dir`, in network namespaces
+    /// when `netns` is given, and waits until each is ready.
+    pub fn start(
+        nodes: u64,
+        app: &str,
+        dir: &Path,
+        extra_args: Vec<String>,
+        netns: Option<Netns>,
+    ) -> Result<Cluster, String> {
+        let members = match &netns {
+            Some(netns) => (1..=nodes)
+                .map(|id| MemberConfig {
+                    id,
+                    peer_addr: SocketAddr::new(netns.addr(id), NETNS_PEER_PORT),
+                    client_addr: SocketAddr::new(netns.addr(id), NETNS_CLIENT_PORT),
+                })
+                .collect(),
+            None => {
+                let ports = free_ports(2 * nodes as usize)?;
+                (1..=nodes)
+                    .map(|id| {
+                        let base = 2 * (id as usize - 1);
+                        MemberConfig {
+                            id,
+                            peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[base])),
+                            client_addr: SocketAddr::from(([127, 0, 0, 1], ports[base + 1])),
+                        }
+                    })
+                    .collect()
+            }
+        };
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            app: app.to_string(),
+            extra_args,
+            members,
+            procs: (0..nodes).map(|_| None).collect(),
+            paused: vec![false; nodes as usize],
+            netns,
+        };
+        for id in cluster.ids() {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Ids of all members.
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|member| member.id).collect()
+    }
+
+    /// The network namespaces, when the cluster runs in them.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    /// Client addresses of all members, in id order.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.members
+            .iter()
+            .map(|member| member.client_addr)
+            .collect()
+    }
+
+    /// Node `id`'s client address.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        self.members[id as usize - 1].client_addr
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    /// Whether node `id`'s process runs (possibly paused).
+    pub fn is_up(&self, id: u64) -> bool {
+        self.procs[id as usize - 1].is_some()
+    }
+
+    /// Whether node `id` is paused.
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.paused[id as usize - 1]
+    }
+
+    /// Starts node `id` and waits for its ready line; on failure (it exited or stayed silent)
+    /// the error holds the tail of its log.
+    pub fn start_node(&mut self, id: u64) -> Result<(), String> {
+        assert!(!self.is_up(id), "node {id} is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .map_err(|err| format!("open {}: {err}", self.log_path(id).display()))?;
+        let exe = std::env::current_exe().map_err(|err| format!("own binary: {err}"))?;
+        let mut command = match &self.netns {
+            Some(netns) => netns.command(id, &exe),
+            None => Command::new(&exe),
+        };
+        command
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--cluster-id", &CLUSTER_ID.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(["--app", &self.app]);
+        for member in &self.members {
+            command.args(["--member", &member.to_string()]);
+        }
+        command
+            .args(&self.extra_args)
+            .env("LOCKSTEP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = command
+            .spawn()
+            .map_err(|err| format!("spawn node {id}: {err}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with(lockstep::server::READY_MARKER) && tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+                self.procs[id as usize - 1] = Some(child);
+                self.paused[id as usize - 1] = false;
+                return Ok(());
+            }
+            let exited = child
+                .try_wait()
+                .map_err(|err| format!("wait for node {id}: {err}"))?;
+            if let Some(status) = exited {
+                return Err(format!(
+                    "node {id} exited ({status}) before it was ready: {}",
+                    self.why_failed(id)
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "node {id} not ready within {READY_TIMEOUT:?}: {}",
+                    self.why_failed(id)
+                ));
+            }
+        }
+    }
+
+    /// Kills node `id` with SIGKILL (paused or not) and reaps it.
+    pub fn kill9(&mut self, id: u64) {
+        let mut child = self.procs[id as usize - 1]
+            .take()
+            .unwrap_or_else(|| panic!("kill -9 of node {id}, which is not running"));
+        child.kill().expect("SIGKILL a child we own");
+        child.wait().expect("reap a killed child");
+        self.paused[id as usize - 1] = false;
+    }
+
+    fn signal(&self, id: u64, signal: libc::c_int) {
+        let child = self.procs[id as usize - 1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("signal {signal} to node {id}, which is not running"));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            result,
+            0,
+            "kill({pid}, {signal}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Stops node `id` with SIGSTOP.
+    pub fn pause(&mut self, id: u64) {
+        assert!(!self.is_paused(id), "node {id} is already paused");
+        self.signal(id, libc::SIGSTOP);
+        self.paused[id as usize - 1] = true;
+    }
+
+    /// Resumes a paused node `id` with SIGCONT.
+    pub fn resume(&mut self, id: u64) {
+        assert!(self.is_paused(id), "node {id} is not paused");
+        self.signal(id, libc::SIGCONT);
+        self.paused[id as usize - 1] = false;
+    }
+
+    /// Node `id`'s status JSON.
+    pub fn status(&self, id: u64) -> Result<Value, String> {
+        let addr = self.client_addr(id);
+        let mut client = Client::connect(addr, CLUSTER_ID, STATUS_TIMEOUT)
+            .map_err(|err| format!("node {id} at {addr}: {err}"))?;
+        let json = client
+            .status()
+            .map_err(|err| format!("node {id} at {addr}: {err}"))?;
+        serde_json::from_str(&json).map_err(|err| format!("node {id}: status is not JSON: {err}"))
+    }
+
+    /// The leader as the running, unpaused nodes report it: the node that says it leads in
+    /// the highest term.
+    pub fn leader(&self) -> Option<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|id| self.is_up(*id) && !self.is_paused(*id))
+            .filter_map(|id| self.status(id).ok())
+            .filter(|status| status["role"] == "leader")
+            .max_by_key(|status| status["term"].as_u64())
+            .and_then(|status| status["id"].as_u64())
+    }
+
+    /// Waits up to `timeout` for a leader.
+    pub fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Reaps nodes whose process ended on its own (a crash: the harness never does that);
+    /// returns each with its exit status and the log lines that say why.
+    pub fn reap_exited(&mut self) -> Vec<(u64, String)> {
+        let mut exited = Vec::new();
+        for id in self.ids() {
+            let Some(child) = self.procs[id as usize - 1].as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                self.procs[id as usize - 1] = None;
+                self.paused[id as usize - 1] = false;
+                exited.push((id, format!("{status}: {}", self.why_failed(id))));
+            }
+        }
+        exited
+    }
+
+    /// The last few lines of node `id`'s log that report a failure or a panic.
+    pub fn why_failed(&self, id: u64) -> String {
+        let tail = self.log_tail(id, 200);
+        let lines: Vec<&str> = tail
+            .lines()
+            .filter(|line| {
+                line.contains("panicked") || line.contains("ERROR") || line.contains("failed")
+            })
+            .collect();
+        let next_lines: Vec<String> = tail
+            .lines()
+            .zip(tail.lines().skip(1))
+            .filter(|(line, _)| line.contains("panicked"))
+            .map(|(_, next)| next.to_string())
+            .collect();
+        let mut why: Vec<String> = lines[lines.len().saturating_sub(4)..]
+            .iter()
+            .map(|line| line.to_string())
+            .collect();
+        why.extend(next_lines);
+        why.join(" | ")
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(self.log_path(id)) {
+            let _ = file.read_to_string(&mut text);
+        }
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! What a workload must provide to a chaos run: client threads that record a history, a
+//! command that proves the cluster serves again, the final reads and checks once the faults
+//! healed, and a hash of one replica's local state for the convergence check.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use lockstep::client::Client;
+
+/// The verdict of a workload's checkers.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Violations found (the run fails).
+    pub failures: Vec<String>,
+    /// Keys or objects the checkers could not decide (reported, not failures).
+    pub undecided: Vec<String>,
+}
+
+/// Counts of a history's operations by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Took effect.
+    pub ok: usize,
+    /// Surely did not take effect.
+    pub fail: usize,
+    /// May have taken effect.
+    pub unknown: usize,
+}
+
+impl OutcomeCounts {
+    /// All operations.
+    pub fn total(&self) -> usize {
+        self.ok + self.fail + self.unknown
+    }
+}
+
+/// A workload of a chaos run, shared by its client threads.
+pub trait Workload: Send + Sync {
+    /// Prepares the state the clients need (e.g. opens accounts) before they start.
+    fn setup(&self, addrs: &[SocketAddr]) -> Result<(), String>;
+
+    /// One client thread's loop, until `stop`.
+    fn client(&self, process: u32, seed: u64, stop: &AtomicBool);
+
+    /// A command whose successful proposal shows the cluster serves, changing nothing the
+    /// checkers look at.
+    fn probe_command(&self) -> Vec<u8>;
+
+    /// After the clients stopped and the faults healed: the final reads through the leader
+    /// (as process `final_process`) and the checkers over the whole history.
+    fn finish(&self, addrs: &[SocketAddr], final_process: u32) -> Checked;
+
+    /// An order-sensitive hash of the state the workload touched, read locally from the node
+    /// `client` is connected to.
+    fn state_hash(&self, client: &mut Client) -> Result<u64, String>;
+
+    /// The history's operations by outcome.
+    fn counts(&self) -> OutcomeCounts;
+
+    /// Writes the history file.
+    fn write_history(&self, path: &Path, seed: u64) -> Result<(), String>;
+}
+
+/// Folds `bytes` into an FNV-1a hash, with a separator after them.
+pub fn fold_hash(hash: &mut u64, bytes: &[u8]) {
+    for byte in bytes.iter().chain(&[0xff]) {
+        *hash = (*hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+/// The FNV-1a starting value.
+pub const HASH_START: u64 = 0xcbf2_9ce4_8422_2325;

@@ -1,0 +1,129 @@
+//! CI-sized chaos runs of the real binary (`lockstep chaos`, see docs/CHAOS.md): a 3-node kv
+//! cluster under kill -9, SIGSTOP and (as root, with `ip` and `nft`) network partitions, and
+//! bank and lock clusters under kill -9 and SIGSTOP, must pass every checker; the same harness
+//! with a re-inserted stale-read bug must fail.
+//!
+//! `LOCKSTEP_CHAOS_SECONDS` sets the fault time of each passing run (default 12) and
+//! `LOCKSTEP_CHAOS_SEEDS` how many seeds to run (default 1, seeds 1..=N).
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::BIN;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|text| {
+            text.parse()
+                .unwrap_or_else(|_| panic!("{name}={text:?} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// Runs `lockstep chaos` with `args`; returns (exit code, stdout, stderr).
+fn chaos(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(BIN)
+        .arg("chaos")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lockstep chaos");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kv_history_survives_kills_pauses_and_partitions() {
+    let seconds = env_number("LOCKSTEP_CHAOS_SECONDS", 12).to_string();
+    for seed in 1..=env_number("LOCKSTEP_CHAOS_SEEDS", 1) {
+        let seed = seed.to_string();
+        let (code, stdout, stderr) = chaos(&[
+            "--seconds",
+            &seconds,
+            "--seed",
+            &seed,
+            "--nemesis",
+            "kill,pause,partition",
+            "--netns",
+        ]);
+        eprintln!("{stderr}{stdout}");
+        assert_eq!(code, Some(0), "seed {seed} failed:\n{stderr}{stdout}");
+        assert!(stdout.starts_with("PASS"), "{stdout}");
+    }
+}
+
+#[test]
+fn bank_and_lock_invariants_survive_kills_and_pauses() {
+    for workload in ["bank", "lock"] {
+        let (code, stdout, stderr) = chaos(&[
+            "--seconds",
+            "5",
+            "--seed",
+            "3",
+            "--workload",
+            workload,
+            "--nemesis",
+            "kill,pause",
+        ]);
+        eprintln!("{stderr}{stdout}");
+        assert_eq!(code, Some(0), "{workload} failed:\n{stderr}{stdout}");
+    }
+}
+
+#[test]
+fn checkers_catch_reads_served_without_a_read_index() {
+    let (code, stdout, stderr) = chaos(&[
+        "--seconds",
+        "4",
+        "--seed",
+        "7",
+        "--nemesis",
+        "pause,kill",
+        "--bug",
+        "stale-reads",
+    ]);
+    assert_eq!(
+        code,
+        Some(1),
+        "the stale-read bug went unnoticed:\n{stderr}{stdout}"
+    );
+    assert!(stdout.starts_with("FAIL"), "{stdout}");
+    assert!(
+        stderr.contains("not linearizable") || stderr.contains("acknowledged"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let (code, _, stderr) = chaos(&["--nemesis", "kill,flood"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown fault \"flood\""), "{stderr}");
+    let (code, _, stderr) = chaos(&["--nodes", "4"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--nodes 4"), "{stderr}");
+}
+
+/// Storage faults (bit flips in committed records, truncated segments, a deleted newest
+/// segment) need protocol-aware recovery: without it a damaged node refuses to start (which
+/// the harness records and undoes) or, worse, comes back with a shorter log. Run with
+/// `cargo test --release -p lockstep-tools --test chaos -- --ignored`.
+#[test]
+#[ignore = "finds lost acknowledged writes and crashes after log damage until protocol-aware recovery lands"]
+fn kv_history_survives_storage_faults() {
+    let seconds = env_number("LOCKSTEP_CHAOS_SECONDS", 12).to_string();
+    let (code, stdout, stderr) = chaos(&[
+        "--seconds",
+        &seconds,
+        "--seed",
+        "4",
+        "--nemesis",
+        "kill,storage",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}{stdout}");
+}
