@@ -31,7 +31,8 @@ pub struct Args {
     /// Directory of the log, hard state and snapshots (created if missing).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// State machine: `kv` (key-value store) or `journal` (opaque entries, counted and hashed).
+    /// State machine: `kv` (key-value store), `bank` (ledger), `lock` (lock service) or `journal`
+    /// (opaque entries, counted and hashed).
     #[arg(long, value_name = "APP", value_parser = parse_app)]
     app: Option<AppKind>,
     /// A cluster member as ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:7001/127.0.0.1:6380.
@@ -94,7 +95,7 @@ struct CoreList(Vec<usize>);
 
 fn parse_app(text: &str) -> Result<AppKind, String> {
     AppKind::from_name(text)
-        .ok_or_else(|| format!("{text:?} is not an app (expected kv or journal)"))
+        .ok_or_else(|| format!("{text:?} is not an app (expected {})", AppKind::NAMES))
 }
 
 fn parse_cores(text: &str) -> Result<CoreList, String> {

@@ -8,6 +8,10 @@
 //! | 2 | `Nil` | nothing (no such key) |
 //! | 3 | `Int` | `i64`, little-endian, 8 bytes |
 //! | 4 | `Error` | a UTF-8 message (the rest of the reply) |
+//! | 5 | `Array` | `u32` LE element count, then per element a `u32` LE length and that many bytes of an encoded reply |
+//!
+//! An `Error` message starts with an upper-case code word when the machine wants a RESP client
+//! to see a specific code (`ERR`, `NOSESSION`, `LOCKED`, ...); see `docs/CLIENTS.md`.
 //!
 //! Replies without a body are static bytes, so answering `Ok` allocates nothing.
 
@@ -20,6 +24,7 @@ const TAG_VALUE: u8 = 1;
 const TAG_NIL: u8 = 2;
 const TAG_INT: u8 = 3;
 const TAG_ERROR: u8 = 4;
+const TAG_ARRAY: u8 = 5;
 
 static OK_BYTES: [u8; 1] = [TAG_OK];
 static NIL_BYTES: [u8; 1] = [TAG_NIL];
@@ -37,6 +42,8 @@ pub enum Reply {
     Int(i64),
     /// The command was refused; the message says why. The state is unchanged.
     Error(String),
+    /// Several replies in order (a multi-key read, a tuple).
+    Array(Vec<Reply>),
 }
 
 /// Why bytes are not a valid reply.
@@ -86,6 +93,20 @@ impl Reply {
         out.freeze()
     }
 
+    /// Encodes an `Array` reply of the given encoded elements.
+    pub fn array_bytes<'a>(elements: impl ExactSizeIterator<Item = &'a [u8]>) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(TAG_ARRAY);
+        let count = u32::try_from(elements.len()).expect("more than u32::MAX reply elements");
+        out.put_u32_le(count);
+        for element in elements {
+            let len = u32::try_from(element.len()).expect("reply element over u32::MAX bytes");
+            out.put_u32_le(len);
+            out.put_slice(element);
+        }
+        out.freeze()
+    }
+
     /// Encodes this reply.
     pub fn encode(&self) -> Bytes {
         match self {
@@ -94,6 +115,10 @@ impl Reply {
             Reply::Nil => Reply::nil_bytes(),
             Reply::Int(value) => Reply::int_bytes(*value),
             Reply::Error(message) => Reply::error_bytes(message),
+            Reply::Array(elements) => {
+                let encoded: Vec<Bytes> = elements.iter().map(Reply::encode).collect();
+                Reply::array_bytes(encoded.iter().map(|element| &element[..]))
+            }
         }
     }
 
@@ -127,8 +152,43 @@ impl Reply {
                 Ok(message) => Ok(Reply::Error(message.to_string())),
                 Err(_) => Err(ReplyError("error message is not UTF-8".to_string())),
             },
+            TAG_ARRAY => Reply::decode_array(bytes),
             other => Err(ReplyError(format!("unknown tag {other}"))),
         }
+    }
+
+    fn decode_array(bytes: &Bytes) -> Result<Reply, ReplyError> {
+        let read_u32 = |at: usize| -> Result<usize, ReplyError> {
+            bytes
+                .get(at..at + 4)
+                .map(|raw| u32::from_le_bytes(raw.try_into().expect("4 bytes")) as usize)
+                .ok_or_else(|| ReplyError(format!("array cut short at byte {at}")))
+        };
+        let count = read_u32(1)?;
+        let mut at = 5;
+        // Every element takes at least 5 bytes, which bounds the allocation by the input size.
+        let mut elements = Vec::with_capacity(count.min(bytes.len() / 5));
+        for position in 0..count {
+            let len = read_u32(at)?;
+            let start = at + 4;
+            if bytes.len() - start < len {
+                return Err(ReplyError(format!(
+                    "array element {position}: {len} bytes announced, {} present",
+                    bytes.len() - start
+                )));
+            }
+            let element = Reply::decode(&bytes.slice(start..start + len))
+                .map_err(|e| ReplyError(format!("array element {position}: {}", e.0)))?;
+            elements.push(element);
+            at = start + len;
+        }
+        if at != bytes.len() {
+            return Err(ReplyError(format!(
+                "{} unexpected bytes after the array",
+                bytes.len() - at
+            )));
+        }
+        Ok(Reply::Array(elements))
     }
 }
 
@@ -145,6 +205,12 @@ mod tests {
             Reply::Nil,
             Reply::Int(-7),
             Reply::Error("nope".to_string()),
+            Reply::Array(vec![]),
+            Reply::Array(vec![
+                Reply::Int(1),
+                Reply::Nil,
+                Reply::Array(vec![Reply::Value(Bytes::from_static(b"x"))]),
+            ]),
         ];
         for reply in replies {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
@@ -158,5 +224,11 @@ mod tests {
         assert!(Reply::decode(&Bytes::from_static(&[TAG_OK, 1])).is_err());
         assert!(Reply::decode(&Bytes::from_static(&[TAG_INT, 1, 2])).is_err());
         assert!(Reply::decode(&Bytes::from_static(&[TAG_ERROR, 0xff])).is_err());
+        assert!(Reply::decode(&Bytes::from_static(&[TAG_ARRAY, 1, 0, 0])).is_err());
+        assert!(Reply::decode(&Bytes::from_static(&[TAG_ARRAY, 1, 0, 0, 0])).is_err());
+        assert!(
+            Reply::decode(&Bytes::from_static(&[TAG_ARRAY, 1, 0, 0, 0, 9, 0, 0, 0, 0])).is_err()
+        );
+        assert!(Reply::decode(&Bytes::from_static(&[TAG_ARRAY, 0, 0, 0, 0, 0])).is_err());
     }
 }

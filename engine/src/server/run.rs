@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::apps::{AppKind, Journal, KvStore};
+use crate::apps::{AppKind, Bank, Journal, KvStore, LockService};
 use crate::node::Node;
 
 use super::config::{ServerConfig, ServerError};
@@ -58,6 +58,8 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
     node_config.frontend = config.app.frontend();
     let node = match config.app {
         AppKind::Kv => Node::start(node_config, KvStore::new()),
+        AppKind::Bank => Node::start(node_config, Bank::new()),
+        AppKind::Lock => Node::start(node_config, LockService::new()),
         AppKind::Journal => Node::start(node_config, Journal::new()),
     }
     .map_err(|e| ServerError(format!("node {} failed to start: {e}", config.id)))?;

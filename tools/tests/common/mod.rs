@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
+pub mod apps;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
