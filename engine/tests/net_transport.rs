@@ -264,7 +264,11 @@ fn bad_inputs() -> Vec<(&'static str, Vec<u8>)> {
     encode_frame(FrameType::Raft, b"x", &mut oversized);
     oversized[4..8].copy_from_slice(&(1u32 << 30).to_le_bytes());
     vec![
-        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        // Not a frame on the peer port; malformed RESP on the client port.
+        (
+            "garbage",
+            b"*3\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         ("oversized", oversized),
         ("bad crc", bad_crc),
     ]

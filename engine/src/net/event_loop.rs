@@ -8,6 +8,7 @@
 //! block; none is read while an event waits for room in the channel).
 
 mod handshake;
+mod resp_conn;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -25,18 +26,21 @@ use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, warn};
 
 use self::handshake::detect_client;
+use self::resp_conn::RespConn;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
 use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats, PeerHello};
 use crate::raft::Message;
+use crate::resp::parser::RespLimits;
 use crate::types::NodeId;
 
 /// Most bytes queued for one peer; messages beyond are dropped (Raft retransmits).
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// Most bytes of replies queued for one client; a client that does not read is disconnected.
 pub const CLIENT_QUEUE_BYTES_MAX: usize = 64 << 20;
+pub use self::resp_conn::{RESP_IN_FLIGHT_MAX, RESP_OUT_PAUSE_BYTES};
 /// Hashes the tokens this loop hands out itself (sequential, never chosen by a peer) with one
 /// multiply instead of SipHash: the connection map is looked up for every frame in and out, and
 /// SipHash was ~18% of the loop's CPU under a pipelined client load.
@@ -105,13 +109,14 @@ enum PeerState {
     Established(NodeId),
 }
 
-/// The protocol a client speaks, told from its first bytes. Only the native framed protocol
-/// exists today; another (e.g. RESP) would be recognised in `handshake::detect_client`.
+/// The protocol a client speaks, told from its first byte (`handshake::detect_client`).
 enum ClientProtocol {
     /// No byte received yet.
     Undetected,
     /// Framed protocol: `greeted` once its hello was accepted.
     Native { greeted: bool },
+    /// RESP2 (any first byte other than the frame magic).
+    Resp(Box<RespConn>),
 }
 
 enum ConnKind {
@@ -162,6 +167,9 @@ pub(super) struct EventLoop {
     handshake_deadlines: VecDeque<(Instant, Token)>,
     scratch: Vec<u8>,
     parts: Vec<BodyPart>,
+    /// The RESP request limits, the request size capped to a frame (a command must fit in the
+    /// frames that replicate it).
+    resp_limits: RespLimits,
 }
 
 /// What the next frame on a connection must be.
@@ -230,6 +238,13 @@ impl EventLoop {
             handshake_deadlines: VecDeque::new(),
             scratch: Vec::new(),
             parts: Vec::new(),
+            resp_limits: RespLimits {
+                request_bytes_max: config
+                    .resp_limits
+                    .request_bytes_max
+                    .min(config.max_frame_bytes as usize),
+                ..config.resp_limits
+            },
             config,
         }
     }
@@ -464,6 +479,17 @@ impl EventLoop {
         }
     }
 
+    /// Lists `token` for flushing if it has output queued.
+    fn mark_dirty(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if !conn.in_dirty && !conn.out.is_empty() {
+            conn.in_dirty = true;
+            self.dirty.push(token);
+        }
+    }
+
     fn on_conn_event(&mut self, token: Token, event: &mio::event::Event) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
@@ -539,6 +565,12 @@ impl EventLoop {
         if conn.closing {
             return false;
         }
+        if let ConnKind::Client(ClientProtocol::Resp(resp)) = &conn.kind {
+            if resp.paused {
+                // Resumed (and listed again) by `resp_resume` once under its limits.
+                return false;
+            }
+        }
         let outcome = conn.decoder.read_from(&conn.stream);
         match outcome {
             Ok(ReadOutcome::Data(n)) => {
@@ -565,10 +597,10 @@ impl EventLoop {
     fn handle_frames(&mut self, token: Token) -> bool {
         let conn = self.conns.get_mut(&token).expect("live connection");
         if let ConnKind::Client(ClientProtocol::Undetected) = conn.kind {
-            if let Err(reason) = detect_client(conn) {
-                self.close(token, CloseReason::BadFrame(reason));
-                return false;
-            }
+            detect_client(conn, token, self.resp_limits);
+        }
+        if let ConnKind::Client(ClientProtocol::Resp(_)) = conn.kind {
+            return self.handle_resp(token);
         }
         let mut messages = Vec::new();
         let mut requests = Vec::new();
@@ -592,8 +624,8 @@ impl EventLoop {
                 ConnKind::Peer(PeerState::Established(peer)) => Stage::Peer(*peer),
                 ConnKind::Client(ClientProtocol::Native { greeted: false }) => Stage::ClientHello,
                 ConnKind::Client(ClientProtocol::Native { greeted: true }) => Stage::Client,
-                ConnKind::Client(ClientProtocol::Undetected) => {
-                    unreachable!("a client frame before its protocol was detected")
+                ConnKind::Client(ClientProtocol::Undetected | ClientProtocol::Resp(_)) => {
+                    unreachable!("a frame on a client connection that does not speak frames")
                 }
             };
             let handled = match stage {
@@ -793,13 +825,13 @@ impl EventLoop {
         let Some(conn) = self.conns.get(&token) else {
             return;
         };
-        if conn.closing
-            || !matches!(
-                conn.kind,
-                ConnKind::Client(ClientProtocol::Native { greeted: true })
-            )
-        {
+        if conn.closing {
             return;
+        }
+        match conn.kind {
+            ConnKind::Client(ClientProtocol::Native { greeted: true }) => {}
+            ConnKind::Client(ClientProtocol::Resp(_)) => return self.resp_reply(token, reply),
+            _ => return,
         }
         if conn.out.queued_bytes > CLIENT_QUEUE_BYTES_MAX {
             let reason = format!(
@@ -830,7 +862,12 @@ impl EventLoop {
                 Ok(would_block) => {
                     conn.writable = !would_block;
                     if conn.closing && conn.out.is_empty() {
-                        self.close(token, CloseReason::Gone("refused".to_owned()));
+                        self.close(
+                            token,
+                            CloseReason::Gone("closed after its last reply".to_owned()),
+                        );
+                    } else if let ConnKind::Client(ClientProtocol::Resp(_)) = conn.kind {
+                        self.resp_resume(token);
                     }
                 }
                 Err(err) => self.close(token, CloseReason::Gone(format!("write failed: {err}"))),
@@ -871,7 +908,12 @@ impl EventLoop {
         match conn.kind {
             ConnKind::Client(protocol) => {
                 self.clients -= 1;
-                if let ClientProtocol::Native { greeted: true } = protocol {
+                let known = match &protocol {
+                    ClientProtocol::Native { greeted } => *greeted,
+                    ClientProtocol::Resp(resp) => resp.sent_any,
+                    ClientProtocol::Undetected => false,
+                };
+                if known {
                     self.emit(NetEvent::ClientGone(ConnId(token.0 as u64)));
                 }
             }

@@ -311,6 +311,16 @@ impl FrameDecoder {
         Ok(ReadOutcome::Data(received))
     }
 
+    /// Takes the first `len` buffered bytes out (a text protocol's request; zero copy).
+    pub fn take_prefix(&mut self, len: usize) -> Bytes {
+        assert!(
+            len <= self.buf.len(),
+            "taking {len} bytes of {} buffered",
+            self.buf.len()
+        );
+        self.buf.split_to(len).freeze()
+    }
+
     /// Appends received bytes (for callers that read elsewhere, and for tests).
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

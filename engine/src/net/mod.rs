@@ -24,7 +24,9 @@ mod wire;
 pub use self::client_msg::{
     ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
 };
-pub use self::event_loop::{CLIENT_QUEUE_BYTES_MAX, PEER_QUEUE_BYTES_MAX};
+pub use self::event_loop::{
+    CLIENT_QUEUE_BYTES_MAX, PEER_QUEUE_BYTES_MAX, RESP_IN_FLIGHT_MAX, RESP_OUT_PAUSE_BYTES,
+};
 pub use self::peer_msg::{decode_message, encode_message, PeerHello, PEER_PROTOCOL_VERSION};
 pub use self::transport::{NetHandle, NetStats, Transport};
 
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::raft::Message;
+use crate::resp::parser::RespLimits;
 use crate::resp::Frontend;
 use crate::types::NodeId;
 
@@ -83,14 +86,17 @@ pub struct NetConfig {
     /// A connection whose hello has not arrived (and been accepted) this long after it opened
     /// is closed (a dial is then retried).
     pub handshake_timeout: Duration,
-    /// The command set RESP clients on the client port talk to; `None`: RESP clients are
-    /// refused with an error naming the native protocol.
+    /// The command set RESP clients on the client port talk to; `None`: RESP clients get
+    /// connection-level commands only, and an error for every other command.
     pub frontend: Option<Arc<dyn Frontend>>,
+    /// Size limits of one RESP request (the request size is further capped at
+    /// `max_frame_bytes`).
+    pub resp_limits: RespLimits,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, 10 s handshake timeout, no client port.
+    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`].
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -105,6 +111,7 @@ impl NetConfig {
             max_clients: 4096,
             handshake_timeout: Duration::from_secs(10),
             frontend: None,
+            resp_limits: RespLimits::default(),
         }
     }
 }

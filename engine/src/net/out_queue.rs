@@ -72,6 +72,12 @@ impl OutQueue {
         total
     }
 
+    /// Queues bytes as they are (a text protocol's reply, no frame header).
+    pub(super) fn push_raw(&mut self, bytes: &[u8]) {
+        self.staging.extend_from_slice(bytes);
+        self.queued_bytes += bytes.len();
+    }
+
     /// Writes as much as the socket takes. Returns whether the socket would block (output left).
     pub(super) fn write_to(
         &mut self,

@@ -180,6 +180,9 @@ impl Transport {
                 format!("max_frame_bytes {} is below 1024", config.max_frame_bytes),
             ));
         }
+        if config.client_listen.is_some() {
+            raise_fd_limit(config.max_clients);
+        }
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut peer_listener = TcpListener::bind(config.peer_listen)?;
@@ -292,5 +295,44 @@ pub(super) fn set_buffer_sizes(fd: std::os::fd::RawFd, bytes: usize) {
                 io::Error::last_os_error()
             );
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that `max_clients` connections (and
+/// the log's files and peer sockets) fit; warns if even the hard limit is too low.
+fn raise_fd_limit(max_clients: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a live rlimit the call fills in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        debug!("getrlimit(NOFILE) failed: {}", io::Error::last_os_error());
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a live rlimit read by the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            debug!(
+                "raised the open-file limit from {} to {}",
+                limit.rlim_cur, limit.rlim_max
+            );
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            debug!("setrlimit(NOFILE) failed: {}", io::Error::last_os_error());
+        }
+    }
+    // Room for the clients plus the log's files, peer sockets and the poll instance.
+    let wanted = max_clients as libc::rlim_t + 256;
+    if limit.rlim_cur < wanted {
+        warn!(
+            "the open-file limit is {} but max_clients {max_clients} needs about {wanted}: \
+             raise it (ulimit -n) or lower max_clients",
+            limit.rlim_cur
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod parser;
 pub mod session;
 
 use std::fmt;
+use std::io;
 
 use bytes::Bytes;
 
@@ -66,6 +67,65 @@ impl Value {
     }
 }
 
+impl Value {
+    /// Reads one value from a blocking reader (for clients, tools and tests; the server parses
+    /// requests with [`parser`]). Bulk strings and arrays longer than `len_max` are refused
+    /// before anything is allocated for them.
+    pub fn read_from(reader: &mut impl io::BufRead, len_max: usize) -> io::Result<Value> {
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line)?;
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        if line.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let Some(body) = line.strip_suffix(b"\r\n") else {
+            return Err(bad(format!(
+                "reply line {:?} does not end in CRLF",
+                String::from_utf8_lossy(&line)
+            )));
+        };
+        let text = String::from_utf8_lossy(&body[1..]).into_owned();
+        let length = |text: &str| -> io::Result<Option<usize>> {
+            match text.parse::<i64>() {
+                Ok(-1) => Ok(None),
+                Ok(n) if (0..=len_max as i64).contains(&n) => Ok(Some(n as usize)),
+                _ => Err(bad(format!(
+                    "bad or too large length {text:?} (max {len_max})"
+                ))),
+            }
+        };
+        Ok(match body[0] {
+            b'+' => Value::Simple(text),
+            b'-' => Value::Error(text),
+            b':' => Value::Int(
+                text.parse()
+                    .map_err(|_| bad(format!("bad integer {text:?}")))?,
+            ),
+            b'$' => match length(&text)? {
+                None => Value::Nil,
+                Some(len) => {
+                    let mut data = vec![0; len + 2];
+                    reader.read_exact(&mut data)?;
+                    if !data.ends_with(b"\r\n") {
+                        return Err(bad("bulk string not followed by CRLF".to_string()));
+                    }
+                    data.truncate(len);
+                    Value::Bulk(Bytes::from(data))
+                }
+            },
+            b'*' => match length(&text)? {
+                None => Value::Nil,
+                Some(len) => Value::Array(
+                    (0..len)
+                        .map(|_| Value::read_from(reader, len_max))
+                        .collect::<io::Result<_>>()?,
+                ),
+            },
+            other => return Err(bad(format!("unknown reply type byte {other:#04x}"))),
+        })
+    }
+}
+
 fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
     debug_assert!(!text.contains(&b'\r') && !text.contains(&b'\n'));
     out.push(kind);
@@ -114,6 +174,28 @@ mod tests {
         let mut out = Vec::new();
         value.encode(&mut out);
         out
+    }
+
+    #[test]
+    fn reads_what_it_encodes() {
+        let values = [
+            Value::ok(),
+            Value::error("ERR", "no"),
+            Value::Int(-12),
+            Value::Nil,
+            Value::Bulk(Bytes::from_static(b"a\r\nb")),
+            Value::Array(vec![Value::Int(1), Value::Array(vec![]), Value::Nil]),
+        ];
+        let mut wire = Vec::new();
+        for value in &values {
+            value.encode(&mut wire);
+        }
+        let mut reader = &wire[..];
+        for value in &values {
+            assert_eq!(&Value::read_from(&mut reader, 100).unwrap(), value);
+        }
+        let err = Value::read_from(&mut &b"$101\r\n"[..], 100).unwrap_err();
+        assert!(err.to_string().contains("101"), "{err}");
     }
 
     #[test]

@@ -434,7 +434,8 @@ mod tests {
 
     #[test]
     fn parses_arrays_inline_and_skips_empty() {
-        let input = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n\r\n*0\r\nPING\r\nset a \"b c\\x41\" 'it\\'s'\n";
+        let input =
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n\r\n*0\r\nPING\r\nset a \"b c\\x41\" 'it\\'s'\n";
         let got = parse_chunks(&[input], RespLimits::default()).unwrap();
         assert_eq!(
             got,

@@ -86,13 +86,19 @@ impl Session {
     fn hello(&mut self, args: &[Bytes]) -> Value {
         let mut rest = args;
         if let Some(version) = rest.first() {
-            match std::str::from_utf8(version).ok().and_then(|v| v.parse::<i64>().ok()) {
+            match std::str::from_utf8(version)
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+            {
                 Some(2) => {}
                 Some(_) => {
                     return Value::error("NOPROTO", "this server speaks RESP2 only (HELLO 2)")
                 }
                 None => {
-                    return Value::error("ERR", "Protocol version is not an integer or out of range")
+                    return Value::error(
+                        "ERR",
+                        "Protocol version is not an integer or out of range",
+                    )
                 }
             }
             rest = &rest[1..];
@@ -173,9 +179,9 @@ impl Session {
                 );
                 Value::Bulk(Bytes::from(line))
             }
-            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"list", _) => {
-                arity(&format!("client|{}", String::from_utf8_lossy(sub).to_lowercase()))
-            }
+            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"list", _) => arity(
+                &format!("client|{}", String::from_utf8_lossy(sub).to_lowercase()),
+            ),
             _ => Value::error(
                 "ERR",
                 format!(
@@ -244,7 +250,10 @@ fn config(args: &[Bytes]) -> Value {
     }
     let mut out = Vec::new();
     for (name, value) in CONFIG {
-        if args[1..].iter().any(|pattern| glob(pattern, name.as_bytes())) {
+        if args[1..]
+            .iter()
+            .any(|pattern| glob(pattern, name.as_bytes()))
+        {
             out.push(Value::Bulk(Bytes::from_static(name.as_bytes())));
             out.push(Value::Bulk(Bytes::from_static(value.as_bytes())));
         }
@@ -275,7 +284,11 @@ pub fn not_leader(leader_addr: Option<&str>, leader: Option<u64>) -> Value {
 /// role, term, leader and indexes.
 pub fn info(status_json: &str) -> Value {
     let status: serde_json::Value = serde_json::from_str(status_json).unwrap_or_default();
-    let number = |key: &str| status[key].as_u64().map_or("?".to_string(), |n| n.to_string());
+    let number = |key: &str| {
+        status[key]
+            .as_u64()
+            .map_or("?".to_string(), |n| n.to_string())
+    };
     let role = status["role"].as_str().unwrap_or("?");
     let text = format!(
         "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nlockstep_version:{}\r\n\
@@ -346,7 +359,10 @@ mod tests {
         assert_eq!(reply(&mut s, &["CLIENT", "SETNAME", "app"]), Value::ok());
         assert_eq!(reply(&mut s, &["client", "getname"]), bulk("app"));
         assert_eq!(reply(&mut s, &["CLIENT", "ID"]), Value::Int(7));
-        assert!(matches!(reply(&mut s, &["CLIENT", "SETNAME", "a b"]), Value::Error(_)));
+        assert!(matches!(
+            reply(&mut s, &["CLIENT", "SETNAME", "a b"]),
+            Value::Error(_)
+        ));
         assert!(
             matches!(reply(&mut s, &["CLIENT", "KILL"]), Value::Error(e) if e.contains("KILL"))
         );
@@ -363,7 +379,10 @@ mod tests {
         };
         assert_eq!(fields[4..6], [bulk("proto"), Value::Int(2)]);
         assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), bulk("other"));
-        assert!(matches!(reply(&mut s, &["HELLO", "2", "AUTH", "u", "p"]), Value::Error(_)));
+        assert!(matches!(
+            reply(&mut s, &["HELLO", "2", "AUTH", "u", "p"]),
+            Value::Error(_)
+        ));
         assert_eq!(
             reply(&mut s, &["RESET"]),
             Value::Simple("RESET".to_string())
@@ -391,7 +410,10 @@ mod tests {
             reply(&mut s, &["CONFIG", "GET", "nothing"]),
             Value::Array(vec![])
         );
-        assert!(matches!(reply(&mut s, &["CONFIG", "SET", "x", "y"]), Value::Error(_)));
+        assert!(matches!(
+            reply(&mut s, &["CONFIG", "SET", "x", "y"]),
+            Value::Error(_)
+        ));
     }
 
     #[test]

@@ -8,11 +8,13 @@ use bytes::Bytes;
 use mio::Token;
 use tracing::{debug, warn};
 
-use super::{ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, PeerState};
+use super::{ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, PeerState, RespConn};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
 use crate::net::{ClientHello, ClientReply, PeerHello};
+use crate::resp::parser::RespLimits;
+use crate::resp::session::Session;
 use crate::types::NodeId;
 
 impl EventLoop {
@@ -162,17 +164,19 @@ impl EventLoop {
     }
 }
 
-/// Tells the client's protocol from its first byte. Today only the framed protocol (first byte
-/// [`FRAME_MAGIC`]) is spoken; a text protocol such as RESP would be recognised here.
-pub(super) fn detect_client(conn: &mut Conn) -> Result<(), String> {
+/// Tells the client's protocol from its first byte: [`FRAME_MAGIC`] (not ASCII) starts the
+/// native framed protocol; anything else is RESP (an array `*`, or an inline command), whose
+/// parser then judges the bytes. Nothing happens before the first byte arrives.
+pub(super) fn detect_client(conn: &mut Conn, token: Token, limits: RespLimits) {
     let Some(&first) = conn.decoder.peek().first() else {
-        return Ok(());
+        return;
     };
-    if first != FRAME_MAGIC {
-        return Err(format!(
-            "unknown client protocol (first byte {first:#04x}, expected {FRAME_MAGIC:#04x})"
-        ));
-    }
-    conn.kind = ConnKind::Client(ClientProtocol::Native { greeted: false });
-    Ok(())
+    conn.kind = if first == FRAME_MAGIC {
+        ConnKind::Client(ClientProtocol::Native { greeted: false })
+    } else {
+        let session = Session::new(token.0 as u64, conn.addr);
+        ConnKind::Client(ClientProtocol::Resp(Box::new(RespConn::new(
+            limits, session,
+        ))))
+    };
 }
