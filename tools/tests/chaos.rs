@@ -22,11 +22,15 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Runs `lockstep chaos` with `args`; returns (exit code, stdout, stderr).
+/// Runs `lockstep chaos` with `args` in a temporary run directory (removed afterwards, also
+/// when the run fails); returns (exit code, stdout, stderr).
 fn chaos(args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
     let output = Command::new(BIN)
         .arg("chaos")
         .args(args)
+        .arg("--dir")
+        .arg(dir.path())
         .stdin(Stdio::null())
         .output()
         .expect("run lockstep chaos");

@@ -205,6 +205,10 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     while Instant::now() < deadline {
         std::thread::sleep(nemesis.quiet());
+        // A node that crashed during the quiet interval is reported, not mistaken for a fault.
+        if !restart_crashed(&mut cluster, &mut findings) {
+            break;
+        }
         let now_ms = started.elapsed().as_millis() as u64;
         if let Err(err) = nemesis.inject_one(&mut cluster, now_ms) {
             findings.failures.push(format!("nemesis: {err}"));
