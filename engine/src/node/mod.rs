@@ -241,6 +241,14 @@ impl Node {
         let initial_membership = restored.initial_membership.clone();
         let mut raft_config = config.raft.clone();
         raft_config.id = config.id;
+        #[cfg(feature = "inject-bugs")]
+        if let Ok(name) = std::env::var("LOCKSTEP_INJECT_BUG") {
+            let bug = crate::sim::parse_bug(&name).ok_or_else(|| {
+                NodeError::Refused(format!("LOCKSTEP_INJECT_BUG={name}: no such bug"))
+            })?;
+            tracing::warn!(bug = %name, "TEST BUILD: a known bug is re-inserted into consensus");
+            raft_config.inject_bug = Some(bug);
+        }
         let raft = Raft::new(raft_config, restored)
             .map_err(|error| NodeError::Failed(format!("refusing to start: {error}")))?;
 

@@ -35,6 +35,10 @@ pub enum InjectedBug {
     /// The leader commits by counting replicas even for entries of earlier terms (the Raft
     /// Figure 8 check is skipped).
     CommitOldTermByCounting,
+    /// A leader answers linearizable reads at once from its own state, without confirming with
+    /// a quorum that it is still the leader: a deposed leader that has not heard of its
+    /// successor (paused, or cut off) serves stale reads.
+    ReadWithoutConfirmation,
 }
 
 /// Settings of one core. [`Config::new`] gives sensible defaults.

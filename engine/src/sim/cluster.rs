@@ -105,6 +105,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
     match bug {
         InjectedBug::AckBeforeDurable => "ack-before-durable",
         InjectedBug::CommitOldTermByCounting => "commit-old-term-by-counting",
+        InjectedBug::ReadWithoutConfirmation => "read-without-confirmation",
     }
 }
 
@@ -114,6 +115,7 @@ pub fn parse_bug(name: &str) -> Option<InjectedBug> {
     [
         InjectedBug::AckBeforeDurable,
         InjectedBug::CommitOldTermByCounting,
+        InjectedBug::ReadWithoutConfirmation,
     ]
     .into_iter()
     .find(|bug| bug_name(*bug) == name)

@@ -334,9 +334,13 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if !self.committed_in_term() {
+        #[cfg(any(test, feature = "inject-bugs"))]
+        let confirmed = self.config.has_bug(InjectedBug::ReadWithoutConfirmation);
+        #[cfg(not(any(test, feature = "inject-bugs")))]
+        let confirmed = false;
+        if !confirmed && !self.committed_in_term() {
             self.reads.wait_for_commit(id);
-        } else if self.lease_valid() {
+        } else if confirmed || self.lease_valid() {
             self.reads_ready.push(ReadReady {
                 id,
                 index: self.commit,
