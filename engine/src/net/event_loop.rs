@@ -597,7 +597,10 @@ impl EventLoop {
     fn handle_frames(&mut self, token: Token) -> bool {
         let conn = self.conns.get_mut(&token).expect("live connection");
         if let ConnKind::Client(ClientProtocol::Undetected) = conn.kind {
-            detect_client(conn, token, self.resp_limits);
+            if let Err(reason) = detect_client(conn, token, self.resp_limits) {
+                self.close(token, CloseReason::BadFrame(reason));
+                return false;
+            }
         }
         if let ConnKind::Client(ClientProtocol::Resp(_)) = conn.kind {
             return self.handle_resp(token);

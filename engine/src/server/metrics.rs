@@ -492,8 +492,10 @@ mod tests {
     use crate::node::{LogCounters, PeerProgress, RuntimeStatus};
 
     fn status() -> NodeStatus {
-        let mut runtime = RuntimeStatus::default();
-        runtime.leader_changes = 2;
+        let mut runtime = RuntimeStatus {
+            leader_changes: 2,
+            ..RuntimeStatus::default()
+        };
         runtime.queues.storage = 3;
         runtime.sync_latency.bounds_us = vec![100, 1_000];
         runtime.sync_latency.counts = vec![1, 2, 0];

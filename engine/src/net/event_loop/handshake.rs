@@ -165,18 +165,29 @@ impl EventLoop {
 }
 
 /// Tells the client's protocol from its first byte: [`FRAME_MAGIC`] (not ASCII) starts the
-/// native framed protocol; anything else is RESP (an array `*`, or an inline command), whose
-/// parser then judges the bytes. Nothing happens before the first byte arrives.
-pub(super) fn detect_client(conn: &mut Conn, token: Token, limits: RespLimits) {
+/// native framed protocol; an ASCII byte starts RESP (an array `*`, or an inline command),
+/// whose parser then judges the bytes; any other byte is refused. Nothing happens before the
+/// first byte arrives.
+pub(super) fn detect_client(
+    conn: &mut Conn,
+    token: Token,
+    limits: RespLimits,
+) -> Result<(), String> {
     let Some(&first) = conn.decoder.peek().first() else {
-        return;
+        return Ok(());
     };
     conn.kind = if first == FRAME_MAGIC {
         ConnKind::Client(ClientProtocol::Native { greeted: false })
-    } else {
+    } else if first.is_ascii() {
         let session = Session::new(token.0 as u64, conn.addr);
         ConnKind::Client(ClientProtocol::Resp(Box::new(RespConn::new(
             limits, session,
         ))))
+    } else {
+        return Err(format!(
+            "unknown client protocol (first byte {first:#04x}: neither the frame magic \
+             {FRAME_MAGIC:#04x} nor ASCII for RESP)"
+        ));
     };
+    Ok(())
 }
