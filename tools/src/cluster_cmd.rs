@@ -189,16 +189,17 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     }
     drop(tx);
     nodes.lines = Some(rx);
-    if !nodes.wait_ready(&members, &stop)? {
-        return Ok(interrupted(nodes, temp_guard));
-    }
-    let Some(leader) = nodes.wait_leader(args.cluster_id, &members, &stop)? else {
-        return Ok(interrupted(nodes, temp_guard));
+    // `None`: a signal came during the start.
+    let leader = match nodes.wait_ready(&members, &stop)? {
+        true => nodes.wait_leader(args.cluster_id, &members, &stop)?,
+        false => None,
     };
-    print_table(args, &members, leader, &dir, temp_guard.is_some());
-    while !stop.load(Ordering::Relaxed) {
-        nodes.check_running()?;
-        std::thread::sleep(POLL);
+    if let Some(leader) = leader {
+        print_table(args, &members, leader, &dir, temp_guard.is_some());
+        while !stop.load(Ordering::Relaxed) {
+            nodes.check_running()?;
+            std::thread::sleep(POLL);
+        }
     }
     interrupted(nodes, temp_guard);
     Ok(())
