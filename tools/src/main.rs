@@ -1,4 +1,4 @@
-//! `lockstep`: the command-line tool: run a node (`serve`), ask a node for its status (`status`),
+//! `lockstep`: the command-line tool: run a node (`serve`), a local cluster (`cluster`), ask a node for its status (`status`),
 //! inspect logs (`log`), replay simulator seeds (`sim`).
 
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use lockstep::server::LogFormat;
 
 mod chaos;
+mod cluster_cmd;
 mod log_cmd;
 mod serve_cmd;
 mod sim_cmd;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run one node of a cluster until SIGINT/SIGTERM.
     Serve(Box<serve_cmd::Args>),
+    /// Start a local cluster of N nodes in one command; stop it with Ctrl-C or SIGTERM.
+    Cluster(cluster_cmd::Args),
     /// Show a running node's role, term, leader, commit/applied index and peer progress.
     Status(status_cmd::Args),
     /// Inspect and verify log directories.
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Serve(_) => unreachable!("serve returned above"),
+        Command::Cluster(args) => cluster_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),

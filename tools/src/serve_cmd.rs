@@ -114,7 +114,7 @@ pub struct Args {
 #[derive(Clone, Debug)]
 struct CoreList(Vec<usize>);
 
-fn parse_app(text: &str) -> Result<AppKind, String> {
+pub(crate) fn parse_app(text: &str) -> Result<AppKind, String> {
     AppKind::from_name(text)
         .ok_or_else(|| format!("{text:?} is not an app (expected {})", AppKind::NAMES))
 }

@@ -1,0 +1,535 @@
+//! `lockstep cluster`: run a local cluster of `lockstep serve` processes in one command.
+//!
+//! Owns the node processes it starts (re-runs of this executable) and their data directory. It
+//! guarantees:
+//! - nothing starts unless every port is free: a taken port is refused naming the option and port;
+//! - it prints the node table only once every node printed its ready line and a leader is agreed
+//!   on; a node that exits or stays silent fails the start with the tail of its log;
+//! - a node exiting while the cluster runs is reported with its log tail, the others are stopped
+//!   and the command exits 1;
+//! - on SIGINT or SIGTERM every node gets SIGTERM, then SIGKILL after [`STOP_GRACE`]; the command
+//!   exits 0. Nodes never outlive the command: the stop also runs from a `Drop` guard (panics),
+//!   and each node asks the kernel to kill it should the command die (`PR_SET_PDEATHSIG`);
+//! - the data directory is a temp dir removed at exit, unless `--keep` or `--dir` is given.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use lockstep::apps::AppKind;
+use lockstep::client::Client;
+use lockstep::server::{ready_line, MemberConfig};
+use serde_json::Value;
+
+use crate::serve_cmd::parse_app;
+
+/// How long a node may take to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the nodes may take to print their ready lines, and then to agree on a leader.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often the supervisor looks at the nodes and the signal flag.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Lines of a node's log quoted in an error.
+const TAIL_LINES: usize = 20;
+
+/// Arguments of `lockstep cluster`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example: `lockstep cluster --nodes 3`, then `redis-cli -p 6380`. \
+Arguments after `--` are passed to every `lockstep serve`, e.g. `-- --tick-ms 2`. Each node's \
+log goes to <dir>/node-<id>.log and its data to <dir>/node-<id>/."
+)]
+pub struct Args {
+    /// Number of nodes, 1..=9 (ids 1..=N).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=9))]
+    nodes: u16,
+    /// Directory for the nodes' data and logs (created if missing, kept at exit)
+    /// [default: a temp dir, removed at exit].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Keep the temp dir at exit (its path is printed).
+    #[arg(long)]
+    keep: bool,
+    /// Client port of node 1; node i answers on this + i - 1.
+    #[arg(long, value_name = "PORT", default_value_t = 6380)]
+    client_port: u16,
+    /// Peer port of node 1; node i listens for peers on this + i - 1.
+    #[arg(long, value_name = "PORT", default_value_t = 7380)]
+    peer_port: u16,
+    /// State machine: `kv`, `bank`, `lock` or `journal`.
+    #[arg(long, value_name = "APP", default_value = "kv", value_parser = parse_app)]
+    app: AppKind,
+    /// The cluster id.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    cluster_id: u64,
+    /// Address every node binds and advertises.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    host: IpAddr,
+    /// Extra `lockstep serve` flags for every node (after `--`).
+    #[arg(last = true, value_name = "SERVE FLAGS")]
+    serve_args: Vec<String>,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> ExitCode {
+    match run_cluster(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `message` to stderr; a closed stderr (e.g. the reader of a pipe is gone) must not
+/// turn a clean stop into a panic, so write errors are ignored.
+fn report(message: &str) {
+    drop(writeln!(std::io::stderr(), "lockstep cluster: {message}"));
+}
+
+/// The members: node i (from 1) on `peer_port + i - 1` and `client_port + i - 1`. Refuses ports
+/// past 65535, ranges that overlap, and ports already in use.
+fn members(args: &Args) -> Result<Vec<MemberConfig>, String> {
+    let n = args.nodes;
+    let last = |option: &str, first: u16| {
+        first
+            .checked_add(n - 1)
+            .filter(|_| first != 0)
+            .ok_or_else(|| {
+                format!("--{option} {first}: {n} consecutive ports from it do not fit in 1..=65535")
+            })
+    };
+    let (client_last, peer_last) = (
+        last("client-port", args.client_port)?,
+        last("peer-port", args.peer_port)?,
+    );
+    if args.client_port <= peer_last && args.peer_port <= client_last {
+        return Err(format!(
+            "client ports {}..={client_last} (--client-port) overlap peer ports {}..={peer_last} \
+             (--peer-port)",
+            args.client_port, args.peer_port
+        ));
+    }
+    let members: Vec<MemberConfig> = (0..n)
+        .map(|i| MemberConfig {
+            id: u64::from(i) + 1,
+            peer_addr: SocketAddr::new(args.host, args.peer_port + i),
+            client_addr: SocketAddr::new(args.host, args.client_port + i),
+        })
+        .collect();
+    for member in &members {
+        for (addr, option, first, role) in [
+            (
+                member.client_addr,
+                "--client-port",
+                args.client_port,
+                "client",
+            ),
+            (member.peer_addr, "--peer-port", args.peer_port, "peer"),
+        ] {
+            TcpListener::bind(addr).map_err(|e| {
+                format!(
+                    "port {} on {} (node {}'s {role} port, from {option} {first}) is not free: {e}; \
+                     pick other ports with {option}",
+                    addr.port(),
+                    addr.ip(),
+                    member.id,
+                )
+            })?;
+        }
+    }
+    Ok(members)
+}
+
+/// Where the nodes' data and logs go: an explicit `--dir` (kept), or a temp dir (removed when the
+/// returned guard drops, unless `--keep`).
+fn data_dir(args: &Args) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    if let Some(dir) = &args.dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--dir {}: {e}", dir.display()))?;
+        return Ok((dir.clone(), None));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("lockstep-cluster-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    if args.keep {
+        let path = temp.keep();
+        return Ok((path, None));
+    }
+    Ok((temp.path().to_path_buf(), Some(temp)))
+}
+
+fn run_cluster(args: &Args) -> Result<(), String> {
+    let members = members(args)?;
+    // Registered before any node starts, so a signal during the start is a clean stop too.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    // Declared before the nodes so that it is removed only after they are stopped.
+    let (dir, temp_guard) = data_dir(args)?;
+    let mut nodes = Nodes {
+        nodes: Vec::new(),
+        lines: None,
+    };
+    let (tx, rx) = mpsc::channel();
+    for member in &members {
+        nodes.spawn(args, &members, member.id, &dir, tx.clone())?;
+    }
+    drop(tx);
+    nodes.lines = Some(rx);
+    // `None`: a signal came during the start.
+    let leader = match nodes.wait_ready(&members, &stop)? {
+        true => nodes.wait_leader(args.cluster_id, &members, &stop)?,
+        false => None,
+    };
+    if let Some(leader) = leader {
+        print_table(args, &members, leader, &dir, temp_guard.is_some());
+        while !stop.load(Ordering::Relaxed) {
+            nodes.check_running()?;
+            std::thread::sleep(POLL);
+        }
+    }
+    interrupted(nodes, temp_guard);
+    Ok(())
+}
+
+/// Stops the nodes after a signal, reporting the ones that did not exit cleanly.
+fn interrupted(nodes: Nodes, temp_guard: Option<tempfile::TempDir>) {
+    report("stopping");
+    for (id, status) in nodes.stop() {
+        if !status.success() {
+            report(&format!("node {id} stopped with {status}"));
+        }
+    }
+    drop(temp_guard);
+}
+
+fn print_table(args: &Args, members: &[MemberConfig], leader: u64, dir: &Path, removed: bool) {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "lockstep cluster: {} node(s) running {}, cluster id {}\n",
+        members.len(),
+        args.app.name(),
+        args.cluster_id
+    ));
+    let kept = if removed { "removed at exit" } else { "kept" };
+    out.push_str(&format!("data: {} ({kept})\n", dir.display()));
+    out.push_str(&format!(
+        "{:<5} {:<22} {:<22} {}\n",
+        "node", "client", "peer", "role"
+    ));
+    for member in members {
+        let role = if member.id == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        out.push_str(&format!(
+            "{:<5} {:<22} {:<22} {role}\n",
+            member.id,
+            member.client_addr.to_string(),
+            member.peer_addr.to_string()
+        ));
+    }
+    let leader_addr = members[leader as usize - 1].client_addr;
+    let host = match leader_addr.ip() {
+        IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => String::new(),
+        ip => format!("-h {ip} "),
+    };
+    out.push_str(&format!(
+        "try:  redis-cli {host}-p {} (the leader; followers redirect writes to it)\n",
+        leader_addr.port()
+    ));
+    out.push_str("stop: Ctrl-C\n");
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout must not stop the cluster.
+    drop(
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush()),
+    );
+}
+
+/// One running node.
+struct Node {
+    id: u64,
+    child: Child,
+    log_path: PathBuf,
+}
+
+/// The running nodes; stopped when dropped.
+struct Nodes {
+    nodes: Vec<Node>,
+    /// `(id, line)` for every stdout line of every node.
+    lines: Option<mpsc::Receiver<(u64, String)>>,
+}
+
+impl Nodes {
+    fn spawn(
+        &mut self,
+        args: &Args,
+        members: &[MemberConfig],
+        id: u64,
+        dir: &Path,
+        lines: mpsc::Sender<(u64, String)>,
+    ) -> Result<(), String> {
+        let log_path = dir.join(format!("node-{id}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .args(["--id", &id.to_string()])
+            .args(["--cluster-id", &args.cluster_id.to_string()])
+            .arg("--data-dir")
+            .arg(dir.join(format!("node-{id}")))
+            .args(["--app", args.app.name()]);
+        for member in members {
+            command.args(["--member", &member.to_string()]);
+        }
+        command
+            .args(&args.serve_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            // Own process group: a terminal's Ctrl-C reaches only this command, which then stops
+            // the nodes in order.
+            .process_group(0);
+        // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
+        // system call.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start node {id}: {e}"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        self.nodes.push(Node {
+            id,
+            child,
+            log_path,
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send((id, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until every node printed its ready line; false when a signal came first.
+    fn wait_ready(&mut self, members: &[MemberConfig], stop: &AtomicBool) -> Result<bool, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut ready = vec![false; members.len()];
+        while ready.contains(&false) {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            self.check_running()?;
+            let lines = self.lines.as_ref().expect("stdout readers started");
+            match lines.recv_timeout(POLL) {
+                Ok((id, line)) => {
+                    let member = &members[id as usize - 1];
+                    let expected = ready_line(id, member.peer_addr, Some(member.client_addr));
+                    if line.starts_with(&expected) {
+                        ready[id as usize - 1] = true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    // Disconnected: every stdout closed; the next check_running reports the exit.
+                    if Instant::now() > deadline {
+                        let id = ready.iter().position(|r| !r).expect("one is not ready") + 1;
+                        return Err(self.failure(
+                            id as u64,
+                            &format!("did not print its ready line within {START_TIMEOUT:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Waits until one node is leader and every node names it; `None` when a signal came first.
+    fn wait_leader(
+        &mut self,
+        cluster_id: u64,
+        members: &[MemberConfig],
+        stop: &AtomicBool,
+    ) -> Result<Option<u64>, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            self.check_running()?;
+            let leaders: Vec<Option<u64>> = members
+                .iter()
+                .map(|member| leader_of(member.client_addr, cluster_id))
+                .collect();
+            if let Some(leader) = leaders[0] {
+                if leaders.iter().all(|seen| *seen == Some(leader)) {
+                    return Ok(Some(leader));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the nodes did not agree on a leader within {START_TIMEOUT:?} (each \
+                     node's leader: {leaders:?}); logs in {}",
+                    self.nodes[0]
+                        .log_path
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .display()
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// An error when a node has exited: its status and its log tail.
+    fn check_running(&mut self) -> Result<(), String> {
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            let id = node.id;
+            match node.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    return Err(self.failure(id, &format!("exited unexpectedly ({status})")))
+                }
+                Err(e) => return Err(self.failure(id, &format!("cannot be watched: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The message for node `id` failing with `what`, with the tail of its log.
+    fn failure(&self, id: u64, what: &str) -> String {
+        let node = &self.nodes[id as usize - 1];
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&node.log_path) {
+            drop(file.read_to_string(&mut text));
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+        format!(
+            "node {id} {what}; the others are stopped. Last lines of {}:\n{tail}",
+            node.log_path.display()
+        )
+    }
+
+    /// SIGTERM to every node, then SIGKILL to those still running after [`STOP_GRACE`]; returns
+    /// how each exited.
+    fn stop(mut self) -> Vec<(u64, ExitStatus)> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Vec<(u64, ExitStatus)> {
+        for node in &self.nodes {
+            signal(&node.child, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut exits = Vec::new();
+        for mut node in self.nodes.drain(..) {
+            let status = loop {
+                match node.child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL / 5),
+                    Ok(None) | Err(_) => {
+                        signal(&node.child, libc::SIGKILL);
+                        break node.child.wait().ok();
+                    }
+                }
+            };
+            if let Some(status) = status {
+                exits.push((node.id, status));
+            }
+        }
+        exits
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Sends `signal` to a child (not yet reaped, so its pid is still its own).
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
+    // SAFETY: plain kill(2) on our own unreaped child.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// The leader that the node at `addr` names in its status, if it answers and knows one.
+fn leader_of(addr: SocketAddr, cluster_id: u64) -> Option<u64> {
+    let mut client = Client::connect(addr, cluster_id, Duration::from_secs(1)).ok()?;
+    let status: Value = serde_json::from_str(&client.status().ok()?).ok()?;
+    status.get("leader")?.as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        Cli::try_parse_from(std::iter::once("cluster").chain(flags.iter().copied()))
+            .map(|cli| cli.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_counts_and_apps_outside_the_range_are_refused() {
+        for bad in [&["--nodes", "0"][..], &["--nodes", "10"], &["--app", "sql"]] {
+            let error = parse(bad).err().unwrap_or_default();
+            assert!(error.contains(bad[1]), "{bad:?}: {error}");
+        }
+        let args = parse(&["--nodes", "4", "--", "--tick-ms", "2"]).unwrap();
+        assert_eq!(args.nodes, 4);
+        assert_eq!(args.serve_args, ["--tick-ms", "2"]);
+    }
+
+    #[test]
+    fn ports_that_overflow_or_overlap_are_refused() {
+        let args = parse(&["--nodes", "3", "--client-port", "65534"]).unwrap();
+        let error = members(&args).unwrap_err();
+        assert!(error.contains("--client-port 65534"), "{error}");
+        let args = parse(&["--client-port", "7000", "--peer-port", "7002"]).unwrap();
+        let error = members(&args).unwrap_err();
+        assert!(error.contains("overlap"), "{error}");
+    }
+}
