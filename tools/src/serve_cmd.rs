@@ -108,6 +108,11 @@ pub struct Args {
     /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes [default: 4194304].
     #[arg(long, value_name = "BYTES")]
     socket_buffer_bytes: Option<usize>,
+    /// How linearizable reads are confirmed: "index" (a heartbeat round to a quorum) or
+    /// "lease" (no round while the leader's lease holds; assumes bounded clock drift)
+    /// [default: index].
+    #[arg(long, value_name = "MODE")]
+    read_mode: Option<String>,
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -205,6 +210,7 @@ impl Args {
         set(&mut tuning.max_frame_bytes, self.max_frame_bytes);
         set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
         set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
+        set(&mut tuning.read_mode, self.read_mode);
     }
 }
 

@@ -15,6 +15,7 @@ use crate::apps::AppKind;
 use crate::log::{AppendMode, LogOptions, SyncMode, MAX_SYNCS_IN_FLIGHT};
 use crate::net::NetConfig;
 use crate::node::{NodeConfig, PeerConfig};
+use crate::raft::ReadMode;
 use crate::types::NodeId;
 
 /// The smallest allowed `max_frame_bytes`: room for handshakes, heartbeats and replies.
@@ -110,6 +111,10 @@ pub struct Tuning {
     pub syncs_in_flight: usize,
     /// SO_SNDBUF / SO_RCVBUF requested for every peer and client socket, bytes.
     pub socket_buffer_bytes: usize,
+    /// How the leader confirms linearizable reads: "index" (a heartbeat round to a quorum per
+    /// batch of reads) or "lease" (no round while a quorum answered within the election
+    /// timeout less a clock-drift margin of a tenth of it; relies on bounded clock drift).
+    pub read_mode: String,
 }
 
 impl Default for Tuning {
@@ -134,6 +139,7 @@ impl Default for Tuning {
             syncs_in_flight: LogOptions::default().syncs_in_flight,
             socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
+            read_mode: "index".to_string(),
         }
     }
 }
@@ -151,6 +157,21 @@ impl Tuning {
                     "{other:?} is not a sync mode (expected \"io_uring\", \"fdatasync\" or \
                      \"none\")"
                 ),
+            )),
+        }
+    }
+
+    /// The read mode `read_mode` names; a lease allows a tenth of the election timeout (at
+    /// least one tick) of clock drift.
+    pub fn read_mode(&self) -> Result<ReadMode, ServerError> {
+        match self.read_mode.as_str() {
+            "index" => Ok(ReadMode::ReadIndex),
+            "lease" => Ok(ReadMode::Lease {
+                clock_drift_ticks: (self.election_ticks / 10).max(1),
+            }),
+            other => Err(ServerError::option(
+                "tuning.read_mode",
+                format!("{other:?} is not a read mode (expected \"index\" or \"lease\")"),
             )),
         }
     }
@@ -253,6 +274,7 @@ impl Tuning {
         }
         self.sync_mode()?;
         self.append_mode()?;
+        self.read_mode()?;
         Ok(())
     }
 }
@@ -423,7 +445,7 @@ impl ServerConfig {
         }
         self.validate_observability()?;
         self.tuning.validate()?;
-        let raft = self.raft_config();
+        let raft = self.raft_config()?;
         raft.validate()
             .map_err(|e| ServerError::option("tuning", e.to_string()))?;
         Ok(())
@@ -465,7 +487,7 @@ impl ServerConfig {
         self.members.iter().find(|member| member.id == self.id)
     }
 
-    fn raft_config(&self) -> crate::raft::Config {
+    fn raft_config(&self) -> Result<crate::raft::Config, ServerError> {
         let tuning = &self.tuning;
         let mut raft = crate::raft::Config::new(NodeId(self.id));
         raft.election_ticks = tuning.election_ticks;
@@ -475,8 +497,9 @@ impl ServerConfig {
         raft.append_bytes_max = tuning.append_bytes_max;
         raft.inflight_messages_max = tuning.inflight_messages_max;
         raft.inflight_bytes_max = tuning.inflight_bytes_max;
+        raft.read_mode = tuning.read_mode()?;
         raft.seed = self.cluster_id ^ self.id.rotate_left(32);
-        raft
+        Ok(raft)
     }
 
     /// Validates and maps onto the runtime's configuration.
@@ -500,7 +523,7 @@ impl ServerConfig {
             members,
             self.data_dir.clone(),
         );
-        node.raft = self.raft_config();
+        node.raft = self.raft_config()?;
         node.tick = Duration::from_millis(tuning.tick_ms);
         node.log = LogOptions {
             segment_bytes: tuning.segment_bytes,
@@ -592,7 +615,7 @@ snapshot_entries = 1000
 
     #[test]
     fn errors_name_the_option() {
-        let cases: [(&str, &str, &str); 17] = [
+        let cases: [(&str, &str, &str); 18] = [
             ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
             (
                 "sync = \"fdatasync\"",
@@ -645,6 +668,11 @@ snapshot_entries = 1000
             ),
             (
                 "sync = \"fdatasync\"",
+                "sync = \"fdatasync\"\nread_mode = \"stale\"",
+                "option `tuning.read_mode` (flag --read-mode): \"stale\" is not a read mode",
+            ),
+            (
+                "sync = \"fdatasync\"",
                 "syncs_in_flight = 65",
                 "option `tuning.syncs_in_flight` (flag --syncs-in-flight): 65 is above",
             ),
@@ -666,6 +694,28 @@ snapshot_entries = 1000
         }
         let message = error_of(&GOOD.replacen("app = \"kv\"\n", "", 1));
         assert!(message.contains("missing field `app`"), "{message}");
+    }
+
+    #[test]
+    fn lease_reads_map_onto_the_core() {
+        let text = GOOD.replacen(
+            "sync = \"fdatasync\"",
+            "sync = \"fdatasync\"\nread_mode = \"lease\"",
+            1,
+        );
+        let config = ServerConfig::parse_toml(&text).unwrap();
+        let node = config.node_config().unwrap();
+        assert_eq!(
+            node.raft.read_mode,
+            ReadMode::Lease {
+                clock_drift_ticks: (config.tuning.election_ticks / 10).max(1)
+            }
+        );
+        let default = ServerConfig::parse_toml(GOOD).unwrap();
+        assert_eq!(
+            default.node_config().unwrap().raft.read_mode,
+            ReadMode::ReadIndex
+        );
     }
 
     #[test]
