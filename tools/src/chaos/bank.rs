@@ -20,7 +20,10 @@ use lockstep::sim::SimRng;
 
 use super::cluster::CLUSTER_ID;
 use super::history::NEVER_NS;
-use super::workload::{fold_hash, Checked, OutcomeCounts, Workload, HASH_START};
+use super::workload::{
+    count_outcomes, fold_hash, write_recorded, Checked, OutcomeCounts, Recorded, Settled, Workload,
+    HASH_START,
+};
 
 /// Accounts the transfers move money between.
 const ACCOUNTS: usize = 5;
@@ -82,6 +85,24 @@ pub struct BankOp {
     pub complete_ns: u64,
     /// How it ended.
     pub outcome: BankOutcome,
+}
+
+impl Recorded for BankOp {
+    fn settled(&self) -> Settled {
+        match self.outcome {
+            BankOutcome::Fail => Settled::Fail,
+            BankOutcome::Unknown => Settled::Unknown,
+            _ => Settled::Ok,
+        }
+    }
+
+    fn order(&self) -> (u64, u32) {
+        (self.invoke_ns, self.process)
+    }
+
+    fn history_line(&self) -> serde_json::Value {
+        self.to_json()
+    }
 }
 
 impl BankOp {
@@ -403,23 +424,16 @@ impl Workload for BankWorkload {
     }
 
     fn counts(&self) -> OutcomeCounts {
-        let mut counts = OutcomeCounts::default();
-        for op in self.history.lock().expect("history lock").iter() {
-            match op.outcome {
-                BankOutcome::Fail => counts.fail += 1,
-                BankOutcome::Unknown => counts.unknown += 1,
-                _ => counts.ok += 1,
-            }
-        }
-        counts
+        count_outcomes(self.history.lock().expect("history lock").iter())
     }
 
     fn write_history(&self, path: &Path, seed: u64) -> Result<(), String> {
-        let history = self.history.lock().expect("history lock");
-        let mut ops: Vec<&BankOp> = history.iter().collect();
-        ops.sort_by_key(|op| (op.invoke_ns, op.process));
-        let lines: Vec<serde_json::Value> = ops.iter().map(|op| op.to_json()).collect();
-        super::history::write_history(path, seed, "bank", &lines)
+        write_recorded(
+            path,
+            seed,
+            "bank",
+            self.history.lock().expect("history lock").iter(),
+        )
     }
 }
 

@@ -29,10 +29,13 @@ use lockstep::client::{Client, ClusterClient};
 use lockstep::sim::SimRng;
 
 use super::cluster::CLUSTER_ID;
-use super::history::{write_history, Op, OpKind, Outcome, NEVER_NS};
+use super::history::{Op, OpKind, Outcome, NEVER_NS};
 use super::linearizable::{check_key, Verdict};
 use super::values::check_values;
-use super::workload::{fold_hash, Checked, OutcomeCounts, Workload, HASH_START};
+use super::workload::{
+    count_outcomes, fold_hash, write_recorded, Checked, OutcomeCounts, Recorded, Settled, Workload,
+    HASH_START,
+};
 
 /// Search steps the linearizability checker may spend on one key.
 const STEP_BUDGET_PER_KEY: u64 = 2_000_000;
@@ -286,6 +289,24 @@ impl KvWorkload {
     }
 }
 
+impl Recorded for Op {
+    fn settled(&self) -> Settled {
+        match self.outcome {
+            Outcome::Ok(_) => Settled::Ok,
+            Outcome::Fail => Settled::Fail,
+            Outcome::Unknown => Settled::Unknown,
+        }
+    }
+
+    fn order(&self) -> (u64, u32) {
+        (self.invoke_ns, self.process)
+    }
+
+    fn history_line(&self) -> serde_json::Value {
+        self.to_json()
+    }
+}
+
 impl Workload for KvWorkload {
     fn setup(&self, _addrs: &[SocketAddr]) -> Result<(), String> {
         Ok(())
@@ -357,23 +378,12 @@ impl Workload for KvWorkload {
     fn counts(&self) -> OutcomeCounts {
         let history = self.history.lock().expect("history lock");
         let final_reads = self.final_reads.lock().expect("final reads lock");
-        let mut counts = OutcomeCounts::default();
-        for op in history.iter().chain(final_reads.values()) {
-            match op.outcome {
-                Outcome::Ok(_) => counts.ok += 1,
-                Outcome::Fail => counts.fail += 1,
-                Outcome::Unknown => counts.unknown += 1,
-            }
-        }
-        counts
+        count_outcomes(history.iter().chain(final_reads.values()))
     }
 
     fn write_history(&self, path: &Path, seed: u64) -> Result<(), String> {
         let history = self.history.lock().expect("history lock");
         let final_reads = self.final_reads.lock().expect("final reads lock");
-        let mut ops: Vec<&Op> = history.iter().chain(final_reads.values()).collect();
-        ops.sort_by_key(|op| (op.invoke_ns, op.process));
-        let lines: Vec<serde_json::Value> = ops.iter().map(|op| op.to_json()).collect();
-        write_history(path, seed, "kv", &lines)
+        write_recorded(path, seed, "kv", history.iter().chain(final_reads.values()))
     }
 }

@@ -22,7 +22,10 @@ use lockstep::sim::SimRng;
 
 use super::cluster::CLUSTER_ID;
 use super::history::NEVER_NS;
-use super::workload::{fold_hash, Checked, OutcomeCounts, Workload, HASH_START};
+use super::workload::{
+    count_outcomes, fold_hash, write_recorded, Checked, OutcomeCounts, Recorded, Settled, Workload,
+    HASH_START,
+};
 
 /// Locks the clients compete for.
 const LOCKS: usize = 3;
@@ -78,6 +81,24 @@ pub struct LockOp {
     pub complete_ns: u64,
     /// How it ended.
     pub outcome: LockOutcome,
+}
+
+impl Recorded for LockOp {
+    fn settled(&self) -> Settled {
+        match self.outcome {
+            LockOutcome::Fail => Settled::Fail,
+            LockOutcome::Unknown => Settled::Unknown,
+            _ => Settled::Ok,
+        }
+    }
+
+    fn order(&self) -> (u64, u32) {
+        (self.invoke_ns, self.process)
+    }
+
+    fn history_line(&self) -> serde_json::Value {
+        self.to_json()
+    }
 }
 
 impl LockOp {
@@ -351,23 +372,16 @@ impl Workload for LockWorkload {
     }
 
     fn counts(&self) -> OutcomeCounts {
-        let mut counts = OutcomeCounts::default();
-        for op in self.history.lock().expect("history lock").iter() {
-            match op.outcome {
-                LockOutcome::Fail => counts.fail += 1,
-                LockOutcome::Unknown => counts.unknown += 1,
-                _ => counts.ok += 1,
-            }
-        }
-        counts
+        count_outcomes(self.history.lock().expect("history lock").iter())
     }
 
     fn write_history(&self, path: &Path, seed: u64) -> Result<(), String> {
-        let history = self.history.lock().expect("history lock");
-        let mut ops: Vec<&LockOp> = history.iter().collect();
-        ops.sort_by_key(|op| (op.invoke_ns, op.process));
-        let lines: Vec<serde_json::Value> = ops.iter().map(|op| op.to_json()).collect();
-        super::history::write_history(path, seed, "lock", &lines)
+        write_recorded(
+            path,
+            seed,
+            "lock",
+            self.history.lock().expect("history lock").iter(),
+        )
     }
 }
 

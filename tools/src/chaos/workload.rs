@@ -35,6 +35,53 @@ impl OutcomeCounts {
     }
 }
 
+/// How a recorded operation ended, as the counts see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Took effect (or was answered, for a read or a refusal).
+    Ok,
+    /// Surely did not take effect.
+    Fail,
+    /// May have taken effect.
+    Unknown,
+}
+
+/// One operation of a workload's history.
+pub trait Recorded {
+    /// How it ended.
+    fn settled(&self) -> Settled;
+    /// Its place in the history file: (invocation time, process).
+    fn order(&self) -> (u64, u32);
+    /// Its line in the history file.
+    fn history_line(&self) -> serde_json::Value;
+}
+
+/// Counts `ops` by how they ended.
+pub fn count_outcomes<'a, T: Recorded + 'a>(ops: impl IntoIterator<Item = &'a T>) -> OutcomeCounts {
+    let mut counts = OutcomeCounts::default();
+    for op in ops {
+        match op.settled() {
+            Settled::Ok => counts.ok += 1,
+            Settled::Fail => counts.fail += 1,
+            Settled::Unknown => counts.unknown += 1,
+        }
+    }
+    counts
+}
+
+/// Writes `ops` as the history file of `workload`, in invocation order.
+pub fn write_recorded<'a, T: Recorded + 'a>(
+    path: &Path,
+    seed: u64,
+    workload: &str,
+    ops: impl IntoIterator<Item = &'a T>,
+) -> Result<(), String> {
+    let mut ops: Vec<&T> = ops.into_iter().collect();
+    ops.sort_by_key(|op| op.order());
+    let lines: Vec<serde_json::Value> = ops.iter().map(|op| op.history_line()).collect();
+    super::history::write_history(path, seed, workload, &lines)
+}
+
 /// A workload of a chaos run, shared by its client threads.
 pub trait Workload: Send + Sync {
     /// Prepares the state the clients need (e.g. opens accounts) before they start.
