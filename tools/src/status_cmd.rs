@@ -74,6 +74,12 @@ fn render(status: &Value) -> String {
     ] {
         out.push_str(&format!("{label:<8} {}\n", field(status, name)));
     }
+    if let Some(until) = status.get("repair_until").and_then(Value::as_u64) {
+        out.push_str(&format!(
+            "repair   lost log entries up to {until}: no votes or campaigns until durable \
+             reaches it\n"
+        ));
+    }
     if let Some(runtime) = status.get("runtime") {
         out.push_str(&render_runtime(status, runtime));
     }
@@ -219,5 +225,9 @@ mod tests {
         }
         let follower: Value = serde_json::from_str(r#"{"id":2,"leader":null,"peers":[]}"#).unwrap();
         assert!(render(&follower).contains("leader   -"));
+        assert!(!render(&follower).contains("repair"));
+        let repairing: Value =
+            serde_json::from_str(r#"{"id":3,"durable":40,"repair_until":100}"#).unwrap();
+        assert!(render(&repairing).contains("repair   lost log entries up to 100"));
     }
 }

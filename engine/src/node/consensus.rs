@@ -517,6 +517,7 @@ impl ConsensusStage {
             commit: status.commit.get(),
             applied,
             durable: status.durable.get(),
+            repair_until: status.repair_until.map(LogIndex::get),
             peers: status
                 .progress
                 .iter()

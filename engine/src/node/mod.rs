@@ -410,6 +410,7 @@ impl Node {
             commit: 0,
             applied: self.shared.applied().get(),
             durable: 0,
+            repair_until: None,
             peers: Vec::new(),
             counters: NodeCounters::default(),
             log: *self.shared.log.lock().expect("log counters lock"),
@@ -538,6 +539,9 @@ pub struct NodeStatus {
     pub applied: u64,
     /// Durable (synced) last index of the local log.
     pub durable: u64,
+    /// Set while the node repairs a damaged log: it neither votes nor campaigns until
+    /// `durable` reaches this index (docs/RAFT.md, "Repair").
+    pub repair_until: Option<u64>,
     /// Per-peer replication progress (leader only).
     pub peers: Vec<PeerProgress>,
     /// What the consensus core did since start.

@@ -509,6 +509,7 @@ mod tests {
             commit: 17,
             applied: 16,
             durable: 17,
+            repair_until: None,
             peers: vec![PeerProgress {
                 id: 2,
                 matched: 15,
