@@ -157,6 +157,8 @@ impl Args {
                 log_format: None,
                 members: Vec::new(),
                 tuning: Tuning::default(),
+                security: Default::default(),
+                limits: Default::default(),
             },
         };
         self.apply_to(&mut config);

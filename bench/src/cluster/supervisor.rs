@@ -120,6 +120,8 @@ impl LocalCluster {
                 log_format: None,
                 members: members.clone(),
                 tuning: spec.tuning.clone(),
+                security: Default::default(),
+                limits: Default::default(),
             };
             nodes.push(NodeProcess::spawn(&config, dir.path(), command, &ready_tx)?);
         }

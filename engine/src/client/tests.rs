@@ -47,6 +47,8 @@ fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<Node>, Vec<SocketAddr>
                     segment_bytes: 1 << 20,
                     ..Tuning::default()
                 },
+                security: Default::default(),
+                limits: Default::default(),
             };
             Node::start(config.node_config().unwrap(), KvStore::new()).unwrap()
         })

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::security::{Limits, Security};
 use crate::apps::AppKind;
 use crate::log::{AppendMode, LogOptions, SyncMode, MAX_SYNCS_IN_FLIGHT};
 use crate::net::NetConfig;
@@ -306,6 +307,12 @@ pub struct ServerConfig {
     /// Tuning.
     #[serde(default)]
     pub tuning: Tuning,
+    /// Peer and client authentication, TLS.
+    #[serde(default)]
+    pub security: Security,
+    /// Limits on what one client may cost the node.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// How log lines are written to stderr.

@@ -5,11 +5,13 @@
 //! - [`config`]: [`ServerConfig`] (the file's shape), loading, validation, mapping onto
 //!   [`crate::node::NodeConfig`];
 //! - [`run`] / [`run_until`]: start the node, announce readiness, serve until told to stop;
-//! - [`metrics`]: the Prometheus endpoint (`metrics_addr`).
+//! - [`metrics`]: the Prometheus endpoint (`metrics_addr`);
+//! - [`security`]: the `[security]` (peer secret, client passwords, TLS) and `[limits]` sections.
 
 pub mod config;
 pub mod metrics;
 mod run;
+pub mod security;
 
 pub use self::config::{LogFormat, MemberConfig, ServerConfig, ServerError, Tuning};
 pub use self::metrics::MetricsServer;

@@ -1,0 +1,79 @@
+//! The `[security]` and `[limits]` sections of a server's configuration: who may connect as a
+//! peer (a shared secret proven by challenge-response), who may talk as a client (passwords),
+//! whether the ports speak TLS, and the limits that protect a node from hostile or broken
+//! clients. `docs/SECURITY.md` describes the threat model; `docs/CONFIG.md` every option.
+//!
+//! Secrets and passwords are read from files named here, never given on the command line.
+
+use std::path::PathBuf;
+
+/// The `[security]` section. Everything is off by default (a trusted network).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// File holding the secret every member of the cluster shares; with it, a peer connection
+    /// is used only after both sides proved they know the secret. None: peers are not
+    /// authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// File holding the password of the `default` client user (read and write). None: clients
+    /// need no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_password_file: Option<PathBuf>,
+    /// File holding the password of the read-only client user. None: no read-only user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly_password_file: Option<PathBuf>,
+    /// TLS on the client and peer ports; none: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `[security.tls]` section: certificates and keys in PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This node's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// This node's private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA certificate(s) (PEM) peers' certificates must chain to.
+    pub ca_file: PathBuf,
+    /// TLS on the client port.
+    #[serde(default = "yes")]
+    pub client: bool,
+    /// TLS on the peer port.
+    #[serde(default = "yes")]
+    pub peer: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `[limits]` section: bounds on what one client may cost a node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most concurrent client connections.
+    pub max_clients: usize,
+    /// Largest single request (one RESP command or native frame), bytes.
+    pub max_request_bytes: usize,
+    /// Most request bytes one connection may have read but not yet answered.
+    pub max_pipelined_bytes: usize,
+    /// A client connection idle this long is closed, ms (0: never).
+    pub idle_timeout_ms: u64,
+    /// A client that leaves replies unread this long is disconnected, ms (0: never).
+    pub slow_client_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_clients: 4096,
+            max_request_bytes: 64 << 20,
+            max_pipelined_bytes: 64 << 20,
+            idle_timeout_ms: 0,
+            slow_client_timeout_ms: 60_000,
+        }
+    }
+}
