@@ -74,6 +74,7 @@ fn repair_open_cuts_the_damage_keeps_the_marker_until_the_range_is_durable_again
     let expected = RepairState {
         first_lost: LogIndex(101),
         until: LogIndex(400),
+        above_term: None,
     };
     assert_eq!(report.repair, Some(expected));
     assert_eq!(log.last_index(), LogIndex(100));
@@ -122,6 +123,7 @@ fn repair_open_of_a_damaged_first_record_restarts_the_log_empty() {
         Some(RepairState {
             first_lost: LogIndex(1),
             until: LogIndex(15),
+            above_term: None,
         })
     );
     assert_eq!(

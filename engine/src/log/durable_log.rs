@@ -13,12 +13,14 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{entry_offset, Batch, BatchKind, Entries};
 use crate::log::error::LogError;
 use crate::log::hard_state::{HardState, HardStateFile};
+use crate::log::head::{self, Head, HeadFound};
 use crate::log::preparer::{Preparer, Spare};
 use crate::log::record::{
     batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, ChainFields,
@@ -27,8 +29,9 @@ use crate::log::record::{
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::repair::{self, DamageReport, RepairState};
 use crate::log::segment::{
-    check_segment_len, live_name, map_segment, parse_live_name, parse_spare_name, prefault,
-    spare_name, sync_dir, Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+    check_segment_len, encode_segment_header, keeps_head, live_name, map_segment, parse_live_name,
+    parse_spare_name, prefault, spare_name, sync_dir, Prefault, Segment, SEGMENT_BYTES_MIN,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::log::sync::{SyncMode, SyncTarget, Syncer, MAX_SYNCS_IN_FLIGHT};
 use crate::types::{LogIndex, Term};
@@ -241,7 +244,6 @@ pub struct Log {
     in_flight: VecDeque<Round>,
     sync_wanted: bool,
     dirty: Vec<DirtyRange>,
-    dir_dirty: bool,
     unsynced_entries: u64,
     unsynced_bytes: u64,
     poisoned: Option<i32>,
@@ -250,6 +252,8 @@ pub struct Log {
     sealed_seq: Option<u64>,
     preparer: Preparer,
     hard_state: HardStateFile,
+    /// What the head file on disk says.
+    head: Head,
     /// The repair marker on disk, until the log is durable up to its `until`.
     repair: Option<RepairState>,
     stats: LogStats,
@@ -448,11 +452,21 @@ impl Log {
             let file = segments[damage.at.segment].path.clone();
             DamageReport::new(damage, file)
         });
+        let live: Vec<(u64, bool)> = segments
+            .iter()
+            .map(|segment| (segment.first_seq, keeps_head(&segment.map)))
+            .collect();
+        let (damage, upgrade) = head::judge(dir, &live, &recovered, damage, repair_damage)?;
+        let hard_state = HardStateFile::open(dir, &dir_file)?;
         let mut repair_state = repair::read(dir)?;
         if let Some(damage) = &damage {
+            // Every entry the node may have acknowledged has a term no higher than its current
+            // term, which is never below its log's.
+            let term = hard_state.get().term.max(recovered.last_term);
             let found = RepairState {
                 first_lost: damage.index,
                 until: damage.last_index_claimed,
+                above_term: damage.extent_unknown.then_some(term),
             };
             let state = repair_state.map_or(found, |earlier| earlier.merge(found));
             tracing::warn!(
@@ -486,8 +500,13 @@ impl Log {
             );
         }
 
-        // Segments past the tail hold nothing durable: they become spares.
+        // Segments past the tail hold nothing durable (or lost it, the repair marker says what):
+        // they become spares, once the head no longer names one of them.
         let keep = recovered.tail.map_or(0, |(segment, _)| segment + 1);
+        if upgrade {
+            tracing::info!(dir = %dir.display(), "log: written before the log head existed; writing it");
+        }
+        let head = Log::rewrite_head_if_needed(dir, &dir_file, &segments, keep, &recovered)?;
         let discarded: Vec<Segment> = segments.drain(keep..).collect();
         let segments_discarded = discarded.len();
         let mut existing_spares = Vec::new();
@@ -516,7 +535,6 @@ impl Log {
         }
         sync_dir(&dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
 
-        let hard_state = HardStateFile::open(dir, &dir_file)?;
         let syncer = Syncer::new(options.sync_mode, options.syncs_in_flight);
         let prefault_mode = match (options.append_mode, syncer.syncs_ranges()) {
             (AppendMode::Pwrite, _) => Prefault::Skip,
@@ -556,13 +574,13 @@ impl Log {
             in_flight: VecDeque::new(),
             sync_wanted: false,
             dirty: Vec::new(),
-            dir_dirty: false,
             unsynced_entries: 0,
             unsynced_bytes: 0,
             poisoned: None,
             sealed_seq: None,
             preparer,
             hard_state,
+            head,
             repair: repair_state,
             stats: LogStats::default(),
         };
@@ -800,12 +818,77 @@ impl Log {
         Ok(self.write_offset)
     }
 
-    /// Turns a ready spare into the current segment, named after the next record's seq.
-    fn activate_spare(&mut self) -> Result<(), LogError> {
+    /// Writes the head at open when what it names differs from what open keeps: the newest
+    /// kept segment (none when every segment is discarded; the next activation names one), and
+    /// a synced seq no higher than the last record found (which this open makes durable).
+    fn rewrite_head_if_needed(
+        dir: &Path,
+        dir_file: &File,
+        segments: &VecDeque<Segment>,
+        keep: usize,
+        recovered: &crate::log::recovery::Recovered,
+    ) -> Result<Head, LogError> {
+        let found = head::read(dir)?;
+        let newest_seq = keep.checked_sub(1).map_or(0, |at| segments[at].first_seq);
+        let oldest_seq = if keep == 0 { 0 } else { segments[0].first_seq };
+        let (newest_first_index, synced_seq) = match &found {
+            HeadFound::Valid(head) if head.newest_seq == newest_seq => (
+                head.newest_first_index,
+                head.synced_seq.min(recovered.last_seq),
+            ),
+            HeadFound::Valid(head) => (
+                recovered
+                    .spans
+                    .iter()
+                    .find(|span| span.segment == newest_seq)
+                    .map_or(recovered.next_index, |span| span.first_index),
+                head.synced_seq.min(recovered.last_seq),
+            ),
+            HeadFound::Absent | HeadFound::Damaged(_) => (recovered.next_index, 0),
+        };
+        let wanted = Head {
+            newest_seq,
+            newest_first_index,
+            synced_seq,
+            oldest_seq,
+        };
+        let fresh = segments.is_empty() && found == HeadFound::Absent;
+        if found != HeadFound::Valid(wanted) && !fresh {
+            head::write(dir, dir_file, wanted)?;
+        }
+        Ok(wanted)
+    }
+
+    /// Takes a ready spare; one from a version before the head existed first gets the
+    /// "keeps a head" flag in its header, synced, so the log never holds a live segment that
+    /// would let a deleted head pass for an old log.
+    fn take_spare(&mut self) -> Result<Spare, LogError> {
         let spare = self
             .preparer
             .take()
             .map_err(|err| prepare_error(err, self.options.segment_bytes))?;
+        if !keeps_head(&spare.map) {
+            let header = encode_segment_header(spare.map.len() as u64);
+            let flagged = spare
+                .file
+                .write_all_at(&header, 0)
+                .and_then(|()| spare.file.sync_data());
+            if let Err(err) = flagged {
+                let context = format!("flag {}", spare.path.display());
+                self.preparer.give_back(spare);
+                return Err(LogError::io(context, err));
+            }
+        }
+        Ok(spare)
+    }
+
+    /// Turns a ready spare into the current segment, named after the next record's seq, and
+    /// names it in the head: the rename is made durable first (so the head never names a
+    /// segment a crash could lose), then the head, before any record goes into the segment (so
+    /// no record in it is reported durable while the head does not name it). Once per segment;
+    /// a failure poisons the log, like a failed sync.
+    fn activate_spare(&mut self) -> Result<(), LogError> {
+        let spare = self.take_spare()?;
         let path = self.dir.join(live_name(self.next_seq));
         if let Err(err) = std::fs::rename(&spare.path, &path) {
             let context = format!("activate {}", spare.path.display());
@@ -819,8 +902,25 @@ impl Log {
             map: spare.map,
         });
         self.write_offset = SEGMENT_HEADER_BYTES;
-        self.dir_dirty = true;
         self.stats.segments_activated += 1;
+        let head = Head {
+            newest_seq: self.next_seq,
+            newest_first_index: self.next_index,
+            synced_seq: self.durable_seq,
+            oldest_seq: self.segments[0].first_seq,
+        };
+        let named = sync_dir(&self.dir_file)
+            .map_err(|err| LogError::io("sync the log directory", err))
+            .and_then(|()| head::write(&self.dir, &self.dir_file, head));
+        if let Err(err) = named {
+            let errno = match &err {
+                LogError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+                _ => libc::EIO,
+            };
+            tracing::error!(error = %err, "log: could not name the new segment in the log head");
+            return Err(self.poison(errno));
+        }
+        self.head = head;
         Ok(())
     }
 
@@ -893,9 +993,10 @@ impl Log {
         {
             self.spans.pop_front();
         }
-        while self.segments.len() > 1 {
-            let front_seq = self.segments[0].first_seq;
-            let next_seq = self.segments[1].first_seq;
+        let mut removable = 0;
+        while removable + 1 < self.segments.len() {
+            let front_seq = self.segments[removable].first_seq;
+            let next_seq = self.segments[removable + 1].first_seq;
             if self
                 .spans
                 .front()
@@ -904,6 +1005,19 @@ impl Log {
             {
                 break;
             }
+            removable += 1;
+        }
+        if removable == 0 {
+            return Ok(());
+        }
+        // The head names the new oldest segment first, so a removed one never looks lost.
+        let head = Head {
+            oldest_seq: self.segments[removable].first_seq,
+            ..self.head
+        };
+        head::write(&self.dir, &self.dir_file, head)?;
+        self.head = head;
+        for _ in 0..removable {
             let segment = self.segments.pop_front().expect("front segment");
             self.recycle(segment)?;
         }
@@ -953,10 +1067,7 @@ impl Log {
             self.in_flight.is_empty() && self.dirty.is_empty(),
             "reset_after({after}): a sync round is still pending after wait_durable"
         );
-        let mut spare = self
-            .preparer
-            .take()
-            .map_err(|err| prepare_error(err, self.options.segment_bytes))?;
+        let mut spare = self.take_spare()?;
         let chain = ChainFields {
             prev_crc: 0,
             seq: self.next_seq,
@@ -977,6 +1088,15 @@ impl Log {
             return Err(LogError::io(context, err));
         }
         sync_dir(&self.dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
+        // Synced seq 0: while old segments remain, recovery may still follow their chain.
+        let head = Head {
+            newest_seq: self.next_seq,
+            newest_first_index: after.next(),
+            synced_seq: 0,
+            oldest_seq: self.next_seq,
+        };
+        head::write(&self.dir, &self.dir_file, head)?;
+        self.head = head;
         while let Some(segment) = self.segments.pop_back() {
             self.recycle(segment)?;
         }
@@ -1019,12 +1139,21 @@ impl Log {
         self.repair
     }
 
+    /// Term of the entry at the durable index (the last term when everything is durable).
+    fn durable_term(&self) -> Term {
+        if self.durable_index >= self.last_index() {
+            self.last_term
+        } else {
+            self.term_at(self.durable_index).unwrap_or(Term::ZERO)
+        }
+    }
+
     /// Removes the repair marker once the log durably covers the range it records.
     fn finish_repair_if_covered(&mut self) -> Result<(), LogError> {
         let Some(state) = self.repair else {
             return Ok(());
         };
-        if self.durable_index < state.until {
+        if !state.is_covered(self.durable_index, self.durable_term()) {
             return Ok(());
         }
         repair::remove(&self.dir, &self.dir_file)?;
@@ -1131,7 +1260,7 @@ impl Log {
     }
 
     fn submit_round(&mut self) -> Result<(), LogError> {
-        let mut round: Vec<SyncTarget> = self
+        let round: Vec<SyncTarget> = self
             .dirty
             .drain(..)
             .map(|range| SyncTarget {
@@ -1140,13 +1269,6 @@ impl Log {
                 range: Some((range.start as u64, (range.end - range.start) as u32)),
             })
             .collect();
-        if std::mem::take(&mut self.dir_dirty) {
-            round.push(SyncTarget {
-                file: self.dir_file.clone(),
-                datasync: false,
-                range: None,
-            });
-        }
         let seq = self.next_seq - 1;
         let covered = self
             .in_flight

@@ -8,10 +8,11 @@ use memmap2::Mmap;
 
 use crate::log::error::LogError;
 use crate::log::hard_state::{read_file, HardState, HARD_STATE_FILE};
+use crate::log::head;
 use crate::log::record::RECORD_HEADER_BYTES;
 use crate::log::recovery::{recover_files, RecordSpan, Recovered};
 use crate::log::repair::DamageReport;
-use crate::log::segment::{check_segment_len, parse_live_name, parse_spare_name};
+use crate::log::segment::{check_segment_len, keeps_head, parse_live_name, parse_spare_name};
 
 /// A live segment file as found.
 pub struct InspectedSegment {
@@ -113,6 +114,11 @@ fn inspect_with(dir: &Path, repair: bool) -> Result<Inspection, LogError> {
         let file = segments[damage.at.segment].path.clone();
         DamageReport::new(damage, file)
     });
+    let live: Vec<(u64, bool)> = segments
+        .iter()
+        .map(|segment| (segment.first_seq, keeps_head(&segment.map)))
+        .collect();
+    let (damage, _) = head::judge(dir, &live, &recovered, damage, repair)?;
     let hard_state = read_file(&dir.join(HARD_STATE_FILE))?;
     Ok(Inspection {
         segments,

@@ -12,6 +12,7 @@
 //! - [`hard_state`]: term and vote in a two-slot checksummed file.
 //! - [`repair`]: the marker a log cut before damaged records keeps until the lost range is
 //!   fetched back from peers.
+//! - [`head`]: the small file naming the newest segment, so a lost segment is noticed.
 //! - [`Log`] (in `durable_log`): the type the storage thread owns.
 //! - [`inspect`]: read-only verification and listing, for `lockstep log`.
 //!
@@ -39,12 +40,14 @@
 mod durable_log;
 mod error;
 pub mod hard_state;
+pub mod head;
 pub mod inspect;
 mod preparer;
 pub mod record;
 pub mod recovery;
 pub mod repair;
 pub mod segment;
+mod small_file;
 mod sync;
 
 pub use durable_log::{

@@ -324,6 +324,9 @@ pub struct Damage {
     /// the last index any valid record found after the damage implies, whichever is higher.
     /// Entries up to it may have been durable, hence acknowledged to a leader.
     pub last_index_claimed: LogIndex,
+    /// Set when the log may have held entries beyond `last_index_claimed` that nothing left
+    /// on disk shows (a lost or cut segment): the repair then also waits for a newer term.
+    pub extent_unknown: bool,
 }
 
 /// [`recover`] (or, with `repair`, [`recover_for_repair`]) over named segment files in
@@ -532,6 +535,7 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
     if let Some(at) = damage {
         let damage = Damage {
             last_index_claimed: next_index.prev().max(witness.last_index_claimed),
+            extent_unknown: false,
             at,
         };
         // With nothing before the damage, no record could chain to the next one at the start

@@ -12,9 +12,11 @@
 //! - `spare-N.seg`: a ready spare (fresh zeros, or a recycled segment with stale records);
 //! - `spare-N.tmp`: a spare being created; removed on open.
 //!
-//! The segment header (bytes `0..64`, written once at creation, never rewritten):
-//! `0..4` magic `"LSSG"`, `4` version 1, `5..8` zero, `8..16` segment bytes (the file size),
-//! `16..60` zero, `60..64` CRC32 of bytes `0..60`. Records start at [`SEGMENT_HEADER_BYTES`].
+//! The segment header (bytes `0..64`, written once at creation; only the flags byte of a reused
+//! file from an older version is ever rewritten, before it becomes live): `0..4` magic
+//! `"LSSG"`, `4` version 1, `5` flags (bit 0: [`SEGMENT_FLAG_KEEPS_HEAD`]), `6..8` zero, `8..16`
+//! segment bytes (the file size), `16..60` zero, `60..64` CRC32 of bytes `0..60`. Records start
+//! at [`SEGMENT_HEADER_BYTES`].
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -31,6 +33,9 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"LSSG");
 pub const SEGMENT_VERSION: u8 = 1;
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
+/// Header flag (byte 5, bit 0): the segment was created (or reused) by a version that keeps
+/// the log head file (`crate::log::head`), so a log holding it without a head lost its head.
+pub const SEGMENT_FLAG_KEEPS_HEAD: u8 = 1;
 /// Smallest segment size accepted (tests use small segments).
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
 
@@ -81,10 +86,17 @@ pub fn encode_segment_header(segment_bytes: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     header[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
     header[4] = SEGMENT_VERSION;
+    header[5] = SEGMENT_FLAG_KEEPS_HEAD;
     header[8..16].copy_from_slice(&segment_bytes.to_le_bytes());
     let crc = crc32fast::hash(&header[..60]);
     header[60..64].copy_from_slice(&crc.to_le_bytes());
     header
+}
+
+/// Whether a segment's header carries [`SEGMENT_FLAG_KEEPS_HEAD`] (headers written before the
+/// flag existed have a zero there).
+pub fn keeps_head(bytes: &[u8]) -> bool {
+    bytes.len() > 5 && bytes[5] & SEGMENT_FLAG_KEEPS_HEAD != 0
 }
 
 /// Checks a segment's header against its length; `Err` says what is wrong.

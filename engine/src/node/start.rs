@@ -75,6 +75,7 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
         batches,
         initial_membership: Membership::with_voters(config.members.keys().copied()),
         repair_until: log.repair().map(|repair| repair.until),
+        repair_above_term: log.repair().and_then(|repair| repair.above_term),
     };
     Ok((log, restored))
 }

@@ -52,6 +52,12 @@ pub struct Restored {
     /// snapshot path), the node neither grants (pre-)votes nor campaigns, which could otherwise
     /// elect a leader that lacks a committed entry. Ignored when the log already reaches it.
     pub repair_until: Option<LogIndex>,
+    /// With `repair_until`, when the log may have held more than that index (a lost segment:
+    /// nothing says how far it reached): the highest term the node had reached. The repair then
+    /// also waits until the durable log holds an entry of a higher term, which only a leader
+    /// elected without this node can have written, and whose log holds every entry committed
+    /// in the earlier terms (`docs/RAFT.md`, "Repair").
+    pub repair_above_term: Option<Term>,
 }
 
 /// Identifies a [`StorageWrite`]; ids strictly increase, starting at 1.

@@ -557,6 +557,7 @@ impl Cluster {
             batches: durable.batches.clone(),
             initial_membership: self.membership.clone(),
             repair_until: None,
+            repair_above_term: None,
         };
         let raft = match Raft::new(config, restored) {
             Ok(raft) => raft,

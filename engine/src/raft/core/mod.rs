@@ -104,8 +104,10 @@ pub struct Raft {
     applied: LogIndex,
     /// Highest index such that this node's log up to it is durable.
     durable: LogIndex,
-    /// Repairing a damaged log: no votes, no campaigns until `durable` reaches this index.
+    /// Repairing a damaged log: no votes, no campaigns until `durable` reaches this index...
     repair_until: Option<LogIndex>,
+    /// ...and, when set, until the durable log holds an entry of a term above this one.
+    repair_above_term: Option<Term>,
     snapshot: Option<(SnapshotMeta, Bytes)>,
     incoming: Option<IncomingSnapshot>,
 
@@ -161,6 +163,7 @@ impl Raft {
             batches,
             initial_membership,
             repair_until,
+            repair_above_term,
         } = restored;
         if let Some((meta, _)) = &snapshot {
             if meta.term > hard_state.term {
@@ -214,7 +217,8 @@ impl Raft {
             leader: None,
             reported_soft: None,
             durable: log.last_index(),
-            repair_until: repair_until.filter(|&until| until > log.last_index()),
+            repair_until,
+            repair_above_term: repair_until.and(repair_above_term),
             log,
             commit: snapshot_index,
             committed_out: snapshot_index,
@@ -250,6 +254,11 @@ impl Raft {
             scratch_rounds: Vec::new(),
             config,
         };
+        if raft.repair_covered() {
+            // The log already holds what the repair waits for (ignored, see `Restored`).
+            raft.repair_until = None;
+            raft.repair_above_term = None;
+        }
         raft.reset_election_timer();
         raft.debug_check();
         Ok(raft)
@@ -404,10 +413,11 @@ impl Raft {
             self.writes_inflight.pop_front();
             self.durable = last;
         }
-        if self.repair_until.is_some_and(|until| self.durable >= until) {
+        if self.repair_until.is_some() && self.repair_covered() {
             // Every entry this node may have acknowledged before the damage is held again,
             // matching a leader's log: it may vote again.
             self.repair_until = None;
+            self.repair_above_term = None;
             self.stats.repairs_completed += 1;
         }
         if self.hard_state_write.is_some_and(|id| id <= write) {
@@ -566,6 +576,18 @@ impl Raft {
         self.log.batches()
     }
 
+    /// Whether the durable log holds everything a repair waits for: it reaches `repair_until`
+    /// and, with `repair_above_term`, its entry at the durable index has a higher term (terms
+    /// never decrease along a log, so then every entry the node may have acknowledged before
+    /// the damage is covered by a leader's log).
+    fn repair_covered(&self) -> bool {
+        self.repair_until
+            .map_or(true, |until| self.durable >= until)
+            && self.repair_above_term.map_or(true, |term| {
+                self.log.term_at(self.durable).is_some_and(|at| at > term)
+            })
+    }
+
     /// The term of `index` if this node holds it (or it is the snapshot point).
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
         self.log.term_at(index)
@@ -617,9 +639,10 @@ impl Raft {
         );
         if let Some(until) = self.repair_until {
             assert!(
-                self.role == Role::Follower && until > self.durable,
-                "{}: repairing up to {until} but {:?} with durable {}",
+                self.role == Role::Follower && !self.repair_covered(),
+                "{}: repairing up to {until} (above term {:?}) but {:?} with durable {}",
                 self.id,
+                self.repair_above_term,
                 self.role,
                 self.durable
             );

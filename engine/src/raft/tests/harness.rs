@@ -421,13 +421,14 @@ impl Cluster {
 
     /// Restarts `id` from its disk.
     pub(crate) fn restart(&mut self, id: u64) {
-        self.restart_damaged(id, None, false);
+        self.restart_damaged(id, None, RepairGate::Off);
     }
 
     /// Restarts `id` from its disk after damage from index `lost_from` on was cut off (as
-    /// `Log::open_for_repair` does). With `remember`, the core is told the highest index the
-    /// log held (the repair gate); without, it is the bug the gate prevents.
-    pub(crate) fn restart_damaged(&mut self, id: u64, lost_from: Option<u64>, remember: bool) {
+    /// `Log::open_for_repair` does). `gate` says what the core is told: nothing (the bug the
+    /// gate prevents), the highest index the log held, or (a lost segment: the extent is
+    /// unknown) only the index it still holds and its term.
+    pub(crate) fn restart_damaged(&mut self, id: u64, lost_from: Option<u64>, gate: RepairGate) {
         let mut node = self.nodes.remove(&NodeId(id)).expect("node");
         let held = node
             .disk
@@ -448,7 +449,17 @@ impl Cluster {
             snapshot: node.disk.snapshot.clone(),
             batches: node.disk.batches.clone(),
             initial_membership: node.initial.clone(),
-            repair_until: remember.then_some(held),
+            repair_until: match gate {
+                RepairGate::Off => None,
+                RepairGate::Until => Some(held),
+                RepairGate::AboveTerm => Some(
+                    node.disk
+                        .batches
+                        .last()
+                        .map_or(LogIndex::ZERO, Batch::last_index),
+                ),
+            },
+            repair_above_term: (gate == RepairGate::AboveTerm).then_some(node.disk.hard_state.term),
         };
         self.add_node(node.config, restored);
     }
@@ -483,4 +494,15 @@ impl Cluster {
             }
         }
     }
+}
+
+/// What a node restarted with a damaged log is told (see `Cluster::restart_damaged`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RepairGate {
+    /// Nothing: the bug the repair gate prevents.
+    Off,
+    /// The highest index the log held.
+    Until,
+    /// Only that the log may have held more, and the term it had reached.
+    AboveTerm,
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::harness::{log_of_terms, voters, Cluster};
+use super::harness::{log_of_terms, voters, Cluster, RepairGate};
 use crate::batch::BatchKind;
 use crate::raft::{
     HardState, InjectedBug, MembershipChange, Message, MessageBody, ProposeError, ReadId, ReadMode,
@@ -1023,7 +1023,7 @@ fn a_lagging_member_hears_a_candidate_it_does_not_know() {
 /// Entries 2..=6 commit on {1, 2} while 3 is cut off; then 1 crashes and 2 restarts with its
 /// log damaged from index 2 (cut off by the repair open). Returns the cluster with 2 and 3 up
 /// and connected, after enough time for an election among them.
-fn committed_entries_lost_on_a_voter(remember: bool) -> Cluster {
+fn committed_entries_lost_on_a_voter(gate: RepairGate) -> Cluster {
     let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
     cluster.elect(1);
     cluster.isolate(3);
@@ -1033,7 +1033,7 @@ fn committed_entries_lost_on_a_voter(remember: bool) -> Cluster {
     assert_eq!(cluster.node(2).raft.status().durable, LogIndex(6));
     cluster.crash(1);
     cluster.crash(2);
-    cluster.restart_damaged(2, Some(2), remember);
+    cluster.restart_damaged(2, Some(2), gate);
     cluster.heal();
     cluster.ticks(100);
     cluster
@@ -1041,7 +1041,7 @@ fn committed_entries_lost_on_a_voter(remember: bool) -> Cluster {
 
 #[test]
 fn repair_a_node_that_lost_acknowledged_entries_neither_votes_nor_campaigns() {
-    let mut cluster = committed_entries_lost_on_a_voter(true);
+    let mut cluster = committed_entries_lost_on_a_voter(RepairGate::Until);
     let repairing = cluster.node(2).raft.status();
     assert_eq!(repairing.repair_until, Some(LogIndex(6)));
     assert!(repairing.stats.votes_refused_repairing > 0);
@@ -1074,7 +1074,36 @@ fn repair_gate_off_loses_a_committed_entry() {
     // The same damage without the repair gate: 2 votes for 3, whose new term overwrites the
     // entries that had committed, and the harness sees another entry applied at index 2. The
     // gate above is what prevents this.
-    committed_entries_lost_on_a_voter(false);
+    committed_entries_lost_on_a_voter(RepairGate::Off);
+}
+
+#[test]
+fn repair_of_an_unknown_extent_waits_for_an_entry_of_a_newer_term() {
+    // 2 lost a whole segment: it only knows it held index 1 and had reached term 1.
+    let mut cluster = committed_entries_lost_on_a_voter(RepairGate::AboveTerm);
+    let repairing = cluster.node(2).raft.status();
+    assert_eq!(repairing.repair_until, Some(LogIndex(1)));
+    assert!(repairing.stats.votes_refused_repairing > 0);
+    assert_eq!(repairing.stats.pre_votes_started, 0, "never campaigns");
+    assert_eq!(cluster.leader(), None, "2 may not vote for 3");
+    cluster.restart(1);
+    cluster.ticks(100);
+    assert_eq!(cluster.leader(), Some(1));
+    let repaired = cluster.node(2).raft.status();
+    assert_eq!(repaired.repair_until, None);
+    assert_eq!(repaired.stats.repairs_completed, 1);
+    assert!(
+        cluster.terms(2).last().is_some_and(|&(_, term)| term > 1),
+        "lifted only with an entry of the new term: {:?}",
+        cluster.terms(2)
+    );
+    for id in [1, 2, 3] {
+        assert_eq!(
+            &cluster.terms(id)[1..6],
+            &[(2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
+            "{id} holds the committed entries"
+        );
+    }
 }
 
 #[test]
@@ -1087,7 +1116,7 @@ fn leader_lowers_the_match_of_a_follower_that_lost_acknowledged_entries() {
     cluster.propose(1, 5);
     cluster.stabilize();
     cluster.crash(2);
-    cluster.restart_damaged(2, Some(2), true);
+    cluster.restart_damaged(2, Some(2), RepairGate::Until);
     assert_eq!(
         cluster.node(2).raft.status().repair_until,
         Some(LogIndex(6))

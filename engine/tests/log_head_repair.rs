@@ -1,0 +1,282 @@
+//! The log head on real files: every way a segment (or the head itself) can go missing is
+//! noticed on open — refused by `Log::open`, repaired by `Log::open_for_repair` with a repair
+//! whose extent is unknown (it waits for an entry of a newer term) — while compaction, resets
+//! after a snapshot and logs written before the head existed open cleanly.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use lockstep::batch::{Batch, BatchBuilder, BatchKind};
+use lockstep::log::head::{read, HeadFound, HEAD_FILE};
+use lockstep::log::repair::REPAIR_FILE;
+use lockstep::log::segment::{parse_live_name, parse_spare_name};
+use lockstep::log::{HardState, Log, LogError, LogOptions};
+use lockstep::types::{LogIndex, NodeId, Term};
+use proptest::prelude::*;
+
+fn batch(term: u64, first: u64, count: u64) -> Batch {
+    let mut builder = BatchBuilder::default();
+    for i in 0..count {
+        builder.push(format!("entry {} {}", first + i, "x".repeat(40)).as_bytes());
+    }
+    builder.finish(Term(term), LogIndex(first), BatchKind::Normal)
+}
+
+fn options() -> LogOptions {
+    LogOptions {
+        segment_bytes: 8 << 10,
+        ..LogOptions::default()
+    }
+}
+
+/// Live segment files in seq order.
+fn live_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut live: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().unwrap();
+            parse_live_name(&name).map(|seq| (seq, entry.path()))
+        })
+        .collect();
+    live.sort();
+    live.into_iter().map(|(_, path)| path).collect()
+}
+
+/// A log of `records` synced records of 5 entries (term 1), left without `close` (a crash
+/// after the last sync); returns its last index.
+fn write_log(dir: &Path, records: u64) -> LogIndex {
+    let (mut log, _) = Log::open(dir, options()).unwrap();
+    log.save_hard_state(HardState {
+        term: Term(1),
+        vote: NodeId(1),
+    })
+    .unwrap();
+    for record in 0..records {
+        log.append(&batch(1, 1 + record * 5, 5)).unwrap();
+        log.wait_durable().unwrap();
+    }
+    log.last_index()
+}
+
+fn corrupt_file(err: LogError) -> (PathBuf, LogIndex, String) {
+    match err {
+        LogError::Corrupt {
+            file,
+            index,
+            reason,
+            ..
+        } => (file, index, reason),
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+#[test]
+fn a_new_log_writes_its_head_and_every_activation_names_the_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let live = live_segments(dir.path());
+    assert!(live.len() >= 3, "{live:?}");
+    let HeadFound::Valid(head) = read(dir.path()).unwrap() else {
+        panic!("no valid head")
+    };
+    let newest = live.last().unwrap().file_name().unwrap().to_str().unwrap();
+    assert_eq!(Some(head.newest_seq), parse_live_name(newest));
+    let (log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!((report.last_index, report.repair), (LogIndex(300), None));
+    drop(log);
+}
+
+#[test]
+fn a_deleted_newest_segment_is_refused_and_repaired_until_a_newer_term_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let newest = live_segments(dir.path()).pop().unwrap();
+    std::fs::remove_file(&newest).unwrap();
+
+    let (file, index, reason) = corrupt_file(Log::open(dir.path(), options()).err().unwrap());
+    assert_eq!(file, newest);
+    assert!(reason.contains("missing"), "{reason}");
+    let held = index.prev();
+    assert!(held < LogIndex(300), "{index}");
+
+    let (mut log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    let damage = report.damage.expect("damage reported");
+    assert!(damage.extent_unknown);
+    assert_eq!(damage.file, newest);
+    assert!(
+        damage.to_string().contains("how many is unknown"),
+        "{damage}"
+    );
+    let repair = report.repair.expect("a repair");
+    assert_eq!((repair.until, repair.above_term), (held, Some(Term(1))));
+    assert_eq!(log.last_index(), held);
+    assert!(dir.path().join(REPAIR_FILE).exists());
+    // Entries of the same term do not end it (the lost ones may reach further).
+    log.append(&batch(1, held.get() + 1, 5)).unwrap();
+    log.wait_durable().unwrap();
+    assert!(log.repair().is_some());
+    drop(log);
+
+    // A crash now: the plain open finds a clean log (the head was rewritten), the marker
+    // keeps the repair.
+    let (mut log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.repair, Some(repair));
+    // An entry of a newer term, durable, ends it.
+    log.append(&batch(2, log.last_index().get() + 1, 1))
+        .unwrap();
+    log.wait_durable().unwrap();
+    assert_eq!(log.repair(), None);
+    assert!(!dir.path().join(REPAIR_FILE).exists());
+}
+
+#[test]
+fn the_only_segment_deleted_restarts_an_empty_log_under_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 3);
+    let live = live_segments(dir.path());
+    assert_eq!(live.len(), 1);
+    std::fs::remove_file(&live[0]).unwrap();
+    assert!(Log::open(dir.path(), options()).is_err());
+    let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    assert_eq!(report.last_index, LogIndex(0));
+    let repair = report.repair.expect("a repair");
+    assert_eq!(
+        (repair.first_lost, repair.above_term),
+        (LogIndex(1), Some(Term(1)))
+    );
+    drop(log);
+    let (_, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.repair, Some(repair));
+}
+
+#[test]
+fn a_deleted_middle_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let live = live_segments(dir.path());
+    std::fs::remove_file(&live[1]).unwrap();
+    let (_, _, reason) = corrupt_file(Log::open(dir.path(), options()).err().unwrap());
+    assert!(
+        reason.contains("missing") || reason.contains("durable"),
+        "{reason}"
+    );
+    let (_, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    assert!(report.repair.is_some());
+}
+
+#[test]
+fn a_deleted_or_damaged_head_is_refused_and_repaired() {
+    for damage in ["delete", "corrupt"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 20);
+        let head = dir.path().join(HEAD_FILE);
+        match damage {
+            "delete" => std::fs::remove_file(&head).unwrap(),
+            _ => {
+                let file = std::fs::OpenOptions::new().write(true).open(&head).unwrap();
+                file.write_all_at(&[0xff], 9).unwrap();
+            }
+        }
+        let (file, _, reason) = corrupt_file(Log::open(dir.path(), options()).err().unwrap());
+        assert_eq!(file, head, "{damage}: {reason}");
+        let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+        assert_eq!(report.last_index, LogIndex(100), "nothing found is cut");
+        let repair = report.repair.expect("a repair");
+        assert_eq!(repair.above_term, Some(Term(1)), "{damage}");
+        drop(log);
+        assert!(matches!(read(dir.path()).unwrap(), HeadFound::Valid(_)));
+        let (_, report) = Log::open(dir.path(), options()).unwrap();
+        assert_eq!(report.repair, Some(repair));
+    }
+}
+
+/// Turns a log into one written before the head existed: no head, no flag in any header.
+fn make_old(dir: &Path) {
+    std::fs::remove_file(dir.join(HEAD_FILE)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if parse_live_name(&name).is_none() && parse_spare_name(&name).is_none() {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(entry.path())
+            .unwrap();
+        let mut header = [0u8; 64];
+        file.read_exact_at(&mut header, 0).unwrap();
+        header[5] = 0;
+        let crc = crc32fast::hash(&header[..60]);
+        header[60..64].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&header, 0).unwrap();
+    }
+}
+
+#[test]
+fn a_log_from_before_the_head_opens_and_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    make_old(dir.path());
+    let (mut log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!((report.last_index, report.repair), (LogIndex(300), None));
+    assert!(matches!(read(dir.path()).unwrap(), HeadFound::Valid(_)));
+    // Old spares get the flag when they become live: then a deleted head is noticed.
+    for record in 0..20 {
+        log.append(&batch(1, 301 + record * 5, 5)).unwrap();
+    }
+    log.close().unwrap();
+    std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+    assert!(Log::open(dir.path(), options()).is_err());
+}
+
+#[test]
+fn compaction_and_reset_never_look_like_a_missing_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 60);
+    let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+    let before = live_segments(dir.path()).len();
+    log.compact_to(LogIndex(250)).unwrap();
+    assert!(live_segments(dir.path()).len() < before);
+    drop(log);
+    let (mut log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!((report.last_index, report.repair), (LogIndex(300), None));
+    log.reset_after(LogIndex(500), Term(3)).unwrap();
+    drop(log);
+    let (_, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!((report.first_index, report.repair), (LogIndex(501), None));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("LOCKSTEP_LOG_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
+
+    /// Any live segment deleted from a log whose records were all synced: the plain open
+    /// refuses, and the repair open never reports a repair-free log shorter than before.
+    #[test]
+    fn a_lost_segment_is_never_a_silently_shorter_log(
+        records in 1u64..80,
+        compact in 0u64..400,
+        victim in any::<prop::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let last = write_log(dir.path(), records);
+        {
+            let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+            log.compact_to(LogIndex(compact.min(last.get()))).unwrap();
+        }
+        let live = live_segments(dir.path());
+        let gone = &live[victim.index(live.len())];
+        std::fs::remove_file(gone).unwrap();
+        prop_assert!(Log::open(dir.path(), options()).is_err(), "{} deleted", gone.display());
+        let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+        let repair = report.repair.expect("a repair");
+        prop_assert!(
+            repair.until >= log.last_index() && (repair.above_term.is_some() || repair.until >= last),
+            "{repair:?} with last {last}, log now ends at {}", log.last_index()
+        );
+    }
+}
