@@ -28,7 +28,7 @@ use mio::{Interest, Poll, Waker};
 use tracing::{debug, warn};
 
 use super::event_loop::{EventLoop, LoopLinks, CLIENT_LISTENER, PEER_LISTENER, WAKER};
-use super::{ClientReply, ConnId, NetConfig, NetEvent};
+use super::{ClientReply, ConnId, NetConfig, NetEvent, PeerRefusals};
 use crate::raft::Message;
 use crate::types::NodeId;
 /// Capacity (in batches of messages) of the channel from [`NetHandle`] to the loop.
@@ -49,8 +49,11 @@ pub struct NetStats {
     pub writes: u64,
     /// Connections closed for a malformed, oversized or checksum-failing frame.
     pub bad_frames: u64,
-    /// Handshakes refused (wrong version, cluster id, or unknown node).
+    /// Handshakes refused (peers: any [`PeerRefusals`] reason; native clients: wrong version
+    /// or cluster id).
     pub handshakes_refused: u64,
+    /// Refused peer handshakes by reason.
+    pub peer_refusals: PeerRefusals,
     /// Peer connections established.
     pub peer_connects: u64,
     /// Peer connections lost.
