@@ -289,7 +289,10 @@ mod tests {
     fn short_secrets_are_refused_and_never_printed() {
         let err = PeerSecret::new(vec![1; PEER_SECRET_BYTES_MIN - 1]).unwrap_err();
         assert!(err.contains("31 bytes") && err.contains("32"), "{err}");
-        let shown = format!("{:?}", PeerSecret::new(b"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t".to_vec()).unwrap());
+        let shown = format!(
+            "{:?}",
+            PeerSecret::new(b"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t".to_vec()).unwrap()
+        );
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("34 bytes"), "{shown}");
     }

@@ -27,11 +27,11 @@ use tracing::{debug, warn};
 
 use self::handshake::{detect_client, PeerHandshake, RefusalLog};
 use self::resp_conn::RespConn;
+use super::auth::Refusal;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
-use super::auth::Refusal;
 use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats};
 use crate::raft::Message;
 use crate::resp::parser::RespLimits;

@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use super::auth::{Nonce, Proof, NONCE_BYTES, PROOF_BYTES};
+use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use super::CodecError;
 use crate::batch::{Batch, BatchKind};
 use crate::log::record::{
@@ -564,7 +564,9 @@ mod tests {
     #[test]
     fn proof_layout() {
         let mut out = Vec::new();
-        let proof = PeerProof { proof: [8; PROOF_BYTES] };
+        let proof = PeerProof {
+            proof: [8; PROOF_BYTES],
+        };
         proof.encode(&mut out);
         assert_eq!(out, vec![8; PROOF_BYTES]);
         assert_eq!(PeerProof::decode(&out).unwrap(), proof);

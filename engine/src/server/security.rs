@@ -43,7 +43,10 @@ impl Security {
             return Ok(None);
         };
         let fault = |why: String| {
-            ServerError::option("security.peer_secret_file", format!("{}: {why}", path.display()))
+            ServerError::option(
+                "security.peer_secret_file",
+                format!("{}: {why}", path.display()),
+            )
         };
         let bytes = read_secret_file(path).map_err(fault)?;
         PeerSecret::new(bytes).map(Some).map_err(fault)
@@ -54,7 +57,9 @@ impl Security {
 /// or others read it.
 fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
     let mut file = std::fs::File::open(path).map_err(|err| format!("cannot open: {err}"))?;
-    let metadata = file.metadata().map_err(|err| format!("cannot stat: {err}"))?;
+    let metadata = file
+        .metadata()
+        .map_err(|err| format!("cannot stat: {err}"))?;
     if !metadata.is_file() {
         return Err("is not a regular file".to_string());
     }

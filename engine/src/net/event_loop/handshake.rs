@@ -15,9 +15,9 @@ use mio::Token;
 use tracing::{debug, warn};
 
 use super::{ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, PeerState, RespConn};
+use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
-use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
 use crate::net::{ClientHello, ClientReply, PeerHello, PeerProof};
 use crate::resp::parser::RespLimits;
