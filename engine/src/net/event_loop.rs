@@ -888,7 +888,7 @@ impl EventLoop {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let (what, peer_id) = match &conn.kind {
             ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),
-            ConnKind::Peer(PeerState::Handshake(handshake)) => ("peer", handshake.peer()),
+            ConnKind::Peer(PeerState::Handshake(handshake)) => ("peer", handshake.dialed()),
             ConnKind::Client(_) => ("client", None),
         };
         match &reason {

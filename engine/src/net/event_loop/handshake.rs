@@ -272,7 +272,8 @@ impl EventLoop {
     }
 
     /// Counts and logs (rate-limited: a flood of bad dials must not flood the log) a refused
-    /// peer handshake from `addr`, whose node is `peer` as far as known.
+    /// peer handshake with `addr`; `peer` is the node dialed, if this end dialed (the reason
+    /// names the node a hello claimed).
     pub(super) fn refused_peer(
         &mut self,
         addr: SocketAddr,
@@ -288,11 +289,11 @@ impl EventLoop {
         if suppressed > 0 {
             warn!("{suppressed} more refused peer handshakes were not logged (rate limit)");
         }
+        let dialed = peer.map_or(String::new(), |id| format!(" to {id}"));
         warn!(
             addr = %addr,
             reason = refusal.name(),
-            "refusing peer handshake from node {}: {why}",
-            peer.map_or("?".to_owned(), |id| id.to_string())
+            "refusing peer handshake{dialed}: {why}"
         );
     }
 
@@ -402,10 +403,10 @@ impl PeerHandshake {
         })
     }
 
-    /// The other end's node as far as known: the node dialed, else the one its hello claims.
-    pub(super) fn peer(&self) -> Option<NodeId> {
+    /// The node dialed (`None` on an accepted connection, whatever its hello claimed: a claim
+    /// is not trusted before the handshake ends).
+    pub(super) fn dialed(&self) -> Option<NodeId> {
         self.expected
-            .or(self.awaiting_proof.as_ref().map(|(id, _)| *id))
     }
 }
 
@@ -467,11 +468,10 @@ mod tests {
     }
 
     #[test]
-    fn a_handshake_names_the_node_dialed_or_claimed() {
+    fn a_handshake_names_only_the_node_dialed() {
         let dialed = PeerHandshake::new(Some(NodeId(3)));
-        assert_eq!(dialed.peer(), Some(NodeId(3)));
+        assert_eq!(dialed.dialed(), Some(NodeId(3)));
         let mut accepted = PeerHandshake::new(None);
-        assert_eq!(accepted.peer(), None);
         assert_ne!(accepted.nonce, dialed.nonce);
         let transcript = Transcript {
             version: PEER_PROTOCOL_VERSION,
@@ -482,6 +482,6 @@ mod tests {
             acceptor_nonce: accepted.nonce,
         };
         accepted.awaiting_proof = Some((NodeId(2), transcript));
-        assert_eq!(accepted.peer(), Some(NodeId(2)));
+        assert_eq!(accepted.dialed(), None);
     }
 }
