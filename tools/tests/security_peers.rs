@@ -72,7 +72,7 @@ impl Outsider {
             .args(["--id", &id.to_string()])
             .args(["--cluster-id", &cluster_id.to_string()])
             .arg("--data-dir")
-            .arg(dir.join(&name))
+            .arg(dir.join(name))
             .args(["--app", "journal"]);
         for member in members {
             command.args(["--member", &member.to_string()]);
