@@ -7,7 +7,9 @@
 //!   ends send a [`super::PeerHello`] first and check the other's; a mismatch (version, cluster id,
 //!   unknown / self / wrong-direction node id) is logged naming both values, counted, and the
 //!   connection closed without an error frame (the other end sees its own check fail or the
-//!   close). A lost or refused dial is retried after `reconnect_min`, doubling to `reconnect_max`.
+//!   close). With a peer secret ([`super::NetConfig::peer_secret`]) both ends then exchange
+//!   proofs ([`super::PeerProof`]) and no consensus message is read before the other's verified.
+//!   A lost or refused dial is retried after `reconnect_min`, doubling to `reconnect_max`.
 //! - Per connection, frames leave in the order they were queued; per peer, messages arrive in
 //!   the order they were sent on that connection. A message to a peer that is not connected, or
 //!   whose queue holds [`super::PEER_QUEUE_BYTES_MAX`], is dropped and counted (Raft retransmits).
