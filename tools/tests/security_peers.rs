@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, Cluster, BIN, CLIENT_TIMEOUT};
+use common::{free_ports, run_bin, Cluster, BIN, CLIENT_TIMEOUT};
 use lockstep::client::ClusterClient;
 use lockstep::net::frame::{encode_frame, read_frame, FrameError, FrameType};
 use lockstep::net::{PeerHello, PeerProof, PeerSecret, Role, Transcript, PEER_PROTOCOL_VERSION};
@@ -376,4 +376,43 @@ fn a_handshake_captured_from_a_real_dialer_and_replayed_is_refused() {
 
     commits(&mut client, 20, "after the replay");
     assert_eq!(leader_and_term(&cluster), (leader, term));
+}
+
+#[test]
+fn a_bad_secret_file_stops_serve_naming_the_option_and_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let short = secret_file(dir.path(), "short", "only 31 bytes, a secret too sho");
+    let missing = dir.path().join("missing");
+    let member = fresh_member(1);
+    let data = dir.path().join("data");
+    for (file, why) in [(&short, "31 bytes"), (&missing, "cannot open")] {
+        let (status, stderr) = run_bin(&[
+            "serve",
+            "--id",
+            "1",
+            "--cluster-id",
+            "5",
+            "--app",
+            "kv",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--member",
+            &member.to_string(),
+            "--peer-secret-file",
+            file.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        for expected in [
+            "security.peer_secret_file",
+            "--peer-secret-file",
+            file.to_str().expect("utf-8"),
+            why,
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{expected:?} missing from: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("a secret too sh"), "{stderr}");
+    }
 }

@@ -925,7 +925,7 @@ impl EventLoop {
                         warn!(
                             addr = %conn.addr,
                             "connection to node {id} closed before carrying any message: \
-                             refused by the peer? (is node {} in its peer list?)",
+                             refused by the peer? (is node {} in its peer list, with the same peer secret?)",
                             self.config.node_id
                         );
                     }
