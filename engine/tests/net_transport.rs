@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use lockstep::batch::{Batch, BatchBuilder, BatchKind};
 use lockstep::net::frame::{encode_frame, read_frame, FrameType};
 use lockstep::net::{
-    ClientHello, ClientReply, ClientRequest, NetConfig, NetEvent, NetStats, Transport,
+    ClientHello, ClientReply, ClientRequest, NetConfig, NetEvent, NetStats, PeerSecret, Transport,
 };
 use lockstep::raft::{Message, MessageBody};
 use lockstep::types::{LogIndex, NodeId, Term};
@@ -230,7 +230,7 @@ fn unknown_node_id_is_refused() {
     let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
     let mut raw = TcpStream::connect(n2.transport.peer_addr()).unwrap();
     let mut body = Vec::new();
-    lockstep::net::PeerHello::new(CLUSTER, NodeId(5)).encode(&mut body);
+    lockstep::net::PeerHello::new(CLUSTER, NodeId(5), false, [0; 32]).encode(&mut body);
     let mut frame = Vec::new();
     encode_frame(FrameType::PeerHello, &body, &mut frame);
     raw.write_all(&frame).unwrap();
@@ -238,6 +238,83 @@ fn unknown_node_id_is_refused() {
     wait_for("the refusal", || stats(&n2).handshakes_refused >= 1);
     // The legitimate node 1 still connects.
     wait_for("node 1", || stats(&n1).peer_connects == 1);
+    assert_eq!(stats(&n2).peer_refusals.unknown_node, 1);
+}
+
+fn secret(byte: u8) -> PeerSecret {
+    PeerSecret::new(vec![byte; 32]).unwrap()
+}
+
+/// Nodes 1 and 2 with the given secrets; node 1 dials node 2.
+fn pair_with_secrets(secret1: Option<PeerSecret>, secret2: Option<PeerSecret>) -> (Node, Node) {
+    let mut config2 = config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]);
+    config2.peer_secret = secret2;
+    let n2 = start(config2, 8);
+    let mut config1 = config(1, CLUSTER, &[(2, n2.transport.peer_addr())]);
+    config1.peer_secret = secret1;
+    (start(config1, 8), n2)
+}
+
+#[test]
+fn peers_sharing_a_secret_connect_and_exchange_messages() {
+    let (n1, n2) = pair_with_secrets(Some(secret(1)), Some(secret(1)));
+    wait_for("both ends connected", || {
+        stats(&n1).peer_connects == 1 && stats(&n2).peer_connects == 1
+    });
+    n1.transport.handle().send(vec![heartbeat(1, 2, 1)]);
+    assert_eq!(collect_messages(&n2, 1), vec![heartbeat(1, 2, 1)]);
+    assert_eq!(stats(&n1).handshakes_refused, 0);
+    assert_eq!(stats(&n2).handshakes_refused, 0);
+}
+
+#[test]
+fn another_secret_is_refused_on_both_sides() {
+    let (n1, n2) = pair_with_secrets(Some(secret(1)), Some(secret(2)));
+    wait_for("bad proofs on both sides", || {
+        stats(&n1).peer_refusals.bad_proof >= 1 && stats(&n2).peer_refusals.bad_proof >= 1
+    });
+    assert_eq!(stats(&n1).peer_connects, 0);
+    assert_eq!(stats(&n2).peer_connects, 0);
+}
+
+#[test]
+fn a_secret_on_one_side_only_is_refused_on_both_sides() {
+    for (secret1, secret2) in [(Some(secret(1)), None), (None, Some(secret(1)))] {
+        let with_secret_dials = secret1.is_some();
+        let (n1, n2) = pair_with_secrets(secret1, secret2);
+        let (with, without) = if with_secret_dials {
+            (&n1, &n2)
+        } else {
+            (&n2, &n1)
+        };
+        wait_for("refusals on both sides", || {
+            stats(with).peer_refusals.no_proof >= 1 && stats(without).peer_refusals.no_secret >= 1
+        });
+        assert_eq!(stats(&n1).peer_connects, 0);
+        assert_eq!(stats(&n2).peer_connects, 0);
+    }
+}
+
+#[test]
+fn a_consensus_message_in_place_of_the_proof_is_refused_unread() {
+    // Node 2 requires a secret; a raw dialer claiming to be node 1 sends a valid hello and then
+    // a heartbeat instead of its proof: refused, and the heartbeat never reaches the events.
+    let mut config2 = config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]);
+    config2.peer_secret = Some(secret(1));
+    let n2 = start(config2, 8);
+    let mut raw = TcpStream::connect(n2.transport.peer_addr()).unwrap();
+    let mut body = Vec::new();
+    lockstep::net::PeerHello::new(CLUSTER, NodeId(1), true, [7; 32]).encode(&mut body);
+    let mut frames = Vec::new();
+    encode_frame(FrameType::PeerHello, &body, &mut frames);
+    let mut message = Vec::new();
+    lockstep::net::encode_message(&heartbeat(1, 2, 1), &mut message);
+    encode_frame(FrameType::Raft, &message, &mut frames);
+    raw.write_all(&frames).unwrap();
+    assert_closed_after_hello(&mut raw);
+    wait_for("the refusal", || stats(&n2).peer_refusals.no_proof == 1);
+    assert_eq!(stats(&n2).peer_connects, 0);
+    assert!(n2.events.try_recv().is_err(), "a message was delivered");
 }
 
 /// Reads until the other end closes; a hello frame may come first.

@@ -10,11 +10,15 @@
 //! - on SIGINT or SIGTERM every node gets SIGTERM, then SIGKILL after [`STOP_GRACE`]; the command
 //!   exits 0. Nodes never outlive the command: the stop also runs from a `Drop` guard (panics),
 //!   and each node asks the kernel to kill it should the command die (`PR_SET_PDEATHSIG`);
-//! - the data directory is a temp dir removed at exit, unless `--keep` or `--dir` is given.
+//! - the data directory is a temp dir removed at exit, unless `--keep` or `--dir` is given;
+//! - the nodes authenticate each other with a secret in `<dir>/peer-secret` (64 hex digits from
+//!   the OS random source, mode 0600; an existing file is reused), unless `--no-peer-secret` is
+//!   given or the serve flags after `--` name their own `--peer-secret-file`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
@@ -75,6 +79,9 @@ pub struct Args {
     /// Address every node binds and advertises.
     #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     host: IpAddr,
+    /// Do not generate a peer secret: the nodes do not authenticate each other.
+    #[arg(long)]
+    no_peer_secret: bool,
     /// Extra `lockstep serve` flags for every node (after `--`).
     #[arg(last = true, value_name = "SERVE FLAGS")]
     serve_args: Vec<String>,
@@ -179,13 +186,21 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     }
     // Declared before the nodes so that it is removed only after they are stopped.
     let (dir, temp_guard) = data_dir(args)?;
+    let secret = peer_secret(args, &dir)?;
     let mut nodes = Nodes {
         nodes: Vec::new(),
         lines: None,
     };
     let (tx, rx) = mpsc::channel();
     for member in &members {
-        nodes.spawn(args, &members, member.id, &dir, tx.clone())?;
+        nodes.spawn(
+            args,
+            &members,
+            member.id,
+            &dir,
+            secret.as_deref(),
+            tx.clone(),
+        )?;
     }
     drop(tx);
     nodes.lines = Some(rx);
@@ -195,7 +210,14 @@ fn run_cluster(args: &Args) -> Result<(), String> {
         false => None,
     };
     if let Some(leader) = leader {
-        print_table(args, &members, leader, &dir, temp_guard.is_some());
+        print_table(
+            args,
+            &members,
+            leader,
+            &dir,
+            temp_guard.is_some(),
+            secret.as_deref(),
+        );
         while !stop.load(Ordering::Relaxed) {
             nodes.check_running()?;
             std::thread::sleep(POLL);
@@ -203,6 +225,34 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     }
     interrupted(nodes, temp_guard);
     Ok(())
+}
+
+/// The file of the secret the nodes share: `<dir>/peer-secret`, created if missing, unless
+/// `--no-peer-secret` or the serve flags name their own (then `None`).
+fn peer_secret(args: &Args, dir: &Path) -> Result<Option<PathBuf>, String> {
+    let own = args
+        .serve_args
+        .iter()
+        .any(|arg| arg == "--peer-secret-file" || arg.starts_with("--peer-secret-file="));
+    if args.no_peer_secret || own {
+        return Ok(None);
+    }
+    let path = dir.join("peer-secret");
+    if path.exists() {
+        return Ok(Some(path));
+    }
+    let hex: String = lockstep::net::fresh_nonce()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{hex}"))
+        .map_err(|e| format!("cannot write the peer secret {}: {e}", path.display()))?;
+    Ok(Some(path))
 }
 
 /// Stops the nodes after a signal, reporting the ones that did not exit cleanly.
@@ -216,7 +266,14 @@ fn interrupted(nodes: Nodes, temp_guard: Option<tempfile::TempDir>) {
     drop(temp_guard);
 }
 
-fn print_table(args: &Args, members: &[MemberConfig], leader: u64, dir: &Path, removed: bool) {
+fn print_table(
+    args: &Args,
+    members: &[MemberConfig],
+    leader: u64,
+    dir: &Path,
+    removed: bool,
+    secret: Option<&Path>,
+) {
     let mut out = String::new();
     out.push_str(&format!(
         "lockstep cluster: {} node(s) running {}, cluster id {}\n",
@@ -226,6 +283,11 @@ fn print_table(args: &Args, members: &[MemberConfig], leader: u64, dir: &Path, r
     ));
     let kept = if removed { "removed at exit" } else { "kept" };
     out.push_str(&format!("data: {} ({kept})\n", dir.display()));
+    match secret {
+        Some(path) => out.push_str(&format!("peer secret: {}\n", path.display())),
+        None if args.no_peer_secret => out.push_str("peer secret: none (--no-peer-secret)\n"),
+        None => out.push_str("peer secret: as given after --\n"),
+    }
     out.push_str(&format!(
         "{:<5} {:<22} {:<22} {}\n",
         "node", "client", "peer", "role"
@@ -283,6 +345,7 @@ impl Nodes {
         members: &[MemberConfig],
         id: u64,
         dir: &Path,
+        secret: Option<&Path>,
         lines: mpsc::Sender<(u64, String)>,
     ) -> Result<(), String> {
         let log_path = dir.join(format!("node-{id}.log"));
@@ -302,6 +365,9 @@ impl Nodes {
             .args(["--app", args.app.name()]);
         for member in members {
             command.args(["--member", &member.to_string()]);
+        }
+        if let Some(secret) = secret {
+            command.arg("--peer-secret-file").arg(secret);
         }
         command
             .args(&args.serve_args)

@@ -113,6 +113,11 @@ pub struct Args {
     /// [default: index].
     #[arg(long, value_name = "MODE")]
     read_mode: Option<String>,
+    /// File holding the secret all members share (at least 32 bytes; one trailing newline is
+    /// ignored): peers must prove they know it before their messages are read, and a peer
+    /// without it is refused [default: peers are not authenticated].
+    #[arg(long, value_name = "FILE")]
+    peer_secret_file: Option<PathBuf>,
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -187,6 +192,9 @@ impl Args {
         }
         if !self.members.is_empty() {
             config.members = self.members;
+        }
+        if self.peer_secret_file.is_some() {
+            config.security.peer_secret_file = self.peer_secret_file;
         }
         let tuning = &mut config.tuning;
         set(&mut tuning.tick_ms, self.tick_ms);

@@ -91,7 +91,7 @@ fn hostile_connections_are_refused_and_the_cluster_keeps_committing() {
     for id in cluster.ids() {
         let peer = cluster.peer_addr(id);
         let mut hello = Vec::new();
-        PeerHello::new(cluster.cluster_id + 1, NodeId(9)).encode(&mut hello);
+        PeerHello::new(cluster.cluster_id + 1, NodeId(9), false, [0; 32]).encode(&mut hello);
         let mut frame = Vec::new();
         encode_frame(FrameType::PeerHello, &hello, &mut frame);
         assert_closed(send(peer, &frame), "peer port, wrong cluster id");

@@ -25,13 +25,14 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, warn};
 
-use self::handshake::detect_client;
+use self::handshake::{detect_client, PeerHandshake, RefusalLog};
 use self::resp_conn::RespConn;
+use super::auth::Refusal;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
-use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats, PeerHello};
+use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats};
 use crate::raft::Message;
 use crate::resp::parser::RespLimits;
 use crate::types::NodeId;
@@ -103,9 +104,9 @@ struct PeerSlot {
 }
 
 enum PeerState {
-    /// Waiting for the other end's hello; `expected` is the node dialed (None when accepted).
-    Handshake { expected: Option<NodeId> },
-    /// Hello checked: this is the connection to `NodeId`.
+    /// Waiting for the other end's hello, then (with a secret) its proof.
+    Handshake(Box<PeerHandshake>),
+    /// Hello (and proof) checked: this is the connection to `NodeId`.
     Established(NodeId),
 }
 
@@ -167,6 +168,8 @@ pub(super) struct EventLoop {
     handshake_deadlines: VecDeque<(Instant, Token)>,
     scratch: Vec<u8>,
     parts: Vec<BodyPart>,
+    /// The rate limit on warnings about refused peer handshakes.
+    refusal_log: RefusalLog,
     /// The RESP request limits, the request size capped to a frame (a command must fit in the
     /// frames that replicate it).
     resp_limits: RespLimits,
@@ -174,8 +177,8 @@ pub(super) struct EventLoop {
 
 /// What the next frame on a connection must be.
 enum Stage {
-    /// A peer hello (from the node dialed, if any).
-    PeerHello(Option<NodeId>),
+    /// A peer's hello or proof.
+    PeerHandshake,
     /// A consensus message from this peer.
     Peer(NodeId),
     /// A client hello.
@@ -190,8 +193,8 @@ enum CloseReason {
     Gone(String),
     /// A bad frame or message: counted in `bad_frames`.
     BadFrame(String),
-    /// A refused handshake: counted in `handshakes_refused`.
-    Refused(String),
+    /// A refused peer handshake: counted in `handshakes_refused` and by reason.
+    Refused(Refusal, String),
 }
 
 impl EventLoop {
@@ -238,6 +241,7 @@ impl EventLoop {
             handshake_deadlines: VecDeque::new(),
             scratch: Vec::new(),
             parts: Vec::new(),
+            refusal_log: RefusalLog::new(),
             resp_limits: RespLimits {
                 request_bytes_max: config
                     .resp_limits
@@ -359,7 +363,7 @@ impl EventLoop {
             match self.peer_listener.accept() {
                 Ok((stream, addr)) => {
                     self.configure(&stream);
-                    let kind = ConnKind::Peer(PeerState::Handshake { expected: None });
+                    let kind = ConnKind::Peer(PeerState::Handshake(PeerHandshake::new(None)));
                     match self.add_conn(stream, addr, kind, true) {
                         Ok(token) => self.queue_peer_hello(token),
                         Err(err) => warn!(peer = %addr, "cannot register peer connection: {err}"),
@@ -429,7 +433,7 @@ impl EventLoop {
                 }
             };
             self.configure(&stream);
-            let kind = ConnKind::Peer(PeerState::Handshake { expected: Some(id) });
+            let kind = ConnKind::Peer(PeerState::Handshake(PeerHandshake::new(Some(id))));
             match self.add_conn(stream, addr, kind, false) {
                 Ok(token) => {
                     self.peers.get_mut(&id).expect("peer").dialing = Some(token);
@@ -451,12 +455,6 @@ impl EventLoop {
         }
         slot.redial_at = Some(Instant::now() + slot.backoff);
         slot.backoff = (slot.backoff * 2).min(max);
-    }
-
-    fn queue_peer_hello(&mut self, token: Token) {
-        self.scratch.clear();
-        PeerHello::new(self.config.cluster_id, self.config.node_id).encode(&mut self.scratch);
-        self.queue_scratch(token, FrameType::PeerHello);
     }
 
     /// Queues the whole of `scratch` as one frame on `token`.
@@ -623,7 +621,7 @@ impl EventLoop {
             };
             self.stats.frames_in += 1;
             let stage = match &conn.kind {
-                ConnKind::Peer(PeerState::Handshake { expected }) => Stage::PeerHello(*expected),
+                ConnKind::Peer(PeerState::Handshake(_)) => Stage::PeerHandshake,
                 ConnKind::Peer(PeerState::Established(peer)) => Stage::Peer(*peer),
                 ConnKind::Client(ClientProtocol::Native { greeted: false }) => Stage::ClientHello,
                 ConnKind::Client(ClientProtocol::Native { greeted: true }) => Stage::Client,
@@ -632,7 +630,7 @@ impl EventLoop {
                 }
             };
             let handled = match stage {
-                Stage::PeerHello(expected) => self.on_peer_hello(token, expected, ty, &body),
+                Stage::PeerHandshake => self.on_peer_handshake_frame(token, ty, &body),
                 Stage::Peer(peer) => self
                     .on_peer_frame(token, peer, ty, &body)
                     .map(|message| messages.push(message)),
@@ -890,7 +888,7 @@ impl EventLoop {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let (what, peer_id) = match &conn.kind {
             ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),
-            ConnKind::Peer(PeerState::Handshake { expected }) => ("peer", *expected),
+            ConnKind::Peer(PeerState::Handshake(handshake)) => ("peer", handshake.dialed()),
             ConnKind::Client(_) => ("client", None),
         };
         match &reason {
@@ -899,13 +897,8 @@ impl EventLoop {
                 self.stats.bad_frames += 1;
                 warn!(addr = %conn.addr, "closing {what} connection on bad input: {why}");
             }
-            CloseReason::Refused(why) => {
-                self.stats.handshakes_refused += 1;
-                warn!(
-                    addr = %conn.addr,
-                    "refusing {what} handshake from node {}: {why}",
-                    peer_id.map_or("?".to_owned(), |id| id.to_string())
-                );
+            CloseReason::Refused(refusal, why) => {
+                self.refused_peer(conn.addr, peer_id, *refusal, why);
             }
         }
         match conn.kind {
@@ -932,7 +925,7 @@ impl EventLoop {
                         warn!(
                             addr = %conn.addr,
                             "connection to node {id} closed before carrying any message: \
-                             refused by the peer? (is node {} in its peer list?)",
+                             refused by the peer? (is node {} in its peer list, with the same peer secret?)",
                             self.config.node_id
                         );
                     }

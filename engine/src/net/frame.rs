@@ -46,6 +46,8 @@ pub enum FrameType {
     ClientRequest = 4,
     /// A reply to a client ([`super::ClientReply`]).
     ClientReply = 5,
+    /// A peer's proof that it knows the cluster's secret ([`super::PeerProof`]).
+    PeerProof = 6,
 }
 
 impl FrameType {
@@ -57,6 +59,7 @@ impl FrameType {
             3 => Some(FrameType::ClientHello),
             4 => Some(FrameType::ClientRequest),
             5 => Some(FrameType::ClientReply),
+            6 => Some(FrameType::PeerProof),
             _ => None,
         }
     }

@@ -13,6 +13,7 @@
 //!
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
+mod auth;
 mod client_msg;
 mod event_loop;
 pub mod frame;
@@ -21,13 +22,19 @@ mod peer_msg;
 mod transport;
 mod wire;
 
+pub use self::auth::{
+    fresh_nonce, Nonce, PeerRefusals, PeerSecret, Proof, Refusal, Role, Transcript, NONCE_BYTES,
+    PEER_SECRET_BYTES_MIN, PROOF_BYTES,
+};
 pub use self::client_msg::{
     ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
 };
 pub use self::event_loop::{
     CLIENT_QUEUE_BYTES_MAX, PEER_QUEUE_BYTES_MAX, RESP_IN_FLIGHT_MAX, RESP_OUT_PAUSE_BYTES,
 };
-pub use self::peer_msg::{decode_message, encode_message, PeerHello, PEER_PROTOCOL_VERSION};
+pub use self::peer_msg::{
+    decode_message, encode_message, PeerHello, PeerProof, PEER_PROTOCOL_VERSION,
+};
 pub use self::transport::{NetHandle, NetStats, Transport};
 
 use std::net::SocketAddr;
@@ -92,11 +99,15 @@ pub struct NetConfig {
     /// Size limits of one RESP request (the request size is further capped at
     /// `max_frame_bytes`).
     pub resp_limits: RespLimits,
+    /// The cluster's shared secret: with it, a peer connection carries consensus messages only
+    /// after both ends proved they know it (and a peer without one is refused); `None`: peers
+    /// are not authenticated (and a peer that authenticates is refused).
+    pub peer_secret: Option<PeerSecret>,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`].
+    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret.
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -112,6 +123,7 @@ impl NetConfig {
             handshake_timeout: Duration::from_secs(10),
             frontend: None,
             resp_limits: RespLimits::default(),
+            peer_secret: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::auth::{Nonce, Proof, NONCE_BYTES, PROOF_BYTES};
 use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use super::CodecError;
 use crate::batch::{Batch, BatchKind};
@@ -20,8 +21,9 @@ use crate::log::record::{
 use crate::raft::{Membership, Message, MessageBody, SnapshotMeta};
 use crate::types::{LogIndex, NodeId, Term};
 
-/// The peer protocol version this code speaks (sent in [`PeerHello`]).
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// The peer protocol version this code speaks (sent in [`PeerHello`]). Version 2 added the
+/// authentication flag and nonce to the hello, and the [`PeerProof`] frame.
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 
 /// Payloads up to this size are copied next to the message head; larger ones travel as their
 /// own shared buffer (one more iovec, no copy).
@@ -36,15 +38,21 @@ pub struct PeerHello {
     pub cluster_id: u64,
     /// The sender.
     pub node_id: NodeId,
+    /// The sender has a peer secret and will send a [`PeerProof`] (and requires one).
+    pub authenticates: bool,
+    /// Fresh random bytes the other end's proof must cover.
+    pub nonce: Nonce,
 }
 
 impl PeerHello {
     /// A hello of this code's protocol version.
-    pub fn new(cluster_id: u64, node_id: NodeId) -> PeerHello {
+    pub fn new(cluster_id: u64, node_id: NodeId, authenticates: bool, nonce: Nonce) -> PeerHello {
         PeerHello {
             version: PEER_PROTOCOL_VERSION,
             cluster_id,
             node_id,
+            authenticates,
+            nonce,
         }
     }
 
@@ -53,9 +61,18 @@ impl PeerHello {
         put_u16(out, self.version);
         put_u64(out, self.cluster_id);
         put_u64(out, self.node_id.get());
+        put_bool(out, self.authenticates);
+        out.extend_from_slice(&self.nonce);
     }
 
-    /// Decodes a hello frame body.
+    /// The protocol version a hello body announces (its first two bytes), readable whatever the
+    /// version's layout of the rest.
+    pub fn version_of(body: &[u8]) -> Result<u16, CodecError> {
+        let body = Bytes::copy_from_slice(body.get(..2).unwrap_or(body));
+        WireReader::new(&body).u16("peer hello version")
+    }
+
+    /// Decodes a hello frame body of this code's layout.
     pub fn decode(body: &[u8]) -> Result<PeerHello, CodecError> {
         let body = Bytes::copy_from_slice(body);
         let mut reader = WireReader::new(&body);
@@ -63,9 +80,41 @@ impl PeerHello {
             version: reader.u16("peer hello version")?,
             cluster_id: reader.u64("peer hello cluster id")?,
             node_id: NodeId(reader.u64("peer hello node id")?),
+            authenticates: reader.bool("peer hello authenticates")?,
+            nonce: reader
+                .take(NONCE_BYTES, "peer hello nonce")?
+                .try_into()
+                .expect("took exactly a nonce"),
         };
         reader.finish("peer hello")?;
         Ok(hello)
+    }
+}
+
+/// The second frame on an authenticated peer connection, sent by both ends once the other's
+/// hello is accepted: the proof that the sender knows the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProof {
+    /// HMAC-SHA256 over the handshake's transcript and the sender's role.
+    pub proof: Proof,
+}
+
+impl PeerProof {
+    /// Appends the encoded proof (a frame body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.proof);
+    }
+
+    /// Decodes a proof frame body.
+    pub fn decode(body: &[u8]) -> Result<PeerProof, CodecError> {
+        let body = Bytes::copy_from_slice(body);
+        let mut reader = WireReader::new(&body);
+        let proof = reader
+            .take(PROOF_BYTES, "peer proof")?
+            .try_into()
+            .expect("took exactly a proof");
+        reader.finish("peer proof")?;
+        Ok(PeerProof { proof })
     }
 }
 
@@ -498,14 +547,32 @@ mod tests {
     #[test]
     fn hello_layout() {
         let mut out = Vec::new();
-        PeerHello::new(7, NodeId(3)).encode(&mut out);
-        assert_eq!(out.len(), 18);
-        assert_eq!(&out[..2], &[1, 0]);
-        assert_eq!(
-            PeerHello::decode(&out).unwrap(),
-            PeerHello::new(7, NodeId(3))
-        );
-        assert!(PeerHello::decode(&out[..17]).is_err());
+        let hello = PeerHello::new(7, NodeId(3), true, [5; NONCE_BYTES]);
+        hello.encode(&mut out);
+        assert_eq!(out.len(), 51);
+        assert_eq!(&out[..2], &[2, 0]);
+        assert_eq!(out[18], 1);
+        assert_eq!(&out[19..], &[5; NONCE_BYTES]);
+        assert_eq!(PeerHello::decode(&out).unwrap(), hello);
+        assert_eq!(PeerHello::version_of(&out).unwrap(), 2);
+        assert!(PeerHello::decode(&out[..50]).is_err());
+        // A version 1 hello (18 bytes) still shows its version, so it is refused by version.
+        assert_eq!(PeerHello::version_of(&[1, 0, 7, 0]).unwrap(), 1);
+        assert!(PeerHello::version_of(&[1]).is_err());
+    }
+
+    #[test]
+    fn proof_layout() {
+        let mut out = Vec::new();
+        let proof = PeerProof {
+            proof: [8; PROOF_BYTES],
+        };
+        proof.encode(&mut out);
+        assert_eq!(out, vec![8; PROOF_BYTES]);
+        assert_eq!(PeerProof::decode(&out).unwrap(), proof);
+        assert!(PeerProof::decode(&out[..PROOF_BYTES - 1]).is_err());
+        out.push(0);
+        assert!(PeerProof::decode(&out).is_err());
     }
 
     #[test]
@@ -578,6 +645,8 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_message(&Bytes::from(bytes.clone()));
             let _ = PeerHello::decode(&bytes);
+            let _ = PeerHello::version_of(&bytes);
+            let _ = PeerProof::decode(&bytes);
         }
 
         #[test]

@@ -7,7 +7,9 @@
 //!   ends send a [`super::PeerHello`] first and check the other's; a mismatch (version, cluster id,
 //!   unknown / self / wrong-direction node id) is logged naming both values, counted, and the
 //!   connection closed without an error frame (the other end sees its own check fail or the
-//!   close). A lost or refused dial is retried after `reconnect_min`, doubling to `reconnect_max`.
+//!   close). With a peer secret ([`super::NetConfig::peer_secret`]) both ends then exchange
+//!   proofs ([`super::PeerProof`]) and no consensus message is read before the other's verified.
+//!   A lost or refused dial is retried after `reconnect_min`, doubling to `reconnect_max`.
 //! - Per connection, frames leave in the order they were queued; per peer, messages arrive in
 //!   the order they were sent on that connection. A message to a peer that is not connected, or
 //!   whose queue holds [`super::PEER_QUEUE_BYTES_MAX`], is dropped and counted (Raft retransmits).
@@ -28,7 +30,7 @@ use mio::{Interest, Poll, Waker};
 use tracing::{debug, warn};
 
 use super::event_loop::{EventLoop, LoopLinks, CLIENT_LISTENER, PEER_LISTENER, WAKER};
-use super::{ClientReply, ConnId, NetConfig, NetEvent};
+use super::{ClientReply, ConnId, NetConfig, NetEvent, PeerRefusals};
 use crate::raft::Message;
 use crate::types::NodeId;
 /// Capacity (in batches of messages) of the channel from [`NetHandle`] to the loop.
@@ -49,8 +51,11 @@ pub struct NetStats {
     pub writes: u64,
     /// Connections closed for a malformed, oversized or checksum-failing frame.
     pub bad_frames: u64,
-    /// Handshakes refused (wrong version, cluster id, or unknown node).
+    /// Handshakes refused (peers: any [`PeerRefusals`] reason; native clients: wrong version
+    /// or cluster id).
     pub handshakes_refused: u64,
+    /// Refused peer handshakes by reason.
+    pub peer_refusals: PeerRefusals,
     /// Peer connections established.
     pub peer_connects: u64,
     /// Peer connections lost.

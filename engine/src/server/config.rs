@@ -548,6 +548,7 @@ impl ServerConfig {
         };
         node.max_frame_bytes = tuning.max_frame_bytes;
         node.socket_buffer_bytes = tuning.socket_buffer_bytes;
+        node.peer_secret = self.security.peer_secret()?;
         Ok(node)
     }
 }

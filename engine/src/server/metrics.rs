@@ -451,6 +451,15 @@ impl Collector for StatusCollector {
                 "Connections refused at the handshake (wrong version, cluster id or node)",
                 net.handshakes_refused,
             )?;
+            counters(
+                e,
+                "lockstep_net_refused_peer_handshakes",
+                "Peer connections refused at the handshake, by reason (bad_proof: another \
+                 secret or a replay; no_proof / no_secret: a secret on one side only; \
+                 unknown_node: not in the peer list; ...)",
+                "reason",
+                &net.peer_refusals.by_reason(),
+            )?;
             counter(
                 e,
                 "lockstep_net_peer_connects",
@@ -544,6 +553,7 @@ mod tests {
             "lockstep_queue_depth{queue=\"storage\"} 3",
             "lockstep_peer_inflight_bytes{peer=\"2\"} 640",
             "lockstep_net_rejected_frames_total 0",
+            "lockstep_net_refused_peer_handshakes_total{reason=\"bad_proof\"} 0",
             "lockstep_client_errors_total{kind=\"not_leader\"} 0",
         ] {
             assert!(

@@ -5,7 +5,12 @@
 //!
 //! Secrets and passwords are read from files named here, never given on the command line.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::config::ServerError;
+use crate::net::PeerSecret;
 
 /// The `[security]` section. Everything is off by default (a trusted network).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +31,56 @@ pub struct Security {
     /// TLS on the client and peer ports; none: plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
+}
+
+impl Security {
+    /// The peer secret `peer_secret_file` names, read and checked: the file must exist, be
+    /// readable, and hold at least [`crate::net::PEER_SECRET_BYTES_MIN`] bytes once one trailing
+    /// newline (`\n` or `\r\n`) is cut. A file that group or others may read is accepted with a
+    /// warning. Errors name the option and the file, never the secret's bytes.
+    pub fn peer_secret(&self) -> Result<Option<PeerSecret>, ServerError> {
+        let Some(path) = &self.peer_secret_file else {
+            return Ok(None);
+        };
+        let fault = |why: String| {
+            ServerError::option(
+                "security.peer_secret_file",
+                format!("{}: {why}", path.display()),
+            )
+        };
+        let bytes = read_secret_file(path).map_err(fault)?;
+        PeerSecret::new(bytes).map(Some).map_err(fault)
+    }
+}
+
+/// The bytes of a secret file less one trailing newline; warns when the file's mode lets group
+/// or others read it.
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut file = std::fs::File::open(path).map_err(|err| format!("cannot open: {err}"))?;
+    let metadata = file
+        .metadata()
+        .map_err(|err| format!("cannot stat: {err}"))?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".to_string());
+    }
+    let mode = metadata.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            "the peer secret file has mode {:o}: group or others may read it (chmod 600 it)",
+            mode & 0o777
+        );
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read: {err}"))?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    Ok(bytes)
 }
 
 /// The `[security.tls]` section: certificates and keys in PEM files.
@@ -74,6 +129,62 @@ impl Default for Limits {
             max_pipelined_bytes: 64 << 20,
             idle_timeout_ms: 0,
             slow_client_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::net::PEER_SECRET_BYTES_MIN;
+
+    fn security(path: &Path) -> Security {
+        Security {
+            peer_secret_file: Some(path.to_path_buf()),
+            ..Security::default()
+        }
+    }
+
+    #[test]
+    fn no_file_means_no_secret() {
+        assert!(Security::default().peer_secret().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_secret_file_is_read_less_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let secret = "k".repeat(PEER_SECRET_BYTES_MIN);
+        fs::write(&path, format!("{secret}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let loaded = security(&path).peer_secret().unwrap().unwrap();
+        assert_eq!(loaded.len(), PEER_SECRET_BYTES_MIN);
+        fs::write(&path, format!("{secret}\r\n")).unwrap();
+        assert_eq!(security(&path).peer_secret().unwrap().unwrap().len(), 32);
+        // Group-readable: accepted (with a warning).
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(security(&path).peer_secret().unwrap().is_some());
+    }
+
+    #[test]
+    fn bad_secret_files_name_the_option_and_the_file_not_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        fs::write(&short, "tooshort-tooshort-tooshort-31by\n").unwrap();
+        let missing = dir.path().join("missing");
+        for (path, why) in [
+            (&short, "31 bytes"),
+            (&missing, "cannot open"),
+            (&dir.path().to_path_buf(), "not a regular file"),
+        ] {
+            let err = security(path).peer_secret().unwrap_err().0;
+            assert!(err.contains("security.peer_secret_file"), "{err}");
+            assert!(err.contains("--peer-secret-file"), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(why), "{err}");
+            assert!(!err.contains("tooshort"), "{err}");
         }
     }
 }

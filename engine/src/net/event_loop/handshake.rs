@@ -1,18 +1,25 @@
-//! Handshakes: checking a peer's or a client's hello (refusals are logged naming the received
-//! and expected values, and counted), telling a client's protocol from its first byte, and
-//! closing connections whose hello does not come in time.
+//! Handshakes: checking a peer's hello and, when the cluster has a secret, its proof
+//! (challenge-response, `crate::net::auth`); checking a client's hello; telling a client's
+//! protocol from its first byte; closing connections whose handshake does not end in time.
+//!
+//! Guarantees: a peer connection becomes `Established` (and may carry consensus messages) only
+//! once the other end's hello passed every check and, with a secret, its proof verified; any
+//! other frame before that refuses the connection without being decoded. Refusals are logged
+//! naming the received and expected values (rate-limited) and counted by reason.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::Token;
 use tracing::{debug, warn};
 
 use super::{ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, PeerState, RespConn};
+use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
-use crate::net::{ClientHello, ClientReply, PeerHello};
+use crate::net::{ClientHello, ClientReply, PeerHello, PeerProof};
 use crate::resp::parser::RespLimits;
 use crate::resp::session::Session;
 use crate::types::NodeId;
@@ -31,7 +38,7 @@ impl EventLoop {
             };
             let waiting = matches!(
                 conn.kind,
-                ConnKind::Peer(PeerState::Handshake { .. })
+                ConnKind::Peer(PeerState::Handshake(_))
                     | ConnKind::Client(ClientProtocol::Undetected)
                     | ConnKind::Client(ClientProtocol::Native { greeted: false })
             );
@@ -46,53 +53,205 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn on_peer_hello(
+    /// Queues this end's hello (the first frame of a peer connection, sent without waiting
+    /// for the other end's).
+    pub(super) fn queue_peer_hello(&mut self, token: Token) {
+        let conn = self.conns.get(&token).expect("live connection");
+        let ConnKind::Peer(PeerState::Handshake(handshake)) = &conn.kind else {
+            panic!("a peer hello queued on {token:?}, which is not handshaking");
+        };
+        let hello = PeerHello::new(
+            self.config.cluster_id,
+            self.config.node_id,
+            self.config.peer_secret.is_some(),
+            handshake.nonce,
+        );
+        self.scratch.clear();
+        hello.encode(&mut self.scratch);
+        self.queue_scratch(token, FrameType::PeerHello);
+    }
+
+    /// Takes a frame of a handshaking peer connection: the other end's hello, then (with a
+    /// secret) its proof. Consensus messages are never decoded here.
+    pub(super) fn on_peer_handshake_frame(
+        &mut self,
+        token: Token,
+        ty: FrameType,
+        body: &Bytes,
+    ) -> Result<(), CloseReason> {
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        let ConnKind::Peer(PeerState::Handshake(handshake)) = &mut conn.kind else {
+            panic!("a handshake frame on {token:?}, which is not handshaking");
+        };
+        let (expected, nonce) = (handshake.expected, handshake.nonce);
+        match handshake.awaiting_proof.take() {
+            None => self.on_peer_hello(token, expected, nonce, ty, body),
+            Some((id, transcript)) => self.on_peer_proof(token, id, &transcript, ty, body),
+        }
+    }
+
+    fn on_peer_hello(
         &mut self,
         token: Token,
         expected: Option<NodeId>,
+        nonce: Nonce,
         ty: FrameType,
         body: &Bytes,
     ) -> Result<(), CloseReason> {
         if ty != FrameType::PeerHello {
-            return Err(CloseReason::BadFrame(format!(
-                "{ty:?} frame where a peer hello was expected"
-            )));
+            return Err(CloseReason::Refused(
+                Refusal::BadHello,
+                format!("{ty:?} frame where a peer hello was expected"),
+            ));
         }
-        let hello = PeerHello::decode(body)
-            .map_err(|err| CloseReason::BadFrame(format!("peer hello: {err}")))?;
+        let bad_hello = |err| CloseReason::Refused(Refusal::BadHello, format!("peer hello: {err}"));
+        let version = PeerHello::version_of(body).map_err(bad_hello)?;
+        if version != PEER_PROTOCOL_VERSION {
+            return Err(CloseReason::Refused(
+                Refusal::WrongVersion,
+                format!("peer protocol version {version} (expected {PEER_PROTOCOL_VERSION})"),
+            ));
+        }
+        let hello = PeerHello::decode(body).map_err(bad_hello)?;
         let me = self.config.node_id;
-        if hello.version != PEER_PROTOCOL_VERSION {
-            return Err(CloseReason::Refused(format!(
-                "peer protocol version {} (expected {PEER_PROTOCOL_VERSION})",
-                hello.version
-            )));
-        }
         if hello.cluster_id != self.config.cluster_id {
-            return Err(CloseReason::Refused(format!(
-                "cluster id {} (expected {})",
-                hello.cluster_id, self.config.cluster_id
-            )));
+            return Err(CloseReason::Refused(
+                Refusal::WrongCluster,
+                format!(
+                    "cluster id {} (expected {})",
+                    hello.cluster_id, self.config.cluster_id
+                ),
+            ));
         }
         let id = hello.node_id;
         if id == me || !self.peers.contains_key(&id) {
-            let known: Vec<u64> = self.peers.keys().map(|id| id.get()).collect();
-            return Err(CloseReason::Refused(format!(
-                "node id {id} (expected one of the peers {known:?}; this node is {me})"
-            )));
+            let mut known: Vec<u64> = self.peers.keys().map(|id| id.get()).collect();
+            known.sort_unstable();
+            return Err(CloseReason::Refused(
+                Refusal::UnknownNode,
+                format!("node id {id} (expected one of the peers {known:?}; this node is {me})"),
+            ));
         }
         match expected {
             Some(expected) if expected != id => {
-                return Err(CloseReason::Refused(format!(
-                    "node id {id} (expected {expected}, the node dialed)"
-                )));
+                return Err(CloseReason::Refused(
+                    Refusal::WrongNode,
+                    format!("node id {id} (expected {expected}, the node dialed)"),
+                ));
             }
             None if id > me => {
-                return Err(CloseReason::Refused(format!(
-                    "node id {id} dialed node {me} (expected only smaller ids to dial)"
-                )));
+                return Err(CloseReason::Refused(
+                    Refusal::WrongNode,
+                    format!("node id {id} dialed node {me} (expected only smaller ids to dial)"),
+                ));
             }
             _ => {}
         }
+        let secret = match (&self.config.peer_secret, hello.authenticates) {
+            (None, false) => {
+                self.establish_peer(token, id);
+                return Ok(());
+            }
+            (Some(_), false) => {
+                return Err(CloseReason::Refused(
+                    Refusal::NoProof,
+                    format!(
+                        "node {id} has no peer secret, and this node requires one \
+                         (security.peer_secret_file is set here)"
+                    ),
+                ));
+            }
+            (None, true) => {
+                return Err(CloseReason::Refused(
+                    Refusal::NoSecret,
+                    format!(
+                        "node {id} authenticates with a peer secret, and this node has none \
+                         (set security.peer_secret_file / --peer-secret-file)"
+                    ),
+                ));
+            }
+            (Some(secret), true) => secret,
+        };
+        if hello.nonce == nonce {
+            // Only an end that echoes ours sends our nonce back: never a fresh one.
+            return Err(CloseReason::Refused(
+                Refusal::BadHello,
+                format!("node {id}'s hello carries this end's own nonce"),
+            ));
+        }
+        let role = if expected.is_some() {
+            Role::Dialer
+        } else {
+            Role::Acceptor
+        };
+        let (dialer, acceptor, dialer_nonce, acceptor_nonce) = match role {
+            Role::Dialer => (me, id, nonce, hello.nonce),
+            Role::Acceptor => (id, me, hello.nonce, nonce),
+        };
+        let transcript = Transcript {
+            version: PEER_PROTOCOL_VERSION,
+            cluster_id: self.config.cluster_id,
+            dialer,
+            acceptor,
+            dialer_nonce,
+            acceptor_nonce,
+        };
+        let proof = PeerProof {
+            proof: transcript.proof(secret, role),
+        };
+        self.scratch.clear();
+        proof.encode(&mut self.scratch);
+        self.queue_scratch(token, FrameType::PeerProof);
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        let ConnKind::Peer(PeerState::Handshake(handshake)) = &mut conn.kind else {
+            unreachable!("checked by on_peer_handshake_frame");
+        };
+        handshake.awaiting_proof = Some((id, transcript));
+        Ok(())
+    }
+
+    fn on_peer_proof(
+        &mut self,
+        token: Token,
+        id: NodeId,
+        transcript: &Transcript,
+        ty: FrameType,
+        body: &Bytes,
+    ) -> Result<(), CloseReason> {
+        if ty != FrameType::PeerProof {
+            return Err(CloseReason::Refused(
+                Refusal::NoProof,
+                format!("{ty:?} frame from node {id} where its proof was expected"),
+            ));
+        }
+        let proof = PeerProof::decode(body).map_err(|err| {
+            CloseReason::Refused(Refusal::BadHello, format!("peer proof of node {id}: {err}"))
+        })?;
+        let secret = self
+            .config
+            .peer_secret
+            .as_ref()
+            .expect("a proof is awaited only with a secret");
+        let role = if transcript.dialer == self.config.node_id {
+            Role::Dialer
+        } else {
+            Role::Acceptor
+        };
+        if !transcript.verify(secret, role.other(), &proof.proof) {
+            return Err(CloseReason::Refused(
+                Refusal::BadProof,
+                format!(
+                    "the proof of node {id} does not verify (another secret, or a replayed \
+                     handshake)"
+                ),
+            ));
+        }
+        self.establish_peer(token, id);
+        Ok(())
+    }
+
+    /// Makes `token` the connection to `id` (its hello, and proof if any, accepted).
+    fn establish_peer(&mut self, token: Token, id: NodeId) {
         let slot = self.peers.get_mut(&id).expect("known peer");
         let old = slot.conn.replace(token);
         if slot.dialing == Some(token) {
@@ -110,7 +269,32 @@ impl EventLoop {
                 CloseReason::Gone(format!("replaced by a new connection from {id}")),
             );
         }
-        Ok(())
+    }
+
+    /// Counts and logs (rate-limited: a flood of bad dials must not flood the log) a refused
+    /// peer handshake with `addr`; `peer` is the node dialed, if this end dialed (the reason
+    /// names the node a hello claimed).
+    pub(super) fn refused_peer(
+        &mut self,
+        addr: SocketAddr,
+        peer: Option<NodeId>,
+        refusal: Refusal,
+        why: &str,
+    ) {
+        self.stats.handshakes_refused += 1;
+        self.stats.peer_refusals.count(refusal);
+        let Some(suppressed) = self.refusal_log.admit(Instant::now()) else {
+            return;
+        };
+        if suppressed > 0 {
+            warn!("{suppressed} more refused peer handshakes were not logged (rate limit)");
+        }
+        let dialed = peer.map_or(String::new(), |id| format!(" to {id}"));
+        warn!(
+            addr = %addr,
+            reason = refusal.name(),
+            "refusing peer handshake{dialed}: {why}"
+        );
     }
 
     pub(super) fn on_client_hello(
@@ -190,4 +374,114 @@ pub(super) fn detect_client(
         ));
     };
     Ok(())
+}
+
+/// Most refused peer handshakes logged per window; the rest are counted, and their number is
+/// logged when the next window opens.
+const REFUSAL_WARNINGS_PER_WINDOW: u32 = 10;
+/// The rate limit's window.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Where a peer connection's handshake stands.
+pub(super) struct PeerHandshake {
+    /// The node dialed; `None` on an accepted connection.
+    expected: Option<NodeId>,
+    /// The nonce of this end's hello (fresh for every connection).
+    nonce: Nonce,
+    /// Set once the other end's hello is accepted and its proof is due: the node it claims to
+    /// be and the transcript its proof must cover.
+    awaiting_proof: Option<(NodeId, Transcript)>,
+}
+
+impl PeerHandshake {
+    /// The start of a handshake on a connection to the node dialed (`None`: accepted).
+    pub(super) fn new(expected: Option<NodeId>) -> Box<PeerHandshake> {
+        Box::new(PeerHandshake {
+            expected,
+            nonce: fresh_nonce(),
+            awaiting_proof: None,
+        })
+    }
+
+    /// The node dialed (`None` on an accepted connection, whatever its hello claimed: a claim
+    /// is not trusted before the handshake ends).
+    pub(super) fn dialed(&self) -> Option<NodeId> {
+        self.expected
+    }
+}
+
+/// A rate limit on refusal warnings: at most [`REFUSAL_WARNINGS_PER_WINDOW`] per
+/// [`REFUSAL_WINDOW`].
+#[derive(Debug)]
+pub(super) struct RefusalLog {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// No refusal logged yet.
+    pub(super) fn new() -> RefusalLog {
+        RefusalLog {
+            window_start: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more refusal may be logged `now`: `Some(n)` where `n` refusals were not
+    /// logged since the last one that was, or `None` (counted as suppressed).
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let expired = self
+            .window_start
+            .map_or(true, |start| now.duration_since(start) >= REFUSAL_WINDOW);
+        if expired {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= REFUSAL_WARNINGS_PER_WINDOW {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_warnings_are_rate_limited_and_the_rest_counted() {
+        let mut log = RefusalLog::new();
+        let start = Instant::now();
+        for _ in 0..REFUSAL_WARNINGS_PER_WINDOW {
+            assert_eq!(log.admit(start), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(log.admit(start + Duration::from_millis(1)), None);
+        }
+        // The next window logs again, first saying how many were left out.
+        assert_eq!(log.admit(start + REFUSAL_WINDOW), Some(5));
+        assert_eq!(log.admit(start + REFUSAL_WINDOW), Some(0));
+    }
+
+    #[test]
+    fn a_handshake_names_only_the_node_dialed() {
+        let dialed = PeerHandshake::new(Some(NodeId(3)));
+        assert_eq!(dialed.dialed(), Some(NodeId(3)));
+        let mut accepted = PeerHandshake::new(None);
+        assert_ne!(accepted.nonce, dialed.nonce);
+        let transcript = Transcript {
+            version: PEER_PROTOCOL_VERSION,
+            cluster_id: 1,
+            dialer: NodeId(2),
+            acceptor: NodeId(5),
+            dialer_nonce: [0; 32],
+            acceptor_nonce: accepted.nonce,
+        };
+        accepted.awaiting_proof = Some((NodeId(2), transcript));
+        assert_eq!(accepted.dialed(), None);
+    }
 }
