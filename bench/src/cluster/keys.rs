@@ -39,6 +39,11 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The number of keys.
+    pub fn keys(&self) -> u64 {
+        self.keys
+    }
+
     /// `keys` keys (1..=[`KEYS_MAX`]), GETs with probability `read_ratio` (0..=1), uniform or
     /// Zipf-skewed with exponent `zipf` (0 < zipf < 1).
     pub fn new(keys: u64, read_ratio: f64, zipf: Option<f64>) -> Workload {
@@ -93,8 +98,8 @@ impl Chooser {
         (op, self.key(index))
     }
 
-    /// The name of key `index`.
-    fn key(&mut self, index: u64) -> &[u8] {
+    /// The name of key `index` (below the workload's key count).
+    pub fn key(&mut self, index: u64) -> &[u8] {
         assert!(
             index < self.workload.keys,
             "key {index} of {}",

@@ -549,13 +549,82 @@ impl Session<'_> {
                 }
                 (_, other) => {
                     tally.op(op).failed += 1;
-                    let text = format!("unexpected reply to {op:?}: {other:?}");
+                    let text = format!(
+                        "unexpected reply to {op:?}: {}",
+                        crate::resp::reply::shown(&other)
+                    );
                     tally.errors.record(text.as_bytes());
                 }
             }
             wire.start += len;
         }
     }
+}
+
+/// Keys set by one `MSET` of the preload.
+const PRELOAD_KEYS_PER_COMMAND: u64 = 1000;
+
+/// Sets every key of `workload` once, to a `value_bytes` value, with `MSET`s to the leader at
+/// `leader`, so that GETs read values from the start instead of nils. One command in flight:
+/// a thousand keys per command keep it short (100,000 keys: 100 commits).
+pub fn preload(
+    leader: SocketAddr,
+    workload: &Workload,
+    value_bytes: usize,
+    interrupt: &Interrupt,
+) -> Result<(), String> {
+    let failed = |what: String| format!("preloading {} keys: {what}", workload.keys());
+    let mut stream =
+        TcpStream::connect_timeout(&leader, CLIENT_TIMEOUT).map_err(|e| failed(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(|e| failed(e.to_string()))?;
+    let mut names = workload.chooser(0);
+    let value = &PAYLOAD[..value_bytes];
+    let mut out = Vec::new();
+    let mut input = vec![0; READ_BYTES];
+    let mut first = 0;
+    while first < workload.keys() {
+        if interrupt.is_set() {
+            return Err(failed("interrupted".to_string()));
+        }
+        let end = (first + PRELOAD_KEYS_PER_COMMAND).min(workload.keys());
+        out.clear();
+        encode::mset_header(&mut out, (end - first) as usize);
+        for index in first..end {
+            encode::bulk(&mut out, names.key(index));
+            encode::bulk(&mut out, value);
+        }
+        stream.write_all(&out).map_err(|e| failed(e.to_string()))?;
+        let mut parser = ReplyParser::new(LINE_BYTES_MAX);
+        let mut filled = 0;
+        loop {
+            if let Some((reply, _)) = parser
+                .next(&input[..filled])
+                .map_err(|e| failed(e.to_string()))?
+            {
+                match reply {
+                    Reply::Simple(b"OK") => break,
+                    other => {
+                        return Err(failed(format!(
+                            "MSET of keys {first}..{end} answered {:?}",
+                            crate::resp::reply::shown(&other)
+                        )))
+                    }
+                }
+            }
+            if filled == input.len() {
+                return Err(failed("an MSET reply too long".to_string()));
+            }
+            match stream.read(&mut input[filled..]) {
+                Ok(0) => return Err(failed("the leader closed the connection".to_string())),
+                Ok(n) => filled += n,
+                Err(error) => return Err(failed(error.to_string())),
+            }
+        }
+        first = end;
+    }
+    Ok(())
 }
 
 /// Waits up to `wait` for `stream` to be readable (or writable, if `writing`).

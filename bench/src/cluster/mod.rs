@@ -146,6 +146,8 @@ struct Session {
     members: Vec<SocketAddr>,
     /// The directory whose filesystem the report describes.
     data_dir: PathBuf,
+    /// Whether the kv keys were set (once per session: a sweep's later points find them set).
+    preloaded: bool,
 }
 
 impl Session {
@@ -171,12 +173,14 @@ impl Session {
                     members: cluster.members().iter().map(|m| m.client_addr).collect(),
                     data_dir: cluster.dir().to_path_buf(),
                     local: Some(cluster),
+                    preloaded: false,
                 })
             }
             Target::Connect { addrs } => Ok(Session {
                 local: None,
                 members: addrs.clone(),
                 data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
+                preloaded: false,
             }),
         }
     }
@@ -195,6 +199,13 @@ impl Session {
             interrupt,
         )
         .map_err(|error| self.with_node_output(format!("waiting for a leader: {error}")))?;
+        if let (Some(workload), Some(kv)) = (&workload, &config.kv) {
+            if kv.read_ratio > 0.0 && !self.preloaded {
+                eprintln!("lockstep-bench: setting the {} keys once", kv.keys);
+                kv_load::preload(leader.addr, workload, config.entry_bytes, interrupt)?;
+                self.preloaded = true;
+            }
+        }
         let load_start = Instant::now();
         let measure_start = load_start + Duration::from_secs_f64(config.warmup_sec);
         let plan = LoadPlan {

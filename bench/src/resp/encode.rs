@@ -1,5 +1,5 @@
-//! Encodes the commands the kv load sends (`SET key value`, `GET key`) as RESP2 arrays of bulk
-//! strings, appended to a caller's buffer.
+//! Encodes the commands the kv load sends (`SET key value`, `GET key`, and `MSET` to preload
+//! the keys) as RESP2 arrays of bulk strings, appended to a caller's buffer.
 //!
 //! Guarantees: nothing is allocated except by the buffer growing (which a reused buffer stops
 //! doing once it has held one full refill); the bytes are exactly what `redis-cli` would send.
@@ -17,8 +17,16 @@ pub fn get(out: &mut Vec<u8>, key: &[u8]) {
     bulk(out, key);
 }
 
+/// Appends the header of `MSET` with `pairs` key-value pairs (`*<1+2n> $4 MSET`); the caller
+/// appends each key and value with [`bulk`].
+pub fn mset_header(out: &mut Vec<u8>, pairs: usize) {
+    out.push(b'*');
+    decimal(out, 1 + 2 * pairs as u64);
+    out.extend_from_slice(b"\r\n$4\r\nMSET\r\n");
+}
+
 /// Appends `$<len>\r\n<bytes>\r\n`.
-fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'$');
     decimal(out, bytes.len() as u64);
     out.extend_from_slice(b"\r\n");
@@ -69,6 +77,17 @@ mod tests {
         let bytes = bytes::Bytes::copy_from_slice(&out[..request.len]);
         let args = request.into_args(&bytes);
         assert_eq!(args, [&b"SET"[..], b"key:07", b"vvv"]);
+        let mut mset = Vec::new();
+        mset_header(&mut mset, 2);
+        for word in [&b"a"[..], b"1", b"b", b"2"] {
+            bulk(&mut mset, word);
+        }
+        let request = parser.next(&mset, &mut skipped).unwrap().unwrap();
+        let bytes = bytes::Bytes::copy_from_slice(&mset[..request.len]);
+        assert_eq!(
+            request.into_args(&bytes),
+            [&b"MSET"[..], b"a", b"1", b"b", b"2"]
+        );
     }
 
     #[test]

@@ -36,6 +36,19 @@ pub enum Reply<'a> {
     Array(usize),
 }
 
+/// A reply as text for messages: `+OK`, `-ERR ...`, `:1`, `$3 "abc"` (long bulk strings cut).
+pub fn shown(reply: &Reply<'_>) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
+    match reply {
+        Reply::Simple(line) => format!("+{}", text(line)),
+        Reply::Error(line) => format!("-{}", text(line)),
+        Reply::Int(n) => format!(":{n}"),
+        Reply::Bulk(bytes) => format!("${} {:?}", bytes.len(), text(bytes)),
+        Reply::Nil => "nil".to_string(),
+        Reply::Array(len) => format!("array of {len}"),
+    }
+}
+
 /// Why the bytes are not a reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyError(pub String);
