@@ -369,15 +369,15 @@ impl Describe for RunResults {
     fn rows(&self) -> Vec<(String, String)> {
         let latency = &self.latency_us;
         let grouping = &self.grouping;
-        let (unit, latency_label) = match self.kv {
-            None => ("entries", "commit latency"),
-            Some(_) => ("commands", "round trip"),
+        let (unit, done, latency_label) = match self.kv {
+            None => ("entries", "committed", "commit latency"),
+            Some(_) => ("commands", "done", "round trip"),
         };
         let mut rows = vec![
             (
                 "throughput".into(),
                 format!(
-                    "{} {unit}/s, {} MB/s ({} {unit} done)",
+                    "{} {unit}/s, {} MB/s ({} {unit} {done})",
                     self.throughput_per_sec, self.mb_per_sec, self.committed
                 ),
             ),
@@ -488,37 +488,45 @@ pub struct SweepPoint {
 
 impl Describe for SweepResults {
     fn rows(&self) -> Vec<(String, String)> {
-        let mut rows = vec![(
-            self.knob.clone(),
-            format!(
-                "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                if self.points.iter().any(|point| point.results.kv.is_some()) {
-                    "commands/s"
-                } else {
-                    "entries/s"
-                },
-                "MB/s",
-                "p50 µs",
-                "p99 µs",
-                "p99.9 µs",
-                "max µs"
-            ),
-        )];
+        let kv = self.points.iter().any(|point| point.results.kv.is_some());
+        let mut header = format!(
+            "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            if kv { "commands/s" } else { "entries/s" },
+            "MB/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs"
+        );
+        if kv {
+            header.push_str(&format!(
+                " {:>10} {:>10} {:>11} {:>11}",
+                "SET/s", "GET/s", "SET p50 µs", "GET p50 µs"
+            ));
+        }
+        let mut rows = vec![(self.knob.clone(), header)];
         for point in &self.points {
             let results = &point.results;
             let latency = &results.latency_us;
-            rows.push((
-                point.value.to_string(),
-                format!(
-                    "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                    results.throughput_per_sec,
-                    results.mb_per_sec,
-                    latency.p50,
-                    latency.p99,
-                    latency.p999,
-                    latency.max
-                ),
-            ));
+            let mut row = format!(
+                "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                results.throughput_per_sec,
+                results.mb_per_sec,
+                latency.p50,
+                latency.p99,
+                latency.p999,
+                latency.max
+            );
+            if let Some(kv) = &results.kv {
+                row.push_str(&format!(
+                    " {:>10} {:>10} {:>11} {:>11}",
+                    kv.set.throughput_per_sec,
+                    kv.get.throughput_per_sec,
+                    kv.set.latency_us.p50,
+                    kv.get.latency_us.p50
+                ));
+            }
+            rows.push((point.value.to_string(), row));
             for problem in results.problems() {
                 rows.push(("PROBLEM".into(), problem));
             }
