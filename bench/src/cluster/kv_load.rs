@@ -161,10 +161,10 @@ pub struct KvTally {
 }
 
 impl KvTally {
-    /// An empty tally for a window of `seconds` seconds.
-    pub fn new(seconds: usize) -> KvTally {
+    /// An empty tally for client thread `thread` (`None`: a total that threads merge into).
+    pub fn new(thread: Option<usize>) -> KvTally {
         KvTally {
-            all: Tally::new(seconds),
+            all: Tally::new(thread),
             set: OpTally::new(),
             get: OpTally::new(),
             get_misses: 0,
@@ -216,7 +216,7 @@ pub fn run(plan: &KvPlan, leader: SocketAddr, interrupt: &Interrupt) -> KvTally 
                 .expect("spawning a client thread")
         })
         .collect();
-    let mut total = KvTally::new(plan.load.window_seconds());
+    let mut total = KvTally::new(None);
     for thread in threads {
         match thread.join() {
             Ok(tally) => total.merge(&tally),
@@ -242,10 +242,22 @@ enum Ended {
     Fatal(String),
 }
 
-/// One client thread.
+/// One client thread: its load, then its share of the series.
 fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> KvTally {
+    let mut tally = KvTally::new(Some(index));
+    load_until_done(plan, index, leader, interrupt, &mut tally);
+    tally.all.finish(&plan.load);
+    tally
+}
+
+fn load_until_done(
+    plan: &KvPlan,
+    index: usize,
+    leader: SocketAddr,
+    interrupt: &Interrupt,
+    tally: &mut KvTally,
+) {
     let load = &plan.load;
-    let mut tally = KvTally::new(load.window_seconds());
     let mut session = Session {
         load,
         chooser: plan.workload.chooser(index),
@@ -283,7 +295,7 @@ fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt)
                 Ok(found) => found.addr,
                 Err(error) => {
                     tally.all.errors.push(format!("client {index}: {error}"));
-                    return tally;
+                    return;
                 }
             },
         };
@@ -294,7 +306,7 @@ fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt)
         let ended = match connect(addr) {
             Ok(stream) => {
                 wire.reset();
-                session.run(&stream, &mut wire, &mut tally, interrupt)
+                session.run(&stream, &mut wire, tally, interrupt)
             }
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -308,15 +320,15 @@ fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt)
         }
         session.pending.clear();
         match ended {
-            Ended::Done => return tally,
+            Ended::Done => return,
             Ended::Reconnect(next) => target = next,
             Ended::Fatal(error) => {
                 tally.all.errors.push(format!("client {index}: {error}"));
-                return tally;
+                return;
             }
         }
         if Instant::now() >= load.measure_end || interrupt.is_set() {
-            return tally;
+            return;
         }
     }
 }

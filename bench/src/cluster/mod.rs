@@ -16,12 +16,14 @@ pub mod load;
 pub mod plot;
 pub mod progress;
 pub mod results;
+pub mod series;
 pub mod status;
 pub mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockstep::apps::AppKind;
@@ -36,6 +38,7 @@ use progress::Progress;
 use results::{
     Cpu, Memory, NodeCpu, NodeExitRow, NodeMemory, RunResults, SweepPoint, SweepResults,
 };
+use series::Series;
 use supervisor::{ClusterSpec, LocalCluster, NodeCommand};
 
 /// How long the nodes may take to print their ready lines.
@@ -208,7 +211,7 @@ impl Session {
         }
         let load_start = Instant::now();
         let measure_start = load_start + Duration::from_secs_f64(config.warmup_sec);
-        let plan = LoadPlan {
+        let mut plan = LoadPlan {
             clients: config.clients,
             depth: config.depth,
             batch: config.batch,
@@ -219,7 +222,10 @@ impl Session {
             load_start,
             measure_start,
             measure_end: measure_start + Duration::from_secs_f64(config.seconds),
+            series: Arc::new(Series::new(0, 0)),
         };
+        let series = Arc::new(Series::new(plan.window_seconds(), plan.clients));
+        plan.series = Arc::clone(&series);
         // Status samples at the window's start, each whole second, and its end.
         let mut sample_at: Vec<Instant> = (0..plan.window_seconds())
             .map(|second| measure_start + Duration::from_secs(second as u64))
@@ -259,7 +265,7 @@ impl Session {
         let mut results = match workload {
             None => {
                 let tally = load::run(&plan, leader.addr, interrupt);
-                RunResults::from_tally(&tally, config.seconds, config.entry_bytes)
+                RunResults::from_tally(&tally, &series.counts(), config.seconds, config.entry_bytes)
             }
             Some(workload) => {
                 let plan = KvPlan {
@@ -267,7 +273,12 @@ impl Session {
                     workload,
                 };
                 let tally = kv_load::run(&plan, leader.addr, interrupt);
-                RunResults::from_kv_tally(&tally, config.seconds, config.entry_bytes)
+                RunResults::from_kv_tally(
+                    &tally,
+                    &series.counts(),
+                    config.seconds,
+                    config.entry_bytes,
+                )
             }
         };
         drop(progress);

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::args::KnobValue;
 use super::kv_load::{ErrorCounts, KvTally, OpTally};
 use super::load::Tally;
+use super::series::SecondCount;
 use super::status::Grouping;
 use super::supervisor::NodeExit;
 use crate::report::{round_to, Describe, LatencyUs};
@@ -232,24 +233,24 @@ impl From<&NodeExit> for NodeExitRow {
 
 impl RunResults {
     /// The figures of `tally` over a window of `window_sec` seconds of `entry_bytes` entries.
-    pub fn from_tally(tally: &Tally, window_sec: f64, entry_bytes: usize) -> RunResults {
+    pub fn from_tally(
+        tally: &Tally,
+        seconds: &[SecondCount],
+        window_sec: f64,
+        entry_bytes: usize,
+    ) -> RunResults {
         assert!(window_sec > 0.0, "an empty window: {window_sec} s");
         let throughput = tally.committed as f64 / window_sec;
-        let per_second = tally
-            .seconds
+        let per_second = seconds
             .iter()
             .enumerate()
-            .map(|(second, slot)| {
+            .map(|(second, count)| {
                 // The last second may be cut short by the window's end.
                 let length = (window_sec - second as f64).clamp(f64::MIN_POSITIVE, 1.0);
                 SecondRow {
                     second,
-                    throughput_per_sec: round_to(slot.committed as f64 / length, 0),
-                    p99_us: if slot.latency_us.is_empty() {
-                        0.0
-                    } else {
-                        slot.latency_us.value_at_quantile(0.99) as f64
-                    },
+                    throughput_per_sec: round_to(count.committed as f64 / length, 0),
+                    p99_us: count.p99_us as f64,
                 }
             })
             .collect();
@@ -280,8 +281,13 @@ impl RunResults {
 
     /// The figures of a kv run's `tally` over a window of `window_sec` seconds of
     /// `value_bytes` values: commands as entries, plus SET and GET apart.
-    pub fn from_kv_tally(tally: &KvTally, window_sec: f64, value_bytes: usize) -> RunResults {
-        let mut results = RunResults::from_tally(&tally.all, window_sec, value_bytes);
+    pub fn from_kv_tally(
+        tally: &KvTally,
+        seconds: &[SecondCount],
+        window_sec: f64,
+        value_bytes: usize,
+    ) -> RunResults {
+        let mut results = RunResults::from_tally(&tally.all, seconds, window_sec, value_bytes);
         let value_bytes = value_bytes as u64;
         let set_bytes = tally.set.done * value_bytes;
         let get_bytes = (tally.get.done - tally.get_misses) * value_bytes;
@@ -540,7 +546,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    use std::sync::Arc;
+
     use crate::cluster::load::LoadPlan;
+    use crate::cluster::series::Series;
 
     #[test]
     fn figures_follow_from_the_tally() {
@@ -556,20 +565,19 @@ mod tests {
             load_start: start,
             measure_start: start,
             measure_end: start + Duration::from_millis(1500),
+            series: Arc::new(Series::new(2, 1)),
         };
-        let mut tally = Tally::new(plan.window_seconds());
+        let mut tally = Tally::new(Some(0));
         // 1000 entries in second 0 at 100 µs, 500 in the half second 1 at 300 µs.
         for (count, second_ms, latency_us) in [(1000u64, 0u64, 100u64), (500, 1000, 300)] {
             for _ in 0..count {
                 let at = start + Duration::from_millis(second_ms + 400);
-                tally.latency_ns.record(latency_us * 1000).unwrap();
-                let slot = &mut tally.seconds[(at - start).as_secs() as usize];
-                slot.committed += 1;
-                slot.latency_us.record(latency_us).unwrap();
-                tally.committed += 1;
+                tally.record(&plan, at - Duration::from_micros(latency_us), at, 1);
             }
         }
-        let results = RunResults::from_tally(&tally, 1.5, plan.entry_bytes);
+        tally.finish(&plan);
+        let seconds = plan.series.counts();
+        let results = RunResults::from_tally(&tally, &seconds, 1.5, plan.entry_bytes);
         assert_eq!(results.throughput_per_sec, 1000.0);
         assert_eq!(results.mb_per_sec, 0.1);
         assert_eq!(results.per_second.len(), 2);
@@ -615,7 +623,11 @@ mod tests {
 
     #[test]
     fn an_empty_run_is_a_problem() {
-        let results = RunResults::from_tally(&Tally::new(1), 1.0, 16);
+        let seconds = [SecondCount {
+            committed: 0,
+            p99_us: 0,
+        }];
+        let results = RunResults::from_tally(&Tally::new(None), &seconds, 1.0, 16);
         assert_eq!(results.latency_us, LatencyUs::default());
         assert!(results.latency_curve.is_empty());
         assert_eq!(
