@@ -194,7 +194,11 @@ pub fn run(plan: &LoadPlan, leader: SocketAddr, interrupt: &Interrupt) -> Tally 
             let interrupt = interrupt.clone();
             std::thread::Builder::new()
                 .name(format!("client-{index}"))
-                .spawn(move || drive(&plan, index, leader, &interrupt))
+                .spawn(move || {
+                    let mut tally = drive(&plan, index, leader, &interrupt);
+                    tally.finish(&plan);
+                    tally
+                })
                 .expect("spawning a client thread")
         })
         .collect();
@@ -218,21 +222,9 @@ enum Ended {
     Fatal(String),
 }
 
-/// One client thread: its load, then its share of the series.
+/// One client thread (its caller adds its last second to the series: [`Tally::finish`]).
 fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
     let mut tally = Tally::new(Some(index));
-    load_until_done(plan, index, leader, interrupt, &mut tally);
-    tally.finish(plan);
-    tally
-}
-
-fn load_until_done(
-    plan: &LoadPlan,
-    index: usize,
-    leader: SocketAddr,
-    interrupt: &Interrupt,
-    tally: &mut Tally,
-) {
     let payload = Bytes::from_static(&PAYLOAD[..plan.entry_bytes]);
     let mut connection = Connection {
         plan,
@@ -263,7 +255,7 @@ fn load_until_done(
                 Ok(found) => found.addr,
                 Err(error) => {
                     tally.errors.push(format!("client {index}: {error}"));
-                    return;
+                    return tally;
                 }
             },
         };
@@ -272,7 +264,7 @@ fn load_until_done(
         }
         first = false;
         let ended = match Client::connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
-            Ok(mut client) => connection.run(&mut client, tally, interrupt),
+            Ok(mut client) => connection.run(&mut client, &mut tally, interrupt),
             Err(error) => {
                 std::thread::sleep(Duration::from_millis(50));
                 match error {
@@ -286,15 +278,15 @@ fn load_until_done(
         }
         connection.pending.clear();
         match ended {
-            Ended::Done => return,
+            Ended::Done => return tally,
             Ended::Reconnect(next) => target = next,
             Ended::Fatal(error) => {
                 tally.errors.push(format!("client {index}: {error}"));
-                return;
+                return tally;
             }
         }
         if Instant::now() >= plan.measure_end || interrupt.is_set() {
-            return;
+            return tally;
         }
     }
 }
