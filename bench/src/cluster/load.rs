@@ -3,7 +3,8 @@
 //!
 //! Owns the measurement of commit latency (from sending a proposal to receiving its `Applied`
 //! reply, i.e. committed by a quorum, durable, and applied) and its bookkeeping per thread
-//! ([`Tally`]), merged once at the end so the hot loop shares nothing.
+//! ([`Tally`]), merged once at the end; the hot loop shares only the per-second series
+//! ([`Series`]), once per second per thread.
 //!
 //! - Closed loop (default): a thread keeps `depth` proposals in flight; once a quarter of them
 //!   are answered it sends as many new ones in one flush (one write per refill, not per entry).
@@ -16,6 +17,7 @@
 //! counted as abandoned (its outcome is unknown to the bench).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +27,7 @@ use lockstep::net::{ClientReply, ClientRequest};
 
 use super::args::ENTRY_BYTES_MAX;
 use super::in_flight::InFlight;
+use super::series::{SecondTally, Series};
 use super::status::{find_leader, HANDSHAKE_REQ};
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
@@ -37,7 +40,7 @@ pub const LEADER_SEARCH: Duration = Duration::from_secs(10);
 
 /// The bytes every proposal carries (a prefix of this many): zeros in static memory, so a
 /// request's command is a `Bytes` that costs no allocation and no reference count.
-static PAYLOAD: [u8; ENTRY_BYTES_MAX] = [0; ENTRY_BYTES_MAX];
+pub static PAYLOAD: [u8; ENTRY_BYTES_MAX] = [0; ENTRY_BYTES_MAX];
 
 /// How far (in requests) the oldest unanswered proposal of a connection may lag behind the
 /// newest, in multiples of `depth`, before the bench gives up on the connection.
@@ -66,6 +69,9 @@ pub struct LoadPlan {
     pub measure_start: Instant,
     /// Where it ends (load stops).
     pub measure_end: Instant,
+    /// The per-second series the threads fill (one slot per second of the window, one
+    /// position per client thread).
+    pub series: Arc<Series>,
 }
 
 impl LoadPlan {
@@ -76,22 +82,11 @@ impl LoadPlan {
     }
 }
 
-/// One second of the measured window.
-#[derive(Clone, Debug)]
-pub struct SecondTally {
-    /// Entries committed (replied) in this second.
-    pub committed: u64,
-    /// Their commit latencies, microseconds.
-    pub latency_us: Histogram<u64>,
-}
-
 /// What one thread (or, merged, all of them) measured.
 #[derive(Clone, Debug)]
 pub struct Tally {
     /// Commit latency of every entry committed in the window, nanoseconds.
     pub latency_ns: Histogram<u64>,
-    /// Per second of the window.
-    pub seconds: Vec<SecondTally>,
     /// Entries committed in the window.
     pub committed: u64,
     /// Entries sent (warm-up included).
@@ -106,19 +101,17 @@ pub struct Tally {
     pub reconnects: u64,
     /// Why threads stopped before the end of the window, if any did.
     pub errors: Vec<String>,
+    /// The client thread recording into this tally (`None` for a merged total).
+    thread: Option<usize>,
+    /// The second of the window being recorded, not yet added to the plan's series.
+    current: Option<(usize, SecondTally)>,
 }
 
 impl Tally {
-    /// An empty tally for a window of `seconds` seconds.
-    pub fn new(seconds: usize) -> Tally {
+    /// An empty tally for client thread `thread` (`None`: a total that threads merge into).
+    pub fn new(thread: Option<usize>) -> Tally {
         Tally {
             latency_ns: latency_histogram_ns(),
-            seconds: (0..seconds)
-                .map(|_| SecondTally {
-                    committed: 0,
-                    latency_us: second_histogram_us(),
-                })
-                .collect(),
             committed: 0,
             sent: 0,
             not_leader: 0,
@@ -126,25 +119,21 @@ impl Tally {
             abandoned: 0,
             reconnects: 0,
             errors: Vec::new(),
+            thread,
+            current: None,
         }
     }
 
-    /// Adds `other`'s counts and samples to this one.
+    /// Adds `other`'s counts and samples to this one (`other` must be finished).
     pub fn merge(&mut self, other: &Tally) {
-        assert_eq!(
-            self.seconds.len(),
-            other.seconds.len(),
-            "tallies of different windows cannot merge"
+        assert!(
+            other.current.is_none(),
+            "thread {:?}'s tally merged before it finished",
+            other.thread
         );
         self.latency_ns
             .add(&other.latency_ns)
             .expect("same histogram bounds");
-        for (mine, theirs) in self.seconds.iter_mut().zip(&other.seconds) {
-            mine.committed += theirs.committed;
-            mine.latency_us
-                .add(&theirs.latency_us)
-                .expect("same histogram bounds");
-        }
         self.committed += other.committed;
         self.sent += other.sent;
         self.not_leader += other.not_leader;
@@ -156,26 +145,44 @@ impl Tally {
 
     /// Records one reply received at `now` for a request of `entries` entries whose latency
     /// counts from `since` (every entry of it is one sample).
-    fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant, entries: u64) {
+    pub fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant, entries: u64) {
         if now < plan.measure_start || now >= plan.measure_end {
             return;
         }
+        let thread = self.thread.expect("only a thread's tally records");
         let latency = now.saturating_duration_since(since);
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.latency_ns.saturating_record_n(nanos, entries);
         let second = (now - plan.measure_start).as_secs() as usize;
-        let slot = &mut self.seconds[second];
+        match &mut self.current {
+            Some((at, tally)) if *at != second => {
+                plan.series.flush(thread, Some((*at, tally)), second);
+                tally.clear();
+                *at = second;
+            }
+            Some(_) => {}
+            None => {
+                plan.series.flush(thread, None, second);
+                self.current = Some((second, SecondTally::new()));
+            }
+        }
+        let (_, slot) = self.current.as_mut().expect("a current second");
         slot.committed += entries;
         slot.latency_us
             .saturating_record_n((nanos / 1000).max(1), entries);
         self.committed += entries;
     }
-}
 
-/// A histogram for one second's latencies: 1 µs to 100 s, 2 significant digits (small, as
-/// there is one per thread per second).
-fn second_histogram_us() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 100_000_000, 2).expect("valid histogram bounds")
+    /// Adds the second in progress to the plan's series and tells it this thread is done.
+    pub fn finish(&mut self, plan: &LoadPlan) {
+        let thread = self.thread.expect("only a thread's tally finishes");
+        let current = self.current.take();
+        plan.series.flush(
+            thread,
+            current.as_ref().map(|(at, tally)| (*at, tally)),
+            usize::MAX,
+        );
+    }
 }
 
 /// Runs `plan.clients` threads against the leader at `leader` until the window ends (or
@@ -187,11 +194,15 @@ pub fn run(plan: &LoadPlan, leader: SocketAddr, interrupt: &Interrupt) -> Tally 
             let interrupt = interrupt.clone();
             std::thread::Builder::new()
                 .name(format!("client-{index}"))
-                .spawn(move || drive(&plan, index, leader, &interrupt))
+                .spawn(move || {
+                    let mut tally = drive(&plan, index, leader, &interrupt);
+                    tally.finish(&plan);
+                    tally
+                })
                 .expect("spawning a client thread")
         })
         .collect();
-    let mut total = Tally::new(plan.window_seconds());
+    let mut total = Tally::new(None);
     for thread in threads {
         match thread.join() {
             Ok(tally) => total.merge(&tally),
@@ -211,9 +222,9 @@ enum Ended {
     Fatal(String),
 }
 
-/// One client thread.
+/// One client thread (its caller adds its last second to the series: [`Tally::finish`]).
 fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
-    let mut tally = Tally::new(plan.window_seconds());
+    let mut tally = Tally::new(Some(index));
     let payload = Bytes::from_static(&PAYLOAD[..plan.entry_bytes]);
     let mut connection = Connection {
         plan,
@@ -427,7 +438,7 @@ mod tests {
 
     fn plan(window: Duration) -> LoadPlan {
         let load_start = Instant::now();
-        LoadPlan {
+        let mut plan = LoadPlan {
             clients: 2,
             depth: 4,
             batch: 1,
@@ -438,7 +449,10 @@ mod tests {
             load_start,
             measure_start: load_start + Duration::from_secs(1),
             measure_end: load_start + Duration::from_secs(1) + window,
-        }
+            series: Arc::new(Series::new(0, 2)),
+        };
+        plan.series = Arc::new(Series::new(plan.window_seconds(), plan.clients));
+        plan
     }
 
     #[test]
@@ -451,7 +465,7 @@ mod tests {
     #[test]
     fn only_replies_inside_the_window_are_recorded() {
         let plan = plan(Duration::from_secs(2));
-        let mut tally = Tally::new(plan.window_seconds());
+        let mut tally = Tally::new(Some(0));
         let us = Duration::from_micros;
         // Warm-up: ignored.
         tally.record(&plan, plan.load_start, plan.load_start + us(100), 1);
@@ -461,19 +475,21 @@ mod tests {
         tally.record(&plan, late - us(300), late, 1);
         // After the end: ignored.
         tally.record(&plan, plan.measure_end, plan.measure_end + us(1), 1);
+        tally.finish(&plan);
+        Tally::new(Some(1)).finish(&plan);
         assert_eq!(tally.committed, 2);
         assert_eq!(tally.latency_ns.len(), 2);
-        assert_eq!(tally.seconds[0].committed, 1);
-        assert_eq!(tally.seconds[1].committed, 1);
-        assert!((199..=201).contains(&tally.seconds[0].latency_us.max()));
-        assert!((299..=301).contains(&tally.seconds[1].latency_us.max()));
+        let counts = plan.series.counts();
+        assert_eq!((counts[0].committed, counts[1].committed), (1, 1));
+        assert!((199..=201).contains(&counts[0].p99_us), "{counts:?}");
+        assert!((299..=301).contains(&counts[1].p99_us), "{counts:?}");
     }
 
     #[test]
     fn tallies_merge_counts_samples_and_seconds() {
         let plan = plan(Duration::from_secs(2));
-        let mut a = Tally::new(2);
-        let mut b = Tally::new(2);
+        let mut a = Tally::new(Some(0));
+        let mut b = Tally::new(Some(1));
         for micros in 1..=100u64 {
             a.record(
                 &plan,
@@ -486,17 +502,19 @@ mod tests {
             let at = plan.measure_start + Duration::from_millis(1000);
             b.record(&plan, at - Duration::from_micros(micros), at, 1);
         }
+        a.finish(&plan);
+        b.finish(&plan);
         a.not_leader = 1;
         b.failed = 2;
         b.abandoned = 3;
         b.errors.push("client 1: gone".to_string());
-        let mut total = Tally::new(2);
+        let mut total = Tally::new(None);
         total.merge(&a);
         total.merge(&b);
         assert_eq!(total.committed, 200);
         assert_eq!(total.latency_ns.len(), 200);
-        assert_eq!(total.seconds[0].committed, 100);
-        assert_eq!(total.seconds[1].committed, 100);
+        let counts = plan.series.counts();
+        assert_eq!((counts[0].committed, counts[1].committed), (100, 100));
         // The merged median sits between the two groups; the max is b's.
         let p50_us = total.latency_ns.value_at_quantile(0.5) / 1000;
         assert!((99..=101).contains(&p50_us), "{p50_us}");
@@ -506,8 +524,11 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "different windows")]
-    fn tallies_of_different_windows_do_not_merge() {
-        Tally::new(2).merge(&Tally::new(3));
+    #[should_panic(expected = "before it finished")]
+    fn unfinished_tallies_do_not_merge() {
+        let plan = plan(Duration::from_secs(1));
+        let mut tally = Tally::new(Some(0));
+        tally.record(&plan, plan.measure_start, plan.measure_start, 1);
+        Tally::new(None).merge(&tally);
     }
 }

@@ -101,6 +101,7 @@ fn draw_inner(
 mod tests {
     use super::*;
     use crate::cluster::load::Tally;
+    use crate::cluster::series::SecondCount;
 
     #[test]
     fn nines_and_their_labels() {
@@ -114,13 +115,16 @@ mod tests {
 
     #[test]
     fn a_run_is_drawn_as_svg() {
-        let mut tally = Tally::new(3);
+        let mut tally = Tally::new(None);
         for micros in 1..=10_000u64 {
             tally.latency_ns.record(micros * 1000).unwrap();
-            tally.seconds[(micros % 3) as usize].committed += 1;
         }
         tally.committed = 10_000;
-        let results = RunResults::from_tally(&tally, 3.0, 16);
+        let second = SecondCount {
+            committed: 3_333,
+            p99_us: 9_900,
+        };
+        let results = RunResults::from_tally(&tally, &[second; 3], 3.0, 16);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.svg");
         draw(&path, "a test run", &results).unwrap();

@@ -3,11 +3,15 @@
 //! Owns the arithmetic from raw measurements (a merged [`Tally`], status samples, memory
 //! readings, how the nodes ended) to reported figures: throughput over the exact window length,
 //! MB/s of entry payload (10^6 bytes), latency percentiles, the per-second series (the last,
-//! possibly partial, second scaled by its true length), and the sweep table.
+//! possibly partial, second scaled by its true length), the per-command figures of a kv run, and
+//! the sweep table. Every reply that was not a success is a PROBLEM line of the report.
 
 use serde::Serialize;
 
+use super::args::KnobValue;
+use super::kv_load::{ErrorCounts, KvTally, OpTally};
 use super::load::Tally;
+use super::series::SecondCount;
 use super::status::Grouping;
 use super::supervisor::NodeExit;
 use crate::report::{round_to, Describe, LatencyUs};
@@ -42,6 +46,67 @@ pub struct RunResults {
     pub cpu: Cpu,
     /// How each local node ended (empty with `--connect`, or before the cluster stopped).
     pub node_exits: Vec<NodeExitRow>,
+    /// `--mode kv`: SET and GET apart, and the error replies. (In kv mode the figures above
+    /// count commands, their latency is the client round trip and MB/s counts value bytes.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvResults>,
+}
+
+/// The per-command figures of a kv run.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvResults {
+    /// SET commands.
+    pub set: OpResults,
+    /// GET commands.
+    pub get: OpResults,
+    /// GETs in the window answered nil (a key not set yet); they count as done.
+    pub get_misses: u64,
+    /// Error replies (other than `-NOTLEADER` redirects), by text.
+    pub errors: ErrorCounts,
+}
+
+/// One command kind's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpResults {
+    /// Successful replies per second of the window.
+    pub throughput_per_sec: f64,
+    /// Value bytes written (SET) or read (GET hits) per second, in 10^6 bytes.
+    pub mb_per_sec: f64,
+    /// Successful replies in the window.
+    pub done: u64,
+    /// Client round trip (write of the command to read of its reply).
+    pub latency_us: LatencyUs,
+    /// Sent, warm-up included.
+    pub sent: u64,
+    /// Answered with an error, warm-up included.
+    pub failed: u64,
+    /// In flight on a connection that was given up.
+    pub abandoned: u64,
+}
+
+impl OpResults {
+    fn new(tally: &OpTally, window_sec: f64, value_bytes: u64) -> OpResults {
+        OpResults {
+            throughput_per_sec: round_to(tally.done as f64 / window_sec, 0),
+            mb_per_sec: round_to(value_bytes as f64 / window_sec / 1e6, 4),
+            done: tally.done,
+            latency_us: LatencyUs::from_histogram_ns(&tally.latency_ns),
+            sent: tally.sent,
+            failed: tally.failed,
+            abandoned: tally.abandoned,
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ops/s, {} MB/s; {} ({} failed, {} abandoned)",
+            self.throughput_per_sec,
+            self.mb_per_sec,
+            self.latency_us.summary(),
+            self.failed,
+            self.abandoned
+        )
+    }
 }
 
 /// One point of the latency percentile curve.
@@ -168,24 +233,24 @@ impl From<&NodeExit> for NodeExitRow {
 
 impl RunResults {
     /// The figures of `tally` over a window of `window_sec` seconds of `entry_bytes` entries.
-    pub fn from_tally(tally: &Tally, window_sec: f64, entry_bytes: usize) -> RunResults {
+    pub fn from_tally(
+        tally: &Tally,
+        seconds: &[SecondCount],
+        window_sec: f64,
+        entry_bytes: usize,
+    ) -> RunResults {
         assert!(window_sec > 0.0, "an empty window: {window_sec} s");
         let throughput = tally.committed as f64 / window_sec;
-        let per_second = tally
-            .seconds
+        let per_second = seconds
             .iter()
             .enumerate()
-            .map(|(second, slot)| {
+            .map(|(second, count)| {
                 // The last second may be cut short by the window's end.
                 let length = (window_sec - second as f64).clamp(f64::MIN_POSITIVE, 1.0);
                 SecondRow {
                     second,
-                    throughput_per_sec: round_to(slot.committed as f64 / length, 0),
-                    p99_us: if slot.latency_us.is_empty() {
-                        0.0
-                    } else {
-                        slot.latency_us.value_at_quantile(0.99) as f64
-                    },
+                    throughput_per_sec: round_to(count.committed as f64 / length, 0),
+                    p99_us: count.p99_us as f64,
                 }
             })
             .collect();
@@ -210,7 +275,30 @@ impl RunResults {
             memory: Memory::default(),
             cpu: Cpu::default(),
             node_exits: Vec::new(),
+            kv: None,
         }
+    }
+
+    /// The figures of a kv run's `tally` over a window of `window_sec` seconds of
+    /// `value_bytes` values: commands as entries, plus SET and GET apart.
+    pub fn from_kv_tally(
+        tally: &KvTally,
+        seconds: &[SecondCount],
+        window_sec: f64,
+        value_bytes: usize,
+    ) -> RunResults {
+        let mut results = RunResults::from_tally(&tally.all, seconds, window_sec, value_bytes);
+        let value_bytes = value_bytes as u64;
+        let set_bytes = tally.set.done * value_bytes;
+        let get_bytes = (tally.get.done - tally.get_misses) * value_bytes;
+        results.mb_per_sec = round_to((set_bytes + get_bytes) as f64 / window_sec / 1e6, 4);
+        results.kv = Some(KvResults {
+            set: OpResults::new(&tally.set, window_sec, set_bytes),
+            get: OpResults::new(&tally.get, window_sec, get_bytes),
+            get_misses: tally.get_misses,
+            errors: tally.errors.clone(),
+        });
+        results
     }
 
     /// Problems that make the figures doubtful, one line each (empty when the run was clean).
@@ -224,6 +312,26 @@ impl RunResults {
         }
         if self.committed == 0 {
             problems.push("nothing committed in the measured window".to_string());
+        }
+        match &self.kv {
+            Some(kv) if kv.errors.total > 0 => {
+                problems.push(format!(
+                    "SERVER ERRORS: {} replies were errors ({} to SET, {} to GET)",
+                    kv.errors.total, kv.set.failed, kv.get.failed
+                ));
+                for text in &kv.errors.texts {
+                    problems.push(format!("  {} x -{}", text.count, text.text));
+                }
+                if kv.errors.other > 0 {
+                    problems.push(format!("  {} x other error texts", kv.errors.other));
+                }
+            }
+            Some(_) => {}
+            None if self.clients.failed > 0 => problems.push(format!(
+                "SERVER ERRORS: {} entries were answered with Error replies (outcome unknown)",
+                self.clients.failed
+            )),
+            None => {}
         }
         problems
     }
@@ -267,16 +375,20 @@ impl Describe for RunResults {
     fn rows(&self) -> Vec<(String, String)> {
         let latency = &self.latency_us;
         let grouping = &self.grouping;
+        let (unit, done, latency_label) = match self.kv {
+            None => ("entries", "committed", "commit latency"),
+            Some(_) => ("commands", "done", "round trip"),
+        };
         let mut rows = vec![
             (
                 "throughput".into(),
                 format!(
-                    "{} entries/s, {} MB/s ({} entries committed)",
+                    "{} {unit}/s, {} MB/s ({} {unit} {done})",
                     self.throughput_per_sec, self.mb_per_sec, self.committed
                 ),
             ),
             (
-                "commit latency".into(),
+                latency_label.into(),
                 format!(
                     "min {} mean {} µs; {}",
                     latency.min,
@@ -285,6 +397,13 @@ impl Describe for RunResults {
                 ),
             ),
         ];
+        if let Some(kv) = &self.kv {
+            rows.push(("SET".into(), kv.set.summary()));
+            rows.push((
+                "GET".into(),
+                format!("{}; {} misses (nil)", kv.get.summary(), kv.get_misses),
+            ));
+        }
         if let Some(offered) = self.offered_per_sec {
             rows.push(("offered".into(), format!("{offered} entries/s (open loop)")));
         }
@@ -367,7 +486,7 @@ pub struct SweepResults {
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepPoint {
     /// The knob's value.
-    pub value: usize,
+    pub value: KnobValue,
     /// The run's figures.
     #[serde(flatten)]
     pub results: RunResults,
@@ -375,28 +494,45 @@ pub struct SweepPoint {
 
 impl Describe for SweepResults {
     fn rows(&self) -> Vec<(String, String)> {
-        let mut rows = vec![(
-            self.knob.clone(),
-            format!(
-                "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                "entries/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
-            ),
-        )];
+        let kv = self.points.iter().any(|point| point.results.kv.is_some());
+        let mut header = format!(
+            "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            if kv { "commands/s" } else { "entries/s" },
+            "MB/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs"
+        );
+        if kv {
+            header.push_str(&format!(
+                " {:>10} {:>10} {:>11} {:>11}",
+                "SET/s", "GET/s", "SET p50 µs", "GET p50 µs"
+            ));
+        }
+        let mut rows = vec![(self.knob.clone(), header)];
         for point in &self.points {
             let results = &point.results;
             let latency = &results.latency_us;
-            rows.push((
-                point.value.to_string(),
-                format!(
-                    "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                    results.throughput_per_sec,
-                    results.mb_per_sec,
-                    latency.p50,
-                    latency.p99,
-                    latency.p999,
-                    latency.max
-                ),
-            ));
+            let mut row = format!(
+                "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                results.throughput_per_sec,
+                results.mb_per_sec,
+                latency.p50,
+                latency.p99,
+                latency.p999,
+                latency.max
+            );
+            if let Some(kv) = &results.kv {
+                row.push_str(&format!(
+                    " {:>10} {:>10} {:>11} {:>11}",
+                    kv.set.throughput_per_sec,
+                    kv.get.throughput_per_sec,
+                    kv.set.latency_us.p50,
+                    kv.get.latency_us.p50
+                ));
+            }
+            rows.push((point.value.to_string(), row));
             for problem in results.problems() {
                 rows.push(("PROBLEM".into(), problem));
             }
@@ -410,7 +546,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    use std::sync::Arc;
+
     use crate::cluster::load::LoadPlan;
+    use crate::cluster::series::Series;
 
     #[test]
     fn figures_follow_from_the_tally() {
@@ -426,20 +565,19 @@ mod tests {
             load_start: start,
             measure_start: start,
             measure_end: start + Duration::from_millis(1500),
+            series: Arc::new(Series::new(2, 1)),
         };
-        let mut tally = Tally::new(plan.window_seconds());
+        let mut tally = Tally::new(Some(0));
         // 1000 entries in second 0 at 100 µs, 500 in the half second 1 at 300 µs.
         for (count, second_ms, latency_us) in [(1000u64, 0u64, 100u64), (500, 1000, 300)] {
             for _ in 0..count {
                 let at = start + Duration::from_millis(second_ms + 400);
-                tally.latency_ns.record(latency_us * 1000).unwrap();
-                let slot = &mut tally.seconds[(at - start).as_secs() as usize];
-                slot.committed += 1;
-                slot.latency_us.record(latency_us).unwrap();
-                tally.committed += 1;
+                tally.record(&plan, at - Duration::from_micros(latency_us), at, 1);
             }
         }
-        let results = RunResults::from_tally(&tally, 1.5, plan.entry_bytes);
+        tally.finish(&plan);
+        let seconds = plan.series.counts();
+        let results = RunResults::from_tally(&tally, &seconds, 1.5, plan.entry_bytes);
         assert_eq!(results.throughput_per_sec, 1000.0);
         assert_eq!(results.mb_per_sec, 0.1);
         assert_eq!(results.per_second.len(), 2);
@@ -485,7 +623,11 @@ mod tests {
 
     #[test]
     fn an_empty_run_is_a_problem() {
-        let results = RunResults::from_tally(&Tally::new(1), 1.0, 16);
+        let seconds = [SecondCount {
+            committed: 0,
+            p99_us: 0,
+        }];
+        let results = RunResults::from_tally(&Tally::new(None), &seconds, 1.0, 16);
         assert_eq!(results.latency_us, LatencyUs::default());
         assert!(results.latency_curve.is_empty());
         assert_eq!(
