@@ -13,6 +13,8 @@
 //!
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
+mod client_auth;
+mod client_limits;
 mod client_msg;
 mod event_loop;
 pub mod frame;
@@ -21,6 +23,9 @@ mod peer_msg;
 mod transport;
 mod wire;
 
+pub use self::client_auth::{read_password_file, ClientUsers, Role, DEFAULT_USER, READONLY_USER};
+pub use self::client_limits::ClientLimits;
+pub(crate) use self::client_msg::is_auth_refusal;
 pub use self::client_msg::{
     ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
 };
@@ -92,11 +97,16 @@ pub struct NetConfig {
     /// Size limits of one RESP request (the request size is further capped at
     /// `max_frame_bytes`).
     pub resp_limits: RespLimits,
+    /// Client passwords; [`ClientUsers::open`]: clients need none.
+    pub client_users: Arc<ClientUsers>,
+    /// Per-connection client limits (pipelined bytes, idle and slow-client timeouts).
+    pub client_limits: ClientLimits,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`].
+    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no client passwords,
+    /// default [`ClientLimits`].
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -112,6 +122,8 @@ impl NetConfig {
             handshake_timeout: Duration::from_secs(10),
             frontend: None,
             resp_limits: RespLimits::default(),
+            client_users: Arc::new(ClientUsers::open()),
+            client_limits: ClientLimits::default(),
         }
     }
 }
