@@ -533,9 +533,22 @@ mod tests {
     fn hello_layout() {
         let mut out = Vec::new();
         ClientHello::new(0x0102).encode(&mut out);
-        assert_eq!(out, [2, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(out, [3, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(ClientHello::decode(&out).unwrap(), ClientHello::new(0x0102));
-        assert!(ClientHello::decode(&out[..9]).is_err());
+        assert!(ClientHello::decode(&out[..17]).is_err());
+        let hello = ClientHello {
+            user: Bytes::from_static(b"ro"),
+            password: Bytes::from_static(b"pw"),
+            ..ClientHello::new(1)
+        };
+        out.clear();
+        hello.encode(&mut out);
+        assert_eq!(&out[10..], [2, 0, 0, 0, b'r', b'o', 2, 0, 0, 0, b'p', b'w']);
+        assert_eq!(ClientHello::decode(&out).unwrap(), hello);
+        assert!(!format!("{hello:?}").contains("pw"), "{hello:?}");
+        // A version-2 hello (no credentials) still decodes, so its version can be refused.
+        let old = ClientHello::decode(&[2, 0, 2, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!((old.version, old.cluster_id), (2, 0x0102));
     }
 
     #[test]
