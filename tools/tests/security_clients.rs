@@ -99,7 +99,9 @@ fn writer(cluster: &Cluster) -> ClusterClient {
     let mut client = ClusterClient::new(cluster.client_addrs(), cluster.cluster_id, CLIENT_TIMEOUT)
         .with_retry_for(Duration::from_secs(20))
         .with_credentials(Credentials::new(PASSWORD));
-    client.propose_idempotent(&set_command("warmup", "1")).unwrap();
+    client
+        .propose_idempotent(&set_command("warmup", "1"))
+        .unwrap();
     client
 }
 
@@ -148,7 +150,10 @@ fn resp_clients_authenticate_and_the_reader_only_reads() {
         resp.call(&["AUTH", "wrong"]),
         Value::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
     );
-    assert_eq!(error_code(&resp.call(&["AUTH", "reader", PASSWORD])), "WRONGPASS");
+    assert_eq!(
+        error_code(&resp.call(&["AUTH", "reader", PASSWORD])),
+        "WRONGPASS"
+    );
     assert_eq!(resp.call(&["AUTH", PASSWORD]), Value::ok());
     assert_eq!(resp.call(&["SET", "k", "v"]), Value::ok());
     assert_eq!(resp.call(&["GET", "k"]), bulk("v"));
@@ -161,7 +166,11 @@ fn resp_clients_authenticate_and_the_reader_only_reads() {
         Value::Error("NOPERM User reader has no permissions to run the 'set' command".into())
     );
     assert_eq!(error_code(&resp.call(&["DEL", "k"])), "NOPERM");
-    assert_eq!(resp.call(&["GET", "k"]), bulk("v"), "a refused write changed nothing");
+    assert_eq!(
+        resp.call(&["GET", "k"]),
+        bulk("v"),
+        "a refused write changed nothing"
+    );
 
     assert_eq!(resp.call(&["RESET"]), Value::Simple("RESET".into()));
     assert_eq!(error_code(&resp.call(&["GET", "k"])), "NOAUTH");
@@ -172,9 +181,16 @@ fn resp_clients_authenticate_and_the_reader_only_reads() {
 
     // The redis crate authenticates from the URL (AUTH user password).
     let port = addr.port();
-    let url = format!("redis://default:{}@127.0.0.1:{port}/", PASSWORD.replace(' ', "%20"));
+    let url = format!(
+        "redis://default:{}@127.0.0.1:{port}/",
+        PASSWORD.replace(' ', "%20")
+    );
     let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let _: () = redis::cmd("SET").arg("crate").arg("yes").query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("crate")
+        .arg("yes")
+        .query(&mut con)
+        .unwrap();
     let got: String = redis::cmd("GET").arg("crate").query(&mut con).unwrap();
     assert_eq!(got, "yes");
     let url = format!("redis://127.0.0.1:{port}/");
@@ -191,7 +207,10 @@ fn resp_clients_authenticate_and_the_reader_only_reads() {
     assert!(failures >= 2, "{failures} failed AUTHs counted");
     let log = cluster.log_tail(1);
     assert!(log.contains("client authentication failed"), "{log}");
-    assert!(!log.contains(PASSWORD) && !log.contains(READER_PASSWORD), "{log}");
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(READER_PASSWORD),
+        "{log}"
+    );
 }
 
 /// redis-cli with `-a` and with `--user`/`--pass`.
@@ -270,7 +289,17 @@ fn native_clients_authenticate_in_their_hello() {
 fn a_flood_of_connections_and_oversized_requests_do_not_stop_commits() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut flags) = password_flags(dir.path());
-    flags.extend(["--max-clients", "64", "--max-request-bytes", "4096"].map(String::from));
+    flags.extend(
+        [
+            "--max-clients",
+            "64",
+            "--max-request-bytes",
+            "4096",
+            "--max-pipelined-bytes",
+            "8192",
+        ]
+        .map(String::from),
+    );
     let cluster = Cluster::start(3, "kv", &strs(&flags));
     let mut client = writer(&cluster);
     let addr = leader_addr(&client);
@@ -319,11 +348,26 @@ fn a_flood_of_connections_and_oversized_requests_do_not_stop_commits() {
         panic!("an oversized request was not refused")
     };
     assert!(error.starts_with("ERR Protocol error: "), "{error}");
-    assert!(resp.closed(), "the connection closes after the protocol error");
+    assert!(
+        resp.closed(),
+        "the connection closes after the protocol error"
+    );
+    // A pipeline far over max_pipelined_bytes is read in steps (back-pressure), all answered.
+    let mut pipelined = Resp::connect(addr);
+    assert_eq!(pipelined.call(&["AUTH", PASSWORD]), Value::ok());
+    let mut pipeline = Vec::new();
+    let value = "p".repeat(1000);
+    for i in 0..300 {
+        let key = format!("pipelined-{i}");
+        encode_request(&[b"SET", key.as_bytes(), value.as_bytes()], &mut pipeline);
+    }
+    pipelined.writer.write_all(&pipeline).unwrap();
+    for _ in 0..300 {
+        assert_eq!(pipelined.read(), Value::ok());
+    }
     let credentials = Credentials::new(PASSWORD);
     let mut native =
-        Client::connect_with(addr, cluster.cluster_id, CLIENT_TIMEOUT, Some(&credentials))
-            .unwrap();
+        Client::connect_with(addr, cluster.cluster_id, CLIENT_TIMEOUT, Some(&credentials)).unwrap();
     let err = native.propose(&set_command("big", &big)).unwrap_err();
     assert!(err.to_string().contains("max_request_bytes"), "{err}");
 
@@ -335,7 +379,14 @@ fn a_flood_of_connections_and_oversized_requests_do_not_stop_commits() {
     }
     let status = status(addr, cluster.cluster_id);
     assert!(net_counter(&status, "clients_refused_max") > 0, "{status}");
-    assert!(net_counter(&status, "clients_closed_request_bytes") >= 1, "{status}");
+    assert!(
+        net_counter(&status, "clients_closed_request_bytes") >= 1,
+        "{status}"
+    );
+    assert!(
+        net_counter(&status, "client_reads_paused_pipelined") >= 1,
+        "{status}"
+    );
     assert!(committed > 20);
 }
 
@@ -381,7 +432,10 @@ fn idle_and_slow_clients_are_disconnected_while_others_are_served() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut served = 0;
     loop {
-        assert_eq!(other.call(&["SET", "other", &served.to_string()]), Value::ok());
+        assert_eq!(
+            other.call(&["SET", "other", &served.to_string()]),
+            Value::ok()
+        );
         assert_eq!(other.call(&["GET", "other"]), bulk(&served.to_string()));
         served += 1;
         let status = status(addr, cluster.cluster_id);
@@ -389,7 +443,10 @@ fn idle_and_slow_clients_are_disconnected_while_others_are_served() {
             assert!(net_counter(&status, "clients_closed_idle") >= 1, "{status}");
             break;
         }
-        assert!(Instant::now() < deadline, "the slow client was not closed: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the slow client was not closed: {status}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(served > 0);
