@@ -27,7 +27,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use lockstep::apps::AppKind;
-use lockstep::client::Client;
+use lockstep::client::{Client, Credentials};
 use lockstep::server::{ready_line, MemberConfig};
 use serde_json::Value;
 
@@ -82,6 +82,14 @@ pub struct Args {
     /// Do not generate a peer secret: the nodes do not authenticate each other.
     #[arg(long)]
     no_peer_secret: bool,
+    /// File holding the client password of the `default` user, for every node (and used by
+    /// this command's own status checks) [default: none].
+    #[arg(long, value_name = "FILE")]
+    client_password_file: Option<PathBuf>,
+    /// File holding the password of the read-only client user `reader`, for every node
+    /// [default: none].
+    #[arg(long, value_name = "FILE")]
+    readonly_password_file: Option<PathBuf>,
     /// Extra `lockstep serve` flags for every node (after `--`).
     #[arg(last = true, value_name = "SERVE FLAGS")]
     serve_args: Vec<String>,
@@ -178,6 +186,12 @@ fn data_dir(args: &Args) -> Result<(PathBuf, Option<tempfile::TempDir>), String>
 
 fn run_cluster(args: &Args) -> Result<(), String> {
     let members = members(args)?;
+    let credentials = args
+        .client_password_file
+        .as_deref()
+        .map(Credentials::from_password_file)
+        .transpose()
+        .map_err(|why| format!("--client-password-file: {why}"))?;
     // Registered before any node starts, so a signal during the start is a clean stop too.
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -206,7 +220,7 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     nodes.lines = Some(rx);
     // `None`: a signal came during the start.
     let leader = match nodes.wait_ready(&members, &stop)? {
-        true => nodes.wait_leader(args.cluster_id, &members, &stop)?,
+        true => nodes.wait_leader(args.cluster_id, credentials.as_ref(), &members, &stop)?,
         false => None,
     };
     if let Some(leader) = leader {
@@ -369,6 +383,14 @@ impl Nodes {
         if let Some(secret) = secret {
             command.arg("--peer-secret-file").arg(secret);
         }
+        for (flag, file) in [
+            ("--client-password-file", &args.client_password_file),
+            ("--readonly-password-file", &args.readonly_password_file),
+        ] {
+            if let Some(file) = file {
+                command.arg(flag).arg(file);
+            }
+        }
         command
             .args(&args.serve_args)
             .stdin(Stdio::null())
@@ -444,6 +466,7 @@ impl Nodes {
     fn wait_leader(
         &mut self,
         cluster_id: u64,
+        credentials: Option<&Credentials>,
         members: &[MemberConfig],
         stop: &AtomicBool,
     ) -> Result<Option<u64>, String> {
@@ -455,7 +478,7 @@ impl Nodes {
             self.check_running()?;
             let leaders: Vec<Option<u64>> = members
                 .iter()
-                .map(|member| leader_of(member.client_addr, cluster_id))
+                .map(|member| leader_of(member.client_addr, cluster_id, credentials))
                 .collect();
             if let Some(leader) = leaders[0] {
                 if leaders.iter().all(|seen| *seen == Some(leader)) {
@@ -555,8 +578,9 @@ fn signal(child: &Child, signal: libc::c_int) {
 }
 
 /// The leader that the node at `addr` names in its status, if it answers and knows one.
-fn leader_of(addr: SocketAddr, cluster_id: u64) -> Option<u64> {
-    let mut client = Client::connect(addr, cluster_id, Duration::from_secs(1)).ok()?;
+fn leader_of(addr: SocketAddr, cluster_id: u64, credentials: Option<&Credentials>) -> Option<u64> {
+    let timeout = Duration::from_secs(1);
+    let mut client = Client::connect_with(addr, cluster_id, timeout, credentials).ok()?;
     let status: Value = serde_json::from_str(&client.status().ok()?).ok()?;
     status.get("leader")?.as_u64()
 }

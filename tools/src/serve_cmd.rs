@@ -118,6 +118,29 @@ pub struct Args {
     /// without it is refused [default: peers are not authenticated].
     #[arg(long, value_name = "FILE")]
     peer_secret_file: Option<PathBuf>,
+    /// File holding the password of the `default` client user (AUTH, native hello); without
+    /// it clients need no password [default: none].
+    #[arg(long, value_name = "FILE")]
+    client_password_file: Option<PathBuf>,
+    /// File holding the password of the read-only client user `reader` [default: none].
+    #[arg(long, value_name = "FILE")]
+    readonly_password_file: Option<PathBuf>,
+    /// Most concurrent client connections [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_clients: Option<usize>,
+    /// Largest client request (RESP command or native frame), bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Most request bytes a RESP connection may have read and not yet answered; reading
+    /// pauses there [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    max_pipelined_bytes: Option<usize>,
+    /// Close a client connection idle this long, ms; 0 = never [default: 0].
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Close a client that leaves its replies unread this long, ms; 0 = never [default: 60000].
+    #[arg(long, value_name = "MS")]
+    slow_client_timeout_ms: Option<u64>,
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -221,6 +244,22 @@ impl Args {
         set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
         set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
         set(&mut tuning.read_mode, self.read_mode);
+        let security = &mut config.security;
+        if self.client_password_file.is_some() {
+            security.client_password_file = self.client_password_file;
+        }
+        if self.readonly_password_file.is_some() {
+            security.readonly_password_file = self.readonly_password_file;
+        }
+        let limits = &mut config.limits;
+        set(&mut limits.max_clients, self.max_clients);
+        set(&mut limits.max_request_bytes, self.max_request_bytes);
+        set(&mut limits.max_pipelined_bytes, self.max_pipelined_bytes);
+        set(&mut limits.idle_timeout_ms, self.idle_timeout_ms);
+        set(
+            &mut limits.slow_client_timeout_ms,
+            self.slow_client_timeout_ms,
+        );
     }
 }
 

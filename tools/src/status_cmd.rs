@@ -3,10 +3,11 @@
 //! refuses the handshake.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockstep::client::{Client, ClientError};
+use lockstep::client::{Client, ClientError, Credentials};
 use lockstep::node::LatencySnapshot;
 use serde_json::Value;
 
@@ -25,6 +26,9 @@ pub struct Args {
     /// Give up after this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     timeout_ms: u64,
+    /// File holding the client password, for a node that requires one (the default user).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -37,9 +41,18 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 fn fetch(args: &Args) -> Result<String, String> {
     let addr = resolve(&args.addr)?;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut client = Client::connect(addr, args.cluster_id.unwrap_or(0), timeout).map_err(|e| {
-        let hint = match (&e, args.cluster_id) {
-            (ClientError::Refused(_), None) => " (pass the cluster's --cluster-id)",
+    let credentials = args
+        .password_file
+        .as_deref()
+        .map(Credentials::from_password_file)
+        .transpose()
+        .map_err(|why| format!("--password-file: {why}"))?;
+    let cluster_id = args.cluster_id.unwrap_or(0);
+    let connected = Client::connect_with(addr, cluster_id, timeout, credentials.as_ref());
+    let mut client = connected.map_err(|e| {
+        let hint = match (&e, args.cluster_id, &credentials) {
+            (ClientError::Refused(_), None, _) => " (pass the cluster's --cluster-id)",
+            (ClientError::Auth(_), _, None) => " (pass --password-file)",
             _ => "",
         };
         format!("cannot connect to {addr}: {e}{hint}")

@@ -105,6 +105,9 @@ pub struct Args {
     /// (`HOST:PORT,...`). No nodes are started or stopped.
     #[arg(long, value_delimiter = ',')]
     pub connect: Vec<String>,
+    /// File holding the client password, for nodes that require one (`--connect`).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
     /// Cluster id presented to the nodes (the local cluster is started with it).
     #[arg(long, default_value_t = 7)]
     pub cluster_id: u64,

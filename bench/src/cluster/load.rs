@@ -28,7 +28,7 @@ use lockstep::net::{ClientReply, ClientRequest};
 use super::args::ENTRY_BYTES_MAX;
 use super::in_flight::InFlight;
 use super::series::{SecondTally, Series};
-use super::status::{find_leader, HANDSHAKE_REQ};
+use super::status::{connect, find_leader, HANDSHAKE_REQ};
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
 
@@ -263,7 +263,7 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
             tally.reconnects += 1;
         }
         first = false;
-        let ended = match Client::connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
+        let ended = match connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
             Ok(mut client) => connection.run(&mut client, &mut tally, interrupt),
             Err(error) => {
                 std::thread::sleep(Duration::from_millis(50));

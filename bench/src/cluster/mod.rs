@@ -55,6 +55,15 @@ pub type SweepReport = Report<RunConfig, SweepResults>;
 
 /// Runs the benchmark described by `args`; prints the report (and writes `--json`).
 pub fn run(args: Args) -> ExitCode {
+    if let Some(path) = &args.password_file {
+        match lockstep::client::Credentials::from_password_file(path) {
+            Ok(credentials) => status::set_credentials(credentials),
+            Err(error) => {
+                eprintln!("lockstep-bench: --password-file: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let (config, sweep) = match args.validate() {
         Ok(validated) => validated,
         Err(error) => {

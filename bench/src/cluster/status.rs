@@ -9,9 +9,10 @@
 //! [`Grouping::missing`]; the bench never guesses a figure.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lockstep::client::Client;
+use lockstep::client::{Client, ClientError, Credentials};
 use lockstep::net::{ClientReply, ClientRequest};
 use serde::Serialize;
 use serde_json::Value;
@@ -36,10 +37,30 @@ pub struct Leader {
     pub term: u64,
 }
 
+/// The client credentials from `--password-file`, set once before any connection.
+static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+
+/// Makes every later [`connect`] authenticate with `credentials`.
+pub fn set_credentials(credentials: Credentials) {
+    assert!(
+        CREDENTIALS.set(credentials).is_ok(),
+        "client credentials set twice"
+    );
+}
+
+/// Connects to the node at `addr`, authenticating when `--password-file` was given.
+pub fn connect(
+    addr: SocketAddr,
+    cluster_id: u64,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
+    Client::connect_with(addr, cluster_id, timeout, CREDENTIALS.get())
+}
+
 /// One node's status as JSON, or why it could not be had.
 fn status_of(addr: SocketAddr, cluster_id: u64) -> Result<Value, String> {
-    let mut client = Client::connect(addr, cluster_id, STATUS_TIMEOUT)
-        .map_err(|error| format!("{addr}: {error}"))?;
+    let mut client =
+        connect(addr, cluster_id, STATUS_TIMEOUT).map_err(|error| format!("{addr}: {error}"))?;
     status_json(&mut client).map_err(|error| format!("{addr}: {error}"))
 }
 
@@ -143,7 +164,7 @@ pub fn poll(
             .zip(clients.iter_mut())
             .map(|(&addr, client)| {
                 if client.is_none() {
-                    *client = Client::connect(addr, cluster_id, STATUS_TIMEOUT).ok();
+                    *client = connect(addr, cluster_id, STATUS_TIMEOUT).ok();
                 }
                 let status = status_json(client.as_mut()?).ok();
                 if status.is_none() {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::node::{Applied, AppliedBatch};
 
-use super::{Client, ClientError};
+use super::{Client, ClientError, Credentials};
 
 /// Pause after a full round of members without success, or when no leader is known.
 const BACKOFF: Duration = Duration::from_millis(25);
@@ -28,6 +28,7 @@ pub struct ClusterClient {
     /// The member tried next (or connected to).
     current: usize,
     connection: Option<Client>,
+    credentials: Option<Credentials>,
 }
 
 impl ClusterClient {
@@ -46,7 +47,14 @@ impl ClusterClient {
             retry_for: Duration::from_secs(10),
             current: 0,
             connection: None,
+            credentials: None,
         }
+    }
+
+    /// Authenticates every connection with `credentials`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> ClusterClient {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Sets how long one call keeps trying before it returns the last error.
@@ -100,7 +108,9 @@ impl ClusterClient {
             let result = match self.connection.as_mut() {
                 Some(client) => call(client),
                 None => {
-                    match Client::connect(self.addrs[self.current], self.cluster_id, self.timeout) {
+                    let addr = self.addrs[self.current];
+                    let credentials = self.credentials.as_ref();
+                    match Client::connect_with(addr, self.cluster_id, self.timeout, credentials) {
                         Ok(client) => {
                             self.connection = Some(client);
                             continue;
@@ -151,7 +161,7 @@ impl ClusterClient {
                     failures_in_round += 1;
                     retry_unknown
                 }
-                ClientError::Refused(_) | ClientError::Server(_) => false,
+                ClientError::Refused(_) | ClientError::Auth(_) | ClientError::Server(_) => false,
             };
             if !retry || Instant::now() >= deadline {
                 return Err(err);

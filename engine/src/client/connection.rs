@@ -10,18 +10,18 @@
 //! and closes. Request ids handed out by [`Client::next_req`] therefore start at 1. After any I/O
 //! or protocol error the connection is unusable: later calls fail at once.
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::net::frame::{encode_frame, read_frame, FrameType};
-use crate::net::{ClientHello, ClientReply, ClientRequest};
+use crate::net::{is_auth_refusal, ClientHello, ClientReply, ClientRequest};
 use crate::node::{Applied, AppliedBatch};
 use crate::types::NodeId;
 
-use super::ClientError;
+use super::{ClientError, Credentials};
 
 /// Queued request bytes that trigger a write without waiting for [`Client::flush`].
 const WRITE_BUFFER_BYTES: usize = 64 << 10;
@@ -55,12 +55,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` and performs the handshake for `cluster_id` (one round trip).
-    /// `timeout` bounds the connect and every later read and write.
+    /// Connects to `addr` and performs the handshake for `cluster_id` (one round trip), without
+    /// credentials. `timeout` bounds the connect and every later read and write.
     pub fn connect(
         addr: SocketAddr,
         cluster_id: u64,
         timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        Client::connect_with(addr, cluster_id, timeout, None)
+    }
+
+    /// [`Client::connect`], authenticating with `credentials` if given (a node that requires a
+    /// password refuses a hello without one with [`ClientError::Auth`]).
+    pub fn connect_with(
+        addr: SocketAddr,
+        cluster_id: u64,
+        timeout: Duration,
+        credentials: Option<&Credentials>,
     ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
@@ -78,9 +89,20 @@ impl Client {
             pending: 0,
             broken: false,
         };
-        ClientHello::new(cluster_id).encode(&mut client.scratch);
+        let mut hello = ClientHello::new(cluster_id);
+        if let Some(credentials) = credentials {
+            hello.user = Bytes::copy_from_slice(credentials.user.as_bytes());
+            hello.password = credentials.password.clone();
+        }
+        hello.encode(&mut client.scratch);
         encode_frame(FrameType::ClientHello, &client.scratch, &mut client.out);
         client.flush()?;
+        // A node with no room for another client answers a RESP error line and closes.
+        if client.reader.fill_buf()?.first() == Some(&b'-') {
+            let mut line = String::new();
+            client.reader.read_line(&mut line)?;
+            return Err(ClientError::Refused(line[1..].trim_end().to_string()));
+        }
         match client.read_reply()? {
             ClientReply::Ok { req: HANDSHAKE_REQ } => Ok(client),
             other => Err(ClientError::Protocol(format!(
@@ -120,7 +142,10 @@ impl Client {
     fn track<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
         if matches!(
             result,
-            Err(ClientError::Io(_) | ClientError::Protocol(_) | ClientError::Refused(_))
+            Err(ClientError::Io(_)
+                | ClientError::Protocol(_)
+                | ClientError::Refused(_)
+                | ClientError::Auth(_))
         ) {
             self.broken = true;
         }
@@ -176,6 +201,10 @@ impl Client {
             message,
         } = &reply
         {
+            let cause = message.strip_prefix("refused: ").unwrap_or(message);
+            if is_auth_refusal(cause) {
+                return Err(ClientError::Auth(cause.to_string()));
+            }
             return Err(ClientError::Refused(message.clone()));
         }
         Ok(reply)

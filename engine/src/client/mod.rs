@@ -11,17 +11,66 @@ pub use self::connection::Client;
 
 use std::fmt;
 use std::io;
+use std::path::Path;
+
+use bytes::Bytes;
 
 use crate::net::frame::FrameError;
+use crate::net::{read_password_file, DEFAULT_USER};
 use crate::types::NodeId;
+
+/// A user name and password, for a node that requires clients to authenticate (sent in the
+/// hello; see `docs/SECURITY.md`). Its `Debug` output hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `default` (reads and writes) or `reader` (reads only).
+    pub user: String,
+    /// The user's password.
+    pub password: Bytes,
+}
+
+impl Credentials {
+    /// The default (read-write) user with `password`.
+    pub fn new(password: impl Into<Bytes>) -> Credentials {
+        Credentials::for_user(DEFAULT_USER, password)
+    }
+
+    /// `user` with `password`.
+    pub fn for_user(user: &str, password: impl Into<Bytes>) -> Credentials {
+        Credentials {
+            user: user.to_string(),
+            password: password.into(),
+        }
+    }
+
+    /// The default user with the password in the file at `path` (one line; see
+    /// [`read_password_file`]). The error names the file, never the password.
+    pub fn from_password_file(path: &Path) -> Result<Credentials, String> {
+        read_password_file(path).map(Credentials::new)
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
+    }
+}
 
 /// Why a client call failed.
 #[derive(Debug)]
 pub enum ClientError {
     /// The connection failed, closed or timed out.
     Io(io::Error),
-    /// The node refused the handshake (wrong cluster id or version): its message.
+    /// The node refused the handshake (wrong cluster id or version, or no room for another
+    /// client): its message.
     Refused(String),
+    /// The node refused the handshake's credentials: none given where a password is required
+    /// (`NOAUTH ...`), or a wrong user name or password (`WRONGPASS ...`).
+    Auth(String),
     /// The node is not the leader.
     NotLeader {
         /// The leader it knows of.
@@ -52,6 +101,10 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Io(err) => write!(f, "connection error: {err}"),
             ClientError::Refused(message) => write!(f, "refused by the node: {message}"),
+            ClientError::Auth(message) => write!(
+                f,
+                "authentication refused by the node: {message} (check the client password)"
+            ),
             ClientError::NotLeader {
                 leader,
                 leader_addr,

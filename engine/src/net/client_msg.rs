@@ -13,8 +13,9 @@ use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use crate::types::{LogIndex, NodeId};
 
 /// The client protocol version this code speaks (sent in [`ClientHello`]). Version 2 added
-/// [`ClientRequest::ProposeBatch`] and [`ClientReply::AppliedBatch`].
-pub const CLIENT_PROTOCOL_VERSION: u16 = 2;
+/// [`ClientRequest::ProposeBatch`] and [`ClientReply::AppliedBatch`]; version 3 the hello's
+/// user name and password.
+pub const CLIENT_PROTOCOL_VERSION: u16 = 3;
 
 /// Why bytes could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,13 +29,41 @@ impl fmt::Display for CodecError {
 
 impl std::error::Error for CodecError {}
 
-/// The first frame a client sends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The first frame a client sends. Its `Debug` output hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientHello {
     /// Client protocol version.
     pub version: u16,
     /// The cluster the client expects.
     pub cluster_id: u64,
+    /// The user to authenticate as (empty: the default user). Version 3 on.
+    pub user: Bytes,
+    /// The user's password (empty: none given). Version 3 on.
+    pub password: Bytes,
+}
+
+impl fmt::Debug for ClientHello {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientHello")
+            .field("version", &self.version)
+            .field("cluster_id", &self.cluster_id)
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<hidden>"
+                },
+            )
+            .finish()
+    }
+}
+
+/// Whether a hello's refusal message is about its credentials: it starts with `NOAUTH ` or
+/// `WRONGPASS ` (Redis's codes).
+pub(crate) fn is_auth_refusal(message: &str) -> bool {
+    message.starts_with("NOAUTH ") || message.starts_with("WRONGPASS ")
 }
 
 /// A client's request. `req` is chosen by the client and echoed in the reply.
@@ -142,28 +171,38 @@ pub enum ClientReply {
 }
 
 impl ClientHello {
-    /// A hello of this code's protocol version for `cluster_id`.
+    /// A hello of this code's protocol version for `cluster_id`, without credentials.
     pub fn new(cluster_id: u64) -> ClientHello {
         ClientHello {
             version: CLIENT_PROTOCOL_VERSION,
             cluster_id,
+            user: Bytes::new(),
+            password: Bytes::new(),
         }
     }
 
-    /// Appends the encoded hello to `out`.
+    /// Appends the encoded hello to `out`. Versions before 3 have no credentials.
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_u16(out, self.version);
         put_u64(out, self.cluster_id);
+        if self.version >= 3 {
+            put_bytes(out, &self.user);
+            put_bytes(out, &self.password);
+        }
     }
 
-    /// Decodes a hello frame body.
+    /// Decodes a hello frame body of any version (a hello of another version is decoded so its
+    /// version can be refused by name).
     pub fn decode(body: &[u8]) -> Result<ClientHello, CodecError> {
         let body = Bytes::copy_from_slice(body);
         let mut reader = WireReader::new(&body);
-        let hello = ClientHello {
-            version: reader.u16("client hello version")?,
-            cluster_id: reader.u64("client hello cluster id")?,
-        };
+        let mut hello = ClientHello::new(0);
+        hello.version = reader.u16("client hello version")?;
+        hello.cluster_id = reader.u64("client hello cluster id")?;
+        if hello.version >= 3 {
+            hello.user = reader.bytes("client hello user")?;
+            hello.password = reader.bytes("client hello password")?;
+        }
         reader.finish("client hello")?;
         Ok(hello)
     }
@@ -494,9 +533,22 @@ mod tests {
     fn hello_layout() {
         let mut out = Vec::new();
         ClientHello::new(0x0102).encode(&mut out);
-        assert_eq!(out, [2, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(out, [3, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(ClientHello::decode(&out).unwrap(), ClientHello::new(0x0102));
-        assert!(ClientHello::decode(&out[..9]).is_err());
+        assert!(ClientHello::decode(&out[..17]).is_err());
+        let hello = ClientHello {
+            user: Bytes::from_static(b"ro"),
+            password: Bytes::from_static(b"pw"),
+            ..ClientHello::new(1)
+        };
+        out.clear();
+        hello.encode(&mut out);
+        assert_eq!(&out[10..], [2, 0, 0, 0, b'r', b'o', 2, 0, 0, 0, b'p', b'w']);
+        assert_eq!(ClientHello::decode(&out).unwrap(), hello);
+        assert!(!format!("{hello:?}").contains("pw"), "{hello:?}");
+        // A version-2 hello (no credentials) still decodes, so its version can be refused.
+        let old = ClientHello::decode(&[2, 0, 2, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!((old.version, old.cluster_id), (2, 0x0102));
     }
 
     #[test]

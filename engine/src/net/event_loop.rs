@@ -7,6 +7,7 @@
 //! read per readable connection (edge-triggered: a connection stays listed until a read would
 //! block; none is read while an event waits for room in the channel).
 
+mod client_sweep;
 mod handshake;
 mod resp_conn;
 
@@ -28,6 +29,7 @@ use tracing::{debug, warn};
 use self::handshake::{detect_client, PeerHandshake, RefusalLog};
 use self::resp_conn::RespConn;
 use super::auth::Refusal;
+use super::client_limits::RateLimitedLog;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
@@ -142,6 +144,15 @@ struct Conn {
     carried: bool,
     /// Close once the queue is flushed (a refused client's error reply).
     closing: bool,
+    /// When bytes last arrived (the idle timeout's clock).
+    last_read: Instant,
+    /// Since when queued output has waited with none of it written (the slow-client clock);
+    /// `None` while the queue is empty.
+    stalled_since: Option<Instant>,
+    /// A native client's requests sent to consensus and not yet answered.
+    native_awaiting: usize,
+    /// A native client that authenticated as the read-only user: its proposals are refused.
+    read_only: bool,
 }
 
 pub(super) struct EventLoop {
@@ -173,6 +184,12 @@ pub(super) struct EventLoop {
     /// The RESP request limits, the request size capped to a frame (a command must fit in the
     /// frames that replicate it).
     resp_limits: RespLimits,
+    /// Failed client authentications (logged rate-limited: a guessing client floods).
+    auth_log: RateLimitedLog,
+    /// Connections refused at `max_clients` (likewise).
+    refusal_log: RateLimitedLog,
+    /// When to look for idle and slow clients next (none: neither timeout is set).
+    next_sweep: Option<Instant>,
 }
 
 /// What the next frame on a connection must be.
@@ -249,6 +266,12 @@ impl EventLoop {
                     .min(config.max_frame_bytes as usize),
                 ..config.resp_limits
             },
+            auth_log: RateLimitedLog::new("failed authentications"),
+            refusal_log: RateLimitedLog::new("refused connections"),
+            next_sweep: config
+                .client_limits
+                .sweep_interval()
+                .map(|interval| now + interval),
             config,
         }
     }
@@ -287,6 +310,7 @@ impl EventLoop {
             }
             self.retry_pending_events();
             self.expire_handshakes();
+            self.sweep_clients();
             self.dial_due_peers();
             self.read_ready_conns();
         }
@@ -305,6 +329,7 @@ impl EventLoop {
             .values()
             .filter_map(|slot| slot.redial_at)
             .chain(handshake)
+            .chain(self.next_sweep)
             .min()
             .map(|at| at.saturating_duration_since(now))
     }
@@ -332,11 +357,21 @@ impl EventLoop {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let frame_bytes_max = match kind {
+            ConnKind::Peer(_) => self.config.max_frame_bytes,
+            // A client's frame carries one request: the request limit (capped to a frame).
+            ConnKind::Client(_) => {
+                let request_frame = self.resp_limits.request_bytes_max + FRAME_HEADER_BYTES;
+                u32::try_from(request_frame).map_or(self.config.max_frame_bytes, |bytes| {
+                    bytes.min(self.config.max_frame_bytes)
+                })
+            }
+        };
         let conn = Conn {
             stream,
             addr,
             kind,
-            decoder: FrameDecoder::new(self.config.max_frame_bytes),
+            decoder: FrameDecoder::new(frame_bytes_max),
             out: OutQueue::new(),
             connected,
             writable: connected,
@@ -344,6 +379,10 @@ impl EventLoop {
             in_dirty: false,
             carried: false,
             closing: false,
+            last_read: Instant::now(),
+            stalled_since: None,
+            native_awaiting: 0,
+            read_only: false,
         };
         self.conns.insert(token, conn);
         let deadline = Instant::now() + self.config.handshake_timeout;
@@ -386,11 +425,7 @@ impl EventLoop {
             match listener.accept() {
                 Ok((stream, addr)) => {
                     if self.clients >= self.config.max_clients {
-                        warn!(
-                            client = %addr,
-                            "refusing client: {} connections already (max_clients)",
-                            self.clients
-                        );
+                        self.refuse_client(stream, addr);
                         continue;
                     }
                     self.configure(&stream);
@@ -572,6 +607,7 @@ impl EventLoop {
         let outcome = conn.decoder.read_from(&conn.stream);
         match outcome {
             Ok(ReadOutcome::Data(n)) => {
+                conn.last_read = Instant::now();
                 self.stats.bytes_in += n as u64;
                 self.handle_frames(token)
             }
@@ -595,7 +631,9 @@ impl EventLoop {
     fn handle_frames(&mut self, token: Token) -> bool {
         let conn = self.conns.get_mut(&token).expect("live connection");
         if let ConnKind::Client(ClientProtocol::Undetected) = conn.kind {
-            if let Err(reason) = detect_client(conn, token, self.resp_limits) {
+            let users = &self.config.client_users;
+            let pipelined = self.config.client_limits.max_pipelined_bytes;
+            if let Err(reason) = detect_client(conn, token, self.resp_limits, users, pipelined) {
                 self.close(token, CloseReason::BadFrame(reason));
                 return false;
             }
@@ -613,6 +651,12 @@ impl EventLoop {
                 Err(FrameError::Io(err)) => {
                     self.close(token, CloseReason::Gone(format!("read failed: {err}")));
                     return false;
+                }
+                Err(FrameError::TooLarge { len, max })
+                    if matches!(conn.kind, ConnKind::Client(_)) =>
+                {
+                    self.refuse_oversized_frame(token, len, max);
+                    break;
                 }
                 Err(err) => {
                     self.close(token, CloseReason::BadFrame(err.to_string()));
@@ -637,7 +681,7 @@ impl EventLoop {
                 Stage::ClientHello => self.on_client_hello(token, ty, &body),
                 Stage::Client if ty == FrameType::ClientRequest => {
                     ClientRequest::decode_shared(&body)
-                        .map(|request| requests.push(request))
+                        .map(|request| self.native_request(token, request, &mut requests))
                         .map_err(|err| CloseReason::BadFrame(format!("client request: {err}")))
                 }
                 Stage::Client => Err(CloseReason::BadFrame(format!(
@@ -656,6 +700,9 @@ impl EventLoop {
             self.emit(NetEvent::Peer(messages));
         }
         if !requests.is_empty() {
+            if let Some(conn) = self.conns.get_mut(&token) {
+                conn.native_awaiting += requests.len();
+            }
             self.emit(NetEvent::Client {
                 conn: ConnId(token.0 as u64),
                 requests,
@@ -834,6 +881,8 @@ impl EventLoop {
             ConnKind::Client(ClientProtocol::Resp(_)) => return self.resp_reply(token, reply),
             _ => return,
         }
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        conn.native_awaiting = conn.native_awaiting.saturating_sub(1);
         if conn.out.queued_bytes > CLIENT_QUEUE_BYTES_MAX {
             let reason = format!(
                 "{} bytes of replies unread (max {CLIENT_QUEUE_BYTES_MAX})",
@@ -859,9 +908,15 @@ impl EventLoop {
                 continue;
             }
             conn.in_dirty = false;
+            let queued = conn.out.queued_bytes;
             match conn.out.write_to(&mut conn.stream, &mut self.stats) {
                 Ok(would_block) => {
                     conn.writable = !would_block;
+                    conn.stalled_since = match conn.stalled_since {
+                        _ if conn.out.is_empty() => None,
+                        Some(since) if conn.out.queued_bytes == queued => Some(since),
+                        _ => Some(Instant::now()),
+                    };
                     if conn.closing && conn.out.is_empty() {
                         self.close(
                             token,

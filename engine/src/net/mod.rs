@@ -14,6 +14,8 @@
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
 mod auth;
+mod client_auth;
+mod client_limits;
 mod client_msg;
 mod event_loop;
 pub mod frame;
@@ -26,6 +28,11 @@ pub use self::auth::{
     fresh_nonce, Nonce, PeerRefusals, PeerSecret, Proof, Refusal, Role, Transcript, NONCE_BYTES,
     PEER_SECRET_BYTES_MIN, PROOF_BYTES,
 };
+pub use self::client_auth::{
+    read_password_file, ClientRole, ClientUsers, DEFAULT_USER, READONLY_USER,
+};
+pub use self::client_limits::ClientLimits;
+pub(crate) use self::client_msg::is_auth_refusal;
 pub use self::client_msg::{
     ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
 };
@@ -103,11 +110,16 @@ pub struct NetConfig {
     /// after both ends proved they know it (and a peer without one is refused); `None`: peers
     /// are not authenticated (and a peer that authenticates is refused).
     pub peer_secret: Option<PeerSecret>,
+    /// Client passwords; [`ClientUsers::open`]: clients need none.
+    pub client_users: Arc<ClientUsers>,
+    /// Per-connection client limits (pipelined bytes, idle and slow-client timeouts).
+    pub client_limits: ClientLimits,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret.
+    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret,
+    /// no client passwords, default [`ClientLimits`].
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -124,6 +136,8 @@ impl NetConfig {
             frontend: None,
             resp_limits: RespLimits::default(),
             peer_secret: None,
+            client_users: Arc::new(ClientUsers::open()),
+            client_limits: ClientLimits::default(),
         }
     }
 }

@@ -67,6 +67,18 @@ pub struct NetStats {
     pub messages_dropped: u64,
     /// Times a full events channel stopped socket reads (inbound back-pressure).
     pub events_blocked: u64,
+    /// Failed client authentications (AUTH, HELLO AUTH, a native hello's password).
+    pub client_auth_failures: u64,
+    /// Client connections refused because `max_clients` were open.
+    pub clients_refused_max: u64,
+    /// Client connections closed for a request over the request size limit.
+    pub clients_closed_request_bytes: u64,
+    /// Times a RESP connection stopped being read at `max_pipelined_bytes` (back-pressure).
+    pub client_reads_paused_pipelined: u64,
+    /// Client connections closed by the idle timeout.
+    pub clients_closed_idle: u64,
+    /// Client connections closed by the slow-client timeout (replies left unread).
+    pub clients_closed_slow: u64,
 }
 
 /// The wake-up protocol between senders and the loop: a sender wakes the loop only when it may

@@ -21,7 +21,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::apply::stage::ApplyStage;
 use crate::apply::StateMachine;
 use crate::log::LogOptions;
-use crate::net::{NetConfig, Transport};
+use crate::net::{ClientLimits, ClientUsers, NetConfig, Transport};
 use crate::raft::{MembershipChange, Raft};
 use crate::resp::Frontend;
 use crate::types::{LogIndex, NodeId};
@@ -79,6 +79,14 @@ pub struct NodeConfig {
     pub frontend: Option<Arc<dyn Frontend>>,
     /// The cluster's shared peer secret (see [`crate::net::NetConfig::peer_secret`]).
     pub peer_secret: Option<crate::net::PeerSecret>,
+    /// Client passwords (default: none needed).
+    pub client_users: Arc<ClientUsers>,
+    /// Per-connection client limits (pipelined bytes, idle and slow-client timeouts).
+    pub client_limits: ClientLimits,
+    /// Most concurrent client connections.
+    pub max_clients: usize,
+    /// Largest client request (RESP command or native frame body), capped at `max_frame_bytes`.
+    pub max_request_bytes: usize,
 }
 
 impl NodeConfig {
@@ -92,6 +100,7 @@ impl NodeConfig {
         members: BTreeMap<NodeId, PeerConfig>,
         data_dir: PathBuf,
     ) -> NodeConfig {
+        let net = NetConfig::new(cluster_id, id, ([127, 0, 0, 1], 0).into());
         let mut raft = crate::raft::Config::new(id);
         raft.election_ticks = 100;
         raft.heartbeat_ticks = 20;
@@ -109,10 +118,13 @@ impl NodeConfig {
             channel_capacity: 1024,
             cpu_affinity: None,
             max_frame_bytes: 64 << 20,
-            socket_buffer_bytes: NetConfig::new(cluster_id, id, ([127, 0, 0, 1], 0).into())
-                .socket_buffer_bytes,
+            socket_buffer_bytes: net.socket_buffer_bytes,
             frontend: None,
             peer_secret: None,
+            client_users: Arc::new(ClientUsers::open()),
+            client_limits: ClientLimits::default(),
+            max_clients: net.max_clients,
+            max_request_bytes: net.resp_limits.request_bytes_max,
         }
     }
 }
@@ -272,6 +284,10 @@ impl Node {
             net_config.socket_buffer_bytes = config.socket_buffer_bytes;
             net_config.frontend = config.frontend.clone();
             net_config.peer_secret = config.peer_secret.clone();
+            net_config.client_users = Arc::clone(&config.client_users);
+            net_config.client_limits = config.client_limits;
+            net_config.max_clients = config.max_clients;
+            net_config.resp_limits.request_bytes_max = config.max_request_bytes;
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
                     "cannot start the network on {peer_listen}: {error}"

@@ -51,6 +51,14 @@ impl Default for RespLimits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
+impl ProtocolError {
+    /// Whether the request broke a size limit (arguments, bulk or request bytes), rather than
+    /// the protocol's syntax.
+    pub fn is_over_limit(&self) -> bool {
+        self.0.contains("exceeds the maximum") || self.0.starts_with("inline request longer")
+    }
+}
+
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Protocol error: {}", self.0)

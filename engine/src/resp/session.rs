@@ -1,16 +1,25 @@
 //! Connection-level RESP commands: the ones a node answers for a connection without the state
-//! machine (PING, ECHO, QUIT, SELECT, HELLO, CLIENT, COMMAND, CONFIG, INFO, RESET), and the
-//! RESP form of the node's replies (redirects, errors, INFO text).
+//! machine (AUTH, PING, ECHO, QUIT, SELECT, HELLO, CLIENT, COMMAND, CONFIG, INFO, RESET), and
+//! the RESP form of the node's replies (redirects, errors, INFO text).
+//!
+//! Authentication (Redis semantics): with a client password configured, a session starts
+//! unauthenticated and every command but AUTH, HELLO, PING, QUIT and RESET answers `-NOAUTH`;
+//! `AUTH [user] password` or `HELLO 2 AUTH user password` authenticates as the default
+//! (read-write) or the read-only user; a failed attempt answers `-WRONGPASS` and leaves the
+//! session as it was; RESET drops back to unauthenticated. Whether a command writes is the app
+//! frontend's call: the connection layer refuses a read-only session's proposals ([`no_perm`]).
 //!
 //! Pure functions over one connection's [`Session`]; the network stage does the I/O. Covers what
 //! `redis-cli`, `redis-benchmark` and the common client libraries send when they connect; every
 //! command not listed here goes to the app's [`super::Frontend`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::Value;
+use crate::net::{ClientRole, ClientUsers, DEFAULT_USER};
 
 /// The Redis version this server claims in `HELLO` and `INFO` (the command surface it mimics;
 /// client libraries pick features by it). lockstep's own version is reported beside it.
@@ -25,6 +34,10 @@ pub struct Session {
     pub addr: SocketAddr,
     /// The name set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
     pub name: Option<Bytes>,
+    /// The configured users.
+    users: Arc<ClientUsers>,
+    /// What the session may do: `None` until it authenticates (when a password is required).
+    role: Option<ClientRole>,
 }
 
 /// What a connection-level command asks the network stage to do.
@@ -36,23 +49,45 @@ pub enum Action {
     Quit,
     /// Ask the node for its status and answer with [`info`].
     Info,
+    /// An authentication attempt failed: answer with the value (`-WRONGPASS`), count and log
+    /// the failure.
+    AuthFailed(Value),
 }
 
 impl Session {
-    /// A session of connection `id` from `addr`.
-    pub fn new(id: u64, addr: SocketAddr) -> Session {
+    /// A session of connection `id` from `addr`, unauthenticated if `users` require a password.
+    pub fn new(id: u64, addr: SocketAddr, users: Arc<ClientUsers>) -> Session {
         Session {
             id,
             addr,
             name: None,
+            role: users.anonymous(),
+            users,
         }
     }
 
-    /// Answers `args` if it is a connection-level command; `None` sends it to the app.
+    /// What the session may do; `None` while it must still authenticate.
+    pub fn role(&self) -> Option<ClientRole> {
+        self.role
+    }
+
+    /// Answers `args` if it is a connection-level command (or refused before authentication);
+    /// `None` sends it to the app.
     pub fn command(&mut self, args: &[Bytes]) -> Option<Action> {
         assert!(!args.is_empty(), "a command without a name");
         let name = args[0].to_ascii_lowercase();
+        let before_auth = matches!(
+            name.as_slice(),
+            b"auth" | b"hello" | b"ping" | b"quit" | b"reset"
+        );
+        if self.role.is_none() && !before_auth {
+            return Some(Action::Reply(Value::error(
+                "NOAUTH",
+                "Authentication required.",
+            )));
+        }
         let reply = match name.as_slice() {
+            b"auth" => return Some(self.auth(&args[1..])),
             b"ping" => match args.len() {
                 1 => Value::Simple("PONG".to_string()),
                 2 => Value::Bulk(args[1].clone()),
@@ -69,13 +104,14 @@ impl Session {
                 ),
                 _ => arity("select"),
             },
-            b"hello" => self.hello(&args[1..]),
+            b"hello" => return Some(self.hello(&args[1..])),
             b"client" => self.client(&args[1..]),
             b"command" => command(&args[1..]),
             b"config" => config(&args[1..]),
             b"info" => return Some(Action::Info),
             b"reset" => {
                 self.name = None;
+                self.role = self.users.anonymous();
                 Value::Simple("RESET".to_string())
             }
             _ => return None,
@@ -83,7 +119,43 @@ impl Session {
         Some(Action::Reply(reply))
     }
 
-    fn hello(&mut self, args: &[Bytes]) -> Value {
+    /// `AUTH password` (the default user) or `AUTH username password`.
+    fn auth(&mut self, args: &[Bytes]) -> Action {
+        let (user, password) = match args {
+            [password] => (DEFAULT_USER.as_bytes(), password),
+            [user, password] => (&user[..], password),
+            _ => return Action::Reply(arity("auth")),
+        };
+        if !self.users.required() {
+            return Action::Reply(Value::error(
+                "ERR",
+                "AUTH called without any password configured for the default user \
+                 (this node's security.client_password_file is not set)",
+            ));
+        }
+        match self.authenticate(user, password) {
+            Ok(()) => Action::Reply(Value::ok()),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Checks a user name and password; on success the session takes the user's role.
+    fn authenticate(&mut self, user: &[u8], password: &[u8]) -> Result<(), Action> {
+        match self.users.check(user, password) {
+            Some(role) => {
+                self.role = Some(role);
+                Ok(())
+            }
+            None => Err(Action::AuthFailed(Value::error(
+                "WRONGPASS",
+                "invalid username-password pair or user is disabled.",
+            ))),
+        }
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`: RESP2 only.
+    fn hello(&mut self, args: &[Bytes]) -> Action {
+        let error = |code: &str, message: String| Action::Reply(Value::error(code, message));
         let mut rest = args;
         if let Some(version) = rest.first() {
             match std::str::from_utf8(version)
@@ -92,32 +164,34 @@ impl Session {
             {
                 Some(2) => {}
                 Some(_) => {
-                    return Value::error("NOPROTO", "this server speaks RESP2 only (HELLO 2)")
+                    return error(
+                        "NOPROTO",
+                        "this server speaks RESP2 only (HELLO 2)".to_string(),
+                    )
                 }
                 None => {
-                    return Value::error(
+                    return error(
                         "ERR",
-                        "Protocol version is not an integer or out of range",
+                        "Protocol version is not an integer or out of range".to_string(),
                     )
                 }
             }
             rest = &rest[1..];
         }
         let mut name = None;
+        let mut credentials = None;
         while let Some(option) = rest.first() {
             match (option.to_ascii_lowercase().as_slice(), rest.len()) {
                 (b"setname", 2..) => {
                     name = Some(rest[1].clone());
                     rest = &rest[2..];
                 }
-                (b"auth", _) => {
-                    return Value::error(
-                        "ERR",
-                        "AUTH is not supported (lockstep has no users or passwords)",
-                    )
+                (b"auth", 3..) => {
+                    credentials = Some((rest[1].clone(), rest[2].clone()));
+                    rest = &rest[3..];
                 }
                 _ => {
-                    return Value::error(
+                    return error(
                         "ERR",
                         format!(
                             "syntax error in HELLO option '{}'",
@@ -127,11 +201,35 @@ impl Session {
                 }
             }
         }
+        match credentials {
+            Some(_) if !self.users.required() => {
+                return error(
+                    "ERR",
+                    "HELLO AUTH called without any password configured (this node's \
+                     security.client_password_file is not set)"
+                        .to_string(),
+                )
+            }
+            Some((user, password)) => {
+                if let Err(refusal) = self.authenticate(&user, &password) {
+                    return refusal;
+                }
+            }
+            None if self.role.is_none() => {
+                return error(
+                    "NOAUTH",
+                    "HELLO must be called on an authenticated connection, or authenticate \
+                     with its AUTH <username> <password> option"
+                        .to_string(),
+                )
+            }
+            None => {}
+        }
         if name.is_some() {
             self.name = name;
         }
         let text = |s: &str| Value::Bulk(Bytes::copy_from_slice(s.as_bytes()));
-        Value::Array(vec![
+        Action::Reply(Value::Array(vec![
             text("server"),
             text("lockstep"),
             text("version"),
@@ -146,7 +244,7 @@ impl Session {
             text("master"),
             text("modules"),
             Value::Array(Vec::new()),
-        ])
+        ]))
     }
 
     fn client(&mut self, args: &[Bytes]) -> Value {
@@ -192,6 +290,19 @@ impl Session {
             ),
         }
     }
+}
+
+/// The refusal of a write (`command`, as sent) on a read-only session:
+/// `-NOPERM User reader has no permissions to run the '<command>' command`.
+pub fn no_perm(role: ClientRole, command: &[u8]) -> Value {
+    Value::error(
+        "NOPERM",
+        format!(
+            "User {} has no permissions to run the '{}' command",
+            role.user(),
+            String::from_utf8_lossy(command).to_lowercase()
+        ),
+    )
 }
 
 /// `-ERR wrong number of arguments for '<command>' command` (Redis's wording).
@@ -332,7 +443,76 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new(7, "127.0.0.1:5000".parse().unwrap())
+        Session::new(7, "127.0.0.1:5000".parse().unwrap(), Arc::default())
+    }
+
+    fn guarded() -> Session {
+        let users = ClientUsers::new(b"pw", Some(b"ro"));
+        Session::new(8, "127.0.0.1:5001".parse().unwrap(), Arc::new(users))
+    }
+
+    fn is_error(value: &Value, code: &str) -> bool {
+        matches!(value, Value::Error(text) if text.starts_with(&format!("{code} ")))
+    }
+
+    fn failed(session: &mut Session, words: &[&str]) -> bool {
+        matches!(
+            run(session, words),
+            Some(Action::AuthFailed(Value::Error(text))) if text.starts_with("WRONGPASS ")
+        )
+    }
+
+    #[test]
+    fn a_password_guards_everything_but_the_greeting() {
+        let mut s = guarded();
+        assert_eq!(s.role(), None);
+        assert!(is_error(&reply(&mut s, &["GET", "k"]), "NOAUTH"));
+        assert!(is_error(&reply(&mut s, &["CLIENT", "ID"]), "NOAUTH"));
+        assert!(is_error(&reply(&mut s, &["INFO"]), "NOAUTH"));
+        assert_eq!(reply(&mut s, &["PING"]), Value::Simple("PONG".into()));
+        assert!(is_error(&reply(&mut s, &["HELLO", "2"]), "NOAUTH"));
+        assert!(failed(&mut s, &["AUTH", "nope"]));
+        assert!(failed(&mut s, &["AUTH", "reader", "pw"]));
+        assert!(is_error(&reply(&mut s, &["AUTH"]), "ERR"));
+        assert_eq!(s.role(), None);
+        assert_eq!(reply(&mut s, &["AUTH", "pw"]), Value::ok());
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
+        assert_eq!(run(&mut s, &["GET", "k"]), None);
+        // A failed attempt keeps the earlier authentication.
+        assert!(failed(&mut s, &["AUTH", "default", "wrong"]));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
+        assert_eq!(reply(&mut s, &["AUTH", "reader", "ro"]), Value::ok());
+        assert_eq!(s.role(), Some(ClientRole::ReadOnly));
+        assert_eq!(reply(&mut s, &["RESET"]), Value::Simple("RESET".into()));
+        assert_eq!(s.role(), None);
+        assert!(is_error(&reply(&mut s, &["ECHO", "x"]), "NOAUTH"));
+        assert!(failed(&mut s, &["HELLO", "2", "AUTH", "default", "ro"]));
+        assert!(matches!(
+            reply(
+                &mut s,
+                &["HELLO", "2", "AUTH", "default", "pw", "SETNAME", "n"]
+            ),
+            Value::Array(_)
+        ));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
+        assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), bulk("n"));
+        assert_eq!(
+            no_perm(ClientRole::ReadOnly, b"SET"),
+            Value::Error(
+                "NOPERM User reader has no permissions to run the 'set' command".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn auth_without_a_configured_password_is_an_error() {
+        let mut s = session();
+        assert!(is_error(&reply(&mut s, &["AUTH", "x"]), "ERR"));
+        assert!(is_error(
+            &reply(&mut s, &["HELLO", "2", "AUTH", "default", "x"]),
+            "ERR"
+        ));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
     }
 
     #[test]
@@ -379,10 +559,6 @@ mod tests {
         };
         assert_eq!(fields[4..6], [bulk("proto"), Value::Int(2)]);
         assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), bulk("other"));
-        assert!(matches!(
-            reply(&mut s, &["HELLO", "2", "AUTH", "u", "p"]),
-            Value::Error(_)
-        ));
         assert_eq!(
             reply(&mut s, &["RESET"]),
             Value::Simple("RESET".to_string())

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::security::{Limits, Security};
@@ -452,6 +453,8 @@ impl ServerConfig {
         }
         self.validate_observability()?;
         self.tuning.validate()?;
+        self.limits.validate()?;
+        self.security.client_users()?;
         let raft = self.raft_config()?;
         raft.validate()
             .map_err(|e| ServerError::option("tuning", e.to_string()))?;
@@ -549,6 +552,10 @@ impl ServerConfig {
         node.max_frame_bytes = tuning.max_frame_bytes;
         node.socket_buffer_bytes = tuning.socket_buffer_bytes;
         node.peer_secret = self.security.peer_secret()?;
+        node.client_users = Arc::new(self.security.client_users()?);
+        node.client_limits = self.limits.client_limits();
+        node.max_clients = self.limits.max_clients;
+        node.max_request_bytes = self.limits.max_request_bytes;
         Ok(node)
     }
 }

@@ -490,6 +490,25 @@ impl Collector for StatusCollector {
                 "Times a full event channel stopped socket reads (back-pressure)",
                 net.events_blocked,
             )?;
+            counter(
+                e,
+                "lockstep_net_client_auth_failures",
+                "Failed client authentications (AUTH, HELLO AUTH, native hello)",
+                net.client_auth_failures,
+            )?;
+            counters(
+                e,
+                "lockstep_net_client_limit_hits",
+                "Client connections refused or closed, or reads paused, at a [limits] setting",
+                "reason",
+                &[
+                    ("max_clients", net.clients_refused_max),
+                    ("max_request_bytes", net.clients_closed_request_bytes),
+                    ("max_pipelined_bytes", net.client_reads_paused_pipelined),
+                    ("idle_timeout", net.clients_closed_idle),
+                    ("slow_client_timeout", net.clients_closed_slow),
+                ],
+            )?;
         }
         Ok(())
     }
@@ -532,7 +551,10 @@ mod tests {
                 syncs: 9,
                 ..LogCounters::default()
             },
-            net: Some(Default::default()),
+            net: Some(crate::net::NetStats {
+                clients_closed_slow: 2,
+                ..Default::default()
+            }),
             runtime,
         }
     }
@@ -554,6 +576,8 @@ mod tests {
             "lockstep_peer_inflight_bytes{peer=\"2\"} 640",
             "lockstep_net_rejected_frames_total 0",
             "lockstep_net_refused_peer_handshakes_total{reason=\"bad_proof\"} 0",
+            "lockstep_net_client_auth_failures_total 0",
+            "lockstep_net_client_limit_hits_total{reason=\"slow_client_timeout\"} 2",
             "lockstep_client_errors_total{kind=\"not_leader\"} 0",
         ] {
             assert!(

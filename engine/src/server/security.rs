@@ -8,9 +8,10 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::config::ServerError;
-use crate::net::PeerSecret;
+use crate::net::{read_password_file, ClientLimits, ClientUsers, PeerSecret};
 
 /// The `[security]` section. Everything is off by default (a trusted network).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -133,11 +134,92 @@ impl Default for Limits {
     }
 }
 
+impl Security {
+    /// The client users, their passwords read from `client_password_file` and
+    /// `readonly_password_file`. The error names the option and the file, never a password.
+    pub fn client_users(&self) -> Result<ClientUsers, ServerError> {
+        let read = |option: &str, path: &PathBuf| {
+            read_password_file(path).map_err(|why| ServerError::option(option, why))
+        };
+        let readonly = self
+            .readonly_password_file
+            .as_ref()
+            .map(|path| read("security.readonly_password_file", path))
+            .transpose()?;
+        let Some(path) = &self.client_password_file else {
+            if readonly.is_some() {
+                return Err(ServerError::option(
+                    "security.readonly_password_file",
+                    "needs security.client_password_file too (without a password for the \
+                     default user every client may write)"
+                        .to_string(),
+                ));
+            }
+            return Ok(ClientUsers::open());
+        };
+        let default = read("security.client_password_file", path)?;
+        if readonly.as_ref() == Some(&default) {
+            return Err(ServerError::option(
+                "security.readonly_password_file",
+                "holds the same password as security.client_password_file (the read-only user \
+                 needs its own)"
+                    .to_string(),
+            ));
+        }
+        Ok(ClientUsers::new(&default, readonly.as_deref()))
+    }
+}
+
+impl Limits {
+    /// Checks the limits; the error names the option at fault.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.max_clients == 0 {
+            return Err(ServerError::option(
+                "limits.max_clients",
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.max_request_bytes < REQUEST_BYTES_MIN {
+            return Err(ServerError::option(
+                "limits.max_request_bytes",
+                format!(
+                    "{} is below the smallest useful request limit, {REQUEST_BYTES_MIN} bytes",
+                    self.max_request_bytes
+                ),
+            ));
+        }
+        if self.max_pipelined_bytes < self.max_request_bytes {
+            return Err(ServerError::option(
+                "limits.max_pipelined_bytes",
+                format!(
+                    "{} is below max_request_bytes {} (a largest request could never be read)",
+                    self.max_pipelined_bytes, self.max_request_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The per-connection limits the network stage enforces (0 ms: no timeout).
+    pub fn client_limits(&self) -> ClientLimits {
+        let timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        ClientLimits {
+            max_pipelined_bytes: self.max_pipelined_bytes,
+            idle_timeout: timeout(self.idle_timeout_ms),
+            slow_client_timeout: timeout(self.slow_client_timeout_ms),
+        }
+    }
+}
+
+/// The smallest `max_request_bytes` accepted: room for a small command and its arguments.
+const REQUEST_BYTES_MIN: usize = 256;
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     use std::fs;
 
-    use super::*;
     use crate::net::PEER_SECRET_BYTES_MIN;
 
     fn security(path: &Path) -> Security {
@@ -186,5 +268,89 @@ mod tests {
             assert!(err.contains(why), "{err}");
             assert!(!err.contains("tooshort"), "{err}");
         }
+    }
+
+    #[test]
+    fn client_passwords_come_from_files_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let mut security = Security::default();
+        assert_eq!(security.client_users().unwrap(), ClientUsers::open());
+        security.readonly_password_file = Some(write("ro", "peek\n"));
+        let alone = security.client_users().unwrap_err().0;
+        assert!(
+            alone.contains(
+                "`security.readonly_password_file` (flag --readonly-password-file): needs"
+            ),
+            "{alone}"
+        );
+        security.client_password_file = Some(write("pw", "s3cret\n"));
+        let users = security.client_users().unwrap();
+        assert_eq!(
+            users.check(b"default", b"s3cret"),
+            Some(crate::net::ClientRole::ReadWrite)
+        );
+        assert_eq!(
+            users.check(b"reader", b"peek"),
+            Some(crate::net::ClientRole::ReadOnly)
+        );
+        security.client_password_file = Some(write("empty", ""));
+        let empty = security.client_users().unwrap_err().0;
+        assert!(
+            empty.contains("`security.client_password_file` (flag --client-password-file)")
+                && empty.contains("/empty: the password file is empty"),
+            "{empty}"
+        );
+        security.client_password_file = Some(write("same", "peek"));
+        let same = security.client_users().unwrap_err().0;
+        assert!(
+            same.contains("same password") && !same.contains("peek"),
+            "{same}"
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_and_mapped() {
+        Limits::default().validate().unwrap();
+        let zero = Limits {
+            max_clients: 0,
+            ..Limits::default()
+        };
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("(flag --max-clients)"));
+        let tiny = Limits {
+            max_request_bytes: 10,
+            ..Limits::default()
+        };
+        assert!(tiny
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("limits.max_request_bytes"));
+        let below = Limits {
+            max_pipelined_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        assert!(below
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("(flag --max-pipelined-bytes)"));
+        let mapped = Limits {
+            idle_timeout_ms: 1500,
+            slow_client_timeout_ms: 0,
+            ..Limits::default()
+        }
+        .client_limits();
+        assert_eq!(mapped.idle_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(mapped.slow_client_timeout, None);
+        assert_eq!(mapped.max_pipelined_bytes, 64 << 20);
     }
 }

@@ -8,6 +8,7 @@
 //! naming the received and expected values (rate-limited) and counted by reason.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +20,9 @@ use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
-use crate::net::{ClientHello, ClientReply, PeerHello, PeerProof};
+use crate::net::{
+    is_auth_refusal, ClientHello, ClientReply, ClientRole, ClientUsers, PeerHello, PeerProof,
+};
 use crate::resp::parser::RespLimits;
 use crate::resp::session::Session;
 use crate::types::NodeId;
@@ -321,8 +324,10 @@ impl EventLoop {
                 hello.cluster_id, self.config.cluster_id
             ))
         } else {
-            None
+            // Logged (rate-limited) by the check itself: a guessing client floods.
+            self.check_client_password(token, &hello).err()
         };
+        let logged = refusal.as_deref().is_some_and(is_auth_refusal);
         let reply = match &refusal {
             None => ClientReply::Ok { req: 0 },
             Some(message) => ClientReply::Error {
@@ -339,11 +344,44 @@ impl EventLoop {
                 conn.kind = ConnKind::Client(ClientProtocol::Native { greeted: true });
             }
             Some(message) => {
-                warn!(client = %conn.addr, "refusing client handshake: {message}");
+                if !logged {
+                    warn!(client = %conn.addr, "refusing client handshake: {message}");
+                }
                 self.stats.handshakes_refused += 1;
                 conn.closing = true;
             }
         }
+        Ok(())
+    }
+
+    /// Checks a native hello's credentials; on success the connection takes the user's role.
+    /// The refusal names the cause in Redis's words (`NOAUTH ...`, `WRONGPASS ...`).
+    fn check_client_password(&mut self, token: Token, hello: &ClientHello) -> Result<(), String> {
+        let users = &self.config.client_users;
+        let role = match (users.anonymous(), hello.password.is_empty()) {
+            (Some(role), _) => role,
+            (None, true) => {
+                return Err(
+                    "NOAUTH Authentication required: this node needs a client password \
+                            (lockstep::client::Credentials, or --password-file)"
+                        .to_string(),
+                )
+            }
+            (None, false) => match users.check(&hello.user, &hello.password) {
+                Some(role) => role,
+                None => {
+                    self.stats.client_auth_failures += 1;
+                    let addr = self.conns[&token].addr;
+                    self.auth_log
+                        .warn(addr, "native client authentication failed (WRONGPASS)");
+                    return Err(
+                        "WRONGPASS invalid username-password pair or user is disabled.".to_string(),
+                    );
+                }
+            },
+        };
+        let conn = self.conns.get_mut(&token).expect("live connection");
+        conn.read_only = role == ClientRole::ReadOnly;
         Ok(())
     }
 }
@@ -356,6 +394,8 @@ pub(super) fn detect_client(
     conn: &mut Conn,
     token: Token,
     limits: RespLimits,
+    users: &Arc<ClientUsers>,
+    max_pipelined_bytes: usize,
 ) -> Result<(), String> {
     let Some(&first) = conn.decoder.peek().first() else {
         return Ok(());
@@ -363,9 +403,11 @@ pub(super) fn detect_client(
     conn.kind = if first == FRAME_MAGIC {
         ConnKind::Client(ClientProtocol::Native { greeted: false })
     } else if first.is_ascii() {
-        let session = Session::new(token.0 as u64, conn.addr);
+        let session = Session::new(token.0 as u64, conn.addr, Arc::clone(users));
         ConnKind::Client(ClientProtocol::Resp(Box::new(RespConn::new(
-            limits, session,
+            limits,
+            session,
+            max_pipelined_bytes,
         ))))
     } else {
         return Err(format!(

@@ -9,8 +9,13 @@
 //! - Every request read from one socket read goes to consensus in one [`NetEvent`] (pipelines
 //!   and requests from many connections batch into the same log append).
 //! - Back-pressure, not memory growth: a connection with [`RESP_IN_FLIGHT_MAX`] requests
-//!   unanswered, or [`RESP_OUT_PAUSE_BYTES`] of replies unwritten, is not read (nor parsed) until
-//!   it drops below; bytes left in the socket then push back on the client through TCP.
+//!   unanswered, `max_pipelined_bytes` of requests read and unanswered, or
+//!   [`RESP_OUT_PAUSE_BYTES`] of replies unwritten, is not read (nor parsed) until it drops
+//!   below; bytes left in the socket then push back on the client through TCP.
+//! - Authentication and permissions: the [`Session`] refuses commands before AUTH; a read-only
+//!   session's commands that the app's frontend routes as proposals answer `-NOPERM` and are
+//!   never proposed. Failed AUTH attempts are counted and logged (rate-limited) with the
+//!   client's address.
 //! - Malformed or oversized input gets `-ERR Protocol error: ...` (after the replies to the
 //!   requests before it), is counted in `bad_frames`, and the connection closes once that reply
 //!   is flushed. QUIT likewise closes after `+OK`. Other connections are unaffected.
@@ -23,7 +28,7 @@ use tracing::warn;
 
 use super::{ClientProtocol, Conn, ConnKind, EventLoop};
 use crate::net::frame::FrameDecoder;
-use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent};
+use crate::net::{ClientReply, ClientRequest, ClientRole, ConnId, NetEvent};
 use crate::resp::parser::{RequestParser, RespLimits};
 use crate::resp::session::{self, Action, Session};
 use crate::resp::{Frontend, RouteContext, Routed, Value};
@@ -53,7 +58,12 @@ pub(super) struct RespConn {
     session: Session,
     /// The request id of `slots[0]` (the oldest request whose reply is not yet queued).
     first: u64,
-    slots: VecDeque<Slot>,
+    /// Every request whose reply is not yet queued, with its size on the wire.
+    slots: VecDeque<(Slot, usize)>,
+    /// The sum of the sizes in `slots`: request bytes read and not yet answered.
+    unanswered_bytes: usize,
+    /// Reading pauses at this many `unanswered_bytes`.
+    max_pipelined_bytes: usize,
     /// No more requests are taken (QUIT or a protocol error was read).
     ended: bool,
     /// Reading stopped at a limit; resumed by [`EventLoop::resp_resume`].
@@ -69,12 +79,24 @@ pub(super) struct RespConn {
 }
 
 impl RespConn {
-    pub(super) fn new(limits: RespLimits, session: Session) -> RespConn {
+    pub(super) fn new(
+        limits: RespLimits,
+        session: Session,
+        max_pipelined_bytes: usize,
+    ) -> RespConn {
+        assert!(
+            max_pipelined_bytes >= limits.request_bytes_max,
+            "max_pipelined_bytes {max_pipelined_bytes} below the request limit {}: a largest \
+             request could never be answered",
+            limits.request_bytes_max
+        );
         RespConn {
             parser: RequestParser::new(limits),
             session,
             first: 1,
             slots: VecDeque::new(),
+            unanswered_bytes: 0,
+            max_pipelined_bytes,
             ended: false,
             paused: false,
             proposals_in_flight: 0,
@@ -113,7 +135,37 @@ impl RespConn {
     }
 
     fn over_limits(&self, queued_bytes: usize) -> bool {
-        self.slots.len() >= RESP_IN_FLIGHT_MAX || queued_bytes >= RESP_OUT_PAUSE_BYTES
+        self.slots.len() >= RESP_IN_FLIGHT_MAX
+            || queued_bytes >= RESP_OUT_PAUSE_BYTES
+            || self.over_pipelined()
+    }
+
+    fn over_pipelined(&self) -> bool {
+        self.unanswered_bytes >= self.max_pipelined_bytes
+    }
+
+    /// Whether nothing read on the connection waits for its reply (for the idle timeout).
+    pub(super) fn is_idle(&self) -> bool {
+        self.slots.is_empty() && self.held.is_empty()
+    }
+
+    /// Numbers a request of `bytes` on the wire, waiting as `slot`.
+    fn push_slot(&mut self, slot: Slot, bytes: usize) {
+        self.unanswered_bytes += bytes;
+        self.slots.push_back((slot, bytes));
+    }
+
+    /// Takes the oldest slot, its reply being queued now.
+    fn pop_slot(&mut self) -> Slot {
+        let (slot, bytes) = self.slots.pop_front().expect("an open request");
+        assert!(
+            self.unanswered_bytes >= bytes,
+            "{} unanswered bytes, popping a request of {bytes}",
+            self.unanswered_bytes
+        );
+        self.unanswered_bytes -= bytes;
+        self.first += 1;
+        slot
     }
 
     fn next_req(&self) -> u64 {
@@ -155,19 +207,16 @@ impl Output<'_> {
             resp.next_req()
         );
         if at == 0 {
-            resp.slots.pop_front();
-            resp.first += 1;
+            resp.pop_slot();
             self.write(close);
         } else {
             let reply = self.scratch.clone();
-            self.resp().slots[at] = Slot::Done { reply, close };
+            self.resp().slots[at].0 = Slot::Done { reply, close };
         }
-        while let Some(Slot::Done { .. }) = self.resp().slots.front() {
-            let resp = self.resp();
-            let Some(Slot::Done { reply, close }) = resp.slots.pop_front() else {
+        while let Some((Slot::Done { .. }, _)) = self.resp().slots.front() {
+            let Slot::Done { reply, close } = self.resp().pop_slot() else {
                 unreachable!("front slot checked")
             };
-            resp.first += 1;
             *self.scratch = reply;
             self.write(close);
         }
@@ -191,12 +240,14 @@ enum Dispatch {
     Wait(Slot, ClientRequest),
 }
 
-/// Routes a command that is not connection-level to the app's frontend.
+/// Routes a command that is not connection-level to the app's frontend; a proposal from a
+/// read-only session is refused instead.
 fn route(
     frontend: Option<&dyn Frontend>,
     args: &[bytes::Bytes],
     context: &RouteContext,
     req: u64,
+    role: ClientRole,
 ) -> Dispatch {
     let Some(frontend) = frontend else {
         return Dispatch::Now(
@@ -206,6 +257,9 @@ fn route(
     };
     match frontend.route(args, context) {
         Routed::Reply(value) => Dispatch::Now(value, false),
+        Routed::Propose(_) if role == ClientRole::ReadOnly => {
+            Dispatch::Now(session::no_perm(role, &args[0]), false)
+        }
         Routed::Propose(command) => {
             Dispatch::Wait(Slot::Proposal, ClientRequest::Propose { req, command })
         }
@@ -264,6 +318,9 @@ impl EventLoop {
         let mut requests = Vec::new();
         let mut requests_in = 0;
         let mut bad_input = false;
+        let mut over_size = false;
+        let mut auth_failures = 0;
+        let mut paused_pipelined = false;
         loop {
             let queued = out.conn.out.queued_bytes;
             let resp = out.resp();
@@ -272,6 +329,7 @@ impl EventLoop {
             }
             if resp.over_limits(queued) {
                 resp.paused = true;
+                paused_pipelined = resp.over_pipelined();
                 break;
             }
             let mut skipped = 0;
@@ -280,8 +338,10 @@ impl EventLoop {
             decoder.take_prefix(skipped);
             let resp = out.resp();
             let req = resp.next_req();
+            let mut request_len = 0;
             let dispatch = match parsed {
                 Ok(Some(request)) => {
+                    request_len = request.len;
                     let bytes = out.conn.decoder.take_prefix(request.len);
                     requests_in += 1;
                     let resp = out.resp();
@@ -296,12 +356,22 @@ impl EventLoop {
                         Some(Action::Info) => {
                             Dispatch::Wait(Slot::Info, ClientRequest::Status { req })
                         }
-                        None => route(frontend.as_deref(), &args, &context, req),
+                        Some(Action::AuthFailed(value)) => {
+                            auth_failures += 1;
+                            self.auth_log
+                                .warn(out.conn.addr, "client authentication failed (WRONGPASS)");
+                            Dispatch::Now(value, false)
+                        }
+                        None => {
+                            let role = resp.session.role().expect("an authenticated session");
+                            route(frontend.as_deref(), &args, &context, req, role)
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(error) => {
                     bad_input = true;
+                    over_size = error.is_over_limit();
                     warn!(client = %out.conn.addr, "closing RESP connection on bad input: {error}");
                     out.resp().ended = true;
                     Dispatch::Now(Value::error("ERR", error), true)
@@ -310,12 +380,12 @@ impl EventLoop {
             match dispatch {
                 Dispatch::Now(value, close) => {
                     // A placeholder, finished at once (after any earlier replies).
-                    out.resp().slots.push_back(Slot::Local);
+                    out.resp().push_slot(Slot::Local, request_len);
                     out.finish(req, &value, close);
                 }
                 Dispatch::Wait(slot, request) => {
                     let resp = out.resp();
-                    resp.slots.push_back(slot);
+                    resp.push_slot(slot, request_len);
                     resp.submit(request, &mut requests);
                 }
             }
@@ -326,6 +396,9 @@ impl EventLoop {
         };
         self.stats.frames_in += requests_in;
         self.stats.bad_frames += u64::from(bad_input);
+        self.stats.clients_closed_request_bytes += u64::from(over_size);
+        self.stats.client_auth_failures += auth_failures;
+        self.stats.client_reads_paused_pipelined += u64::from(paused_pipelined);
         if !requests.is_empty() {
             self.emit(NetEvent::Client {
                 conn: ConnId(token.0 as u64),
@@ -351,7 +424,7 @@ impl EventLoop {
         let at = req.wrapping_sub(resp.first) as usize;
         let mut released = Vec::new();
         let value = match resp.slots.get(at) {
-            Some(slot @ (Slot::Proposal | Slot::Read | Slot::Info)) => {
+            Some((slot @ (Slot::Proposal | Slot::Read | Slot::Info), _)) => {
                 reply_value(slot, reply, frontend.as_deref())
             }
             _ => {
@@ -362,7 +435,7 @@ impl EventLoop {
                 return;
             }
         };
-        if let Some(Slot::Proposal) = resp.slots.get(at) {
+        if let Some((Slot::Proposal, _)) = resp.slots.get(at) {
             assert!(
                 resp.proposals_in_flight > 0,
                 "proposal {req} answered with none in flight"
