@@ -2,9 +2,7 @@
 //! request size (both in [`super::NetConfig`]): bytes read and not yet answered, idle time, and
 //! time spent not reading replies. `docs/SECURITY.md` ("Limits") says what each one does.
 
-use std::time::{Duration, Instant};
-
-use tracing::warn;
+use std::time::Duration;
 
 /// Limits on what one client connection may hold or cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,59 +41,6 @@ impl ClientLimits {
     }
 }
 
-/// A warning that may fire in floods (refused connections, failed AUTH): at most
-/// [`RateLimitedLog::LINES_PER_SECOND`] lines a second; the next line says how many were
-/// suppressed.
-#[derive(Debug)]
-pub(crate) struct RateLimitedLog {
-    what: &'static str,
-    window: Instant,
-    lines: u32,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    /// Lines logged per second at most.
-    pub(crate) const LINES_PER_SECOND: u32 = 5;
-
-    /// A limiter for warnings about `what`.
-    pub(crate) fn new(what: &'static str) -> RateLimitedLog {
-        RateLimitedLog {
-            what,
-            window: Instant::now(),
-            lines: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Logs `message` (about client `addr`) unless the rate is exceeded. Returns whether it
-    /// logged.
-    pub(crate) fn warn(&mut self, addr: std::net::SocketAddr, message: &str) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            self.window = now;
-            self.lines = 0;
-        }
-        if self.lines >= Self::LINES_PER_SECOND {
-            self.suppressed += 1;
-            return false;
-        }
-        self.lines += 1;
-        if self.suppressed > 0 {
-            warn!(
-                client = %addr,
-                "{message} ({} more {} not logged)",
-                self.suppressed,
-                self.what
-            );
-            self.suppressed = 0;
-        } else {
-            warn!(client = %addr, "{message}");
-        }
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,14 +60,5 @@ mod tests {
         limits.idle_timeout = Some(Duration::from_secs(3600));
         limits.slow_client_timeout = None;
         assert_eq!(limits.sweep_interval(), Some(Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn a_flood_of_warnings_is_cut_to_a_few_lines_a_second() {
-        let mut log = RateLimitedLog::new("refusals");
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let logged = (0..100).filter(|_| log.warn(addr, "refused")).count();
-        assert_eq!(logged, RateLimitedLog::LINES_PER_SECOND as usize);
-        assert_eq!(log.suppressed, 100 - logged as u64);
     }
 }

@@ -26,13 +26,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, warn};
 
-use self::handshake::{detect_client, PeerHandshake, RefusalLog};
+use self::handshake::{detect_client, PeerHandshake};
 use self::resp_conn::RespConn;
 use super::auth::Refusal;
-use super::client_limits::RateLimitedLog;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
+use super::rate_log::RateLimitedLog;
 use super::transport::{set_buffer_sizes, Outbound, Wake};
 use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats};
 use crate::raft::Message;
@@ -180,7 +180,7 @@ pub(super) struct EventLoop {
     scratch: Vec<u8>,
     parts: Vec<BodyPart>,
     /// The rate limit on warnings about refused peer handshakes.
-    refusal_log: RefusalLog,
+    peer_refusal_log: RateLimitedLog,
     /// The RESP request limits, the request size capped to a frame (a command must fit in the
     /// frames that replicate it).
     resp_limits: RespLimits,
@@ -258,7 +258,7 @@ impl EventLoop {
             handshake_deadlines: VecDeque::new(),
             scratch: Vec::new(),
             parts: Vec::new(),
-            refusal_log: RefusalLog::new(),
+            peer_refusal_log: RateLimitedLog::new("refused peer handshakes"),
             resp_limits: RespLimits {
                 request_bytes_max: config
                     .resp_limits

@@ -21,6 +21,7 @@ mod event_loop;
 pub mod frame;
 mod out_queue;
 mod peer_msg;
+mod rate_log;
 mod transport;
 mod wire;
 

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use mio::Token;
@@ -286,7 +286,7 @@ impl EventLoop {
     ) {
         self.stats.handshakes_refused += 1;
         self.stats.peer_refusals.count(refusal);
-        let Some(suppressed) = self.refusal_log.admit(Instant::now()) else {
+        let Some(suppressed) = self.peer_refusal_log.admit() else {
             return;
         };
         if suppressed > 0 {
@@ -418,12 +418,6 @@ pub(super) fn detect_client(
     Ok(())
 }
 
-/// Most refused peer handshakes logged per window; the rest are counted, and their number is
-/// logged when the next window opens.
-const REFUSAL_WARNINGS_PER_WINDOW: u32 = 10;
-/// The rate limit's window.
-const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
-
 /// Where a peer connection's handshake stands.
 pub(super) struct PeerHandshake {
     /// The node dialed; `None` on an accepted connection.
@@ -452,62 +446,9 @@ impl PeerHandshake {
     }
 }
 
-/// A rate limit on refusal warnings: at most [`REFUSAL_WARNINGS_PER_WINDOW`] per
-/// [`REFUSAL_WINDOW`].
-#[derive(Debug)]
-pub(super) struct RefusalLog {
-    window_start: Option<Instant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl RefusalLog {
-    /// No refusal logged yet.
-    pub(super) fn new() -> RefusalLog {
-        RefusalLog {
-            window_start: None,
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether one more refusal may be logged `now`: `Some(n)` where `n` refusals were not
-    /// logged since the last one that was, or `None` (counted as suppressed).
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        let expired = self
-            .window_start
-            .map_or(true, |start| now.duration_since(start) >= REFUSAL_WINDOW);
-        if expired {
-            self.window_start = Some(now);
-            self.logged = 0;
-        }
-        if self.logged >= REFUSAL_WARNINGS_PER_WINDOW {
-            self.suppressed += 1;
-            return None;
-        }
-        self.logged += 1;
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refusal_warnings_are_rate_limited_and_the_rest_counted() {
-        let mut log = RefusalLog::new();
-        let start = Instant::now();
-        for _ in 0..REFUSAL_WARNINGS_PER_WINDOW {
-            assert_eq!(log.admit(start), Some(0));
-        }
-        for _ in 0..5 {
-            assert_eq!(log.admit(start + Duration::from_millis(1)), None);
-        }
-        // The next window logs again, first saying how many were left out.
-        assert_eq!(log.admit(start + REFUSAL_WINDOW), Some(5));
-        assert_eq!(log.admit(start + REFUSAL_WINDOW), Some(0));
-    }
 
     #[test]
     fn a_handshake_names_only_the_node_dialed() {
