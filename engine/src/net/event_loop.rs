@@ -30,6 +30,7 @@ use self::resp_conn::RespConn;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
+use super::tls::{ConnStream, TLS_READ_BYTES};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
 use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats, PeerHello};
 use crate::raft::Message;
@@ -125,7 +126,7 @@ enum ConnKind {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: ConnStream,
     addr: SocketAddr,
     kind: ConnKind,
     decoder: FrameDecoder,
@@ -167,6 +168,9 @@ pub(super) struct EventLoop {
     handshake_deadlines: VecDeque<(Instant, Token)>,
     scratch: Vec<u8>,
     parts: Vec<BodyPart>,
+    /// Where TLS reads put ciphertext before decrypting it (one buffer for every connection;
+    /// empty when no port speaks TLS).
+    tls_scratch: Vec<u8>,
     /// The RESP request limits, the request size capped to a frame (a command must fit in the
     /// frames that replicate it).
     resp_limits: RespLimits,
@@ -238,6 +242,11 @@ impl EventLoop {
             handshake_deadlines: VecDeque::new(),
             scratch: Vec::new(),
             parts: Vec::new(),
+            tls_scratch: if config.tls.client_port() || config.tls.peer_port() {
+                vec![0; TLS_READ_BYTES]
+            } else {
+                Vec::new()
+            },
             resp_limits: RespLimits {
                 request_bytes_max: config
                     .resp_limits
@@ -317,7 +326,7 @@ impl EventLoop {
 
     fn add_conn(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: ConnStream,
         addr: SocketAddr,
         kind: ConnKind,
         connected: bool,
@@ -359,6 +368,13 @@ impl EventLoop {
             match self.peer_listener.accept() {
                 Ok((stream, addr)) => {
                     self.configure(&stream);
+                    let stream = match self.config.tls.accept_peer(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            warn!(peer = %addr, "cannot start TLS on a peer connection: {err}");
+                            continue;
+                        }
+                    };
                     let kind = ConnKind::Peer(PeerState::Handshake { expected: None });
                     match self.add_conn(stream, addr, kind, true) {
                         Ok(token) => self.queue_peer_hello(token),
@@ -390,6 +406,13 @@ impl EventLoop {
                         continue;
                     }
                     self.configure(&stream);
+                    let stream = match self.config.tls.accept_client(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            warn!(client = %addr, "cannot start TLS on a client connection: {err}");
+                            continue;
+                        }
+                    };
                     let kind = ConnKind::Client(ClientProtocol::Undetected);
                     match self.add_conn(stream, addr, kind, true) {
                         Ok(_) => {
@@ -429,6 +452,14 @@ impl EventLoop {
                 }
             };
             self.configure(&stream);
+            let stream = match self.config.tls.dial_peer(stream, addr) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    warn!(peer = %addr, "cannot start TLS to node {id}: {err}");
+                    self.schedule_redial(id);
+                    continue;
+                }
+            };
             let kind = ConnKind::Peer(PeerState::Handshake { expected: Some(id) });
             match self.add_conn(stream, addr, kind, false) {
                 Ok(token) => {
@@ -495,7 +526,7 @@ impl EventLoop {
             return;
         };
         if !conn.connected {
-            let failure = match conn.stream.take_error() {
+            let failure = match conn.stream.tcp().take_error() {
                 Ok(Some(err)) | Err(err) => Some(format!("connect failed: {err}")),
                 Ok(None) if event.is_error() || event.is_write_closed() => {
                     Some("connect failed".to_owned())
@@ -506,13 +537,13 @@ impl EventLoop {
                 self.close(token, CloseReason::Gone(reason));
                 return;
             }
-            if event.is_writable() && conn.stream.peer_addr().is_ok() {
+            if event.is_writable() && conn.stream.tcp().peer_addr().is_ok() {
                 conn.connected = true;
             }
         }
         if event.is_writable() && conn.connected {
             conn.writable = true;
-            if !conn.in_dirty && !conn.out.is_empty() {
+            if !conn.in_dirty && (!conn.out.is_empty() || conn.stream.wants_write()) {
                 conn.in_dirty = true;
                 self.dirty.push(token);
             }
@@ -571,7 +602,19 @@ impl EventLoop {
                 return false;
             }
         }
-        let outcome = conn.decoder.read_from(&conn.stream);
+        let outcome = conn
+            .stream
+            .read_into(&mut conn.decoder, &mut self.tls_scratch);
+        if conn.stream.wants_write() && conn.connected {
+            // The read moved a TLS handshake on (or made an alert): its records go out with
+            // the next flush. A write refused while the handshake was unfinished looked like a
+            // full socket, so the socket is tried again (at worst one write that would block).
+            conn.writable = true;
+            if !conn.in_dirty {
+                conn.in_dirty = true;
+                self.dirty.push(token);
+            }
+        }
         match outcome {
             Ok(ReadOutcome::Data(n)) => {
                 self.stats.bytes_in += n as u64;
@@ -583,6 +626,17 @@ impl EventLoop {
                     token,
                     CloseReason::Gone("closed by the other end".to_owned()),
                 );
+                false
+            }
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                // A TLS failure: in the handshake (a plaintext client, an unknown certificate)
+                // it is a refused handshake, later a bad record.
+                let reason = if conn.stream.is_handshaking() {
+                    CloseReason::Refused(err.to_string())
+                } else {
+                    CloseReason::BadFrame(err.to_string())
+                };
+                self.close(token, reason);
                 false
             }
             Err(err) => {
@@ -856,7 +910,7 @@ impl EventLoop {
                 continue;
             };
             if !conn.connected || !conn.writable {
-                // Stays queued; the writable event lists it again.
+                // Stays queued; the writable event (or a TLS read) lists it again.
                 conn.in_dirty = false;
                 continue;
             }
@@ -864,7 +918,7 @@ impl EventLoop {
             match conn.out.write_to(&mut conn.stream, &mut self.stats) {
                 Ok(would_block) => {
                     conn.writable = !would_block;
-                    if conn.closing && conn.out.is_empty() {
+                    if conn.closing && !would_block && conn.out.is_empty() {
                         self.close(
                             token,
                             CloseReason::Gone("closed after its last reply".to_owned()),
@@ -887,6 +941,7 @@ impl EventLoop {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
+        conn.stream.close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let (what, peer_id) = match &conn.kind {
             ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),

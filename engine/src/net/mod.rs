@@ -18,6 +18,7 @@ mod event_loop;
 pub mod frame;
 mod out_queue;
 mod peer_msg;
+pub mod tls;
 mod transport;
 mod wire;
 
@@ -28,6 +29,7 @@ pub use self::event_loop::{
     CLIENT_QUEUE_BYTES_MAX, PEER_QUEUE_BYTES_MAX, RESP_IN_FLIGHT_MAX, RESP_OUT_PAUSE_BYTES,
 };
 pub use self::peer_msg::{decode_message, encode_message, PeerHello, PEER_PROTOCOL_VERSION};
+pub use self::tls::{ClientTls, TlsError, TlsFile, TlsPorts, TlsSettings};
 pub use self::transport::{NetHandle, NetStats, Transport};
 
 use std::net::SocketAddr;
@@ -92,11 +94,13 @@ pub struct NetConfig {
     /// Size limits of one RESP request (the request size is further capped at
     /// `max_frame_bytes`).
     pub resp_limits: RespLimits,
+    /// TLS on the client and peer ports (default: plain TCP on both).
+    pub tls: TlsSettings,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`].
+    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no TLS.
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -112,6 +116,7 @@ impl NetConfig {
             handshake_timeout: Duration::from_secs(10),
             frontend: None,
             resp_limits: RespLimits::default(),
+            tls: TlsSettings::default(),
         }
     }
 }

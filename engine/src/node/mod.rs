@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// The RESP command set served on the client port (see [`crate::resp`]); `None`: the
     /// client port speaks only the native protocol.
     pub frontend: Option<Arc<dyn Frontend>>,
+    /// TLS on the client and peer ports (default: none).
+    pub tls: crate::net::TlsSettings,
 }
 
 impl NodeConfig {
@@ -110,6 +112,7 @@ impl NodeConfig {
             socket_buffer_bytes: NetConfig::new(cluster_id, id, ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
             frontend: None,
+            tls: crate::net::TlsSettings::default(),
         }
     }
 }
@@ -268,6 +271,7 @@ impl Node {
             net_config.max_frame_bytes = config.max_frame_bytes;
             net_config.socket_buffer_bytes = config.socket_buffer_bytes;
             net_config.frontend = config.frontend.clone();
+            net_config.tls = config.tls.clone();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
                     "cannot start the network on {peer_listen}: {error}"

@@ -350,6 +350,7 @@ impl ServerError {
         let flag = match key {
             "members" => "member".to_string(),
             "tuning" => return ServerError(format!("option `{name}`: {why}")),
+            tls if name.starts_with("security.tls.") => format!("tls-{}", tls.replace('_', "-")),
             other => other.replace('_', "-"),
         };
         ServerError(format!("option `{name}` (flag --{flag}): {why}"))
@@ -451,6 +452,9 @@ impl ServerConfig {
             ));
         }
         self.validate_observability()?;
+        if let Some(tls) = &self.security.tls {
+            tls.validate()?;
+        }
         self.tuning.validate()?;
         let raft = self.raft_config()?;
         raft.validate()
@@ -548,6 +552,9 @@ impl ServerConfig {
         };
         node.max_frame_bytes = tuning.max_frame_bytes;
         node.socket_buffer_bytes = tuning.socket_buffer_bytes;
+        if let (Some(tls), Some(own)) = (&self.security.tls, self.own_member()) {
+            node.tls = tls.load(own.peer_addr.ip())?;
+        }
         Ok(node)
     }
 }

@@ -5,7 +5,11 @@
 //!
 //! Secrets and passwords are read from files named here, never given on the command line.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+
+use super::config::ServerError;
+use crate::net::{TlsFile, TlsPorts, TlsSettings};
 
 /// The `[security]` section. Everything is off by default (a trusted network).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +52,50 @@ pub struct TlsFiles {
 
 fn yes() -> bool {
     true
+}
+
+impl TlsFiles {
+    /// Checks the section's shape (every file named, some port on); the files are read by
+    /// [`TlsFiles::load`].
+    pub fn validate(&self) -> Result<(), ServerError> {
+        for (file, path) in [
+            (TlsFile::Cert, &self.cert_file),
+            (TlsFile::Key, &self.key_file),
+            (TlsFile::Ca, &self.ca_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(ServerError::option(
+                    &format!("security.tls.{}", file.option()),
+                    "is not set (TLS needs a certificate, its key and the CA file)".to_string(),
+                ));
+            }
+        }
+        if !self.client && !self.peer {
+            return Err(ServerError::option(
+                "security.tls.client",
+                "and `security.tls.peer` are both false: TLS would be on no port (remove the \
+                 section for plain TCP)"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the PEM files and builds the transport's TLS settings; `peer_ip` is the IP of this
+    /// node's peer address (peers check the certificate against it). Errors name the option,
+    /// the file and what is wrong with it.
+    pub fn load(&self, peer_ip: IpAddr) -> Result<TlsSettings, ServerError> {
+        let ports = TlsPorts {
+            client: self.client,
+            peer: self.peer.then_some(peer_ip),
+        };
+        TlsSettings::load(&self.cert_file, &self.key_file, &self.ca_file, ports).map_err(|err| {
+            ServerError::option(
+                &format!("security.tls.{}", err.file.option()),
+                format!("{}: {}", err.path.display(), err.why),
+            )
+        })
+    }
 }
 
 /// The `[limits]` section: bounds on what one client may cost a node.
