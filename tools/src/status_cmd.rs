@@ -3,10 +3,12 @@
 //! refuses the handshake.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use lockstep::client::{Client, ClientError};
+use lockstep::net::ClientTls;
 use lockstep::node::LatencySnapshot;
 use serde_json::Value;
 
@@ -25,6 +27,10 @@ pub struct Args {
     /// Give up after this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     timeout_ms: u64,
+    /// Connect with TLS, trusting the CA certificate(s) of this PEM file (the node's certificate
+    /// must be valid for the IP address dialed).
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -37,13 +43,21 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 fn fetch(args: &Args) -> Result<String, String> {
     let addr = resolve(&args.addr)?;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut client = Client::connect(addr, args.cluster_id.unwrap_or(0), timeout).map_err(|e| {
-        let hint = match (&e, args.cluster_id) {
-            (ClientError::Refused(_), None) => " (pass the cluster's --cluster-id)",
-            _ => "",
-        };
-        format!("cannot connect to {addr}: {e}{hint}")
-    })?;
+    let tls = args
+        .tls_ca_file
+        .as_deref()
+        .map(ClientTls::from_ca_file)
+        .transpose()
+        .map_err(|e| format!("--tls-ca-file: {e}"))?;
+    let cluster_id = args.cluster_id.unwrap_or(0);
+    let mut client =
+        Client::connect_with(addr, cluster_id, timeout, tls.as_ref()).map_err(|e| {
+            let hint = match (&e, args.cluster_id) {
+                (ClientError::Refused(_), None) => " (pass the cluster's --cluster-id)",
+                _ => "",
+            };
+            format!("cannot connect to {addr}: {e}{hint}")
+        })?;
     client.status().map_err(|e| format!("{addr}: {e}"))
 }
 

@@ -14,6 +14,7 @@
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
 mod client_msg;
+pub mod dev_pki;
 mod event_loop;
 pub mod frame;
 mod out_queue;

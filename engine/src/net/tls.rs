@@ -597,3 +597,342 @@ impl Source for ConnStream {
         self.tcp_mut().deregister(registry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::net::dev_pki::DevPki;
+    use crate::net::frame::FrameType;
+    use crate::net::out_queue::OutQueue;
+    use crate::net::peer_msg::BodyPart;
+    use crate::net::NetStats;
+
+    const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// A CA and one node's files in a temporary directory.
+    struct Files {
+        dir: tempfile::TempDir,
+        pki: DevPki,
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    }
+
+    fn files(ips: &[IpAddr]) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::new("test CA").unwrap();
+        let ca = pki.write_ca(dir.path()).unwrap();
+        let node = pki.write_node(dir.path(), "node", ips).unwrap();
+        Files {
+            dir,
+            pki,
+            cert: node.cert_file,
+            key: node.key_file,
+            ca,
+        }
+    }
+
+    const BOTH: TlsPorts = TlsPorts {
+        client: true,
+        peer: Some(LOCALHOST),
+    };
+
+    fn settings(files: &Files) -> TlsSettings {
+        TlsSettings::load(&files.cert, &files.key, &files.ca, BOTH).unwrap()
+    }
+
+    /// A connected pair of non-blocking sockets on loopback (dialer, acceptor).
+    fn socket_pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dialer = std::net::TcpStream::connect(addr).unwrap();
+        let (acceptor, _) = listener.accept().unwrap();
+        for socket in [&dialer, &acceptor] {
+            socket.set_nonblocking(true).unwrap();
+        }
+        (
+            TcpStream::from_std(dialer),
+            TcpStream::from_std(acceptor),
+            addr,
+        )
+    }
+
+    /// One side of a connection under test, driven the way the event loop drives it.
+    struct Side {
+        stream: ConnStream,
+        out: OutQueue,
+        decoder: FrameDecoder,
+        frames: Vec<(FrameType, Bytes)>,
+        closed: bool,
+    }
+
+    impl Side {
+        fn new(stream: ConnStream) -> Side {
+            Side {
+                stream,
+                out: OutQueue::new(),
+                decoder: FrameDecoder::new(8 << 20),
+                frames: Vec::new(),
+                closed: false,
+            }
+        }
+
+        /// One read and one flush; reads are repeated until they would block.
+        fn turn(&mut self, scratch: &mut [u8]) -> io::Result<()> {
+            let mut stats = NetStats::default();
+            self.out.write_to(&mut self.stream, &mut stats)?;
+            loop {
+                match self.stream.read_into(&mut self.decoder, scratch)? {
+                    ReadOutcome::Data(_) => {
+                        while let Some(frame) = self.decoder.next_frame().unwrap() {
+                            self.frames.push(frame);
+                        }
+                    }
+                    ReadOutcome::WouldBlock => return Ok(()),
+                    ReadOutcome::Closed => {
+                        self.closed = true;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns both sides until `done` holds (or either fails); panics after 20 s.
+    fn pump(
+        a: &mut Side,
+        b: &mut Side,
+        mut done: impl FnMut(&Side, &Side) -> bool,
+    ) -> io::Result<()> {
+        let mut scratch = vec![0; TLS_READ_BYTES];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(a, b) {
+            assert!(Instant::now() < deadline, "no progress in 20 s");
+            a.turn(&mut scratch)?;
+            b.turn(&mut scratch)?;
+        }
+        Ok(())
+    }
+
+    /// Frames of many sizes, one of them a large shared payload, arrive whole and in order in
+    /// both directions, over TLS and over plain TCP.
+    fn round_trip(settings: &TlsSettings) {
+        let (dialer, acceptor, addr) = socket_pair();
+        let mut dialer = Side::new(settings.dial_peer(dialer, addr).unwrap());
+        let mut acceptor = Side::new(settings.accept_peer(acceptor).unwrap());
+        let mut sent = Vec::new();
+        let mut scratch = Vec::new();
+        for i in 0..300usize {
+            let len = (i * 7919) % (70 << 10);
+            scratch.clear();
+            scratch.extend((0..len).map(|at| (at + i) as u8));
+            let body = if i == 150 {
+                let shared = Bytes::from(vec![0xA5; 3 << 20]);
+                dialer.out.push_frame(
+                    FrameType::Raft,
+                    &scratch,
+                    &[BodyPart::Inline(0..len), BodyPart::Shared(shared.clone())],
+                );
+                [&scratch[..], &shared[..]].concat()
+            } else {
+                dialer
+                    .out
+                    .push_frame(FrameType::Raft, &scratch, &[BodyPart::Inline(0..len)]);
+                scratch.clone()
+            };
+            sent.push(body);
+        }
+        acceptor
+            .out
+            .push_frame(FrameType::ClientReply, b"back", &[BodyPart::Inline(0..4)]);
+        pump(&mut dialer, &mut acceptor, |dialer, acceptor| {
+            acceptor.frames.len() == sent.len() && dialer.frames.len() == 1
+        })
+        .unwrap();
+        for (at, ((ty, body), expected)) in acceptor.frames.iter().zip(&sent).enumerate() {
+            assert_eq!(*ty, FrameType::Raft, "frame {at}");
+            assert!(body[..] == expected[..], "frame {at} differs");
+        }
+        assert_eq!(&dialer.frames[0].1[..], b"back");
+        assert!(dialer.out.is_empty() && !dialer.stream.wants_write());
+
+        // An orderly close is seen as one by the other end.
+        dialer.stream.close_notify();
+        drop(dialer.stream.tcp_mut().shutdown(std::net::Shutdown::Write));
+        pump(&mut dialer, &mut acceptor, |_, acceptor| acceptor.closed).unwrap();
+    }
+
+    #[test]
+    fn frames_cross_tls_and_plain_tcp_whole_and_in_order() {
+        let files = files(&[LOCALHOST]);
+        round_trip(&settings(&files));
+        round_trip(&TlsSettings::default());
+    }
+
+    #[test]
+    fn a_plaintext_client_is_refused_by_a_tls_port() {
+        let files = files(&[LOCALHOST]);
+        let settings = settings(&files);
+        let (dialer, acceptor, _) = socket_pair();
+        let mut plain = Side::new(ConnStream::Plain(dialer));
+        let mut tls = Side::new(settings.accept_client(acceptor).unwrap());
+        plain.out.push_raw(b"*1\r\n$4\r\nPING\r\n");
+        let err = pump(&mut plain, &mut tls, |_, _| false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().starts_with("TLS: "), "{err}");
+        assert!(tls.stream.is_handshaking());
+    }
+
+    #[test]
+    fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+        let ours = files(&[LOCALHOST]);
+        let theirs = files(&[LOCALHOST]);
+        // Each direction: a stranger dialing us, and us dialing a stranger.
+        for (dial, accept) in [(&theirs, &ours), (&ours, &theirs)] {
+            let (dialer, acceptor, addr) = socket_pair();
+            let mut dialer = Side::new(settings(dial).dial_peer(dialer, addr).unwrap());
+            let mut acceptor = Side::new(settings(accept).accept_peer(acceptor).unwrap());
+            dialer
+                .out
+                .push_frame(FrameType::PeerHello, b"hi", &[BodyPart::Inline(0..2)]);
+            let result = pump(&mut dialer, &mut acceptor, |_, acceptor| {
+                !acceptor.frames.is_empty()
+            });
+            let err = result.expect_err("a certificate from another CA was accepted");
+            assert!(err.to_string().contains("certificate"), "{err}");
+            assert!(acceptor.frames.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_peer_without_a_client_certificate_is_refused() {
+        let files = files(&[LOCALHOST]);
+        let roots = load_roots(&files.ca).unwrap();
+        let no_cert = Arc::new(client_config(roots).unwrap());
+        let (dialer, acceptor, _) = socket_pair();
+        let name = ServerName::IpAddress(LOCALHOST.into());
+        let tls = ClientConnection::new(no_cert, name).unwrap();
+        let mut dialer = Side::new(ConnStream::tls(dialer, tls.into()));
+        let mut acceptor = Side::new(settings(&files).accept_peer(acceptor).unwrap());
+        dialer
+            .out
+            .push_frame(FrameType::PeerHello, b"hi", &[BodyPart::Inline(0..2)]);
+        let err = pump(&mut dialer, &mut acceptor, |_, acceptor| {
+            !acceptor.frames.is_empty()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+        assert!(acceptor.frames.is_empty());
+    }
+
+    /// What `load` says about `files` (must fail).
+    fn load_error(cert: &Path, key: &Path, ca: &Path, ports: TlsPorts) -> String {
+        match TlsSettings::load(cert, key, ca, ports) {
+            Ok(_) => panic!("loaded {cert:?} {key:?} {ca:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn unusable_files_are_named_with_what_is_wrong() {
+        let good = files(&[LOCALHOST]);
+        let dir = good.dir.path();
+        let missing = dir.join("missing.pem");
+        let message = load_error(&missing, &good.key, &good.ca, BOTH);
+        assert!(message.starts_with("cert_file ") && message.ends_with("missing.pem: not found"));
+
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let message = load_error(&good.cert, &good.key, &garbage, BOTH);
+        assert!(
+            message.starts_with("ca_file ") && message.contains("holds no PEM certificate"),
+            "{message}"
+        );
+        let message = load_error(&good.cert, &garbage, &good.ca, BOTH);
+        assert!(
+            message.starts_with("key_file ") && message.contains("holds no PEM private key"),
+            "{message}"
+        );
+
+        // Another node's key.
+        let other = good.pki.write_node(dir, "other", &[LOCALHOST]).unwrap();
+        let message = load_error(&good.cert, &other.key_file, &good.ca, BOTH);
+        assert!(
+            message.starts_with("key_file ") && message.contains("does not match the certificate"),
+            "{message}"
+        );
+
+        // A certificate of another CA.
+        let stranger = files(&[LOCALHOST]);
+        let message = load_error(&stranger.cert, &stranger.key, &good.ca, BOTH);
+        assert!(
+            message.starts_with("cert_file ") && message.contains("peers would refuse it"),
+            "{message}"
+        );
+
+        // Not valid for the peer address.
+        let elsewhere = TlsPorts {
+            client: true,
+            peer: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+        };
+        let message = load_error(&good.cert, &good.key, &good.ca, elsewhere);
+        assert!(
+            message.contains("peers dialing 127.0.0.2 would refuse it"),
+            "{message}"
+        );
+
+        // Expired.
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let expired = good.pki.sign(params).unwrap();
+        let (cert, key) = (dir.join("expired.pem"), dir.join("expired-key.pem"));
+        std::fs::write(&cert, expired.cert_pem).unwrap();
+        std::fs::write(&key, expired.key_pem).unwrap();
+        let message = load_error(&cert, &key, &good.ca, BOTH);
+        assert!(message.to_lowercase().contains("expired"), "{message}");
+
+        // The client port alone checks only that the files are usable.
+        let client_only = TlsPorts {
+            client: true,
+            peer: None,
+        };
+        let settings = TlsSettings::load(&cert, &key, &good.ca, client_only).unwrap();
+        assert!(settings.client_port() && !settings.peer_port());
+    }
+
+    #[test]
+    fn a_client_trusting_the_ca_files_reaches_the_client_port() {
+        let files = files(&[LOCALHOST]);
+        let client = ClientTls::from_ca_file(&files.ca).unwrap();
+        let settings = settings(&files);
+        let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let blocking = std::thread::spawn(move || {
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut stream = client.wrap(tcp, addr).unwrap();
+            stream.write_all(b"ping").unwrap();
+            let mut reply = [0u8; 4];
+            stream.read_exact(&mut reply).unwrap();
+            reply
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let mut server = Side::new(settings.accept_client(TcpStream::from_std(tcp)).unwrap());
+        let mut scratch = vec![0; TLS_READ_BYTES];
+        while server.decoder.buffered() < 4 {
+            server.turn(&mut scratch).unwrap();
+        }
+        assert_eq!(server.decoder.peek(), b"ping");
+        server.out.push_raw(b"pong");
+        while !server.out.is_empty() || server.stream.wants_write() {
+            server.turn(&mut scratch).unwrap();
+        }
+        assert_eq!(&blocking.join().unwrap(), b"pong");
+    }
+}
