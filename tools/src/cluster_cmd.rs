@@ -10,7 +10,9 @@
 //! - on SIGINT or SIGTERM every node gets SIGTERM, then SIGKILL after [`STOP_GRACE`]; the command
 //!   exits 0. Nodes never outlive the command: the stop also runs from a `Drop` guard (panics),
 //!   and each node asks the kernel to kill it should the command die (`PR_SET_PDEATHSIG`);
-//! - the data directory is a temp dir removed at exit, unless `--keep` or `--dir` is given.
+//! - the data directory is a temp dir removed at exit, unless `--keep` or `--dir` is given;
+//! - with `--tls`, a throwaway CA and one certificate for `--host` are generated into
+//!   `<dir>/tls/` (`ca.pem`, `node.pem`, `node-key.pem`) and every node serves TLS on both ports.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use lockstep::apps::AppKind;
 use lockstep::client::Client;
+use lockstep::net::dev_pki::DevPki;
+use lockstep::net::ClientTls;
 use lockstep::server::{ready_line, MemberConfig};
 use serde_json::Value;
 
@@ -75,6 +79,10 @@ pub struct Args {
     /// Address every node binds and advertises.
     #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     host: IpAddr,
+    /// TLS on the client and peer ports, with a throwaway CA and certificate generated into
+    /// <dir>/tls/ (try `redis-cli --tls --cacert <dir>/tls/ca.pem -p 6380`).
+    #[arg(long)]
+    tls: bool,
     /// Extra `lockstep serve` flags for every node (after `--`).
     #[arg(last = true, value_name = "SERVE FLAGS")]
     serve_args: Vec<String>,
@@ -179,9 +187,15 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     }
     // Declared before the nodes so that it is removed only after they are stopped.
     let (dir, temp_guard) = data_dir(args)?;
+    let tls = if args.tls {
+        Some(ClusterTls::generate(&dir, args.host)?)
+    } else {
+        None
+    };
     let mut nodes = Nodes {
         nodes: Vec::new(),
         lines: None,
+        tls,
     };
     let (tx, rx) = mpsc::channel();
     for member in &members {
@@ -195,7 +209,8 @@ fn run_cluster(args: &Args) -> Result<(), String> {
         false => None,
     };
     if let Some(leader) = leader {
-        print_table(args, &members, leader, &dir, temp_guard.is_some());
+        let ca_file = nodes.tls.as_ref().map(|tls| tls.ca_file.as_path());
+        print_table(args, &members, leader, &dir, temp_guard.is_some(), ca_file);
         while !stop.load(Ordering::Relaxed) {
             nodes.check_running()?;
             std::thread::sleep(POLL);
@@ -216,7 +231,14 @@ fn interrupted(nodes: Nodes, temp_guard: Option<tempfile::TempDir>) {
     drop(temp_guard);
 }
 
-fn print_table(args: &Args, members: &[MemberConfig], leader: u64, dir: &Path, removed: bool) {
+fn print_table(
+    args: &Args,
+    members: &[MemberConfig],
+    leader: u64,
+    dir: &Path,
+    removed: bool,
+    ca_file: Option<&Path>,
+) {
     let mut out = String::new();
     out.push_str(&format!(
         "lockstep cluster: {} node(s) running {}, cluster id {}\n",
@@ -248,6 +270,10 @@ fn print_table(args: &Args, members: &[MemberConfig], leader: u64, dir: &Path, r
         IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => String::new(),
         ip => format!("-h {ip} "),
     };
+    let host = match ca_file {
+        Some(ca_file) => format!("--tls --cacert {} {host}", ca_file.display()),
+        None => host,
+    };
     out.push_str(&format!(
         "try:  redis-cli {host}-p {} (the leader; followers redirect writes to it)\n",
         leader_addr.port()
@@ -274,6 +300,35 @@ struct Nodes {
     nodes: Vec<Node>,
     /// `(id, line)` for every stdout line of every node.
     lines: Option<mpsc::Receiver<(u64, String)>>,
+    /// The TLS files every node uses (`--tls`).
+    tls: Option<ClusterTls>,
+}
+
+/// The files of `--tls`, and the client side for the supervisor's own status queries.
+struct ClusterTls {
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client: ClientTls,
+}
+
+impl ClusterTls {
+    /// A fresh CA and one certificate for `host` (every node binds it) in `<dir>/tls/`.
+    fn generate(dir: &Path, host: IpAddr) -> Result<ClusterTls, String> {
+        let tls_dir = dir.join("tls");
+        let failed = |e: std::io::Error| format!("--tls: {}: {e}", tls_dir.display());
+        std::fs::create_dir_all(&tls_dir).map_err(failed)?;
+        let pki = DevPki::new("lockstep cluster CA").map_err(failed)?;
+        let ca_file = pki.write_ca(&tls_dir).map_err(failed)?;
+        let node = pki.write_node(&tls_dir, "node", &[host]).map_err(failed)?;
+        let client = ClientTls::from_ca_file(&ca_file).map_err(|e| format!("--tls: {e}"))?;
+        Ok(ClusterTls {
+            ca_file,
+            cert_file: node.cert_file,
+            key_file: node.key_file,
+            client,
+        })
+    }
 }
 
 impl Nodes {
@@ -302,6 +357,15 @@ impl Nodes {
             .args(["--app", args.app.name()]);
         for member in members {
             command.args(["--member", &member.to_string()]);
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-file")
+                .arg(&tls.ca_file);
         }
         command
             .args(&args.serve_args)
@@ -389,7 +453,10 @@ impl Nodes {
             self.check_running()?;
             let leaders: Vec<Option<u64>> = members
                 .iter()
-                .map(|member| leader_of(member.client_addr, cluster_id))
+                .map(|member| {
+                    let tls = self.tls.as_ref().map(|tls| &tls.client);
+                    leader_of(member.client_addr, cluster_id, tls)
+                })
                 .collect();
             if let Some(leader) = leaders[0] {
                 if leaders.iter().all(|seen| *seen == Some(leader)) {
@@ -489,8 +556,9 @@ fn signal(child: &Child, signal: libc::c_int) {
 }
 
 /// The leader that the node at `addr` names in its status, if it answers and knows one.
-fn leader_of(addr: SocketAddr, cluster_id: u64) -> Option<u64> {
-    let mut client = Client::connect(addr, cluster_id, Duration::from_secs(1)).ok()?;
+fn leader_of(addr: SocketAddr, cluster_id: u64, tls: Option<&ClientTls>) -> Option<u64> {
+    let timeout = Duration::from_secs(1);
+    let mut client = Client::connect_with(addr, cluster_id, timeout, tls).ok()?;
     let status: Value = serde_json::from_str(&client.status().ok()?).ok()?;
     status.get("leader")?.as_u64()
 }

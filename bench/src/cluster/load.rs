@@ -252,7 +252,7 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
             tally.reconnects += 1;
         }
         first = false;
-        let ended = match Client::connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
+        let ended = match super::status::connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
             Ok(mut client) => connection.run(&mut client, &mut tally, interrupt),
             Err(error) => {
                 std::thread::sleep(Duration::from_millis(50));

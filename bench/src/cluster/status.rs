@@ -9,10 +9,11 @@
 //! [`Grouping::missing`]; the bench never guesses a figure.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lockstep::client::Client;
-use lockstep::net::{ClientReply, ClientRequest};
+use lockstep::client::{Client, ClientError};
+use lockstep::net::{ClientReply, ClientRequest, ClientTls};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -24,6 +25,23 @@ pub const HANDSHAKE_REQ: u64 = 0;
 
 /// Timeout of one status query.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// TLS for every connection the bench opens (`--tls-ca-file`), set once before any.
+static CLIENT_TLS: OnceLock<ClientTls> = OnceLock::new();
+
+/// Makes every later [`connect`] use TLS (called once, at start).
+pub fn use_tls(tls: ClientTls) {
+    assert!(CLIENT_TLS.set(tls).is_ok(), "the bench's TLS was set twice");
+}
+
+/// Connects to a member (over TLS after [`use_tls`]).
+pub fn connect(
+    addr: SocketAddr,
+    cluster_id: u64,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
+    Client::connect_with(addr, cluster_id, timeout, CLIENT_TLS.get())
+}
 
 /// The leader as one node reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +56,8 @@ pub struct Leader {
 
 /// One node's status as JSON, or why it could not be had.
 fn status_of(addr: SocketAddr, cluster_id: u64) -> Result<Value, String> {
-    let mut client = Client::connect(addr, cluster_id, STATUS_TIMEOUT)
-        .map_err(|error| format!("{addr}: {error}"))?;
+    let mut client =
+        connect(addr, cluster_id, STATUS_TIMEOUT).map_err(|error| format!("{addr}: {error}"))?;
     status_json(&mut client).map_err(|error| format!("{addr}: {error}"))
 }
 
@@ -143,7 +161,7 @@ pub fn poll(
             .zip(clients.iter_mut())
             .map(|(&addr, client)| {
                 if client.is_none() {
-                    *client = Client::connect(addr, cluster_id, STATUS_TIMEOUT).ok();
+                    *client = connect(addr, cluster_id, STATUS_TIMEOUT).ok();
                 }
                 let status = status_json(client.as_mut()?).ok();
                 if status.is_none() {

@@ -38,10 +38,7 @@ pub struct NodeFiles {
 }
 
 fn rcgen_error(err: rcgen::Error) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Other,
-        format!("certificate generation: {err}"),
-    )
+    io::Error::other(format!("certificate generation: {err}"))
 }
 
 impl DevPki {
