@@ -6,6 +6,10 @@
 //! handle poll events, retry undelivered events, expire handshakes, dial due peers, and do one
 //! read per readable connection (edge-triggered: a connection stays listed until a read would
 //! block; none is read while an event waits for room in the channel).
+//!
+//! A connection's bytes go through `tls::ConnStream`: plain TCP, or TLS when the port is
+//! configured for it (the TLS handshake runs before the hellos; a failed one is a refused
+//! handshake).
 
 mod handshake;
 mod resp_conn;

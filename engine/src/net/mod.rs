@@ -10,6 +10,7 @@
 //! - Bad input (failed handshake, wrong cluster id or version, malformed, oversized or
 //!   checksum-failing frames) closes that one connection, is logged with both values, and is
 //!   counted in [`NetStats`]; every other connection keeps being served.
+//! - Optional TLS per port ([`TlsSettings`], module [`tls`]): the same frames inside rustls.
 //!
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 

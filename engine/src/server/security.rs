@@ -125,3 +125,63 @@ impl Default for Limits {
         }
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::net::dev_pki::DevPki;
+
+    fn files(dir: &std::path::Path) -> TlsFiles {
+        TlsFiles {
+            cert_file: dir.join("node.pem"),
+            key_file: dir.join("node-key.pem"),
+            ca_file: dir.join("ca.pem"),
+            client: true,
+            peer: true,
+        }
+    }
+
+    #[test]
+    fn tls_errors_name_the_option_and_its_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let tls = files(dir.path());
+        let unset = TlsFiles {
+            key_file: PathBuf::new(),
+            ..tls.clone()
+        };
+        let err = unset.validate().unwrap_err().0;
+        assert!(
+            err.starts_with("option `security.tls.key_file` (flag --tls-key-file): is not set"),
+            "{err}"
+        );
+        let nowhere = TlsFiles {
+            client: false,
+            peer: false,
+            ..tls.clone()
+        };
+        assert!(nowhere
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("TLS would be on no port"));
+
+        tls.validate().unwrap();
+        let err = tls.load(localhost).unwrap_err().0;
+        assert!(
+            err.starts_with("option `security.tls.cert_file` (flag --tls-cert-file): ")
+                && err.ends_with("node.pem: not found"),
+            "{err}"
+        );
+        let pki = DevPki::new("test CA").unwrap();
+        pki.write_ca(dir.path()).unwrap();
+        pki.write_node(dir.path(), "node", &[localhost]).unwrap();
+        let settings = tls.load(localhost).unwrap();
+        assert!(settings.client_port() && settings.peer_port());
+        let client_only = TlsFiles { peer: false, ..tls };
+        let settings = client_only.load(localhost).unwrap();
+        assert!(settings.client_port() && !settings.peer_port());
+    }
+}
