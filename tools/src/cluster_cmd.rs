@@ -14,6 +14,8 @@
 //! - the nodes authenticate each other with a secret in `<dir>/peer-secret` (64 hex digits from
 //!   the OS random source, mode 0600; an existing file is reused), unless `--no-peer-secret` is
 //!   given or the serve flags after `--` name their own `--peer-secret-file`.
+//! - with `--tls`, a throwaway CA and one certificate for `--host` are generated into
+//!   `<dir>/tls/` (`ca.pem`, `node.pem`, `node-key.pem`) and every node serves TLS on both ports.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use lockstep::apps::AppKind;
 use lockstep::client::{Client, Credentials};
+use lockstep::net::dev_pki::DevPki;
+use lockstep::net::ClientTls;
 use lockstep::server::{ready_line, MemberConfig};
 use serde_json::Value;
 
@@ -90,6 +94,10 @@ pub struct Args {
     /// [default: none].
     #[arg(long, value_name = "FILE")]
     readonly_password_file: Option<PathBuf>,
+    /// TLS on the client and peer ports, with a throwaway CA and certificate generated into
+    /// <dir>/tls/ (try `redis-cli --tls --cacert <dir>/tls/ca.pem -p 6380`).
+    #[arg(long)]
+    tls: bool,
     /// Extra `lockstep serve` flags for every node (after `--`).
     #[arg(last = true, value_name = "SERVE FLAGS")]
     serve_args: Vec<String>,
@@ -201,9 +209,15 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     // Declared before the nodes so that it is removed only after they are stopped.
     let (dir, temp_guard) = data_dir(args)?;
     let secret = peer_secret(args, &dir)?;
+    let tls = if args.tls {
+        Some(ClusterTls::generate(&dir, args.host)?)
+    } else {
+        None
+    };
     let mut nodes = Nodes {
         nodes: Vec::new(),
         lines: None,
+        tls,
     };
     let (tx, rx) = mpsc::channel();
     for member in &members {
@@ -224,6 +238,7 @@ fn run_cluster(args: &Args) -> Result<(), String> {
         false => None,
     };
     if let Some(leader) = leader {
+        let ca_file = nodes.tls.as_ref().map(|tls| tls.ca_file.as_path());
         print_table(
             args,
             &members,
@@ -231,6 +246,7 @@ fn run_cluster(args: &Args) -> Result<(), String> {
             &dir,
             temp_guard.is_some(),
             secret.as_deref(),
+            ca_file,
         );
         while !stop.load(Ordering::Relaxed) {
             nodes.check_running()?;
@@ -287,6 +303,7 @@ fn print_table(
     dir: &Path,
     removed: bool,
     secret: Option<&Path>,
+    ca_file: Option<&Path>,
 ) {
     let mut out = String::new();
     out.push_str(&format!(
@@ -324,6 +341,10 @@ fn print_table(
         IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => String::new(),
         ip => format!("-h {ip} "),
     };
+    let host = match ca_file {
+        Some(ca_file) => format!("--tls --cacert {} {host}", ca_file.display()),
+        None => host,
+    };
     out.push_str(&format!(
         "try:  redis-cli {host}-p {} (the leader; followers redirect writes to it)\n",
         leader_addr.port()
@@ -350,6 +371,35 @@ struct Nodes {
     nodes: Vec<Node>,
     /// `(id, line)` for every stdout line of every node.
     lines: Option<mpsc::Receiver<(u64, String)>>,
+    /// The TLS files every node uses (`--tls`).
+    tls: Option<ClusterTls>,
+}
+
+/// The files of `--tls`, and the client side for the supervisor's own status queries.
+struct ClusterTls {
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client: ClientTls,
+}
+
+impl ClusterTls {
+    /// A fresh CA and one certificate for `host` (every node binds it) in `<dir>/tls/`.
+    fn generate(dir: &Path, host: IpAddr) -> Result<ClusterTls, String> {
+        let tls_dir = dir.join("tls");
+        let failed = |e: std::io::Error| format!("--tls: {}: {e}", tls_dir.display());
+        std::fs::create_dir_all(&tls_dir).map_err(failed)?;
+        let pki = DevPki::new("lockstep cluster CA").map_err(failed)?;
+        let ca_file = pki.write_ca(&tls_dir).map_err(failed)?;
+        let node = pki.write_node(&tls_dir, "node", &[host]).map_err(failed)?;
+        let client = ClientTls::from_ca_file(&ca_file).map_err(|e| format!("--tls: {e}"))?;
+        Ok(ClusterTls {
+            ca_file,
+            cert_file: node.cert_file,
+            key_file: node.key_file,
+            client,
+        })
+    }
 }
 
 impl Nodes {
@@ -390,6 +440,15 @@ impl Nodes {
             if let Some(file) = file {
                 command.arg(flag).arg(file);
             }
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-file")
+                .arg(&tls.ca_file);
         }
         command
             .args(&args.serve_args)
@@ -478,7 +537,10 @@ impl Nodes {
             self.check_running()?;
             let leaders: Vec<Option<u64>> = members
                 .iter()
-                .map(|member| leader_of(member.client_addr, cluster_id, credentials))
+                .map(|member| {
+                    let tls = self.tls.as_ref().map(|tls| &tls.client);
+                    leader_of(member.client_addr, cluster_id, credentials, tls)
+                })
                 .collect();
             if let Some(leader) = leaders[0] {
                 if leaders.iter().all(|seen| *seen == Some(leader)) {
@@ -578,9 +640,14 @@ fn signal(child: &Child, signal: libc::c_int) {
 }
 
 /// The leader that the node at `addr` names in its status, if it answers and knows one.
-fn leader_of(addr: SocketAddr, cluster_id: u64, credentials: Option<&Credentials>) -> Option<u64> {
+fn leader_of(
+    addr: SocketAddr,
+    cluster_id: u64,
+    credentials: Option<&Credentials>,
+    tls: Option<&ClientTls>,
+) -> Option<u64> {
     let timeout = Duration::from_secs(1);
-    let mut client = Client::connect_with(addr, cluster_id, timeout, credentials).ok()?;
+    let mut client = Client::connect_with(addr, cluster_id, timeout, credentials, tls).ok()?;
     let status: Value = serde_json::from_str(&client.status().ok()?).ok()?;
     status.get("leader")?.as_u64()
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lockstep::apps::AppKind;
+use lockstep::server::security::TlsFiles;
 use lockstep::server::{self, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning};
 
 use crate::{env_setting, LOG_ENV, LOG_FORMAT_ENV};
@@ -141,6 +142,31 @@ pub struct Args {
     /// Close a client that leaves its replies unread this long, ms; 0 = never [default: 60000].
     #[arg(long, value_name = "MS")]
     slow_client_timeout_ms: Option<u64>,
+    /// TLS: this node's certificate chain (PEM); with --tls-key-file and --tls-ca-file turns TLS
+    /// on (see --tls-ports) [default: no TLS].
+    #[arg(long, value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// TLS: this node's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// TLS: the CA certificate(s) (PEM) peers' certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// TLS: which ports speak it, `both`, `client` or `peer` [default: both].
+    #[arg(long, value_name = "PORTS", value_parser = parse_tls_ports)]
+    tls_ports: Option<(bool, bool)>,
+}
+
+/// Parses `--tls-ports` into (client, peer).
+fn parse_tls_ports(text: &str) -> Result<(bool, bool), String> {
+    match text {
+        "both" => Ok((true, true)),
+        "client" => Ok((true, false)),
+        "peer" => Ok((false, true)),
+        other => Err(format!(
+            "{other:?} is not a port choice (expected \"both\", \"client\" or \"peer\")"
+        )),
+    }
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -260,6 +286,27 @@ impl Args {
             &mut limits.slow_client_timeout_ms,
             self.slow_client_timeout_ms,
         );
+        let tls_flags = self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some()
+            || self.tls_ca_file.is_some()
+            || self.tls_ports.is_some();
+        if tls_flags {
+            // Files not given here nor in the file stay empty, which validation names.
+            let tls = config.security.tls.get_or_insert_with(|| TlsFiles {
+                cert_file: PathBuf::new(),
+                key_file: PathBuf::new(),
+                ca_file: PathBuf::new(),
+                client: true,
+                peer: true,
+            });
+            set(&mut tls.cert_file, self.tls_cert_file);
+            set(&mut tls.key_file, self.tls_key_file);
+            set(&mut tls.ca_file, self.tls_ca_file);
+            if let Some((client, peer)) = self.tls_ports {
+                tls.client = client;
+                tls.peer = peer;
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lockstep::client::{Client, ClientError, Credentials};
+use lockstep::net::ClientTls;
 use lockstep::node::LatencySnapshot;
 use serde_json::Value;
 
@@ -29,6 +30,10 @@ pub struct Args {
     /// File holding the client password, for a node that requires one (the default user).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// Connect with TLS, trusting the CA certificate(s) of this PEM file (the node's certificate
+    /// must be valid for the IP address dialed).
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
@@ -47,8 +52,20 @@ fn fetch(args: &Args) -> Result<String, String> {
         .map(Credentials::from_password_file)
         .transpose()
         .map_err(|why| format!("--password-file: {why}"))?;
+    let tls = args
+        .tls_ca_file
+        .as_deref()
+        .map(ClientTls::from_ca_file)
+        .transpose()
+        .map_err(|e| format!("--tls-ca-file: {e}"))?;
     let cluster_id = args.cluster_id.unwrap_or(0);
-    let connected = Client::connect_with(addr, cluster_id, timeout, credentials.as_ref());
+    let connected = Client::connect_with(
+        addr,
+        cluster_id,
+        timeout,
+        credentials.as_ref(),
+        tls.as_ref(),
+    );
     let mut client = connected.map_err(|e| {
         let hint = match (&e, args.cluster_id, &credentials) {
             (ClientError::Refused(_), None, _) => " (pass the cluster's --cluster-id)",

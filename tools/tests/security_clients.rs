@@ -119,8 +119,9 @@ fn set_command(key: &str, value: &str) -> Vec<u8> {
 /// The leader's status JSON, through an authenticated native client.
 fn status(addr: SocketAddr, cluster_id: u64) -> Json {
     let credentials = Credentials::new(PASSWORD);
-    let mut client = Client::connect_with(addr, cluster_id, CLIENT_TIMEOUT, Some(&credentials))
-        .expect("authenticated status connection");
+    let mut client =
+        Client::connect_with(addr, cluster_id, CLIENT_TIMEOUT, Some(&credentials), None)
+            .expect("authenticated status connection");
     serde_json::from_str(&client.status().unwrap()).unwrap()
 }
 
@@ -252,18 +253,18 @@ fn native_clients_authenticate_in_their_hello() {
         other => panic!("a client without a password got {:?}", other.map(|_| ())),
     }
     let wrong = Credentials::new("nope");
-    match Client::connect_with(addr, id, CLIENT_TIMEOUT, Some(&wrong)) {
+    match Client::connect_with(addr, id, CLIENT_TIMEOUT, Some(&wrong), None) {
         Err(err @ ClientError::Auth(_)) => {
             assert!(err.to_string().contains("WRONGPASS"), "{err}");
         }
         other => panic!("a wrong password got {:?}", other.map(|_| ())),
     }
     let right = Credentials::new(PASSWORD);
-    let mut client = Client::connect_with(addr, id, CLIENT_TIMEOUT, Some(&right)).unwrap();
+    let mut client = Client::connect_with(addr, id, CLIENT_TIMEOUT, Some(&right), None).unwrap();
     client.propose(&set_command("native", "1")).unwrap();
 
     let reader = Credentials::for_user("reader", READER_PASSWORD);
-    let mut reader = Client::connect_with(addr, id, CLIENT_TIMEOUT, Some(&reader)).unwrap();
+    let mut reader = Client::connect_with(addr, id, CLIENT_TIMEOUT, Some(&reader), None).unwrap();
     reader.status().unwrap();
     match reader.propose(&set_command("native", "2")) {
         Err(ClientError::Server(message)) => assert!(message.starts_with("NOPERM "), "{message}"),
@@ -366,8 +367,14 @@ fn a_flood_of_connections_and_oversized_requests_do_not_stop_commits() {
         assert_eq!(pipelined.read(), Value::ok());
     }
     let credentials = Credentials::new(PASSWORD);
-    let mut native =
-        Client::connect_with(addr, cluster.cluster_id, CLIENT_TIMEOUT, Some(&credentials)).unwrap();
+    let mut native = Client::connect_with(
+        addr,
+        cluster.cluster_id,
+        CLIENT_TIMEOUT,
+        Some(&credentials),
+        None,
+    )
+    .unwrap();
     let err = native.propose(&set_command("big", &big)).unwrap_err();
     assert!(err.to_string().contains("max_request_bytes"), "{err}");
 

@@ -111,6 +111,9 @@ pub struct Args {
     /// Cluster id presented to the nodes (the local cluster is started with it).
     #[arg(long, default_value_t = 7)]
     pub cluster_id: u64,
+    /// With --connect: talk TLS to the nodes, trusting the CA certificate(s) of this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Run a series and print one table: `KNOB=V1,V2,...` with KNOB one of `clients`, `depth`,
     /// `entry-bytes`, `batch` (e.g. `clients=1,16,256`).
     #[arg(long)]
@@ -393,6 +396,13 @@ impl RunConfig {
             return Err(
                 "--durability none sets the sync mode of the nodes the bench starts; a cluster \
                  given with --connect runs with its own (set tuning.sync there)"
+                    .to_string(),
+            );
+        }
+        if args.tls_ca_file.is_some() && args.connect.is_empty() {
+            return Err(
+                "--tls-ca-file is for a cluster given with --connect (the nodes the \
+                        bench starts speak plain TCP)"
                     .to_string(),
             );
         }

@@ -64,6 +64,15 @@ pub fn run(args: Args) -> ExitCode {
             }
         }
     }
+    if let Some(path) = &args.tls_ca_file {
+        match lockstep::net::ClientTls::from_ca_file(path) {
+            Ok(tls) => status::use_tls(tls),
+            Err(error) => {
+                eprintln!("lockstep-bench: --tls-ca-file: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let (config, sweep) = match args.validate() {
         Ok(validated) => validated,
         Err(error) => {

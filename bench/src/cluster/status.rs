@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lockstep::client::{Client, ClientError, Credentials};
-use lockstep::net::{ClientReply, ClientRequest};
+use lockstep::net::{ClientReply, ClientRequest, ClientTls};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,6 +25,14 @@ pub const HANDSHAKE_REQ: u64 = 0;
 
 /// Timeout of one status query.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// TLS for every connection the bench opens (`--tls-ca-file`), set once before any.
+static CLIENT_TLS: OnceLock<ClientTls> = OnceLock::new();
+
+/// Makes every later [`connect`] use TLS (called once, at start).
+pub fn use_tls(tls: ClientTls) {
+    assert!(CLIENT_TLS.set(tls).is_ok(), "the bench's TLS was set twice");
+}
 
 /// The leader as one node reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,13 +56,20 @@ pub fn set_credentials(credentials: Credentials) {
     );
 }
 
-/// Connects to the node at `addr`, authenticating when `--password-file` was given.
+/// Connects to the node at `addr`, authenticating when `--password-file` was given, over TLS
+/// after [`use_tls`].
 pub fn connect(
     addr: SocketAddr,
     cluster_id: u64,
     timeout: Duration,
 ) -> Result<Client, ClientError> {
-    Client::connect_with(addr, cluster_id, timeout, CREDENTIALS.get())
+    Client::connect_with(
+        addr,
+        cluster_id,
+        timeout,
+        CREDENTIALS.get(),
+        CLIENT_TLS.get(),
+    )
 }
 
 /// One node's status as JSON, or why it could not be had.

@@ -110,7 +110,13 @@ impl ClusterClient {
                 None => {
                     let addr = self.addrs[self.current];
                     let credentials = self.credentials.as_ref();
-                    match Client::connect_with(addr, self.cluster_id, self.timeout, credentials) {
+                    match Client::connect_with(
+                        addr,
+                        self.cluster_id,
+                        self.timeout,
+                        credentials,
+                        None,
+                    ) {
                         Ok(client) => {
                             self.connection = Some(client);
                             continue;

@@ -5,19 +5,22 @@
 //! [`Client::recv`] reads through a 64 KiB buffer, so many replies cost one syscall. Beyond the
 //! reply itself nothing is allocated per request.
 //!
+//! With [`ClientTls`] ([`Client::connect_with`]) the connection speaks TLS, verifying the node's
+//! certificate against a CA file with the IP address dialed as the server name.
+//!
 //! [`Client::connect`] completes the handshake: the node answers the hello with `Ok` for request
 //! id 0, or refuses it with an `Error` for request id 0 (reported as [`ClientError::Refused`])
 //! and closes. Request ids handed out by [`Client::next_req`] therefore start at 1. After any I/O
 //! or protocol error the connection is unusable: later calls fail at once.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::net::frame::{encode_frame, read_frame, FrameType};
-use crate::net::{is_auth_refusal, ClientHello, ClientReply, ClientRequest};
+use crate::net::{is_auth_refusal, ClientHello, ClientReply, ClientRequest, ClientTls};
 use crate::node::{Applied, AppliedBatch};
 use crate::types::NodeId;
 
@@ -35,11 +38,42 @@ const REPLY_FRAME_BYTES_MAX: u32 = 64 << 20;
 /// The request id a node uses to answer a refused handshake.
 const HANDSHAKE_REQ: u64 = 0;
 
+/// The byte stream under a [`Client`]: plain TCP or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 /// One connection to one node.
 pub struct Client {
     addr: SocketAddr,
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// Reads through the buffer; writes go to the stream inside it (`get_mut`).
+    stream: BufReader<Stream>,
     /// Encoded frames not yet written.
     out: Vec<u8>,
     /// Scratch for encoding one request body.
@@ -62,26 +96,31 @@ impl Client {
         cluster_id: u64,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        Client::connect_with(addr, cluster_id, timeout, None)
+        Client::connect_with(addr, cluster_id, timeout, None, None)
     }
 
     /// [`Client::connect`], authenticating with `credentials` if given (a node that requires a
-    /// password refuses a hello without one with [`ClientError::Auth`]).
+    /// password refuses a hello without one with [`ClientError::Auth`]), over TLS when `tls` is
+    /// given (the TLS handshake runs with the node's hello exchange; a certificate the CA does
+    /// not vouch for fails it with an I/O error of kind `InvalidData`).
     pub fn connect_with(
         addr: SocketAddr,
         cluster_id: u64,
         timeout: Duration,
         credentials: Option<&Credentials>,
+        tls: Option<&ClientTls>,
     ) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream.try_clone()?);
+        let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::Tls(Box::new(tls.wrap(tcp, addr)?)),
+        };
         let mut client = Client {
             addr,
-            writer: stream,
-            reader,
+            stream: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
             out: Vec::with_capacity(WRITE_BUFFER_BYTES),
             scratch: Vec::new(),
             body: Vec::new(),
@@ -98,9 +137,9 @@ impl Client {
         encode_frame(FrameType::ClientHello, &client.scratch, &mut client.out);
         client.flush()?;
         // A node with no room for another client answers a RESP error line and closes.
-        if client.reader.fill_buf()?.first() == Some(&b'-') {
+        if client.stream.fill_buf()?.first() == Some(&b'-') {
             let mut line = String::new();
-            client.reader.read_line(&mut line)?;
+            client.stream.read_line(&mut line)?;
             return Err(ClientError::Refused(line[1..].trim_end().to_string()));
         }
         match client.read_reply()? {
@@ -171,7 +210,11 @@ impl Client {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = self.writer.write_all(&self.out).map_err(ClientError::Io);
+        let stream = self.stream.get_mut();
+        let result = stream
+            .write_all(&self.out)
+            .and_then(|()| stream.flush())
+            .map_err(ClientError::Io);
         self.out.clear();
         self.track(result)
     }
@@ -188,7 +231,7 @@ impl Client {
     }
 
     fn read_reply(&mut self) -> Result<ClientReply, ClientError> {
-        let ty = read_frame(&mut self.reader, REPLY_FRAME_BYTES_MAX, &mut self.body)?;
+        let ty = read_frame(&mut self.stream, REPLY_FRAME_BYTES_MAX, &mut self.body)?;
         if ty != FrameType::ClientReply {
             return Err(ClientError::Protocol(format!(
                 "expected a client reply frame, got {ty:?}"

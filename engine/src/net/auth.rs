@@ -174,6 +174,9 @@ pub enum Refusal {
     BadProof,
     /// A frame that is not valid at this point of the handshake.
     BadHello,
+    /// The TLS handshake failed (a plaintext peer on a TLS port, a certificate the CA does not
+    /// vouch for, no client certificate).
+    Tls,
 }
 
 impl Refusal {
@@ -188,6 +191,7 @@ impl Refusal {
             Refusal::NoSecret => "no_secret",
             Refusal::BadProof => "bad_proof",
             Refusal::BadHello => "bad_hello",
+            Refusal::Tls => "tls",
         }
     }
 }
@@ -211,6 +215,8 @@ pub struct PeerRefusals {
     pub bad_proof: u64,
     /// A malformed or out-of-place handshake frame.
     pub bad_hello: u64,
+    /// A failed TLS handshake.
+    pub tls: u64,
 }
 
 impl PeerRefusals {
@@ -220,7 +226,7 @@ impl PeerRefusals {
     }
 
     /// Every reason with its count, in a fixed order (for metrics).
-    pub fn by_reason(&self) -> [(&'static str, u64); 8] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
         [
             Refusal::WrongVersion,
             Refusal::WrongCluster,
@@ -230,6 +236,7 @@ impl PeerRefusals {
             Refusal::NoSecret,
             Refusal::BadProof,
             Refusal::BadHello,
+            Refusal::Tls,
         ]
         .map(|refusal| {
             let mut copy = *self;
@@ -247,6 +254,7 @@ impl PeerRefusals {
             Refusal::NoSecret => &mut self.no_secret,
             Refusal::BadProof => &mut self.bad_proof,
             Refusal::BadHello => &mut self.bad_hello,
+            Refusal::Tls => &mut self.tls,
         }
     }
 }

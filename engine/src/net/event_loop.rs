@@ -6,6 +6,10 @@
 //! handle poll events, retry undelivered events, expire handshakes, dial due peers, and do one
 //! read per readable connection (edge-triggered: a connection stays listed until a read would
 //! block; none is read while an event waits for room in the channel).
+//!
+//! A connection's bytes go through `tls::ConnStream`: plain TCP, or TLS when the port is
+//! configured for it (the TLS handshake runs before the hellos; a failed one is a refused
+//! handshake).
 
 mod client_sweep;
 mod handshake;
@@ -33,6 +37,7 @@ use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADE
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::rate_log::RateLimitedLog;
+use super::tls::{ConnStream, TLS_READ_BYTES};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
 use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats};
 use crate::raft::Message;
@@ -128,7 +133,7 @@ enum ConnKind {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: ConnStream,
     addr: SocketAddr,
     kind: ConnKind,
     decoder: FrameDecoder,
@@ -181,6 +186,9 @@ pub(super) struct EventLoop {
     parts: Vec<BodyPart>,
     /// The rate limit on warnings about refused peer handshakes.
     peer_refusal_log: RateLimitedLog,
+    /// Where TLS reads put ciphertext before decrypting it (one buffer for every connection;
+    /// empty when no port speaks TLS).
+    tls_scratch: Vec<u8>,
     /// The RESP request limits, the request size capped to a frame (a command must fit in the
     /// frames that replicate it).
     resp_limits: RespLimits,
@@ -259,6 +267,11 @@ impl EventLoop {
             scratch: Vec::new(),
             parts: Vec::new(),
             peer_refusal_log: RateLimitedLog::new("refused peer handshakes"),
+            tls_scratch: if config.tls.client_port() || config.tls.peer_port() {
+                vec![0; TLS_READ_BYTES]
+            } else {
+                Vec::new()
+            },
             resp_limits: RespLimits {
                 request_bytes_max: config
                     .resp_limits
@@ -346,7 +359,7 @@ impl EventLoop {
 
     fn add_conn(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: ConnStream,
         addr: SocketAddr,
         kind: ConnKind,
         connected: bool,
@@ -402,6 +415,13 @@ impl EventLoop {
             match self.peer_listener.accept() {
                 Ok((stream, addr)) => {
                     self.configure(&stream);
+                    let stream = match self.config.tls.accept_peer(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            warn!(peer = %addr, "cannot start TLS on a peer connection: {err}");
+                            continue;
+                        }
+                    };
                     let kind = ConnKind::Peer(PeerState::Handshake(PeerHandshake::new(None)));
                     match self.add_conn(stream, addr, kind, true) {
                         Ok(token) => self.queue_peer_hello(token),
@@ -429,6 +449,13 @@ impl EventLoop {
                         continue;
                     }
                     self.configure(&stream);
+                    let stream = match self.config.tls.accept_client(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            warn!(client = %addr, "cannot start TLS on a client connection: {err}");
+                            continue;
+                        }
+                    };
                     let kind = ConnKind::Client(ClientProtocol::Undetected);
                     match self.add_conn(stream, addr, kind, true) {
                         Ok(_) => {
@@ -468,6 +495,14 @@ impl EventLoop {
                 }
             };
             self.configure(&stream);
+            let stream = match self.config.tls.dial_peer(stream, addr) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    warn!(peer = %addr, "cannot start TLS to node {id}: {err}");
+                    self.schedule_redial(id);
+                    continue;
+                }
+            };
             let kind = ConnKind::Peer(PeerState::Handshake(PeerHandshake::new(Some(id))));
             match self.add_conn(stream, addr, kind, false) {
                 Ok(token) => {
@@ -528,7 +563,7 @@ impl EventLoop {
             return;
         };
         if !conn.connected {
-            let failure = match conn.stream.take_error() {
+            let failure = match conn.stream.tcp().take_error() {
                 Ok(Some(err)) | Err(err) => Some(format!("connect failed: {err}")),
                 Ok(None) if event.is_error() || event.is_write_closed() => {
                     Some("connect failed".to_owned())
@@ -539,13 +574,13 @@ impl EventLoop {
                 self.close(token, CloseReason::Gone(reason));
                 return;
             }
-            if event.is_writable() && conn.stream.peer_addr().is_ok() {
+            if event.is_writable() && conn.stream.tcp().peer_addr().is_ok() {
                 conn.connected = true;
             }
         }
         if event.is_writable() && conn.connected {
             conn.writable = true;
-            if !conn.in_dirty && !conn.out.is_empty() {
+            if !conn.in_dirty && (!conn.out.is_empty() || conn.stream.wants_write()) {
                 conn.in_dirty = true;
                 self.dirty.push(token);
             }
@@ -604,7 +639,19 @@ impl EventLoop {
                 return false;
             }
         }
-        let outcome = conn.decoder.read_from(&conn.stream);
+        let outcome = conn
+            .stream
+            .read_into(&mut conn.decoder, &mut self.tls_scratch);
+        if conn.stream.wants_write() && conn.connected {
+            // The read moved a TLS handshake on (or made an alert): its records go out with
+            // the next flush. A write refused while the handshake was unfinished looked like a
+            // full socket, so the socket is tried again (at worst one write that would block).
+            conn.writable = true;
+            if !conn.in_dirty {
+                conn.in_dirty = true;
+                self.dirty.push(token);
+            }
+        }
         match outcome {
             Ok(ReadOutcome::Data(n)) => {
                 conn.last_read = Instant::now();
@@ -617,6 +664,19 @@ impl EventLoop {
                     token,
                     CloseReason::Gone("closed by the other end".to_owned()),
                 );
+                false
+            }
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                // A TLS failure: in the handshake (a plaintext client, an unknown certificate)
+                // it is a refused handshake, later a bad record.
+                let reason = if !conn.stream.is_handshaking() {
+                    CloseReason::BadFrame(err.to_string())
+                } else if let ConnKind::Peer(_) = conn.kind {
+                    CloseReason::Refused(Refusal::Tls, format!("TLS handshake: {err}"))
+                } else {
+                    CloseReason::BadFrame(err.to_string())
+                };
+                self.close(token, reason);
                 false
             }
             Err(err) => {
@@ -903,7 +963,7 @@ impl EventLoop {
                 continue;
             };
             if !conn.connected || !conn.writable {
-                // Stays queued; the writable event lists it again.
+                // Stays queued; the writable event (or a TLS read) lists it again.
                 conn.in_dirty = false;
                 continue;
             }
@@ -917,7 +977,7 @@ impl EventLoop {
                         Some(since) if conn.out.queued_bytes == queued => Some(since),
                         _ => Some(Instant::now()),
                     };
-                    if conn.closing && conn.out.is_empty() {
+                    if conn.closing && !would_block && conn.out.is_empty() {
                         self.close(
                             token,
                             CloseReason::Gone("closed after its last reply".to_owned()),
@@ -940,6 +1000,7 @@ impl EventLoop {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
+        conn.stream.close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let (what, peer_id) = match &conn.kind {
             ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),

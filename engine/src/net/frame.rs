@@ -329,6 +329,23 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Appends `len` bytes that `fill` writes into the buffer (for a source that is not a socket,
+    /// e.g. plaintext coming out of TLS: one copy, no intermediate buffer). On an error nothing
+    /// is appended.
+    pub fn append_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        let filled = fill(&mut self.buf[start..]);
+        if filled.is_err() {
+            self.buf.truncate(start);
+        }
+        filled
+    }
+
     /// Takes the next whole frame out of the buffer, if one is complete. A bad header is
     /// reported as soon as its 12 bytes are in; the CRC once the whole body is.
     pub fn next_frame(&mut self) -> Result<Option<(FrameType, Bytes)>, FrameError> {

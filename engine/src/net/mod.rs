@@ -10,6 +10,7 @@
 //! - Bad input (failed handshake, wrong cluster id or version, malformed, oversized or
 //!   checksum-failing frames) closes that one connection, is logged with both values, and is
 //!   counted in [`NetStats`]; every other connection keeps being served.
+//! - Optional TLS per port ([`TlsSettings`], module [`tls`]): the same frames inside rustls.
 //!
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
@@ -17,11 +18,13 @@ mod auth;
 mod client_auth;
 mod client_limits;
 mod client_msg;
+pub mod dev_pki;
 mod event_loop;
 pub mod frame;
 mod out_queue;
 mod peer_msg;
 mod rate_log;
+pub mod tls;
 mod transport;
 mod wire;
 
@@ -43,6 +46,7 @@ pub use self::event_loop::{
 pub use self::peer_msg::{
     decode_message, encode_message, PeerHello, PeerProof, PEER_PROTOCOL_VERSION,
 };
+pub use self::tls::{ClientTls, TlsError, TlsFile, TlsPorts, TlsSettings};
 pub use self::transport::{NetHandle, NetStats, Transport};
 
 use std::net::SocketAddr;
@@ -115,12 +119,14 @@ pub struct NetConfig {
     pub client_users: Arc<ClientUsers>,
     /// Per-connection client limits (pipelined bytes, idle and slow-client timeouts).
     pub client_limits: ClientLimits,
+    /// TLS on the client and peer ports (default: plain TCP on both).
+    pub tls: TlsSettings,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
     /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret,
-    /// no client passwords, default [`ClientLimits`].
+    /// no client passwords, default [`ClientLimits`], no TLS.
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -139,6 +145,7 @@ impl NetConfig {
             peer_secret: None,
             client_users: Arc::new(ClientUsers::open()),
             client_limits: ClientLimits::default(),
+            tls: TlsSettings::default(),
         }
     }
 }

@@ -7,10 +7,10 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 use bytes::{Bytes, BytesMut};
-use mio::net::TcpStream;
 
 use super::frame::{frame_header, FrameType};
 use super::peer_msg::BodyPart;
+use super::tls::ConnStream;
 use super::NetStats;
 
 /// Buffers handed to one `write_vectored`.
@@ -78,10 +78,11 @@ impl OutQueue {
         self.queued_bytes += bytes.len();
     }
 
-    /// Writes as much as the socket takes. Returns whether the socket would block (output left).
+    /// Writes as much as the stream takes, then flushes it (TLS records). Returns whether the
+    /// stream would block (output left, here or in the stream).
     pub(super) fn write_to(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut ConnStream,
         stats: &mut NetStats,
     ) -> io::Result<bool> {
         self.seal();
@@ -114,6 +115,10 @@ impl OutQueue {
                 }
             }
         }
-        Ok(false)
+        match stream.flush() {
+            Ok(()) => Ok(false),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(err) => Err(err),
+        }
     }
 }

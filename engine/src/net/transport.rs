@@ -16,6 +16,9 @@
 //! - Memory is bounded: inbound events go through the caller's bounded channel and, when it is
 //!   full, sockets are not read until it drains; outbound queues are capped per connection.
 //! - Bad input closes only the connection it came on, with a `warn!` naming address and reason.
+//! - With [`super::TlsSettings`] for a port, its connections speak TLS (mutual on the peer port):
+//!   a failed TLS handshake (plaintext, unknown certificate) is logged and counted like a refused
+//!   hello, and closes only that connection.
 
 use std::io;
 use std::net::SocketAddr;

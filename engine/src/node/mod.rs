@@ -87,6 +87,8 @@ pub struct NodeConfig {
     pub max_clients: usize,
     /// Largest client request (RESP command or native frame body), capped at `max_frame_bytes`.
     pub max_request_bytes: usize,
+    /// TLS on the client and peer ports (default: none).
+    pub tls: crate::net::TlsSettings,
 }
 
 impl NodeConfig {
@@ -125,6 +127,7 @@ impl NodeConfig {
             client_limits: ClientLimits::default(),
             max_clients: net.max_clients,
             max_request_bytes: net.resp_limits.request_bytes_max,
+            tls: crate::net::TlsSettings::default(),
         }
     }
 }
@@ -288,6 +291,7 @@ impl Node {
             net_config.client_limits = config.client_limits;
             net_config.max_clients = config.max_clients;
             net_config.resp_limits.request_bytes_max = config.max_request_bytes;
+            net_config.tls = config.tls.clone();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
                     "cannot start the network on {peer_listen}: {error}"

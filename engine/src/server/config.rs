@@ -351,6 +351,7 @@ impl ServerError {
         let flag = match key {
             "members" => "member".to_string(),
             "tuning" => return ServerError(format!("option `{name}`: {why}")),
+            tls if name.starts_with("security.tls.") => format!("tls-{}", tls.replace('_', "-")),
             other => other.replace('_', "-"),
         };
         ServerError(format!("option `{name}` (flag --{flag}): {why}"))
@@ -452,6 +453,9 @@ impl ServerConfig {
             ));
         }
         self.validate_observability()?;
+        if let Some(tls) = &self.security.tls {
+            tls.validate()?;
+        }
         self.tuning.validate()?;
         self.limits.validate()?;
         self.security.client_users()?;
@@ -556,6 +560,9 @@ impl ServerConfig {
         node.client_limits = self.limits.client_limits();
         node.max_clients = self.limits.max_clients;
         node.max_request_bytes = self.limits.max_request_bytes;
+        if let (Some(tls), Some(own)) = (&self.security.tls, self.own_member()) {
+            node.tls = tls.load(own.peer_addr.ip())?;
+        }
         Ok(node)
     }
 }

@@ -6,12 +6,15 @@
 //! Secrets and passwords are read from files named here, never given on the command line.
 
 use std::io::Read;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::config::ServerError;
-use crate::net::{read_password_file, ClientLimits, ClientUsers, PeerSecret};
+use crate::net::{
+    read_password_file, ClientLimits, ClientUsers, PeerSecret, TlsFile, TlsPorts, TlsSettings,
+};
 
 /// The `[security]` section. Everything is off by default (a trusted network).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,6 +107,50 @@ pub struct TlsFiles {
 
 fn yes() -> bool {
     true
+}
+
+impl TlsFiles {
+    /// Checks the section's shape (every file named, some port on); the files are read by
+    /// [`TlsFiles::load`].
+    pub fn validate(&self) -> Result<(), ServerError> {
+        for (file, path) in [
+            (TlsFile::Cert, &self.cert_file),
+            (TlsFile::Key, &self.key_file),
+            (TlsFile::Ca, &self.ca_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(ServerError::option(
+                    &format!("security.tls.{}", file.option()),
+                    "is not set (TLS needs a certificate, its key and the CA file)".to_string(),
+                ));
+            }
+        }
+        if !self.client && !self.peer {
+            return Err(ServerError::option(
+                "security.tls.client",
+                "and `security.tls.peer` are both false: TLS would be on no port (remove the \
+                 section for plain TCP)"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the PEM files and builds the transport's TLS settings; `peer_ip` is the IP of this
+    /// node's peer address (peers check the certificate against it). Errors name the option,
+    /// the file and what is wrong with it.
+    pub fn load(&self, peer_ip: IpAddr) -> Result<TlsSettings, ServerError> {
+        let ports = TlsPorts {
+            client: self.client,
+            peer: self.peer.then_some(peer_ip),
+        };
+        TlsSettings::load(&self.cert_file, &self.key_file, &self.ca_file, ports).map_err(|err| {
+            ServerError::option(
+                &format!("security.tls.{}", err.file.option()),
+                format!("{}: {}", err.path.display(), err.why),
+            )
+        })
+    }
 }
 
 /// The `[limits]` section: bounds on what one client may cost a node.
@@ -352,5 +399,65 @@ mod tests {
         assert_eq!(mapped.idle_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(mapped.slow_client_timeout, None);
         assert_eq!(mapped.max_pipelined_bytes, 64 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::net::dev_pki::DevPki;
+
+    fn files(dir: &std::path::Path) -> TlsFiles {
+        TlsFiles {
+            cert_file: dir.join("node.pem"),
+            key_file: dir.join("node-key.pem"),
+            ca_file: dir.join("ca.pem"),
+            client: true,
+            peer: true,
+        }
+    }
+
+    #[test]
+    fn tls_errors_name_the_option_and_its_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let tls = files(dir.path());
+        let unset = TlsFiles {
+            key_file: PathBuf::new(),
+            ..tls.clone()
+        };
+        let err = unset.validate().unwrap_err().0;
+        assert!(
+            err.starts_with("option `security.tls.key_file` (flag --tls-key-file): is not set"),
+            "{err}"
+        );
+        let nowhere = TlsFiles {
+            client: false,
+            peer: false,
+            ..tls.clone()
+        };
+        assert!(nowhere
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("TLS would be on no port"));
+
+        tls.validate().unwrap();
+        let err = tls.load(localhost).unwrap_err().0;
+        assert!(
+            err.starts_with("option `security.tls.cert_file` (flag --tls-cert-file): ")
+                && err.ends_with("node.pem: not found"),
+            "{err}"
+        );
+        let pki = DevPki::new("test CA").unwrap();
+        pki.write_ca(dir.path()).unwrap();
+        pki.write_node(dir.path(), "node", &[localhost]).unwrap();
+        let settings = tls.load(localhost).unwrap();
+        assert!(settings.client_port() && settings.peer_port());
+        let client_only = TlsFiles { peer: false, ..tls };
+        let settings = client_only.load(localhost).unwrap();
+        assert!(settings.client_port() && !settings.peer_port());
     }
 }

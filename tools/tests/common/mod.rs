@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lockstep::client::{Client, ClientError};
+use lockstep::net::ClientTls;
 use lockstep::server::MemberConfig;
 use serde_json::Value;
 
@@ -53,6 +54,8 @@ pub struct Cluster {
     app: String,
     extra_args: Vec<String>,
     procs: Vec<Option<Proc>>,
+    /// How the harness's own queries reach a client port that speaks TLS.
+    pub client_tls: Option<ClientTls>,
 }
 
 impl Cluster {
@@ -74,6 +77,7 @@ impl Cluster {
             app: app.to_string(),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             procs: (0..n).map(|_| None).collect(),
+            client_tls: None,
         };
         for id in 1..=n as u64 {
             cluster.spawn(id);
@@ -234,7 +238,13 @@ impl Cluster {
 
     /// Node `id`'s status JSON, or the error.
     pub fn status(&self, id: u64) -> Result<Value, ClientError> {
-        let mut client = Client::connect(self.client_addr(id), self.cluster_id, CLIENT_TIMEOUT)?;
+        let mut client = Client::connect_with(
+            self.client_addr(id),
+            self.cluster_id,
+            CLIENT_TIMEOUT,
+            None,
+            self.client_tls.as_ref(),
+        )?;
         let json = client.status()?;
         Ok(serde_json::from_str(&json).expect("status is JSON"))
     }
