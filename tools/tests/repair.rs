@@ -169,6 +169,27 @@ fn a_single_node_with_a_damaged_log_refuses_to_start_and_says_why() {
     let log_dir = cluster.data_dir(1).join("log");
     let damaged = damage_record_of(&log_dir, 20);
 
+    let stderr = refused_start(&cluster);
+    for needle in [
+        damaged.file.display().to_string(),
+        format!("byte offset {}", damaged.offset),
+        format!("entries {}..={}", damaged.first_index, damaged.last_index),
+        "only voter".to_string(),
+        "Restore the data directory".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&needle),
+            "{needle:?} missing from:\n{stderr}"
+        );
+    }
+    // Nothing was cut: the damage is still there for the operator.
+    assert!(inspect(&log_dir).is_err());
+    assert!(!log_dir.join(REPAIR_FILE).exists());
+}
+
+/// Starts node 1 of `cluster` (a single voter) and returns what it printed before it exited;
+/// panics if it starts serving instead.
+fn refused_start(cluster: &Cluster) -> String {
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(["--id", "1", "--cluster-id", &cluster.cluster_id.to_string()])
@@ -199,10 +220,29 @@ fn a_single_node_with_a_damaged_log_refuses_to_start_and_says_why() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_single_node_whose_newest_segment_was_deleted_refuses_to_start_naming_it() {
+    // Small segments so the log spans several; the newest one goes.
+    let mut cluster = Cluster::start(1, "kv", &["--segment-bytes", "65536"]);
+    cluster.wait_leader(Duration::from_secs(10));
+    put_range(&cluster, 0, 2000);
+    cluster.stop(1);
+    let log_dir = cluster.data_dir(1).join("log");
+    let newest = inspect(&log_dir)
+        .unwrap()
+        .segments
+        .last()
+        .unwrap()
+        .path
+        .clone();
+    std::fs::remove_file(&newest).unwrap();
+    let stderr = refused_start(&cluster);
     for needle in [
-        damaged.file.display().to_string(),
-        format!("byte offset {}", damaged.offset),
-        format!("entries {}..={}", damaged.first_index, damaged.last_index),
+        newest.display().to_string(),
+        "how many is unknown".to_string(),
         "only voter".to_string(),
         "Restore the data directory".to_string(),
     ] {
@@ -211,7 +251,6 @@ fn a_single_node_with_a_damaged_log_refuses_to_start_and_says_why() {
             "{needle:?} missing from:\n{stderr}"
         );
     }
-    // Nothing was cut: the damage is still there for the operator.
     assert!(inspect(&log_dir).is_err());
     assert!(!log_dir.join(REPAIR_FILE).exists());
 }

@@ -8,7 +8,8 @@
 //! - `storage`: SIGKILL a node, then damage its log (flip a bit in a committed record, truncate
 //!   a segment, or delete the newest segment) and restart it. A node may refuse to start on a
 //!   damaged log, as long as it says why: the harness then records the refusal, puts the saved
-//!   copy of the log back and starts it again, so the run goes on.
+//!   copy of the log back and starts it again, so the run goes on. One damaged node at a time:
+//!   while a node is still repairing its log (status `repair_until`), no other is damaged.
 //!
 //! Every choice comes from one [`SimRng`] seeded by the run's seed; the timing of a real
 //! cluster is not deterministic, so a seed reproduces the fault schedule, not the run.
@@ -220,6 +221,19 @@ impl Nemesis {
     fn storage(&mut self, cluster: &mut Cluster) -> Result<String, String> {
         let ids = cluster.ids();
         let target = *self.rng.pick(&ids);
+        // A node still repairing its log counts as failed (it neither votes nor campaigns):
+        // damaging a second one would be two faults at once, which a 3-node cluster does not
+        // tolerate (it would stay without a leader until one of them is repaired).
+        if let Some(repairing) = ids.iter().copied().find(|&id| {
+            cluster
+                .status(id)
+                .ok()
+                .is_some_and(|status| !status["repair_until"].is_null())
+        }) {
+            return Ok(format!(
+                "skipped: node {repairing} is still repairing its log"
+            ));
+        }
         let commit = cluster
             .status(target)
             .ok()
