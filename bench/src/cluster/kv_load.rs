@@ -24,7 +24,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::keys::{Op, Workload};
-use super::load::{LoadPlan, Tally, CLIENT_TIMEOUT, LEADER_SEARCH, PAYLOAD};
+use super::load::{
+    on_client_threads, schedule, Ended, LoadPlan, Tally, CLIENT_TIMEOUT, LEADER_SEARCH, PAYLOAD,
+};
 use super::status::find_leader;
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
@@ -206,21 +208,22 @@ impl KvTally {
 /// Runs `plan.load.clients` threads against the leader at `leader` until the window ends (or
 /// `interrupt` is set), and returns their merged tally.
 pub fn run(plan: &KvPlan, leader: SocketAddr, interrupt: &Interrupt) -> KvTally {
-    let threads: Vec<_> = (0..plan.load.clients)
-        .map(|index| {
-            let plan = plan.clone();
-            let interrupt = interrupt.clone();
-            std::thread::Builder::new()
-                .name(format!("kv-client-{index}"))
-                .spawn(move || drive(&plan, index, leader, &interrupt))
-                .expect("spawning a client thread")
-        })
-        .collect();
+    let shared = (plan.clone(), interrupt.clone());
+    let tallies = on_client_threads(
+        plan.load.clients,
+        "kv-client",
+        shared,
+        move |(plan, interrupt), index| {
+            let mut tally = drive(plan, index, leader, interrupt);
+            tally.all.finish(&plan.load);
+            tally
+        },
+    );
     let mut total = KvTally::new(None);
-    for thread in threads {
-        match thread.join() {
-            Ok(tally) => total.merge(&tally),
-            Err(_) => total
+    for tally in tallies {
+        match tally {
+            Some(tally) => total.merge(&tally),
+            None => total
                 .all
                 .errors
                 .push("a client thread panicked".to_string()),
@@ -232,45 +235,19 @@ pub fn run(plan: &KvPlan, leader: SocketAddr, interrupt: &Interrupt) -> KvTally 
     total
 }
 
-/// Why a connection's loop ended.
-enum Ended {
-    /// The window is over or the bench was interrupted.
-    Done,
-    /// Reconnect, to this address if known (else find the leader).
-    Reconnect(Option<SocketAddr>),
-    /// Give up: the message says why.
-    Fatal(String),
-}
-
-/// One client thread: its load, then its share of the series.
+/// One client thread (its caller adds its last second to the series: [`Tally::finish`]).
 fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> KvTally {
     let mut tally = KvTally::new(Some(index));
-    load_until_done(plan, index, leader, interrupt, &mut tally);
-    tally.all.finish(&plan.load);
-    tally
-}
-
-fn load_until_done(
-    plan: &KvPlan,
-    index: usize,
-    leader: SocketAddr,
-    interrupt: &Interrupt,
-    tally: &mut KvTally,
-) {
     let load = &plan.load;
+    let (interval, next_intended) = schedule(load, index);
     let mut session = Session {
         load,
         chooser: plan.workload.chooser(index),
         value: &PAYLOAD[..load.entry_bytes],
         pending: VecDeque::with_capacity(load.depth),
-        interval: load
-            .rate_per_sec
-            .map(|rate| Duration::from_secs_f64(load.clients as f64 / rate)),
-        next_intended: load.load_start,
+        interval,
+        next_intended,
     };
-    if let Some(interval) = session.interval {
-        session.next_intended += interval.mul_f64(index as f64 / load.clients as f64);
-    }
     // The buffers live as long as the thread: reconnecting reuses them.
     let mut wire = Wire {
         out: Vec::with_capacity(load.depth * (64 + load.entry_bytes)),
@@ -295,7 +272,7 @@ fn load_until_done(
                 Ok(found) => found.addr,
                 Err(error) => {
                     tally.all.errors.push(format!("client {index}: {error}"));
-                    return;
+                    return tally;
                 }
             },
         };
@@ -306,7 +283,7 @@ fn load_until_done(
         let ended = match connect(addr) {
             Ok(stream) => {
                 wire.reset();
-                session.run(&stream, &mut wire, tally, interrupt)
+                session.run(&stream, &mut wire, &mut tally, interrupt)
             }
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -320,15 +297,15 @@ fn load_until_done(
         }
         session.pending.clear();
         match ended {
-            Ended::Done => return,
+            Ended::Done => return tally,
             Ended::Reconnect(next) => target = next,
             Ended::Fatal(error) => {
                 tally.all.errors.push(format!("client {index}: {error}"));
-                return;
+                return tally;
             }
         }
         if Instant::now() >= load.measure_end || interrupt.is_set() {
-            return;
+            return tally;
         }
     }
 }

@@ -188,32 +188,70 @@ impl Tally {
 /// Runs `plan.clients` threads against the leader at `leader` until the window ends (or
 /// `interrupt` is set), and returns their merged tally.
 pub fn run(plan: &LoadPlan, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
-    let threads: Vec<_> = (0..plan.clients)
-        .map(|index| {
-            let plan = plan.clone();
-            let interrupt = interrupt.clone();
-            std::thread::Builder::new()
-                .name(format!("client-{index}"))
-                .spawn(move || {
-                    let mut tally = drive(&plan, index, leader, &interrupt);
-                    tally.finish(&plan);
-                    tally
-                })
-                .expect("spawning a client thread")
-        })
-        .collect();
+    let shared = (plan.clone(), interrupt.clone());
     let mut total = Tally::new(None);
-    for thread in threads {
-        match thread.join() {
-            Ok(tally) => total.merge(&tally),
-            Err(_) => total.errors.push("a client thread panicked".to_string()),
+    for tally in on_client_threads(
+        plan.clients,
+        "client",
+        shared,
+        move |(plan, interrupt), index| {
+            let mut tally = drive(plan, index, leader, interrupt);
+            tally.finish(plan);
+            tally
+        },
+    ) {
+        match tally {
+            Some(tally) => total.merge(&tally),
+            None => total.errors.push("a client thread panicked".to_string()),
         }
     }
     total
 }
 
+/// Runs `drive(&shared, index)` on `clients` threads named `name-index` and returns what each
+/// returned, in index order (`None` for a thread that panicked).
+pub fn on_client_threads<S, T>(
+    clients: usize,
+    name: &str,
+    shared: S,
+    drive: impl Fn(&S, usize) -> T + Send + Clone + 'static,
+) -> Vec<Option<T>>
+where
+    S: Clone + Send + 'static,
+    T: Send + 'static,
+{
+    let threads: Vec<_> = (0..clients)
+        .map(|index| {
+            let shared = shared.clone();
+            let drive = drive.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || drive(&shared, index))
+                .expect("spawning a client thread")
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|thread| thread.join().ok())
+        .collect()
+}
+
+/// The open-loop schedule of client thread `index`: the time between its intended sends
+/// (`None` in a closed loop) and its first intended send, staggered evenly over one interval
+/// across the threads.
+pub fn schedule(plan: &LoadPlan, index: usize) -> (Option<Duration>, Instant) {
+    let interval = plan
+        .rate_per_sec
+        .map(|rate| Duration::from_secs_f64(plan.clients as f64 / rate));
+    let first = match interval {
+        Some(interval) => plan.load_start + interval.mul_f64(index as f64 / plan.clients as f64),
+        None => plan.load_start,
+    };
+    (interval, first)
+}
+
 /// Why a connection's loop ended.
-enum Ended {
+pub enum Ended {
     /// The window is over or the bench was interrupted.
     Done,
     /// Reconnect, to this address if known (else find the leader).
@@ -226,21 +264,16 @@ enum Ended {
 fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
     let mut tally = Tally::new(Some(index));
     let payload = Bytes::from_static(&PAYLOAD[..plan.entry_bytes]);
+    let (interval, next_intended) = schedule(plan, index);
     let mut connection = Connection {
         plan,
         payload: payload.clone(),
         commands: vec![payload; plan.batch],
         next_req: 1,
         pending: InFlight::with_capacity(2 * plan.depth),
-        // Stagger the threads' schedules evenly over one interval.
-        interval: plan
-            .rate_per_sec
-            .map(|rate| Duration::from_secs_f64(plan.clients as f64 / rate)),
-        next_intended: plan.load_start,
+        interval,
+        next_intended,
     };
-    if let Some(interval) = connection.interval {
-        connection.next_intended += interval.mul_f64(index as f64 / plan.clients as f64);
-    }
     let mut target = Some(leader);
     let mut first = true;
     loop {

@@ -405,7 +405,7 @@ impl Describe for RunResults {
             ));
         }
         if let Some(offered) = self.offered_per_sec {
-            rows.push(("offered".into(), format!("{offered} entries/s (open loop)")));
+            rows.push(("offered".into(), format!("{offered} {unit}/s (open loop)")));
         }
         rows.push((
             "grouping".into(),
