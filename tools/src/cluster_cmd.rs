@@ -262,8 +262,12 @@ fn print_table(args: &Args, members: &[MemberConfig], leader: u64, dir: &Path, r
         IpAddr::V4(ip) if ip == Ipv4Addr::LOCALHOST => String::new(),
         ip => format!("-h {ip} "),
     };
+    let auth = match &args.client_password_file {
+        Some(file) => format!(" -a \"$(cat {})\"", file.display()),
+        None => String::new(),
+    };
     out.push_str(&format!(
-        "try:  redis-cli {host}-p {} (the leader; followers redirect writes to it)\n",
+        "try:  redis-cli {host}-p {}{auth} (the leader; followers redirect writes to it)\n",
         leader_addr.port()
     ));
     out.push_str("stop: Ctrl-C\n");
