@@ -20,19 +20,19 @@ pub const READONLY_USER: &str = "reader";
 
 /// What an authenticated client may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum ClientRole {
     /// Reads and writes.
     ReadWrite,
     /// Reads only: proposals are refused with `NOPERM`.
     ReadOnly,
 }
 
-impl Role {
+impl ClientRole {
     /// The user name of the role.
     pub fn user(self) -> &'static str {
         match self {
-            Role::ReadWrite => DEFAULT_USER,
-            Role::ReadOnly => READONLY_USER,
+            ClientRole::ReadWrite => DEFAULT_USER,
+            ClientRole::ReadOnly => READONLY_USER,
         }
     }
 }
@@ -74,20 +74,20 @@ impl ClientUsers {
 
     /// The role of a client that is not (or not yet) authenticated: read-write when no
     /// password is configured, none otherwise.
-    pub fn anonymous(&self) -> Option<Role> {
-        (!self.required()).then_some(Role::ReadWrite)
+    pub fn anonymous(&self) -> Option<ClientRole> {
+        (!self.required()).then_some(ClientRole::ReadWrite)
     }
 
     /// The role `user` gets with `password`, or `None` (unknown user, wrong password, or no
     /// password configured for that user). The password is compared in constant time.
-    pub fn check(&self, user: &[u8], password: &[u8]) -> Option<Role> {
+    pub fn check(&self, user: &[u8], password: &[u8]) -> Option<ClientRole> {
         let candidate = digest(password);
         let (stored, role) = if user == DEFAULT_USER.as_bytes() {
-            (self.default, Role::ReadWrite)
+            (self.default, ClientRole::ReadWrite)
         } else if user == READONLY_USER.as_bytes() {
-            (self.readonly, Role::ReadOnly)
+            (self.readonly, ClientRole::ReadOnly)
         } else {
-            (None, Role::ReadOnly)
+            (None, ClientRole::ReadOnly)
         };
         // Compare against a dummy digest when the user has none, so the work is the same.
         let matches = candidate.ct_eq(&stored.unwrap_or([0; 32]));
@@ -137,8 +137,11 @@ mod tests {
         let users = ClientUsers::new(b"s3cret", Some(b"peek"));
         assert!(users.required());
         assert_eq!(users.anonymous(), None);
-        assert_eq!(users.check(b"default", b"s3cret"), Some(Role::ReadWrite));
-        assert_eq!(users.check(b"reader", b"peek"), Some(Role::ReadOnly));
+        assert_eq!(
+            users.check(b"default", b"s3cret"),
+            Some(ClientRole::ReadWrite)
+        );
+        assert_eq!(users.check(b"reader", b"peek"), Some(ClientRole::ReadOnly));
         assert_eq!(users.check(b"default", b"peek"), None);
         assert_eq!(users.check(b"reader", b"s3cret"), None);
         assert_eq!(users.check(b"default", b"s3cret\n"), None);
@@ -177,7 +180,7 @@ mod tests {
     fn open_users_need_no_password_and_have_no_reader() {
         let users = ClientUsers::open();
         assert!(!users.required());
-        assert_eq!(users.anonymous(), Some(Role::ReadWrite));
+        assert_eq!(users.anonymous(), Some(ClientRole::ReadWrite));
         assert_eq!(users.check(b"default", b""), None);
         assert_eq!(users.check(b"reader", b""), None);
         let no_reader = ClientUsers::new(b"pw", None);

@@ -23,7 +23,9 @@ mod peer_msg;
 mod transport;
 mod wire;
 
-pub use self::client_auth::{read_password_file, ClientUsers, Role, DEFAULT_USER, READONLY_USER};
+pub use self::client_auth::{
+    read_password_file, ClientRole, ClientUsers, DEFAULT_USER, READONLY_USER,
+};
 pub use self::client_limits::ClientLimits;
 pub(crate) use self::client_msg::is_auth_refusal;
 pub use self::client_msg::{

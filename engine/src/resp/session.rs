@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Value;
-use crate::net::{ClientUsers, Role, DEFAULT_USER};
+use crate::net::{ClientRole, ClientUsers, DEFAULT_USER};
 
 /// The Redis version this server claims in `HELLO` and `INFO` (the command surface it mimics;
 /// client libraries pick features by it). lockstep's own version is reported beside it.
@@ -37,7 +37,7 @@ pub struct Session {
     /// The configured users.
     users: Arc<ClientUsers>,
     /// What the session may do: `None` until it authenticates (when a password is required).
-    role: Option<Role>,
+    role: Option<ClientRole>,
 }
 
 /// What a connection-level command asks the network stage to do.
@@ -67,7 +67,7 @@ impl Session {
     }
 
     /// What the session may do; `None` while it must still authenticate.
-    pub fn role(&self) -> Option<Role> {
+    pub fn role(&self) -> Option<ClientRole> {
         self.role
     }
 
@@ -294,7 +294,7 @@ impl Session {
 
 /// The refusal of a write (`command`, as sent) on a read-only session:
 /// `-NOPERM User reader has no permissions to run the '<command>' command`.
-pub fn no_perm(role: Role, command: &[u8]) -> Value {
+pub fn no_perm(role: ClientRole, command: &[u8]) -> Value {
     Value::error(
         "NOPERM",
         format!(
@@ -476,13 +476,13 @@ mod tests {
         assert!(is_error(&reply(&mut s, &["AUTH"]), "ERR"));
         assert_eq!(s.role(), None);
         assert_eq!(reply(&mut s, &["AUTH", "pw"]), Value::ok());
-        assert_eq!(s.role(), Some(Role::ReadWrite));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
         assert_eq!(run(&mut s, &["GET", "k"]), None);
         // A failed attempt keeps the earlier authentication.
         assert!(failed(&mut s, &["AUTH", "default", "wrong"]));
-        assert_eq!(s.role(), Some(Role::ReadWrite));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
         assert_eq!(reply(&mut s, &["AUTH", "reader", "ro"]), Value::ok());
-        assert_eq!(s.role(), Some(Role::ReadOnly));
+        assert_eq!(s.role(), Some(ClientRole::ReadOnly));
         assert_eq!(reply(&mut s, &["RESET"]), Value::Simple("RESET".into()));
         assert_eq!(s.role(), None);
         assert!(is_error(&reply(&mut s, &["ECHO", "x"]), "NOAUTH"));
@@ -494,10 +494,10 @@ mod tests {
             ),
             Value::Array(_)
         ));
-        assert_eq!(s.role(), Some(Role::ReadWrite));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
         assert_eq!(reply(&mut s, &["CLIENT", "GETNAME"]), bulk("n"));
         assert_eq!(
-            no_perm(Role::ReadOnly, b"SET"),
+            no_perm(ClientRole::ReadOnly, b"SET"),
             Value::Error(
                 "NOPERM User reader has no permissions to run the 'set' command".to_string()
             )
@@ -512,7 +512,7 @@ mod tests {
             &reply(&mut s, &["HELLO", "2", "AUTH", "default", "x"]),
             "ERR"
         ));
-        assert_eq!(s.role(), Some(Role::ReadWrite));
+        assert_eq!(s.role(), Some(ClientRole::ReadWrite));
     }
 
     #[test]

@@ -188,11 +188,11 @@ mod tests {
         let users = security.client_users().unwrap();
         assert_eq!(
             users.check(b"default", b"s3cret"),
-            Some(crate::net::Role::ReadWrite)
+            Some(crate::net::ClientRole::ReadWrite)
         );
         assert_eq!(
             users.check(b"reader", b"peek"),
-            Some(crate::net::Role::ReadOnly)
+            Some(crate::net::ClientRole::ReadOnly)
         );
         security.client_password_file = Some(write("empty", ""));
         let empty = security.client_users().unwrap_err().0;

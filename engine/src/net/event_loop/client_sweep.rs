@@ -16,7 +16,7 @@ use mio::Token;
 
 use super::{ClientProtocol, CloseReason, ConnKind, EventLoop};
 use crate::net::frame::FrameType;
-use crate::net::{ClientReply, ClientRequest, Role};
+use crate::net::{ClientReply, ClientRequest, ClientRole};
 use crate::resp::{session, Value};
 
 /// What a client past `max_clients` reads before the connection closes (Redis's words; a
@@ -70,7 +70,7 @@ impl EventLoop {
         let read_only = self.conns.get(&token).is_some_and(|conn| conn.read_only);
         match write {
             Some(name) if read_only => {
-                let Value::Error(message) = session::no_perm(Role::ReadOnly, name.as_bytes())
+                let Value::Error(message) = session::no_perm(ClientRole::ReadOnly, name.as_bytes())
                 else {
                     unreachable!("no_perm is an error")
                 };

@@ -13,7 +13,7 @@ use super::{ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, PeerState, R
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
-use crate::net::{is_auth_refusal, ClientHello, ClientReply, ClientUsers, PeerHello, Role};
+use crate::net::{is_auth_refusal, ClientHello, ClientReply, ClientRole, ClientUsers, PeerHello};
 use crate::resp::parser::RespLimits;
 use crate::resp::session::Session;
 use crate::types::NodeId;
@@ -195,7 +195,7 @@ impl EventLoop {
             },
         };
         let conn = self.conns.get_mut(&token).expect("live connection");
-        conn.read_only = role == Role::ReadOnly;
+        conn.read_only = role == ClientRole::ReadOnly;
         Ok(())
     }
 }

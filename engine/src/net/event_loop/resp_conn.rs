@@ -28,7 +28,7 @@ use tracing::warn;
 
 use super::{ClientProtocol, Conn, ConnKind, EventLoop};
 use crate::net::frame::FrameDecoder;
-use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, Role};
+use crate::net::{ClientReply, ClientRequest, ClientRole, ConnId, NetEvent};
 use crate::resp::parser::{RequestParser, RespLimits};
 use crate::resp::session::{self, Action, Session};
 use crate::resp::{Frontend, RouteContext, Routed, Value};
@@ -247,7 +247,7 @@ fn route(
     args: &[bytes::Bytes],
     context: &RouteContext,
     req: u64,
-    role: Role,
+    role: ClientRole,
 ) -> Dispatch {
     let Some(frontend) = frontend else {
         return Dispatch::Now(
@@ -257,7 +257,7 @@ fn route(
     };
     match frontend.route(args, context) {
         Routed::Reply(value) => Dispatch::Now(value, false),
-        Routed::Propose(_) if role == Role::ReadOnly => {
+        Routed::Propose(_) if role == ClientRole::ReadOnly => {
             Dispatch::Now(session::no_perm(role, &args[0]), false)
         }
         Routed::Propose(command) => {
