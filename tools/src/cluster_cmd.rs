@@ -345,8 +345,12 @@ fn print_table(
         Some(ca_file) => format!("--tls --cacert {} {host}", ca_file.display()),
         None => host,
     };
+    let auth = match &args.client_password_file {
+        Some(file) => format!(" -a \"$(cat {})\"", file.display()),
+        None => String::new(),
+    };
     out.push_str(&format!(
-        "try:  redis-cli {host}-p {} (the leader; followers redirect writes to it)\n",
+        "try:  redis-cli {host}-p {}{auth} (the leader; followers redirect writes to it)\n",
         leader_addr.port()
     ));
     out.push_str("stop: Ctrl-C\n");

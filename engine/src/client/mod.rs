@@ -101,10 +101,9 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Io(err) => write!(f, "connection error: {err}"),
             ClientError::Refused(message) => write!(f, "refused by the node: {message}"),
-            ClientError::Auth(message) => write!(
-                f,
-                "authentication refused by the node: {message} (check the client password)"
-            ),
+            ClientError::Auth(message) => {
+                write!(f, "authentication refused by the node: {message}")
+            }
             ClientError::NotLeader {
                 leader,
                 leader_addr,
