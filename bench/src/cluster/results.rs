@@ -42,6 +42,9 @@ pub struct RunResults {
     pub cpu: Cpu,
     /// How each local node ended (empty with `--connect`, or before the cluster stopped).
     pub node_exits: Vec<NodeExitRow>,
+    /// "One fsync plus one round trip" measured after the run (`None` in sweeps or when the
+    /// probe failed).
+    pub yardstick: Option<crate::baseline::Yardstick>,
 }
 
 /// One point of the latency percentile curve.
@@ -210,6 +213,7 @@ impl RunResults {
             memory: Memory::default(),
             cpu: Cpu::default(),
             node_exits: Vec::new(),
+            yardstick: None,
         }
     }
 
@@ -285,6 +289,9 @@ impl Describe for RunResults {
                 ),
             ),
         ];
+        if let Some(yardstick) = &self.yardstick {
+            rows.push(("latency yardstick".into(), yardstick.describe()));
+        }
         if let Some(offered) = self.offered_per_sec {
             rows.push(("offered".into(), format!("{offered} entries/s (open loop)")));
         }
