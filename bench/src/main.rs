@@ -1,6 +1,6 @@
 //! `lockstep-bench`: lockstep's benchmark tool.
 //!
-//! With no subcommand it runs the cluster benchmark (`--mode log`, see [`cluster`]); `disk` and
+//! With no subcommand it runs the cluster benchmark (`--mode log` or `kv`, see [`cluster`]); `disk` and
 //! `core` measure the durable log and the consensus core alone. The hidden `node` subcommand is
 //! how the cluster benchmark starts its node processes: it re-executes this binary.
 
@@ -15,6 +15,7 @@ mod core;
 mod disk;
 mod interrupt;
 mod report;
+mod resp;
 
 #[derive(Parser)]
 #[command(

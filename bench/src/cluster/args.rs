@@ -4,7 +4,8 @@
 //! Owns every knob of a cluster run and the rules that make a combination of them valid: a
 //! [`RunConfig`] only exists for a run that can start (node count 1, 3 or 5, non-zero sizes and
 //! times, tuning knobs only for a cluster the bench starts itself, no durability mode the node
-//! does not have). Errors are messages that name the option.
+//! does not have, the kv knobs only with `--mode kv` and `--batch` only with `--mode log`).
+//! Errors are messages that name the option.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use lockstep::server::Tuning;
 use serde::Serialize;
 
+use super::keys::KEYS_MAX;
 use crate::report::Describe;
 
 /// Largest entry the bench proposes (well under the node's default 64 MiB frame limit).
@@ -29,24 +31,39 @@ pub const DEPTH_MAX: usize = 1 << 16;
 /// Most payload bytes in one batch request (half the node's default 64 MiB frame limit).
 pub const REQUEST_BYTES_MAX: usize = 32 << 20;
 
+/// Entries in flight per connection unless `--depth` says otherwise, `--mode log`.
+pub const DEFAULT_DEPTH_LOG: usize = 2048;
+
+/// Commands in flight per connection unless `--depth` says otherwise, `--mode kv` (the node
+/// stops reading a RESP connection with 1,024 commands unanswered: more would only wait in TCP).
+pub const DEFAULT_DEPTH_KV: usize = 256;
+
+/// `--read-ratio` unless given (`--mode kv`).
+pub const DEFAULT_READ_RATIO: f64 = 0.5;
+
+/// `--keys` unless given (`--mode kv`).
+pub const DEFAULT_KEYS: u64 = 100_000;
+
 /// Arguments of the cluster benchmark.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// What the clients send: `log` proposes opaque entries to the `journal` app.
+    /// What the clients send: `log` proposes opaque entries to the `journal` app over the
+    /// native protocol; `kv` sends RESP SET/GET commands to the `kv` app.
     #[arg(long, value_enum, default_value_t = Mode::Log)]
     pub mode: Mode,
     /// Nodes in the local cluster: 1, 3 or 5.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Bytes of each proposed entry.
-    #[arg(long, default_value_t = 16)]
+    /// Bytes of each proposed entry (`--mode kv`: of each SET's value).
+    #[arg(long, visible_alias = "value-bytes", default_value_t = 16)]
     pub entry_bytes: usize,
     /// Client connections, each driven by its own thread.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Entries in flight per connection (pipelining).
-    #[arg(long, default_value_t = 2048)]
-    pub depth: usize,
+    /// Entries (`--mode kv`: commands) in flight per connection (pipelining). Default 2048 for
+    /// `--mode log`, 256 for `--mode kv`.
+    #[arg(long)]
+    pub depth: Option<usize>,
     /// Entries per request: 1 sends `Propose` requests, more sends `ProposeBatch` requests of
     /// this many entries (a connection then keeps ceil(depth / batch) requests in flight). The
     /// default, 64, was chosen by `--sweep batch=1,16,64,256` (docs/BENCHMARKS.md); it is
@@ -105,6 +122,56 @@ pub struct Args {
     /// file (not with --sweep).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// `--mode kv`: the share of commands that are GETs, 0.0..=1.0 (the rest are SETs;
+    /// default 0.5).
+    #[arg(long)]
+    pub read_ratio: Option<f64>,
+    /// `--mode kv`: the number of distinct keys (default 100000).
+    #[arg(long)]
+    pub keys: Option<u64>,
+    /// `--mode kv`: pick keys Zipf-skewed with this exponent, 0 < s < 1 (YCSB uses 0.99),
+    /// instead of uniformly; key 0 is the most popular.
+    #[arg(long)]
+    pub zipf: Option<f64>,
+    /// `--mode kv`: the read mode of the nodes the bench starts (`index`: a heartbeat round
+    /// confirms leadership; `lease`: no round while the lease holds). Default: the node's own
+    /// (index). A `--connect` cluster reads in its own mode.
+    #[arg(long, value_enum)]
+    pub read_mode: Option<ReadMode>,
+}
+
+/// `--read-mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// Read-index: a heartbeat round to a quorum before answering.
+    Index,
+    /// Leader lease: no round while a quorum heard from the leader recently.
+    Lease,
+}
+
+impl ReadMode {
+    /// The name `tuning.read_mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Index => "index",
+            ReadMode::Lease => "lease",
+        }
+    }
+}
+
+/// The kv load of a `--mode kv` run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KvConfig {
+    /// Share of commands that are GETs.
+    pub read_ratio: f64,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Zipf exponent, or `None` for uniform keys.
+    pub zipf: Option<f64>,
+    /// How GETs are served: the local nodes' `tuning.read_mode`, or `"as configured"` for a
+    /// `--connect` cluster.
+    pub read_mode: String,
 }
 
 /// `--mode`.
@@ -113,6 +180,8 @@ pub struct Args {
 pub enum Mode {
     /// Opaque entries proposed to the `journal` app.
     Log,
+    /// RESP SET/GET commands to the `kv` app.
+    Kv,
 }
 
 /// `--durability`.
@@ -152,15 +221,50 @@ pub enum SweepKnob {
     EntryBytes,
     /// `--batch`.
     Batch,
+    /// `--read-ratio` (`--mode kv`).
+    ReadRatio,
+}
+
+/// A swept knob's value: a count, or a ratio for `read_ratio` (written in JSON as a whole
+/// number when it is one).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KnobValue(pub f64);
+
+impl KnobValue {
+    /// The value as a count; it must be one (the sweep's parsing guarantees it).
+    pub fn count(self) -> usize {
+        assert!(
+            self.0 >= 0.0 && self.0.fract() == 0.0,
+            "{} is not a count",
+            self.0
+        );
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for KnobValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for KnobValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 >= 0.0 && self.0.fract() == 0.0 && self.0 < 2f64.powi(53) {
+            serializer.serialize_u64(self.0 as u64)
+        } else {
+            serializer.serialize_f64(self.0)
+        }
+    }
 }
 
 /// `--sweep KNOB=V1,V2,...`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Sweep {
     /// The knob varied.
     pub knob: SweepKnob,
     /// Its values, in run order.
-    pub values: Vec<usize>,
+    pub values: Vec<KnobValue>,
 }
 
 impl Sweep {
@@ -174,21 +278,31 @@ impl Sweep {
             "depth" => SweepKnob::Depth,
             "entry-bytes" | "entry_bytes" => SweepKnob::EntryBytes,
             "batch" => SweepKnob::Batch,
+            "read-ratio" | "read_ratio" => SweepKnob::ReadRatio,
             other => {
                 return Err(format!(
-                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes, batch)"
+                    "--sweep: unknown knob {other:?} (one of clients, depth, entry-bytes, batch, \
+                     read_ratio)"
                 ))
             }
         };
         let values = values
             .split(',')
-            .map(|value| {
-                value
+            .map(|value| match knob {
+                SweepKnob::ReadRatio => value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|ratio| (0.0..=1.0).contains(ratio))
+                    .map(KnobValue)
+                    .ok_or_else(|| format!("--sweep: {value:?} is not a ratio in 0..=1")),
+                _ => value
                     .trim()
                     .parse::<usize>()
-                    .map_err(|_| format!("--sweep: {value:?} is not a whole number"))
+                    .map(|count| KnobValue(count as f64))
+                    .map_err(|_| format!("--sweep: {value:?} is not a whole number")),
             })
-            .collect::<Result<Vec<usize>, String>>()?;
+            .collect::<Result<Vec<KnobValue>, String>>()?;
         if values.is_empty() {
             return Err("--sweep: no values".to_string());
         }
@@ -196,13 +310,14 @@ impl Sweep {
     }
 
     /// The name of the knob as an option, without dashes (`clients`, `depth`, `entry-bytes`,
-    /// `batch`).
+    /// `batch`, `read_ratio`).
     pub fn knob_name(&self) -> &'static str {
         match self.knob {
             SweepKnob::Clients => "clients",
             SweepKnob::Depth => "depth",
             SweepKnob::EntryBytes => "entry-bytes",
             SweepKnob::Batch => "batch",
+            SweepKnob::ReadRatio => "read_ratio",
         }
     }
 }
@@ -238,7 +353,7 @@ pub struct RunConfig {
     pub clients: usize,
     /// Entries in flight per connection.
     pub depth: usize,
-    /// Entries per request (1: `Propose`; more: `ProposeBatch`).
+    /// Entries per request (1: `Propose`; more: `ProposeBatch`; always 1 in kv mode).
     pub batch: usize,
     /// Whether `--batch` was given (else the default adapts to each sweep point).
     #[serde(skip)]
@@ -257,6 +372,9 @@ pub struct RunConfig {
     pub tuning: Tuning,
     /// The cluster id.
     pub cluster_id: u64,
+    /// `--mode kv`: the key space, the mix and the read mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvConfig>,
     /// With `--sweep`: the knob varied (its value above is then only the base).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep: Option<Sweep>,
@@ -287,19 +405,30 @@ impl RunConfig {
                 args.clients
             ));
         }
-        if !(1..=DEPTH_MAX).contains(&args.depth) {
-            return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", args.depth));
+        let depth = args.depth.unwrap_or(match args.mode {
+            Mode::Log => DEFAULT_DEPTH_LOG,
+            Mode::Kv => DEFAULT_DEPTH_KV,
+        });
+        if !(1..=DEPTH_MAX).contains(&depth) {
+            return Err(format!("--depth {depth}: must be 1..={DEPTH_MAX}"));
+        }
+        let kv = kv_config(args)?;
+        if kv.is_some() && args.batch.is_some() {
+            return Err(
+                "--batch groups entries into native batch requests (--mode log); RESP has no \
+                 batch command: --depth pipelines the kv load"
+                    .to_string(),
+            );
         }
         // The default yields to a smaller depth or a large entry; an explicit --batch must fit.
-        let batch_given = args.batch.is_some();
-        let batch = args
-            .batch
-            .unwrap_or_else(|| default_batch(args.depth, args.entry_bytes));
-        if !(1..=args.depth).contains(&batch) {
-            return Err(format!(
-                "--batch {}: must be 1..=--depth ({})",
-                batch, args.depth
-            ));
+        let batch_given = args.batch.is_some() || kv.is_some();
+        let batch = match (&kv, args.batch) {
+            (Some(_), _) => 1,
+            (None, Some(batch)) => batch,
+            (None, None) => default_batch(depth, args.entry_bytes),
+        };
+        if !(1..=depth).contains(&batch) {
+            return Err(format!("--batch {batch}: must be 1..=--depth ({depth})"));
         }
         if batch.saturating_mul(args.entry_bytes + 4) > REQUEST_BYTES_MAX {
             return Err(format!(
@@ -348,10 +477,13 @@ impl RunConfig {
         Ok(RunConfig {
             mode: args.mode,
             target,
-            app: "journal",
+            app: match args.mode {
+                Mode::Log => "journal",
+                Mode::Kv => "kv",
+            },
             entry_bytes: args.entry_bytes,
             clients: args.clients,
-            depth: args.depth,
+            depth,
             batch,
             batch_given,
             load_loop: if args.rate.is_some() {
@@ -365,6 +497,7 @@ impl RunConfig {
             durability: args.durability,
             tuning: tuning(args)?,
             cluster_id: args.cluster_id,
+            kv,
             sweep: None,
             dir: args.dir.clone(),
         })
@@ -379,22 +512,36 @@ impl RunConfig {
     }
 
     /// This configuration with the swept knob set to `value` (validated like the option).
-    pub fn with(&self, knob: SweepKnob, value: usize) -> Result<RunConfig, String> {
+    pub fn with(&self, knob: SweepKnob, value: KnobValue) -> Result<RunConfig, String> {
+        let mut config = self.clone();
+        if knob == SweepKnob::ReadRatio {
+            let Some(kv) = &mut config.kv else {
+                return Err("--sweep read_ratio: needs --mode kv".to_string());
+            };
+            if !(0.0..=1.0).contains(&value.0) {
+                return Err(format!("--sweep read_ratio={value}: must be 0..=1"));
+            }
+            kv.read_ratio = value.0;
+            return Ok(config);
+        }
+        if knob == SweepKnob::Batch && self.kv.is_some() {
+            return Err("--sweep batch: --batch is for --mode log only".to_string());
+        }
         let (name, max) = match knob {
             SweepKnob::Clients => ("clients", CLIENTS_MAX),
             SweepKnob::Depth => ("depth", DEPTH_MAX),
             SweepKnob::EntryBytes => ("entry-bytes", ENTRY_BYTES_MAX),
-            SweepKnob::Batch => ("batch", self.depth),
+            SweepKnob::Batch | SweepKnob::ReadRatio => ("batch", self.depth),
         };
+        let value = value.count();
         if !(1..=max).contains(&value) {
             return Err(format!("--sweep {name}={value}: must be 1..={max}"));
         }
-        let mut config = self.clone();
         match knob {
             SweepKnob::Clients => config.clients = value,
             SweepKnob::Depth => config.depth = value,
             SweepKnob::EntryBytes => config.entry_bytes = value,
-            SweepKnob::Batch => {
+            SweepKnob::Batch | SweepKnob::ReadRatio => {
                 config.batch = value;
                 config.batch_given = true;
             }
@@ -429,6 +576,56 @@ impl Args {
         config.sweep = sweep.clone();
         Ok((config, sweep))
     }
+}
+
+/// The kv settings of `--mode kv` (validated), `None` in log mode (where giving one is an error).
+fn kv_config(args: &Args) -> Result<Option<KvConfig>, String> {
+    if args.mode == Mode::Log {
+        let given = [
+            ("--read-ratio", args.read_ratio.is_some()),
+            ("--keys", args.keys.is_some()),
+            ("--zipf", args.zipf.is_some()),
+            ("--read-mode", args.read_mode.is_some()),
+        ];
+        if let Some((option, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(format!("{option} shapes the kv load: it needs --mode kv"));
+        }
+        return Ok(None);
+    }
+    let read_ratio = args.read_ratio.unwrap_or(DEFAULT_READ_RATIO);
+    if !(0.0..=1.0).contains(&read_ratio) {
+        return Err(format!(
+            "--read-ratio {read_ratio}: must be 0.0..=1.0 (the share of GETs)"
+        ));
+    }
+    let keys = args.keys.unwrap_or(DEFAULT_KEYS);
+    if !(1..=KEYS_MAX).contains(&keys) {
+        return Err(format!("--keys {keys}: must be 1..={KEYS_MAX}"));
+    }
+    if let Some(zipf) = args.zipf {
+        if !(zipf > 0.0 && zipf < 1.0) {
+            return Err(format!(
+                "--zipf {zipf}: the exponent must be more than 0 and less than 1 (e.g. 0.99)"
+            ));
+        }
+    }
+    let read_mode =
+        match (args.read_mode, args.connect.is_empty()) {
+            (Some(_), false) => return Err(
+                "--read-mode sets the read mode of the nodes the bench starts; a cluster given \
+                 with --connect reads in its own (tuning.read_mode there)"
+                    .to_string(),
+            ),
+            (Some(mode), true) => mode.name().to_string(),
+            (None, true) => Tuning::default().read_mode,
+            (None, false) => "as configured".to_string(),
+        };
+    Ok(Some(KvConfig {
+        read_ratio,
+        keys,
+        zipf: args.zipf,
+        read_mode,
+    }))
 }
 
 /// The default entries per request for `depth` entries in flight of `entry_bytes` each.
@@ -471,6 +668,9 @@ fn tuning(args: &Args) -> Result<Tuning, String> {
         positive("--inflight-bytes-max", value)?;
         tuning.inflight_bytes_max = value;
     }
+    if let Some(mode) = args.read_mode {
+        tuning.read_mode = mode.name().to_string();
+    }
     Ok(tuning)
 }
 
@@ -499,28 +699,59 @@ impl Describe for RunConfig {
                     .join(",")
             ),
         };
+        let unit = if self.kv.is_some() {
+            "commands"
+        } else {
+            "entries"
+        };
         let load = match self.rate_per_sec {
-            Some(rate) => format!("open loop at {rate} entries/s (latency from intended send)"),
+            Some(rate) => format!("open loop at {rate} {unit}/s (latency from intended send)"),
             None => "closed loop".to_string(),
         };
         let tuning = &self.tuning;
-        let mut rows = vec![
-            ("mode".into(), format!("{:?}", self.mode).to_lowercase()),
-            ("cluster".into(), cluster),
-            ("entry".into(), format!("{} B", self.entry_bytes)),
-            (
-                "clients".into(),
-                format!("{} connections x {} in flight", self.clients, self.depth),
-            ),
-            (
-                "requests".into(),
-                if self.batch == 1 {
-                    "one entry per request (Propose)".to_string()
-                } else {
-                    format!("{} entries per request (ProposeBatch)", self.batch)
-                },
-            ),
-            ("load".into(), load),
+        let mut rows = vec![("mode".into(), format!("{:?}", self.mode).to_lowercase())];
+        rows.push(("cluster".into(), cluster));
+        match &self.kv {
+            None => {
+                rows.push(("entry".into(), format!("{} B", self.entry_bytes)));
+                rows.push((
+                    "clients".into(),
+                    format!("{} connections x {} in flight", self.clients, self.depth),
+                ));
+                rows.push((
+                    "requests".into(),
+                    if self.batch == 1 {
+                        "one entry per request (Propose)".to_string()
+                    } else {
+                        format!("{} entries per request (ProposeBatch)", self.batch)
+                    },
+                ));
+            }
+            Some(kv) => {
+                rows.push((
+                    "commands".into(),
+                    format!(
+                        "RESP GET {} % / SET {} %, {} B values, {} keys {}, reads: {}",
+                        crate::report::round_to(kv.read_ratio * 100.0, 1),
+                        crate::report::round_to((1.0 - kv.read_ratio) * 100.0, 1),
+                        self.entry_bytes,
+                        kv.keys,
+                        kv.zipf
+                            .map_or_else(|| "uniform".to_string(), |s| format!("zipf {s}")),
+                        kv.read_mode
+                    ),
+                ));
+                rows.push((
+                    "clients".into(),
+                    format!(
+                        "{} connections x {} commands in flight (pipelined)",
+                        self.clients, self.depth
+                    ),
+                ));
+            }
+        }
+        rows.push(("load".into(), load));
+        rows.extend([
             (
                 "time".into(),
                 format!("{} s warm-up, {} s measured", self.warmup_sec, self.seconds),
@@ -548,9 +779,9 @@ impl Describe for RunConfig {
                     tuning.append_bytes_max
                 ),
             ),
-        ];
+        ]);
         if let Some(sweep) = &self.sweep {
-            let values: Vec<String> = sweep.values.iter().map(usize::to_string).collect();
+            let values: Vec<String> = sweep.values.iter().map(KnobValue::to_string).collect();
             rows.push((
                 "sweep".into(),
                 format!("{}={} (one run each)", sweep.knob_name(), values.join(",")),
@@ -683,20 +914,141 @@ mod tests {
         assert_eq!(config.target, Target::Connect { addrs });
         let sweep = sweep.unwrap();
         assert_eq!(sweep.knob, SweepKnob::Clients);
-        assert_eq!(sweep.values, vec![1, 16, 256]);
-        let point = config.with(sweep.knob, 16).unwrap();
+        assert_eq!(
+            sweep.values,
+            vec![KnobValue(1.0), KnobValue(16.0), KnobValue(256.0)]
+        );
+        let point = config.with(sweep.knob, KnobValue(16.0)).unwrap();
         assert_eq!(point.clients, 16);
         // The default batch adapts to each point; a given one does not.
-        assert_eq!(config.with(SweepKnob::Depth, 8).unwrap().batch, 8);
+        let count = |value: usize| KnobValue(value as f64);
+        assert_eq!(config.with(SweepKnob::Depth, count(8)).unwrap().batch, 8);
         assert_eq!(
-            config.with(SweepKnob::EntryBytes, 16 << 20).unwrap().batch,
+            config
+                .with(SweepKnob::EntryBytes, count(16 << 20))
+                .unwrap()
+                .batch,
             1
         );
         let (given, _) = parse(&["--batch", "32"]).unwrap();
-        assert!(given.with(SweepKnob::Depth, 8).unwrap().batch == 32);
+        assert!(given.with(SweepKnob::Depth, count(8)).unwrap().batch == 32);
         assert_eq!(
             Sweep::parse("entry-bytes=16,4096").unwrap().knob,
             SweepKnob::EntryBytes
         );
+    }
+
+    #[test]
+    fn kv_mode_takes_its_knobs_and_defaults() {
+        let (config, _) = parse(&["--mode", "kv"]).unwrap();
+        assert_eq!(config.mode, Mode::Kv);
+        assert_eq!(config.app, "kv");
+        assert_eq!((config.depth, config.batch), (DEFAULT_DEPTH_KV, 1));
+        assert_eq!(
+            config.kv,
+            Some(KvConfig {
+                read_ratio: DEFAULT_READ_RATIO,
+                keys: DEFAULT_KEYS,
+                zipf: None,
+                read_mode: "index".to_string(),
+            })
+        );
+        let (config, _) = parse(&[
+            "--mode",
+            "kv",
+            "--read-ratio",
+            "0.9",
+            "--keys",
+            "1000",
+            "--zipf",
+            "0.99",
+            "--value-bytes",
+            "128",
+            "--depth",
+            "64",
+            "--read-mode",
+            "lease",
+        ])
+        .unwrap();
+        let kv = config.kv.clone().unwrap();
+        assert_eq!((kv.read_ratio, kv.keys, kv.zipf), (0.9, 1000, Some(0.99)));
+        assert_eq!(kv.read_mode, "lease");
+        assert_eq!(config.tuning.read_mode, "lease");
+        assert_eq!((config.entry_bytes, config.depth), (128, 64));
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["kv"]["read_ratio"], 0.9);
+        assert_eq!(json["mode"], "kv");
+        // Log mode keeps its own defaults and has no kv section.
+        let (log, _) = parse(&["--mode", "log"]).unwrap();
+        assert_eq!(log.depth, DEFAULT_DEPTH_LOG);
+        assert!(serde_json::to_value(&log).unwrap().get("kv").is_none());
+        // A connected cluster reads in its own mode.
+        let (connected, _) = parse(&["--mode", "kv", "--connect", "127.0.0.1:6380"]).unwrap();
+        assert_eq!(connected.kv.unwrap().read_mode, "as configured");
+    }
+
+    #[test]
+    fn kv_knobs_are_refused_where_they_do_not_apply() {
+        for (line, option) in [
+            (&["--read-ratio", "0.5"][..], "--read-ratio"),
+            (&["--keys", "10"][..], "--keys"),
+            (&["--zipf", "0.9"][..], "--zipf"),
+            (&["--read-mode", "lease"][..], "--read-mode"),
+            (&["--mode", "kv", "--read-ratio", "1.5"][..], "--read-ratio"),
+            (&["--mode", "kv", "--read-ratio=-0.1"][..], "--read-ratio"),
+            (&["--mode", "kv", "--keys", "0"][..], "--keys"),
+            (&["--mode", "kv", "--keys", "1000000000"][..], "--keys"),
+            (&["--mode", "kv", "--zipf", "1"][..], "--zipf"),
+            (&["--mode", "kv", "--zipf", "0"][..], "--zipf"),
+            (&["--mode", "kv", "--batch", "8"][..], "--batch"),
+            (
+                &["--mode", "kv", "--sweep", "batch=1,8"][..],
+                "--sweep batch",
+            ),
+            (&["--sweep", "read_ratio=0,0.5"][..], "--mode kv"),
+            (
+                &["--mode", "kv", "--sweep", "read_ratio=0,2"][..],
+                "--sweep",
+            ),
+            (
+                &[
+                    "--mode",
+                    "kv",
+                    "--read-mode",
+                    "lease",
+                    "--connect",
+                    "127.0.0.1:1",
+                ][..],
+                "--read-mode",
+            ),
+            (&["--mode", "kv", "--read-mode", "fast"][..], "fast"),
+        ] {
+            let error = parse(line).expect_err(&format!("{line:?} was accepted"));
+            assert!(error.contains(option), "{line:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_kv_sweep_of_the_read_ratio() {
+        let (config, sweep) = parse(&["--mode", "kv", "--sweep", "read_ratio=0,0.5,0.9"]).unwrap();
+        let sweep = sweep.unwrap();
+        assert_eq!(sweep.knob_name(), "read_ratio");
+        let ratios: Vec<f64> = sweep
+            .values
+            .iter()
+            .map(|&value| {
+                config
+                    .with(sweep.knob, value)
+                    .unwrap()
+                    .kv
+                    .unwrap()
+                    .read_ratio
+            })
+            .collect();
+        assert_eq!(ratios, [0.0, 0.5, 0.9]);
+        // Whole values are written as integers, ratios as they are.
+        assert_eq!(serde_json::to_string(&sweep.values).unwrap(), "[0,0.5,0.9]");
+        let clients = parse(&["--mode", "kv", "--sweep", "clients=1,4"]).unwrap();
+        assert_eq!(clients.1.unwrap().values, [KnobValue(1.0), KnobValue(4.0)]);
     }
 }

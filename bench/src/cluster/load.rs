@@ -37,7 +37,7 @@ pub const LEADER_SEARCH: Duration = Duration::from_secs(10);
 
 /// The bytes every proposal carries (a prefix of this many): zeros in static memory, so a
 /// request's command is a `Bytes` that costs no allocation and no reference count.
-static PAYLOAD: [u8; ENTRY_BYTES_MAX] = [0; ENTRY_BYTES_MAX];
+pub static PAYLOAD: [u8; ENTRY_BYTES_MAX] = [0; ENTRY_BYTES_MAX];
 
 /// How far (in requests) the oldest unanswered proposal of a connection may lag behind the
 /// newest, in multiples of `depth`, before the bench gives up on the connection.
@@ -156,7 +156,7 @@ impl Tally {
 
     /// Records one reply received at `now` for a request of `entries` entries whose latency
     /// counts from `since` (every entry of it is one sample).
-    fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant, entries: u64) {
+    pub fn record(&mut self, plan: &LoadPlan, since: Instant, now: Instant, entries: u64) {
         if now < plan.measure_start || now >= plan.measure_end {
             return;
         }

@@ -1,7 +1,8 @@
-//! The cluster benchmark, `lockstep-bench` with no subcommand (`--mode log`): starts a local
-//! cluster of node processes (or uses one given with `--connect`), waits for a leader, drives
-//! load through the native client protocol, and reports throughput, commit latency, grouping,
-//! leader changes, a per-second series and peak memory.
+//! The cluster benchmark, `lockstep-bench` with no subcommand: starts a local cluster of node
+//! processes (or uses one given with `--connect`), waits for a leader, drives load — opaque
+//! entries over the native client protocol (`--mode log`, [`load`]) or RESP SET/GET commands to
+//! the kv app (`--mode kv`, [`kv_load`]) — and reports throughput, latency, grouping, leader
+//! changes, a per-second series and peak memory.
 //!
 //! Owns the order of a run and its cleanup: the cluster ([`supervisor::LocalCluster`]) is a
 //! guard, so its processes are stopped and its temporary directory removed on every path out
@@ -9,6 +10,8 @@
 
 pub mod args;
 pub mod in_flight;
+pub mod keys;
+pub mod kv_load;
 pub mod load;
 pub mod plot;
 pub mod progress;
@@ -24,8 +27,10 @@ use std::time::{Duration, Instant};
 use lockstep::apps::AppKind;
 
 use crate::interrupt::{Interrupt, EXIT_INTERRUPTED};
-use crate::report::{now_utc, Machine, Report};
+use crate::report::{self, now_utc, Machine, Report};
 use args::{Args, RunConfig, Sweep, Target};
+use keys::Workload;
+use kv_load::KvPlan;
 use load::LoadPlan;
 use progress::Progress;
 use results::{
@@ -66,11 +71,18 @@ pub fn run(args: Args) -> ExitCode {
     let outcome = match &sweep {
         None => run_once(&config, &interrupt).map(|report| {
             let clean = report.results.problems().is_empty();
+            let shape = match &config.kv {
+                None => format!("{} B entries", config.entry_bytes),
+                Some(kv) => format!(
+                    "RESP {} % GET, {} B values",
+                    report::round_to(kv.read_ratio * 100.0, 1),
+                    config.entry_bytes
+                ),
+            };
             title = format!(
-                "lockstep {} nodes, {} B entries, {} clients x {} in flight, {} per request{} \
+                "lockstep {} nodes, {shape}, {} clients x {} in flight, {} per request{} \
                  ({}, commit {})",
                 config.nodes_label(),
-                config.entry_bytes,
                 config.clients,
                 config.depth,
                 config.batch,
@@ -134,6 +146,8 @@ struct Session {
     members: Vec<SocketAddr>,
     /// The directory whose filesystem the report describes.
     data_dir: PathBuf,
+    /// Whether the kv keys were set (once per session: a sweep's later points find them set).
+    preloaded: bool,
 }
 
 impl Session {
@@ -143,7 +157,11 @@ impl Session {
                 let spec = ClusterSpec {
                     nodes: *nodes,
                     cluster_id: config.cluster_id,
-                    app: AppKind::Journal,
+                    app: if config.kv.is_some() {
+                        AppKind::Kv
+                    } else {
+                        AppKind::Journal
+                    },
                     tuning: config.tuning.clone(),
                     parent_dir: config.dir.clone(),
                     ready_timeout: READY_TIMEOUT,
@@ -155,18 +173,25 @@ impl Session {
                     members: cluster.members().iter().map(|m| m.client_addr).collect(),
                     data_dir: cluster.dir().to_path_buf(),
                     local: Some(cluster),
+                    preloaded: false,
                 })
             }
             Target::Connect { addrs } => Ok(Session {
                 local: None,
                 members: addrs.clone(),
                 data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
+                preloaded: false,
             }),
         }
     }
 
     /// One measurement: leader, warm-up, window, figures.
     fn measure(&mut self, config: &RunConfig, interrupt: &Interrupt) -> Result<RunResults, String> {
+        // Before the clock starts: a Zipf key space sums over every key once.
+        let workload = config
+            .kv
+            .as_ref()
+            .map(|kv| Workload::new(kv.keys, kv.read_ratio, kv.zipf));
         let leader = status::find_leader(
             &self.members,
             config.cluster_id,
@@ -174,6 +199,13 @@ impl Session {
             interrupt,
         )
         .map_err(|error| self.with_node_output(format!("waiting for a leader: {error}")))?;
+        if let (Some(workload), Some(kv)) = (&workload, &config.kv) {
+            if kv.read_ratio > 0.0 && !self.preloaded {
+                eprintln!("lockstep-bench: setting the {} keys once", kv.keys);
+                kv_load::preload(leader.addr, workload, config.entry_bytes, interrupt)?;
+                self.preloaded = true;
+            }
+        }
         let load_start = Instant::now();
         let measure_start = load_start + Duration::from_secs_f64(config.warmup_sec);
         let plan = LoadPlan {
@@ -224,7 +256,20 @@ impl Session {
             plan.measure_end,
             interrupt,
         );
-        let tally = load::run(&plan, leader.addr, interrupt);
+        let mut results = match workload {
+            None => {
+                let tally = load::run(&plan, leader.addr, interrupt);
+                RunResults::from_tally(&tally, config.seconds, config.entry_bytes)
+            }
+            Some(workload) => {
+                let plan = KvPlan {
+                    load: plan,
+                    workload,
+                };
+                let tally = kv_load::run(&plan, leader.addr, interrupt);
+                RunResults::from_kv_tally(&tally, config.seconds, config.entry_bytes)
+            }
+        };
         drop(progress);
         let samples = poller
             .join()
@@ -232,7 +277,6 @@ impl Session {
         if interrupt.is_set() {
             return Err("interrupted during the run".to_string());
         }
-        let mut results = RunResults::from_tally(&tally, config.seconds, config.entry_bytes);
         results.offered_per_sec = config.rate_per_sec;
         results.grouping = status::grouping(&samples);
         results.leader_changes = status::leader_changes(&samples);
@@ -321,7 +365,7 @@ fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, Stri
     }
     results.node_exits = session.close();
     Ok(Report {
-        bench: "log".to_string(),
+        bench: mode_name(config).to_string(),
         started_utc,
         machine,
         warning: config.durability.warning(),
@@ -350,7 +394,7 @@ fn run_sweep(
         last.results.node_exits = exits;
     }
     Ok(Report {
-        bench: format!("log sweep of {}", sweep.knob_name()),
+        bench: format!("{} sweep of {}", mode_name(config), sweep.knob_name()),
         started_utc,
         machine,
         warning: config.durability.warning(),
@@ -360,4 +404,12 @@ fn run_sweep(
             points,
         },
     })
+}
+
+/// `log` or `kv`.
+fn mode_name(config: &RunConfig) -> &'static str {
+    match config.mode {
+        args::Mode::Log => "log",
+        args::Mode::Kv => "kv",
+    }
 }

@@ -3,10 +3,13 @@
 //! Owns the arithmetic from raw measurements (a merged [`Tally`], status samples, memory
 //! readings, how the nodes ended) to reported figures: throughput over the exact window length,
 //! MB/s of entry payload (10^6 bytes), latency percentiles, the per-second series (the last,
-//! possibly partial, second scaled by its true length), and the sweep table.
+//! possibly partial, second scaled by its true length), the per-command figures of a kv run, and
+//! the sweep table. Every reply that was not a success is a PROBLEM line of the report.
 
 use serde::Serialize;
 
+use super::args::KnobValue;
+use super::kv_load::{ErrorCounts, KvTally, OpTally};
 use super::load::Tally;
 use super::status::Grouping;
 use super::supervisor::NodeExit;
@@ -45,6 +48,67 @@ pub struct RunResults {
     /// "One fsync plus one round trip" measured after the run (`None` in sweeps or when the
     /// probe failed).
     pub yardstick: Option<crate::baseline::Yardstick>,
+    /// `--mode kv`: SET and GET apart, and the error replies. (In kv mode the figures above
+    /// count commands, their latency is the client round trip and MB/s counts value bytes.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvResults>,
+}
+
+/// The per-command figures of a kv run.
+#[derive(Clone, Debug, Serialize)]
+pub struct KvResults {
+    /// SET commands.
+    pub set: OpResults,
+    /// GET commands.
+    pub get: OpResults,
+    /// GETs in the window answered nil (a key not set yet); they count as done.
+    pub get_misses: u64,
+    /// Error replies (other than `-NOTLEADER` redirects), by text.
+    pub errors: ErrorCounts,
+}
+
+/// One command kind's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpResults {
+    /// Successful replies per second of the window.
+    pub throughput_per_sec: f64,
+    /// Value bytes written (SET) or read (GET hits) per second, in 10^6 bytes.
+    pub mb_per_sec: f64,
+    /// Successful replies in the window.
+    pub done: u64,
+    /// Client round trip (write of the command to read of its reply).
+    pub latency_us: LatencyUs,
+    /// Sent, warm-up included.
+    pub sent: u64,
+    /// Answered with an error, warm-up included.
+    pub failed: u64,
+    /// In flight on a connection that was given up.
+    pub abandoned: u64,
+}
+
+impl OpResults {
+    fn new(tally: &OpTally, window_sec: f64, value_bytes: u64) -> OpResults {
+        OpResults {
+            throughput_per_sec: round_to(tally.done as f64 / window_sec, 0),
+            mb_per_sec: round_to(value_bytes as f64 / window_sec / 1e6, 4),
+            done: tally.done,
+            latency_us: LatencyUs::from_histogram_ns(&tally.latency_ns),
+            sent: tally.sent,
+            failed: tally.failed,
+            abandoned: tally.abandoned,
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ops/s, {} MB/s; {} ({} failed, {} abandoned)",
+            self.throughput_per_sec,
+            self.mb_per_sec,
+            self.latency_us.summary(),
+            self.failed,
+            self.abandoned
+        )
+    }
 }
 
 /// One point of the latency percentile curve.
@@ -214,7 +278,25 @@ impl RunResults {
             cpu: Cpu::default(),
             node_exits: Vec::new(),
             yardstick: None,
+            kv: None,
         }
+    }
+
+    /// The figures of a kv run's `tally` over a window of `window_sec` seconds of
+    /// `value_bytes` values: commands as entries, plus SET and GET apart.
+    pub fn from_kv_tally(tally: &KvTally, window_sec: f64, value_bytes: usize) -> RunResults {
+        let mut results = RunResults::from_tally(&tally.all, window_sec, value_bytes);
+        let value_bytes = value_bytes as u64;
+        let set_bytes = tally.set.done * value_bytes;
+        let get_bytes = (tally.get.done - tally.get_misses) * value_bytes;
+        results.mb_per_sec = round_to((set_bytes + get_bytes) as f64 / window_sec / 1e6, 4);
+        results.kv = Some(KvResults {
+            set: OpResults::new(&tally.set, window_sec, set_bytes),
+            get: OpResults::new(&tally.get, window_sec, get_bytes),
+            get_misses: tally.get_misses,
+            errors: tally.errors.clone(),
+        });
+        results
     }
 
     /// Problems that make the figures doubtful, one line each (empty when the run was clean).
@@ -228,6 +310,26 @@ impl RunResults {
         }
         if self.committed == 0 {
             problems.push("nothing committed in the measured window".to_string());
+        }
+        match &self.kv {
+            Some(kv) if kv.errors.total > 0 => {
+                problems.push(format!(
+                    "SERVER ERRORS: {} replies were errors ({} to SET, {} to GET)",
+                    kv.errors.total, kv.set.failed, kv.get.failed
+                ));
+                for text in &kv.errors.texts {
+                    problems.push(format!("  {} x -{}", text.count, text.text));
+                }
+                if kv.errors.other > 0 {
+                    problems.push(format!("  {} x other error texts", kv.errors.other));
+                }
+            }
+            Some(_) => {}
+            None if self.clients.failed > 0 => problems.push(format!(
+                "SERVER ERRORS: {} entries were answered with Error replies (outcome unknown)",
+                self.clients.failed
+            )),
+            None => {}
         }
         problems
     }
@@ -271,16 +373,20 @@ impl Describe for RunResults {
     fn rows(&self) -> Vec<(String, String)> {
         let latency = &self.latency_us;
         let grouping = &self.grouping;
+        let (unit, latency_label) = match self.kv {
+            None => ("entries", "commit latency"),
+            Some(_) => ("commands", "round trip"),
+        };
         let mut rows = vec![
             (
                 "throughput".into(),
                 format!(
-                    "{} entries/s, {} MB/s ({} entries committed)",
+                    "{} {unit}/s, {} MB/s ({} {unit} done)",
                     self.throughput_per_sec, self.mb_per_sec, self.committed
                 ),
             ),
             (
-                "commit latency".into(),
+                latency_label.into(),
                 format!(
                     "min {} mean {} µs; {}",
                     latency.min,
@@ -291,6 +397,13 @@ impl Describe for RunResults {
         ];
         if let Some(yardstick) = &self.yardstick {
             rows.push(("latency yardstick".into(), yardstick.describe()));
+        }
+        if let Some(kv) = &self.kv {
+            rows.push(("SET".into(), kv.set.summary()));
+            rows.push((
+                "GET".into(),
+                format!("{}; {} misses (nil)", kv.get.summary(), kv.get_misses),
+            ));
         }
         if let Some(offered) = self.offered_per_sec {
             rows.push(("offered".into(), format!("{offered} entries/s (open loop)")));
@@ -374,7 +487,7 @@ pub struct SweepResults {
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepPoint {
     /// The knob's value.
-    pub value: usize,
+    pub value: KnobValue,
     /// The run's figures.
     #[serde(flatten)]
     pub results: RunResults,
@@ -386,7 +499,16 @@ impl Describe for SweepResults {
             self.knob.clone(),
             format!(
                 "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                "entries/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+                if self.points.iter().any(|point| point.results.kv.is_some()) {
+                    "commands/s"
+                } else {
+                    "entries/s"
+                },
+                "MB/s",
+                "p50 µs",
+                "p99 µs",
+                "p99.9 µs",
+                "max µs"
             ),
         )];
         for point in &self.points {
