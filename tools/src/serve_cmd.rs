@@ -113,6 +113,10 @@ pub struct Args {
     /// [default: index].
     #[arg(long, value_name = "MODE")]
     read_mode: Option<String>,
+    /// How long an idle stage polls its inputs before blocking, µs (0 = never spin; at most
+    /// 10000) [default: 0].
+    #[arg(long, value_name = "US")]
+    spin_us: Option<u64>,
 }
 
 /// A parsed `--cpu-affinity` list (a named type so clap does not treat it as repeated values).
@@ -213,6 +217,7 @@ impl Args {
         set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
         set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
         set(&mut tuning.read_mode, self.read_mode);
+        set(&mut tuning.spin_us, self.spin_us);
     }
 }
 

@@ -92,6 +92,9 @@ pub struct NetConfig {
     /// Size limits of one RESP request (the request size is further capped at
     /// `max_frame_bytes`).
     pub resp_limits: RespLimits,
+    /// Spin-before-block: after handling something, the loop polls without sleeping for this
+    /// long before it blocks in `poll` again (zero, the default: never spins).
+    pub spin: Duration,
 }
 
 impl NetConfig {
@@ -112,6 +115,7 @@ impl NetConfig {
             handshake_timeout: Duration::from_secs(10),
             frontend: None,
             resp_limits: RespLimits::default(),
+            spin: Duration::ZERO,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod consensus;
 pub(crate) mod pipeline;
+mod spin;
 pub mod start;
 mod stats;
 mod storage;
@@ -28,6 +29,7 @@ use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
 use self::pipeline::{ClientAddrs, Shared};
+pub use self::spin::{Spin, SPIN_MAX};
 pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
 
@@ -77,6 +79,8 @@ pub struct NodeConfig {
     /// The RESP command set served on the client port (see [`crate::resp`]); `None`: the
     /// client port speaks only the native protocol.
     pub frontend: Option<Arc<dyn Frontend>>,
+    /// Spin-before-block of the network, consensus, storage and apply stages (default: none).
+    pub spin: Spin,
 }
 
 impl NodeConfig {
@@ -110,6 +114,7 @@ impl NodeConfig {
             socket_buffer_bytes: NetConfig::new(cluster_id, id, ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
             frontend: None,
+            spin: Spin::default(),
         }
     }
 }
@@ -268,6 +273,7 @@ impl Node {
             net_config.max_frame_bytes = config.max_frame_bytes;
             net_config.socket_buffer_bytes = config.socket_buffer_bytes;
             net_config.frontend = config.frontend.clone();
+            net_config.spin = config.spin.budget();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
                     "cannot start the network on {peer_listen}: {error}"
@@ -304,6 +310,7 @@ impl Node {
             net.clone(),
             feedback.clone(),
             shared.clone(),
+            config.spin,
         );
         let apply = ApplyStage::new(
             state_machine,
@@ -314,6 +321,7 @@ impl Node {
             shared.clone(),
             net.clone(),
             feedback,
+            config.spin,
         );
         let client_addrs: ClientAddrs = config
             .members
@@ -328,6 +336,7 @@ impl Node {
             shared.clone(),
             client_addrs,
             transport.clone(),
+            config.spin,
         );
         // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
         let core_for = |slot: usize| {

@@ -116,6 +116,9 @@ pub struct Tuning {
     /// batch of reads) or "lease" (no round while a quorum answered within the election
     /// timeout less a clock-drift margin of a tenth of it; relies on bounded clock drift).
     pub read_mode: String,
+    /// Spin-before-block: how long an idle stage polls its inputs before it blocks,
+    /// microseconds (0, the default: never spins; at most 10000). See docs/TUNING.md.
+    pub spin_us: u64,
 }
 
 impl Default for Tuning {
@@ -141,6 +144,7 @@ impl Default for Tuning {
             socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
             read_mode: "index".to_string(),
+            spin_us: 0,
         }
     }
 }
@@ -250,6 +254,16 @@ impl Tuning {
                 format!(
                     "{} must be below max_frame_bytes ({}) so an append message fits a frame",
                     self.append_bytes_max, self.max_frame_bytes
+                ),
+            ));
+        }
+        if Duration::from_micros(self.spin_us) > crate::node::SPIN_MAX {
+            return Err(ServerError::option(
+                "tuning.spin_us",
+                format!(
+                    "{} is above the limit of {} µs",
+                    self.spin_us,
+                    crate::node::SPIN_MAX.as_micros()
                 ),
             ));
         }
@@ -548,6 +562,7 @@ impl ServerConfig {
         };
         node.max_frame_bytes = tuning.max_frame_bytes;
         node.socket_buffer_bytes = tuning.socket_buffer_bytes;
+        node.spin = crate::node::Spin::new(Duration::from_micros(tuning.spin_us));
         Ok(node)
     }
 }
