@@ -618,6 +618,11 @@ snapshot_entries = 1000
             LogOptions::default().syncs_in_flight
         );
         assert_eq!(node.socket_buffer_bytes, 4 << 20);
+        assert_eq!(
+            node.spin,
+            crate::node::Spin::default(),
+            "spinning is off by default"
+        );
         assert_eq!(config.metrics_addr, None);
         assert_eq!(config.log_format(), Ok(None));
         assert_eq!(
@@ -637,7 +642,7 @@ snapshot_entries = 1000
 
     #[test]
     fn errors_name_the_option() {
-        let cases: [(&str, &str, &str); 18] = [
+        let cases: [(&str, &str, &str); 19] = [
             ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
             (
                 "sync = \"fdatasync\"",
@@ -697,6 +702,11 @@ snapshot_entries = 1000
                 "sync = \"fdatasync\"",
                 "syncs_in_flight = 65",
                 "option `tuning.syncs_in_flight` (flag --syncs-in-flight): 65 is above",
+            ),
+            (
+                "sync = \"fdatasync\"",
+                "spin_us = 10001",
+                "option `tuning.spin_us` (flag --spin-us): 10001 is above the limit of 10000",
             ),
             (
                 "app = \"kv\"",
