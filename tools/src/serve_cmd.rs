@@ -155,6 +155,10 @@ pub struct Args {
     /// TLS: which ports speak it, `both`, `client` or `peer` [default: both].
     #[arg(long, value_name = "PORTS", value_parser = parse_tls_ports)]
     tls_ports: Option<(bool, bool)>,
+    /// How long an idle stage polls its inputs before blocking, µs (0 = never spin; at most
+    /// 10000) [default: 0].
+    #[arg(long, value_name = "US")]
+    spin_us: Option<u64>,
 }
 
 /// Parses `--tls-ports` into (client, peer).
@@ -270,6 +274,7 @@ impl Args {
         set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
         set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
         set(&mut tuning.read_mode, self.read_mode);
+        set(&mut tuning.spin_us, self.spin_us);
         let security = &mut config.security;
         if self.client_password_file.is_some() {
             security.client_password_file = self.client_password_file;

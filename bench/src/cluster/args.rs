@@ -31,8 +31,10 @@ pub const DEPTH_MAX: usize = 1 << 16;
 /// Most payload bytes in one batch request (half the node's default 64 MiB frame limit).
 pub const REQUEST_BYTES_MAX: usize = 32 << 20;
 
-/// Entries in flight per connection unless `--depth` says otherwise, `--mode log`.
-pub const DEFAULT_DEPTH_LOG: usize = 2048;
+/// Entries in flight per connection unless `--depth` says otherwise, `--mode log`: 8 x 8192
+/// in flight is where the zero-argument run reached its throughput plateau with the disk in
+/// its slow regime (docs/BENCHMARKS.md, "Latency and the speed targets, session 4").
+pub const DEFAULT_DEPTH_LOG: usize = 8192;
 
 /// Commands in flight per connection unless `--depth` says otherwise, `--mode kv` (the node
 /// stops reading a RESP connection with 1,024 commands unanswered: more would only wait in TCP).
@@ -60,7 +62,7 @@ pub struct Args {
     /// Client connections, each driven by its own thread.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Entries (`--mode kv`: commands) in flight per connection (pipelining). Default 2048 for
+    /// Entries (`--mode kv`: commands) in flight per connection (pipelining). Default 8192 for
     /// `--mode log`, 256 for `--mode kv`.
     #[arg(long)]
     pub depth: Option<usize>,
@@ -828,7 +830,7 @@ mod tests {
         assert_eq!(config.target, Target::Local { nodes: 3 });
         assert_eq!(config.mode, Mode::Log);
         assert_eq!(config.entry_bytes, 16);
-        assert_eq!((config.clients, config.depth, config.batch), (8, 2048, 64));
+        assert_eq!((config.clients, config.depth, config.batch), (8, 8192, 64));
         assert_eq!(config.load_loop, "closed");
         assert_eq!(config.durability, Durability::Fsync);
         assert_eq!(config.tuning, Tuning::default());

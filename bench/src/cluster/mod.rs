@@ -388,6 +388,10 @@ fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, Stri
     let mut session = Session::open(config, interrupt)?;
     let machine = describe_machine(&session);
     let mut results = session.measure(config, interrupt)?;
+    match crate::baseline::Yardstick::measure(&session.data_dir, results.latency_us.p50) {
+        Ok(yardstick) => results.yardstick = Some(yardstick),
+        Err(error) => eprintln!("lockstep-bench: the latency yardstick failed: {error}"),
+    }
     results.node_exits = session.close();
     Ok(Report {
         bench: mode_name(config).to_string(),

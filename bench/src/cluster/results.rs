@@ -46,6 +46,9 @@ pub struct RunResults {
     pub cpu: Cpu,
     /// How each local node ended (empty with `--connect`, or before the cluster stopped).
     pub node_exits: Vec<NodeExitRow>,
+    /// "One fsync plus one round trip" measured after the run (`None` in sweeps or when the
+    /// probe failed).
+    pub yardstick: Option<crate::baseline::Yardstick>,
     /// `--mode kv`: SET and GET apart, and the error replies. (In kv mode the figures above
     /// count commands, their latency is the client round trip and MB/s counts value bytes.)
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -275,6 +278,7 @@ impl RunResults {
             memory: Memory::default(),
             cpu: Cpu::default(),
             node_exits: Vec::new(),
+            yardstick: None,
             kv: None,
         }
     }
@@ -397,6 +401,9 @@ impl Describe for RunResults {
                 ),
             ),
         ];
+        if let Some(yardstick) = &self.yardstick {
+            rows.push(("latency yardstick".into(), yardstick.describe()));
+        }
         if let Some(kv) = &self.kv {
             rows.push(("SET".into(), kv.set.summary()));
             rows.push((

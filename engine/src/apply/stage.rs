@@ -17,7 +17,7 @@ use crate::apply::{snapshot, StateMachine};
 use crate::batch::{Batch, BatchKind};
 use crate::net::{ClientReply, ConnId, NetHandle};
 use crate::node::pipeline::{ApplyMsg, Feedback, PendingRead, Shared, Target};
-use crate::node::Applied;
+use crate::node::{Applied, Spin};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::types::{LogIndex, Term};
 
@@ -36,6 +36,8 @@ pub(crate) struct ApplyStage<S: StateMachine> {
     pub feedback: Sender<Feedback>,
     reads: Vec<PendingRead>,
     replies: Vec<(ConnId, ClientReply)>,
+    /// Spin-before-block on the inbox.
+    spin: Spin,
 }
 
 impl<S: StateMachine> ApplyStage<S> {
@@ -51,6 +53,7 @@ impl<S: StateMachine> ApplyStage<S> {
         shared: Arc<Shared>,
         net: Option<NetHandle>,
         feedback: Sender<Feedback>,
+        spin: Spin,
     ) -> ApplyStage<S> {
         let (applied, applied_term, membership) = match snapshot {
             Some(meta) => (meta.index, meta.term, meta.membership.clone()),
@@ -70,12 +73,16 @@ impl<S: StateMachine> ApplyStage<S> {
             feedback,
             reads: Vec::new(),
             replies: Vec::new(),
+            spin,
         }
     }
 
     /// Runs until consensus drops its sender (after draining what is queued) or a fatal error.
     pub(crate) fn run(mut self, inbox: Receiver<ApplyMsg>) {
-        while let Ok(message) = inbox.recv() {
+        loop {
+            self.spin
+                .until(std::time::Duration::MAX, || !inbox.is_empty());
+            let Ok(message) = inbox.recv() else { break };
             let before = self.applied;
             let mut outcome = self.handle(message);
             while outcome.is_ok() {

@@ -292,14 +292,26 @@ impl EventLoop {
     /// Runs until the stop flag is set (or poll fails).
     pub(super) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        // Spin-before-block (`NetConfig::spin`): until `spin_until`, the loop polls without
+        // sleeping and stays "awake", so handles queue without waking it (each turn drains
+        // their channel); the sleep protocol below resumes once the spin runs out.
+        let mut spin_until: Option<Instant> = None;
         loop {
-            // Announce the coming sleep, then pick up anything queued before the announcement.
-            self.wake.awake.store(false, Ordering::SeqCst);
-            self.drain_outbound();
+            let spinning = spin_until.is_some_and(|until| Instant::now() < until);
+            if !spinning {
+                // Announce the coming sleep, then pick up anything queued before the
+                // announcement.
+                self.wake.awake.store(false, Ordering::SeqCst);
+            }
+            let drained = self.drain_outbound();
             self.flush_dirty();
             // Counters are current whenever the loop sleeps.
             self.publish_stats();
-            let timeout = self.poll_timeout();
+            let timeout = if spinning {
+                Some(Duration::ZERO)
+            } else {
+                self.poll_timeout()
+            };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() != io::ErrorKind::Interrupted {
                     warn!("network poll failed, stopping: {err}");
@@ -307,6 +319,12 @@ impl EventLoop {
                 }
             }
             self.wake.awake.store(true, Ordering::SeqCst);
+            if drained || !events.is_empty() {
+                spin_until =
+                    Some(Instant::now() + self.config.spin).filter(|_| !self.config.spin.is_zero());
+            } else if spinning {
+                std::thread::yield_now();
+            }
             if self.wake.stop.load(Ordering::SeqCst) {
                 self.drain_outbound();
                 self.flush_dirty();
@@ -838,9 +856,13 @@ impl EventLoop {
         }
     }
 
-    fn drain_outbound(&mut self) {
+    /// Queues what the handles sent; returns whether there was anything.
+    fn drain_outbound(&mut self) -> bool {
+        let mut drained = false;
         loop {
-            match self.outbound_rx.try_recv() {
+            let item = self.outbound_rx.try_recv();
+            drained |= item.is_ok();
+            match item {
                 Ok(Outbound::Messages(messages)) => {
                     for message in &messages {
                         self.queue_message(message);
@@ -853,7 +875,7 @@ impl EventLoop {
                 }
                 Ok(Outbound::AddPeer(id, addr)) => self.add_peer(id, addr),
                 Ok(Outbound::RemovePeer(id)) => self.remove_peer(id),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return drained,
             }
         }
     }

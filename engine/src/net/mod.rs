@@ -121,6 +121,9 @@ pub struct NetConfig {
     pub client_limits: ClientLimits,
     /// TLS on the client and peer ports (default: plain TCP on both).
     pub tls: TlsSettings,
+    /// Spin-before-block: after handling something, the loop polls without sleeping for this
+    /// long before it blocks in `poll` again (zero, the default: never spins).
+    pub spin: Duration,
 }
 
 impl NetConfig {
@@ -146,6 +149,7 @@ impl NetConfig {
             client_users: Arc::new(ClientUsers::open()),
             client_limits: ClientLimits::default(),
             tls: TlsSettings::default(),
+            spin: Duration::ZERO,
         }
     }
 }

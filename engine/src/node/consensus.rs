@@ -27,6 +27,7 @@ use crate::node::pipeline::{
     error_reply, ApplyMsg, BatchOutcome, BatchWaiter, ClientAddrs, Feedback, PendingRead, Shared,
     StorageMsg, Target,
 };
+use crate::node::spin::Spin;
 use crate::node::stats::{InboxProbes, Observed};
 use crate::node::{Applied, AppliedBatch, NodeCounters, NodeError, NodeStatus, PeerProgress};
 use crate::raft::{MembershipChange, ProgressState, ProposeError, Raft, ReadId, Ready, Role};
@@ -76,6 +77,8 @@ pub(crate) struct ConsensusStage {
     local_reads: Vec<PendingRead>,
     /// Leader changes, error replies, queue probes and rates, for the status.
     observed: Observed,
+    /// Spin-before-block after a turn that handled input.
+    spin: Spin,
 }
 
 /// Whether the loop keeps going.
@@ -87,6 +90,7 @@ enum Flow {
 
 impl ConsensusStage {
     /// A stage over a core restored from disk; `transport` is `None` without a network.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         raft: Raft,
         tick: Duration,
@@ -95,6 +99,7 @@ impl ConsensusStage {
         shared: Arc<Shared>,
         client_addrs: ClientAddrs,
         transport: Option<Arc<Transport>>,
+        spin: Spin,
     ) -> ConsensusStage {
         let start = raft.status();
         let observed = Observed::new(start.commit.get(), start.applied.get());
@@ -115,6 +120,7 @@ impl ConsensusStage {
             replies: Vec::new(),
             local_reads: Vec::new(),
             observed,
+            spin,
         }
     }
 
@@ -130,8 +136,18 @@ impl ConsensusStage {
         let mut next_tick = Instant::now() + self.tick;
         self.observed
             .probe(InboxProbes::new(&requests, &net_events, &feedback));
+        // Whether the previous turn handled an input (a turn woken only by the tick does not
+        // spin: the next input is then not likely to be close).
+        let mut active = false;
         loop {
+            if active {
+                let until_tick = next_tick.saturating_duration_since(Instant::now());
+                self.spin.until(until_tick, || {
+                    !feedback.is_empty() || !net_events.is_empty() || !requests.is_empty()
+                });
+            }
             let timeout = next_tick.saturating_duration_since(Instant::now());
+            let mut taken = 1;
             let mut flow = crossbeam_channel::select! {
                 recv(requests) -> request => match request {
                     Ok(request) => self.on_request(request),
@@ -145,9 +161,12 @@ impl ConsensusStage {
                     Ok(item) => self.on_feedback(item),
                     Err(_) => Flow::Continue,
                 },
-                default(timeout) => Flow::Continue,
+                default(timeout) => {
+                    taken = 0;
+                    Flow::Continue
+                },
             };
-            let mut taken = 1;
+            active = taken > 0;
             while flow == Flow::Continue && taken < INPUTS_PER_TURN_MAX {
                 taken += 1;
                 flow = if let Ok(item) = feedback.try_recv() {
@@ -159,6 +178,7 @@ impl ConsensusStage {
                 } else {
                     break;
                 };
+                active = true;
             }
             if flow == Flow::Stop {
                 break;

@@ -4,6 +4,7 @@
 
 mod consensus;
 pub(crate) mod pipeline;
+mod spin;
 pub mod start;
 mod stats;
 mod storage;
@@ -28,6 +29,7 @@ use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
 use self::pipeline::{ClientAddrs, Shared};
+pub use self::spin::{Spin, SPIN_MAX};
 pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
 
@@ -89,6 +91,8 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     /// TLS on the client and peer ports (default: none).
     pub tls: crate::net::TlsSettings,
+    /// Spin-before-block of the network, consensus, storage and apply stages (default: none).
+    pub spin: Spin,
 }
 
 impl NodeConfig {
@@ -128,6 +132,7 @@ impl NodeConfig {
             max_clients: net.max_clients,
             max_request_bytes: net.resp_limits.request_bytes_max,
             tls: crate::net::TlsSettings::default(),
+            spin: Spin::default(),
         }
     }
 }
@@ -292,6 +297,7 @@ impl Node {
             net_config.max_clients = config.max_clients;
             net_config.resp_limits.request_bytes_max = config.max_request_bytes;
             net_config.tls = config.tls.clone();
+            net_config.spin = config.spin.budget();
             let transport = Transport::start(net_config, net_sender).map_err(|error| {
                 NodeError::Failed(format!(
                     "cannot start the network on {peer_listen}: {error}"
@@ -328,6 +334,7 @@ impl Node {
             net.clone(),
             feedback.clone(),
             shared.clone(),
+            config.spin,
         );
         let apply = ApplyStage::new(
             state_machine,
@@ -338,6 +345,7 @@ impl Node {
             shared.clone(),
             net.clone(),
             feedback,
+            config.spin,
         );
         let client_addrs: ClientAddrs = config
             .members
@@ -352,6 +360,7 @@ impl Node {
             shared.clone(),
             client_addrs,
             transport.clone(),
+            config.spin,
         );
         // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
         let core_for = |slot: usize| {

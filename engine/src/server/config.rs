@@ -117,6 +117,9 @@ pub struct Tuning {
     /// batch of reads) or "lease" (no round while a quorum answered within the election
     /// timeout less a clock-drift margin of a tenth of it; relies on bounded clock drift).
     pub read_mode: String,
+    /// Spin-before-block: how long an idle stage polls its inputs before it blocks,
+    /// microseconds (0, the default: never spins; at most 10000). See docs/TUNING.md.
+    pub spin_us: u64,
 }
 
 impl Default for Tuning {
@@ -142,6 +145,7 @@ impl Default for Tuning {
             socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
             read_mode: "index".to_string(),
+            spin_us: 0,
         }
     }
 }
@@ -251,6 +255,16 @@ impl Tuning {
                 format!(
                     "{} must be below max_frame_bytes ({}) so an append message fits a frame",
                     self.append_bytes_max, self.max_frame_bytes
+                ),
+            ));
+        }
+        if Duration::from_micros(self.spin_us) > crate::node::SPIN_MAX {
+            return Err(ServerError::option(
+                "tuning.spin_us",
+                format!(
+                    "{} is above the limit of {} µs",
+                    self.spin_us,
+                    crate::node::SPIN_MAX.as_micros()
                 ),
             ));
         }
@@ -563,6 +577,7 @@ impl ServerConfig {
         if let (Some(tls), Some(own)) = (&self.security.tls, self.own_member()) {
             node.tls = tls.load(own.peer_addr.ip())?;
         }
+        node.spin = crate::node::Spin::new(Duration::from_micros(tuning.spin_us));
         Ok(node)
     }
 }
@@ -618,6 +633,11 @@ snapshot_entries = 1000
             LogOptions::default().syncs_in_flight
         );
         assert_eq!(node.socket_buffer_bytes, 4 << 20);
+        assert_eq!(
+            node.spin,
+            crate::node::Spin::default(),
+            "spinning is off by default"
+        );
         assert_eq!(config.metrics_addr, None);
         assert_eq!(config.log_format(), Ok(None));
         assert_eq!(
@@ -637,7 +657,7 @@ snapshot_entries = 1000
 
     #[test]
     fn errors_name_the_option() {
-        let cases: [(&str, &str, &str); 18] = [
+        let cases: [(&str, &str, &str); 19] = [
             ("app = \"kv\"", "app = \"kv\"\nbogus = 1", "bogus"),
             (
                 "sync = \"fdatasync\"",
@@ -697,6 +717,11 @@ snapshot_entries = 1000
                 "sync = \"fdatasync\"",
                 "syncs_in_flight = 65",
                 "option `tuning.syncs_in_flight` (flag --syncs-in-flight): 65 is above",
+            ),
+            (
+                "sync = \"fdatasync\"",
+                "spin_us = 10001",
+                "option `tuning.spin_us` (flag --spin-us): 10001 is above the limit of 10000",
             ),
             (
                 "app = \"kv\"",
