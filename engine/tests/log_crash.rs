@@ -192,8 +192,11 @@ enum Loss {
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
-    /// A crash loses only bytes written after the last completed sync (in any order) and
-    /// renames of segments activated since: reopening must give back everything durable.
+    /// A crash loses only bytes written after the last completed sync (in any order): reopening
+    /// must give back everything durable. (A lost rename of a newly activated segment is no
+    /// longer a reachable crash state: activation makes the rename durable before the log head
+    /// names the segment and before any record goes into it; a crash before that leaves an
+    /// empty spare, which `log_head_repair.rs` covers with the head's cases.)
     #[test]
     fn crash_losing_unsynced_bytes_keeps_everything_durable(
         batches in batches(),
@@ -205,7 +208,6 @@ proptest! {
             (1u16..3000).prop_map(Loss::Range),
             ((1u16..3000), any::<u64>()).prop_map(|(len, seed)| Loss::Garbage(len, seed)),
         ],
-        lose_rename in proptest::bool::weighted(0.2),
     ) {
         let built = build(&batches, &tail);
         let (durable_segment, durable_offset) = durable_end(&built);
@@ -229,11 +231,6 @@ proptest! {
             *byte = state as u8;
         }
         std::fs::write(&segments[position], &bytes).unwrap();
-        if lose_rename && segments.len() > durable_segment + 1 {
-            // The last segment was activated after the last sync: its rename may be lost.
-            let last = segments.last().unwrap();
-            std::fs::rename(last, built.dir.path().join("spare-999.seg")).unwrap();
-        }
         reopen_and_check(&built, false, &format!("crash {loss:?} seg {position} at {start}"))?;
     }
 

@@ -888,7 +888,7 @@ mod tests {
                 &["--entry-bytes", "1048576", "--batch", "64"][..],
                 "--batch",
             ),
-            (&["--sweep", "batch=1,4096"][..], "--sweep"),
+            (&["--sweep", "batch=1,10000"][..], "--sweep"),
             (&["--seconds", "0"][..], "--seconds"),
             (&["--warmup=-1"][..], "--warmup"),
             (&["--rate", "0"][..], "--rate"),
