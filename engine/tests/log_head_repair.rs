@@ -280,3 +280,44 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn a_cut_segment_is_refused_and_repaired_like_a_lost_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // 70 records: the newest segment holds more than its first 4 KiB.
+    let last = write_log(dir.path(), 70);
+    let newest = live_segments(dir.path()).pop().unwrap();
+    let full = std::fs::metadata(&newest).unwrap().len();
+    let cut = 4096 + 100;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+
+    let (file, _, reason) = corrupt_file(Log::open(dir.path(), options()).err().unwrap());
+    assert_eq!(file, newest);
+    assert!(reason.contains("cut or extended"), "{reason}");
+
+    let (mut log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    let damage = report.damage.expect("damage reported");
+    assert!(damage.extent_unknown, "{damage}");
+    assert_eq!((damage.file.clone(), damage.offset), (newest.clone(), cut));
+    assert!(damage.reason.contains("cut to 4196 bytes"), "{damage}");
+    let held = log.last_index();
+    assert!(held < last, "{held} {last}");
+    let repair = report.repair.expect("a repair");
+    assert_eq!((repair.until, repair.above_term), (held, Some(Term(1))));
+    // The file has its full length again, and the log appends into it.
+    assert_eq!(std::fs::metadata(&newest).unwrap().len(), full);
+    log.append(&batch(1, held.get() + 1, 5)).unwrap();
+    log.wait_durable().unwrap();
+    assert!(log.repair().is_some());
+    drop(log);
+
+    // A crash now: the plain open finds a whole log, and the marker keeps the repair.
+    let (log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.repair, Some(repair));
+    assert_eq!(log.last_index(), LogIndex(held.get() + 5));
+}

@@ -29,9 +29,9 @@ use crate::log::record::{
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::repair::{self, DamageReport, RepairState};
 use crate::log::segment::{
-    check_segment_len, encode_segment_header, keeps_head, live_name, map_segment, parse_live_name,
-    parse_spare_name, prefault, spare_name, sync_dir, Prefault, Segment, SEGMENT_BYTES_MIN,
-    SEGMENT_HEADER_BYTES,
+    check_segment_len, cut_short, encode_segment_header, keeps_head, live_name, map_segment,
+    parse_live_name, parse_spare_name, prefault, spare_name, sync_dir, Prefault, Segment,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
 use crate::log::sync::{SyncMode, SyncTarget, Syncer, MAX_SYNCS_IN_FLIGHT};
 use crate::types::{LogIndex, Term};
@@ -308,6 +308,52 @@ fn check_options(options: &LogOptions) -> Result<(), LogError> {
     Ok(())
 }
 
+/// A live segment file found shorter than its header declares (under repair).
+struct Cut {
+    /// Its position among the live segments.
+    segment: usize,
+    /// The length found.
+    len: u64,
+    /// Its bytes, zero-filled to the declared length (what recovery scans).
+    padded: Vec<u8>,
+}
+
+impl Cut {
+    /// The damage to repair: the scan's, widened to an unknown extent when a file was cut
+    /// (records past the cut may have been durable; how many is unknown).
+    fn report(
+        cuts: &[Cut],
+        segments: &VecDeque<Segment>,
+        recovered: &crate::log::recovery::Recovered,
+        damage: Option<DamageReport>,
+    ) -> Option<DamageReport> {
+        let Some(first) = cuts.first() else {
+            return damage;
+        };
+        let file = &segments[first.segment].path;
+        let reason = format!(
+            "segment file cut to {} bytes (its header says {})",
+            first.len,
+            first.padded.len()
+        );
+        Some(match damage {
+            Some(mut damage) => {
+                damage.reason = format!("{}; and {reason}", damage.reason);
+                damage.extent_unknown = true;
+                damage
+            }
+            None => DamageReport {
+                file: file.clone(),
+                offset: first.len,
+                index: recovered.next_index,
+                reason,
+                last_index_claimed: recovered.next_index.prev(),
+                extent_unknown: true,
+            },
+        })
+    }
+}
+
 fn open_mapped(path: &Path) -> Result<(Arc<File>, memmap2::MmapMut), LogError> {
     let file = OpenOptions::new()
         .read(true)
@@ -429,12 +475,25 @@ impl Log {
         spares.sort();
 
         let mut segments = VecDeque::new();
+        // Under repair, a segment file cut short after the fact is scanned as if zero-filled
+        // to its declared length (what was cut is lost: `cuts` reports it as damage), and is
+        // extended on disk only once the repair marker is durable.
+        let mut cuts: Vec<Cut> = Vec::new();
         for (first_seq, path) in live {
             let len = std::fs::metadata(&path)
                 .map_err(|err| LogError::io(format!("stat {}", path.display()), err))?
                 .len();
             check_segment_len(&path, len)?;
             let (file, map) = open_mapped(&path)?;
+            if let Some(declared) = cut_short(&map).filter(|_| repair_damage) {
+                let mut padded = map.to_vec();
+                padded.resize(declared as usize, 0);
+                cuts.push(Cut {
+                    segment: segments.len(),
+                    len,
+                    padded,
+                });
+            }
             segments.push_back(Segment {
                 first_seq,
                 path,
@@ -443,15 +502,20 @@ impl Log {
             });
         }
         let (recovered, damage) = recover_files(
-            segments
-                .iter()
-                .map(|segment| (segment.path.as_path(), segment.first_seq, &segment.map[..])),
+            segments.iter().enumerate().map(|(at, segment)| {
+                let bytes = match cuts.iter().find(|cut| cut.segment == at) {
+                    Some(cut) => &cut.padded[..],
+                    None => &segment.map[..],
+                };
+                (segment.path.as_path(), segment.first_seq, bytes)
+            }),
             repair_damage,
         )?;
         let damage = damage.map(|damage| {
             let file = segments[damage.at.segment].path.clone();
             DamageReport::new(damage, file)
         });
+        let damage = Cut::report(&cuts, &segments, &recovered, damage);
         let live: Vec<(u64, bool)> = segments
             .iter()
             .map(|segment| (segment.first_seq, keeps_head(&segment.map)))
@@ -480,6 +544,17 @@ impl Log {
             // Before anything is cut: the damaged records are the only evidence of `until`.
             repair::write(dir, &dir_file, state)?;
             repair_state = Some(state);
+        }
+        for cut in &cuts {
+            let segment = &mut segments[cut.segment];
+            let extended = segment
+                .file
+                .set_len(cut.padded.len() as u64)
+                .and_then(|()| segment.file.sync_data());
+            extended.map_err(|err| {
+                LogError::io(format!("extend the cut {}", segment.path.display()), err)
+            })?;
+            (segment.file, segment.map) = open_mapped(&segment.path)?;
         }
 
         let torn_tail = recovered.torn.as_ref().map(|torn| TornTailReport {

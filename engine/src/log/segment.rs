@@ -101,6 +101,26 @@ pub fn keeps_head(bytes: &[u8]) -> bool {
 
 /// Checks a segment's header against its length; `Err` says what is wrong.
 pub fn check_segment_header(bytes: &[u8]) -> Result<(), String> {
+    let declared = declared_len(bytes)?;
+    if declared != bytes.len() as u64 {
+        return Err(format!(
+            "segment header says {declared} bytes but the file has {} (cut or extended)",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The length a segment's valid header declares, when `bytes` (the whole file) is shorter:
+/// the file was cut after the fact, and its records past `bytes.len()` are lost.
+pub fn cut_short(bytes: &[u8]) -> Option<u64> {
+    declared_len(bytes)
+        .ok()
+        .filter(|&declared| declared > bytes.len() as u64)
+}
+
+/// The file length a segment's header declares, once magic, checksum and version check out.
+fn declared_len(bytes: &[u8]) -> Result<u64, String> {
     if bytes.len() < SEGMENT_HEADER_BYTES {
         return Err(format!(
             "file of {} bytes is shorter than a segment header",
@@ -115,14 +135,9 @@ pub fn check_segment_header(bytes: &[u8]) -> Result<(), String> {
     if header[4] != SEGMENT_VERSION {
         return Err(format!("unknown segment version {}", header[4]));
     }
-    let declared = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if declared != bytes.len() as u64 {
-        return Err(format!(
-            "segment header says {declared} bytes but the file has {} (cut or extended)",
-            bytes.len()
-        ));
-    }
-    Ok(())
+    Ok(u64::from_le_bytes(
+        header[8..16].try_into().expect("8 bytes"),
+    ))
 }
 
 /// Creates a zero-filled file of `segment_bytes` with a segment header at `path`, synced.
