@@ -22,7 +22,25 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
     listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
+/// Starts `n` in-process nodes on free ports. A port picked free can be taken (e.g. as the
+/// local port of another test's outgoing connection) before the node binds it: then the nodes
+/// started so far are dropped and the cluster starts again on other ports, in a fresh directory.
 fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<Node>, Vec<SocketAddr>) {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        match try_start_cluster(n, &dir.join(format!("attempt-{attempt}"))) {
+            Ok(started) => return started,
+            Err(error) if error.contains("Address already in use") && attempt < ATTEMPTS => {}
+            Err(error) => panic!("cannot start the cluster: {error}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+fn try_start_cluster(
+    n: usize,
+    dir: &std::path::Path,
+) -> Result<(Vec<Node>, Vec<SocketAddr>), String> {
     let addrs = free_addrs(2 * n);
     let members: Vec<MemberConfig> = (0..n)
         .map(|i| MemberConfig {
@@ -50,11 +68,11 @@ fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<Node>, Vec<SocketAddr>
                 security: Default::default(),
                 limits: Default::default(),
             };
-            Node::start(config.node_config().unwrap(), KvStore::new()).unwrap()
+            Node::start(config.node_config().unwrap(), KvStore::new()).map_err(|e| e.to_string())
         })
-        .collect();
+        .collect::<Result<Vec<Node>, String>>()?;
     let client_addrs = members.iter().map(|member| member.client_addr).collect();
-    (nodes, client_addrs)
+    Ok((nodes, client_addrs))
 }
 
 fn put(key: &str, value: &str) -> Bytes {
