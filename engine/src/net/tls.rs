@@ -240,22 +240,19 @@ impl TlsSettings {
         let peer = match ports.peer {
             None => None,
             Some(peer_ip) => {
+                let unusable = |err: rustls::server::VerifierBuilderError| TlsError {
+                    file: TlsFile::Ca,
+                    path: ca_file.to_owned(),
+                    why: format!("cannot verify peers with it: {err}"),
+                };
                 let client_verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
                         .build()
-                        .map_err(|err| TlsError {
-                            file: TlsFile::Ca,
-                            path: ca_file.to_owned(),
-                            why: format!("cannot verify peers with it: {err}"),
-                        })?;
+                        .map_err(unusable)?;
                 let server_verifier =
                     WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
                         .build()
-                        .map_err(|err| TlsError {
-                            file: TlsFile::Ca,
-                            path: ca_file.to_owned(),
-                            why: format!("cannot verify peers with it: {err}"),
-                        })?;
+                        .map_err(unusable)?;
                 let now = UnixTime::now();
                 let ca = ca_file.display();
                 client_verifier
