@@ -208,8 +208,8 @@ impl<S: StateMachine> ApplyStage<S> {
             self.reads = waiting;
         }
         if applied != before {
+            // Consensus reads it when it needs it (status): no wake-up per applied batch.
             self.shared.applied.store(applied.get(), Ordering::Release);
-            drop(self.feedback.send(Feedback::Applied(applied)));
             self.maybe_snapshot()?;
         }
         self.flush_replies();

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{entry_offset, Batch, BatchKind, Entries};
+use crate::log::doorbell::Doorbell;
 use crate::log::error::LogError;
 use crate::log::hard_state::{HardState, HardStateFile};
 use crate::log::head::{self, Head, HeadFound};
@@ -610,7 +611,8 @@ impl Log {
         }
         sync_dir(&dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
 
-        let syncer = Syncer::new(options.sync_mode, options.syncs_in_flight);
+        let syncer = Syncer::new(options.sync_mode, options.syncs_in_flight)
+            .map_err(|err| LogError::io("create the sync doorbell (an eventfd)", err))?;
         let prefault_mode = match (options.append_mode, syncer.syncs_ranges()) {
             (AppendMode::Pwrite, _) => Prefault::Skip,
             (AppendMode::Mmap, true) => Prefault::Write,
@@ -1487,12 +1489,13 @@ impl Log {
         self.in_flight.len()
     }
 
-    /// Receives a message whenever a sync round may have completed, so a thread can block on
-    /// "new work or a completion" with `crossbeam_channel::select!` and then call
-    /// [`Log::poll_durable`]. Spurious messages are possible; a completion that happens after
-    /// the last reap always sends one.
-    pub fn sync_signal(&self) -> &crossbeam_channel::Receiver<()> {
-        self.syncer.signal()
+    /// Rung whenever a sync round may have completed (by the kernel itself with io_uring), so
+    /// a thread can block on "new work or a completion" in one place — producers of its work
+    /// ring the same doorbell ([`Doorbell::ring_if_sleeping`]) — and then call
+    /// [`Log::poll_durable`]. Spurious rings are possible; a completion that happens after the
+    /// last reap always rings it.
+    pub fn doorbell(&self) -> &Arc<Doorbell> {
+        self.syncer.doorbell()
     }
 
     /// The term and vote last saved.

@@ -7,6 +7,7 @@
 //! - [`segment`]: segment files (zero-filled, full size before they get a name) and their names.
 //! - `preparer`: a background thread keeping one (or more) spare segments ready, zero-filled and
 //!   mapped, and reusing compacted segments.
+//! - [`doorbell`]: the eventfd a thread blocks on for "a sync completed or work arrived".
 //! - `sync`: sync rounds, several in flight, through io_uring (or fdatasync on helper threads as
 //!   the fallback).
 //! - [`hard_state`]: term and vote in a two-slot checksummed file.
@@ -37,6 +38,7 @@
 //!
 //! Byte layouts, kernel and filesystem assumptions and the crash analysis: `docs/FORMATS.md`.
 
+pub mod doorbell;
 mod durable_log;
 mod error;
 pub mod hard_state;
@@ -50,6 +52,7 @@ pub mod segment;
 mod small_file;
 mod sync;
 
+pub use doorbell::Doorbell;
 pub use durable_log::{
     AppendMode, BatchView, Log, LogOptions, LogStats, OpenReport, Read, TornTailReport,
 };

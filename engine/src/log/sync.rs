@@ -6,8 +6,9 @@
 //! submitted as `IORING_OP_FSYNC` entries tagged with the round's id and reaped from the
 //! completion queue; where io_uring cannot be set up (or the fallback is forced) a pool of helper
 //! threads, one per round in flight, runs plain `fdatasync`/`fsync` calls. The caller never
-//! blocks in either mode unless it asks to wait, and can block on [`Syncer::signal`] (together
-//! with other channels) to learn that a round may have completed.
+//! blocks in either mode unless it asks to wait, and can block on the syncer's [`Doorbell`]
+//! (rung by the kernel itself for io_uring completions: its eventfd is registered with the
+//! ring; by the helper threads in the fallback) to learn that a round may have completed.
 //!
 //! Rounds may complete in any order: this layer reports each round's outcome under its id and
 //! leaves ordering (durable only over a prefix of completed rounds) to the log. A round succeeds
@@ -17,13 +18,14 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use io_uring::{opcode, types, IoUring};
+
+use crate::log::doorbell::Doorbell;
 
 /// How the log makes its writes durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -60,73 +62,12 @@ struct UringRound {
     _targets: Vec<SyncTarget>,
 }
 
-/// Wakes [`Syncer::signal`] whenever the ring posts a completion: a thread blocked on an eventfd
-/// registered with the ring.
-struct Notifier {
-    eventfd: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Notifier {
-    fn start(ring: &IoUring, signal: Sender<()>) -> io::Result<Notifier> {
-        // SAFETY: plain syscall; the returned descriptor is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let eventfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (eventfd, stop) = (eventfd.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("lockstep-log-notify".to_string())
-                .spawn(move || loop {
-                    let mut count = [0u8; 8];
-                    // SAFETY: reads 8 bytes into a live local buffer.
-                    let read = unsafe {
-                        libc::read(eventfd.as_raw_fd(), count.as_mut_ptr().cast(), count.len())
-                    };
-                    if read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    if read < 0 || stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    if let Err(TrySendError::Disconnected(())) = signal.try_send(()) {
-                        return;
-                    }
-                })?
-        };
-        Ok(Notifier {
-            eventfd,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live local buffer to our own eventfd.
-        unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 enum Backend {
-    /// [`SyncMode::None`]: rounds complete at once; `signal` wakes the waiter.
-    Skip { signal: Sender<()> },
+    /// [`SyncMode::None`]: rounds complete at once.
+    Skip,
     Uring {
         ring: Box<IoUring>,
         rounds: Vec<UringRound>,
-        _notifier: Notifier,
     },
     Thread {
         jobs: Option<Sender<(u64, Vec<SyncTarget>)>>,
@@ -146,47 +87,42 @@ pub(crate) struct Syncer {
     next_id: u64,
     /// Completed rounds reaped from the ring but not yet handed out.
     ready: VecDeque<(u64, Result<(), i32>)>,
-    signal: Receiver<()>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl Syncer {
-    pub fn new(mode: SyncMode, max_in_flight: usize) -> Syncer {
+    /// A syncer in `mode`; fails only when its doorbell (an eventfd) cannot be created.
+    pub fn new(mode: SyncMode, max_in_flight: usize) -> io::Result<Syncer> {
         assert!(
             (1..=MAX_SYNCS_IN_FLIGHT).contains(&max_in_flight),
             "syncs in flight {max_in_flight} outside 1..={MAX_SYNCS_IN_FLIGHT}"
         );
-        let (signal_tx, signal) = crossbeam_channel::bounded(1);
+        let doorbell = Arc::new(Doorbell::new()?);
+        let syncer = |backend| Syncer {
+            backend,
+            max_in_flight,
+            next_id: 1,
+            ready: VecDeque::new(),
+            doorbell: doorbell.clone(),
+        };
         if mode == SyncMode::None {
             tracing::warn!(
                 "log sync mode none: nothing is fsynced, a crash loses acknowledged writes"
             );
-            return Syncer {
-                backend: Backend::Skip { signal: signal_tx },
-                max_in_flight,
-                next_id: 1,
-                ready: VecDeque::new(),
-                signal,
-            };
+            return Ok(syncer(Backend::Skip));
         }
         if mode == SyncMode::IoUring {
             let entries = (4 * max_in_flight).next_power_of_two().max(16) as u32;
             let started = IoUring::new(entries).and_then(|ring| {
-                let notifier = Notifier::start(&ring, signal_tx.clone())?;
-                Ok((ring, notifier))
+                ring.submitter().register_eventfd(doorbell.raw_fd())?;
+                Ok(ring)
             });
             match started {
-                Ok((ring, notifier)) => {
-                    return Syncer {
-                        backend: Backend::Uring {
-                            ring: Box::new(ring),
-                            rounds: Vec::with_capacity(max_in_flight),
-                            _notifier: notifier,
-                        },
-                        max_in_flight,
-                        next_id: 1,
-                        ready: VecDeque::new(),
-                        signal,
-                    };
+                Ok(ring) => {
+                    return Ok(syncer(Backend::Uring {
+                        ring: Box::new(ring),
+                        rounds: Vec::with_capacity(max_in_flight),
+                    }));
                 }
                 Err(err) => tracing::warn!(
                     error = %err,
@@ -198,8 +134,8 @@ impl Syncer {
         let (done_tx, done) = crossbeam_channel::bounded(max_in_flight);
         let threads = (0..max_in_flight)
             .map(|_| {
-                let (job_rx, done_tx, signal_tx) =
-                    (job_rx.clone(), done_tx.clone(), signal_tx.clone());
+                let (job_rx, done_tx, doorbell) =
+                    (job_rx.clone(), done_tx.clone(), doorbell.clone());
                 std::thread::Builder::new()
                     .name("lockstep-log-sync".to_string())
                     .spawn(move || {
@@ -216,24 +152,18 @@ impl Syncer {
                             if done_tx.send((id, result)).is_err() {
                                 return;
                             }
-                            let _ = signal_tx.try_send(());
+                            doorbell.ring();
                         }
                     })
                     .expect("spawn a log sync thread")
             })
             .collect();
-        Syncer {
-            backend: Backend::Thread {
-                jobs: Some(jobs),
-                done,
-                threads,
-                busy: 0,
-            },
-            max_in_flight,
-            next_id: 1,
-            ready: VecDeque::new(),
-            signal,
-        }
+        Ok(syncer(Backend::Thread {
+            jobs: Some(jobs),
+            done,
+            threads,
+            busy: 0,
+        }))
     }
 
     /// Whether rounds sync only the given ranges (io_uring) rather than whole files.
@@ -244,23 +174,23 @@ impl Syncer {
     /// Which mechanism is in use: `"io_uring"`, `"fdatasync"` or `"none"`.
     pub fn mechanism(&self) -> &'static str {
         match self.backend {
-            Backend::Skip { .. } => "none",
+            Backend::Skip => "none",
             Backend::Uring { .. } => "io_uring",
             Backend::Thread { .. } => "fdatasync",
         }
     }
 
-    /// Receives a message whenever a round may have completed (spurious ones are possible; a
-    /// completion after the last [`Syncer::poll`] always sends one).
-    pub fn signal(&self) -> &Receiver<()> {
-        &self.signal
+    /// Rung whenever a round may have completed (spuriously too; a completion after the last
+    /// [`Syncer::poll`] always rings it).
+    pub fn doorbell(&self) -> &Arc<Doorbell> {
+        &self.doorbell
     }
 
     /// Rounds submitted and not yet handed out by [`Syncer::poll`].
     pub fn in_flight(&self) -> usize {
         self.ready.len()
             + match &self.backend {
-                Backend::Skip { .. } => 0,
+                Backend::Skip => 0,
                 Backend::Uring { rounds, .. } => rounds.len(),
                 Backend::Thread { busy, .. } => *busy,
             }
@@ -284,11 +214,10 @@ impl Syncer {
         let id = self.next_id;
         self.next_id += 1;
         match &mut self.backend {
-            Backend::Skip { signal } => {
+            Backend::Skip => {
                 drop(round);
                 self.ready.push_back((id, Ok(())));
-                // Full means a wake-up is already pending.
-                let _ = signal.try_send(());
+                self.doorbell.ring();
                 Ok(id)
             }
             Backend::Uring { ring, rounds, .. } => {
@@ -351,7 +280,7 @@ impl Syncer {
             return Some(done);
         }
         match &mut self.backend {
-            Backend::Skip { .. } => None,
+            Backend::Skip => None,
             Backend::Uring { ring, rounds, .. } => loop {
                 if rounds.is_empty() {
                     return None;
@@ -428,6 +357,7 @@ impl Drop for Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     fn pipe_end() -> Arc<File> {
         let mut fds = [0; 2];
@@ -451,7 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(File::create(dir.path().join("f")).unwrap());
         let dir_file = Arc::new(File::open(dir.path()).unwrap());
-        let mut syncer = Syncer::new(mode, 1);
+        let mut syncer = Syncer::new(mode, 1).unwrap();
         assert_eq!(syncer.poll(false), None);
         let id = syncer
             .submit(vec![
@@ -462,7 +392,12 @@ mod tests {
         assert!(!syncer.has_room());
         assert_eq!(syncer.poll(true), Some((id, Ok(()))));
         assert_eq!(syncer.in_flight(), 0);
-        assert!(syncer.signal().recv().is_ok(), "a completion signals");
+        assert!(
+            syncer
+                .doorbell()
+                .wait(Some(std::time::Duration::from_secs(5)), || false),
+            "a completion rings the doorbell"
+        );
         syncer.mechanism()
     }
 
@@ -481,7 +416,7 @@ mod tests {
             .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
             .collect();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode, 1);
+            let mut syncer = Syncer::new(mode, 1).unwrap();
             let round = files.iter().map(|f| target(f, true, None)).collect();
             let id = syncer.submit(round).unwrap();
             assert_eq!(syncer.poll(true), Some((id, Ok(()))), "{mode:?}");
@@ -493,7 +428,7 @@ mod tests {
         // fsync on a pipe fails with EINVAL in both mechanisms.
         let read = pipe_end();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode, 1);
+            let mut syncer = Syncer::new(mode, 1).unwrap();
             let id = syncer.submit(vec![target(&read, true, None)]).unwrap();
             assert_eq!(syncer.poll(true), Some((id, Err(libc::EINVAL))), "{mode:?}");
         }
@@ -506,7 +441,7 @@ mod tests {
         file.set_len(1 << 20).unwrap();
         let bad = pipe_end();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode, 4);
+            let mut syncer = Syncer::new(mode, 4).unwrap();
             let mut expected = Vec::new();
             for round in 0..4u64 {
                 let targets = if round == 2 {

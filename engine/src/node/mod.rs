@@ -28,7 +28,7 @@ use crate::resp::Frontend;
 use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
-use self::pipeline::{ClientAddrs, Shared};
+use self::pipeline::{ClientAddrs, Shared, ToStorage};
 pub use self::spin::{Spin, SPIN_MAX};
 pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
@@ -325,6 +325,7 @@ impl Node {
         let (requests, request_inbox) = bounded(capacity);
         *shared.orphans.lock().expect("orphans lock") = Some(request_inbox.clone());
         let (to_storage, storage_inbox) = bounded(capacity);
+        let to_storage = ToStorage::new(to_storage, log.doorbell().clone());
         let (to_apply, apply_inbox) = bounded(capacity);
         let (feedback, feedback_inbox) = unbounded();
         let snapshot_dir = start::snapshot_dir(&config.data_dir);

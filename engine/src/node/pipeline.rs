@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendError, Sender};
 
 use crate::batch::Batch;
+use crate::log::Doorbell;
 use crate::net::{ClientReply, ConnId};
 use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
 use crate::types::{LogIndex, NodeId};
@@ -272,6 +273,51 @@ pub(crate) enum ApplyMsg {
     Install(SnapshotMeta, Bytes),
 }
 
+/// Consensus -> storage: the bounded channel, and the storage thread's doorbell (it sleeps on
+/// the log's doorbell, not on the channel, so a send must ring it).
+pub(crate) struct ToStorage {
+    /// `None` only while dropping.
+    sender: Option<Sender<StorageMsg>>,
+    doorbell: Arc<Doorbell>,
+}
+
+impl ToStorage {
+    /// A sender over `sender`, ringing `doorbell` (the storage thread's log's).
+    pub(crate) fn new(sender: Sender<StorageMsg>, doorbell: Arc<Doorbell>) -> ToStorage {
+        ToStorage {
+            sender: Some(sender),
+            doorbell,
+        }
+    }
+
+    fn sender(&self) -> &Sender<StorageMsg> {
+        self.sender
+            .as_ref()
+            .expect("the storage sender lives until drop")
+    }
+
+    /// Queues a message (blocking while the channel is full) and wakes storage if it sleeps.
+    /// Fails when storage is gone.
+    pub(crate) fn send(&self, message: StorageMsg) -> Result<(), SendError<StorageMsg>> {
+        self.sender().send(message)?;
+        self.doorbell.ring_if_sleeping();
+        Ok(())
+    }
+
+    /// The channel, for queue-depth probes.
+    pub(crate) fn channel(&self) -> &Sender<StorageMsg> {
+        self.sender()
+    }
+}
+
+impl Drop for ToStorage {
+    /// Storage notices a disconnected inbox only when it looks: disconnect, then wake it.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        self.doorbell.ring();
+    }
+}
+
 /// Consensus -> storage.
 pub(crate) enum StorageMsg {
     /// A write to execute (in id order).
@@ -283,10 +329,9 @@ pub(crate) enum StorageMsg {
 /// Storage or apply -> consensus.
 pub(crate) enum Feedback {
     /// Every write up to this id is durable (its `after_durable` messages have been handed to
-    /// the network).
+    /// the network). Sent only while [`Shared::durable_feedback`] is set; otherwise consensus
+    /// reads [`Shared::durable_write`] at its next turn.
     Durable(WriteId),
-    /// The state machine applied everything up to this index.
-    Applied(LogIndex),
     /// The apply stage wrote a snapshot file durably.
     Snapshot(SnapshotMeta, Bytes),
     /// A stage hit a fatal error; the node stops.
@@ -301,6 +346,15 @@ pub(crate) struct Shared {
     /// The term of the durable hard state (a snapshot may only cover terms up to it, or a
     /// restart would find a snapshot newer than its term).
     pub durable_term: AtomicU64,
+    /// The id of the last write storage made durable (a [`WriteId`]); consensus reads it every
+    /// turn.
+    pub durable_write: AtomicU64,
+    /// Set by consensus while it needs to hear of durable writes at once (a leader counts its
+    /// own write toward a commit; a candidate its own vote): storage then also sends
+    /// [`Feedback::Durable`], which wakes consensus. A follower learns of them at its next turn
+    /// (at the latest its next tick): nothing it sends waits for that (its acks leave from
+    /// storage), so it is spared a wake-up per write.
+    pub durable_feedback: AtomicBool,
     /// The first fatal error, if any.
     pub failure: Mutex<Option<String>>,
     /// The log counters, published by storage once per loop turn.

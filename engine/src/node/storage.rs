@@ -5,8 +5,9 @@
 //! Group commit: everything queued is appended, then a sync round is requested for it. The log
 //! keeps up to `LogOptions::syncs_in_flight` rounds in flight, so writes that arrive while
 //! rounds run get their own round at once (or, with no room, the next round when one completes).
-//! With nothing to do but wait, the thread blocks on "an inbox message or a sync completion"
-//! (the log's sync signal), never spinning. A write is durable once the log's durable seq
+//! With nothing to do but wait, the thread blocks on the log's doorbell, an eventfd that the
+//! kernel rings on a sync completion and consensus rings when it queues work for a sleeping
+//! storage thread: one wake-up per event, no relay thread (never spinning unless `spin_us`). A write is durable once the log's durable seq
 //! reaches the seq of the last record it appended (the log advances it only over a prefix of
 //! completed rounds; hard state and snapshot files are written synchronously before that).
 //!
@@ -88,7 +89,7 @@ impl StorageStage {
 
     fn serve(&mut self, inbox: &Receiver<StorageMsg>) -> Result<(), String> {
         let err = |error: crate::log::LogError| error.to_string();
-        let signal = self.log.sync_signal().clone();
+        let doorbell = self.log.doorbell().clone();
         'serve: loop {
             // Take everything queued, append it, and start a round for it.
             loop {
@@ -103,30 +104,8 @@ impl StorageStage {
             self.sync_timer.requested(last_seq, durable_seq);
             self.log.poll_durable().map_err(err)?;
             self.release();
-            if self.log.sync_in_flight() {
-                // Spinning polls the ring's completions directly: a sync that completes within
-                // the budget is seen without the notifier's wake-up.
-                let mut polled = Ok(None);
-                let log = &mut self.log;
-                let ready = self.spin.until(Duration::MAX, || {
-                    if !inbox.is_empty() {
-                        return true;
-                    }
-                    polled = log.poll_durable();
-                    !matches!(polled, Ok(None))
-                });
-                polled.map_err(err)?;
-                if ready {
-                    continue;
-                }
-                crossbeam_channel::select! {
-                    recv(inbox) -> message => match message {
-                        Ok(message) => self.execute(message)?,
-                        Err(_) => break 'serve,
-                    },
-                    recv(signal) -> _ => {}
-                }
-            } else {
+            let in_flight = self.log.sync_in_flight();
+            if !in_flight {
                 // Nothing in flight after a request: every executed write is durable.
                 assert!(
                     self.pending.is_empty(),
@@ -135,11 +114,25 @@ impl StorageStage {
                     self.pending.front().map_or(0, |&(_, seq, _)| seq),
                     self.log.durable_seq()
                 );
-                self.spin.until(Duration::MAX, || !inbox.is_empty());
-                match inbox.recv() {
-                    Ok(message) => self.execute(message)?,
-                    Err(_) => break 'serve,
+            }
+            // Spinning polls the ring's completions directly, as blocking on the doorbell
+            // would, minus the sleep.
+            let mut polled = Ok(None);
+            let log = &mut self.log;
+            let ready = self.spin.until(Duration::MAX, || {
+                if !inbox.is_empty() {
+                    return true;
                 }
+                if in_flight {
+                    polled = log.poll_durable();
+                }
+                !matches!(polled, Ok(None))
+            });
+            polled.map_err(err)?;
+            if !ready {
+                // One place to sleep for both inputs: the kernel rings the doorbell on a sync
+                // completion, consensus when it queues work (or goes away).
+                doorbell.wait(None, || !inbox.is_empty());
             }
         }
         self.log.wait_durable().map_err(err)?;
@@ -239,7 +232,10 @@ impl StorageStage {
             }
         }
         if let Some(id) = last {
-            drop(self.feedback.send(Feedback::Durable(id)));
+            self.shared.durable_write.store(id.0, Ordering::Release);
+            if self.shared.durable_feedback.load(Ordering::Acquire) {
+                drop(self.feedback.send(Feedback::Durable(id)));
+            }
         }
     }
 }
