@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::batch::Batch;
 use crate::log::Doorbell;
@@ -273,6 +273,10 @@ pub(crate) enum ApplyMsg {
     Install(SnapshotMeta, Bytes),
 }
 
+/// The storage stage has ended: a message to it was dropped.
+#[derive(Debug)]
+pub(crate) struct StorageGone;
+
 /// Consensus -> storage: the bounded channel, and the storage thread's doorbell (it sleeps on
 /// the log's doorbell, not on the channel, so a send must ring it).
 pub(crate) struct ToStorage {
@@ -297,9 +301,9 @@ impl ToStorage {
     }
 
     /// Queues a message (blocking while the channel is full) and wakes storage if it sleeps.
-    /// Fails when storage is gone.
-    pub(crate) fn send(&self, message: StorageMsg) -> Result<(), SendError<StorageMsg>> {
-        self.sender().send(message)?;
+    /// Fails (dropping the message) when storage is gone.
+    pub(crate) fn send(&self, message: StorageMsg) -> Result<(), StorageGone> {
+        self.sender().send(message).map_err(|_| StorageGone)?;
         self.doorbell.ring_if_sleeping();
         Ok(())
     }
