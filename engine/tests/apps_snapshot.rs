@@ -11,7 +11,7 @@ use bytes::Bytes;
 use lockstep::apps::{Bank, BankCommand, Envelope, Reply};
 use lockstep::types::NodeId;
 use lockstep::{Node, NodeError};
-use node_common::{config, members, wait_for, wait_leader};
+use node_common::{wait_for, wait_leader, TestCluster};
 
 const ACCOUNTS: usize = 4;
 
@@ -65,28 +65,30 @@ fn ledger_of(node: &Node) -> Vec<Reply> {
 
 #[test]
 fn a_snapshot_carries_the_ledger_and_the_sessions_to_a_lagging_node() {
-    let members = members(3);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let start = |at: usize| {
-        let config = config(at as u64 + 1, &members, dirs[at].path(), 50);
-        Node::start(config, Bank::new()).expect("start")
-    };
-    let mut nodes: Vec<Option<Node>> = (0..3).map(|at| Some(start(at))).collect();
+    let mut cluster = TestCluster::start(
+        3,
+        false,
+        50,
+        |_| {},
+        |config| Node::start(config, Bank::new()),
+    );
     for n in 0..ACCOUNTS {
         let open = BankCommand::Open {
             account: &account(n),
             initial: 1_000,
         };
-        assert_eq!(propose(&nodes, &open.to_bytes()), Reply::Ok);
+        assert_eq!(propose(&cluster.nodes, &open.to_bytes()), Reply::Ok);
     }
-    let Reply::Int(session) = propose(&nodes, &Envelope::OpenSession { now_ms: 1_000 }.to_vec())
-    else {
+    let Reply::Int(session) = propose(
+        &cluster.nodes,
+        &Envelope::OpenSession { now_ms: 1_000 }.to_vec(),
+    ) else {
         panic!("no session id");
     };
     let session = session as u64;
 
-    let lagging = (wait_leader(&nodes) + 1) % 3;
-    nodes[lagging]
+    let lagging = (wait_leader(&cluster.nodes) + 1) % 3;
+    cluster.nodes[lagging]
         .take()
         .expect("runs")
         .shutdown()
@@ -100,10 +102,13 @@ fn a_snapshot_carries_the_ledger_and_the_sessions_to_a_lagging_node() {
             to: &to,
             amount: (seq % 7 + 1) as i64,
         };
-        last = (seq, propose(&nodes, &in_session(session, seq, &transfer)));
+        last = (
+            seq,
+            propose(&cluster.nodes, &in_session(session, seq, &transfer)),
+        );
     }
-    nodes[lagging] = Some(start(lagging));
-    let reference = ledger_of(nodes[wait_leader(&nodes)].as_ref().unwrap());
+    cluster.restart(lagging);
+    let reference = ledger_of(cluster.nodes[wait_leader(&cluster.nodes)].as_ref().unwrap());
     assert_eq!(
         reference[ACCOUNTS],
         Reply::Array(vec![Reply::Int(4_000), Reply::Int(4)])
@@ -111,9 +116,9 @@ fn a_snapshot_carries_the_ledger_and_the_sessions_to_a_lagging_node() {
     wait_for(
         "the lagging node to catch up",
         Duration::from_secs(20),
-        || ledger_of(nodes[lagging].as_ref().unwrap()) == reference,
+        || ledger_of(cluster.nodes[lagging].as_ref().unwrap()) == reference,
     );
-    let installed = nodes[lagging]
+    let installed = cluster.nodes[lagging]
         .as_ref()
         .unwrap()
         .status()
@@ -124,11 +129,16 @@ fn a_snapshot_carries_the_ledger_and_the_sessions_to_a_lagging_node() {
     // The lagging node leads; the retry of the last transfer gets the remembered reply.
     let target = NodeId(lagging as u64 + 1);
     wait_for("leadership to move", Duration::from_secs(20), || {
-        let leader = wait_leader(&nodes);
+        let leader = wait_leader(&cluster.nodes);
         if leader == lagging {
             return true;
         }
-        drop(nodes[leader].as_ref().unwrap().transfer_leadership(target));
+        drop(
+            cluster.nodes[leader]
+                .as_ref()
+                .unwrap()
+                .transfer_leadership(target),
+        );
         std::thread::sleep(Duration::from_millis(50));
         false
     });
@@ -140,7 +150,7 @@ fn a_snapshot_carries_the_ledger_and_the_sessions_to_a_lagging_node() {
         to: &to,
         amount: (seq % 7 + 1) as i64,
     };
-    let retried = nodes[lagging]
+    let retried = cluster.nodes[lagging]
         .as_ref()
         .unwrap()
         .propose(Bytes::from(in_session(session, seq, &transfer)))
@@ -148,11 +158,11 @@ fn a_snapshot_carries_the_ledger_and_the_sessions_to_a_lagging_node() {
         .expect("retry at the new leader");
     assert_eq!(Reply::decode(&retried.result), Ok(reply));
     assert_eq!(
-        ledger_of(nodes[lagging].as_ref().unwrap()),
+        ledger_of(cluster.nodes[lagging].as_ref().unwrap()),
         reference,
         "the retry applied nothing"
     );
-    for node in nodes.into_iter().flatten() {
+    for node in cluster.nodes.into_iter().flatten() {
         node.shutdown().expect("clean stop");
     }
 }

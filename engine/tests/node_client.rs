@@ -3,7 +3,6 @@
 
 mod node_common;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -11,10 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use lockstep::net::frame::{encode_frame, read_frame, FrameType};
 use lockstep::net::{ClientHello, ClientReply, ClientRequest};
-use lockstep::node::PeerConfig;
 use lockstep::types::NodeId;
 use lockstep::Node;
-use node_common::{config, free_addr, wait_for, wait_leader, Kv};
+use node_common::{wait_for, wait_leader, Kv, TestCluster};
 
 /// A blocking framed connection.
 struct Conn {
@@ -61,22 +59,14 @@ impl Conn {
 
 #[test]
 fn clients_propose_read_and_get_redirected() {
-    let members: BTreeMap<NodeId, PeerConfig> = (1..=3)
-        .map(|id| {
-            let peer = PeerConfig {
-                peer_addr: free_addr(),
-                client_addr: Some(free_addr()),
-            };
-            (NodeId(id), peer)
-        })
-        .collect();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Option<Node>> = (0..3)
-        .map(|at| {
-            let cfg = config(at as u64 + 1, &members, dirs[at].path(), 1 << 20);
-            Some(Node::start(cfg, Kv::default()).unwrap())
-        })
-        .collect();
+    let cluster = TestCluster::start(
+        3,
+        true,
+        1 << 20,
+        |_| {},
+        |cfg| Node::start(cfg, Kv::default()),
+    );
+    let (nodes, members) = (cluster.nodes, cluster.members);
     let leader = wait_leader(&nodes);
     let leader_node = nodes[leader].as_ref().unwrap();
 

@@ -1,62 +1,43 @@
 //! Three nodes in one process on loopback TCP with real files: replication, equal replica
-//! state, failover, catch-up of a restarted node from the log and from a snapshot.
+//! state, failover, catch-up of a restarted node from the log and from a snapshot; and the
+//! harness starting a cluster again on other ports when a port picked free was taken.
 
 mod node_common;
 
-use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockstep::node::PeerConfig;
 use lockstep::raft::MembershipChange;
 use lockstep::types::NodeId;
 use lockstep::{Node, NodeError};
-use node_common::{config, members, wait_for, wait_leader, Kv};
+use node_common::{wait_for, wait_leader, Kv, TestCluster};
 
-struct Cluster {
-    members: BTreeMap<NodeId, PeerConfig>,
-    dirs: Vec<tempfile::TempDir>,
-    nodes: Vec<Option<Node>>,
-    snapshot_entries: u64,
+/// A cluster of [`Kv`] nodes.
+fn start(n: u64, snapshot_entries: u64) -> TestCluster {
+    TestCluster::start(
+        n,
+        false,
+        snapshot_entries,
+        |_| {},
+        |cfg| Node::start(cfg, Kv::default()),
+    )
 }
 
-impl Cluster {
-    fn start(n: u64, snapshot_entries: u64) -> Cluster {
-        let members = members(n);
-        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut cluster = Cluster {
-            members,
-            dirs,
-            nodes: (0..n).map(|_| None).collect(),
-            snapshot_entries,
-        };
-        for at in 0..n as usize {
-            cluster.restart(at);
-        }
-        cluster
-    }
-
-    fn restart(&mut self, at: usize) {
-        assert!(self.nodes[at].is_none());
-        let cfg = config(
-            at as u64 + 1,
-            &self.members,
-            self.dirs[at].path(),
-            self.snapshot_entries,
-        );
-        self.nodes[at] = Some(Node::start(cfg, Kv::default()).unwrap());
-    }
-
-    fn stop(&mut self, at: usize) {
-        self.nodes[at].take().unwrap().shutdown().unwrap();
-    }
-
-    fn node(&self, at: usize) -> &Node {
-        self.nodes[at].as_ref().unwrap()
-    }
-
+/// What these tests do with a cluster.
+trait Workload {
     /// Proposes `count` commands at the leader (retrying across elections); returns its position.
+    fn propose(&self, prefix: &str, count: usize) -> usize;
+    /// Waits until every running node has applied the same index and holds the same state.
+    fn assert_converged(&self);
+    /// The snapshot files of the node at `at`.
+    fn snapshot_files(&self, at: usize) -> Vec<PathBuf>;
+}
+
+impl Workload for TestCluster {
     fn propose(&self, prefix: &str, count: usize) -> usize {
         let leader = wait_leader(&self.nodes);
         let receipts: Vec<_> = (0..count)
@@ -75,7 +56,6 @@ impl Cluster {
         leader
     }
 
-    /// Waits until every running node has applied the same index and holds the same state.
     fn assert_converged(&self) {
         let hash_of = |node: &Node| {
             node.read_local(Bytes::from_static(b"#hash"))
@@ -100,7 +80,7 @@ impl Cluster {
 
 #[test]
 fn three_nodes_replicate_fail_over_and_catch_up() {
-    let mut cluster = Cluster::start(3, 1 << 20);
+    let mut cluster = start(3, 1 << 20);
     let leader = cluster.propose("a", 500);
     cluster.assert_converged();
     let read = cluster
@@ -134,7 +114,7 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
 
 #[test]
 fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start(3, 200);
+    let mut cluster = start(3, 200);
     let leader = cluster.propose("a", 100);
     cluster.assert_converged();
     let lagging = (leader + 1) % 3;
@@ -166,7 +146,7 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
 
 #[test]
 fn a_voter_is_removed_and_the_rest_keep_committing() {
-    let mut cluster = Cluster::start(3, 1 << 20);
+    let mut cluster = start(3, 1 << 20);
     let leader = cluster.propose("a", 100);
     let removed = (leader + 1) % 3;
     let removed_id = NodeId(removed as u64 + 1);
@@ -205,4 +185,46 @@ fn a_voter_is_removed_and_the_rest_keep_committing() {
     let status = cluster.node(leader).status();
     assert_eq!(status.peers.len(), 1, "{status:?}");
     cluster.assert_converged();
+}
+
+#[test]
+fn a_port_taken_before_its_node_binds_it_starts_the_cluster_again_on_other_ports() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&starts);
+    let cluster = TestCluster::start(
+        3,
+        false,
+        1 << 20,
+        |_| {},
+        move |cfg| {
+            // The second node's peer port is taken between the pick and the bind.
+            let _thief = (counted.fetch_add(1, Ordering::SeqCst) == 1)
+                .then(|| TcpListener::bind(cfg.members[&cfg.id].peer_addr).unwrap());
+            Node::start(cfg, Kv::default())
+        },
+    );
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        2 + 3,
+        "two starts, then all three on fresh ports"
+    );
+    cluster.propose("a", 10);
+    cluster.assert_converged();
+}
+
+#[test]
+#[should_panic(expected = "cannot start the cluster (attempt 1)")]
+fn a_start_failing_for_another_reason_is_not_retried() {
+    TestCluster::start(
+        2,
+        false,
+        1 << 20,
+        |_| {},
+        |cfg| {
+            if cfg.id == NodeId(2) {
+                return Err(NodeError::Failed("no space left on device".into()));
+            }
+            Node::start(cfg, Kv::default())
+        },
+    );
 }

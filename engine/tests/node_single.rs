@@ -12,7 +12,7 @@ use node_common::{config, members, wait_leader, Kv};
 #[test]
 fn single_node_proposes_reads_snapshots_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let members = members(1);
+    let members = members(1, false);
     let cfg = config(1, &members, dir.path(), 300);
     let node = Node::start(cfg.clone(), Kv::default()).unwrap();
     let nodes = [Some(node)];
@@ -96,7 +96,7 @@ fn single_node_proposes_reads_snapshots_and_recovers() {
 #[test]
 fn dropping_a_node_shuts_it_down_and_frees_its_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let members = members(1);
+    let members = members(1, false);
     let cfg = config(1, &members, dir.path(), 1000);
     for round in 0..2u64 {
         let node = Node::start(cfg.clone(), Kv::default()).unwrap();
@@ -119,7 +119,7 @@ fn dropping_a_node_shuts_it_down_and_frees_its_directory() {
 #[test]
 fn pinned_stages_run_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let members = members(1);
+    let members = members(1, false);
     let mut cfg = config(1, &members, dir.path(), 1000);
     cfg.cpu_affinity = Some(vec![0, 1]);
     let node = Node::start(cfg, Kv::default()).unwrap();
@@ -144,7 +144,7 @@ fn pinned_stages_run_the_same() {
 #[test]
 fn a_failed_snapshot_write_stops_the_node_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let members = members(1);
+    let members = members(1, false);
     let node = Node::start(config(1, &members, dir.path(), 50), Kv::default()).unwrap();
     let nodes = [Some(node)];
     wait_leader(&nodes);
@@ -175,7 +175,7 @@ fn a_failed_snapshot_write_stops_the_node_with_the_reason() {
 #[test]
 fn batch_proposals_are_all_or_nothing_at_consecutive_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let members = members(1);
+    let members = members(1, false);
     let cfg = config(1, &members, dir.path(), 100_000);
     let node = Node::start(cfg, Kv::default()).unwrap();
     let nodes = [Some(node)];

@@ -9,19 +9,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use lockstep::node::Spin;
 use lockstep::Node;
-use node_common::{config, members, wait_for, wait_leader, Kv};
+use node_common::{wait_for, wait_leader, Kv, TestCluster};
 
 #[test]
 fn a_cluster_of_spinning_stages_commits_and_converges() {
-    let members = members(3);
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Option<Node>> = (0..3)
-        .map(|at| {
-            let mut cfg = config(at as u64 + 1, &members, dirs[at].path(), 1 << 20);
-            cfg.spin = Spin::new(Duration::from_micros(200));
-            Some(Node::start(cfg, Kv::default()).unwrap())
-        })
-        .collect();
+    let cluster = TestCluster::start(
+        3,
+        false,
+        1 << 20,
+        |cfg| cfg.spin = Spin::new(Duration::from_micros(200)),
+        |cfg| Node::start(cfg, Kv::default()),
+    );
+    let nodes = cluster.nodes;
     let leader = nodes[wait_leader(&nodes)].as_ref().unwrap();
     // One in flight at a time: every hop finds its stage idle.
     for i in 0..50 {

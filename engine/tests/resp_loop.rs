@@ -5,19 +5,16 @@
 
 mod node_common;
 
-use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockstep::node::PeerConfig;
 use lockstep::resp::parser::encode_request;
 use lockstep::resp::{Frontend, RouteContext, Routed, Value};
-use lockstep::types::NodeId;
-use lockstep::Node;
-use node_common::{config, free_addr, wait_leader, Kv};
+use lockstep::{Node, NodeConfig};
+use node_common::{wait_leader, Kv, TestCluster};
 
 /// `SET k v` proposes `k=v`, `GET k` reads `k`; replies are the machine's bytes as bulk strings.
 #[derive(Debug)]
@@ -89,25 +86,14 @@ fn start(
     n: u64,
     frontend: Option<Arc<dyn Frontend>>,
 ) -> (Vec<Option<Node>>, Vec<tempfile::TempDir>) {
-    let members: BTreeMap<NodeId, PeerConfig> = (1..=n)
-        .map(|id| {
-            let peer = PeerConfig {
-                peer_addr: free_addr(),
-                client_addr: Some(free_addr()),
-            };
-            (NodeId(id), peer)
-        })
-        .collect();
-    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes = (0..n as usize)
-        .map(|at| {
-            let mut cfg = config(at as u64 + 1, &members, dirs[at].path(), 1 << 20);
-            cfg.frontend = frontend.clone();
-            cfg.max_frame_bytes = 1 << 20;
-            Some(Node::start(cfg, Kv::default()).unwrap())
-        })
-        .collect();
-    (nodes, dirs)
+    let tune = |cfg: &mut NodeConfig| {
+        cfg.frontend = frontend.clone();
+        cfg.max_frame_bytes = 1 << 20;
+    };
+    let cluster = TestCluster::start(n, true, 1 << 20, tune, |cfg| {
+        Node::start(cfg, Kv::default())
+    });
+    (cluster.nodes, cluster.dirs)
 }
 
 #[test]

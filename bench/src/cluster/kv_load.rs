@@ -25,9 +25,8 @@ use serde::Serialize;
 
 use super::keys::{Op, Workload};
 use super::load::{
-    on_client_threads, schedule, Ended, LoadPlan, Tally, CLIENT_TIMEOUT, LEADER_SEARCH, PAYLOAD,
+    on_client_threads, schedule, Dial, Ended, LoadPlan, Tally, CLIENT_TIMEOUT, PAYLOAD,
 };
-use super::status::find_leader;
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
 use crate::resp::encode;
@@ -258,28 +257,11 @@ fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt)
         bulk_bytes_max: load.entry_bytes.max(LINE_BYTES_MAX),
         parser: ReplyParser::new(load.entry_bytes.max(LINE_BYTES_MAX)),
     };
-    let mut target = Some(leader);
-    let mut first = true;
+    let mut dial = Dial::new(leader);
     loop {
-        let addr = match target {
-            Some(addr) => addr,
-            None => match find_leader(
-                &load.members,
-                load.cluster_id,
-                Instant::now() + LEADER_SEARCH,
-                interrupt,
-            ) {
-                Ok(found) => found.addr,
-                Err(error) => {
-                    tally.all.errors.push(format!("client {index}: {error}"));
-                    return tally;
-                }
-            },
+        let Some(addr) = dial.next_addr(load, index, &mut tally.all, interrupt) else {
+            return tally;
         };
-        if !first {
-            tally.all.reconnects += 1;
-        }
-        first = false;
         let ended = match connect(addr) {
             Ok(stream) => {
                 wire.reset();
@@ -298,7 +280,7 @@ fn drive(plan: &KvPlan, index: usize, leader: SocketAddr, interrupt: &Interrupt)
         session.pending.clear();
         match ended {
             Ended::Done => return tally,
-            Ended::Reconnect(next) => target = next,
+            Ended::Reconnect(next) => dial.addr = next,
             Ended::Fatal(error) => {
                 tally.all.errors.push(format!("client {index}: {error}"));
                 return tally;

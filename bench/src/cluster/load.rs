@@ -36,7 +36,7 @@ use crate::report::latency_histogram_ns;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a client keeps looking for a leader after losing one before it gives up.
-pub const LEADER_SEARCH: Duration = Duration::from_secs(10);
+const LEADER_SEARCH: Duration = Duration::from_secs(10);
 
 /// The bytes every proposal carries (a prefix of this many): zeros in static memory, so a
 /// request's command is a `Bytes` that costs no allocation and no reference count.
@@ -250,6 +250,55 @@ pub fn schedule(plan: &LoadPlan, index: usize) -> (Option<Duration>, Instant) {
     (interval, first)
 }
 
+/// Where a client thread connects next, across its reconnections.
+pub struct Dial {
+    /// The address of the next connection when known (else the leader is looked up).
+    pub addr: Option<SocketAddr>,
+    /// No connection has been opened yet: the next one is not a reconnect.
+    first: bool,
+}
+
+impl Dial {
+    /// The first connection goes to `leader`.
+    pub fn new(leader: SocketAddr) -> Dial {
+        Dial {
+            addr: Some(leader),
+            first: true,
+        }
+    }
+
+    /// The address for client thread `index`'s next connection: [`Dial::addr`] when known,
+    /// else the leader found by asking the members. Every connection after the first counts
+    /// in `tally.reconnects`. `None` when no leader is found in time: the reason is in
+    /// `tally.errors` and the thread stops.
+    pub fn next_addr(
+        &mut self,
+        plan: &LoadPlan,
+        index: usize,
+        tally: &mut Tally,
+        interrupt: &Interrupt,
+    ) -> Option<SocketAddr> {
+        let addr = match self.addr {
+            Some(addr) => addr,
+            None => {
+                let deadline = Instant::now() + LEADER_SEARCH;
+                match find_leader(&plan.members, plan.cluster_id, deadline, interrupt) {
+                    Ok(found) => found.addr,
+                    Err(error) => {
+                        tally.errors.push(format!("client {index}: {error}"));
+                        return None;
+                    }
+                }
+            }
+        };
+        if !self.first {
+            tally.reconnects += 1;
+        }
+        self.first = false;
+        Some(addr)
+    }
+}
+
 /// Why a connection's loop ended.
 pub enum Ended {
     /// The window is over or the bench was interrupted.
@@ -274,28 +323,11 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
         interval,
         next_intended,
     };
-    let mut target = Some(leader);
-    let mut first = true;
+    let mut dial = Dial::new(leader);
     loop {
-        let addr = match target {
-            Some(addr) => addr,
-            None => match find_leader(
-                &plan.members,
-                plan.cluster_id,
-                Instant::now() + LEADER_SEARCH,
-                interrupt,
-            ) {
-                Ok(found) => found.addr,
-                Err(error) => {
-                    tally.errors.push(format!("client {index}: {error}"));
-                    return tally;
-                }
-            },
+        let Some(addr) = dial.next_addr(plan, index, &mut tally, interrupt) else {
+            return tally;
         };
-        if !first {
-            tally.reconnects += 1;
-        }
-        first = false;
         let ended = match connect(addr, plan.cluster_id, CLIENT_TIMEOUT) {
             Ok(mut client) => connection.run(&mut client, &mut tally, interrupt),
             Err(error) => {
@@ -312,7 +344,7 @@ fn drive(plan: &LoadPlan, index: usize, leader: SocketAddr, interrupt: &Interrup
         connection.pending.clear();
         match ended {
             Ended::Done => return tally,
-            Ended::Reconnect(next) => target = next,
+            Ended::Reconnect(next) => dial.addr = next,
             Ended::Fatal(error) => {
                 tally.errors.push(format!("client {index}: {error}"));
                 return tally;
@@ -554,6 +586,36 @@ mod tests {
         assert!((999..=1001).contains(&(total.latency_ns.max() / 1000)));
         assert_eq!((total.not_leader, total.failed, total.abandoned), (1, 2, 3));
         assert_eq!(total.errors, vec!["client 1: gone".to_string()]);
+    }
+
+    #[test]
+    fn a_dial_counts_reconnects_and_stops_its_thread_when_no_leader_is_found() {
+        let plan = plan(Duration::from_secs(1));
+        let interrupt = Interrupt::default();
+        let mut tally = Tally::new(Some(1));
+        let leader: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let redirect: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let mut dial = Dial::new(leader);
+        assert_eq!(
+            dial.next_addr(&plan, 1, &mut tally, &interrupt),
+            Some(leader)
+        );
+        assert_eq!(tally.reconnects, 0, "the first connection is no reconnect");
+        dial.addr = Some(redirect);
+        assert_eq!(
+            dial.next_addr(&plan, 1, &mut tally, &interrupt),
+            Some(redirect)
+        );
+        assert_eq!(tally.reconnects, 1);
+        // No address known and the search for the leader ends without one.
+        dial.addr = None;
+        interrupt.set();
+        assert_eq!(dial.next_addr(&plan, 1, &mut tally, &interrupt), None);
+        assert_eq!(tally.reconnects, 1, "no connection, no reconnect");
+        assert_eq!(
+            tally.errors,
+            vec!["client 1: interrupted while looking for the leader".to_string()]
+        );
     }
 
     #[test]

@@ -151,6 +151,32 @@ enum Step<'a> {
 }
 
 impl Chain {
+    /// Index the next appended entry must have: after the chain's last entry, 1 when none.
+    fn index_to_append(&self) -> LogIndex {
+        self.next_index.unwrap_or(LogIndex(1))
+    }
+
+    /// The scan's result: the chain followed so far, with what the rest of the scan decided.
+    fn into_recovered(
+        self,
+        next_seq: u64,
+        tail: Option<(usize, usize)>,
+        torn: Option<TornTail>,
+    ) -> Recovered {
+        let next_index = self.index_to_append();
+        Recovered {
+            spans: self.spans,
+            next_index,
+            last_term: self.last_term,
+            next_seq,
+            last_seq: self.last_seq,
+            last_crc: self.last_crc,
+            tail,
+            torn,
+            records: self.records,
+        }
+    }
+
     /// Checks the record at `offset` of `bytes` against the chain.
     /// `exact_seq` is the segment's name when `offset` is its first record.
     fn step<'a>(
@@ -530,7 +556,7 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
     } else {
         (stop_segment, stop_offset)
     };
-    let next_index = chain.next_index.unwrap_or(LogIndex(1));
+    let next_index = chain.index_to_append();
     let next_seq = chain.last_seq.max(witness.max_seq) + 1;
     if let Some(at) = damage {
         let damage = Damage {
@@ -541,18 +567,7 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
         // With nothing before the damage, no record could chain to the next one at the start
         // of a segment named after an older seq: the log restarts in a fresh segment.
         let tail = (chain.records > 0).then_some((tail_segment, tail_offset));
-        let recovered = Recovered {
-            next_seq,
-            spans: chain.spans,
-            next_index,
-            last_term: chain.last_term,
-            last_seq: chain.last_seq,
-            last_crc: chain.last_crc,
-            tail,
-            torn: None,
-            records: chain.records,
-        };
-        return Ok((recovered, Some(damage)));
+        return Ok((chain.into_recovered(next_seq, tail, None), Some(damage)));
     }
     // Clean: nothing newer anywhere, and the tail position holds zeros or a stale record.
     let at_tail = &segments[tail_segment].bytes[tail_offset..];
@@ -567,17 +582,7 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
         reason,
         newer_records_discarded: witness.newer_records,
     });
-    let recovered = Recovered {
-        next_seq,
-        spans: chain.spans,
-        next_index,
-        last_term: chain.last_term,
-        last_seq: chain.last_seq,
-        last_crc: chain.last_crc,
-        tail: Some((tail_segment, tail_offset)),
-        torn,
-        records: chain.records,
-    };
+    let recovered = chain.into_recovered(next_seq, Some((tail_segment, tail_offset)), torn);
     Ok((recovered, None))
 }
 

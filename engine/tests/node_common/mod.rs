@@ -1,16 +1,19 @@
-//! Shared pieces of the runtime tests: a tiny key-value state machine and node helpers.
+//! Shared pieces of the runtime tests: a tiny key-value state machine, a test config, and
+//! [`TestCluster`], which starts in-process nodes on free loopback ports (again on other ports
+//! when a port picked free was taken meanwhile).
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lockstep::node::PeerConfig;
 use lockstep::types::{LogIndex, NodeId};
-use lockstep::{Node, NodeConfig, StateMachine};
+use lockstep::{Node, NodeConfig, NodeError, StateMachine};
+use tempfile::TempDir;
 
 /// Commands are `key=value`; a query is a key (answered with its value) or `#hash` (answered
 /// with a hash of the whole state and the number of entries applied).
@@ -93,27 +96,126 @@ impl StateMachine for Kv {
     }
 }
 
-/// A free loopback port (bound and released; fine for tests on one machine).
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// `n` distinct free loopback ports, all held until every one is picked, then released (fine
+/// for tests on one machine, but another socket may take one before a node binds it: see
+/// [`TestCluster::start`]).
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local addr"))
+        .collect()
 }
 
-/// Members 1..=n on free loopback ports (no client ports).
-pub fn members(n: u64) -> BTreeMap<NodeId, PeerConfig> {
+/// Members 1..=n on distinct free loopback peer ports, each with a free client port too when
+/// `client_ports`. (A single member without a client port binds nothing: no network runs.)
+pub fn members(n: u64, client_ports: bool) -> BTreeMap<NodeId, PeerConfig> {
+    let per_member = if client_ports { 2 } else { 1 };
+    let mut addrs = free_addrs(n as usize * per_member).into_iter();
     (1..=n)
         .map(|id| {
-            (
-                NodeId(id),
-                PeerConfig {
-                    peer_addr: free_addr(),
-                    client_addr: None,
-                },
-            )
+            let peer = PeerConfig {
+                peer_addr: addrs.next().expect("a peer port per member"),
+                client_addr: if client_ports { addrs.next() } else { None },
+            };
+            (NodeId(id), peer)
         })
         .collect()
+}
+
+/// How many times [`TestCluster::start`] picks fresh ports before an address in use fails it.
+const START_ATTEMPTS: usize = 5;
+
+/// Starts one node from its config (the test chooses the state machine).
+type StartNode = Box<dyn Fn(NodeConfig) -> Result<Node, NodeError>>;
+
+/// Nodes in this process on loopback ports picked free, each with its own data directory. The
+/// node at position `at` has id `at + 1`.
+pub struct TestCluster {
+    /// The running nodes (`None` while stopped); declared first so they stop before their
+    /// directories go.
+    pub nodes: Vec<Option<Node>>,
+    /// Every member's addresses.
+    pub members: BTreeMap<NodeId, PeerConfig>,
+    /// Each node's data directory.
+    pub dirs: Vec<TempDir>,
+    /// The config each node started with; a restart reuses it.
+    pub configs: Vec<NodeConfig>,
+    start_node: StartNode,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with [`config`]`(id, members, dir, snapshot_entries)` adjusted by
+    /// `tune`, each started by `start_node`. A port picked free can be taken (e.g. as the local
+    /// port of another test's outgoing connection) before its node binds it: then the nodes
+    /// started so far stop and the whole cluster starts again on fresh ports in fresh
+    /// directories, up to [`START_ATTEMPTS`] times. Any other start failure fails the test.
+    pub fn start(
+        n: u64,
+        client_ports: bool,
+        snapshot_entries: u64,
+        tune: impl Fn(&mut NodeConfig),
+        start_node: impl Fn(NodeConfig) -> Result<Node, NodeError> + 'static,
+    ) -> TestCluster {
+        let start_node: StartNode = Box::new(start_node);
+        for attempt in 1..=START_ATTEMPTS {
+            let members = members(n, client_ports);
+            let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+            let configs: Vec<NodeConfig> = dirs
+                .iter()
+                .enumerate()
+                .map(|(at, dir)| {
+                    let mut cfg = config(at as u64 + 1, &members, dir.path(), snapshot_entries);
+                    tune(&mut cfg);
+                    cfg
+                })
+                .collect();
+            let started: Result<Vec<Option<Node>>, NodeError> = configs
+                .iter()
+                .map(|cfg| start_node(cfg.clone()).map(Some))
+                .collect();
+            match started {
+                Ok(nodes) => {
+                    return TestCluster {
+                        nodes,
+                        members,
+                        dirs,
+                        configs,
+                        start_node,
+                    }
+                }
+                Err(error) if address_in_use(&error) && attempt < START_ATTEMPTS => {}
+                Err(error) => panic!("cannot start the cluster (attempt {attempt}): {error}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts the stopped node at `at` again, with its config and directory.
+    pub fn restart(&mut self, at: usize) {
+        assert!(self.nodes[at].is_none(), "node at {at} is running");
+        let node = (self.start_node)(self.configs[at].clone())
+            .unwrap_or_else(|error| panic!("cannot restart node at {at}: {error}"));
+        self.nodes[at] = Some(node);
+    }
+
+    /// Shuts the node at `at` down cleanly.
+    pub fn stop(&mut self, at: usize) {
+        let node = self.nodes[at].take().expect("the node runs");
+        node.shutdown().unwrap();
+    }
+
+    /// The running node at `at`.
+    pub fn node(&self, at: usize) -> &Node {
+        self.nodes[at].as_ref().expect("the node runs")
+    }
+}
+
+/// Whether a start failed only because an address was in use (a port picked free was taken).
+fn address_in_use(error: &NodeError) -> bool {
+    matches!(error, NodeError::Failed(why) if why.contains("Address already in use"))
 }
 
 /// A test config: small log segments, fast elections (10 ms ticks keep the 2-core machine calm).

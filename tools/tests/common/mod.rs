@@ -29,8 +29,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Client timeout for harness queries.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `n` distinct free loopback ports (bound then released; the kernel does not hand them out
-/// again right away).
+/// How many times [`Cluster::start`] picks fresh ports before a port in use fails it.
+const START_ATTEMPTS: usize = 5;
+
+/// `n` distinct free loopback ports (bound then released; another socket may still take one
+/// before a node binds it, which [`Cluster::start`] handles).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
@@ -39,6 +42,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|listener| listener.local_addr().expect("local addr").port())
         .collect()
+}
+
+/// Why a node did not print its ready line.
+enum NotReady {
+    /// It exited because its address was in use (a port picked free was taken meanwhile).
+    PortTaken,
+    /// Anything else; the message says what and holds the node's log tail.
+    Failed(String),
 }
 
 /// One `lockstep serve` process.
@@ -60,8 +71,30 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `n` nodes running `app`, with `extra_args` (tuning flags) for every node, and waits
-    /// until each printed its ready line.
+    /// until each printed its ready line. A port picked free can be taken (e.g. as the local
+    /// port of another test's outgoing connection) before its node binds it: when a node exits
+    /// at start because its address is in use, every node is killed and the cluster starts
+    /// again on fresh ports in a fresh directory, up to [`START_ATTEMPTS`] times. Any other
+    /// start failure fails the test.
     pub fn start(n: usize, app: &str, extra_args: &[&str]) -> Cluster {
+        for attempt in 1..=START_ATTEMPTS {
+            let mut cluster = Cluster::spawn_all(n, app, extra_args);
+            match (1..=n as u64).try_for_each(|id| cluster.try_wait_ready(id)) {
+                Ok(()) => return cluster,
+                // Dropping the cluster kills the nodes started so far.
+                Err(NotReady::PortTaken) if attempt < START_ATTEMPTS => {}
+                Err(NotReady::PortTaken) => panic!(
+                    "{START_ATTEMPTS} starts failed on a port in use:\n{}",
+                    cluster.all_logs()
+                ),
+                Err(NotReady::Failed(why)) => panic!("{why}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Spawns `n` nodes on fresh ports in a fresh directory, without waiting for them.
+    fn spawn_all(n: usize, app: &str, extra_args: &[&str]) -> Cluster {
         let ports = free_ports(2 * n);
         let members = (0..n)
             .map(|i| MemberConfig {
@@ -81,9 +114,6 @@ impl Cluster {
         };
         for id in 1..=n as u64 {
             cluster.spawn(id);
-        }
-        for id in 1..=n as u64 {
-            cluster.wait_ready(id);
         }
         cluster
     }
@@ -160,6 +190,19 @@ impl Cluster {
     }
 
     fn wait_ready(&mut self, id: u64) {
+        match self.try_wait_ready(id) {
+            Ok(()) => {}
+            Err(NotReady::PortTaken) => panic!(
+                "node {id} found its address in use; its log:\n{}",
+                self.log_tail(id)
+            ),
+            Err(NotReady::Failed(why)) => panic!("{why}"),
+        }
+    }
+
+    /// Waits for node `id`'s ready line; a node that exits on an address in use is
+    /// [`NotReady::PortTaken`].
+    fn try_wait_ready(&mut self, id: u64) -> Result<(), NotReady> {
         let proc = self.procs[id as usize - 1].as_mut().expect("spawned");
         let stdout = proc.child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -178,11 +221,18 @@ impl Cluster {
                     line.starts_with(&expected),
                     "unexpected ready line {line:?}"
                 );
+                Ok(())
             }
-            Err(err) => panic!(
+            // Its stdout closed without a ready line: the process is exiting.
+            Err(mpsc::RecvTimeoutError::Disconnected)
+                if self.log_tail(id).contains("Address already in use") =>
+            {
+                Err(NotReady::PortTaken)
+            }
+            Err(err) => Err(NotReady::Failed(format!(
                 "node {id} did not become ready ({err:?}); its log:\n{}",
                 self.log_tail(id)
-            ),
+            ))),
         }
     }
 
