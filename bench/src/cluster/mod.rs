@@ -388,7 +388,15 @@ fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, Stri
     let mut session = Session::open(config, interrupt)?;
     let machine = describe_machine(&session);
     let mut results = session.measure(config, interrupt)?;
-    match crate::baseline::Yardstick::measure(&session.data_dir, results.latency_us.p50) {
+    let local_nodes = match config.target {
+        Target::Local { nodes } => Some(nodes),
+        Target::Connect { .. } => None,
+    };
+    match crate::baseline::Yardstick::measure(
+        &session.data_dir,
+        results.latency_us.p50,
+        local_nodes,
+    ) {
         Ok(yardstick) => results.yardstick = Some(yardstick),
         Err(error) => eprintln!("lockstep-bench: the latency yardstick failed: {error}"),
     }
