@@ -34,7 +34,9 @@ pub(crate) struct ApplyStage<S: StateMachine> {
     pub shared: Arc<Shared>,
     pub net: Option<NetHandle>,
     pub feedback: Sender<Feedback>,
+    /// Reads waiting for `applied` to reach their index, and the lowest such index.
     reads: Vec<PendingRead>,
+    reads_next: Option<LogIndex>,
     replies: Vec<(ConnId, ClientReply)>,
     /// Spin-before-block on the inbox.
     spin: Spin,
@@ -72,6 +74,7 @@ impl<S: StateMachine> ApplyStage<S> {
             net,
             feedback,
             reads: Vec::new(),
+            reads_next: None,
             replies: Vec::new(),
             spin,
         }
@@ -117,7 +120,13 @@ impl<S: StateMachine> ApplyStage<S> {
                     self.applied
                 );
             }
-            ApplyMsg::Reads(reads) => self.reads.extend(reads),
+            ApplyMsg::Reads(reads) => {
+                self.reads.extend(reads);
+                self.reads_next = self.reads.iter().map(|read| read.index).min();
+                // Served now if they can be: a batch queued behind them may hold a write that
+                // the same client sent after the read (pipelined), which the read must not see.
+                self.serve_reads();
+            }
             ApplyMsg::Install(meta, data) => {
                 if meta.index > self.applied {
                     self.state_machine.restore(&data).map_err(|why| {
@@ -180,6 +189,11 @@ impl<S: StateMachine> ApplyStage<S> {
                     &mut self.replies,
                 );
             }
+            if self.reads_next.is_some_and(|next| next <= index) {
+                // Answered from the state at their index, not after the rest of the batch
+                // (see `ApplyMsg::Reads` above).
+                self.serve_reads();
+            }
         }
         self.applied_term = batch.term();
     }
@@ -187,26 +201,9 @@ impl<S: StateMachine> ApplyStage<S> {
     /// After a batch of messages: serve reads, publish the applied index, maybe snapshot, and
     /// send the client replies in one go.
     fn after_turn(&mut self, before: LogIndex) -> Result<(), String> {
+        // Reads an installed snapshot covers.
+        self.serve_reads();
         let applied = self.applied;
-        if !self.reads.is_empty() {
-            let mut waiting = Vec::new();
-            for read in self.reads.drain(..) {
-                if read.index <= applied {
-                    let result = self.state_machine.query(&read.query);
-                    read.target.succeed(
-                        Applied {
-                            index: applied,
-                            result,
-                        },
-                        true,
-                        &mut self.replies,
-                    );
-                } else {
-                    waiting.push(read);
-                }
-            }
-            self.reads = waiting;
-        }
         if applied != before {
             // Consensus reads it when it needs it (status): no wake-up per applied batch.
             self.shared.applied.store(applied.get(), Ordering::Release);
@@ -214,6 +211,32 @@ impl<S: StateMachine> ApplyStage<S> {
         }
         self.flush_replies();
         Ok(())
+    }
+
+    /// Answers every waiting read whose index is applied, from the state as it is now.
+    fn serve_reads(&mut self) {
+        let applied = self.applied;
+        if self.reads_next.map_or(true, |next| next > applied) {
+            return;
+        }
+        let mut waiting = Vec::new();
+        for read in self.reads.drain(..) {
+            if read.index <= applied {
+                let result = self.state_machine.query(&read.query);
+                read.target.succeed(
+                    Applied {
+                        index: applied,
+                        result,
+                    },
+                    true,
+                    &mut self.replies,
+                );
+            } else {
+                waiting.push(read);
+            }
+        }
+        self.reads = waiting;
+        self.reads_next = self.reads.iter().map(|read| read.index).min();
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
@@ -253,5 +276,93 @@ impl<S: StateMachine> ApplyStage<S> {
             Some(net) => net.reply(std::mem::take(&mut self.replies)),
             None => self.replies.clear(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batch;
+    use crate::node::pipeline::ApplyMsg;
+    use crate::types::NodeId;
+
+    /// The last value set: a command is the new value, a query returns the current one.
+    #[derive(Default)]
+    struct Register(Bytes);
+
+    impl StateMachine for Register {
+        fn apply(&mut self, _index: LogIndex, command: &[u8]) -> Bytes {
+            std::mem::replace(&mut self.0, Bytes::copy_from_slice(command))
+        }
+        fn query(&self, _query: &[u8]) -> Bytes {
+            self.0.clone()
+        }
+        fn snapshot(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0);
+        }
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+            self.0 = Bytes::copy_from_slice(snapshot);
+            Ok(())
+        }
+    }
+
+    fn set(index: u64, value: &str) -> ApplyMsg {
+        ApplyMsg::Committed {
+            batches: vec![Batch::single(
+                Term(1),
+                LogIndex(index),
+                BatchKind::Normal,
+                value.as_bytes(),
+            )],
+            targets: Vec::new(),
+        }
+    }
+
+    /// A read queued between two commits sees the first and not the second, even when apply
+    /// takes all three in one turn (pipelined `SET a 1`, `GET a`, `SET a 2` on one connection).
+    #[test]
+    fn a_read_is_answered_before_the_commits_queued_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (feedback, _feedback_rx) = crossbeam_channel::unbounded();
+        let stage = ApplyStage::new(
+            Register::default(),
+            None,
+            Membership::with_voters([NodeId(1)]),
+            1_000_000,
+            dir.path().to_path_buf(),
+            Arc::new(Shared::default()),
+            None,
+            feedback,
+            Spin::default(),
+        );
+        let (to_apply, inbox) = crossbeam_channel::unbounded();
+        let (answer, answers) = crossbeam_channel::unbounded();
+        to_apply.send(set(1, "1")).unwrap();
+        let read = |index: u64| PendingRead {
+            index: LogIndex(index),
+            query: Bytes::new(),
+            target: Target::Receipt(answer.clone()),
+        };
+        to_apply.send(ApplyMsg::Reads(vec![read(1)])).unwrap();
+        to_apply.send(set(2, "2")).unwrap();
+        // A read whose index comes in the middle of a later batch sees exactly that index.
+        to_apply.send(ApplyMsg::Reads(vec![read(3)])).unwrap();
+        to_apply
+            .send(ApplyMsg::Committed {
+                batches: vec![{
+                    let mut builder = crate::batch::BatchBuilder::default();
+                    builder.push(b"3");
+                    builder.push(b"4");
+                    builder.finish(Term(1), LogIndex(3), BatchKind::Normal)
+                }],
+                targets: Vec::new(),
+            })
+            .unwrap();
+        drop(to_apply);
+        stage.run(inbox);
+        let first = answers.recv().unwrap().unwrap();
+        assert_eq!((first.index, &first.result[..]), (LogIndex(1), &b"1"[..]));
+        let second = answers.recv().unwrap().unwrap();
+        assert_eq!((second.index, &second.result[..]), (LogIndex(3), &b"3"[..]));
     }
 }
