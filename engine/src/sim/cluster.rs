@@ -138,6 +138,8 @@ pub struct SimStats {
     pub crashes: u64,
     /// Crashes that kept part of the unsynced writes / tore an append.
     pub torn_crashes: u64,
+    /// Restarts that found a suffix of the durable log gone (and started in repair).
+    pub damaged_restarts: u64,
     /// Partitions and one-way cuts.
     pub partitions: u64,
     /// Messages delivered.
@@ -166,6 +168,7 @@ impl SimStats {
         self.term_max = self.term_max.max(other.term_max);
         self.crashes += other.crashes;
         self.torn_crashes += other.torn_crashes;
+        self.damaged_restarts += other.damaged_restarts;
         self.partitions += other.partitions;
         self.delivered += other.delivered;
         self.dropped += other.dropped;
@@ -209,8 +212,8 @@ impl fmt::Display for SimReport {
         }
         writeln!(
             f,
-            "  events {} committed {} proposed {} leaders {} term {} crashes {} (torn {}) \
-             partitions {} delivered {} dropped {} reads {} compactions {} snapshots {} \
+            "  events {} committed {} proposed {} leaders {} term {} crashes {} (torn {}, \
+             damaged log {}) partitions {} delivered {} dropped {} reads {} compactions {} snapshots {} \
              transfers {} membership changes {}",
             s.events,
             s.committed,
@@ -219,6 +222,7 @@ impl fmt::Display for SimReport {
             s.term_max,
             s.crashes,
             s.torn_crashes,
+            s.damaged_restarts,
             s.partitions,
             s.delivered,
             s.dropped,
@@ -329,6 +333,19 @@ struct SimNode {
     tick_period: u64,
     /// Confirmed reads waiting for the state machine, with the commit index at their issue.
     reads: Vec<(ReadReady, LogIndex)>,
+    /// A repair in progress: the damage this node lost entries to, kept (like the repair
+    /// marker on a real disk) until the core reports the repair complete.
+    repair: Option<Repair>,
+}
+
+/// Entries lost to injected damage, and the repair the node restarts with.
+#[derive(Clone, Copy, Debug)]
+struct Repair {
+    /// The lost range.
+    lost: (LogIndex, LogIndex),
+    /// What the core gets as `Restored::repair_until` / `repair_above_term`.
+    until: LogIndex,
+    above_term: Option<Term>,
 }
 
 impl SimNode {
@@ -450,6 +467,7 @@ impl Cluster {
                 term: Term::ZERO,
                 leader_confirmed: false,
                 reads: Vec::new(),
+                repair: None,
             })
             .collect();
         Cluster {
@@ -556,8 +574,8 @@ impl Cluster {
             snapshot: durable.snapshot.clone(),
             batches: durable.batches.clone(),
             initial_membership: self.membership.clone(),
-            repair_until: None,
-            repair_above_term: None,
+            repair_until: n.repair.map(|repair| repair.until),
+            repair_above_term: n.repair.and_then(|repair| repair.above_term),
         };
         let raft = match Raft::new(config, restored) {
             Ok(raft) => raft,
@@ -605,6 +623,8 @@ impl Cluster {
                 durable.last_index()
             ),
         );
+        // A repair the restored log already covers is dropped by the core at once.
+        self.note_repair(node);
         // Spread the nodes' tick phases over one tick.
         let phase = self.rng.below(TICK) + 1;
         self.queue
@@ -637,12 +657,81 @@ impl Cluster {
             .record(now, format_args!("{} crash {:?}", n.id, loss));
         // Whatever survived the crash is now durable: it joins the log-matching registry.
         self.check_durable_appends(node)?;
+        if !lose_all_pending {
+            self.maybe_damage(node);
+        }
         // Scripted crashes (which lose every pending write) restart when the script says so.
         if self.quiet.is_none() && !lose_all_pending {
             let downtime = self.rng.between(1, self.profile.downtime_max);
             self.queue.push(now + downtime, Event::Restart { node });
         }
         Ok(())
+    }
+
+    /// With the profile's chance, and only while no other node has a repair pending: a suffix of
+    /// the crashed `node`'s durable log is lost (as the real log finds a lost or cut segment at
+    /// start), and the node restarts in repair: with the lost extent known (`until` = the last
+    /// index it held), or unknown (`above_term` = the highest term it had reached).
+    ///
+    /// A damaged log is a failure of that node until it is repaired, so it is injected only
+    /// where the cluster tolerates one: three voters or more, and a fixed membership (a change
+    /// passes through configurations of two voters, which tolerate none).
+    fn maybe_damage(&mut self, node: usize) {
+        let per_mille = self.profile.damaged_restart_per_mille;
+        if per_mille == 0
+            || self.quiet.is_some()
+            || self.profile.membership_changes
+            || self.membership.voters.len() < 3
+        {
+            return;
+        }
+        if self.nodes.iter().any(|n| n.repair.is_some()) || !self.rng.chance(per_mille) {
+            return;
+        }
+        let now = self.now();
+        let n = &mut self.nodes[node];
+        let durable = n.disk.durable();
+        let (first, last) = (durable.snapshot_index().next(), durable.last_index());
+        if first > last {
+            return;
+        }
+        let term_reached = durable
+            .hard_state
+            .term
+            .max(durable.term_at(last).unwrap_or(Term::ZERO));
+        let from = LogIndex(self.rng.between(first.get(), last.get()));
+        let known = self.rng.chance(500);
+        let held = n.disk.damage_from(from);
+        n.repair = Some(Repair {
+            lost: (from, held),
+            until: if known { held } else { from.prev() },
+            above_term: (!known).then_some(term_reached),
+        });
+        self.stats.damaged_restarts += 1;
+        self.trace.record(
+            now,
+            format_args!(
+                "{} damaged: lost {from}..={held} ({})",
+                n.id,
+                if known {
+                    "extent known"
+                } else {
+                    "extent unknown"
+                }
+            ),
+        );
+    }
+
+    /// Forgets `node`'s repair once its core says it is complete.
+    fn note_repair(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        if n.repair.is_some()
+            && n.raft
+                .as_ref()
+                .is_some_and(|raft| raft.status().repair_until.is_none())
+        {
+            n.repair = None;
+        }
     }
 
     /// Checks Log Matching for the batches of `node` that just became durable. Entries enter the
@@ -714,6 +803,7 @@ impl Cluster {
                 self.trace
                     .record(now, format_args!("{} synced w{}", n.id, write.0));
                 n.raft.as_mut().expect("checked up").on_durable(write);
+                self.note_repair(node);
                 self.confirm_leader(node)?;
                 for message in released {
                     self.send(message)?;
@@ -1256,13 +1346,21 @@ impl Cluster {
             quorum = voters.quorum();
             let term = n.disk.written().term_at(commit);
             for voter in &voters.voters {
-                let disk = self.nodes[voter.get() as usize - 1].disk.durable();
-                let holds = match (disk.holding(commit), term) {
-                    (Holding::Compacted, _) => true,
-                    (Holding::Entry(t), Some(term)) => t == term,
-                    (Holding::Entry(_), None) => true,
-                    (Holding::Missing, _) => false,
-                };
+                let holder = &self.nodes[voter.get() as usize - 1];
+                let disk = holder.disk.durable();
+                // A node that lost the entry to injected damage still counts for it until its
+                // repair completes: its ack was honest when given, and the repair keeps it from
+                // voting until it holds the entry again (what the damage tests).
+                let lost = holder
+                    .repair
+                    .is_some_and(|repair| (repair.lost.0..=repair.lost.1).contains(&commit));
+                let holds = lost
+                    || match (disk.holding(commit), term) {
+                        (Holding::Compacted, _) => true,
+                        (Holding::Entry(t), Some(term)) => t == term,
+                        (Holding::Entry(_), None) => true,
+                        (Holding::Missing, _) => false,
+                    };
                 held.push((*voter, holds));
             }
         }

@@ -375,6 +375,26 @@ impl Disk {
         self.crash_keeping(rng, None)
     }
 
+    /// Damage found at the restart after a crash: every durable entry from `from` on is gone
+    /// (a lost or cut segment file), as if never written. Returns the last index the log held
+    /// before. Must follow a crash (nothing pending), and `from` must lie after the snapshot.
+    pub fn damage_from(&mut self, from: LogIndex) -> LogIndex {
+        assert!(
+            self.pending.is_empty(),
+            "damage to a disk with {} writes pending (damage follows a crash)",
+            self.pending.len()
+        );
+        let last = self.durable.last_index();
+        assert!(
+            from > self.durable.snapshot_index() && from <= last,
+            "damage from {from} outside the log ({}..={last})",
+            self.durable.snapshot_index()
+        );
+        self.durable.truncate(from);
+        self.written = self.durable.clone();
+        last
+    }
+
     /// A crash where nothing pending survives (scenarios use it to pin down a loss).
     pub fn crash_losing_pending(&mut self, rng: &mut SimRng) -> CrashLoss {
         self.crash_keeping(rng, Some(0))

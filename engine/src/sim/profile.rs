@@ -45,6 +45,10 @@ pub struct Profile {
     pub inflight_messages_max: u32,
     /// See `batch_entries_max`.
     pub snapshot_chunk_bytes: u32,
+    /// Chance (per mille) that a node restarting after a crash finds a suffix of its durable
+    /// log gone (a lost or cut segment file) and restarts in repair. At most one node at a time
+    /// is damaged and not yet repaired (a second one at once is beyond a single fault).
+    pub damaged_restart_per_mille: u32,
 }
 
 /// Number of kinds of nemesis action.
@@ -149,6 +153,12 @@ impl Profile {
             append_bytes_max: *rng.pick(&[20, 100, 1000, 1 << 20]),
             inflight_messages_max: *rng.pick(&[1, 4, 8, 64]),
             snapshot_chunk_bytes: *rng.pick(&[7, 24, 1 << 20]),
+            // Drawn last: the draws above (and so every earlier seed's mix) stay as they were.
+            damaged_restart_per_mille: if rng.chance(300) {
+                rng.between(100, 500) as u32
+            } else {
+                0
+            },
         }
     }
 

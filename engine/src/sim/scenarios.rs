@@ -32,6 +32,7 @@ fn scripted_profile(lease_reads: bool) -> Profile {
         append_bytes_max: 20,
         inflight_messages_max: 8,
         snapshot_chunk_bytes: 1 << 20,
+        damaged_restart_per_mille: 0,
     }
 }
 

@@ -133,6 +133,7 @@ fn seed_sweep() {
         ("snapshots installed", totals.snapshots_installed),
         ("leadership transfers", totals.transfers),
         ("membership changes", totals.membership_changes),
+        ("restarts with a damaged log", totals.damaged_restarts),
     ];
     for (what, count) in exercised {
         assert!(count > 0, "no {what} in {seeds} seeds: {totals:?}");
