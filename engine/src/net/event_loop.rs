@@ -34,6 +34,7 @@ use self::handshake::{detect_client, PeerHandshake};
 use self::resp_conn::RespConn;
 use super::auth::Refusal;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
+use super::lane::Lanes;
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::rate_log::RateLimitedLog;
@@ -95,6 +96,8 @@ pub(super) struct LoopLinks {
     pub(super) wake: Arc<Wake>,
     /// Where counters are published.
     pub(super) stats: Arc<Mutex<NetStats>>,
+    /// Direct sends to peers, which the loop keeps in order with its own.
+    pub(super) lanes: Arc<Lanes>,
 }
 
 /// What the loop knows about one configured peer.
@@ -170,6 +173,7 @@ pub(super) struct EventLoop {
     wake: Arc<Wake>,
     stats_shared: Arc<Mutex<NetStats>>,
     stats: NetStats,
+    lanes: Arc<Lanes>,
     conns: ConnMap,
     next_token: usize,
     peers: HashMap<NodeId, PeerSlot>,
@@ -256,6 +260,7 @@ impl EventLoop {
             wake: links.wake,
             stats_shared: links.stats,
             stats: NetStats::default(),
+            lanes: links.lanes,
             conns: ConnMap::default(),
             next_token: FIRST_CONN,
             peers,
@@ -304,6 +309,7 @@ impl EventLoop {
                 self.wake.awake.store(false, Ordering::SeqCst);
             }
             let drained = self.drain_outbound();
+            self.take_spills();
             self.flush_dirty();
             // Counters are current whenever the loop sleeps.
             self.publish_stats();
@@ -365,8 +371,40 @@ impl EventLoop {
             .map(|at| at.saturating_duration_since(now))
     }
 
-    fn publish_stats(&self) {
+    fn publish_stats(&mut self) {
+        self.stats.frames_out += self.lanes.frames.swap(0, Ordering::Relaxed);
+        self.stats.bytes_out += self.lanes.bytes.swap(0, Ordering::Relaxed);
+        self.stats.writes += self.lanes.writes.swap(0, Ordering::Relaxed);
         *self.stats_shared.lock().expect("net stats lock") = self.stats;
+    }
+
+    /// Moves what direct writes left unwritten into the connections' queues (in front of
+    /// anything else: nothing was queued when they wrote) and lists them for flushing.
+    fn take_spills(&mut self) {
+        if !self.lanes.spilled.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for (id, lane) in self.lanes.all() {
+            let Some(token) = self.peers.get(&id).and_then(|slot| slot.conn) else {
+                continue;
+            };
+            let mut state = lane.lock();
+            if state.spill.is_empty() {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            assert!(
+                conn.out.is_empty(),
+                "a direct write spilled to node {id} while {} bytes were queued ahead of it",
+                conn.out.queued_bytes
+            );
+            conn.out.push_raw(&state.spill);
+            state.spill.clear();
+            drop(state);
+            self.mark_dirty(token);
+        }
     }
 
     fn new_token(&mut self) -> Token {
@@ -897,22 +935,37 @@ impl EventLoop {
             redial_at: (self.config.node_id < id).then(Instant::now),
         };
         self.peers.insert(id, slot);
+        self.lanes.add(id);
     }
 
     fn remove_peer(&mut self, id: NodeId) {
         let Some(slot) = self.peers.remove(&id) else {
             return;
         };
+        self.lanes.remove(id);
         for token in [slot.conn, slot.dialing].into_iter().flatten() {
             self.close(token, CloseReason::Gone(format!("node {id} was removed")));
         }
     }
 
     fn queue_message(&mut self, message: &Message) {
+        // Held until the frame is queued, so no direct write slips in between (`net/lane.rs`).
+        let lane = self.lanes.get(message.to);
+        let mut lane_state = lane.as_ref().map(|lane| lane.lock());
+        if let Some(state) = lane_state.as_mut() {
+            state.taken_from_channel();
+        }
         let Some(token) = self.peers.get(&message.to).and_then(|slot| slot.conn) else {
             self.stats.messages_dropped += 1;
             return;
         };
+        if let Some(state) = lane_state.as_mut() {
+            if !state.spill.is_empty() {
+                let conn = self.conns.get_mut(&token).expect("peer connection");
+                conn.out.push_raw(&state.spill);
+                state.spill.clear();
+            }
+        }
         assert_eq!(
             message.from, self.config.node_id,
             "sending a message that is not from this node"
@@ -948,6 +1001,9 @@ impl EventLoop {
             return;
         }
         self.queue_parts(token, FrameType::Raft);
+        if let Some(state) = lane_state.as_mut() {
+            state.loop_queued = true;
+        }
     }
 
     fn queue_reply(&mut self, conn_id: ConnId, reply: &ClientReply) {
@@ -994,6 +1050,15 @@ impl EventLoop {
             match conn.out.write_to(&mut conn.stream, &mut self.stats) {
                 Ok(would_block) => {
                     conn.writable = !would_block;
+                    if let ConnKind::Peer(PeerState::Established(id)) = conn.kind {
+                        if conn.out.is_empty() {
+                            if let Some(lane) = self.lanes.get(id) {
+                                let mut state = lane.lock();
+                                // A spill not yet taken keeps later direct writes behind it.
+                                state.loop_queued = !state.spill.is_empty();
+                            }
+                        }
+                    }
                     conn.stalled_since = match conn.stalled_since {
                         _ if conn.out.is_empty() => None,
                         Some(since) if conn.out.queued_bytes == queued => Some(since),
@@ -1024,6 +1089,11 @@ impl EventLoop {
         };
         conn.stream.close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let ConnKind::Peer(PeerState::Established(id)) = &conn.kind {
+            if let Some(lane) = self.lanes.get(*id) {
+                lane.lock().detach(token);
+            }
+        }
         let (what, peer_id) = match &conn.kind {
             ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),
             ConnKind::Peer(PeerState::Handshake(handshake)) => ("peer", handshake.dialed()),

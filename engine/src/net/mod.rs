@@ -21,6 +21,7 @@ mod client_msg;
 pub mod dev_pki;
 mod event_loop;
 pub mod frame;
+mod lane;
 mod out_queue;
 mod peer_msg;
 mod rate_log;

@@ -33,6 +33,7 @@ use mio::{Interest, Poll, Waker};
 use tracing::{debug, warn};
 
 use super::event_loop::{EventLoop, LoopLinks, CLIENT_LISTENER, PEER_LISTENER, WAKER};
+use super::lane::{Lanes, Route};
 use super::{ClientReply, ConnId, NetConfig, NetEvent, PeerRefusals};
 use crate::raft::Message;
 use crate::types::NodeId;
@@ -116,16 +117,29 @@ pub(super) enum Outbound {
 pub struct NetHandle {
     outbound: Sender<Outbound>,
     wake: Arc<Wake>,
+    /// Direct sends to peers (`net/lane.rs`).
+    lanes: Arc<Lanes>,
+    max_frame_bytes: u32,
 }
 
 impl NetHandle {
-    /// Queues consensus messages for their peers (dropped if a peer is unreachable: Raft retries).
-    /// Blocks only while the loop's inbound channel from handles is full.
+    /// Sends consensus messages to their peers (dropped if a peer is unreachable: Raft
+    /// retries): straight into the peer's socket from this thread when nothing for that peer is
+    /// queued ahead (`net/lane.rs`), otherwise queued for the loop. Blocks only while the
+    /// loop's inbound channel from handles is full.
     pub fn send(&self, messages: Vec<Message>) {
-        if messages.is_empty() {
-            return;
+        let mut queued = Vec::new();
+        let mut wake = false;
+        for message in messages {
+            match self.lanes.route(&message, self.max_frame_bytes) {
+                Route::Direct { spilled } => wake |= spilled,
+                Route::Channel => queued.push(message),
+            }
         }
-        if self.outbound.send(Outbound::Messages(messages)).is_ok() {
+        if !queued.is_empty() && self.outbound.send(Outbound::Messages(queued)).is_ok() {
+            wake = true;
+        }
+        if wake {
             self.wake.notify();
         }
     }
@@ -230,11 +244,14 @@ impl Transport {
         });
         let (outbound_tx, outbound_rx) = crossbeam_channel::bounded(OUTBOUND_CHANNEL_CAPACITY);
         let stats = Arc::new(Mutex::new(NetStats::default()));
+        let lanes = Arc::new(Lanes::new(config.peers.iter().map(|(id, _)| *id)));
+        let max_frame_bytes = config.max_frame_bytes;
         let links = LoopLinks {
             events_tx: events,
             outbound_rx,
             wake: Arc::clone(&wake),
             stats: Arc::clone(&stats),
+            lanes: Arc::clone(&lanes),
         };
         let event_loop = EventLoop::new(config, poll, peer_listener, client_listener, links);
         let thread = std::thread::Builder::new()
@@ -244,6 +261,8 @@ impl Transport {
             handle: NetHandle {
                 outbound: outbound_tx,
                 wake,
+                lanes,
+                max_frame_bytes,
             },
             peer_addr,
             client_addr,

@@ -20,6 +20,7 @@ use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
+use crate::net::tls::ConnStream;
 use crate::net::{
     is_auth_refusal, ClientHello, ClientReply, ClientRole, ClientUsers, PeerHello, PeerProof,
 };
@@ -271,6 +272,11 @@ impl EventLoop {
                 old,
                 CloseReason::Gone(format!("replaced by a new connection from {id}")),
             );
+        }
+        // Direct sends (plain TCP only: TLS state belongs to this thread).
+        let conn = self.conns.get(&token).expect("live connection");
+        if let (ConnStream::Plain(tcp), Some(lane)) = (&conn.stream, self.lanes.get(id)) {
+            lane.lock().attach(token, tcp, !conn.out.is_empty());
         }
     }
 

@@ -1,0 +1,233 @@
+//! Direct sends to peers: a stage thread (storage with a follower's acks, consensus with a
+//! leader's appends) writes a Raft frame straight into the peer's socket, instead of queueing it
+//! for the network thread and waking it, whenever nothing for that peer is queued ahead of it.
+//! On a small machine every wake-up of a sleeping thread costs tens of microseconds, and a
+//! commit crosses two such hand-offs to the network thread (`docs/BENCHMARKS.md`).
+//!
+//! One [`Lane`] per configured peer holds a duplicate of the established connection's socket
+//! (plain TCP only: a TLS connection's state belongs to the network thread) and what decides
+//! whether a direct write keeps the per-peer order:
+//! - `ahead`: messages for the peer routed through the handles' channel and not yet queued by
+//!   the loop;
+//! - `loop_queued`: the loop's output queue for the connection holds bytes (or a spill does).
+//!
+//! A sender writes directly only when both say nothing is ahead, under the lane's lock, which
+//! the loop also takes to queue a frame for the peer; so frames to one peer leave in the order
+//! they were sent, whichever path each took, and two writers never interleave bytes. A direct
+//! write that the socket takes only in part leaves its tail in `spill` (and `loop_queued` set):
+//! the loop moves it to the front of its queue before anything else and writes it when the
+//! socket is writable again.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use mio::Token;
+
+use super::frame::{frame_header, FrameType, FRAME_HEADER_BYTES};
+use super::peer_msg::{encode_message_parts, BodyPart};
+use crate::raft::Message;
+use crate::types::NodeId;
+
+/// Every peer's lane, shared by the handles and the loop.
+#[derive(Default)]
+pub(super) struct Lanes {
+    by_peer: RwLock<HashMap<NodeId, Arc<Lane>>>,
+    /// Set when a direct write left a tail in some lane's spill (the loop looks).
+    pub(super) spilled: AtomicBool,
+    /// Frames, bytes and write calls of direct sends (added to the loop's counters).
+    pub(super) frames: AtomicU64,
+    pub(super) bytes: AtomicU64,
+    pub(super) writes: AtomicU64,
+}
+
+/// One peer's lane.
+#[derive(Default)]
+pub(super) struct Lane {
+    state: Mutex<LaneState>,
+}
+
+/// See the module header.
+#[derive(Default)]
+pub(super) struct LaneState {
+    /// The established connection's token and a duplicate of its socket.
+    socket: Option<(Token, TcpStream)>,
+    ahead: usize,
+    pub(super) loop_queued: bool,
+    pub(super) spill: Vec<u8>,
+}
+
+/// What [`Lanes::route`] did with a message.
+pub(super) enum Route {
+    /// Written to the socket (or its tail spilled for the loop): nothing more to do, except
+    /// waking the loop when `spilled`.
+    Direct { spilled: bool },
+    /// The caller must queue it through the channel (counted as ahead).
+    Channel,
+}
+
+impl Lanes {
+    /// Lanes for `peers` (none connected yet).
+    pub(super) fn new(peers: impl IntoIterator<Item = NodeId>) -> Lanes {
+        let lanes = Lanes::default();
+        for peer in peers {
+            lanes.add(peer);
+        }
+        lanes
+    }
+
+    /// A lane for a peer added at run time.
+    pub(super) fn add(&self, peer: NodeId) {
+        self.by_peer
+            .write()
+            .expect("lanes lock")
+            .entry(peer)
+            .or_default();
+    }
+
+    /// Drops a removed peer's lane.
+    pub(super) fn remove(&self, peer: NodeId) {
+        self.by_peer.write().expect("lanes lock").remove(&peer);
+    }
+
+    /// `peer`'s lane.
+    pub(super) fn get(&self, peer: NodeId) -> Option<Arc<Lane>> {
+        self.by_peer.read().expect("lanes lock").get(&peer).cloned()
+    }
+
+    /// Every lane, for the loop's spill check.
+    pub(super) fn all(&self) -> Vec<(NodeId, Arc<Lane>)> {
+        let lanes = self.by_peer.read().expect("lanes lock");
+        lanes.iter().map(|(id, lane)| (*id, lane.clone())).collect()
+    }
+
+    /// Writes `message` straight into its peer's socket when nothing is ahead of it there;
+    /// otherwise counts it as ahead and says to queue it. Frames above `max_frame_bytes` go
+    /// to the loop, which drops them with a warning.
+    pub(super) fn route(&self, message: &Message, max_frame_bytes: u32) -> Route {
+        let Some(lane) = self.get(message.to) else {
+            return Route::Channel;
+        };
+        let mut state = lane.lock();
+        if state.socket.is_none() || state.loop_queued || state.ahead > 0 {
+            state.ahead += 1;
+            return Route::Channel;
+        }
+        let mut scratch = Vec::new();
+        let mut parts = Vec::new();
+        encode_message_parts(message, &mut scratch, &mut parts);
+        let slices: Vec<&[u8]> = parts
+            .iter()
+            .map(|part| match part {
+                BodyPart::Inline(range) => &scratch[range.clone()],
+                BodyPart::Shared(bytes) => &bytes[..],
+            })
+            .collect();
+        let body: usize = slices.iter().map(|slice| slice.len()).sum();
+        if body + FRAME_HEADER_BYTES > max_frame_bytes as usize {
+            state.ahead += 1;
+            return Route::Channel;
+        }
+        let header = frame_header(FrameType::Raft, slices.iter().copied());
+        let mut pieces = Vec::with_capacity(slices.len() + 1);
+        pieces.push(&header[..]);
+        pieces.extend(slices);
+        let spilled = state.write(&pieces, self);
+        if spilled {
+            self.spilled.store(true, Ordering::Release);
+        }
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        Route::Direct { spilled }
+    }
+}
+
+impl Lane {
+    pub(super) fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state.lock().expect("lane lock")
+    }
+}
+
+impl LaneState {
+    /// The loop established `token` as the connection to this peer (`queued`: whether its
+    /// output queue holds bytes). Only plain TCP connections get a socket here.
+    pub(super) fn attach(&mut self, token: Token, socket: &mio::net::TcpStream, queued: bool) {
+        // SAFETY: `dup` of a live descriptor; the duplicate is owned by the `TcpStream` below
+        // and closed with it (or when the loop detaches it).
+        let fd = unsafe { libc::dup(socket.as_raw_fd()) };
+        self.socket = (fd >= 0).then(|| (token, unsafe { TcpStream::from_raw_fd(fd) }));
+        self.loop_queued = queued;
+        self.spill.clear();
+    }
+
+    /// The loop closed `token`: no more direct writes through it.
+    pub(super) fn detach(&mut self, token: Token) {
+        if self.socket.as_ref().is_some_and(|(at, _)| *at == token) {
+            self.socket = None;
+            self.loop_queued = false;
+            self.spill.clear();
+        }
+    }
+
+    /// The loop takes a message routed through the channel off the count.
+    pub(super) fn taken_from_channel(&mut self) {
+        self.ahead = self.ahead.saturating_sub(1);
+    }
+
+    /// Writes `pieces` (one frame) to the socket; a tail the socket does not take goes to
+    /// `spill` (returns true). A failed write leaves the connection to the loop, which sees it
+    /// fail too.
+    fn write(&mut self, pieces: &[&[u8]], lanes: &Lanes) -> bool {
+        let Some((_, socket)) = self.socket.as_mut() else {
+            return false;
+        };
+        let total: usize = pieces.iter().map(|piece| piece.len()).sum();
+        let mut written = 0;
+        while written < total {
+            let mut skip = written;
+            let slices: Vec<IoSlice<'_>> = pieces
+                .iter()
+                .filter_map(|piece| {
+                    if skip >= piece.len() {
+                        skip -= piece.len();
+                        None
+                    } else {
+                        let slice = IoSlice::new(&piece[skip..]);
+                        skip = 0;
+                        Some(slice)
+                    }
+                })
+                .collect();
+            match socket.write_vectored(&slices) {
+                Ok(0) => break,
+                Ok(n) => {
+                    written += n;
+                    lanes.writes.fetch_add(1, Ordering::Relaxed);
+                    lanes.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.socket = None;
+                    return false;
+                }
+            }
+        }
+        if written == total {
+            return false;
+        }
+        let mut skip = written;
+        for piece in pieces {
+            if skip >= piece.len() {
+                skip -= piece.len();
+            } else {
+                self.spill.extend_from_slice(&piece[skip..]);
+                skip = 0;
+            }
+        }
+        self.loop_queued = true;
+        true
+    }
+}
