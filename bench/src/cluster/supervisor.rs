@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -393,16 +393,10 @@ fn wait_ready(
     Ok(())
 }
 
-/// Members 1..=n on loopback, each with a free peer and client port. All ports are held open
-/// together while choosing, so none is chosen twice.
+/// Members 1..=n on loopback, each with a free peer and client port (none chosen twice, none
+/// in the kernel's ephemeral range: `lockstep::net::free_loopback_addrs`).
 fn free_members(n: usize) -> io::Result<Vec<MemberConfig>> {
-    let listeners = (0..2 * n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<io::Result<Vec<_>>>()?;
-    let addrs = listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<io::Result<Vec<SocketAddr>>>()?;
+    let addrs = lockstep::net::free_loopback_addrs(2 * n)?;
     Ok((0..n)
         .map(|i| MemberConfig {
             id: i as u64 + 1,

@@ -1,7 +1,7 @@
 //! The client against real in-process nodes (real TCP, real files, real fsync): the handshake
 //! and its refusal, blocking calls, pipelining, and the cluster client's redirects and failover.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,10 +16,7 @@ const CLUSTER_ID: u64 = 77;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    crate::net::free_loopback_addrs(n).unwrap()
 }
 
 /// Starts `n` in-process nodes on free ports. A port picked free can be taken (e.g. as the

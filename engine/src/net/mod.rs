@@ -24,6 +24,7 @@ pub mod frame;
 mod lane;
 mod out_queue;
 mod peer_msg;
+mod ports;
 mod rate_log;
 pub mod tls;
 mod transport;
@@ -47,6 +48,7 @@ pub use self::event_loop::{
 pub use self::peer_msg::{
     decode_message, encode_message, PeerHello, PeerProof, PEER_PROTOCOL_VERSION,
 };
+pub use self::ports::free_loopback_addrs;
 pub use self::tls::{ClientTls, TlsError, TlsFile, TlsPorts, TlsSettings};
 pub use self::transport::{NetHandle, NetStats, Transport};
 

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -96,17 +96,11 @@ impl StateMachine for Kv {
     }
 }
 
-/// `n` distinct free loopback ports, all held until every one is picked, then released (fine
-/// for tests on one machine, but another socket may take one before a node binds it: see
-/// [`TestCluster::start`]).
+/// `n` distinct free loopback ports, outside the kernel's ephemeral range (see
+/// [`lockstep::net::free_loopback_addrs`]; another socket may still take one before a node binds
+/// it: see [`TestCluster::start`]).
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("local addr"))
-        .collect()
+    lockstep::net::free_loopback_addrs(n).expect("free loopback ports")
 }
 
 /// Members 1..=n on distinct free loopback peer ports, each with a free client port too when

@@ -6,7 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -42,17 +42,13 @@ pub struct Cluster {
     netns: Option<Netns>,
 }
 
-/// `n` distinct free loopback ports (bound then released).
+/// `n` distinct free loopback ports, outside the kernel's ephemeral range, so that a killed
+/// node's port is not taken by some connection before it restarts on it
+/// (`lockstep::net::free_loopback_addrs`).
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
+    let addrs = lockstep::net::free_loopback_addrs(n)
         .map_err(|err| format!("cannot bind a loopback port: {err}"))?;
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().map(|addr| addr.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|err| format!("local address: {err}"))
+    Ok(addrs.iter().map(SocketAddr::port).collect())
 }
 
 impl Cluster {

@@ -9,7 +9,7 @@ pub mod apps;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -32,15 +32,14 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many times [`Cluster::start`] picks fresh ports before a port in use fails it.
 const START_ATTEMPTS: usize = 5;
 
-/// `n` distinct free loopback ports (bound then released; another socket may still take one
-/// before a node binds it, which [`Cluster::start`] handles).
+/// `n` distinct free loopback ports, outside the kernel's ephemeral range (see
+/// `lockstep::net::free_loopback_addrs`; another socket may still take one before a node binds
+/// it, which [`Cluster::start`] handles).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
+    lockstep::net::free_loopback_addrs(n)
+        .expect("free loopback ports")
         .iter()
-        .map(|listener| listener.local_addr().expect("local addr").port())
+        .map(std::net::SocketAddr::port)
         .collect()
 }
 
