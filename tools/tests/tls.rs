@@ -246,18 +246,25 @@ fn a_bad_tls_file_stops_the_server_naming_it() {
     let data_dir = dir.path().display().to_string();
     let missing = pki.path("missing-key.pem");
     let args = pki.serve_args();
-    let (status, stderr) = run_bin(&[
-        "serve",
-        "--id",
-        "1",
-        "--cluster-id",
-        "1",
-        "--data-dir",
-        &data_dir,
-        "--app",
-        "kv",
-        "--member",
-        "1=127.0.0.1:1/127.0.0.1:2",
+    // `lockstep serve` of a one-node kv cluster with the given TLS flags.
+    let serve = |tls: &[&str]| {
+        let mut all = vec![
+            "serve",
+            "--id",
+            "1",
+            "--cluster-id",
+            "1",
+            "--data-dir",
+            &data_dir,
+            "--app",
+            "kv",
+            "--member",
+            "1=127.0.0.1:1/127.0.0.1:2",
+        ];
+        all.extend_from_slice(tls);
+        run_bin(&all)
+    };
+    let (status, stderr) = serve(&[
         &args[0],
         &args[1],
         "--tls-key-file",
@@ -271,21 +278,7 @@ fn a_bad_tls_file_stops_the_server_naming_it() {
             && stderr.contains("missing-key.pem: not found"),
         "{stderr}"
     );
-    let (status, stderr) = run_bin(&[
-        "serve",
-        "--id",
-        "1",
-        "--cluster-id",
-        "1",
-        "--data-dir",
-        &data_dir,
-        "--app",
-        "kv",
-        "--member",
-        "1=127.0.0.1:1/127.0.0.1:2",
-        &args[0],
-        &args[1],
-    ]);
+    let (status, stderr) = serve(&[&args[0], &args[1]]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("`security.tls.key_file` (flag --tls-key-file): is not set"),
