@@ -27,6 +27,7 @@ fn options() -> LogOptions {
         sync_mode: SyncMode::IoUring,
         append_mode: AppendMode::Mmap,
         syncs_in_flight: 4,
+        sync_inline_when_idle: true,
     }
 }
 

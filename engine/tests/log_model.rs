@@ -24,6 +24,8 @@ enum Op {
     Sync,
     /// Start a round without waiting, and reap whatever completed.
     RequestSync,
+    /// Start a round as an idle caller (synced inline when none runs), and reap.
+    RequestSyncIdle,
     Reopen,
 }
 
@@ -34,6 +36,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u16..1000).prop_map(|permille| Op::Compact { permille }),
         2 => Just(Op::Sync),
         2 => Just(Op::RequestSync),
+        1 => Just(Op::RequestSyncIdle),
         1 => Just(Op::Reopen),
     ]
 }
@@ -93,6 +96,7 @@ fn run(ops: Vec<Op>, mode: SyncMode, append_mode: AppendMode) -> Result<(), Test
         append_mode,
         // 1 (one round at a time) to 4 rounds in flight.
         syncs_in_flight: 1 + ops.len() % 4,
+        sync_inline_when_idle: ops.len() % 3 != 0,
     };
     let (mut log, _) = Log::open(dir.path(), options.clone()).unwrap();
     let mut model = Model {
@@ -135,10 +139,22 @@ fn run(ops: Vec<Op>, mode: SyncMode, append_mode: AppendMode) -> Result<(), Test
                 let durable = log.wait_durable().unwrap();
                 prop_assert_eq!(durable, LogIndex(model.entries.len() as u64));
             }
-            Op::RequestSync => {
+            Op::RequestSync | Op::RequestSyncIdle => {
                 let before = log.durable_index();
-                log.request_sync().unwrap();
+                let inline = matches!(op, Op::RequestSyncIdle)
+                    && options.sync_inline_when_idle
+                    && append_mode == AppendMode::Pwrite
+                    && log.syncs_in_flight() == 0;
+                if matches!(op, Op::RequestSync) {
+                    log.request_sync().unwrap();
+                } else {
+                    log.request_sync_idle().unwrap();
+                }
                 let polled = log.poll_durable().unwrap();
+                if inline {
+                    // Synced on this thread: everything appended is durable already.
+                    prop_assert_eq!(log.durable_index(), LogIndex(model.entries.len() as u64));
+                }
                 prop_assert!(log.syncs_in_flight() <= options.syncs_in_flight);
                 if let Some(durable) = polled {
                     prop_assert!(

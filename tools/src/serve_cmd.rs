@@ -106,6 +106,10 @@ pub struct Args {
     /// Sync rounds the log keeps in flight at once, 1..=64 [default: 4].
     #[arg(long, value_name = "N")]
     syncs_in_flight: Option<usize>,
+    /// Sync on the storage thread itself when it has nothing else to do and no round runs
+    /// (pwrite append mode only): true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    sync_inline: Option<bool>,
     /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes [default: 4194304].
     #[arg(long, value_name = "BYTES")]
     socket_buffer_bytes: Option<usize>,
@@ -272,6 +276,7 @@ impl Args {
         set(&mut tuning.channel_capacity, self.channel_capacity);
         set(&mut tuning.max_frame_bytes, self.max_frame_bytes);
         set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
+        set(&mut tuning.sync_inline, self.sync_inline);
         set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
         set(&mut tuning.read_mode, self.read_mode);
         set(&mut tuning.spin_us, self.spin_us);

@@ -103,6 +103,10 @@ pub struct Args {
     /// Nodes' per-follower window: most bytes in flight.
     #[arg(long)]
     pub inflight_bytes_max: Option<u64>,
+    /// Nodes sync on the storage thread itself when it is idle (`true`, the node's default) or
+    /// always through io_uring (`false`).
+    #[arg(long, value_name = "BOOL")]
+    pub sync_inline: Option<bool>,
     /// Benchmark an already running cluster: the client addresses of its members
     /// (`HOST:PORT,...`). No nodes are started or stopped.
     #[arg(long, value_delimiter = ',')]
@@ -478,6 +482,7 @@ impl RunConfig {
                     args.inflight_messages_max.is_some(),
                 ),
                 ("--inflight-bytes-max", args.inflight_bytes_max.is_some()),
+                ("--sync-inline", args.sync_inline.is_some()),
             ];
             if let Some((option, _)) = tuned.iter().find(|(_, given)| *given) {
                 return Err(format!(
@@ -685,6 +690,9 @@ fn tuning(args: &Args) -> Result<Tuning, String> {
     }
     if let Some(mode) = args.read_mode {
         tuning.read_mode = mode.name().to_string();
+    }
+    if let Some(inline) = args.sync_inline {
+        tuning.sync_inline = inline;
     }
     Ok(tuning)
 }

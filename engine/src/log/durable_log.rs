@@ -56,6 +56,12 @@ pub struct LogOptions {
     /// round start at once, which pays off on disks that serve concurrent flushes in parallel
     /// (`docs/LOG.md`, "Choices").
     pub syncs_in_flight: usize,
+    /// Sync a round on the storage thread itself when no other round is running (default true;
+    /// pwrite append mode only: there a whole-file `fdatasync` writes just the appended pages).
+    /// Saves the hand-offs to and from the kernel's sync worker when commits come one at a
+    /// time; under load a round is nearly always running and rounds overlap as before
+    /// (`docs/LOG.md`, "Inline syncs").
+    pub sync_inline_when_idle: bool,
 }
 
 /// Zeros written after each record in [`AppendMode::Pwrite`]: its padding plus one header.
@@ -84,6 +90,7 @@ impl Default for LogOptions {
             sync_mode: SyncMode::IoUring,
             append_mode: AppendMode::Pwrite,
             syncs_in_flight: 4,
+            sync_inline_when_idle: true,
         }
     }
 }
@@ -611,7 +618,8 @@ impl Log {
         }
         sync_dir(&dir_file).map_err(|err| LogError::io("sync the log directory", err))?;
 
-        let syncer = Syncer::new(options.sync_mode, options.syncs_in_flight)
+        let inline = options.sync_inline_when_idle && options.append_mode == AppendMode::Pwrite;
+        let syncer = Syncer::new(options.sync_mode, options.syncs_in_flight, inline)
             .map_err(|err| LogError::io("create the sync doorbell (an eventfd)", err))?;
         let prefault_mode = match (options.append_mode, syncer.syncs_ranges()) {
             (AppendMode::Pwrite, _) => Prefault::Skip,
@@ -1319,6 +1327,18 @@ impl Log {
     /// [`LogOptions::syncs_in_flight`] rounds are in flight (then the next round starts when one
     /// completes) or nothing new was appended. Never blocks.
     pub fn request_sync(&mut self) -> Result<(), LogError> {
+        self.start_sync(false)
+    }
+
+    /// [`Log::request_sync`] for a caller with nothing else to do until the round completes:
+    /// when no other round is running (and [`LogOptions::sync_inline_when_idle`] allows it) the
+    /// round is synced on this thread, so it has completed when this returns (blocking for one
+    /// flush); otherwise it runs in the background as with `request_sync`.
+    pub fn request_sync_idle(&mut self) -> Result<(), LogError> {
+        self.start_sync(true)
+    }
+
+    fn start_sync(&mut self, idle: bool) -> Result<(), LogError> {
         self.check_usable()?;
         let covered = self
             .in_flight
@@ -1333,10 +1353,10 @@ impl Log {
             self.sync_wanted = true;
             return Ok(());
         }
-        self.submit_round()
+        self.submit_round(idle)
     }
 
-    fn submit_round(&mut self) -> Result<(), LogError> {
+    fn submit_round(&mut self, idle: bool) -> Result<(), LogError> {
         let round: Vec<SyncTarget> = self
             .dirty
             .drain(..)
@@ -1356,7 +1376,7 @@ impl Log {
             "sync round up to seq {seq} submitted behind one covering seq {covered}"
         );
         self.sync_wanted = false;
-        let id = match self.syncer.submit(round) {
+        let id = match self.syncer.submit(round, idle) {
             Ok(id) => id,
             Err(errno) => return Err(self.poison(errno)),
         };
@@ -1450,10 +1470,11 @@ impl Log {
     pub fn wait_durable(&mut self) -> Result<LogIndex, LogError> {
         self.check_usable()?;
         let target = self.next_seq - 1;
-        self.request_sync()?;
+        // The caller waits anyway: a round with none running may as well run on this thread.
+        self.start_sync(true)?;
         while self.durable_seq < target && (!self.in_flight.is_empty() || !self.dirty.is_empty()) {
             if self.in_flight.is_empty() {
-                self.submit_round()?;
+                self.submit_round(true)?;
             }
             self.reap(true)?;
         }
@@ -1493,7 +1514,8 @@ impl Log {
     /// a thread can block on "new work or a completion" in one place — producers of its work
     /// ring the same doorbell ([`Doorbell::ring_if_sleeping`]) — and then call
     /// [`Log::poll_durable`]. Spurious rings are possible; a completion that happens after the
-    /// last reap always rings it.
+    /// last reap always rings it, except that of a round [`Log::request_sync_idle`] synced
+    /// inline (complete when it returns: poll before sleeping).
     pub fn doorbell(&self) -> &Arc<Doorbell> {
         self.syncer.doorbell()
     }

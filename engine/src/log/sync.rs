@@ -10,6 +10,15 @@
 //! (rung by the kernel itself for io_uring completions: its eventfd is registered with the
 //! ring; by the helper threads in the fallback) to learn that a round may have completed.
 //!
+//! A caller with nothing else to do may ask for a round to be synced *inline*, on its own
+//! thread, before `submit` returns, when no other round is running and the syncer allows it
+//! (`inline_when_idle`): one thread hand-off less on each side of the sync (to the io_uring
+//! worker or helper thread that runs it, and back to the caller when it completes), which is most
+//! of what a sync costs beyond the disk's own flush when commits come one at a time. A busy
+//! caller keeps submitting rounds that run while it writes. An inline sync is a whole-file
+//! `fdatasync`: only right where no pages outside the written ranges are dirty (the log allows it
+//! in pwrite append mode only).
+//!
 //! Rounds may complete in any order: this layer reports each round's outcome under its id and
 //! leaves ordering (durable only over a prefix of completed rounds) to the log. A round succeeds
 //! only when every operation of it succeeded; otherwise it reports the first errno and the caller
@@ -84,6 +93,8 @@ pub(crate) const MAX_SYNCS_IN_FLIGHT: usize = 64;
 pub(crate) struct Syncer {
     backend: Backend,
     max_in_flight: usize,
+    /// Sync a round on the caller's thread when no other round is running.
+    inline_when_idle: bool,
     next_id: u64,
     /// Completed rounds reaped from the ring but not yet handed out.
     ready: VecDeque<(u64, Result<(), i32>)>,
@@ -91,8 +102,10 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// A syncer in `mode`; fails only when its doorbell (an eventfd) cannot be created.
-    pub fn new(mode: SyncMode, max_in_flight: usize) -> io::Result<Syncer> {
+    /// A syncer in `mode`; with `inline_when_idle`, [`Syncer::submit`] may sync a round on the
+    /// caller's thread (module docs). Fails only when its doorbell (an eventfd) cannot be
+    /// created.
+    pub fn new(mode: SyncMode, max_in_flight: usize, inline_when_idle: bool) -> io::Result<Syncer> {
         assert!(
             (1..=MAX_SYNCS_IN_FLIGHT).contains(&max_in_flight),
             "syncs in flight {max_in_flight} outside 1..={MAX_SYNCS_IN_FLIGHT}"
@@ -101,6 +114,7 @@ impl Syncer {
         let syncer = |backend| Syncer {
             backend,
             max_in_flight,
+            inline_when_idle,
             next_id: 1,
             ready: VecDeque::new(),
             doorbell: doorbell.clone(),
@@ -140,14 +154,7 @@ impl Syncer {
                     .name("lockstep-log-sync".to_string())
                     .spawn(move || {
                         for (id, round) in job_rx {
-                            let result = round.iter().try_for_each(|target| {
-                                let outcome = if target.datasync {
-                                    target.file.sync_data()
-                                } else {
-                                    target.file.sync_all()
-                                };
-                                outcome.map_err(|err| err.raw_os_error().unwrap_or(libc::EIO))
-                            });
+                            let result = sync_now(&round);
                             drop(round);
                             if done_tx.send((id, result)).is_err() {
                                 return;
@@ -181,7 +188,8 @@ impl Syncer {
     }
 
     /// Rung whenever a round may have completed (spuriously too; a completion after the last
-    /// [`Syncer::poll`] always rings it).
+    /// [`Syncer::poll`] always rings it, except that of a round synced inline, which has
+    /// completed when [`Syncer::submit`] returns).
     pub fn doorbell(&self) -> &Arc<Doorbell> {
         &self.doorbell
     }
@@ -201,9 +209,11 @@ impl Syncer {
         self.in_flight() < self.max_in_flight
     }
 
-    /// Starts a round and returns its id (ids grow by one per round). Must not be called
-    /// without room (see [`Syncer::has_room`]).
-    pub fn submit(&mut self, round: Vec<SyncTarget>) -> Result<u64, i32> {
+    /// Starts a round and returns its id (ids grow by one per round). With `idle` (the caller
+    /// has nothing else to do), no other round running and inline syncs allowed, the round is
+    /// synced on this thread and has completed when this returns. Must not be called without
+    /// room (see [`Syncer::has_room`]).
+    pub fn submit(&mut self, round: Vec<SyncTarget>, idle: bool) -> Result<u64, i32> {
         assert!(!round.is_empty(), "empty sync round");
         assert!(
             self.has_room(),
@@ -213,11 +223,19 @@ impl Syncer {
         );
         let id = self.next_id;
         self.next_id += 1;
+        let running = self.in_flight() - self.ready.len();
         match &mut self.backend {
             Backend::Skip => {
                 drop(round);
                 self.ready.push_back((id, Ok(())));
                 self.doorbell.ring();
+                Ok(id)
+            }
+            _ if idle && self.inline_when_idle && running == 0 => {
+                // No ring: the caller learns of it at its next poll, which it makes before it
+                // sleeps (it asked for this round knowing it had nothing else to do).
+                let outcome = sync_now(&round);
+                self.ready.push_back((id, outcome));
                 Ok(id)
             }
             Backend::Uring { ring, rounds, .. } => {
@@ -341,6 +359,23 @@ impl Syncer {
     }
 }
 
+/// Syncs every target of a round on this thread; the first errno if one fails (the rest still
+/// run: the caller poisons the log either way).
+fn sync_now(round: &[SyncTarget]) -> Result<(), i32> {
+    let mut first = Ok(());
+    for target in round {
+        let outcome = if target.datasync {
+            target.file.sync_data()
+        } else {
+            target.file.sync_all()
+        };
+        if let (Ok(()), Err(err)) = (&first, outcome) {
+            first = Err(err.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+    first
+}
+
 impl Drop for Syncer {
     fn drop(&mut self) {
         // Let rounds in flight finish so no descriptor is closed under the kernel's feet.
@@ -381,13 +416,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(File::create(dir.path().join("f")).unwrap());
         let dir_file = Arc::new(File::open(dir.path()).unwrap());
-        let mut syncer = Syncer::new(mode, 1).unwrap();
+        let mut syncer = Syncer::new(mode, 1, false).unwrap();
         assert_eq!(syncer.poll(false), None);
         let id = syncer
-            .submit(vec![
-                target(&file, true, Some((0, 4096))),
-                target(&dir_file, false, None),
-            ])
+            .submit(
+                vec![
+                    target(&file, true, Some((0, 4096))),
+                    target(&dir_file, false, None),
+                ],
+                false,
+            )
             .unwrap();
         assert!(!syncer.has_room());
         assert_eq!(syncer.poll(true), Some((id, Ok(()))));
@@ -416,9 +454,9 @@ mod tests {
             .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
             .collect();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode, 1).unwrap();
+            let mut syncer = Syncer::new(mode, 1, false).unwrap();
             let round = files.iter().map(|f| target(f, true, None)).collect();
-            let id = syncer.submit(round).unwrap();
+            let id = syncer.submit(round, false).unwrap();
             assert_eq!(syncer.poll(true), Some((id, Ok(()))), "{mode:?}");
         }
     }
@@ -428,8 +466,10 @@ mod tests {
         // fsync on a pipe fails with EINVAL in both mechanisms.
         let read = pipe_end();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode, 1).unwrap();
-            let id = syncer.submit(vec![target(&read, true, None)]).unwrap();
+            let mut syncer = Syncer::new(mode, 1, false).unwrap();
+            let id = syncer
+                .submit(vec![target(&read, true, None)], false)
+                .unwrap();
             assert_eq!(syncer.poll(true), Some((id, Err(libc::EINVAL))), "{mode:?}");
         }
     }
@@ -441,7 +481,7 @@ mod tests {
         file.set_len(1 << 20).unwrap();
         let bad = pipe_end();
         for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
-            let mut syncer = Syncer::new(mode, 4).unwrap();
+            let mut syncer = Syncer::new(mode, 4, false).unwrap();
             let mut expected = Vec::new();
             for round in 0..4u64 {
                 let targets = if round == 2 {
@@ -452,7 +492,7 @@ mod tests {
                 } else {
                     vec![target(&file, true, Some((round * 4096, 4096)))]
                 };
-                let id = syncer.submit(targets).unwrap();
+                let id = syncer.submit(targets, false).unwrap();
                 let outcome = if round == 2 {
                     Err(libc::EINVAL)
                 } else {
@@ -470,5 +510,52 @@ mod tests {
             assert_eq!(syncer.in_flight(), 0);
             assert!(syncer.has_room());
         }
+    }
+
+    #[test]
+    fn an_idle_round_is_synced_inline_and_a_busy_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
+        let bad = pipe_end();
+        for mode in [SyncMode::Fdatasync, SyncMode::IoUring] {
+            let mut syncer = Syncer::new(mode, 2, true).unwrap();
+            // Idle: complete before submit returns, errors included; no doorbell ring (the
+            // caller polls before it sleeps).
+            for (targets, outcome) in [
+                (vec![target(&file, true, Some((0, 4096)))], Ok(())),
+                (vec![target(&bad, true, None)], Err(libc::EINVAL)),
+            ] {
+                let id = syncer.submit(targets, true).unwrap();
+                assert!(
+                    !syncer
+                        .doorbell()
+                        .wait(Some(std::time::Duration::ZERO), || false),
+                    "{mode:?}"
+                );
+                assert_eq!(syncer.poll(false), Some((id, outcome)), "{mode:?}");
+            }
+            // Not idle: runs in the background; with one running, an idle round does too.
+            let first = syncer
+                .submit(vec![target(&file, true, None)], false)
+                .unwrap();
+            let second = syncer
+                .submit(vec![target(&file, true, None)], true)
+                .unwrap();
+            let mut seen = vec![syncer.poll(true), syncer.poll(true)];
+            seen.sort();
+            assert_eq!(
+                seen,
+                vec![Some((first, Ok(()))), Some((second, Ok(())))],
+                "{mode:?}"
+            );
+            assert_eq!(syncer.in_flight(), 0);
+        }
+        // Without inline syncs allowed, an idle round runs in the background too.
+        let mut syncer = Syncer::new(SyncMode::IoUring, 1, false).unwrap();
+        let id = syncer
+            .submit(vec![target(&file, true, None)], true)
+            .unwrap();
+        assert_eq!(syncer.in_flight(), 1);
+        assert_eq!(syncer.poll(true), Some((id, Ok(()))));
     }
 }

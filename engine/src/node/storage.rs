@@ -5,9 +5,12 @@
 //! Group commit: everything queued is appended, then a sync round is requested for it. The log
 //! keeps up to `LogOptions::syncs_in_flight` rounds in flight, so writes that arrive while
 //! rounds run get their own round at once (or, with no room, the next round when one completes).
+//! When nothing else is queued and no round runs, the round is synced on this thread instead
+//! (`LogOptions::sync_inline_when_idle`): a lone commit skips two hand-offs.
 //! With nothing to do but wait, the thread blocks on the log's doorbell, an eventfd that the
 //! kernel rings on a sync completion and consensus rings when it queues work for a sleeping
-//! storage thread: one wake-up per event, no relay thread (never spinning unless `spin_us`). A write is durable once the log's durable seq
+//! storage thread: one wake-up per event, no relay thread (never spinning unless `spin_us`).
+//! A write is durable once the log's durable seq
 //! reaches the seq of the last record it appended (the log advances it only over a prefix of
 //! completed rounds; hard state and snapshot files are written synchronously before that).
 //!
@@ -99,9 +102,15 @@ impl StorageStage {
                     Err(TryRecvError::Disconnected) => break 'serve,
                 }
             }
-            self.log.request_sync().map_err(err)?;
             let (last_seq, durable_seq) = (self.log.last_seq(), self.log.durable_seq());
             self.sync_timer.requested(last_seq, durable_seq);
+            // With nothing else queued the round may run on this thread (when none is running):
+            // no hand-off to the kernel's sync worker and back (docs/LOG.md, "Inline syncs").
+            if inbox.is_empty() {
+                self.log.request_sync_idle().map_err(err)?;
+            } else {
+                self.log.request_sync().map_err(err)?;
+            }
             self.log.poll_durable().map_err(err)?;
             self.release();
             let in_flight = self.log.sync_in_flight();

@@ -111,6 +111,9 @@ pub struct Tuning {
     pub max_frame_bytes: u32,
     /// Sync rounds the log keeps in flight at once (1..=64).
     pub syncs_in_flight: usize,
+    /// Sync on the storage thread itself when it has nothing else to do and no round runs
+    /// (pwrite append mode only). See docs/TUNING.md.
+    pub sync_inline: bool,
     /// SO_SNDBUF / SO_RCVBUF requested for every peer and client socket, bytes.
     pub socket_buffer_bytes: usize,
     /// How the leader confirms linearizable reads: "index" (a heartbeat round to a quorum per
@@ -142,6 +145,7 @@ impl Default for Tuning {
             channel_capacity: 1024,
             max_frame_bytes: 64 << 20,
             syncs_in_flight: LogOptions::default().syncs_in_flight,
+            sync_inline: LogOptions::default().sync_inline_when_idle,
             socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
             read_mode: "index".to_string(),
@@ -558,6 +562,7 @@ impl ServerConfig {
             sync_mode: tuning.sync_mode()?,
             append_mode: tuning.append_mode()?,
             syncs_in_flight: tuning.syncs_in_flight,
+            sync_inline_when_idle: tuning.sync_inline,
             ..LogOptions::default()
         };
         node.snapshot_entries = tuning.snapshot_entries;
