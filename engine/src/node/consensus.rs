@@ -8,10 +8,10 @@
 //! messages go to the network, committed batches (with their targets) and confirmed reads go to
 //! apply.
 //!
-//! A follower holds committed batches back from apply until its next tick (or until a read
-//! needs them, or [`APPLY_DEFER_ENTRIES_MAX`] entries wait): nobody waits for them there, and
-//! one hand-off per tick instead of one per append spares the apply thread (and the CPU the
-//! leader's commit path needs) a wake-up per append.
+//! A follower holds committed batches back from apply for up to [`APPLY_DEFER_FOR`] (or until a
+//! read, a snapshot, a role change or stop needs them, or [`APPLY_DEFER_ENTRIES_MAX`] entries
+//! wait): nobody waits for them there, and one hand-off per period instead of one per append
+//! spares the apply thread (and the CPU the commit path needs) a wake-up per append.
 //!
 //! Targets: an entry proposed here is answered by apply once applied; entries still
 //! uncommitted when this node stops leading are answered `OutcomeUnknown`; requests on a
@@ -43,8 +43,14 @@ use crate::types::{LogIndex, NodeId};
 /// Most inputs taken in one loop turn (so ticks and outputs are never starved).
 const INPUTS_PER_TURN_MAX: usize = 4096;
 
-/// Most committed entries a follower holds back from apply between ticks.
+/// Most committed entries a follower holds back from apply.
 pub(crate) const APPLY_DEFER_ENTRIES_MAX: u64 = 16_384;
+
+/// Longest a follower holds a committed batch back from apply (checked at each tick). Ten
+/// milliseconds: a tenth of the default election timeout, so a new leader has little to apply,
+/// and far above a lone commit's time, so a follower's apply thread wakes once per many
+/// commits instead of at every tick.
+pub(crate) const APPLY_DEFER_FOR: Duration = Duration::from_millis(10);
 
 /// A request from the embedding API ([`super::Node`]).
 pub(crate) enum Request {
@@ -89,10 +95,11 @@ pub(crate) struct ConsensusStage {
     observed: Observed,
     /// Spin-before-block after a turn that handled input.
     spin: Spin,
-    /// Committed batches (with no targets) held back from apply on a follower, and their
-    /// entry count.
+    /// Committed batches (with no targets) held back from apply on a follower, their entry
+    /// count, and when the first of them was held back.
     deferred: Vec<Batch>,
     deferred_entries: u64,
+    deferred_since: Option<Instant>,
     /// The last durable write id taken from [`Shared::durable_write`].
     durable_seen: u64,
 }
@@ -139,6 +146,7 @@ impl ConsensusStage {
             spin,
             deferred: Vec::new(),
             deferred_entries: 0,
+            deferred_since: None,
             durable_seen: 0,
         }
     }
@@ -205,7 +213,10 @@ impl ConsensusStage {
             self.take_durable();
             let now = Instant::now();
             if now >= next_tick {
-                if self.apply_deferred() == Flow::Stop {
+                let held = self.deferred_since;
+                if held.is_some_and(|since| now.duration_since(since) >= APPLY_DEFER_FOR)
+                    && self.apply_deferred() == Flow::Stop
+                {
                     break;
                 }
                 self.raft.tick();
@@ -477,11 +488,11 @@ impl ConsensusStage {
                 && self.role == Role::Follower
                 && self.deferred_entries + entries <= APPLY_DEFER_ENTRIES_MAX
             {
+                self.deferred_since.get_or_insert_with(Instant::now);
                 self.deferred.extend(committed);
                 self.deferred_entries += entries;
             } else {
-                let mut batches = std::mem::take(&mut self.deferred);
-                self.deferred_entries = 0;
+                let mut batches = self.take_deferred();
                 batches.extend(committed);
                 if self
                     .to_apply
@@ -558,8 +569,7 @@ impl ConsensusStage {
         if self.deferred.is_empty() {
             return Flow::Continue;
         }
-        let batches = std::mem::take(&mut self.deferred);
-        self.deferred_entries = 0;
+        let batches = self.take_deferred();
         let message = ApplyMsg::Committed {
             batches,
             targets: Vec::new(),
@@ -568,6 +578,12 @@ impl ConsensusStage {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
         }
+    }
+
+    fn take_deferred(&mut self) -> Vec<Batch> {
+        self.deferred_entries = 0;
+        self.deferred_since = None;
+        std::mem::take(&mut self.deferred)
     }
 
     /// Sends what this turn produced for apply and for clients.
