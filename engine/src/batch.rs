@@ -375,6 +375,12 @@ impl BatchBuilder {
         self.buffer.len()
     }
 
+    /// Bytes the buffer holds before it must grow.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+
     /// Whether nothing has been pushed.
     #[inline]
     pub fn is_empty(&self) -> bool {
@@ -382,11 +388,21 @@ impl BatchBuilder {
     }
 
     /// Seals the gathered entries into a batch starting at `first_index`, leaving the builder
-    /// empty (its spare capacity is kept for the next batch when nothing else holds the memory).
+    /// empty. A payload that fills at least half the buffer takes the buffer (no copy; the
+    /// builder keeps only the spare capacity after it); a smaller one is copied into an
+    /// allocation of its own size and the builder keeps its whole buffer for the next batch.
+    /// Batches live in the in-memory log until a snapshot, so a 20-byte batch must not pin a
+    /// buffer of several KiB.
     pub fn finish(&mut self, term: Term, first_index: LogIndex, kind: BatchKind) -> Batch {
         assert!(self.entry_count > 0, "finish on an empty BatchBuilder");
         assert!(first_index.get() >= 1, "batch starts at index 0");
-        let payload = self.buffer.split().freeze();
+        let payload = if self.buffer.len() * 2 < self.buffer.capacity() {
+            let payload = Bytes::copy_from_slice(&self.buffer);
+            self.buffer.clear();
+            payload
+        } else {
+            self.buffer.split().freeze()
+        };
         let entry_count = std::mem::take(&mut self.entry_count);
         Batch {
             term,
@@ -402,6 +418,27 @@ impl BatchBuilder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_small_batch_gets_its_own_allocation_and_the_builder_keeps_its_buffer() {
+        let mut builder = BatchBuilder::with_capacity(4096);
+        builder.push(b"tiny");
+        let small = builder.finish(Term(1), LogIndex(1), BatchKind::Normal);
+        assert_eq!(small.entries().collect::<Vec<_>>(), vec![&b"tiny"[..]]);
+        assert!(
+            builder.capacity() >= 4096,
+            "the buffer stays for the next batch"
+        );
+        assert!(builder.is_empty());
+
+        // A batch that fills its buffer takes it (no copy).
+        let mut builder = BatchBuilder::with_capacity(64);
+        builder.push(&[1u8; 40]);
+        let start = builder.buffer.as_ptr();
+        let full = builder.finish(Term(1), LogIndex(2), BatchKind::Normal);
+        assert_eq!(full.payload().as_ptr(), start);
+        assert_eq!(full.entries().next(), Some(&[1u8; 40][..]));
+    }
 
     fn batch_of(entries: &[&[u8]], first: u64) -> Batch {
         let mut builder = BatchBuilder::default();

@@ -20,7 +20,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// First byte of every frame (not ASCII, so a text protocol can be told apart by its first byte).
 pub const FRAME_MAGIC: u8 = 0xB7;
@@ -31,6 +31,12 @@ pub const FRAME_HEADER_BYTES: usize = 12;
 
 /// Smallest read the decoder asks the socket for.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Frames with a smaller body are copied out of the read buffer rather than sliced from it.
+/// Consumers may keep a body for long (a follower keeps an append's batch in its in-memory log
+/// until the next snapshot), and a slice keeps its whole read chunk alive: one small append per
+/// chunk would pin 64 KiB (a page of it resident) for every entry held.
+const COPY_BELOW_BYTES: usize = 16 << 10;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -223,8 +229,10 @@ pub fn read_frame(
 
 /// Incremental frame decoder for non-blocking sockets: read into it, then take whole frames out.
 ///
-/// Bodies are `Bytes` slices of the read buffer (zero copy). Memory is bounded by the largest
-/// frame accepted plus one read chunk.
+/// Bodies of at least [`COPY_BELOW_BYTES`] are `Bytes` slices of the read buffer (zero copy);
+/// smaller ones are copied out, so a kept body never pins a read chunk much larger than itself
+/// and the buffer is reused while only small frames arrive. The decoder's own memory is bounded
+/// by the largest frame accepted plus one read chunk.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
@@ -360,8 +368,14 @@ impl FrameDecoder {
             return Ok(None);
         }
         header.check_body(&raw, &self.buf[FRAME_HEADER_BYTES..total])?;
-        let mut frame = self.buf.split_to(total).freeze();
-        let body = frame.split_off(FRAME_HEADER_BYTES);
+        let body = if (header.body_len as usize) < COPY_BELOW_BYTES {
+            let body = Bytes::copy_from_slice(&self.buf[FRAME_HEADER_BYTES..total]);
+            self.buf.advance(total);
+            body
+        } else {
+            let mut frame = self.buf.split_to(total).freeze();
+            frame.split_off(FRAME_HEADER_BYTES)
+        };
         Ok(Some((header.ty, body)))
     }
 }
@@ -408,6 +422,29 @@ mod tests {
             ]
         );
         assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn small_bodies_are_copied_out_and_large_ones_sliced() {
+        let large = vec![7u8; COPY_BELOW_BYTES];
+        let mut wire = Vec::new();
+        encode_frame(FrameType::Raft, b"small", &mut wire);
+        encode_frame(FrameType::Raft, &large, &mut wire);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        decoder.extend(&wire);
+        let start = decoder.peek().as_ptr() as usize;
+        let buffer = start..start + wire.len();
+        let (_, small) = decoder.next_frame().unwrap().unwrap();
+        let (_, sliced) = decoder.next_frame().unwrap().unwrap();
+        assert_eq!((&small[..], &sliced[..]), (&b"small"[..], &large[..]));
+        assert!(
+            !buffer.contains(&(small.as_ptr() as usize)),
+            "a small body kept must not pin the read buffer"
+        );
+        assert!(
+            buffer.contains(&(sliced.as_ptr() as usize)),
+            "a large body is not copied"
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ impl Raft {
             .pending
             .finish(self.term, self.log.last_index().next(), BatchKind::Normal);
         self.pending_capacity = bytes.clamp(4096, self.config.batch_bytes_max as usize + 4096);
-        self.pending = BatchBuilder::with_capacity(self.pending_capacity);
+        if self.pending.capacity() < self.pending_capacity {
+            self.pending = BatchBuilder::with_capacity(self.pending_capacity);
+        }
         self.stats.batches_sealed += 1;
         self.append_batch(batch);
         self.broadcast_due = true;
