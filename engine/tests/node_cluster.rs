@@ -145,6 +145,40 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
 }
 
 #[test]
+fn large_entries_are_snapshotted_by_bytes_long_before_the_entry_count() {
+    let cluster = TestCluster::start(
+        3,
+        false,
+        1_000_000,
+        |cfg| cfg.snapshot_bytes = 256 << 10,
+        |cfg| Node::start(cfg, Kv::default()),
+    );
+    let leader = wait_leader(&cluster.nodes);
+    let value = "v".repeat(8 << 10);
+    let receipts: Vec<_> = (0..64)
+        .map(|i| {
+            cluster
+                .node(leader)
+                .propose(Bytes::from(format!("k{}={value}", i % 8)))
+        })
+        .collect();
+    for receipt in receipts {
+        receipt
+            .wait_timeout(Duration::from_secs(10))
+            .expect("committed");
+    }
+    cluster.assert_converged();
+    // 64 entries of 8 KiB = 512 KiB: two 256 KiB periods, far below 1 000 000 entries.
+    for at in 0..3 {
+        wait_for(
+            &format!("node {at} to snapshot by bytes"),
+            Duration::from_secs(10),
+            || !cluster.snapshot_files(at).is_empty(),
+        );
+    }
+}
+
+#[test]
 fn a_voter_is_removed_and_the_rest_keep_committing() {
     let mut cluster = start(3, 1 << 20);
     let leader = cluster.propose("a", 100);

@@ -83,6 +83,10 @@ pub struct Args {
     /// [default: 1048576].
     #[arg(long, value_name = "N")]
     snapshot_entries: Option<u64>,
+    /// ... or after this many bytes of applied entries, whichever comes first
+    /// [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    snapshot_bytes: Option<u64>,
     /// Size of each preallocated log segment, a multiple of 4096 [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     segment_bytes: Option<u64>,
@@ -266,6 +270,7 @@ impl Args {
         );
         set(&mut tuning.inflight_bytes_max, self.inflight_bytes_max);
         set(&mut tuning.snapshot_entries, self.snapshot_entries);
+        set(&mut tuning.snapshot_bytes, self.snapshot_bytes);
         set(&mut tuning.segment_bytes, self.segment_bytes);
         set(&mut tuning.sync, self.sync);
         set(&mut tuning.append_mode, self.append_mode);

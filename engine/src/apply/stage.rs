@@ -1,6 +1,7 @@
 //! The apply thread: owns the [`StateMachine`], runs committed batches in order behind the
 //! commit index, answers proposers and readers, restores installed snapshots, and takes its own
-//! snapshots every `snapshot_entries` applied entries.
+//! snapshots every `snapshot_entries` applied entries or `snapshot_bytes` applied entry bytes,
+//! whichever comes first ([`SnapshotEvery`]).
 //!
 //! Guarantees: entries are applied exactly once each, in index order (entries at or below the
 //! applied index, e.g. after a snapshot restore, are skipped); a read is answered only once
@@ -21,6 +22,16 @@ use crate::node::{Applied, Spin};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::types::{LogIndex, Term};
 
+/// When the apply stage takes a snapshot: once `entries` entries or `bytes` bytes of entries
+/// were applied since the last one (or since the start), whichever comes first. The byte bound
+/// keeps large entries from growing the in-memory log (which holds every entry since the last
+/// snapshot) and the log on disk without limit before the entry count is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotEvery {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 /// The apply stage's state.
 pub(crate) struct ApplyStage<S: StateMachine> {
     pub state_machine: S,
@@ -29,7 +40,9 @@ pub(crate) struct ApplyStage<S: StateMachine> {
     /// The membership in effect at `applied` (for the snapshots this stage takes).
     pub membership: Membership,
     pub snapshot_index: LogIndex,
-    pub snapshot_entries: u64,
+    pub snapshot_every: SnapshotEvery,
+    /// Entry bytes applied since `snapshot_index`.
+    pub bytes_since_snapshot: u64,
     pub snapshot_dir: PathBuf,
     pub shared: Arc<Shared>,
     pub net: Option<NetHandle>,
@@ -50,7 +63,7 @@ impl<S: StateMachine> ApplyStage<S> {
         state_machine: S,
         snapshot: Option<&SnapshotMeta>,
         initial_membership: Membership,
-        snapshot_entries: u64,
+        snapshot_every: SnapshotEvery,
         snapshot_dir: PathBuf,
         shared: Arc<Shared>,
         net: Option<NetHandle>,
@@ -68,7 +81,8 @@ impl<S: StateMachine> ApplyStage<S> {
             applied_term,
             membership,
             snapshot_index: applied,
-            snapshot_entries,
+            snapshot_every,
+            bytes_since_snapshot: 0,
             snapshot_dir,
             shared,
             net,
@@ -136,6 +150,7 @@ impl<S: StateMachine> ApplyStage<S> {
                     self.applied_term = meta.term;
                     self.membership = meta.membership;
                     self.snapshot_index = meta.index;
+                    self.bytes_since_snapshot = 0;
                 }
             }
         }
@@ -163,6 +178,7 @@ impl<S: StateMachine> ApplyStage<S> {
             if index <= self.applied {
                 continue;
             }
+            self.bytes_since_snapshot += entry.len() as u64;
             let result = match kind {
                 BatchKind::Normal => self.state_machine.apply(index, entry),
                 BatchKind::Membership => {
@@ -240,7 +256,9 @@ impl<S: StateMachine> ApplyStage<S> {
     }
 
     fn maybe_snapshot(&mut self) -> Result<(), String> {
-        let due = self.applied.get() >= self.snapshot_index.get() + self.snapshot_entries;
+        let every = self.snapshot_every;
+        let due = self.applied.get() >= self.snapshot_index.get() + every.entries
+            || self.bytes_since_snapshot >= every.bytes;
         let term_durable =
             self.applied_term.get() <= self.shared.durable_term.load(Ordering::Acquire);
         if !due || !term_durable {
@@ -261,6 +279,7 @@ impl<S: StateMachine> ApplyStage<S> {
             "snapshot taken"
         );
         self.snapshot_index = meta.index;
+        self.bytes_since_snapshot = 0;
         drop(
             self.feedback
                 .send(Feedback::Snapshot(meta, Bytes::from(data))),
@@ -328,7 +347,10 @@ mod tests {
             Register::default(),
             None,
             Membership::with_voters([NodeId(1)]),
-            1_000_000,
+            SnapshotEvery {
+                entries: 1_000_000,
+                bytes: u64::MAX,
+            },
             dir.path().to_path_buf(),
             Arc::new(Shared::default()),
             None,
@@ -364,5 +386,51 @@ mod tests {
         assert_eq!((first.index, &first.result[..]), (LogIndex(1), &b"1"[..]));
         let second = answers.recv().unwrap().unwrap();
         assert_eq!((second.index, &second.result[..]), (LogIndex(3), &b"3"[..]));
+    }
+
+    /// Snapshot indexes taken after applying `values` at 1.. in one turn, with a 10-byte bound
+    /// and an entry bound far away.
+    fn snapshots_after(values: &[&str]) -> Vec<LogIndex> {
+        let dir = tempfile::tempdir().unwrap();
+        let (feedback, feedback_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::default());
+        shared.durable_term.store(1, Ordering::Release);
+        let stage = ApplyStage::new(
+            Register::default(),
+            None,
+            Membership::with_voters([NodeId(1)]),
+            SnapshotEvery {
+                entries: 1_000_000,
+                bytes: 10,
+            },
+            dir.path().to_path_buf(),
+            shared,
+            None,
+            feedback,
+            Spin::default(),
+        );
+        let (to_apply, inbox) = crossbeam_channel::unbounded();
+        for (at, value) in values.iter().enumerate() {
+            to_apply.send(set(at as u64 + 1, value)).unwrap();
+        }
+        drop(to_apply);
+        stage.run(inbox);
+        feedback_rx
+            .try_iter()
+            .filter_map(|item| match item {
+                Feedback::Snapshot(meta, _) => Some(meta.index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_bytes_of_applied_entries_trigger_a_snapshot_before_snapshot_entries() {
+        assert_eq!(
+            snapshots_after(&["12345", "678"]),
+            vec![],
+            "8 bytes: not yet"
+        );
+        assert_eq!(snapshots_after(&["12345", "678", "90"]), vec![LogIndex(3)]);
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::apply::stage::ApplyStage;
+use crate::apply::stage::{ApplyStage, SnapshotEvery};
 use crate::apply::StateMachine;
 use crate::log::LogOptions;
 use crate::net::{ClientLimits, ClientUsers, NetConfig, Transport};
@@ -67,6 +67,10 @@ pub struct NodeConfig {
     pub log: LogOptions,
     /// Take a snapshot after this many applied entries since the last one.
     pub snapshot_entries: u64,
+    /// ... or after this many bytes of applied entries since the last one, whichever comes
+    /// first (default 64 MiB, one segment): bounds the in-memory log and the live log segments
+    /// when entries are large.
+    pub snapshot_bytes: u64,
     /// Bound of every inter-stage channel (in messages; each message is a batch).
     pub channel_capacity: usize,
     /// Pin the stages to cores (network, consensus, storage, apply in that order, round robin
@@ -121,6 +125,7 @@ impl NodeConfig {
             tick: Duration::from_millis(1),
             log: LogOptions::default(),
             snapshot_entries: 1 << 20,
+            snapshot_bytes: 64 << 20,
             channel_capacity: 1024,
             cpu_affinity: None,
             max_frame_bytes: 64 << 20,
@@ -341,7 +346,10 @@ impl Node {
             state_machine,
             snapshot_meta.as_ref(),
             initial_membership,
-            config.snapshot_entries.max(1),
+            SnapshotEvery {
+                entries: config.snapshot_entries.max(1),
+                bytes: config.snapshot_bytes.max(1),
+            },
             snapshot_dir,
             shared.clone(),
             net.clone(),

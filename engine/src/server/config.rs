@@ -97,6 +97,8 @@ pub struct Tuning {
     pub inflight_bytes_max: u64,
     /// Snapshot after this many applied entries.
     pub snapshot_entries: u64,
+    /// ... or after this many bytes of applied entries, whichever comes first.
+    pub snapshot_bytes: u64,
     /// Log segment size in bytes.
     pub segment_bytes: u64,
     /// "io_uring", "fdatasync", or "none" (no syncs at all: NOT durable, for benchmarks only).
@@ -138,6 +140,7 @@ impl Default for Tuning {
             inflight_messages_max: 64,
             inflight_bytes_max: 16 << 20,
             snapshot_entries: 1 << 20,
+            snapshot_bytes: 64 << 20,
             segment_bytes: 64 << 20,
             sync: "io_uring".to_string(),
             append_mode: "pwrite".to_string(),
@@ -199,7 +202,7 @@ impl Tuning {
     }
 
     fn validate(&self) -> Result<(), ServerError> {
-        let nonzero: [(&str, u64); 13] = [
+        let nonzero: [(&str, u64); 14] = [
             ("tick_ms", self.tick_ms),
             ("election_ticks", self.election_ticks as u64),
             ("heartbeat_ticks", self.heartbeat_ticks as u64),
@@ -209,6 +212,7 @@ impl Tuning {
             ("inflight_messages_max", self.inflight_messages_max as u64),
             ("inflight_bytes_max", self.inflight_bytes_max),
             ("snapshot_entries", self.snapshot_entries),
+            ("snapshot_bytes", self.snapshot_bytes),
             ("segment_bytes", self.segment_bytes),
             ("channel_capacity", self.channel_capacity as u64),
             ("syncs_in_flight", self.syncs_in_flight as u64),
@@ -566,6 +570,7 @@ impl ServerConfig {
             ..LogOptions::default()
         };
         node.snapshot_entries = tuning.snapshot_entries;
+        node.snapshot_bytes = tuning.snapshot_bytes;
         node.channel_capacity = tuning.channel_capacity;
         node.cpu_affinity = if tuning.cpu_affinity.is_empty() {
             None
