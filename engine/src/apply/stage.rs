@@ -337,26 +337,37 @@ mod tests {
         }
     }
 
+    /// A one-voter stage over a [`Register`], snapshotting after `snapshot_bytes` (the entry
+    /// bound far away).
+    fn register_stage(
+        dir: &std::path::Path,
+        snapshot_bytes: u64,
+        shared: Arc<Shared>,
+        feedback: Sender<Feedback>,
+    ) -> ApplyStage<Register> {
+        ApplyStage::new(
+            Register::default(),
+            None,
+            Membership::with_voters([NodeId(1)]),
+            SnapshotEvery {
+                entries: 1_000_000,
+                bytes: snapshot_bytes,
+            },
+            dir.to_path_buf(),
+            shared,
+            None,
+            feedback,
+            Spin::default(),
+        )
+    }
+
     /// A read queued between two commits sees the first and not the second, even when apply
     /// takes all three in one turn (pipelined `SET a 1`, `GET a`, `SET a 2` on one connection).
     #[test]
     fn a_read_is_answered_before_the_commits_queued_behind_it() {
         let dir = tempfile::tempdir().unwrap();
         let (feedback, _feedback_rx) = crossbeam_channel::unbounded();
-        let stage = ApplyStage::new(
-            Register::default(),
-            None,
-            Membership::with_voters([NodeId(1)]),
-            SnapshotEvery {
-                entries: 1_000_000,
-                bytes: u64::MAX,
-            },
-            dir.path().to_path_buf(),
-            Arc::new(Shared::default()),
-            None,
-            feedback,
-            Spin::default(),
-        );
+        let stage = register_stage(dir.path(), u64::MAX, Arc::new(Shared::default()), feedback);
         let (to_apply, inbox) = crossbeam_channel::unbounded();
         let (answer, answers) = crossbeam_channel::unbounded();
         to_apply.send(set(1, "1")).unwrap();
@@ -395,20 +406,7 @@ mod tests {
         let (feedback, feedback_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared::default());
         shared.durable_term.store(1, Ordering::Release);
-        let stage = ApplyStage::new(
-            Register::default(),
-            None,
-            Membership::with_voters([NodeId(1)]),
-            SnapshotEvery {
-                entries: 1_000_000,
-                bytes: 10,
-            },
-            dir.path().to_path_buf(),
-            shared,
-            None,
-            feedback,
-            Spin::default(),
-        );
+        let stage = register_stage(dir.path(), 10, shared, feedback);
         let (to_apply, inbox) = crossbeam_channel::unbounded();
         for (at, value) in values.iter().enumerate() {
             to_apply.send(set(at as u64 + 1, value)).unwrap();
