@@ -467,6 +467,86 @@ fn read_reply(stream: &mut TcpStream) -> ClientReply {
     ClientReply::decode(&body).unwrap()
 }
 
+/// Two threads reply at once to one native client (as apply and consensus do), with small
+/// socket buffers and a client that reads only after they finished, so direct writes spill:
+/// every reply arrives whole, each thread's in the order it sent them. A client whose replies
+/// all went out directly then counts as idle (it awaits nothing) and the idle timeout closes it.
+#[test]
+fn concurrent_repliers_keep_their_order_and_the_client_then_counts_as_idle() {
+    let mut server_config = config(1, CLUSTER, &[]);
+    server_config.client_listen = Some(local());
+    server_config.socket_buffer_bytes = 4096;
+    server_config.client_limits.idle_timeout = Some(Duration::from_millis(300));
+    let server = start(server_config, 8);
+    let mut client = TcpStream::connect(server.transport.client_addr().unwrap()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = Vec::new();
+    ClientHello::new(CLUSTER).encode(&mut body);
+    send_frame(&mut client, FrameType::ClientHello, &body);
+    assert_eq!(read_reply(&mut client), ClientReply::Ok { req: 0 });
+    const PER_THREAD: u64 = 200;
+    let mut wire = Vec::new();
+    for req in 0..2 * PER_THREAD {
+        let mut body = Vec::new();
+        ClientRequest::Status { req }.encode(&mut body);
+        encode_frame(FrameType::ClientRequest, &body, &mut wire);
+    }
+    client.write_all(&wire).unwrap();
+    let mut conn = None;
+    let mut requests = 0;
+    while requests < 2 * PER_THREAD {
+        match server.events.recv_timeout(WAIT).unwrap() {
+            NetEvent::Client {
+                conn: c,
+                requests: got,
+            } => {
+                conn = Some(c);
+                requests += got.len() as u64;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let conn = conn.unwrap();
+    let reply = |req: u64| ClientReply::Applied {
+        req,
+        index: LogIndex(req),
+        result: Bytes::from(vec![req as u8; 1500]),
+    };
+    let repliers: Vec<_> = [0, 1]
+        .into_iter()
+        .map(|parity| {
+            let handle = server.transport.handle();
+            std::thread::spawn(move || {
+                let mine: Vec<u64> = (0..2 * PER_THREAD).filter(|r| r % 2 == parity).collect();
+                for chunk in mine.chunks(3) {
+                    handle.reply(chunk.iter().map(|&req| (conn, reply(req))).collect());
+                }
+            })
+        })
+        .collect();
+    for replier in repliers {
+        replier.join().unwrap();
+    }
+    let mut seen = [Vec::new(), Vec::new()];
+    for _ in 0..2 * PER_THREAD {
+        let got = read_reply(&mut client);
+        let ClientReply::Applied { req, .. } = got else {
+            panic!("unexpected {got:?}")
+        };
+        assert_eq!(got, reply(req), "reply {req} intact");
+        seen[(req % 2) as usize].push(req);
+    }
+    for (parity, seen) in seen.iter().enumerate() {
+        let sent: Vec<u64> = (0..2 * PER_THREAD)
+            .filter(|r| r % 2 == parity as u64)
+            .collect();
+        assert_eq!(seen, &sent, "replier {parity} out of order");
+    }
+    wait_for("the idle client to be closed", || {
+        stats(&server).clients_closed_idle == 1
+    });
+}
+
 #[test]
 fn client_hello_request_reply_round_trip() {
     let mut server_config = config(1, CLUSTER, &[]);

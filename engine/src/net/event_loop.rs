@@ -384,20 +384,21 @@ impl EventLoop {
         if !self.lanes.spilled.swap(false, Ordering::AcqRel) {
             return;
         }
-        for (id, lane) in self.lanes.all() {
-            let Some(token) = self.peers.get(&id).and_then(|slot| slot.conn) else {
-                continue;
-            };
+        for lane in self.lanes.all() {
             let mut state = lane.lock();
             if state.spill.is_empty() {
                 continue;
             }
+            let Some(token) = state.token() else {
+                continue;
+            };
             let Some(conn) = self.conns.get_mut(&token) else {
                 continue;
             };
             assert!(
                 conn.out.is_empty(),
-                "a direct write spilled to node {id} while {} bytes were queued ahead of it",
+                "a direct write spilled to {} while {} bytes were queued ahead of it",
+                conn.addr,
                 conn.out.queued_bytes
             );
             conn.out.push_raw(&state.spill);
@@ -585,9 +586,31 @@ impl EventLoop {
 
     /// Queues the whole of `scratch` as one frame on `token`.
     fn queue_scratch(&mut self, token: Token, ty: FrameType) {
+        self.queue_scratch_after(token, ty, false);
+    }
+
+    /// [`EventLoop::queue_scratch`]; `from_channel`: the frame is a reply a handle routed
+    /// through the channel (counted ahead in the client's lane). A client with a lane has its
+    /// lane locked until the frame is queued, so no direct write slips in between (`net/lane.rs`).
+    fn queue_scratch_after(&mut self, token: Token, ty: FrameType, from_channel: bool) {
+        let lane = self.lanes.client(token);
+        let mut lane_state = lane.as_ref().map(|lane| lane.lock());
+        if let Some(state) = lane_state.as_mut() {
+            if from_channel {
+                state.taken_from_channel();
+            }
+            if !state.spill.is_empty() {
+                let conn = self.conns.get_mut(&token).expect("live connection");
+                conn.out.push_raw(&state.spill);
+                state.spill.clear();
+            }
+        }
         self.parts.clear();
         self.parts.push(BodyPart::Inline(0..self.scratch.len()));
         self.queue_parts(token, ty);
+        if let Some(state) = lane_state.as_mut() {
+            state.loop_queued = true;
+        }
     }
 
     fn queue_parts(&mut self, token: Token, ty: FrameType) {
@@ -1012,6 +1035,9 @@ impl EventLoop {
             return;
         };
         if conn.closing {
+            if let Some(lane) = self.lanes.client(token) {
+                lane.lock().taken_from_channel();
+            }
             return;
         }
         match conn.kind {
@@ -1022,6 +1048,9 @@ impl EventLoop {
         let conn = self.conns.get_mut(&token).expect("live connection");
         conn.native_awaiting = conn.native_awaiting.saturating_sub(1);
         if conn.out.queued_bytes > CLIENT_QUEUE_BYTES_MAX {
+            if let Some(lane) = self.lanes.client(token) {
+                lane.lock().taken_from_channel();
+            }
             let reason = format!(
                 "{} bytes of replies unread (max {CLIENT_QUEUE_BYTES_MAX})",
                 conn.out.queued_bytes
@@ -1031,7 +1060,7 @@ impl EventLoop {
         }
         self.scratch.clear();
         reply.encode(&mut self.scratch);
-        self.queue_scratch(token, FrameType::ClientReply);
+        self.queue_scratch_after(token, FrameType::ClientReply, true);
     }
 
     fn flush_dirty(&mut self) {
@@ -1050,13 +1079,16 @@ impl EventLoop {
             match conn.out.write_to(&mut conn.stream, &mut self.stats) {
                 Ok(would_block) => {
                     conn.writable = !would_block;
-                    if let ConnKind::Peer(PeerState::Established(id)) = conn.kind {
-                        if conn.out.is_empty() {
-                            if let Some(lane) = self.lanes.get(id) {
-                                let mut state = lane.lock();
-                                // A spill not yet taken keeps later direct writes behind it.
-                                state.loop_queued = !state.spill.is_empty();
-                            }
+                    if conn.out.is_empty() {
+                        let lane = match conn.kind {
+                            ConnKind::Peer(PeerState::Established(id)) => self.lanes.get(id),
+                            ConnKind::Client(_) => self.lanes.client(token),
+                            ConnKind::Peer(_) => None,
+                        };
+                        if let Some(lane) = lane {
+                            let mut state = lane.lock();
+                            // A spill not yet taken keeps later direct writes behind it.
+                            state.loop_queued = !state.spill.is_empty();
                         }
                     }
                     conn.stalled_since = match conn.stalled_since {
@@ -1089,10 +1121,14 @@ impl EventLoop {
         };
         conn.stream.close_notify();
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        if let ConnKind::Peer(PeerState::Established(id)) = &conn.kind {
-            if let Some(lane) = self.lanes.get(*id) {
-                lane.lock().detach(token);
+        match &conn.kind {
+            ConnKind::Peer(PeerState::Established(id)) => {
+                if let Some(lane) = self.lanes.get(*id) {
+                    lane.lock().detach(token);
+                }
             }
+            ConnKind::Client(_) => self.lanes.detach_client(token),
+            ConnKind::Peer(_) => {}
         }
         let (what, peer_id) = match &conn.kind {
             ConnKind::Peer(PeerState::Established(id)) => ("peer", Some(*id)),

@@ -1,12 +1,14 @@
-//! Direct sends to peers: a stage thread (storage with a follower's acks, consensus with a
-//! leader's appends) writes a Raft frame straight into the peer's socket, instead of queueing it
-//! for the network thread and waking it, whenever nothing for that peer is queued ahead of it.
-//! On a small machine every wake-up of a sleeping thread costs tens of microseconds, and a
-//! commit crosses two such hand-offs to the network thread (`docs/BENCHMARKS.md`).
+//! Direct sends: a stage thread (storage with a follower's acks, consensus with a leader's
+//! appends, apply with a client's replies) writes a frame straight into the socket, instead of
+//! queueing it for the network thread and waking it, whenever nothing for that connection is
+//! queued ahead of it. On a small machine every wake-up of a sleeping thread costs tens of
+//! microseconds, and a commit crosses three such hand-offs to the network thread
+//! (`docs/BENCHMARKS.md`).
 //!
-//! One [`Lane`] per configured peer holds a duplicate of the established connection's socket
-//! (plain TCP only: a TLS connection's state belongs to the network thread) and what decides
-//! whether a direct write keeps the per-peer order:
+//! One [`Lane`] per configured peer, and one per greeted native-protocol client connection,
+//! holds a duplicate of the connection's socket (plain TCP only: a TLS connection's state
+//! belongs to the network thread; RESP clients keep their replies in the loop, which orders them
+//! with its own) and what decides whether a direct write keeps the connection's order:
 //! - `ahead`: messages for the peer routed through the handles' channel and not yet queued by
 //!   the loop;
 //! - `loop_queued`: the loop's output queue for the connection holds bytes (or a spill does).
@@ -27,15 +29,18 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use mio::Token;
 
+use super::client_msg::ClientReply;
 use super::frame::{frame_header, FrameType, FRAME_HEADER_BYTES};
 use super::peer_msg::{encode_message_parts, BodyPart};
 use crate::raft::Message;
 use crate::types::NodeId;
 
-/// Every peer's lane, shared by the handles and the loop.
+/// Every peer's and native client's lane, shared by the handles and the loop.
 #[derive(Default)]
 pub(super) struct Lanes {
     by_peer: RwLock<HashMap<NodeId, Arc<Lane>>>,
+    /// Greeted plain-TCP native clients, by connection token.
+    by_client: RwLock<HashMap<Token, Arc<Lane>>>,
     /// Set when a direct write left a tail in some lane's spill (the loop looks).
     pub(super) spilled: AtomicBool,
     /// Frames, bytes and write calls of direct sends (added to the loop's counters).
@@ -44,10 +49,13 @@ pub(super) struct Lanes {
     pub(super) writes: AtomicU64,
 }
 
-/// One peer's lane.
+/// One connection's lane.
 #[derive(Default)]
 pub(super) struct Lane {
     state: Mutex<LaneState>,
+    /// A client lane's replies written directly, not yet taken off the loop's count of replies
+    /// the client awaits.
+    answered: AtomicU64,
 }
 
 /// See the module header.
@@ -99,9 +107,37 @@ impl Lanes {
     }
 
     /// Every lane, for the loop's spill check.
-    pub(super) fn all(&self) -> Vec<(NodeId, Arc<Lane>)> {
-        let lanes = self.by_peer.read().expect("lanes lock");
-        lanes.iter().map(|(id, lane)| (*id, lane.clone())).collect()
+    pub(super) fn all(&self) -> Vec<Arc<Lane>> {
+        let peers = self.by_peer.read().expect("lanes lock");
+        let clients = self.by_client.read().expect("lanes lock");
+        peers.values().chain(clients.values()).cloned().collect()
+    }
+
+    /// Gives the greeted native client `token` a lane on its (plain TCP) socket.
+    pub(super) fn attach_client(&self, token: Token, socket: &mio::net::TcpStream, queued: bool) {
+        let lane = Arc::new(Lane::default());
+        lane.lock().attach(token, socket, queued);
+        self.by_client
+            .write()
+            .expect("lanes lock")
+            .insert(token, lane);
+    }
+
+    /// The client connection `token` closed: its lane goes (and with it the socket duplicate).
+    pub(super) fn detach_client(&self, token: Token) {
+        let lane = self.by_client.write().expect("lanes lock").remove(&token);
+        if let Some(lane) = lane {
+            lane.lock().detach(token);
+        }
+    }
+
+    /// The lane of client connection `token`, if it has one.
+    pub(super) fn client(&self, token: Token) -> Option<Arc<Lane>> {
+        self.by_client
+            .read()
+            .expect("lanes lock")
+            .get(&token)
+            .cloned()
     }
 
     /// Writes `message` straight into its peer's socket when nothing is ahead of it there;
@@ -112,7 +148,7 @@ impl Lanes {
             return Route::Channel;
         };
         let mut state = lane.lock();
-        if state.socket.is_none() || state.loop_queued || state.ahead > 0 {
+        if !state.free() {
             state.ahead += 1;
             return Route::Channel;
         }
@@ -126,15 +162,69 @@ impl Lanes {
                 BodyPart::Shared(bytes) => &bytes[..],
             })
             .collect();
+        self.write_frame(&mut state, FrameType::Raft, &slices, max_frame_bytes)
+    }
+
+    /// [`Lanes::route`] for replies to one native client connection: all written straight into
+    /// its socket, in one write, when `direct` allows it, the connection has a lane and nothing
+    /// is ahead of them there; otherwise all counted ahead, to be queued.
+    pub(super) fn route_replies(
+        &self,
+        token: Token,
+        replies: &[ClientReply],
+        direct: bool,
+        max_frame_bytes: u32,
+    ) -> Route {
+        let Some(lane) = self.client(token) else {
+            return Route::Channel;
+        };
+        let mut state = lane.lock();
+        if !direct || !state.free() {
+            state.ahead += replies.len();
+            return Route::Channel;
+        }
+        let mut frames = Vec::new();
+        let mut body = Vec::new();
+        for reply in replies {
+            body.clear();
+            reply.encode(&mut body);
+            if body.len() + FRAME_HEADER_BYTES > max_frame_bytes as usize {
+                // The loop drops it with a warning; it and the rest go through the channel.
+                state.ahead += replies.len();
+                return Route::Channel;
+            }
+            frames.extend_from_slice(&frame_header(FrameType::ClientReply, [&body[..]]));
+            frames.extend_from_slice(&body);
+        }
+        let spilled = state.write(&[&frames], self);
+        if spilled {
+            self.spilled.store(true, Ordering::Release);
+        }
+        self.frames
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        lane.answered
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        Route::Direct { spilled }
+    }
+
+    /// Writes one frame of `ty` with body `slices` through `state`'s socket, or counts it
+    /// ahead and says to queue it when it exceeds `max_frame_bytes` (the loop deals with it).
+    fn write_frame(
+        &self,
+        state: &mut LaneState,
+        ty: FrameType,
+        slices: &[&[u8]],
+        max_frame_bytes: u32,
+    ) -> Route {
         let body: usize = slices.iter().map(|slice| slice.len()).sum();
         if body + FRAME_HEADER_BYTES > max_frame_bytes as usize {
             state.ahead += 1;
             return Route::Channel;
         }
-        let header = frame_header(FrameType::Raft, slices.iter().copied());
+        let header = frame_header(ty, slices.iter().copied());
         let mut pieces = Vec::with_capacity(slices.len() + 1);
         pieces.push(&header[..]);
-        pieces.extend(slices);
+        pieces.extend_from_slice(slices);
         let spilled = state.write(&pieces, self);
         if spilled {
             self.spilled.store(true, Ordering::Release);
@@ -148,9 +238,24 @@ impl Lane {
     pub(super) fn lock(&self) -> MutexGuard<'_, LaneState> {
         self.state.lock().expect("lane lock")
     }
+
+    /// Replies written directly since the last call (a client lane).
+    pub(super) fn take_answered(&self) -> u64 {
+        self.answered.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl LaneState {
+    /// Whether a direct write now keeps the connection's order.
+    fn free(&self) -> bool {
+        self.socket.is_some() && !self.loop_queued && self.ahead == 0
+    }
+
+    /// The connection the lane writes to, if attached.
+    pub(super) fn token(&self) -> Option<Token> {
+        self.socket.as_ref().map(|(token, _)| *token)
+    }
+
     /// The loop established `token` as the connection to this peer (`queued`: whether its
     /// output queue holds bytes). Only plain TCP connections get a socket here.
     pub(super) fn attach(&mut self, token: Token, socket: &mio::net::TcpStream, queued: bool) {

@@ -96,13 +96,20 @@ impl EventLoop {
         let interval = limits.sweep_interval().expect("a sweep is scheduled");
         self.next_sweep = Some(now + interval);
         let mut expired = Vec::new();
-        for (&token, conn) in &self.conns {
+        for (&token, conn) in &mut self.conns {
             let ConnKind::Client(protocol) = &conn.kind else {
                 continue;
             };
             let waiting = match protocol {
                 ClientProtocol::Resp(resp) => !resp.is_idle(),
-                ClientProtocol::Native { .. } => conn.native_awaiting > 0,
+                ClientProtocol::Native { .. } => {
+                    // Replies written directly (`net/lane.rs`) come off the count here.
+                    if let Some(lane) = self.lanes.client(token) {
+                        let answered = lane.take_answered() as usize;
+                        conn.native_awaiting = conn.native_awaiting.saturating_sub(answered);
+                    }
+                    conn.native_awaiting > 0
+                }
                 // The handshake timeout covers a client that never spoke.
                 ClientProtocol::Undetected => continue,
             };

@@ -348,6 +348,10 @@ impl EventLoop {
         match refusal {
             None => {
                 conn.kind = ConnKind::Client(ClientProtocol::Native { greeted: true });
+                // Direct replies (plain TCP only: TLS state belongs to this thread).
+                if let ConnStream::Plain(tcp) = &conn.stream {
+                    self.lanes.attach_client(token, tcp, !conn.out.is_empty());
+                }
             }
             Some(message) => {
                 if !logged {
