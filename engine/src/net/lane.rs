@@ -162,7 +162,16 @@ impl Lanes {
                 BodyPart::Shared(bytes) => &bytes[..],
             })
             .collect();
-        self.write_frame(&mut state, FrameType::Raft, &slices, max_frame_bytes)
+        let body: usize = slices.iter().map(|slice| slice.len()).sum();
+        if body + FRAME_HEADER_BYTES > max_frame_bytes as usize {
+            state.ahead += 1;
+            return Route::Channel;
+        }
+        let header = frame_header(FrameType::Raft, slices.iter().copied());
+        let mut pieces = Vec::with_capacity(slices.len() + 1);
+        pieces.push(&header[..]);
+        pieces.extend(slices);
+        self.write_frames(&mut state, &pieces, 1)
     }
 
     /// [`Lanes::route`] for replies to one native client connection: all written straight into
@@ -196,40 +205,19 @@ impl Lanes {
             frames.extend_from_slice(&frame_header(FrameType::ClientReply, [&body[..]]));
             frames.extend_from_slice(&body);
         }
-        let spilled = state.write(&[&frames], self);
-        if spilled {
-            self.spilled.store(true, Ordering::Release);
-        }
-        self.frames
-            .fetch_add(replies.len() as u64, Ordering::Relaxed);
         lane.answered
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
-        Route::Direct { spilled }
+        self.write_frames(&mut state, &[&frames], replies.len() as u64)
     }
 
-    /// Writes one frame of `ty` with body `slices` through `state`'s socket, or counts it
-    /// ahead and says to queue it when it exceeds `max_frame_bytes` (the loop deals with it).
-    fn write_frame(
-        &self,
-        state: &mut LaneState,
-        ty: FrameType,
-        slices: &[&[u8]],
-        max_frame_bytes: u32,
-    ) -> Route {
-        let body: usize = slices.iter().map(|slice| slice.len()).sum();
-        if body + FRAME_HEADER_BYTES > max_frame_bytes as usize {
-            state.ahead += 1;
-            return Route::Channel;
-        }
-        let header = frame_header(ty, slices.iter().copied());
-        let mut pieces = Vec::with_capacity(slices.len() + 1);
-        pieces.push(&header[..]);
-        pieces.extend_from_slice(slices);
-        let spilled = state.write(&pieces, self);
+    /// Writes `pieces` (`frames` whole frames) through `state`'s socket, flagging a spill for
+    /// the loop.
+    fn write_frames(&self, state: &mut LaneState, pieces: &[&[u8]], frames: u64) -> Route {
+        let spilled = state.write(pieces, self);
         if spilled {
             self.spilled.store(true, Ordering::Release);
         }
-        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(frames, Ordering::Relaxed);
         Route::Direct { spilled }
     }
 }
