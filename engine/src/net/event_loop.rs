@@ -1035,9 +1035,7 @@ impl EventLoop {
             return;
         };
         if conn.closing {
-            if let Some(lane) = self.lanes.client(token) {
-                lane.lock().taken_from_channel();
-            }
+            self.channel_reply_dropped(token);
             return;
         }
         match conn.kind {
@@ -1048,19 +1046,25 @@ impl EventLoop {
         let conn = self.conns.get_mut(&token).expect("live connection");
         conn.native_awaiting = conn.native_awaiting.saturating_sub(1);
         if conn.out.queued_bytes > CLIENT_QUEUE_BYTES_MAX {
-            if let Some(lane) = self.lanes.client(token) {
-                lane.lock().taken_from_channel();
-            }
             let reason = format!(
                 "{} bytes of replies unread (max {CLIENT_QUEUE_BYTES_MAX})",
                 conn.out.queued_bytes
             );
+            self.channel_reply_dropped(token);
             self.close(token, CloseReason::Gone(reason));
             return;
         }
         self.scratch.clear();
         reply.encode(&mut self.scratch);
         self.queue_scratch_after(token, FrameType::ClientReply, true);
+    }
+
+    /// A reply a handle routed through the channel is dropped, not queued: it is no longer
+    /// ahead of later direct writes on the client's lane.
+    fn channel_reply_dropped(&self, token: Token) {
+        if let Some(lane) = self.lanes.client(token) {
+            lane.lock().taken_from_channel();
+        }
     }
 
     fn flush_dirty(&mut self) {
@@ -1082,8 +1086,11 @@ impl EventLoop {
                     if conn.out.is_empty() {
                         let lane = match conn.kind {
                             ConnKind::Peer(PeerState::Established(id)) => self.lanes.get(id),
-                            ConnKind::Client(_) => self.lanes.client(token),
-                            ConnKind::Peer(_) => None,
+                            // Only greeted native clients have lanes (`net/lane.rs`).
+                            ConnKind::Client(ClientProtocol::Native { greeted: true }) => {
+                                self.lanes.client(token)
+                            }
+                            ConnKind::Client(_) | ConnKind::Peer(_) => None,
                         };
                         if let Some(lane) = lane {
                             let mut state = lane.lock();
