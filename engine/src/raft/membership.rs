@@ -4,33 +4,58 @@
 //! Guarantees: a decoded membership has no node id 0 and no node both voter and learner; a
 //! change is applied to a membership only if it is valid for it ([`Membership::apply`]).
 //!
+//! A membership may also carry members' addresses ([`MemberAddr`]: replication port and client
+//! port), so that a node added at run time can be reached by everyone, and a restarted node
+//! finds the current members in its own log rather than in its (possibly older) configuration.
+//!
 //! # Encoding (little-endian)
-//! `u8 version (1)`, `u32 voter count`, voter ids as `u64`, `u32 learner count`, learner ids as
+//! `u8 version`, `u32 voter count`, voter ids as `u64`, `u32 learner count`, learner ids as
 //! `u64`, ids ascending. Voters {1, 2} and learner {3} encode to 1 + 4 + 16 + 4 + 8 = 33 bytes.
+//! That is version 1, written when no address is known. Version 2 (written when at least one is)
+//! continues with `u32 address count` and, per entry, in ascending id order, `u64 id` (a member),
+//! the peer address and the client address. An address is `u8 family` (4 or 6; 0 for "none",
+//! allowed only for the client address), then 4 or 16 IP bytes and a `u16` port.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::types::NodeId;
 
-const VERSION: u8 = 1;
+/// Encoding version without addresses.
+const VERSION_IDS: u8 = 1;
+/// Encoding version with addresses.
+const VERSION_ADDRS: u8 = 2;
 
-/// The voters and learners of a cluster.
+/// Where a member listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemberAddr {
+    /// The replication (peer) port.
+    pub peer: SocketAddr,
+    /// The client port, if the member serves clients.
+    pub client: Option<SocketAddr>,
+}
+
+/// The voters and learners of a cluster, and the addresses known for them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Membership {
     /// Nodes that vote and count for commit and quorum.
     pub voters: BTreeSet<NodeId>,
     /// Nodes that receive the log but neither vote nor count.
     pub learners: BTreeSet<NodeId>,
+    /// Addresses of members (only members; possibly not all of them, e.g. in a membership
+    /// written before addresses were recorded).
+    pub addrs: BTreeMap<NodeId, MemberAddr>,
 }
 
 /// One membership change; a leader accepts one at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MembershipChange {
-    /// Start replicating to a new non-voting node.
-    AddLearner(NodeId),
+    /// Start replicating to a new non-voting node, reachable at the address (which every member
+    /// learns when the change is appended; `None` leaves it to each node's configuration).
+    AddLearner(NodeId, Option<MemberAddr>),
     /// Make a caught-up learner a voter.
     Promote(NodeId),
     /// Remove a voter or a learner.
@@ -50,6 +75,10 @@ pub enum MembershipError {
     ZeroNodeId,
     /// Ids are not strictly ascending.
     NotSorted,
+    /// An address names a node that is not a member.
+    AddrOfNonMember(NodeId),
+    /// An address's family byte is not 4 or 6 (or 0 where no address is allowed).
+    AddrFamily(u8),
     /// A node is both voter and learner.
     VoterAndLearner(NodeId),
     /// The change names a node that is already a member.
@@ -70,6 +99,10 @@ impl fmt::Display for MembershipError {
             MembershipError::TrailingBytes(n) => write!(f, "{n} bytes after the membership"),
             MembershipError::ZeroNodeId => write!(f, "node id 0 in a membership"),
             MembershipError::NotSorted => write!(f, "membership ids are not ascending"),
+            MembershipError::AddrOfNonMember(id) => write!(f, "an address of non-member {id}"),
+            MembershipError::AddrFamily(family) => {
+                write!(f, "unknown address family {family} in a membership")
+            }
             MembershipError::VoterAndLearner(id) => write!(f, "{id} is both voter and learner"),
             MembershipError::AlreadyMember(id) => write!(f, "{id} is already a member"),
             MembershipError::NotALearner(id) => write!(f, "{id} is not a learner"),
@@ -87,6 +120,17 @@ impl Membership {
         Membership {
             voters: voters.into_iter().collect(),
             learners: BTreeSet::new(),
+            addrs: BTreeMap::new(),
+        }
+    }
+
+    /// A membership of the given voters and their addresses, and no learners.
+    pub fn with_voter_addrs(voters: impl IntoIterator<Item = (NodeId, MemberAddr)>) -> Membership {
+        let addrs: BTreeMap<NodeId, MemberAddr> = voters.into_iter().collect();
+        Membership {
+            voters: addrs.keys().copied().collect(),
+            learners: BTreeSet::new(),
+            addrs,
         }
     }
 
@@ -117,7 +161,7 @@ impl Membership {
     pub fn apply(&self, change: MembershipChange) -> Result<Membership, MembershipError> {
         let mut next = self.clone();
         match change {
-            MembershipChange::AddLearner(id) => {
+            MembershipChange::AddLearner(id, addr) => {
                 if id == NodeId::ZERO {
                     return Err(MembershipError::ZeroNodeId);
                 }
@@ -125,6 +169,9 @@ impl Membership {
                     return Err(MembershipError::AlreadyMember(id));
                 }
                 next.learners.insert(id);
+                if let Some(addr) = addr {
+                    next.addrs.insert(id, addr);
+                }
             }
             MembershipChange::Promote(id) => {
                 if !next.learners.remove(&id) {
@@ -140,6 +187,7 @@ impl Membership {
                 } else if !next.learners.remove(&id) {
                     return Err(MembershipError::NotAMember(id));
                 }
+                next.addrs.remove(&id);
             }
         }
         Ok(next)
@@ -147,13 +195,26 @@ impl Membership {
 
     /// The encoding described in the module docs.
     pub fn encode(&self) -> Bytes {
-        let mut out =
-            BytesMut::with_capacity(1 + 8 + 8 * (self.voters.len() + self.learners.len()));
-        out.put_u8(VERSION);
+        debug_assert!(self.addrs.keys().all(|&id| self.contains(id)));
+        let members = self.voters.len() + self.learners.len();
+        let mut out = BytesMut::with_capacity(1 + 12 + 8 * members + 48 * self.addrs.len());
+        out.put_u8(if self.addrs.is_empty() {
+            VERSION_IDS
+        } else {
+            VERSION_ADDRS
+        });
         for set in [&self.voters, &self.learners] {
             out.put_u32_le(set.len() as u32);
             for id in set {
                 out.put_u64_le(id.get());
+            }
+        }
+        if !self.addrs.is_empty() {
+            out.put_u32_le(self.addrs.len() as u32);
+            for (id, addr) in &self.addrs {
+                out.put_u64_le(id.get());
+                put_addr(&mut out, Some(addr.peer));
+                put_addr(&mut out, addr.client);
             }
         }
         out.freeze()
@@ -163,20 +224,71 @@ impl Membership {
     pub fn decode(bytes: &[u8]) -> Result<Membership, MembershipError> {
         let mut rest = bytes;
         let version = *rest.first().ok_or(MembershipError::Truncated)?;
-        if version != VERSION {
+        if version != VERSION_IDS && version != VERSION_ADDRS {
             return Err(MembershipError::Version(version));
         }
         rest = &rest[1..];
         let voters = decode_set(&mut rest)?;
         let learners = decode_set(&mut rest)?;
-        if !rest.is_empty() {
-            return Err(MembershipError::TrailingBytes(rest.len()));
-        }
         if let Some(both) = voters.intersection(&learners).next() {
             return Err(MembershipError::VoterAndLearner(*both));
         }
-        Ok(Membership { voters, learners })
+        let mut membership = Membership {
+            voters,
+            learners,
+            addrs: BTreeMap::new(),
+        };
+        if version == VERSION_ADDRS {
+            let count = u32::from_le_bytes(take::<4>(&mut rest)?) as usize;
+            let mut previous = 0u64;
+            for _ in 0..count {
+                let id = u64::from_le_bytes(take::<8>(&mut rest)?);
+                if id <= previous {
+                    return Err(MembershipError::NotSorted);
+                }
+                previous = id;
+                if !membership.contains(NodeId(id)) {
+                    return Err(MembershipError::AddrOfNonMember(NodeId(id)));
+                }
+                let peer = take_addr(&mut rest)?.ok_or(MembershipError::AddrFamily(0))?;
+                let client = take_addr(&mut rest)?;
+                membership
+                    .addrs
+                    .insert(NodeId(id), MemberAddr { peer, client });
+            }
+        }
+        if !rest.is_empty() {
+            return Err(MembershipError::TrailingBytes(rest.len()));
+        }
+        Ok(membership)
     }
+}
+
+fn put_addr(out: &mut BytesMut, addr: Option<SocketAddr>) {
+    match addr {
+        None => out.put_u8(0),
+        Some(SocketAddr::V4(v4)) => {
+            out.put_u8(4);
+            out.put_slice(&v4.ip().octets());
+            out.put_u16_le(v4.port());
+        }
+        Some(SocketAddr::V6(v6)) => {
+            out.put_u8(6);
+            out.put_slice(&v6.ip().octets());
+            out.put_u16_le(v6.port());
+        }
+    }
+}
+
+fn take_addr(rest: &mut &[u8]) -> Result<Option<SocketAddr>, MembershipError> {
+    let ip = match take::<1>(rest)?[0] {
+        0 => return Ok(None),
+        4 => IpAddr::V4(Ipv4Addr::from(take::<4>(rest)?)),
+        6 => IpAddr::V6(Ipv6Addr::from(take::<16>(rest)?)),
+        other => return Err(MembershipError::AddrFamily(other)),
+    };
+    let port = u16::from_le_bytes(take::<2>(rest)?);
+    Ok(Some(SocketAddr::new(ip, port)))
 }
 
 fn take<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N], MembershipError> {
@@ -220,14 +332,66 @@ mod tests {
 
     #[test]
     fn encoding_is_as_documented() {
-        let membership = Membership {
+        let mut membership = Membership {
             voters: ids(&[1, 2]),
             learners: ids(&[3]),
+            addrs: BTreeMap::new(),
         };
         let bytes = membership.encode();
         assert_eq!(bytes.len(), 33);
         assert_eq!(&bytes[..5], &[1, 2, 0, 0, 0]);
+        assert_eq!(Membership::decode(&bytes), Ok(membership.clone()));
+        // With addresses: version 2; 4 + 8 + (1 + 4 + 2) + 1 for node 3 (IPv4, no client port).
+        membership.addrs.insert(
+            NodeId(3),
+            MemberAddr {
+                peer: "10.0.0.3:7003".parse().unwrap(),
+                client: None,
+            },
+        );
+        let bytes = membership.encode();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(bytes.len(), 33 + 4 + 8 + 7 + 1);
+        assert_eq!(&bytes[45..52], &[4, 10, 0, 0, 3, 0x5b, 0x1b]);
         assert_eq!(Membership::decode(&bytes), Ok(membership));
+    }
+
+    #[test]
+    fn addresses_follow_the_changes_and_must_name_members() {
+        let addr = |port: u16| MemberAddr {
+            peer: SocketAddr::from(([127, 0, 0, 1], port)),
+            client: Some(SocketAddr::from((Ipv6Addr::LOCALHOST, port + 1))),
+        };
+        let base = Membership::with_voter_addrs([(NodeId(1), addr(7001)), (NodeId(2), addr(7002))]);
+        let added = base
+            .apply(MembershipChange::AddLearner(NodeId(3), Some(addr(7003))))
+            .unwrap();
+        assert_eq!(added.addrs.get(&NodeId(3)), Some(&addr(7003)));
+        assert_eq!(Membership::decode(&added.encode()), Ok(added.clone()));
+        let removed = added.apply(MembershipChange::Remove(NodeId(1))).unwrap();
+        assert!(!removed.addrs.contains_key(&NodeId(1)));
+        // An address of a node that is not a member is refused: voter 2, no learner, an
+        // address for node 1.
+        let mut stray = vec![2];
+        stray.extend_from_slice(&1u32.to_le_bytes());
+        stray.extend_from_slice(&2u64.to_le_bytes());
+        stray.extend_from_slice(&0u32.to_le_bytes());
+        stray.extend_from_slice(&1u32.to_le_bytes());
+        stray.extend_from_slice(&1u64.to_le_bytes());
+        stray.extend_from_slice(&[4, 127, 0, 0, 1, 0x59, 0x1b, 0]);
+        assert_eq!(
+            Membership::decode(&stray),
+            Err(MembershipError::AddrOfNonMember(NodeId(1)))
+        );
+        stray[21..29].copy_from_slice(&2u64.to_le_bytes());
+        assert!(Membership::decode(&stray).is_ok());
+        // An unknown family byte is refused (voter 2, learner 3, then node 2's peer address).
+        let mut bytes = removed.encode().to_vec();
+        bytes[1 + 4 + 8 + 4 + 8 + 4 + 8] = 5;
+        assert_eq!(
+            Membership::decode(&bytes),
+            Err(MembershipError::AddrFamily(5))
+        );
     }
 
     #[test]
@@ -253,10 +417,12 @@ mod tests {
     #[test]
     fn changes_apply_one_at_a_time() {
         let base = Membership::with_voters([NodeId(1), NodeId(2)]);
-        let added = base.apply(MembershipChange::AddLearner(NodeId(3))).unwrap();
+        let added = base
+            .apply(MembershipChange::AddLearner(NodeId(3), None))
+            .unwrap();
         assert_eq!(added.learners, ids(&[3]));
         assert_eq!(
-            added.apply(MembershipChange::AddLearner(NodeId(2))),
+            added.apply(MembershipChange::AddLearner(NodeId(2), None)),
             Err(MembershipError::AlreadyMember(NodeId(2)))
         );
         let promoted = added.apply(MembershipChange::Promote(NodeId(3))).unwrap();
@@ -278,14 +444,24 @@ mod tests {
     proptest! {
         #[test]
         fn encode_decode_roundtrip(voters in proptest::collection::btree_set(1u64..50, 0..8),
-                                   learners in proptest::collection::btree_set(50u64..100, 0..8)) {
-            let membership = Membership { voters: ids(&voters.into_iter().collect::<Vec<_>>()),
-                                          learners: ids(&learners.into_iter().collect::<Vec<_>>()) };
+                                   learners in proptest::collection::btree_set(50u64..100, 0..8),
+                                   ports in proptest::collection::vec(any::<(u16, bool, bool)>(), 16)) {
+            let voters = ids(&voters.into_iter().collect::<Vec<_>>());
+            let learners = ids(&learners.into_iter().collect::<Vec<_>>());
+            let addrs = voters.iter().chain(&learners).zip(&ports)
+                .filter(|(_, (_, named, _))| *named)
+                .map(|(&id, &(port, _, v6))| {
+                    let ip: IpAddr = if v6 { Ipv6Addr::LOCALHOST.into() } else { Ipv4Addr::LOCALHOST.into() };
+                    (id, MemberAddr { peer: SocketAddr::new(ip, port),
+                                      client: v6.then(|| SocketAddr::new(ip, port ^ 1)) })
+                })
+                .collect();
+            let membership = Membership { voters, learners, addrs };
             prop_assert_eq!(Membership::decode(&membership.encode()), Ok(membership.clone()));
         }
 
         #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = Membership::decode(&bytes);
         }
     }

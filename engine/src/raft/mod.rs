@@ -20,7 +20,7 @@ mod status;
 pub use self::config::InjectedBug;
 pub use self::config::{Config, ConfigError, ReadMode};
 pub use self::core::Raft;
-pub use self::membership::{Membership, MembershipChange, MembershipError};
+pub use self::membership::{MemberAddr, Membership, MembershipChange, MembershipError};
 pub use self::message::{Message, MessageBody};
 pub use self::ready::{
     HardState, ReadId, ReadReady, Ready, Restored, Role, SnapshotMeta, SoftState, StorageWrite,

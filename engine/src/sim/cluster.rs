@@ -1021,7 +1021,9 @@ impl Cluster {
         let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
         let members: Vec<NodeId> = membership.members().collect();
         let change = match self.rng.below(3) {
-            0 if !outsiders.is_empty() => MembershipChange::AddLearner(*self.rng.pick(&outsiders)),
+            0 if !outsiders.is_empty() => {
+                MembershipChange::AddLearner(*self.rng.pick(&outsiders), None)
+            }
             1 if !learners.is_empty() => MembershipChange::Promote(*self.rng.pick(&learners)),
             _ if members.len() > 1 => MembershipChange::Remove(*self.rng.pick(&members)),
             _ => return Ok(()),

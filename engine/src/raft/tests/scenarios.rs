@@ -691,12 +691,12 @@ fn add_learner_then_promote_then_remove_the_leader() {
     ));
     let index = cluster
         .raft(1)
-        .propose_membership(MembershipChange::AddLearner(NodeId(4)))
+        .propose_membership(MembershipChange::AddLearner(NodeId(4), None))
         .unwrap();
     assert_eq!(
         cluster
             .raft(1)
-            .propose_membership(MembershipChange::AddLearner(NodeId(5))),
+            .propose_membership(MembershipChange::AddLearner(NodeId(5), None)),
         Err(ProposeError::MembershipChangePending { index })
     );
     cluster.stabilize();
@@ -718,7 +718,7 @@ fn add_learner_then_promote_then_remove_the_leader() {
     cluster.isolate(5);
     cluster
         .raft(1)
-        .propose_membership(MembershipChange::AddLearner(NodeId(5)))
+        .propose_membership(MembershipChange::AddLearner(NodeId(5), None))
         .unwrap();
     cluster.stabilize();
     cluster.propose(1, 2000);
