@@ -108,6 +108,7 @@ impl JournalNode {
             log_level: None,
             log_format: None,
             members: vec![member.clone()],
+            join: false,
             tuning: Default::default(),
             security: Default::default(),
             limits: Default::default(),

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use lockstep::node::PeerConfig;
 use lockstep::raft::MembershipChange;
-use lockstep::types::NodeId;
+use lockstep::types::{LogIndex, NodeId};
 use lockstep::{Node, NodeError};
 use node_common::{wait_for, wait_leader, Kv, TestCluster};
 
@@ -178,37 +179,51 @@ fn large_entries_are_snapshotted_by_bytes_long_before_the_entry_count() {
     }
 }
 
+/// Makes `change` at the current leader, retrying across elections (a retry after an unknown
+/// outcome, or a promotion of a learner still catching up, may be refused: `done_if` says which
+/// refusal means the change was already made). Returns the change's index, if this call made it.
+fn change_membership(
+    cluster: &TestCluster,
+    change: MembershipChange,
+    done_if: &str,
+) -> Option<LogIndex> {
+    let mut retried = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{change:?} never made"
+        );
+        let leader = wait_leader(&cluster.nodes);
+        let outcome = cluster
+            .node(leader)
+            .change_membership(change)
+            .wait_timeout(Duration::from_secs(10));
+        match outcome {
+            Ok(applied) => return Some(applied.index),
+            Err(NodeError::NotLeader { .. } | NodeError::OutcomeUnknown) => retried = true,
+            Err(NodeError::Refused(why)) if retried && why.contains(done_if) => return None,
+            Err(NodeError::Refused(why)) if why.contains("behind") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(other) => panic!("{change:?} failed: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_voter_is_removed_and_the_rest_keep_committing() {
     let mut cluster = start(3, 1 << 20);
     let leader = cluster.propose("a", 100);
     let removed = (leader + 1) % 3;
     let removed_id = NodeId(removed as u64 + 1);
-    // Under CPU starvation leadership may move meanwhile: retry at the current leader (a retry
-    // after an unknown outcome may find the change already made).
-    let mut retried = false;
-    loop {
-        let leader = wait_leader(&cluster.nodes);
-        let outcome = cluster
-            .node(leader)
-            .change_membership(MembershipChange::Remove(removed_id))
-            .wait_timeout(Duration::from_secs(10));
-        match outcome {
-            Ok(applied) => {
-                assert!(applied.index.get() > 100);
-                break;
-            }
-            Err(NodeError::NotLeader { .. } | NodeError::OutcomeUnknown) => retried = true,
-            Err(NodeError::Refused(why)) if retried && why.contains("not a member") => break,
-            Err(other) => panic!("removal failed: {other:?}"),
-        }
+    // Under CPU starvation leadership may move meanwhile.
+    let remove = MembershipChange::Remove(removed_id);
+    if let Some(index) = change_membership(&cluster, remove, "not a member") {
+        assert!(index.get() > 100);
     }
     let leader = wait_leader(&cluster.nodes);
-    match cluster
-        .node(leader)
-        .change_membership(MembershipChange::Remove(removed_id))
-        .wait()
-    {
+    match cluster.node(leader).change_membership(remove).wait() {
         Err(NodeError::Refused(why)) => assert!(why.contains("not a member"), "{why}"),
         Err(NodeError::NotLeader { .. }) => {}
         other => panic!("removing twice: {other:?}"),
@@ -219,6 +234,83 @@ fn a_voter_is_removed_and_the_rest_keep_committing() {
     let status = cluster.node(leader).status();
     assert_eq!(status.peers.len(), 1, "{status:?}");
     cluster.assert_converged();
+}
+
+/// Grows a 3-node cluster by a node that joins at run time (named only by the membership
+/// change), replaces node 1 by it, and restarts everyone with their original configurations:
+/// nodes 2 and 3 were never configured with node 4, so they must find it in their logs.
+fn a_node_joins_replaces_a_voter_and_survives_restarts(snapshot_entries: u64) {
+    let mut cluster = start(3, snapshot_entries);
+    cluster.propose("a", 300);
+    let joiner = PeerConfig {
+        peer_addr: lockstep::net::free_loopback_addrs(1).unwrap()[0],
+        client_addr: None,
+    };
+    let mut members = cluster.members.clone();
+    members.insert(NodeId(4), joiner);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = node_common::config(4, &members, dir.path(), snapshot_entries);
+    cfg.join = true;
+    cluster
+        .nodes
+        .push(Some(Node::start(cfg.clone(), Kv::default()).unwrap()));
+    cluster.dirs.push(dir);
+    cluster.configs.push(cfg);
+    // Before it is added it only waits: no campaign, no term of its own.
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting = cluster.node(3).status();
+    assert_eq!((waiting.role.as_str(), waiting.commit), ("follower", 0));
+
+    change_membership(
+        &cluster,
+        MembershipChange::AddLearner(NodeId(4), Some(joiner)),
+        "already a member",
+    );
+    change_membership(
+        &cluster,
+        MembershipChange::Promote(NodeId(4)),
+        "not a learner",
+    );
+    cluster.propose("b", 100);
+    cluster.assert_converged();
+
+    // Node 4 replaces node 1 (perhaps the leader: it then steps down once the change commits).
+    change_membership(
+        &cluster,
+        MembershipChange::Remove(NodeId(1)),
+        "not a member",
+    );
+    cluster.stop(0);
+    cluster.propose("c", 100);
+    cluster.assert_converged();
+
+    for at in 1..4 {
+        cluster.stop(at);
+    }
+    for at in 1..4 {
+        cluster.restart(at);
+    }
+    let leader = cluster.propose("d", 100);
+    assert_ne!(leader, 0);
+    let status = cluster.node(leader).status();
+    let mut peers: Vec<u64> = status.peers.iter().map(|peer| peer.id).collect();
+    peers.sort_unstable();
+    let expected: Vec<u64> = [2, 3, 4]
+        .into_iter()
+        .filter(|&id| id != leader as u64 + 1)
+        .collect();
+    assert_eq!(peers, expected, "{status:?}");
+    cluster.assert_converged();
+}
+
+#[test]
+fn a_node_joins_through_the_log_replaces_a_voter_and_survives_restarts() {
+    a_node_joins_replaces_a_voter_and_survives_restarts(1 << 20);
+}
+
+#[test]
+fn a_node_joins_through_a_snapshot_replaces_a_voter_and_survives_restarts() {
+    a_node_joins_replaces_a_voter_and_survives_restarts(50);
 }
 
 #[test]

@@ -44,6 +44,12 @@ pub struct Args {
     /// Repeat for every member (this node included); replaces the file's member list.
     #[arg(long = "member", value_name = "ID=PEER/CLIENT", value_parser = MemberConfig::parse)]
     members: Vec<MemberConfig>,
+    /// Start a new data directory as a node joining an existing cluster: it waits, neither
+    /// campaigning nor voting, until the leader adds it (`lockstep member add`). `--member`
+    /// then lists the current members and this node. Ignored once the data directory holds a
+    /// log.
+    #[arg(long)]
+    join: bool,
     /// Serve Prometheus metrics over HTTP on HOST:PORT (`GET /metrics`) [default: off].
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<SocketAddr>,
@@ -222,6 +228,7 @@ impl Args {
                 log_level: None,
                 log_format: None,
                 members: Vec::new(),
+                join: false,
                 tuning: Tuning::default(),
                 security: Default::default(),
                 limits: Default::default(),
@@ -254,6 +261,7 @@ impl Args {
         if !self.members.is_empty() {
             config.members = self.members;
         }
+        config.join |= self.join;
         if self.peer_secret_file.is_some() {
             config.security.peer_secret_file = self.peer_secret_file;
         }

@@ -119,6 +119,7 @@ impl LocalCluster {
                 log_level: None,
                 log_format: None,
                 members: members.clone(),
+                join: false,
                 tuning: spec.tuning.clone(),
                 security: Default::default(),
                 limits: Default::default(),

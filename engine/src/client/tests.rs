@@ -58,6 +58,7 @@ fn try_start_cluster(
                 log_level: None,
                 log_format: None,
                 members: members.clone(),
+                join: false,
                 tuning: Tuning {
                     segment_bytes: 1 << 20,
                     ..Tuning::default()

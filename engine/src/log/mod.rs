@@ -49,7 +49,7 @@ pub mod record;
 pub mod recovery;
 pub mod repair;
 pub mod segment;
-mod small_file;
+pub(crate) mod small_file;
 mod sync;
 
 pub use doorbell::Doorbell;

@@ -28,9 +28,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::batch::{Batch, ENTRY_BYTES_MAX};
 use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle, Transport};
+use crate::node::peers::PeerBook;
 use crate::node::pipeline::{
-    error_reply, ApplyMsg, BatchOutcome, BatchWaiter, ClientAddrs, Feedback, PendingRead, Shared,
-    StorageMsg, Target, ToStorage,
+    error_reply, ApplyMsg, BatchOutcome, BatchWaiter, Feedback, PendingRead, Shared, StorageMsg,
+    Target, ToStorage,
 };
 use crate::node::spin::Spin;
 use crate::node::stats::{InboxProbes, Observed};
@@ -80,7 +81,8 @@ pub(crate) struct ConsensusStage {
     pub to_storage: ToStorage,
     pub to_apply: Sender<ApplyMsg>,
     pub shared: Arc<Shared>,
-    pub client_addrs: ClientAddrs,
+    /// The transport's peers and the members' client addresses, following the membership.
+    peers: PeerBook,
     /// For the network counters in the status.
     transport: Option<Arc<Transport>>,
     /// Entries proposed here and not yet handed to apply, ascending by index.
@@ -120,7 +122,7 @@ impl ConsensusStage {
         to_storage: ToStorage,
         to_apply: Sender<ApplyMsg>,
         shared: Arc<Shared>,
-        client_addrs: ClientAddrs,
+        peers: PeerBook,
         transport: Option<Arc<Transport>>,
         spin: Spin,
     ) -> ConsensusStage {
@@ -133,7 +135,7 @@ impl ConsensusStage {
             to_storage,
             to_apply,
             shared,
-            client_addrs,
+            peers,
             transport,
             pending: VecDeque::new(),
             reads: HashMap::new(),
@@ -226,6 +228,7 @@ impl ConsensusStage {
                     next_tick = now + self.tick;
                 }
             }
+            self.peers.sync(&self.raft, self.net.as_ref());
             if self.raft.has_ready() {
                 let ready = self.raft.ready();
                 if self.perform(ready) == Flow::Stop {
@@ -239,7 +242,7 @@ impl ConsensusStage {
 
     fn leader_addr(&self) -> Option<SocketAddr> {
         self.leader
-            .and_then(|leader| self.client_addrs.get(&leader).copied().flatten())
+            .and_then(|leader| self.peers.client_addr(leader))
     }
 
     fn refusal(&self, error: ProposeError) -> NodeError {
@@ -457,7 +460,7 @@ impl ConsensusStage {
             }
         }
         if let Some(write) = write {
-            if let Some((meta, data)) = &write.snapshot {
+            if let Some((meta, data)) = write.snapshot.as_deref() {
                 self.fail_covered_by_snapshot(meta.index);
                 if self.apply_deferred() == Flow::Stop {
                     return Flow::Stop;

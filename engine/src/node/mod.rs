@@ -3,6 +3,7 @@
 //! [`Node`].
 
 mod consensus;
+mod peers;
 pub(crate) mod pipeline;
 mod spin;
 pub mod start;
@@ -28,19 +29,15 @@ use crate::resp::Frontend;
 use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
-use self::pipeline::{ClientAddrs, Shared, ToStorage};
+use self::peers::PeerBook;
+use self::pipeline::{Shared, ToStorage};
 pub use self::spin::{Spin, SPIN_MAX};
 pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
 
-/// One member of the cluster as the configuration names it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeerConfig {
-    /// Where its peer (replication) port listens.
-    pub peer_addr: SocketAddr,
-    /// Where its client port listens (for redirects), if it has one.
-    pub client_addr: Option<SocketAddr>,
-}
+/// One member of the cluster as the configuration names it: its peer address and client
+/// address (the same type a membership carries).
+pub type PeerConfig = crate::raft::MemberAddr;
 
 /// Everything a node needs to start. [`NodeConfig::new`] gives defaults for the tuning knobs.
 #[derive(Clone, Debug)]
@@ -49,9 +46,17 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// The cluster's id; peers and clients of another cluster are refused.
     pub cluster_id: u64,
-    /// The initial voters (including this node) and their addresses. Used when the data
-    /// directory holds no membership yet.
+    /// The initial voters (including this node) and their addresses: a new data directory
+    /// starts its log with this membership. With `join`, the current members instead (this
+    /// node included, for its own addresses), whose connections the node accepts until its
+    /// log names the members. Once the log holds a membership, its members and the addresses
+    /// it records take precedence (see `docs/RUNTIME.md`, "Membership").
     pub members: BTreeMap<NodeId, PeerConfig>,
+    /// Start a new data directory as a node joining an existing cluster: no membership of its
+    /// own, so it neither campaigns nor votes until the leader (after a
+    /// [`MembershipChange::AddLearner`] naming it) has sent it the log or a snapshot. Ignored
+    /// when the data directory already holds a log or a snapshot.
+    pub join: bool,
     /// Where the log, hard state and snapshots live.
     pub data_dir: PathBuf,
     /// Bind address of the peer port (defaults to this node's `peer_addr`).
@@ -118,6 +123,7 @@ impl NodeConfig {
             id,
             cluster_id,
             members,
+            join: false,
             data_dir,
             peer_listen: None,
             client_listen: None,
@@ -284,14 +290,16 @@ impl Node {
         let (net_sender, net_events) = bounded(capacity);
         let peer_listen = config.peer_listen.unwrap_or(me.peer_addr);
         let client_listen = config.client_listen.or(me.client_addr);
-        let transport = if config.members.len() > 1 || client_listen.is_some() {
+        let peers = PeerBook::new(
+            config.id,
+            &config.members,
+            raft.membership(),
+            raft.membership_epoch(),
+        );
+        let dial = peers.peers();
+        let transport = if !dial.is_empty() || client_listen.is_some() {
             let mut net_config = NetConfig::new(config.cluster_id, config.id, peer_listen);
-            net_config.peers = config
-                .members
-                .iter()
-                .filter(|(&id, _)| id != config.id)
-                .map(|(&id, peer)| (id, peer.peer_addr))
-                .collect();
+            net_config.peers = dial.into_iter().collect();
             net_config.client_listen = client_listen;
             net_config.max_frame_bytes = config.max_frame_bytes;
             net_config.socket_buffer_bytes = config.socket_buffer_bytes;
@@ -356,18 +364,13 @@ impl Node {
             feedback,
             config.spin,
         );
-        let client_addrs: ClientAddrs = config
-            .members
-            .iter()
-            .map(|(&id, peer)| (id, peer.client_addr))
-            .collect();
         let consensus = ConsensusStage::new(
             raft,
             config.tick,
             to_storage,
             to_apply,
             shared.clone(),
-            client_addrs,
+            peers,
             transport.clone(),
             config.spin,
         );
@@ -476,10 +479,15 @@ impl Node {
         }
     }
 
-    /// Adds or removes a member (one at a time); completes when the change is applied.
+    /// Adds, promotes or removes a member (one at a time, on the leader); completes when the
+    /// change is applied.
     ///
-    /// The network learns peer addresses only at start: a node added here must be among the
-    /// configured `members` of every node (with its address) to be reachable.
+    /// Growing the cluster: start the new node with [`NodeConfig::join`] (its `members` the
+    /// current ones plus itself), then [`MembershipChange::AddLearner`] with its address (every
+    /// member connects to it as soon as the change is appended), wait until it has caught up
+    /// ([`Node::status`]: its `match` near the leader's last index), then
+    /// [`MembershipChange::Promote`]; a promotion of a learner that is far behind is refused.
+    /// A node without a network (one member and no client port) cannot add members.
     pub fn change_membership(&self, change: MembershipChange) -> Receipt {
         self.request(|sender| Request::Membership(change, sender))
     }

@@ -19,7 +19,7 @@ use crate::batch::Batch;
 use crate::log::Doorbell;
 use crate::net::{ClientReply, ConnId};
 use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
-use crate::types::{LogIndex, NodeId};
+use crate::types::LogIndex;
 
 use super::consensus::Request;
 use super::{Applied, AppliedBatch, LogCounters, NodeError};
@@ -427,9 +427,6 @@ impl Shared {
         LogIndex(self.applied.load(Ordering::Acquire))
     }
 }
-
-/// The client address of each member, for `NotLeader` redirects.
-pub(crate) type ClientAddrs = std::collections::BTreeMap<NodeId, Option<SocketAddr>>;
 
 #[cfg(test)]
 mod tests {

@@ -15,17 +15,35 @@
 //! the only voter has nobody to fetch from and refuses to start, naming the file, the offset,
 //! the lost index range and what the operator can do; nothing is cut then.
 //!
-//! Layout of the data directory: `log/` (segments and hard state, see `docs/LOG.md`) and
-//! `snapshots/` (see [`crate::apply::snapshot`]).
+//! The first membership: a new data directory (no log directory yet, no snapshot) starts its
+//! log with a membership batch of the configured members and their addresses at index 1, term 0
+//! (every member writes the same one; no leader ever writes term 0, so it cannot be mistaken
+//! for a leader's entry). From then on the membership comes from the node's own log, snapshot
+//! or leader, never again from its configuration. A data directory started with
+//! `NodeConfig::join` gets no such batch and a marker file, `join`, written before the log
+//! exists, so that the node starts with an empty membership (no campaigns, no votes) on this and
+//! every later start, until the leader's log or snapshot names its members. A log made before
+//! the first batch existed (or cut short by a crash before it was durable) falls back to the
+//! configured members as the membership before its first membership batch, as before.
+//!
+//! Layout of the data directory: `log/` (segments and hard state, see `docs/LOG.md`),
+//! `snapshots/` (see [`crate::apply::snapshot`]) and, on a node that joined, `join`.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::apply::snapshot;
-use crate::batch::Batch;
+use crate::batch::{Batch, BatchKind};
 use crate::log::inspect::inspect_for_repair;
+use crate::log::small_file;
 use crate::log::{Log, LogError, OpenReport};
 use crate::raft::{HardState, Membership, Restored, SnapshotMeta};
-use crate::types::{LogIndex, NodeId};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// The marker of a data directory started to join an existing cluster, and its only content.
+const JOIN_MARKER: &str = "join";
+const JOIN_MARKER_BYTES: &[u8] =
+    b"lockstep join marker, format 1: this node joined an existing cluster\n";
 
 use super::{NodeConfig, NodeError};
 
@@ -48,6 +66,16 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
     let snapshot_dir = snapshot_dir(&config.data_dir);
     let snapshot = snapshot::latest(&snapshot_dir).map_err(refuse)?;
     let log_dir = log_dir(&config.data_dir);
+    let new_directory = snapshot.is_none() && !log_dir.exists();
+    if new_directory && config.join {
+        write_join_marker(&config.data_dir)?;
+    } else if config.join {
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "`join` ignored: the data directory already holds a log or a snapshot"
+        );
+    }
+    let joined = read_join_marker(&config.data_dir)?;
     let voters = match &snapshot {
         Some((meta, _)) => meta.membership.voters.clone(),
         None => config.members.keys().copied().collect(),
@@ -58,6 +86,11 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
     }
     if let Some((meta, _)) = &snapshot {
         reconcile(&mut log, meta, &log_dir)?;
+    }
+    let configured =
+        Membership::with_voter_addrs(config.members.iter().map(|(&id, &addr)| (id, addr)));
+    if new_directory && !joined {
+        bootstrap(&mut log, &configured)?;
     }
     let from = match &snapshot {
         Some((meta, _)) => meta.index.next().max(log.first_index()),
@@ -73,11 +106,71 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
         hard_state,
         snapshot,
         batches,
-        initial_membership: Membership::with_voters(config.members.keys().copied()),
+        initial_membership: if joined {
+            Membership::default()
+        } else {
+            configured
+        },
         repair_until: log.repair().map(|repair| repair.until),
         repair_above_term: log.repair().and_then(|repair| repair.above_term),
     };
     Ok((log, restored))
+}
+
+/// Writes the join marker durably (see the module docs), creating the data directory.
+fn write_join_marker(data_dir: &Path) -> Result<(), NodeError> {
+    let context = |error: std::io::Error| {
+        refuse(format!(
+            "cannot create the data directory {}: {error}",
+            data_dir.display()
+        ))
+    };
+    std::fs::create_dir_all(data_dir).map_err(context)?;
+    let dir = File::open(data_dir).map_err(context)?;
+    small_file::replace(
+        data_dir,
+        &dir,
+        JOIN_MARKER,
+        "join.tmp",
+        JOIN_MARKER_BYTES,
+        "join marker",
+    )
+    .map_err(refuse)
+}
+
+/// Whether the data directory holds the join marker; any other content is refused.
+fn read_join_marker(data_dir: &Path) -> Result<bool, NodeError> {
+    match small_file::read(data_dir, JOIN_MARKER).map_err(refuse)? {
+        None => Ok(false),
+        Some(bytes) if bytes == JOIN_MARKER_BYTES => Ok(true),
+        Some(_) => Err(refuse(format!(
+            "{} is not a lockstep join marker (its content was changed); it should read: {}",
+            data_dir.join(JOIN_MARKER).display(),
+            String::from_utf8_lossy(JOIN_MARKER_BYTES).trim_end()
+        ))),
+    }
+}
+
+/// Starts a new log with the configured membership at index 1, term 0 (see the module docs).
+fn bootstrap(log: &mut Log, membership: &Membership) -> Result<(), NodeError> {
+    assert_eq!(
+        (log.first_index(), log.last_index()),
+        (LogIndex(1), LogIndex::ZERO),
+        "only an empty log is bootstrapped"
+    );
+    let batch = Batch::single(
+        Term::ZERO,
+        LogIndex(1),
+        BatchKind::Membership,
+        &membership.encode(),
+    );
+    log.append(&batch).map_err(refuse)?;
+    log.wait_durable().map_err(refuse)?;
+    tracing::info!(
+        voters = ?membership.voters.iter().map(|id| id.get()).collect::<Vec<_>>(),
+        "new data directory: the log starts with the configured members"
+    );
+    Ok(())
 }
 
 /// Opens the log; damage before its tail is cut and repaired from peers when some other voter

@@ -187,7 +187,7 @@ impl StorageStage {
                 .durable_term
                 .store(state.term.get(), Ordering::Release);
         }
-        if let Some((meta, data)) = &snapshot {
+        if let Some((meta, data)) = snapshot.as_deref() {
             snapshot::write(&self.snapshot_dir, meta, data).map_err(|e| e.to_string())?;
             if self.log.term_at(meta.index) == Some(meta.term) {
                 self.log.compact_to(meta.index).map_err(err)?;

@@ -30,12 +30,12 @@ const VERSION_IDS: u8 = 1;
 const VERSION_ADDRS: u8 = 2;
 
 /// Where a member listens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MemberAddr {
     /// The replication (peer) port.
-    pub peer: SocketAddr,
-    /// The client port, if the member serves clients.
-    pub client: Option<SocketAddr>,
+    pub peer_addr: SocketAddr,
+    /// The client port (for redirects), if the member serves clients.
+    pub client_addr: Option<SocketAddr>,
 }
 
 /// The voters and learners of a cluster, and the addresses known for them.
@@ -213,8 +213,8 @@ impl Membership {
             out.put_u32_le(self.addrs.len() as u32);
             for (id, addr) in &self.addrs {
                 out.put_u64_le(id.get());
-                put_addr(&mut out, Some(addr.peer));
-                put_addr(&mut out, addr.client);
+                put_addr(&mut out, Some(addr.peer_addr));
+                put_addr(&mut out, addr.client_addr);
             }
         }
         out.freeze()
@@ -250,11 +250,15 @@ impl Membership {
                 if !membership.contains(NodeId(id)) {
                     return Err(MembershipError::AddrOfNonMember(NodeId(id)));
                 }
-                let peer = take_addr(&mut rest)?.ok_or(MembershipError::AddrFamily(0))?;
-                let client = take_addr(&mut rest)?;
-                membership
-                    .addrs
-                    .insert(NodeId(id), MemberAddr { peer, client });
+                let peer_addr = take_addr(&mut rest)?.ok_or(MembershipError::AddrFamily(0))?;
+                let client_addr = take_addr(&mut rest)?;
+                membership.addrs.insert(
+                    NodeId(id),
+                    MemberAddr {
+                        peer_addr,
+                        client_addr,
+                    },
+                );
             }
         }
         if !rest.is_empty() {
@@ -345,8 +349,8 @@ mod tests {
         membership.addrs.insert(
             NodeId(3),
             MemberAddr {
-                peer: "10.0.0.3:7003".parse().unwrap(),
-                client: None,
+                peer_addr: "10.0.0.3:7003".parse().unwrap(),
+                client_addr: None,
             },
         );
         let bytes = membership.encode();
@@ -359,8 +363,8 @@ mod tests {
     #[test]
     fn addresses_follow_the_changes_and_must_name_members() {
         let addr = |port: u16| MemberAddr {
-            peer: SocketAddr::from(([127, 0, 0, 1], port)),
-            client: Some(SocketAddr::from((Ipv6Addr::LOCALHOST, port + 1))),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            client_addr: Some(SocketAddr::from((Ipv6Addr::LOCALHOST, port + 1))),
         };
         let base = Membership::with_voter_addrs([(NodeId(1), addr(7001)), (NodeId(2), addr(7002))]);
         let added = base
@@ -452,8 +456,8 @@ mod tests {
                 .filter(|(_, (_, named, _))| *named)
                 .map(|(&id, &(port, _, v6))| {
                     let ip: IpAddr = if v6 { Ipv6Addr::LOCALHOST.into() } else { Ipv4Addr::LOCALHOST.into() };
-                    (id, MemberAddr { peer: SocketAddr::new(ip, port),
-                                      client: v6.then(|| SocketAddr::new(ip, port ^ 1)) })
+                    (id, MemberAddr { peer_addr: SocketAddr::new(ip, port),
+                                      client_addr: v6.then(|| SocketAddr::new(ip, port ^ 1)) })
                 })
                 .collect();
             let membership = Membership { voters, learners, addrs };

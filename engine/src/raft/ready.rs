@@ -113,8 +113,9 @@ pub struct StorageWrite {
     pub id: WriteId,
     /// New term / vote.
     pub hard_state: Option<HardState>,
-    /// A snapshot received from the leader, to persist and load into the state machine.
-    pub snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// A snapshot received from the leader, to persist and load into the state machine (boxed:
+    /// rare, and it would otherwise make every write as large as a membership).
+    pub snapshot: Option<Box<(SnapshotMeta, Bytes)>>,
     /// Drop the log from this index on.
     pub truncate_from: Option<LogIndex>,
     /// Batches to append, consecutive.

@@ -325,8 +325,12 @@ pub struct ServerConfig {
     /// Log format, `text` or `json`; none: `LOCKSTEP_LOG_FORMAT`, else `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
-    /// The initial voters (this node included).
+    /// The initial voters (this node included); with `join`, the current members and this node.
     pub members: Vec<MemberConfig>,
+    /// Start a new data directory as a node joining an existing cluster (see
+    /// `NodeConfig::join`); ignored once the data directory holds a log.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Tuning.
     #[serde(default)]
     pub tuning: Tuning,
@@ -559,6 +563,7 @@ impl ServerConfig {
             members,
             self.data_dir.clone(),
         );
+        node.join = self.join;
         node.raft = self.raft_config()?;
         node.tick = Duration::from_millis(tuning.tick_ms);
         node.log = LogOptions {

@@ -1193,7 +1193,7 @@ impl Cluster {
                 (hard_state.term, hard_state.vote),
             )?;
         }
-        if let Some((meta, data)) = &write.snapshot {
+        if let Some((meta, data)) = write.snapshot.as_deref() {
             if is_leader {
                 return violation(
                     Invariant::LeaderAppendOnly,
@@ -1225,7 +1225,7 @@ impl Cluster {
                      ({} after sync)",
                     write.id.0,
                     write.hard_state,
-                    write.snapshot.as_ref().map(|(m, _)| m.index),
+                    write.snapshot.as_deref().map(|(m, _)| m.index),
                     write.truncate_from,
                     write.batches.first().map(|b| b.first_index()),
                     last,
@@ -1236,7 +1236,7 @@ impl Cluster {
         let disk_write = DiskWrite {
             id: write.id.0,
             hard_state: write.hard_state,
-            snapshot: write.snapshot,
+            snapshot: write.snapshot.map(|snapshot| *snapshot),
             truncate_from: write.truncate_from,
             batches: write.batches,
         };

@@ -231,7 +231,7 @@ impl Raft {
         self.on_membership_changed();
         self.commit = self.commit.max(index);
         self.committed_out = self.committed_out.max(index);
-        self.write_mut().snapshot = Some((meta.clone(), data.clone()));
+        self.write_mut().snapshot = Some(Box::new((meta.clone(), data.clone())));
         self.snapshot = Some((meta, data));
         let body = MessageBody::SnapshotResponse {
             index,

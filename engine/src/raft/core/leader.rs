@@ -74,6 +74,7 @@ impl Raft {
     }
 
     pub(super) fn on_membership_changed(&mut self) {
+        self.membership_epoch += 1;
         if self.role == Role::Leader {
             self.rebuild_progress();
         } else if !self.can_campaign() && self.role != Role::Follower {

@@ -115,6 +115,8 @@ pub struct Raft {
     base_membership: Membership,
     /// Membership batches in the log after the snapshot point: (index, membership).
     membership_log: Vec<(LogIndex, Membership)>,
+    /// Changes whenever the membership in effect may have (see [`Raft::membership`]).
+    membership_epoch: u64,
 
     ticks: u64,
     election_elapsed: u32,
@@ -227,6 +229,7 @@ impl Raft {
             incoming: None,
             base_membership,
             membership_log,
+            membership_epoch: 0,
             ticks: 0,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -714,11 +717,24 @@ impl Raft {
         }
     }
 
-    /// The membership in effect: the latest appended.
-    fn membership(&self) -> &Membership {
+    /// The membership in effect: the latest appended (committed or not).
+    pub fn membership(&self) -> &Membership {
         self.membership_log
             .last()
             .map_or(&self.base_membership, |(_, membership)| membership)
+    }
+
+    /// A number that changes whenever the membership in effect may have changed (a membership
+    /// batch appended or truncated away, a snapshot installed): a cheap "look again" signal.
+    pub fn membership_epoch(&self) -> u64 {
+        self.membership_epoch
+    }
+
+    /// Whether the membership in effect is committed (so a member it removed can be forgotten).
+    pub fn membership_committed(&self) -> bool {
+        self.membership_log
+            .last()
+            .map_or(true, |&(index, _)| index <= self.commit)
     }
 
     fn membership_at(&self, index: LogIndex) -> &Membership {

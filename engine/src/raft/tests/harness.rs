@@ -33,7 +33,7 @@ impl Disk {
             );
             self.hard_state = hard_state;
         }
-        if let Some((meta, data)) = &write.snapshot {
+        if let Some((meta, data)) = write.snapshot.as_deref() {
             let index = meta.index;
             self.batches.retain(|batch| batch.last_index() > index);
             if let Some(first) = self.batches.first_mut() {
@@ -239,7 +239,7 @@ impl Cluster {
         }
         self.network.extend(ready.messages);
         if let Some(write) = ready.write {
-            if let Some((meta, _)) = &write.snapshot {
+            if let Some((meta, _)) = write.snapshot.as_deref() {
                 node.applied_index = meta.index;
                 node.applied_membership = meta.membership.clone();
             }

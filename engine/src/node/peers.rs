@@ -1,0 +1,170 @@
+//! Who this node talks to: the members of the membership in effect, at the addresses the
+//! membership records, else at the configured ones.
+//!
+//! The configured member list (`NodeConfig::members`) is where a cluster starts; the replicated
+//! membership is where it is now. A membership records its members' addresses (a node added
+//! at run time is named with its address), so every node learns of a new member when the
+//! change is appended, and a restarted node finds the current members in its own log even when
+//! its configuration still lists the original ones. Addresses the membership does not record
+//! (a membership written before addresses were) come from the configuration.
+//!
+//! Rules, applied when the core's membership epoch moves (one integer compare per turn
+//! otherwise):
+//! - every member but this node is a peer of the transport, added (or its address updated) at
+//!   once: a new learner must receive appends as soon as its change is appended;
+//! - a peer that is no longer a member is forgotten only once the membership that removed it
+//!   is committed: until then the removal may still be truncated away, and the leader that
+//!   proposed it needs the acknowledgements of the remaining members over these connections;
+//! - with an empty membership (a node started to join an existing cluster, before the leader
+//!   reached it) the configured members stay peers: the leader's connection must be accepted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::net::NetHandle;
+use crate::raft::{Membership, Raft};
+use crate::types::NodeId;
+
+use super::PeerConfig;
+
+/// The peers told to the transport and the members' client addresses.
+pub(crate) struct PeerBook {
+    me: NodeId,
+    configured: BTreeMap<NodeId, PeerConfig>,
+    /// Every known member's addresses (membership first, configuration for the rest),
+    /// including this node and, until forgotten, removed members.
+    known: BTreeMap<NodeId, PeerConfig>,
+    /// The membership epoch `known` was last brought up to date with.
+    epoch: u64,
+    /// Some known peer is no longer a member: forget it once the membership is committed.
+    removal_pending: bool,
+}
+
+impl PeerBook {
+    /// The book for a node whose core starts with `membership` at `epoch`.
+    pub(crate) fn new(
+        me: NodeId,
+        configured: &BTreeMap<NodeId, PeerConfig>,
+        membership: &Membership,
+        epoch: u64,
+    ) -> PeerBook {
+        let mut book = PeerBook {
+            me,
+            configured: configured.clone(),
+            known: BTreeMap::new(),
+            epoch,
+            removal_pending: false,
+        };
+        book.known = book.members_of(membership);
+        book
+    }
+
+    /// The members of `membership` with their addresses (all configured members when it is
+    /// empty); this node is kept with its configured addresses.
+    fn members_of(&self, membership: &Membership) -> BTreeMap<NodeId, PeerConfig> {
+        if membership.voters.is_empty() && membership.learners.is_empty() {
+            return self.configured.clone();
+        }
+        let mut members: BTreeMap<NodeId, PeerConfig> = membership
+            .members()
+            .filter_map(|id| {
+                let addr = membership.addrs.get(&id).or(self.configured.get(&id))?;
+                Some((id, *addr))
+            })
+            .collect();
+        if let Some(own) = self.configured.get(&self.me) {
+            members.insert(self.me, *own);
+        }
+        members
+    }
+
+    /// The peers the transport starts with (every known member but this node).
+    pub(crate) fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.known
+            .iter()
+            .filter(|(&id, _)| id != self.me)
+            .map(|(&id, addr)| (id, addr.peer_addr))
+            .collect()
+    }
+
+    /// The client address of `id`, if known.
+    pub(crate) fn client_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.known.get(&id).and_then(|addr| addr.client_addr)
+    }
+
+    /// Brings the transport's peers up to date with the core's membership (see the module
+    /// docs). Cheap when nothing changed.
+    pub(crate) fn sync(&mut self, raft: &Raft, net: Option<&NetHandle>) {
+        let epoch = raft.membership_epoch();
+        if epoch == self.epoch && !(self.removal_pending && raft.membership_committed()) {
+            return;
+        }
+        self.epoch = epoch;
+        let membership = raft.membership();
+        let members = self.members_of(membership);
+        for (&id, addr) in &members {
+            if id != self.me && self.known.get(&id) != Some(addr) {
+                tracing::info!(node = %self.me, peer = %id, addr = %addr.peer_addr, "member added or moved: now a peer");
+                if let Some(net) = net {
+                    net.add_peer(id, addr.peer_addr);
+                }
+            }
+            self.known.insert(id, *addr);
+        }
+        let gone: Vec<NodeId> = self
+            .known
+            .keys()
+            .copied()
+            .filter(|id| !members.contains_key(id))
+            .collect();
+        self.removal_pending = !gone.is_empty() && !raft.membership_committed();
+        if self.removal_pending {
+            return;
+        }
+        for id in gone {
+            tracing::info!(node = %self.me, peer = %id, "member removed: no longer a peer");
+            self.known.remove(&id);
+            if let Some(net) = net {
+                net.remove_peer(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::MemberAddr;
+
+    fn addr(port: u16) -> MemberAddr {
+        MemberAddr {
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            client_addr: Some(SocketAddr::from(([127, 0, 0, 1], port + 100))),
+        }
+    }
+
+    #[test]
+    fn the_membership_names_the_peers_and_the_configuration_fills_in_addresses() {
+        let configured: BTreeMap<NodeId, PeerConfig> = [
+            (NodeId(1), addr(1)),
+            (NodeId(2), addr(2)),
+            (NodeId(3), addr(3)),
+        ]
+        .into();
+        // The log says 3 left and 4 joined, with 4's address but not 2's (an old encoding).
+        let mut membership = Membership::with_voters([NodeId(1), NodeId(2), NodeId(4)]);
+        membership.addrs.insert(NodeId(4), addr(4));
+        let book = PeerBook::new(NodeId(1), &configured, &membership, 0);
+        let peers: Vec<(u64, u16)> = book
+            .peers()
+            .into_iter()
+            .map(|(id, at)| (id.get(), at.port()))
+            .collect();
+        assert_eq!(peers, vec![(2, 2), (4, 4)]);
+        assert_eq!(book.client_addr(NodeId(4)), addr(4).client_addr);
+        assert_eq!(book.client_addr(NodeId(3)), None);
+        // A joining node (empty membership) keeps every configured member.
+        let joining = PeerBook::new(NodeId(4), &configured, &Membership::default(), 0);
+        assert_eq!(joining.peers().len(), 3);
+    }
+}
