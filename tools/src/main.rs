@@ -1,5 +1,6 @@
 //! `lockstep`: the command-line tool: run a node (`serve`), a local cluster (`cluster`), ask a node for its status (`status`),
-//! inspect logs (`log`), replay simulator seeds (`sim`).
+//! change a running cluster's membership (`member`), inspect logs (`log`), replay simulator
+//! seeds (`sim`).
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use lockstep::server::LogFormat;
 mod chaos;
 mod cluster_cmd;
 mod log_cmd;
+mod member_cmd;
 mod serve_cmd;
 mod sim_cmd;
 mod status_cmd;
@@ -32,6 +34,8 @@ enum Command {
     Cluster(cluster_cmd::Args),
     /// Show a running node's role, term, leader, commit/applied index and peer progress.
     Status(status_cmd::Args),
+    /// Add, promote or remove a member of a running cluster.
+    Member(member_cmd::Args),
     /// Inspect and verify log directories.
     Log(log_cmd::Args),
     /// Replay one seed of the deterministic consensus simulator.
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Serve(_) => unreachable!("serve returned above"),
         Command::Cluster(args) => cluster_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Member(args) => member_cmd::run(args),
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::Chaos(args) => chaos::run(args),

@@ -1,5 +1,5 @@
 //! The binary's command line: bad flags and bad configuration files exit non-zero with a message
-//! naming the option; `status` against nothing exits non-zero.
+//! naming the option; `status` and `member` against nothing exit non-zero.
 
 mod common;
 
@@ -118,6 +118,41 @@ fn status_of_nothing_exits_non_zero() {
     let port = free_ports(1)[0];
     let addr = format!("127.0.0.1:{port}");
     assert_refused(&["status", "--addr", &addr], &[addr.as_str()]);
+}
+
+#[test]
+fn member_against_nothing_or_with_bad_flags_exits_non_zero() {
+    let port = free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    assert_refused(
+        &[
+            "member",
+            "remove",
+            "2",
+            "--connect",
+            &addr,
+            "--timeout",
+            "1",
+        ],
+        &["lockstep member", "no member answers"],
+    );
+    assert_refused(
+        &["member", "add", "4", "--connect", &addr],
+        &["--peer-addr"],
+    );
+    assert_refused(
+        &[
+            "member",
+            "add",
+            "4",
+            "--peer-addr",
+            "nowhere",
+            "--connect",
+            &addr,
+        ],
+        &["--peer-addr", "nowhere"],
+    );
+    assert_refused(&["member", "promote", "4"], &["--connect"]);
 }
 
 /// A one-node cluster from a config file: ready line on stdout, `lockstep status` shows it

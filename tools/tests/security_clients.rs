@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::{run_bin, Cluster, CLIENT_TIMEOUT};
 use lockstep::client::{Client, ClientError, ClusterClient, Credentials};
+use lockstep::raft::MembershipChange;
 use lockstep::resp::parser::encode_request;
 use lockstep::resp::Value;
+use lockstep::types::NodeId;
 use serde_json::Value as Json;
 
 const PASSWORD: &str = "correct horse";
@@ -285,6 +287,10 @@ fn native_clients_authenticate_in_their_hello() {
     match reader.propose(&set_command("native", "2")) {
         Err(ClientError::Server(message)) => assert!(message.starts_with("NOPERM "), "{message}"),
         other => panic!("a reader's proposal got {other:?}"),
+    }
+    match reader.change_membership(MembershipChange::Remove(NodeId(1))) {
+        Err(ClientError::Server(message)) => assert!(message.starts_with("NOPERM "), "{message}"),
+        other => panic!("a reader's membership change got {other:?}"),
     }
     // The connection stays usable after a refused write.
     reader.status().unwrap();

@@ -1,5 +1,7 @@
 //! A client for a whole cluster: it keeps one connection to the node it believes leads, follows
 //! `NotLeader` redirects, and moves on to the next member when a node is down, until a deadline.
+//! A redirect to a client address it was not given (a member added since, say) adds that
+//! address to the ones it tries.
 //!
 //! Retry policy (what makes it safe): a proposal is sent again automatically only when it surely
 //! had no effect (a redirect, a refused or failed connect). When a connection breaks after a
@@ -12,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::net::ClientTls;
 use crate::node::{Applied, AppliedBatch};
+use crate::raft::MembershipChange;
+use crate::types::LogIndex;
 
 use super::{Client, ClientError, Credentials};
 
@@ -29,6 +34,7 @@ pub struct ClusterClient {
     current: usize,
     connection: Option<Client>,
     credentials: Option<Credentials>,
+    tls: Option<ClientTls>,
 }
 
 impl ClusterClient {
@@ -48,12 +54,19 @@ impl ClusterClient {
             current: 0,
             connection: None,
             credentials: None,
+            tls: None,
         }
     }
 
     /// Authenticates every connection with `credentials`.
     pub fn with_credentials(mut self, credentials: Credentials) -> ClusterClient {
         self.credentials = Some(credentials);
+        self
+    }
+
+    /// Speaks TLS on every connection (see [`Client::connect_with`]).
+    pub fn with_tls(mut self, tls: ClientTls) -> ClusterClient {
+        self.tls = Some(tls);
         self
     }
 
@@ -90,6 +103,36 @@ impl ClusterClient {
         self.with_leader(true, |client| client.read(query, true))
     }
 
+    /// Asks the leader to change the membership (see [`Client::change_membership`]) and waits
+    /// until the change is applied there; returns its log index. Retries only while the change
+    /// surely was not proposed (redirects, failed connects).
+    pub fn change_membership(&mut self, change: MembershipChange) -> Result<LogIndex, ClientError> {
+        self.with_leader(false, |client| client.change_membership(change))
+    }
+
+    /// The status JSON of the member the client is connected to, or else of the next member
+    /// that answers (see [`Client::status`]). After a successful write that is the leader (or
+    /// was, when it wrote).
+    pub fn status(&mut self) -> Result<String, ClientError> {
+        self.with_leader(true, Client::status)
+    }
+
+    /// Connects to `addr` next (adding it to the members tried if it is new), dropping the
+    /// current connection unless it is to `addr` already.
+    pub fn switch_to(&mut self, addr: SocketAddr) {
+        let position = match self.addrs.iter().position(|known| *known == addr) {
+            Some(position) => position,
+            None => {
+                self.addrs.push(addr);
+                self.addrs.len() - 1
+            }
+        };
+        if position != self.current {
+            self.connection = None;
+            self.current = position;
+        }
+    }
+
     fn advance(&mut self) {
         self.connection = None;
         self.current = (self.current + 1) % self.addrs.len();
@@ -115,7 +158,7 @@ impl ClusterClient {
                         self.cluster_id,
                         self.timeout,
                         credentials,
-                        None,
+                        self.tls.as_ref(),
                     ) {
                         Ok(client) => {
                             self.connection = Some(client);
@@ -135,15 +178,8 @@ impl ClusterClient {
                     leader_addr: Some(addr),
                     ..
                 } => {
-                    match addr
-                        .parse::<SocketAddr>()
-                        .ok()
-                        .and_then(|addr| self.addrs.iter().position(|known| *known == addr))
-                    {
-                        Some(position) if position != self.current => {
-                            self.connection = None;
-                            self.current = position;
-                        }
+                    match addr.parse::<SocketAddr>() {
+                        Ok(addr) if addr != self.addrs[self.current] => self.switch_to(addr),
                         _ => {
                             self.advance();
                             failures_in_round += 1;
@@ -167,7 +203,10 @@ impl ClusterClient {
                     failures_in_round += 1;
                     retry_unknown
                 }
-                ClientError::Refused(_) | ClientError::Auth(_) | ClientError::Server(_) => false,
+                ClientError::Refused(_)
+                | ClientError::Auth(_)
+                | ClientError::Server(_)
+                | ClientError::Invalid(_) => false,
             };
             if !retry || Instant::now() >= deadline {
                 return Err(err);

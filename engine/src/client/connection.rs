@@ -22,7 +22,8 @@ use bytes::Bytes;
 use crate::net::frame::{encode_frame, read_frame, FrameType};
 use crate::net::{is_auth_refusal, ClientHello, ClientReply, ClientRequest, ClientTls};
 use crate::node::{Applied, AppliedBatch};
-use crate::types::NodeId;
+use crate::raft::MembershipChange;
+use crate::types::{LogIndex, NodeId};
 
 use super::{ClientError, Credentials};
 
@@ -330,6 +331,23 @@ impl Client {
             ClientReply::Ok { .. } => Ok(()),
             other => outcome(other).map(|_| ()),
         }
+    }
+
+    /// Asks the node (the leader) to change the cluster's membership and waits until the change
+    /// is committed and applied there; returns its log index. The leader takes one change at a
+    /// time and refuses a promotion of a learner that is not caught up (both answered
+    /// [`ClientError::Server`] with the reason, `refused: ...`). An
+    /// [`MembershipChange::AddLearner`] must name the new node's address: one without is
+    /// refused here, before anything is sent, with [`ClientError::Invalid`].
+    pub fn change_membership(&mut self, change: MembershipChange) -> Result<LogIndex, ClientError> {
+        if let MembershipChange::AddLearner(id, None) = change {
+            return Err(ClientError::Invalid(format!(
+                "adding node {id} needs its peer address"
+            )));
+        }
+        let req = self.next_req();
+        let reply = self.call(&ClientRequest::ChangeMembership { req, change })?;
+        outcome(reply).map(|applied| applied.index)
     }
 }
 

@@ -82,6 +82,8 @@ pub enum ClientError {
     Server(String),
     /// The node sent something this client cannot decode.
     Protocol(String),
+    /// The request cannot be sent as asked (nothing was sent): why.
+    Invalid(String),
 }
 
 impl ClientError {
@@ -117,6 +119,7 @@ impl fmt::Display for ClientError {
             }
             ClientError::Server(message) => write!(f, "node error: {message}"),
             ClientError::Protocol(message) => write!(f, "protocol error: {message}"),
+            ClientError::Invalid(message) => write!(f, "invalid request: {message}"),
         }
     }
 }

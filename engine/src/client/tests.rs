@@ -10,7 +10,9 @@ use super::{Client, ClientError, ClusterClient};
 use crate::apps::{AppKind, KvCommand, KvStore, Reply};
 use crate::net::{ClientReply, ClientRequest};
 use crate::node::Node;
+use crate::raft::{MemberAddr, MembershipChange};
 use crate::server::{MemberConfig, ServerConfig, Tuning};
+use crate::types::NodeId;
 
 const CLUSTER_ID: u64 = 77;
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -193,6 +195,60 @@ fn cluster_client_follows_redirects_and_fails_over() {
         Reply::decode(&read.result),
         Ok(Reply::Value(Bytes::from_static(b"1")))
     );
+    for node in nodes {
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn membership_changes_go_to_the_leader_and_refusals_carry_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = start_cluster(3, dir.path());
+    let mut client = ClusterClient::new(addrs.clone(), CLUSTER_ID, TIMEOUT);
+    client.propose(&put("x", "1")).unwrap();
+    let leader_addr = client.current_addr();
+
+    // Given only a follower's address, the client follows its redirect to the leader.
+    let follower = *addrs.iter().find(|addr| **addr != leader_addr).unwrap();
+    let mut client = ClusterClient::new(vec![follower], CLUSTER_ID, TIMEOUT);
+    let spare = free_addrs(2);
+    let add = MembershipChange::AddLearner(
+        NodeId(4),
+        Some(MemberAddr {
+            peer: spare[0],
+            client: Some(spare[1]),
+        }),
+    );
+    let added = client.change_membership(add).unwrap();
+    assert_eq!(client.current_addr(), leader_addr);
+
+    for (change, reason) in [
+        (add, "n4 is already a member"),
+        (MembershipChange::Promote(NodeId(2)), "n2 is not a learner"),
+        (MembershipChange::Remove(NodeId(9)), "n9 is not a member"),
+    ] {
+        match client.change_membership(change) {
+            Err(ClientError::Server(message)) => {
+                assert!(message.starts_with("refused: "), "{message}");
+                assert!(message.contains(reason), "{message} lacks {reason:?}");
+            }
+            other => panic!("{change:?} got {other:?}"),
+        }
+    }
+    match client.change_membership(MembershipChange::AddLearner(NodeId(5), None)) {
+        Err(ClientError::Invalid(message)) => {
+            assert!(message.contains("peer address"), "{message}")
+        }
+        other => panic!("an add without an address got {other:?}"),
+    }
+
+    // The learner (never started) leaves again; the cluster still commits.
+    let removed = client
+        .change_membership(MembershipChange::Remove(NodeId(4)))
+        .unwrap();
+    assert!(removed > added, "{removed} after {added}");
+    let applied = client.propose(&put("y", "2")).unwrap();
+    assert!(applied.index > removed);
     for node in nodes {
         node.shutdown().unwrap();
     }

@@ -6,15 +6,22 @@
 //! trailing bytes are a [`CodecError`].
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 
 use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
+use crate::raft::{MemberAddr, MembershipChange};
 use crate::types::{LogIndex, NodeId};
 
 /// The client protocol version this code speaks (sent in [`ClientHello`]). Version 2 added
 /// [`ClientRequest::ProposeBatch`] and [`ClientReply::AppliedBatch`]; version 3 the hello's
 /// user name and password.
+///
+/// [`ClientRequest::ChangeMembership`] came later without a version change: it is a new tag,
+/// not a change to an existing layout, so no node misreads it. A node that predates it treats
+/// the tag as bad input and closes the connection (a client sees the connection close without
+/// a reply); every other request keeps working between old and new nodes and clients.
 pub const CLIENT_PROTOCOL_VERSION: u16 = 3;
 
 /// Why bytes could not be decoded.
@@ -105,6 +112,16 @@ pub enum ClientRequest {
         req: u64,
         /// The node to take over.
         to: NodeId,
+    },
+    /// Ask the leader to propose a membership change; replied to with `Applied` (empty result)
+    /// once the change is committed and applied at the leader. An [`MembershipChange::AddLearner`]
+    /// must name the new node's address: one without is encoded with no peer address, which
+    /// every decoder refuses (see [`ClientRequest::encode`]).
+    ChangeMembership {
+        /// Request id.
+        req: u64,
+        /// The change.
+        change: MembershipChange,
     },
 }
 
@@ -213,6 +230,101 @@ const REQ_READ: u8 = 2;
 const REQ_STATUS: u8 = 3;
 const REQ_TRANSFER_LEADER: u8 = 4;
 const REQ_PROPOSE_BATCH: u8 = 5;
+const REQ_CHANGE_MEMBERSHIP: u8 = 6;
+
+/// Kinds of [`MembershipChange`] on the wire.
+const CHANGE_ADD_LEARNER: u8 = 1;
+const CHANGE_PROMOTE: u8 = 2;
+const CHANGE_REMOVE: u8 = 3;
+
+/// Address families on the wire (family 0: no address).
+const FAMILY_NONE: u8 = 0;
+const FAMILY_V4: u8 = 4;
+const FAMILY_V6: u8 = 6;
+
+/// Appends an optional socket address: `u8 family` (0 none, 4, 6), then for 4 and 6 the 4 or
+/// 16 IP bytes and a `u16` port. (The IPv6 flow info and scope id are not carried.)
+fn put_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
+    match addr {
+        None => out.push(FAMILY_NONE),
+        Some(SocketAddr::V4(v4)) => {
+            out.push(FAMILY_V4);
+            out.extend_from_slice(&v4.ip().octets());
+            put_u16(out, v4.port());
+        }
+        Some(SocketAddr::V6(v6)) => {
+            out.push(FAMILY_V6);
+            out.extend_from_slice(&v6.ip().octets());
+            put_u16(out, v6.port());
+        }
+    }
+}
+
+/// Reads an address written by [`put_addr`]; an unknown family is an error.
+fn read_addr(reader: &mut WireReader<'_>, what: &str) -> Result<Option<SocketAddr>, CodecError> {
+    let ip = match reader.u8(what)? {
+        FAMILY_NONE => return Ok(None),
+        FAMILY_V4 => {
+            let octets: [u8; 4] = reader.take(4, what)?.try_into().expect("4 bytes");
+            IpAddr::V4(Ipv4Addr::from(octets))
+        }
+        FAMILY_V6 => {
+            let octets: [u8; 16] = reader.take(16, what)?.try_into().expect("16 bytes");
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        other => {
+            return Err(CodecError(format!(
+                "{what}: unknown address family {other}"
+            )))
+        }
+    };
+    Ok(Some(SocketAddr::new(ip, reader.u16(what)?)))
+}
+
+/// Appends a membership change: `u8 kind` (1 add learner, 2 promote, 3 remove), `u64 node id`,
+/// and for an add the peer address and the client address ([`put_addr`]; an add without an
+/// address gets family 0 for both, which [`read_change`] refuses).
+fn put_change(out: &mut Vec<u8>, change: &MembershipChange) {
+    match change {
+        MembershipChange::AddLearner(id, addr) => {
+            out.push(CHANGE_ADD_LEARNER);
+            put_u64(out, id.get());
+            put_addr(out, addr.map(|addr| addr.peer));
+            put_addr(out, addr.and_then(|addr| addr.client));
+        }
+        MembershipChange::Promote(id) => {
+            out.push(CHANGE_PROMOTE);
+            put_u64(out, id.get());
+        }
+        MembershipChange::Remove(id) => {
+            out.push(CHANGE_REMOVE);
+            put_u64(out, id.get());
+        }
+    }
+}
+
+/// Reads a change written by [`put_change`]. An add must carry a peer address.
+fn read_change(reader: &mut WireReader<'_>) -> Result<MembershipChange, CodecError> {
+    let kind = reader.u8("membership change kind")?;
+    let id = NodeId(reader.u64("membership change node id")?);
+    match kind {
+        CHANGE_ADD_LEARNER => {
+            let peer = read_addr(reader, "add learner peer address")?.ok_or_else(|| {
+                CodecError("add learner: the peer address is required".to_string())
+            })?;
+            let client = read_addr(reader, "add learner client address")?;
+            Ok(MembershipChange::AddLearner(
+                id,
+                Some(MemberAddr { peer, client }),
+            ))
+        }
+        CHANGE_PROMOTE => Ok(MembershipChange::Promote(id)),
+        CHANGE_REMOVE => Ok(MembershipChange::Remove(id)),
+        other => Err(CodecError(format!(
+            "unknown membership change kind {other}"
+        ))),
+    }
+}
 
 /// Appends a count and then each item as a bytes field.
 fn put_bytes_list(out: &mut Vec<u8>, items: &[Bytes]) {
@@ -246,11 +358,14 @@ impl ClientRequest {
             | ClientRequest::ProposeBatch { req, .. }
             | ClientRequest::Read { req, .. }
             | ClientRequest::Status { req }
-            | ClientRequest::TransferLeader { req, .. } => *req,
+            | ClientRequest::TransferLeader { req, .. }
+            | ClientRequest::ChangeMembership { req, .. } => *req,
         }
     }
 
-    /// Appends the encoded request (a frame body) to `out`.
+    /// Appends the encoded request (a frame body) to `out`. A
+    /// [`ClientRequest::ChangeMembership`] adding a learner without an address is written with
+    /// no peer address, so a node refuses it as bad input: the Rust client refuses to send one.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             ClientRequest::Propose { req, command } => {
@@ -281,6 +396,11 @@ impl ClientRequest {
                 out.push(REQ_TRANSFER_LEADER);
                 put_u64(out, *req);
                 put_u64(out, to.get());
+            }
+            ClientRequest::ChangeMembership { req, change } => {
+                out.push(REQ_CHANGE_MEMBERSHIP);
+                put_u64(out, *req);
+                put_change(out, change);
             }
         }
     }
@@ -316,6 +436,10 @@ impl ClientRequest {
             REQ_TRANSFER_LEADER => ClientRequest::TransferLeader {
                 req,
                 to: NodeId(reader.u64("transfer target")?),
+            },
+            REQ_CHANGE_MEMBERSHIP => ClientRequest::ChangeMembership {
+                req,
+                change: read_change(&mut reader)?,
             },
             other => return Err(CodecError(format!("unknown client request tag {other}"))),
         };
@@ -465,8 +589,33 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
     }
 
+    fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(Ipv4Addr::from(ip).into(), port)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(Ipv6Addr::from(ip).into(), port)),
+        ]
+    }
+
+    /// Changes as they can cross the wire (an add always names an address).
+    fn any_change() -> impl Strategy<Value = MembershipChange> {
+        prop_oneof![
+            (any::<u64>(), any_addr(), proptest::option::of(any_addr())).prop_map(
+                |(id, peer, client)| MembershipChange::AddLearner(
+                    NodeId(id),
+                    Some(MemberAddr { peer, client })
+                )
+            ),
+            any::<u64>().prop_map(|id| MembershipChange::Promote(NodeId(id))),
+            any::<u64>().prop_map(|id| MembershipChange::Remove(NodeId(id))),
+        ]
+    }
+
     fn any_request() -> impl Strategy<Value = ClientRequest> {
         prop_oneof![
+            (any::<u64>(), any_change())
+                .prop_map(|(req, change)| ClientRequest::ChangeMembership { req, change }),
             (any::<u64>(), any_bytes())
                 .prop_map(|(req, command)| ClientRequest::Propose { req, command }),
             (any::<u64>(), proptest::collection::vec(any_bytes(), 0..5))
@@ -568,6 +717,108 @@ mod tests {
         lying.extend_from_slice(&u32::MAX.to_le_bytes());
         let error = ClientRequest::decode(&lying).unwrap_err();
         assert!(error.0.contains("propose batch commands"), "{error}");
+    }
+
+    #[test]
+    fn change_membership_layout() {
+        let encode = |change| {
+            let mut out = Vec::new();
+            ClientRequest::ChangeMembership { req: 7, change }.encode(&mut out);
+            out
+        };
+        let head = [6, 7, 0, 0, 0, 0, 0, 0, 0];
+        let add = MembershipChange::AddLearner(
+            NodeId(4),
+            Some(MemberAddr {
+                peer: "10.0.0.4:7004".parse().unwrap(),
+                client: Some("[::1]:6384".parse().unwrap()),
+            }),
+        );
+        let out = encode(add);
+        assert_eq!(&out[..9], head);
+        assert_eq!(&out[9..18], [1, 4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&out[18..25], [4, 10, 0, 0, 4, 0x5c, 0x1b]);
+        let mut loopback6 = [0u8; 16];
+        loopback6[15] = 1;
+        assert_eq!(out[25], 6);
+        assert_eq!(&out[26..42], loopback6);
+        assert_eq!(&out[42..], [0xf0, 0x18]);
+        assert_eq!(
+            ClientRequest::decode(&out).unwrap(),
+            ClientRequest::ChangeMembership {
+                req: 7,
+                change: add
+            }
+        );
+        // Without a client port: family 0, nothing after it.
+        let no_client = MembershipChange::AddLearner(
+            NodeId(4),
+            Some(MemberAddr {
+                peer: "10.0.0.4:7004".parse().unwrap(),
+                client: None,
+            }),
+        );
+        let out = encode(no_client);
+        assert_eq!(&out[18..], [4, 10, 0, 0, 4, 0x5c, 0x1b, 0]);
+        assert_eq!(
+            encode(MembershipChange::Promote(NodeId(4)))[9..],
+            [2, 4, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            encode(MembershipChange::Remove(NodeId(1)))[9..],
+            [3, 1, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn bad_membership_changes_are_refused() {
+        let refused = |bytes: &[u8], expected: &str| {
+            let error = ClientRequest::decode(bytes).unwrap_err();
+            assert!(error.0.contains(expected), "{error} lacks {expected:?}");
+        };
+        let mut good = Vec::new();
+        ClientRequest::ChangeMembership {
+            req: 1,
+            change: MembershipChange::AddLearner(
+                NodeId(2),
+                Some(MemberAddr {
+                    peer: "127.0.0.1:7002".parse().unwrap(),
+                    client: None,
+                }),
+            ),
+        }
+        .encode(&mut good);
+        let mut kind = good.clone();
+        kind[9] = 9;
+        refused(&kind, "unknown membership change kind 9");
+        let mut family = good.clone();
+        family[18] = 5;
+        refused(&family, "unknown address family 5");
+        let mut client_family = good.clone();
+        *client_family.last_mut().unwrap() = 7;
+        refused(&client_family, "unknown address family 7");
+        let mut trailing = good.clone();
+        trailing.push(0);
+        refused(&trailing, "1 bytes left over");
+        // An add without an address encodes with peer family 0, which is refused.
+        let mut bare = Vec::new();
+        ClientRequest::ChangeMembership {
+            req: 1,
+            change: MembershipChange::AddLearner(NodeId(2), None),
+        }
+        .encode(&mut bare);
+        assert_eq!(&bare[18..], [0, 0]);
+        refused(&bare, "the peer address is required");
+        // A promote carries nothing after the id.
+        let mut promote = Vec::new();
+        ClientRequest::ChangeMembership {
+            req: 1,
+            change: MembershipChange::Promote(NodeId(2)),
+        }
+        .encode(&mut promote);
+        promote.push(4);
+        refused(&promote, "left over");
+        refused(&promote[..12], "membership change node id");
     }
 
     proptest! {

@@ -409,6 +409,18 @@ impl ConsensusStage {
                 };
                 self.replies.push((conn, reply));
             }
+            ClientRequest::ChangeMembership { req, change } => {
+                match self.raft.propose_membership(change) {
+                    Ok(index) => self
+                        .pending
+                        .push_back((index, Target::Client { conn, req })),
+                    Err(error) => {
+                        let error = self.refusal(error);
+                        let reply = error_reply(req, &error, self.leader_addr());
+                        self.replies.push((conn, reply));
+                    }
+                }
+            }
         }
     }
 

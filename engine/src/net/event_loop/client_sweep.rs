@@ -65,6 +65,7 @@ impl EventLoop {
             ClientRequest::Propose { .. } => Some("propose"),
             ClientRequest::ProposeBatch { .. } => Some("propose_batch"),
             ClientRequest::TransferLeader { .. } => Some("transfer_leader"),
+            ClientRequest::ChangeMembership { .. } => Some("change_membership"),
             ClientRequest::Read { .. } | ClientRequest::Status { .. } => None,
         };
         let read_only = self.conns.get(&token).is_some_and(|conn| conn.read_only);
