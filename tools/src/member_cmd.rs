@@ -259,7 +259,7 @@ fn promote_when_caught_up(
 fn add(args: &AddArgs) -> Result<(), String> {
     let id = NodeId(args.id);
     let number = args.id;
-    let peer = resolve("--peer-addr", &args.peer_addr)?;
+    let peer_addr = resolve("--peer-addr", &args.peer_addr)?;
     let client_addr = args
         .client_addr
         .as_deref()
@@ -267,8 +267,8 @@ fn add(args: &AddArgs) -> Result<(), String> {
         .transpose()?;
     let (mut client, deadline) = connect(&args.connect)?;
     let addr = MemberAddr {
-        peer,
-        client: client_addr,
+        peer_addr,
+        client_addr,
     };
     let index = propose(
         &mut client,
@@ -277,7 +277,7 @@ fn add(args: &AddArgs) -> Result<(), String> {
     )?;
     let client_text = client_addr.map_or("none".to_string(), |addr| addr.to_string());
     println!(
-        "added node {number} as a learner at index {} (peer {peer}, client {client_text})",
+        "added node {number} as a learner at index {} (peer {peer_addr}, client {client_text})",
         index.get()
     );
     if args.learner {

@@ -137,7 +137,13 @@ fn get(key: &str) -> Vec<u8> {
 }
 
 /// Writes `key_{from..to}` through the members at `addrs`.
-fn write_keys(addrs: &[SocketAddr], cluster_id: u64, key: &str, range: std::ops::Range<u32>) {
+fn write_keys(
+    addrs: &[SocketAddr],
+    cluster_id: u64,
+    key: &str,
+    range: std::ops::Range<u32>,
+) -> u64 {
+    let mut last = 0;
     let mut client =
         ClusterClient::new(addrs.to_vec(), cluster_id, CLIENT_TIMEOUT).with_retry_for(WAIT);
     for i in range {
@@ -146,11 +152,28 @@ fn write_keys(addrs: &[SocketAddr], cluster_id: u64, key: &str, range: std::ops:
             .propose_idempotent(&put(&format!("{key}{i}"), &format!("v{i}")))
             .unwrap_or_else(|e| panic!("put {key}{i} through {addrs:?}: {e}"));
         assert_eq!(Reply::decode(&applied.result), Ok(Reply::Ok));
+        last = applied.index.get();
     }
+    last
 }
 
-/// Checks that the node at `addr` holds `key_{range}`, reading its local state.
-fn check_keys(addr: SocketAddr, cluster_id: u64, key: &str, range: std::ops::Range<u32>) {
+/// Checks that the node at `addr` holds `key_{range}`, reading its local state once it has
+/// applied `written` (the index of the last write; a follower applies behind the leader).
+fn check_keys(
+    addr: SocketAddr,
+    cluster_id: u64,
+    key: &str,
+    range: std::ops::Range<u32>,
+    written: u64,
+) {
+    let deadline = Instant::now() + WAIT;
+    while status(addr, cluster_id)
+        .and_then(|status| status["applied"].as_u64())
+        .map_or(true, |applied| applied < written)
+    {
+        assert!(Instant::now() < deadline, "{addr} never applied {written}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut client = Client::connect(addr, cluster_id, CLIENT_TIMEOUT).expect("connect");
     for i in range {
         let read = client
@@ -229,7 +252,7 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
     let id_text = id.to_string();
     let original = cluster.client_addrs();
     cluster.wait_leader(WAIT);
-    write_keys(&original, id, "before", 0..50);
+    let before = write_keys(&original, id, "before", 0..50);
 
     // Node 4 joins: empty data dir, the current members and itself.
     let ports = free_ports(2);
@@ -283,7 +306,7 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
         logs(&cluster, &node4)
     );
     node4.assert_running("after it was added");
-    write_keys(&original, id, "after-add", 0..20);
+    let after_add = write_keys(&original, id, "after-add", 0..20);
 
     // Node 4 follows and has applied all the leader committed.
     let deadline = Instant::now() + WAIT;
@@ -307,8 +330,8 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    check_keys(four.client_addr, id, "before", 0..50);
-    check_keys(four.client_addr, id, "after-add", 0..20);
+    check_keys(four.client_addr, id, "before", 0..50, before);
+    check_keys(four.client_addr, id, "after-add", 0..20, after_add);
 
     // Node 1 leaves (it may be the leader: it commits its removal, then steps down).
     let mut all: Vec<SocketAddr> = original.clone();
@@ -338,8 +361,8 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
         four.client_addr,
     ];
     wait_leader(&rest, id, &|| logs(&cluster, &node4));
-    write_keys(&rest, id, "after-remove", 0..20);
-    check_keys(four.client_addr, id, "after-remove", 0..20);
+    let after_remove = write_keys(&rest, id, "after-remove", 0..20);
+    check_keys(four.client_addr, id, "after-remove", 0..20, after_remove);
 
     // Everyone stops. Node 2 comes back with its original flags (members 1-3), node 4 with its
     // own (without --join: it is a member now); 1 and 3 stay down.
@@ -357,8 +380,8 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
     }
     let pair = vec![cluster.client_addr(2), four.client_addr];
     wait_leader(&pair, id, &|| logs(&cluster, &node4));
-    write_keys(&pair, id, "after-restart", 0..10);
-    check_keys(four.client_addr, id, "after-restart", 0..10);
+    let after_restart = write_keys(&pair, id, "after-restart", 0..10);
+    check_keys(four.client_addr, id, "after-restart", 0..10, after_restart);
 
     // Node 3 (original flags too) rejoins and catches up.
     cluster.restart(3);
@@ -379,5 +402,11 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    check_keys(cluster.client_addr(3), id, "after-restart", 0..10);
+    check_keys(
+        cluster.client_addr(3),
+        id,
+        "after-restart",
+        0..10,
+        after_restart,
+    );
 }

@@ -215,8 +215,8 @@ fn membership_changes_go_to_the_leader_and_refusals_carry_the_reason() {
     let add = MembershipChange::AddLearner(
         NodeId(4),
         Some(MemberAddr {
-            peer: spare[0],
-            client: Some(spare[1]),
+            peer_addr: spare[0],
+            client_addr: Some(spare[1]),
         }),
     );
     let added = client.change_membership(add).unwrap();

@@ -6,11 +6,12 @@
 //! trailing bytes are a [`CodecError`].
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 
 use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
+use crate::raft::membership::{put_addr, take_addr};
 use crate::raft::{MemberAddr, MembershipChange};
 use crate::types::{LogIndex, NodeId};
 
@@ -237,48 +238,11 @@ const CHANGE_ADD_LEARNER: u8 = 1;
 const CHANGE_PROMOTE: u8 = 2;
 const CHANGE_REMOVE: u8 = 3;
 
-/// Address families on the wire (family 0: no address).
-const FAMILY_NONE: u8 = 0;
-const FAMILY_V4: u8 = 4;
-const FAMILY_V6: u8 = 6;
-
-/// Appends an optional socket address: `u8 family` (0 none, 4, 6), then for 4 and 6 the 4 or
-/// 16 IP bytes and a `u16` port. (The IPv6 flow info and scope id are not carried.)
-fn put_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
-    match addr {
-        None => out.push(FAMILY_NONE),
-        Some(SocketAddr::V4(v4)) => {
-            out.push(FAMILY_V4);
-            out.extend_from_slice(&v4.ip().octets());
-            put_u16(out, v4.port());
-        }
-        Some(SocketAddr::V6(v6)) => {
-            out.push(FAMILY_V6);
-            out.extend_from_slice(&v6.ip().octets());
-            put_u16(out, v6.port());
-        }
-    }
-}
-
-/// Reads an address written by [`put_addr`]; an unknown family is an error.
+/// Reads an address written by [`put_addr`] (the membership encoding's layout).
 fn read_addr(reader: &mut WireReader<'_>, what: &str) -> Result<Option<SocketAddr>, CodecError> {
-    let ip = match reader.u8(what)? {
-        FAMILY_NONE => return Ok(None),
-        FAMILY_V4 => {
-            let octets: [u8; 4] = reader.take(4, what)?.try_into().expect("4 bytes");
-            IpAddr::V4(Ipv4Addr::from(octets))
-        }
-        FAMILY_V6 => {
-            let octets: [u8; 16] = reader.take(16, what)?.try_into().expect("16 bytes");
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        other => {
-            return Err(CodecError(format!(
-                "{what}: unknown address family {other}"
-            )))
-        }
-    };
-    Ok(Some(SocketAddr::new(ip, reader.u16(what)?)))
+    reader
+        .decode_with(take_addr)
+        .map_err(|error| CodecError(format!("{what}: {error}")))
 }
 
 /// Appends a membership change: `u8 kind` (1 add learner, 2 promote, 3 remove), `u64 node id`,
@@ -289,8 +253,8 @@ fn put_change(out: &mut Vec<u8>, change: &MembershipChange) {
         MembershipChange::AddLearner(id, addr) => {
             out.push(CHANGE_ADD_LEARNER);
             put_u64(out, id.get());
-            put_addr(out, addr.map(|addr| addr.peer));
-            put_addr(out, addr.and_then(|addr| addr.client));
+            put_addr(out, addr.map(|addr| addr.peer_addr));
+            put_addr(out, addr.and_then(|addr| addr.client_addr));
         }
         MembershipChange::Promote(id) => {
             out.push(CHANGE_PROMOTE);
@@ -309,13 +273,16 @@ fn read_change(reader: &mut WireReader<'_>) -> Result<MembershipChange, CodecErr
     let id = NodeId(reader.u64("membership change node id")?);
     match kind {
         CHANGE_ADD_LEARNER => {
-            let peer = read_addr(reader, "add learner peer address")?.ok_or_else(|| {
+            let peer_addr = read_addr(reader, "add learner peer address")?.ok_or_else(|| {
                 CodecError("add learner: the peer address is required".to_string())
             })?;
-            let client = read_addr(reader, "add learner client address")?;
+            let client_addr = read_addr(reader, "add learner client address")?;
             Ok(MembershipChange::AddLearner(
                 id,
-                Some(MemberAddr { peer, client }),
+                Some(MemberAddr {
+                    peer_addr,
+                    client_addr,
+                }),
             ))
         }
         CHANGE_PROMOTE => Ok(MembershipChange::Promote(id)),
@@ -592,9 +559,9 @@ mod tests {
     fn any_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
             (any::<[u8; 4]>(), any::<u16>())
-                .prop_map(|(ip, port)| SocketAddr::new(Ipv4Addr::from(ip).into(), port)),
+                .prop_map(|(ip, port)| SocketAddr::new(std::net::Ipv4Addr::from(ip).into(), port)),
             (any::<[u8; 16]>(), any::<u16>())
-                .prop_map(|(ip, port)| SocketAddr::new(Ipv6Addr::from(ip).into(), port)),
+                .prop_map(|(ip, port)| SocketAddr::new(std::net::Ipv6Addr::from(ip).into(), port)),
         ]
     }
 
@@ -604,7 +571,10 @@ mod tests {
             (any::<u64>(), any_addr(), proptest::option::of(any_addr())).prop_map(
                 |(id, peer, client)| MembershipChange::AddLearner(
                     NodeId(id),
-                    Some(MemberAddr { peer, client })
+                    Some(MemberAddr {
+                        peer_addr: peer,
+                        client_addr: client
+                    })
                 )
             ),
             any::<u64>().prop_map(|id| MembershipChange::Promote(NodeId(id))),
@@ -730,8 +700,8 @@ mod tests {
         let add = MembershipChange::AddLearner(
             NodeId(4),
             Some(MemberAddr {
-                peer: "10.0.0.4:7004".parse().unwrap(),
-                client: Some("[::1]:6384".parse().unwrap()),
+                peer_addr: "10.0.0.4:7004".parse().unwrap(),
+                client_addr: Some("[::1]:6384".parse().unwrap()),
             }),
         );
         let out = encode(add);
@@ -754,8 +724,8 @@ mod tests {
         let no_client = MembershipChange::AddLearner(
             NodeId(4),
             Some(MemberAddr {
-                peer: "10.0.0.4:7004".parse().unwrap(),
-                client: None,
+                peer_addr: "10.0.0.4:7004".parse().unwrap(),
+                client_addr: None,
             }),
         );
         let out = encode(no_client);
@@ -782,8 +752,8 @@ mod tests {
             change: MembershipChange::AddLearner(
                 NodeId(2),
                 Some(MemberAddr {
-                    peer: "127.0.0.1:7002".parse().unwrap(),
-                    client: None,
+                    peer_addr: "127.0.0.1:7002".parse().unwrap(),
+                    client_addr: None,
                 }),
             ),
         }

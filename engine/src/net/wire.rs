@@ -68,6 +68,20 @@ impl<'a> WireReader<'a> {
     }
 
     /// Reads a `u8`.
+    /// Runs a decoder that reads from the front of a slice over the bytes left, and moves past
+    /// what it consumed.
+    pub(crate) fn decode_with<T, E>(
+        &mut self,
+        decode: impl FnOnce(&mut &'a [u8]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let bytes: &'a Bytes = self.bytes;
+        let mut rest: &'a [u8] = &bytes[self.pos..];
+        let before = rest.len();
+        let value = decode(&mut rest)?;
+        self.pos += before - rest.len();
+        Ok(value)
+    }
+
     pub(crate) fn u8(&mut self, what: &str) -> Result<u8, CodecError> {
         Ok(self.take(1, what)?[0])
     }

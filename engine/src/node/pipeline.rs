@@ -323,9 +323,6 @@ impl Drop for ToStorage {
 }
 
 /// Consensus -> storage.
-// A write is most of what crosses this channel; boxing it would cost an allocation per write to
-// shrink the rare `Compact`.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum StorageMsg {
     /// A write to execute (in id order).
     Write(StorageWrite),

@@ -268,7 +268,9 @@ impl Membership {
     }
 }
 
-fn put_addr(out: &mut BytesMut, addr: Option<SocketAddr>) {
+/// Appends an address as the membership encoding writes it (`None` as family 0); the client
+/// protocol's membership change uses the same layout.
+pub(crate) fn put_addr(out: &mut impl BufMut, addr: Option<SocketAddr>) {
     match addr {
         None => out.put_u8(0),
         Some(SocketAddr::V4(v4)) => {
@@ -284,7 +286,8 @@ fn put_addr(out: &mut BytesMut, addr: Option<SocketAddr>) {
     }
 }
 
-fn take_addr(rest: &mut &[u8]) -> Result<Option<SocketAddr>, MembershipError> {
+/// Reads an address written by [`put_addr`] from the front of `rest`.
+pub(crate) fn take_addr(rest: &mut &[u8]) -> Result<Option<SocketAddr>, MembershipError> {
     let ip = match take::<1>(rest)?[0] {
         0 => return Ok(None),
         4 => IpAddr::V4(Ipv4Addr::from(take::<4>(rest)?)),

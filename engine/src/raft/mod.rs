@@ -8,7 +8,7 @@
 
 mod config;
 mod core;
-mod membership;
+pub(crate) mod membership;
 mod memlog;
 mod message;
 mod progress;
