@@ -246,10 +246,10 @@ fn a_node_joins_replaces_a_voter_and_survives_restarts(snapshot_entries: u64) {
         peer_addr: lockstep::net::free_loopback_addrs(1).unwrap()[0],
         client_addr: None,
     };
-    let mut members = cluster.members.clone();
-    members.insert(NodeId(4), joiner);
+    let mut members_with_4 = cluster.members.clone();
+    members_with_4.insert(NodeId(4), joiner);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = node_common::config(4, &members, dir.path(), snapshot_entries);
+    let mut cfg = node_common::config(4, &members_with_4, dir.path(), snapshot_entries);
     cfg.join = true;
     cluster
         .nodes
@@ -273,6 +273,20 @@ fn a_node_joins_replaces_a_voter_and_survives_restarts(snapshot_entries: u64) {
     );
     cluster.propose("b", 100);
     cluster.assert_converged();
+    // Every node shows the same four voters, node 4 at the address only the change named.
+    for at in 0..4 {
+        let status = cluster.node(at).status();
+        let members: Vec<(u64, &str, Option<std::net::SocketAddr>)> = status
+            .members
+            .iter()
+            .map(|member| (member.id, member.role.as_str(), member.peer_addr))
+            .collect();
+        let expected: Vec<(u64, &str, Option<std::net::SocketAddr>)> = (1..=4)
+            .map(|id| (id, "voter", Some(members_with_4[&NodeId(id)].peer_addr)))
+            .collect();
+        assert_eq!(members, expected, "node at {at}");
+        assert!(status.members_committed);
+    }
 
     // Node 4 replaces node 1 (perhaps the leader: it then steps down once the change commits).
     change_membership(

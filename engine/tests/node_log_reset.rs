@@ -88,6 +88,29 @@ fn a_reset_log_with_nothing_appended_reopens_empty_after_the_snapshot() {
 }
 
 #[test]
+fn a_log_that_never_held_a_record_is_reset() {
+    // A node that joins a cluster starts with an empty log and may get a snapshot first: the
+    // reset's new segment must not take the name of the empty segment it replaces.
+    for reopen_first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+        if reopen_first {
+            drop(log);
+            log = Log::open(dir.path(), options()).unwrap().0;
+        }
+        log.reset_after(LogIndex(50), Term(2)).unwrap();
+        log.append(&batch(2, 51, 3)).unwrap();
+        log.close().unwrap();
+        let (log, report) = Log::open(dir.path(), options()).unwrap();
+        assert!(report.torn_tail.is_none(), "{:?}", report.torn_tail);
+        assert_eq!(
+            (log.first_index(), log.last_index()),
+            (LogIndex(51), LogIndex(53))
+        );
+    }
+}
+
+#[test]
 fn a_crash_inside_reset_leaves_the_old_prefix() {
     // A crash after the new segment got its live name but before the old segments were all
     // removed: reset, then put the oldest segment back as the crash would have left it.

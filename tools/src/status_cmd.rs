@@ -110,6 +110,26 @@ fn render(status: &Value) -> String {
              reaches it\n"
         ));
     }
+    if let Some(Value::Array(members)) = status.get("members") {
+        let listed: Vec<String> = members
+            .iter()
+            .map(|member| {
+                format!(
+                    "{} {} ({} / {})",
+                    field(member, "id"),
+                    field(member, "role"),
+                    field(member, "peer_addr"),
+                    field(member, "client_addr")
+                )
+            })
+            .collect();
+        let pending = if status.get("members_committed") == Some(&Value::Bool(false)) {
+            " [change not yet committed]"
+        } else {
+            ""
+        };
+        out.push_str(&format!("members  {}{pending}\n", listed.join(", ")));
+    }
     if let Some(runtime) = status.get("runtime") {
         out.push_str(&render_runtime(status, runtime));
     }
@@ -253,6 +273,16 @@ mod tests {
                 "{expected:?} missing from:\n{text}"
             );
         }
+        let members: Value = serde_json::from_str(
+            r#"{"id":1,"members_committed":false,"members":[
+                {"id":1,"role":"voter","peer_addr":"10.0.0.1:7001","client_addr":"10.0.0.1:6380"},
+                {"id":4,"role":"learner","peer_addr":"10.0.0.4:7001","client_addr":null}]}"#,
+        )
+        .unwrap();
+        assert!(render(&members).contains(
+            "members  1 voter (10.0.0.1:7001 / 10.0.0.1:6380), 4 learner (10.0.0.4:7001 / -) \
+             [change not yet committed]"
+        ));
         let follower: Value = serde_json::from_str(r#"{"id":2,"leader":null,"peers":[]}"#).unwrap();
         assert!(render(&follower).contains("leader   -"));
         assert!(!render(&follower).contains("repair"));

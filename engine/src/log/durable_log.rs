@@ -1152,6 +1152,12 @@ impl Log {
             self.in_flight.is_empty() && self.dirty.is_empty(),
             "reset_after({after}): a sync round is still pending after wait_durable"
         );
+        // A segment that holds no record yet (a log that never held one) is named after the seq
+        // its first record would take: the new segment must not take that name, or its rename
+        // would replace the old segment and step (4) would remove the new one. Seqs may skip.
+        if self.segments.back().map(|segment| segment.first_seq) == Some(self.next_seq) {
+            self.next_seq += 1;
+        }
         let mut spare = self.take_spare()?;
         let chain = ChainFields {
             prev_crc: 0,

@@ -659,6 +659,8 @@ impl ConsensusStage {
                     inflight_bytes: peer.inflight_bytes,
                 })
                 .collect(),
+            members: self.peers.members(self.raft.membership()),
+            members_committed: self.raft.membership_committed(),
             counters: NodeCounters {
                 entries_proposed: status.stats.entries_proposed,
                 batches_sealed: status.stats.batches_sealed,

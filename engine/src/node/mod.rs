@@ -457,6 +457,8 @@ impl Node {
             durable: 0,
             repair_until: None,
             peers: Vec::new(),
+            members: Vec::new(),
+            members_committed: false,
             counters: NodeCounters::default(),
             log: *self.shared.log.lock().expect("log counters lock"),
             net: None,
@@ -594,6 +596,10 @@ pub struct NodeStatus {
     pub repair_until: Option<u64>,
     /// Per-peer replication progress (leader only).
     pub peers: Vec<PeerProgress>,
+    /// The membership in effect (the latest appended) with the addresses this node uses.
+    pub members: Vec<MemberStatus>,
+    /// Whether that membership is committed (a change is in progress otherwise).
+    pub members_committed: bool,
     /// What the consensus core did since start.
     pub counters: NodeCounters,
     /// What the storage stage did to the log since start.
@@ -602,6 +608,19 @@ pub struct NodeStatus {
     pub net: Option<crate::net::NetStats>,
     /// Leader changes, error replies, queue depths, rates and sync latency.
     pub runtime: RuntimeStatus,
+}
+
+/// One member of the membership in effect, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: u64,
+    /// "voter" or "learner".
+    pub role: String,
+    /// Its peer (replication) address, if known.
+    pub peer_addr: Option<SocketAddr>,
+    /// Its client address, if known.
+    pub client_addr: Option<SocketAddr>,
 }
 
 /// Counters of the local log since the node started (monotonic).

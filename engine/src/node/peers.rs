@@ -25,7 +25,7 @@ use crate::net::NetHandle;
 use crate::raft::{Membership, Raft};
 use crate::types::NodeId;
 
-use super::PeerConfig;
+use super::{MemberStatus, PeerConfig};
 
 /// The peers told to the transport and the members' client addresses.
 pub(crate) struct PeerBook {
@@ -84,6 +84,27 @@ impl PeerBook {
             .iter()
             .filter(|(&id, _)| id != self.me)
             .map(|(&id, addr)| (id, addr.peer_addr))
+            .collect()
+    }
+
+    /// The members of `membership` as the status shows them, with the addresses in use.
+    pub(crate) fn members(&self, membership: &Membership) -> Vec<MemberStatus> {
+        membership
+            .members()
+            .map(|id| {
+                let addr = self.known.get(&id);
+                MemberStatus {
+                    id: id.get(),
+                    role: if membership.is_voter(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .to_string(),
+                    peer_addr: addr.map(|addr| addr.peer_addr),
+                    client_addr: addr.and_then(|addr| addr.client_addr),
+                }
+            })
             .collect()
     }
 

@@ -546,6 +546,8 @@ mod tests {
                 inflight_messages: 1,
                 inflight_bytes: 640,
             }],
+            members: Vec::new(),
+            members_committed: true,
             counters: Default::default(),
             log: LogCounters {
                 syncs: 9,
