@@ -374,6 +374,25 @@ impl Collector for StatusCollector {
             signed(queues.capacity as u64),
         )?;
 
+        let count_role =
+            |role: &str| signed(status.members.iter().filter(|m| m.role == role).count() as u64);
+        gauges(
+            e,
+            "lockstep_members",
+            "Members of the membership in effect (the latest appended), by role",
+            "role",
+            &[
+                ("voter", count_role("voter")),
+                ("learner", count_role("learner")),
+            ],
+        )?;
+        gauge(
+            e,
+            "lockstep_membership_change_pending",
+            "1 while the membership in effect is not yet committed (a change is in progress)",
+            i64::from(!status.members_committed),
+        )?;
+
         let peer_ids: Vec<String> = status
             .peers
             .iter()
@@ -517,7 +536,7 @@ impl Collector for StatusCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{LogCounters, PeerProgress, RuntimeStatus};
+    use crate::node::{LogCounters, MemberStatus, PeerProgress, RuntimeStatus};
 
     fn status() -> NodeStatus {
         let mut runtime = RuntimeStatus {
@@ -546,7 +565,12 @@ mod tests {
                 inflight_messages: 1,
                 inflight_bytes: 640,
             }],
-            members: Vec::new(),
+            members: vec![MemberStatus {
+                id: 1,
+                role: "voter".to_string(),
+                peer_addr: None,
+                client_addr: None,
+            }],
             members_committed: true,
             counters: Default::default(),
             log: LogCounters {
@@ -576,6 +600,9 @@ mod tests {
             "lockstep_log_sync_latency_seconds_bucket{le=\"+Inf\"} 3",
             "lockstep_queue_depth{queue=\"storage\"} 3",
             "lockstep_peer_inflight_bytes{peer=\"2\"} 640",
+            "lockstep_members{role=\"voter\"} 1",
+            "lockstep_members{role=\"learner\"} 0",
+            "lockstep_membership_change_pending 0",
             "lockstep_net_rejected_frames_total 0",
             "lockstep_net_refused_peer_handshakes_total{reason=\"bad_proof\"} 0",
             "lockstep_net_client_auth_failures_total 0",
