@@ -123,6 +123,11 @@ impl PeerBook {
         self.epoch = epoch;
         let membership = raft.membership();
         let members = self.members_of(membership);
+        for id in membership.members() {
+            if !members.contains_key(&id) {
+                tracing::warn!(node = %self.me, member = %id, "member without a known address: unreachable from here (name its address in the change that adds it, or in this node's members)");
+            }
+        }
         for (&id, addr) in &members {
             if id != self.me && self.known.get(&id) != Some(addr) {
                 tracing::info!(node = %self.me, peer = %id, addr = %addr.peer_addr, "member added or moved: now a peer");
