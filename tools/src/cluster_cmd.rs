@@ -659,18 +659,9 @@ fn leader_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(flags: &[&str]) -> Result<Args, String> {
-        Cli::try_parse_from(std::iter::once("cluster").chain(flags.iter().copied()))
-            .map(|cli| cli.args)
-            .map_err(|e| e.to_string())
+        crate::parse_flags("cluster", flags)
     }
 
     #[test]

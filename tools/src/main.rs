@@ -100,6 +100,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses one subcommand's flags as the command line would (for the subcommands' unit tests);
+/// the error is clap's message.
+#[cfg(test)]
+fn parse_flags<A: clap::Args + clap::FromArgMatches>(
+    command: &'static str,
+    flags: &[&str],
+) -> Result<A, String> {
+    let matches = A::augment_args(clap::Command::new(command))
+        .try_get_matches_from(std::iter::once(command).chain(flags.iter().copied()))
+        .map_err(|e| e.to_string())?;
+    A::from_arg_matches(&matches).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

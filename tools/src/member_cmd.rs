@@ -328,18 +328,9 @@ pub fn run(args: Args) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(line: &[&str]) -> Result<Args, String> {
-        Cli::try_parse_from(std::iter::once("member").chain(line.iter().copied()))
-            .map(|cli| cli.args)
-            .map_err(|e| e.to_string())
+        crate::parse_flags("member", line)
     }
 
     #[test]

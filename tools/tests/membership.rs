@@ -14,7 +14,6 @@
 mod common;
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -73,17 +72,8 @@ impl Extra {
             .spawn()
             .expect("spawn lockstep serve");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with(lockstep::server::READY_MARKER) && tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         self.child = Some(child);
-        rx
+        common::ready_lines(stdout)
     }
 
     fn log_tail(&self) -> String {

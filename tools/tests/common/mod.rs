@@ -204,15 +204,7 @@ impl Cluster {
     fn try_wait_ready(&mut self, id: u64) -> Result<(), NotReady> {
         let proc = self.procs[id as usize - 1].as_mut().expect("spawned");
         let stdout = proc.child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with(lockstep::server::READY_MARKER) && tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = ready_lines(stdout);
         match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => {
                 let expected = format!("lockstep node {id} ready: peer {}", self.peer_addr(id));
@@ -391,6 +383,20 @@ pub fn oldest_segment_index(log_dir: &Path) -> Option<u64> {
             name.strip_suffix(".seg")?.parse::<u64>().ok()
         })
         .min()
+}
+
+/// The ready line(s) a `lockstep serve` process prints on `stdout`, as they come.
+pub fn ready_lines(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(lockstep::server::READY_MARKER) && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// Runs the binary with `args` to completion; returns its status and stderr.
