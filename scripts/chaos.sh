@@ -7,7 +7,7 @@
 # Exit status 1 when any run failed a check, 2 when a run could not be carried out.
 #
 #   scripts/chaos.sh [--minutes M] [--nodes N] [--seed S] [--run-seconds RUN]
-#                    [--nemesis kill,pause,partition,storage] [--bug stale-reads] [--no-netns]
+#                    [--nemesis kill,pause,partition,storage,member] [--bug stale-reads] [--no-netns]
 #
 # Partitions need root, iproute2 and nftables; without them the harness says so and skips them.
 set -euo pipefail

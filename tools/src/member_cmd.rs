@@ -180,7 +180,11 @@ fn propose(
 /// (durable on it up to what the leader had committed at the previous look, `commit_before`,
 /// or now), `Some(false)` while not, `None` when the status is not a leader's. Updates
 /// `commit_before`.
-fn caught_up(status: &Value, id: NodeId, commit_before: &mut Option<u64>) -> Option<bool> {
+pub(crate) fn caught_up(
+    status: &Value,
+    id: NodeId,
+    commit_before: &mut Option<u64>,
+) -> Option<bool> {
     if status.get("role").and_then(Value::as_str) != Some("leader") {
         *commit_before = None;
         return None;

@@ -15,8 +15,13 @@
 //! - a peer that is no longer a member is forgotten only once the membership that removed it
 //!   is committed: until then the removal may still be truncated away, and the leader that
 //!   proposed it needs the acknowledgements of the remaining members over these connections;
-//! - with an empty membership (a node started to join an existing cluster, before the leader
-//!   reached it) the configured members stay peers: the leader's connection must be accepted.
+//! - with a membership that does not include this node, the configured members stay peers too:
+//!   such a membership is older than this node's addition (a node started to join an existing
+//!   cluster: none yet, or one from a snapshot or log prefix the leader sent first, which may
+//!   predate the leader itself) or follows its removal, so it cannot say who the peers are now,
+//!   and the leader's connection must be accepted. (A joining node's configured members are the
+//!   members when it joined; ids are not reused, so a membership that includes this node is at
+//!   or after its addition.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,12 +64,10 @@ impl PeerBook {
         book
     }
 
-    /// The members of `membership` with their addresses (all configured members when it is
-    /// empty); this node is kept with its configured addresses.
+    /// The members of `membership` with their addresses, and the configured members too when
+    /// it does not include this node (see the module docs); this node is kept with its
+    /// configured addresses.
     fn members_of(&self, membership: &Membership) -> BTreeMap<NodeId, PeerConfig> {
-        if membership.voters.is_empty() && membership.learners.is_empty() {
-            return self.configured.clone();
-        }
         let mut members: BTreeMap<NodeId, PeerConfig> = membership
             .members()
             .filter_map(|id| {
@@ -72,6 +75,11 @@ impl PeerBook {
                 Some((id, *addr))
             })
             .collect();
+        if !membership.contains(self.me) {
+            for (&id, addr) in &self.configured {
+                members.entry(id).or_insert(*addr);
+            }
+        }
         if let Some(own) = self.configured.get(&self.me) {
             members.insert(self.me, *own);
         }
@@ -192,5 +200,30 @@ mod tests {
         // A joining node (empty membership) keeps every configured member.
         let joining = PeerBook::new(NodeId(4), &configured, &Membership::default(), 0);
         assert_eq!(joining.peers().len(), 3);
+    }
+
+    #[test]
+    fn a_joining_node_keeps_its_configured_members_until_a_membership_includes_it() {
+        // Node 7 joins the members {4, 6} (6 leads); the first thing 6 sends is its snapshot,
+        // older than 6's own addition: members {2, 4, 5}. 6 must stay a peer.
+        let configured: BTreeMap<NodeId, PeerConfig> = [
+            (NodeId(4), addr(4)),
+            (NodeId(6), addr(6)),
+            (NodeId(7), addr(7)),
+        ]
+        .into();
+        let peer_ids =
+            |book: &PeerBook| -> Vec<u64> { book.peers().keys().map(|id| id.get()).collect() };
+        let mut old = Membership::with_voters([NodeId(2), NodeId(4), NodeId(5)]);
+        for id in [2, 4, 5] {
+            old.addrs.insert(NodeId(id), addr(id as u16));
+        }
+        let book = PeerBook::new(NodeId(7), &configured, &old, 0);
+        assert_eq!(peer_ids(&book), vec![2, 4, 5, 6]);
+        // Once a membership includes it, that membership alone names the peers.
+        let mut current = Membership::with_voters([NodeId(4), NodeId(6)]);
+        current.learners.insert(NodeId(7));
+        let book = PeerBook::new(NodeId(7), &configured, &current, 0);
+        assert_eq!(peer_ids(&book), vec![4, 6]);
     }
 }

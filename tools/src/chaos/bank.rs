@@ -21,8 +21,8 @@ use lockstep::sim::SimRng;
 use super::cluster::CLUSTER_ID;
 use super::history::NEVER_NS;
 use super::workload::{
-    count_outcomes, fold_hash, write_recorded, Checked, OutcomeCounts, Recorded, Settled, Workload,
-    HASH_START,
+    count_outcomes, fold_hash, write_recorded, AddressBook, Checked, OutcomeCounts, Recorded,
+    Settled, Workload, HASH_START,
 };
 
 /// Accounts the transfers move money between.
@@ -143,15 +143,15 @@ fn account(index: usize) -> String {
 /// The bank workload's shared state.
 pub struct BankWorkload {
     start: Instant,
-    addrs: Vec<SocketAddr>,
+    addrs: AddressBook,
     history: Mutex<Vec<BankOp>>,
     /// Replies of the wrong shape for their command (failures).
     bad_replies: Mutex<Vec<String>>,
 }
 
 impl BankWorkload {
-    /// A workload against the members at `addrs`.
-    pub fn new(addrs: Vec<SocketAddr>) -> BankWorkload {
+    /// A workload against the members in `addrs`.
+    pub fn new(addrs: AddressBook) -> BankWorkload {
         BankWorkload {
             start: Instant::now(),
             addrs,
@@ -161,7 +161,7 @@ impl BankWorkload {
     }
 
     fn cluster_client(&self) -> ClusterClient {
-        ClusterClient::new(self.addrs.clone(), CLUSTER_ID, CLIENT_TIMEOUT)
+        ClusterClient::new(self.addrs.addrs(), CLUSTER_ID, CLIENT_TIMEOUT)
             .with_retry_for(CLIENT_RETRY_FOR)
     }
 
@@ -340,7 +340,7 @@ impl Workload for BankWorkload {
 
     fn client(&self, process: u32, seed: u64, stop: &AtomicBool) {
         let mut rng = SimRng::new(seed ^ (u64::from(process) << 40) ^ 0xBA4C);
-        let mut client = self.cluster_client();
+        let mut client = self.addrs.cluster_client(CLIENT_TIMEOUT, CLIENT_RETRY_FOR);
         while !stop.load(Ordering::Relaxed) {
             let kind = match rng.below(10) {
                 0..=5 => {
@@ -355,7 +355,7 @@ impl Workload for BankWorkload {
                 6 | 7 => BankOpKind::Total,
                 _ => BankOpKind::Balance(rng.below(ACCOUNTS as u64) as usize),
             };
-            let op = self.run_op(&mut client, process, kind);
+            let op = self.run_op(client.get(), process, kind);
             if matches!(op.outcome, BankOutcome::Fail | BankOutcome::Unknown) {
                 std::thread::sleep(Duration::from_millis(10));
             }

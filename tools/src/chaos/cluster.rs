@@ -3,7 +3,16 @@
 //! there, on loopback or (with partitions) each in its own network namespace. It can kill -9,
 //! pause (SIGSTOP), resume (SIGCONT) and restart nodes and ask them for their status. Every
 //! child is killed when the [`Cluster`] drops.
+//!
+//! The members change over a run when the `member` nemesis replaces a node: the harness keeps
+//! every node it ever started (by id; ids are never reused) and, apart from them, the ids of
+//! the current members, which it updates once a change is known to be committed. A node is
+//! always restarted with the `--member` flags it first started with (the original members for
+//! the first nodes): a restarted node must take the members from its log, not from its flags.
+//! The client addresses of the current members are published in an [`AddressBook`] that the
+//! workload's clients follow.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -17,6 +26,7 @@ use lockstep::server::MemberConfig;
 use serde_json::Value;
 
 use super::netns::Netns;
+use super::workload::AddressBook;
 
 /// How long a node may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,14 +41,30 @@ const NETNS_CLIENT_PORT: u16 = 7001;
 /// The cluster id every chaos cluster uses.
 pub const CLUSTER_ID: u64 = 7007;
 
+/// One node the harness started at some point of the run.
+struct Node {
+    /// Its id and addresses.
+    config: MemberConfig,
+    /// The `--member` flags it is (re)started with: the members when it first started, and
+    /// itself.
+    member_flags: Vec<MemberConfig>,
+    /// Started with `--join` (a replacement; ignored by the node once its log holds anything).
+    join: bool,
+    process: Option<Child>,
+    paused: bool,
+}
+
 /// A running (or partly running) cluster.
 pub struct Cluster {
     dir: PathBuf,
     app: String,
     extra_args: Vec<String>,
-    members: Vec<MemberConfig>,
-    procs: Vec<Option<Child>>,
-    paused: Vec<bool>,
+    /// Every node started in the run, current members or not.
+    nodes: BTreeMap<u64, Node>,
+    /// The current members (voters and learners), in id order.
+    members: Vec<u64>,
+    /// The client addresses of the current members, for the workload's clients.
+    addresses: AddressBook,
     netns: Option<Netns>,
 }
 
@@ -61,24 +87,14 @@ impl Cluster {
         extra_args: Vec<String>,
         netns: Option<Netns>,
     ) -> Result<Cluster, String> {
-        let members = match &netns {
-            Some(netns) => (1..=nodes)
-                .map(|id| MemberConfig {
-                    id,
-                    peer_addr: SocketAddr::new(netns.addr(id), NETNS_PEER_PORT),
-                    client_addr: SocketAddr::new(netns.addr(id), NETNS_CLIENT_PORT),
-                })
-                .collect(),
+        let configs: Vec<MemberConfig> = match &netns {
+            Some(netns) => (1..=nodes).map(|id| netns_member(netns, id)).collect(),
             None => {
                 let ports = free_ports(2 * nodes as usize)?;
                 (1..=nodes)
                     .map(|id| {
                         let base = 2 * (id as usize - 1);
-                        MemberConfig {
-                            id,
-                            peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[base])),
-                            client_addr: SocketAddr::from(([127, 0, 0, 1], ports[base + 1])),
-                        }
+                        loopback_member(id, ports[base], ports[base + 1])
                     })
                     .collect()
             }
@@ -87,9 +103,21 @@ impl Cluster {
             dir: dir.to_path_buf(),
             app: app.to_string(),
             extra_args,
-            members,
-            procs: (0..nodes).map(|_| None).collect(),
-            paused: vec![false; nodes as usize],
+            nodes: configs
+                .iter()
+                .map(|config| {
+                    let node = Node {
+                        config: config.clone(),
+                        member_flags: configs.clone(),
+                        join: false,
+                        process: None,
+                        paused: false,
+                    };
+                    (config.id, node)
+                })
+                .collect(),
+            members: (1..=nodes).collect(),
+            addresses: AddressBook::new(configs.iter().map(|c| c.client_addr).collect()),
             netns,
         };
         for id in cluster.ids() {
@@ -98,9 +126,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Ids of all members.
+    /// Ids of the current members.
     pub fn ids(&self) -> Vec<u64> {
-        self.members.iter().map(|member| member.id).collect()
+        self.members.clone()
     }
 
     /// The network namespaces, when the cluster runs in them.
@@ -108,17 +136,39 @@ impl Cluster {
         self.netns.as_ref()
     }
 
-    /// Client addresses of all members, in id order.
+    /// Client addresses of the current members, in id order.
     pub fn client_addrs(&self) -> Vec<SocketAddr> {
         self.members
             .iter()
-            .map(|member| member.client_addr)
+            .map(|id| self.client_addr(*id))
             .collect()
+    }
+
+    /// The address book the workload's clients follow (updated with the members).
+    pub fn address_book(&self) -> AddressBook {
+        self.addresses.clone()
+    }
+
+    /// Node `id`'s addresses (any node started in the run).
+    pub fn member_config(&self, id: u64) -> &MemberConfig {
+        &self.node(id).config
     }
 
     /// Node `id`'s client address.
     pub fn client_addr(&self, id: u64) -> SocketAddr {
-        self.members[id as usize - 1].client_addr
+        self.node(id).config.client_addr
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("node {id} was never started"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("node {id} was never started"))
     }
 
     /// Node `id`'s data directory.
@@ -132,18 +182,70 @@ impl Cluster {
 
     /// Whether node `id`'s process runs (possibly paused).
     pub fn is_up(&self, id: u64) -> bool {
-        self.procs[id as usize - 1].is_some()
+        self.node(id).process.is_some()
     }
 
     /// Whether node `id` is paused.
     pub fn is_paused(&self, id: u64) -> bool {
-        self.paused[id as usize - 1]
+        self.node(id).paused
+    }
+
+    /// Sets the current members (once the harness knows a change committed) and publishes
+    /// their client addresses to the workload's clients.
+    pub fn set_members(&mut self, mut ids: Vec<u64>) {
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
+            assert!(self.nodes.contains_key(id), "member {id} was never started");
+        }
+        self.members = ids;
+        self.addresses.set(self.client_addrs());
+    }
+
+    /// Creates a new node with an id never used in the run and fresh addresses (a new machine),
+    /// and starts it with `--join` on an empty data directory, its `--member` flags naming the
+    /// current members and itself. It is not a member until the leader adds it.
+    pub fn start_joining_node(&mut self) -> Result<u64, String> {
+        let id = self.nodes.keys().next_back().copied().unwrap_or(0) + 1;
+        let config = match &mut self.netns {
+            Some(netns) => {
+                netns.add_node(id)?;
+                netns_member(netns, id)
+            }
+            None => {
+                let ports = free_ports(2)?;
+                loopback_member(id, ports[0], ports[1])
+            }
+        };
+        let mut member_flags: Vec<MemberConfig> = self
+            .members
+            .iter()
+            .map(|member| self.member_config(*member).clone())
+            .collect();
+        member_flags.push(config.clone());
+        let data_dir = self.data_dir(id);
+        if data_dir.exists() {
+            return Err(format!("{} exists already", data_dir.display()));
+        }
+        self.nodes.insert(
+            id,
+            Node {
+                config,
+                member_flags,
+                join: true,
+                process: None,
+                paused: false,
+            },
+        );
+        self.start_node(id)?;
+        Ok(id)
     }
 
     /// Starts node `id` and waits for its ready line; on failure (it exited or stayed silent)
     /// the error holds the tail of its log.
     pub fn start_node(&mut self, id: u64) -> Result<(), String> {
         assert!(!self.is_up(id), "node {id} is already running");
+        let node = self.node(id);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -161,8 +263,11 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--app", &self.app]);
-        for member in &self.members {
+        for member in &node.member_flags {
             command.args(["--member", &member.to_string()]);
+        }
+        if node.join {
+            command.arg("--join");
         }
         command
             .args(&self.extra_args)
@@ -186,8 +291,9 @@ impl Cluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if rx.recv_timeout(Duration::from_millis(20)).is_ok() {
-                self.procs[id as usize - 1] = Some(child);
-                self.paused[id as usize - 1] = false;
+                let node = self.node_mut(id);
+                node.process = Some(child);
+                node.paused = false;
                 return Ok(());
             }
             let exited = child
@@ -212,16 +318,20 @@ impl Cluster {
 
     /// Kills node `id` with SIGKILL (paused or not) and reaps it.
     pub fn kill9(&mut self, id: u64) {
-        let mut child = self.procs[id as usize - 1]
+        let node = self.node_mut(id);
+        let mut child = node
+            .process
             .take()
             .unwrap_or_else(|| panic!("kill -9 of node {id}, which is not running"));
+        node.paused = false;
         child.kill().expect("SIGKILL a child we own");
         child.wait().expect("reap a killed child");
-        self.paused[id as usize - 1] = false;
     }
 
     fn signal(&self, id: u64, signal: libc::c_int) {
-        let child = self.procs[id as usize - 1]
+        let child = self
+            .node(id)
+            .process
             .as_ref()
             .unwrap_or_else(|| panic!("signal {signal} to node {id}, which is not running"));
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
@@ -239,14 +349,14 @@ impl Cluster {
     pub fn pause(&mut self, id: u64) {
         assert!(!self.is_paused(id), "node {id} is already paused");
         self.signal(id, libc::SIGSTOP);
-        self.paused[id as usize - 1] = true;
+        self.node_mut(id).paused = true;
     }
 
     /// Resumes a paused node `id` with SIGCONT.
     pub fn resume(&mut self, id: u64) {
         assert!(self.is_paused(id), "node {id} is not paused");
         self.signal(id, libc::SIGCONT);
-        self.paused[id as usize - 1] = false;
+        self.node_mut(id).paused = false;
     }
 
     /// Node `id`'s status JSON.
@@ -260,15 +370,20 @@ impl Cluster {
         serde_json::from_str(&json).map_err(|err| format!("node {id}: status is not JSON: {err}"))
     }
 
-    /// The leader as the running, unpaused nodes report it: the node that says it leads in
-    /// the highest term.
-    pub fn leader(&self) -> Option<u64> {
+    /// The status JSON of the leader among the current members (see [`Cluster::leader`]).
+    pub fn leader_status(&self) -> Option<Value> {
         self.ids()
             .into_iter()
             .filter(|id| self.is_up(*id) && !self.is_paused(*id))
             .filter_map(|id| self.status(id).ok())
             .filter(|status| status["role"] == "leader")
             .max_by_key(|status| status["term"].as_u64())
+    }
+
+    /// The leader as the running, unpaused members report it: the node that says it leads in
+    /// the highest term.
+    pub fn leader(&self) -> Option<u64> {
+        self.leader_status()
             .and_then(|status| status["id"].as_u64())
     }
 
@@ -287,16 +402,19 @@ impl Cluster {
     }
 
     /// Reaps nodes whose process ended on its own (a crash: the harness never does that);
-    /// returns each with its exit status and the log lines that say why.
+    /// returns each with its exit status and the log lines that say why. Covers every node
+    /// started in the run, members or not.
     pub fn reap_exited(&mut self) -> Vec<(u64, String)> {
         let mut exited = Vec::new();
-        for id in self.ids() {
-            let Some(child) = self.procs[id as usize - 1].as_mut() else {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let node = self.node_mut(id);
+            let Some(child) = node.process.as_mut() else {
                 continue;
             };
             if let Ok(Some(status)) = child.try_wait() {
-                self.procs[id as usize - 1] = None;
-                self.paused[id as usize - 1] = false;
+                node.process = None;
+                node.paused = false;
                 exited.push((id, format!("{status}: {}", self.why_failed(id))));
             }
         }
@@ -339,10 +457,30 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for child in self.procs.iter_mut().filter_map(Option::take) {
-            let mut child = child;
+        for node in self.nodes.values_mut() {
+            let Some(mut child) = node.process.take() else {
+                continue;
+            };
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Node `id`'s addresses in its own network namespace.
+fn netns_member(netns: &Netns, id: u64) -> MemberConfig {
+    MemberConfig {
+        id,
+        peer_addr: SocketAddr::new(netns.addr(id), NETNS_PEER_PORT),
+        client_addr: SocketAddr::new(netns.addr(id), NETNS_CLIENT_PORT),
+    }
+}
+
+/// Node `id`'s addresses on loopback.
+fn loopback_member(id: u64, peer_port: u16, client_port: u16) -> MemberConfig {
+    MemberConfig {
+        id,
+        peer_addr: SocketAddr::from(([127, 0, 0, 1], peer_port)),
+        client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
     }
 }

@@ -33,8 +33,8 @@ use super::history::{Op, OpKind, Outcome, NEVER_NS};
 use super::linearizable::{check_key, Verdict};
 use super::values::check_values;
 use super::workload::{
-    count_outcomes, fold_hash, write_recorded, Checked, OutcomeCounts, Recorded, Settled, Workload,
-    HASH_START,
+    count_outcomes, fold_hash, write_recorded, AddressBook, Checked, OutcomeCounts, Recorded,
+    Settled, Workload, HASH_START,
 };
 
 /// Search steps the linearizability checker may spend on one key.
@@ -60,7 +60,7 @@ pub enum ClientBug {
 pub struct KvWorkload {
     bug: Option<ClientBug>,
     start: Instant,
-    addrs: Vec<SocketAddr>,
+    addrs: AddressBook,
     /// Operations begun per slot (slot `s` is a register when even, a counter when odd).
     begun_per_slot: Vec<AtomicU64>,
     ops_per_key: u64,
@@ -85,9 +85,9 @@ fn read_value(reply: Result<Reply, ReplyError>) -> Result<Option<i64>, String> {
 }
 
 impl KvWorkload {
-    /// A workload over `slots` key slots against the members at `addrs`.
+    /// A workload over `slots` key slots against the members in `addrs`.
     pub fn new(
-        addrs: Vec<SocketAddr>,
+        addrs: AddressBook,
         slots: usize,
         ops_per_key: u64,
         bug: Option<ClientBug>,
@@ -133,8 +133,7 @@ impl KvWorkload {
     /// Runs one client thread's loop until `stop`.
     fn run_client(&self, process: u32, seed: u64, stop: &AtomicBool) {
         let mut rng = SimRng::new(seed ^ (u64::from(process) << 40));
-        let mut client = ClusterClient::new(self.addrs.clone(), CLUSTER_ID, CLIENT_TIMEOUT)
-            .with_retry_for(CLIENT_RETRY_FOR);
+        let mut client = self.addrs.cluster_client(CLIENT_TIMEOUT, CLIENT_RETRY_FOR);
         let mut sequence: u64 = 0;
         while !stop.load(Ordering::Relaxed) {
             let slot = rng.below(self.begun_per_slot.len() as u64) as usize;
@@ -150,10 +149,10 @@ impl KvWorkload {
             };
             let op = match (self.bug, kind) {
                 (Some(ClientBug::StaleReads), OpKind::Read) => {
-                    let addr = *rng.pick(&self.addrs);
+                    let addr = *rng.pick(&self.addrs.addrs());
                     self.local_read(addr, process, key)
                 }
-                _ => self.run_op(&mut client, process, key, kind),
+                _ => self.run_op(client.get(), process, key, kind),
             };
             if op.outcome == Outcome::Unknown || op.outcome == Outcome::Fail {
                 // Give a recovering cluster room instead of hammering it.

@@ -20,11 +20,10 @@ use lockstep::apps::{Envelope, LockCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
 use lockstep::sim::SimRng;
 
-use super::cluster::CLUSTER_ID;
 use super::history::NEVER_NS;
 use super::workload::{
-    count_outcomes, fold_hash, write_recorded, Checked, OutcomeCounts, Recorded, Settled, Workload,
-    HASH_START,
+    count_outcomes, fold_hash, write_recorded, AddressBook, Checked, OutcomeCounts, Recorded,
+    Settled, Workload, HASH_START,
 };
 
 /// Locks the clients compete for.
@@ -220,7 +219,7 @@ pub fn check_locks(ops: &[LockOp]) -> Vec<String> {
 /// The lock workload's shared state.
 pub struct LockWorkload {
     start: Instant,
-    addrs: Vec<SocketAddr>,
+    addrs: AddressBook,
     history: Mutex<Vec<LockOp>>,
     /// Replies of the wrong shape for their command (failures).
     bad_replies: Mutex<Vec<String>>,
@@ -234,8 +233,8 @@ fn now_ms() -> u64 {
 }
 
 impl LockWorkload {
-    /// A workload against the members at `addrs`.
-    pub fn new(addrs: Vec<SocketAddr>) -> LockWorkload {
+    /// A workload against the members in `addrs`.
+    pub fn new(addrs: AddressBook) -> LockWorkload {
         LockWorkload {
             start: Instant::now(),
             addrs,
@@ -317,8 +316,7 @@ impl Workload for LockWorkload {
 
     fn client(&self, process: u32, seed: u64, stop: &AtomicBool) {
         let mut rng = SimRng::new(seed ^ (u64::from(process) << 40) ^ 0x10C4);
-        let mut client = ClusterClient::new(self.addrs.clone(), CLUSTER_ID, CLIENT_TIMEOUT)
-            .with_retry_for(CLIENT_RETRY_FOR);
+        let mut client = self.addrs.cluster_client(CLIENT_TIMEOUT, CLIENT_RETRY_FOR);
         while !stop.load(Ordering::Relaxed) {
             let lock = rng.below(LOCKS as u64) as usize;
             let kind = if rng.chance(700) {
@@ -329,7 +327,7 @@ impl Workload for LockWorkload {
             } else {
                 LockOpKind::Release { lock }
             };
-            let op = self.run_op(&mut client, process, kind);
+            let op = self.run_op(client.get(), process, kind);
             if matches!(op.outcome, LockOutcome::Fail | LockOutcome::Unknown) {
                 std::thread::sleep(Duration::from_millis(10));
             }

@@ -10,19 +10,29 @@
 //!   damaged log, as long as it says why: the harness then records the refusal, puts the saved
 //!   copy of the log back and starts it again, so the run goes on. One damaged node at a time:
 //!   while a node is still repairing its log (status `repair_until`), no other is damaged.
+//! - `member`: replace a member by a new machine: remove it from the membership (through the
+//!   leader, retried across leader changes), SIGKILL it and wipe its data directory, start a new
+//!   node with a fresh id and fresh addresses (`serve --join`, empty data directory), add it as
+//!   a learner with its addresses, wait until it caught up, and promote it. Only when every
+//!   member is up, answers, is not repairing its log and the membership is committed: with one
+//!   voter removed from three, both others are needed for a majority.
 //!
 //! Every choice comes from one [`SimRng`] seeded by the run's seed; the timing of a real
 //! cluster is not deterministic, so a seed reproduces the fault schedule, not the run.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use lockstep::client::ClusterClient;
 use lockstep::log::inspect::inspect;
 use lockstep::log::record::RECORD_HEADER_BYTES;
 use lockstep::log::segment::SEGMENT_BYTES_MIN;
+use lockstep::raft::{MemberAddr, MembershipChange};
 use lockstep::sim::SimRng;
+use lockstep::types::NodeId;
+use serde_json::Value;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, CLUSTER_ID};
 
 /// A family of faults, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,10 +45,19 @@ pub enum FaultKind {
     Partition,
     /// Log damage on a stopped node.
     Storage,
+    /// Replacement of a member by a new node (remove, wipe, join, add, promote).
+    Member,
 }
 
+/// Bound on one replacement (removal, restart, addition, catch-up, promotion); no other fault
+/// is active meanwhile, so a cluster that cannot do it in this time is a finding.
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause between two looks at the leader while a membership change goes on.
+const MEMBER_POLL: Duration = Duration::from_millis(50);
+
 impl FaultKind {
-    /// Parses a comma-separated list such as `kill,pause,partition,storage`.
+    /// Parses a comma-separated list such as `kill,pause,partition,storage,member`.
     pub fn parse_list(text: &str) -> Result<Vec<FaultKind>, String> {
         let mut kinds = Vec::new();
         for name in text
@@ -51,9 +70,11 @@ impl FaultKind {
                 "pause" => FaultKind::Pause,
                 "partition" => FaultKind::Partition,
                 "storage" => FaultKind::Storage,
+                "member" => FaultKind::Member,
                 other => {
                     return Err(format!(
-                        "--nemesis: unknown fault {other:?} (kill, pause, partition, storage)"
+                        "--nemesis: unknown fault {other:?} (kill, pause, partition, storage, \
+                         member)"
                     ))
                 }
             };
@@ -71,6 +92,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Storage => "storage",
+            FaultKind::Member => "member",
         }
     }
 }
@@ -152,6 +174,7 @@ impl Nemesis {
             }
             FaultKind::Partition => self.partition(cluster, leader)?,
             FaultKind::Storage => self.storage(cluster)?,
+            FaultKind::Member => self.replace(cluster, leader)?,
         };
         self.faults.push(Fault {
             kind,
@@ -332,6 +355,187 @@ impl Nemesis {
     }
 }
 
+impl Nemesis {
+    /// The `member` fault: replaces a member (the leader a third of the time) by a new node.
+    fn replace(&mut self, cluster: &mut Cluster, leader: Option<u64>) -> Result<String, String> {
+        if let Some(why) = replace_blocked(cluster) {
+            return Ok(format!("skipped replacement: {why}"));
+        }
+        let ids = cluster.ids();
+        let target = match leader {
+            Some(leader) if self.rng.chance(333) => leader,
+            _ => *self.rng.pick(&ids),
+        };
+        let role = if Some(target) == leader {
+            "leader"
+        } else {
+            "node"
+        };
+        let started = Instant::now();
+        let deadline = started + REPLACE_TIMEOUT;
+        let removed = drive_change(
+            cluster,
+            deadline,
+            MembershipChange::Remove(NodeId(target)),
+            |members| !members.iter().any(|(id, _)| *id == target),
+            |_| true,
+        )
+        .map_err(|err| format!("remove node {target}: {err}"))?;
+        cluster.set_members(ids.iter().copied().filter(|id| *id != target).collect());
+        if cluster.is_up(target) {
+            cluster.kill9(target);
+        }
+        let data_dir = cluster.data_dir(target);
+        std::fs::remove_dir_all(&data_dir)
+            .map_err(|err| format!("wipe {}: {err}", data_dir.display()))?;
+        let new = cluster
+            .start_joining_node()
+            .map_err(|err| format!("start the node replacing {target}: {err}"))?;
+        let config = cluster.member_config(new).clone();
+        let addr = MemberAddr {
+            peer_addr: config.peer_addr,
+            client_addr: Some(config.client_addr),
+        };
+        let added = drive_change(
+            cluster,
+            deadline,
+            MembershipChange::AddLearner(NodeId(new), Some(addr)),
+            |members| members.iter().any(|(id, _)| *id == new),
+            |_| true,
+        )
+        .map_err(|err| format!("add node {new} (replacing {target}) as a learner: {err}"))?;
+        let mut members = cluster.ids();
+        members.push(new);
+        cluster.set_members(members);
+        let mut commit_before = None;
+        let promoted = drive_change(
+            cluster,
+            deadline,
+            MembershipChange::Promote(NodeId(new)),
+            |members| members.contains(&(new, true)),
+            // Propose the promotion once the leader sees the learner caught up (the leader
+            // refuses it before, which would only be retried).
+            |status| {
+                crate::member_cmd::caught_up(status, NodeId(new), &mut commit_before) == Some(true)
+            },
+        )
+        .map_err(|err| format!("promote node {new} (replacing {target}): {err}"))?;
+        Ok(format!(
+            "replace {role} {target} by node {new} (removed {removed}, added {added}, promoted \
+             {promoted}) in {} ms",
+            started.elapsed().as_millis()
+        ))
+    }
+}
+
+/// Why a member cannot be replaced now, or `None` when it can: every member must be up and
+/// unpaused, answer its status and not be repairing its log, and the leader's membership must
+/// be committed and be the one the harness knows, all voters. Removing one of three voters
+/// leaves two, and both are needed for a majority, so nothing else may be down.
+fn replace_blocked(cluster: &Cluster) -> Option<String> {
+    let ids = cluster.ids();
+    for &id in &ids {
+        if !cluster.is_up(id) || cluster.is_paused(id) {
+            return Some(format!("node {id} is down or paused"));
+        }
+        match cluster.status(id) {
+            Err(err) => return Some(format!("node {id} does not answer: {err}")),
+            Ok(status) if !status["repair_until"].is_null() => {
+                return Some(format!("node {id} is still repairing its log"))
+            }
+            Ok(_) => {}
+        }
+    }
+    let Some(status) = cluster.leader_status() else {
+        return Some("no leader".to_string());
+    };
+    let Some((members, committed)) = leader_members(&status) else {
+        return Some("the leader's status shows no membership".to_string());
+    };
+    if !committed {
+        return Some("a membership change is in progress".to_string());
+    }
+    let expected: Vec<(u64, bool)> = ids.iter().map(|id| (*id, true)).collect();
+    if members != expected {
+        return Some(format!(
+            "the leader's members {members:?} (id, voter) are not the voters {ids:?}"
+        ));
+    }
+    None
+}
+
+/// The membership in a leader's status: (id, voter) in id order, and whether it is committed.
+pub fn leader_members(status: &Value) -> Option<(Vec<(u64, bool)>, bool)> {
+    let mut members: Vec<(u64, bool)> = status["members"]
+        .as_array()?
+        .iter()
+        .map(|member| {
+            let id = member["id"].as_u64()?;
+            Some((id, member["role"].as_str()? == "voter"))
+        })
+        .collect::<Option<_>>()?;
+    members.sort_unstable();
+    Some((members, status["members_committed"].as_bool()?))
+}
+
+/// Proposes `change` at the leader until the leader shows a committed membership for which
+/// `done` holds, or `deadline`. The leader may change, and a proposal whose outcome is unknown
+/// may have taken effect (then it is refused as not applying, or is simply seen done): each
+/// round starts from what the leader shows, not from what was sent. `ready` (given the
+/// leader's status) says whether to propose in this round or wait for the next look. Returns
+/// where the change went ("at iN", or "seen committed" when the answer to it was lost).
+fn drive_change(
+    cluster: &Cluster,
+    deadline: Instant,
+    change: MembershipChange,
+    done: impl Fn(&[(u64, bool)]) -> bool,
+    mut ready: impl FnMut(&Value) -> bool,
+) -> Result<String, String> {
+    let mut client = ClusterClient::new(
+        cluster.client_addrs(),
+        CLUSTER_ID,
+        Duration::from_millis(1000),
+    )
+    .with_retry_for(Duration::from_secs(2));
+    let mut index = None;
+    let mut last = "no leader seen".to_string();
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not done within {REPLACE_TIMEOUT:?} (last: {last})"
+            ));
+        }
+        let status = cluster.leader_status();
+        match status.as_ref().and_then(leader_members) {
+            None => last = "no leader seen".to_string(),
+            Some((members, false)) => {
+                last = format!("a change is in progress (members {members:?})");
+            }
+            Some((members, true)) if done(&members) => {
+                return Ok(index.map_or("seen committed".to_string(), |at| format!("at i{at}")));
+            }
+            Some(_) => {
+                let status = status.expect("a membership comes from a status");
+                if !ready(&status) {
+                    last = "waiting until the leader sees the learner caught up".to_string();
+                } else {
+                    if let Some(leader) = status["id"].as_u64() {
+                        client.switch_to(cluster.client_addr(leader));
+                    }
+                    match client.change_membership(change) {
+                        Ok(at) => {
+                            index = Some(at.get());
+                            continue;
+                        }
+                        Err(err) => last = err.to_string(),
+                    }
+                }
+            }
+        }
+        std::thread::sleep(MEMBER_POLL);
+    }
+}
+
 /// Flips bit `bit` of the byte at `offset` in the file at `path`.
 fn flip_bit(path: &Path, offset: u64, bit: u8) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
@@ -373,8 +577,29 @@ mod tests {
             FaultKind::parse_list("kill, pause,kill,storage").unwrap(),
             vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Storage]
         );
+        assert_eq!(
+            FaultKind::parse_list("member,kill").unwrap(),
+            vec![FaultKind::Member, FaultKind::Kill]
+        );
+        assert_eq!(FaultKind::Member.name(), "member");
         let err = FaultKind::parse_list("kill,flood").unwrap_err();
-        assert!(err.contains("\"flood\""), "{err}");
+        assert!(err.contains("\"flood\"") && err.contains("member"), "{err}");
+    }
+
+    #[test]
+    fn a_leader_status_gives_its_members_in_id_order() {
+        let status: Value = serde_json::from_str(
+            r#"{"role":"leader","members_committed":false,"members":[
+                {"id":5,"role":"voter","peer_addr":"127.0.0.1:1","client_addr":null},
+                {"id":2,"role":"voter","peer_addr":null,"client_addr":null},
+                {"id":7,"role":"learner","peer_addr":null,"client_addr":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            leader_members(&status),
+            Some((vec![(2, true), (5, true), (7, false)], false))
+        );
+        assert_eq!(leader_members(&serde_json::json!({"role": "leader"})), None);
     }
 
     #[test]

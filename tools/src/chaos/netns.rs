@@ -24,12 +24,16 @@ fn nft_setup(namespace: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Highest node id a namespace can be made for (the last octet of its address; 254 is the
+/// harness's).
+const NODE_ID_MAX: u64 = 253;
+
 /// The namespaces, veth pairs and bridge of one run.
 pub struct Netns {
     tag: String,
     subnet: u8,
-    nodes: u64,
-    created_nodes: u64,
+    /// Nodes whose namespace exists (the first ones, and nodes added since), in id order.
+    created_nodes: Vec<u64>,
     bridge_created: bool,
 }
 
@@ -81,7 +85,7 @@ impl Netns {
     /// Creates the bridge and one namespace per node (ids `1..=nodes`).
     pub fn create(nodes: u64) -> Result<Netns, String> {
         assert!(
-            (1..=200).contains(&nodes),
+            (1..=NODE_ID_MAX).contains(&nodes),
             "{nodes} nodes do not fit the subnet"
         );
         let pid = std::process::id();
@@ -89,8 +93,7 @@ impl Netns {
             tag: format!("ls{pid}"),
             // 10.213.<20..=219>.0/24: keeps concurrent runs apart with high probability.
             subnet: 20 + (pid % 200) as u8,
-            nodes,
-            created_nodes: 0,
+            created_nodes: Vec::new(),
             bridge_created: false,
         };
         let bridge = netns.bridge();
@@ -100,28 +103,42 @@ impl Netns {
         run("ip", &["addr", "add", &bridge_addr, "dev", &bridge])?;
         run("ip", &["link", "set", &bridge, "up"])?;
         for id in 1..=nodes {
-            let namespace = netns.namespace(id);
-            let veth = format!("{}v{id}", netns.tag);
-            run("ip", &["netns", "add", &namespace])?;
-            netns.created_nodes = id;
-            run(
-                "ip",
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                    &namespace,
-                ],
-            )?;
-            run("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
-            let addr = format!("{}/24", netns.addr(id));
-            run(
-                "ip",
-                &["-n", &namespace, "addr", "add", &addr, "dev", "eth0"],
-            )?;
-            run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
-            run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
-            nft_setup(&namespace)?;
+            netns.add_node(id)?;
         }
         Ok(netns)
+    }
+
+    /// Creates node `id`'s namespace, attached to the bridge (a node added during the run).
+    pub fn add_node(&mut self, id: u64) -> Result<(), String> {
+        assert!(
+            (1..=NODE_ID_MAX).contains(&id),
+            "node {id} does not fit the subnet"
+        );
+        assert!(
+            !self.created_nodes.contains(&id),
+            "node {id} has a namespace already"
+        );
+        let bridge = self.bridge();
+        let namespace = self.namespace(id);
+        let veth = format!("{}v{id}", self.tag);
+        run("ip", &["netns", "add", &namespace])?;
+        self.created_nodes.push(id);
+        run(
+            "ip",
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
+            ],
+        )?;
+        run("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
+        let addr = format!("{}/24", self.addr(id));
+        run(
+            "ip",
+            &["-n", &namespace, "addr", "add", &addr, "dev", "eth0"],
+        )?;
+        run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
+        nft_setup(&namespace)?;
+        Ok(())
     }
 
     fn bridge(&self) -> String {
@@ -136,9 +153,8 @@ impl Netns {
     /// Node `id`'s address.
     pub fn addr(&self, id: u64) -> IpAddr {
         assert!(
-            (1..=self.nodes).contains(&id),
-            "node {id} outside 1..={}",
-            self.nodes
+            self.created_nodes.contains(&id),
+            "node {id} has no namespace"
         );
         IpAddr::V4(Ipv4Addr::new(10, 213, self.subnet, id as u8))
     }
@@ -170,7 +186,7 @@ impl Netns {
 
     /// Restores every link.
     pub fn heal(&self) -> Result<(), String> {
-        for id in 1..=self.nodes {
+        for &id in &self.created_nodes {
             run(
                 "ip",
                 &[
@@ -188,7 +204,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for id in 1..=self.created_nodes {
+        for &id in &self.created_nodes {
             // Deleting a namespace also deletes the veth pair inside it.
             if let Err(err) = run("ip", &["netns", "del", &self.namespace(id)]) {
                 eprintln!("chaos: cleanup: {err}");

@@ -5,7 +5,8 @@
 //! `--recovery-bound-s`); let the clients run a little longer, stop them; read every key once
 //! more through the leader (the final reads, part of the history); wait until every replica
 //! applied the leader's commit index and compare a hash of each replica's local state; run the
-//! checkers. Writes `summary.json` and `history.jsonl` into the run directory and prints a
+//! checkers. The replicas are the current members (the `member` nemesis replaces nodes): a
+//! removed node's data is gone, and every acknowledged write must be found on the members. Writes `summary.json` and `history.jsonl` into the run directory and prints a
 //! summary; the exit status says whether every check passed.
 
 use std::collections::BTreeMap;
@@ -21,9 +22,9 @@ use super::bank::BankWorkload;
 use super::cluster::{Cluster, CLUSTER_ID};
 use super::kv::{ClientBug, KvWorkload};
 use super::lock::LockWorkload;
-use super::nemesis::{FaultKind, Nemesis};
+use super::nemesis::{leader_members, FaultKind, Nemesis};
 use super::netns::{self, Netns};
-use super::workload::{OutcomeCounts, Workload};
+use super::workload::{AddressBook, OutcomeCounts, Workload};
 
 /// Failures printed (all are in `summary.json`).
 const FAILURES_PRINTED: usize = 20;
@@ -62,7 +63,7 @@ pub struct RunArgs {
     /// Workload: `kv` (registers and counters), `bank` (transfers), `lock` (leases, fencing).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Kv)]
     workload: WorkloadKind,
-    /// Fault kinds, comma-separated: kill, pause, partition, storage.
+    /// Fault kinds, comma-separated: kill, pause, partition, storage, member.
     #[arg(long, default_value = "kill,pause,storage")]
     nemesis: String,
     /// Run directory (kept); default: a temporary one, removed when the run passes.
@@ -158,7 +159,7 @@ fn prepare(args: &RunArgs) -> Result<(Vec<FaultKind>, Option<Netns>), String> {
 }
 
 /// The workload `args` ask for.
-fn workload(args: &RunArgs, addrs: Vec<std::net::SocketAddr>) -> Box<dyn Workload> {
+fn workload(args: &RunArgs, addrs: AddressBook) -> Box<dyn Workload> {
     match args.workload {
         WorkloadKind::Kv => Box::new(KvWorkload::new(addrs, SLOTS, OPS_PER_KEY, args.bug)),
         WorkloadKind::Bank => Box::new(BankWorkload::new(addrs)),
@@ -189,7 +190,7 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
         args.seconds
     );
 
-    let workload: Arc<dyn Workload> = Arc::from(workload(args, cluster.client_addrs()));
+    let workload: Arc<dyn Workload> = Arc::from(workload(args, cluster.address_book()));
     workload.setup(&cluster.client_addrs())?;
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -234,7 +235,15 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
     workload.write_history(&history_path, args.seed)?;
     let passed = findings.failures.is_empty();
     let counts = workload.counts();
-    let summary = summary_json(args, &nemesis, counts, &findings, recovery_ms, applied);
+    let summary = summary_json(
+        args,
+        &nemesis,
+        counts,
+        &findings,
+        recovery_ms,
+        applied,
+        &cluster.ids(),
+    );
     let summary_path = dir.join("summary.json");
     std::fs::write(&summary_path, format!("{summary:#}\n"))
         .map_err(|err| format!("write {}: {err}", summary_path.display()))?;
@@ -306,49 +315,56 @@ fn heal_and_time(
     }
 }
 
-/// Waits until every replica applied the leader's commit index, then compares the workload's
-/// hash of each replica's local state. Returns the common applied index.
+/// Waits until every replica (every current member) applied the leader's commit index, checks
+/// that the leader's committed membership is the one the harness expects (all voters), then
+/// compares the workload's hash of each replica's local state. Returns the common applied index.
 fn check_convergence(
     cluster: &Cluster,
     workload: &dyn Workload,
     findings: &mut Findings,
 ) -> Option<u64> {
+    let ids = cluster.ids();
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    let applied = loop {
-        let statuses: Vec<_> = cluster
-            .ids()
-            .into_iter()
-            .map(|id| cluster.status(id))
-            .collect();
+    let (applied, leader_status) = loop {
+        let statuses: Vec<_> = ids.iter().map(|id| cluster.status(*id)).collect();
         let applied: Vec<Option<u64>> = statuses
             .iter()
             .map(|status| status.as_ref().ok().and_then(|s| s["applied"].as_u64()))
             .collect();
-        let leader_commit = statuses
+        let leader_status = statuses
             .iter()
             .filter_map(|status| status.as_ref().ok())
-            .find(|status| status["role"] == "leader")
-            .and_then(|status| status["commit"].as_u64());
+            .find(|status| status["role"] == "leader");
+        let leader_commit = leader_status.and_then(|status| status["commit"].as_u64());
         if leader_commit.is_some() && applied.iter().all(|index| *index == leader_commit) {
-            break leader_commit;
+            break (leader_commit, leader_status.cloned());
         }
         if Instant::now() > deadline {
-            let crashed: Vec<String> = cluster
-                .ids()
-                .into_iter()
-                .filter(|id| applied[*id as usize - 1].is_none())
-                .map(|id| format!("node {id}: {}", cluster.why_failed(id)))
+            let crashed: Vec<String> = ids
+                .iter()
+                .zip(&applied)
+                .filter(|(_, applied)| applied.is_none())
+                .map(|(id, _)| format!("node {id}: {}", cluster.why_failed(*id)))
                 .collect();
+            let applied: Vec<(u64, Option<u64>)> = ids.iter().copied().zip(applied).collect();
             findings.failures.push(format!(
                 "replicas did not converge (silent: {crashed:?}) within {CONVERGE_TIMEOUT:?}: \
-                 applied {applied:?}, leader commit {leader_commit:?}"
+                 applied (node, index) {applied:?}, leader commit {leader_commit:?}"
             ));
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let expected: Vec<(u64, bool)> = ids.iter().map(|id| (*id, true)).collect();
+    match leader_status.as_ref().and_then(leader_members) {
+        Some((members, true)) if members == expected => {}
+        other => findings.failures.push(format!(
+            "the leader's membership (id, voter; committed) is {other:?}, expected the voters \
+             {ids:?}"
+        )),
+    }
     let mut hashes = Vec::new();
-    for id in cluster.ids() {
+    for &id in &ids {
         let hash = Client::connect(cluster.client_addr(id), CLUSTER_ID, Duration::from_secs(2))
             .map_err(|err| err.to_string())
             .and_then(|mut client| workload.state_hash(&mut client));
@@ -372,6 +388,7 @@ fn summary_json(
     findings: &Findings,
     recovery_ms: Option<u64>,
     applied: Option<u64>,
+    members: &[u64],
 ) -> serde_json::Value {
     let mut faults_by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     for fault in &nemesis.faults {
@@ -397,6 +414,7 @@ fn summary_json(
         "ops_unknown": counts.unknown,
         "recovery_ms": recovery_ms,
         "applied": applied,
+        "members": members,
         "failure_count": findings.failures.len(),
         "failures": findings.failures,
         "undecided": findings.undecided,

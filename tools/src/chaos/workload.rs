@@ -4,9 +4,90 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use lockstep::client::Client;
+use lockstep::client::{Client, ClusterClient};
+
+use super::cluster::CLUSTER_ID;
+
+/// The client addresses of the cluster's current members, shared by the harness (which
+/// replaces them when the `member` nemesis changes the membership) and the workload's clients
+/// (which pick a change up between two operations). Clones share one book.
+#[derive(Clone, Debug)]
+pub struct AddressBook {
+    shared: Arc<BookShared>,
+}
+
+#[derive(Debug)]
+struct BookShared {
+    addrs: RwLock<Vec<SocketAddr>>,
+    /// Bumped at every change.
+    version: AtomicU64,
+}
+
+impl AddressBook {
+    /// A book holding `addrs`.
+    pub fn new(addrs: Vec<SocketAddr>) -> AddressBook {
+        assert!(!addrs.is_empty(), "an address book needs an address");
+        AddressBook {
+            shared: Arc::new(BookShared {
+                addrs: RwLock::new(addrs),
+                version: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Replaces the addresses.
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        assert!(!addrs.is_empty(), "an address book needs an address");
+        *self.shared.addrs.write().expect("address book lock") = addrs;
+        self.shared.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The addresses now.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.shared.addrs.read().expect("address book lock").clone()
+    }
+
+    /// A cluster client over the addresses now, with `timeout` per request and `retry_for` per
+    /// call.
+    pub fn cluster_client(&self, timeout: Duration, retry_for: Duration) -> FollowingClient {
+        let version = self.shared.version.load(Ordering::Acquire);
+        let client =
+            ClusterClient::new(self.addrs(), CLUSTER_ID, timeout).with_retry_for(retry_for);
+        FollowingClient {
+            book: self.clone(),
+            version,
+            timeout,
+            retry_for,
+            client,
+        }
+    }
+}
+
+/// A cluster client that follows an [`AddressBook`]: [`FollowingClient::get`] rebuilds it over
+/// the new addresses when the book changed since it was built (dropping its connection, which
+/// is harmless between operations).
+pub struct FollowingClient {
+    book: AddressBook,
+    version: u64,
+    timeout: Duration,
+    retry_for: Duration,
+    client: ClusterClient,
+}
+
+impl FollowingClient {
+    /// The client, over the book's current addresses. Call it between operations only.
+    pub fn get(&mut self) -> &mut ClusterClient {
+        let version = self.book.shared.version.load(Ordering::Acquire);
+        if version != self.version {
+            *self = self.book.cluster_client(self.timeout, self.retry_for);
+        }
+        &mut self.client
+    }
+}
 
 /// The verdict of a workload's checkers.
 #[derive(Debug, Default)]
