@@ -191,27 +191,50 @@ fn a_deleted_or_damaged_head_is_refused_and_repaired() {
     }
 }
 
+/// Whether the header of the segment (or spare) at `path` carries the "keeps a head" flag.
+fn flagged(path: &Path) -> bool {
+    let mut header = [0u8; 64];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut header, 0)
+        .unwrap();
+    header[5] & 1 != 0
+}
+
+/// Clears the "keeps a head" flag in the header at `path`, as a version from before the head
+/// wrote it (the checksum recomputed).
+fn clear_flag(path: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut header = [0u8; 64];
+    file.read_exact_at(&mut header, 0).unwrap();
+    header[5] = 0;
+    let crc = crc32fast::hash(&header[..60]);
+    header[60..64].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&header, 0).unwrap();
+}
+
 /// Turns a log into one written before the head existed: no head, no flag in any header.
 fn make_old(dir: &Path) {
     std::fs::remove_file(dir.join(HEAD_FILE)).unwrap();
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
-        if parse_live_name(&name).is_none() && parse_spare_name(&name).is_none() {
-            continue;
+        if parse_live_name(&name).is_some() || parse_spare_name(&name).is_some() {
+            clear_flag(&entry.path());
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(entry.path())
-            .unwrap();
-        let mut header = [0u8; 64];
-        file.read_exact_at(&mut header, 0).unwrap();
-        header[5] = 0;
-        let crc = crc32fast::hash(&header[..60]);
-        header[60..64].copy_from_slice(&crc.to_le_bytes());
-        file.write_all_at(&header, 0).unwrap();
     }
+}
+
+/// Opens (and so upgrades) an old log, then drops it without appending: no segment switch
+/// flags anything.
+fn upgrade(dir: &Path) {
+    let (log, report) = Log::open(dir, options()).unwrap();
+    assert_eq!(report.repair, None);
+    drop(log);
 }
 
 #[test]
@@ -222,13 +245,92 @@ fn a_log_from_before_the_head_opens_and_gets_one() {
     let (mut log, report) = Log::open(dir.path(), options()).unwrap();
     assert_eq!((report.last_index, report.repair), (LogIndex(300), None));
     assert!(matches!(read(dir.path()).unwrap(), HeadFound::Valid(_)));
-    // Old spares get the flag when they become live: then a deleted head is noticed.
+    // Every live segment got the flag at the upgrade, before any segment switch.
+    let live = live_segments(dir.path());
+    assert!(live.len() >= 3, "{live:?}");
+    assert!(live.iter().all(|path| flagged(path)), "{live:?}");
+    // Old spares get the flag when they become live.
     for record in 0..20 {
         log.append(&batch(1, 301 + record * 5, 5)).unwrap();
     }
     log.close().unwrap();
+    assert!(live_segments(dir.path()).iter().all(|path| flagged(path)));
     std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
     assert!(Log::open(dir.path(), options()).is_err());
+}
+
+/// The window an upgrade used to leave open (until the first segment switch, no live segment
+/// carried the flag): a head deleted there, alone or with the oldest or the newest segment, is
+/// refused and repaired like any deleted head.
+#[test]
+fn a_head_deleted_right_after_an_upgrade_is_refused_and_repaired() {
+    for also_lost in [None, Some(0), Some(usize::MAX)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 60);
+        make_old(dir.path());
+        upgrade(dir.path());
+        let head = dir.path().join(HEAD_FILE);
+        std::fs::remove_file(&head).unwrap();
+        if let Some(at) = also_lost {
+            let live = live_segments(dir.path());
+            std::fs::remove_file(&live[at.min(live.len() - 1)]).unwrap();
+        }
+
+        let (file, _, reason) = corrupt_file(Log::open(dir.path(), options()).err().unwrap());
+        assert_eq!(file, head, "{also_lost:?}: {reason}");
+        assert!(reason.contains("deleted"), "{reason}");
+
+        let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+        let repair = report.repair.expect("a repair");
+        assert_eq!(repair.above_term, Some(Term(1)), "{also_lost:?}");
+        if also_lost.is_none() {
+            assert_eq!(report.last_index, LogIndex(300), "nothing found is cut");
+        }
+        drop(log);
+        let (_, report) = Log::open(dir.path(), options()).unwrap();
+        assert_eq!(report.repair, Some(repair));
+    }
+}
+
+/// Open upgrades an old log by writing the head first and then flagging the live segments,
+/// oldest first. A crash after the head and `k` flags: the next open finds a valid head, opens
+/// cleanly and flags the rest; a head deleted before that open is refused once one segment
+/// carries the flag. Only with no flag written yet (a crash right after the head, the head then
+/// lost before the next open) does the log still pass for an old one, and upgrade again.
+#[test]
+fn an_upgrade_cut_by_a_crash_between_the_head_and_the_flags() {
+    for k in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), 60);
+        make_old(dir.path());
+        upgrade(dir.path());
+        let live = live_segments(dir.path());
+        if k > live.len() {
+            break;
+        }
+        for path in &live[k..] {
+            clear_flag(path);
+        }
+        let head = dir.path().join(HEAD_FILE);
+        let head_bytes = std::fs::read(&head).unwrap();
+
+        std::fs::remove_file(&head).unwrap();
+        match Log::open(dir.path(), options()) {
+            Err(err) => assert_eq!(corrupt_file(err).0, head, "{k} flagged"),
+            Ok((_, report)) => {
+                assert_eq!(k, 0, "a deleted head passed with {k} segments flagged");
+                assert_eq!((report.last_index, report.repair), (LogIndex(300), None));
+            }
+        }
+
+        std::fs::write(&head, &head_bytes).unwrap();
+        let (log, report) = Log::open(dir.path(), options()).unwrap();
+        assert_eq!((report.last_index, report.repair), (LogIndex(300), None));
+        drop(log);
+        assert!(live.iter().all(|path| flagged(path)), "{k} flagged");
+        std::fs::remove_file(&head).unwrap();
+        assert!(Log::open(dir.path(), options()).is_err(), "{k} flagged");
+    }
 }
 
 #[test]
@@ -246,6 +348,19 @@ fn compaction_and_reset_never_look_like_a_missing_segment() {
     drop(log);
     let (_, report) = Log::open(dir.path(), options()).unwrap();
     assert_eq!((report.first_index, report.repair), (LogIndex(501), None));
+}
+
+/// Opens the damaged log in `dir` for repair: a repair must be recorded, and unless its extent
+/// is unknown it must reach `last` (the log held up to there before the damage).
+fn repair_never_shortens_silently(dir: &Path, last: LogIndex) -> Result<(), TestCaseError> {
+    let (log, report) = Log::open_for_repair(dir, options()).unwrap();
+    let repair = report.repair.expect("a repair");
+    prop_assert!(
+        repair.until >= log.last_index() && (repair.above_term.is_some() || repair.until >= last),
+        "{repair:?} with last {last}, log now ends at {}",
+        log.last_index()
+    );
+    Ok(())
 }
 
 proptest! {
@@ -272,12 +387,40 @@ proptest! {
         let gone = &live[victim.index(live.len())];
         std::fs::remove_file(gone).unwrap();
         prop_assert!(Log::open(dir.path(), options()).is_err(), "{} deleted", gone.display());
-        let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
-        let repair = report.repair.expect("a repair");
-        prop_assert!(
-            repair.until >= log.last_index() && (repair.above_term.is_some() || repair.until >= last),
-            "{repair:?} with last {last}, log now ends at {}", log.last_index()
-        );
+        repair_never_shortens_silently(dir.path(), last)?;
+    }
+
+    /// A log written before the head existed (compacted or not), upgraded by open, that open
+    /// possibly cut by a crash after the head and some of the flags, then reopened: a deleted
+    /// head, alone or with any live segment, is refused, and the repair open never reports a
+    /// repair-free log shorter than before.
+    #[test]
+    fn an_upgraded_log_never_lets_a_deleted_head_pass(
+        records in 1u64..80,
+        compact in 0u64..400,
+        crash_after in any::<prop::sample::Index>(),
+        victim in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let last = write_log(dir.path(), records);
+        {
+            let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+            log.compact_to(LogIndex(compact.min(last.get()))).unwrap();
+        }
+        make_old(dir.path());
+        upgrade(dir.path());
+        let live = live_segments(dir.path());
+        for path in &live[crash_after.index(live.len() + 1)..] {
+            clear_flag(path);
+        }
+        upgrade(dir.path());
+
+        std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+        if let Some(victim) = victim.filter(|_| live.len() > 1) {
+            std::fs::remove_file(&live[victim.index(live.len())]).unwrap();
+        }
+        prop_assert!(Log::open(dir.path(), options()).is_err());
+        repair_never_shortens_silently(dir.path(), last)?;
     }
 }
 

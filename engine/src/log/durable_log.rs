@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,7 +29,7 @@ use crate::log::record::{
 use crate::log::recovery::{recover_files, void_from, RecordSpan};
 use crate::log::repair::{self, DamageReport, RepairState};
 use crate::log::segment::{
-    check_segment_len, cut_short, encode_segment_header, keeps_head, live_name, map_segment,
+    check_segment_len, cut_short, flag_keeps_head, keeps_head, live_name, map_segment,
     parse_live_name, parse_spare_name, prefault, spare_name, sync_dir, Prefault, Segment,
     SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
@@ -590,6 +589,7 @@ impl Log {
             tracing::info!(dir = %dir.display(), "log: written before the log head existed; writing it");
         }
         let head = Log::rewrite_head_if_needed(dir, &dir_file, &segments, keep, &recovered)?;
+        Log::flag_old_segments(segments.range(..keep))?;
         let discarded: Vec<Segment> = segments.drain(keep..).collect();
         let segments_discarded = discarded.len();
         let mut existing_spares = Vec::new();
@@ -944,6 +944,29 @@ impl Log {
         Ok(wanted)
     }
 
+    /// Gives every segment open keeps that lacks it the "keeps a head" flag, each synced. Called
+    /// once the head is durable: a log written before the head existed gets the flag in all its
+    /// live segments at the upgrade, so from then on a deleted head (even with some of the
+    /// segments) cannot pass for an old log. Head first, then flags: a crash between leaves a
+    /// valid head and unflagged segments, which the next open finishes flagging here; the
+    /// other order would leave flagged segments without a head, which open must refuse as a
+    /// deleted head.
+    fn flag_old_segments<'a>(segments: impl Iterator<Item = &'a Segment>) -> Result<(), LogError> {
+        let mut flagged = 0;
+        for segment in segments.filter(|segment| !keeps_head(&segment.map)) {
+            flag_keeps_head(&segment.file, &segment.map)
+                .map_err(|err| LogError::io(format!("flag {}", segment.path.display()), err))?;
+            flagged += 1;
+        }
+        if flagged > 0 {
+            tracing::info!(
+                segments = flagged,
+                "log: flagged the segments of a log written before the log head existed"
+            );
+        }
+        Ok(())
+    }
+
     /// Takes a ready spare; one from a version before the head existed first gets the
     /// "keeps a head" flag in its header, synced, so the log never holds a live segment that
     /// would let a deleted head pass for an old log.
@@ -953,12 +976,7 @@ impl Log {
             .take()
             .map_err(|err| prepare_error(err, self.options.segment_bytes))?;
         if !keeps_head(&spare.map) {
-            let header = encode_segment_header(spare.map.len() as u64);
-            let flagged = spare
-                .file
-                .write_all_at(&header, 0)
-                .and_then(|()| spare.file.sync_data());
-            if let Err(err) = flagged {
+            if let Err(err) = flag_keeps_head(&spare.file, &spare.map) {
                 let context = format!("flag {}", spare.path.display());
                 self.preparer.give_back(spare);
                 return Err(LogError::io(context, err));

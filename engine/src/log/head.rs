@@ -23,6 +23,18 @@
 //!   head but a flagged segment, or a head that fails its checks: damage (the head was deleted
 //!   or damaged; it was complete and synced before it got its name).
 //!
+//! Upgrading a log written before the head existed: open writes the head from what it found,
+//! and then sets the flag in the header of every live segment it keeps, each synced (later
+//! segments come from spares, which get the flag before they become live). From then on, a
+//! head deleted alone or with some of the segments is noticed at once, not only after the
+//! next segment switch. Head first, then flags: a crash between leaves a valid head over
+//! segments without the flag, which passes the checks, and every open flags the kept segments
+//! that lack it, so the next one finishes the upgrade. The other order would leave flagged
+//! segments and no head, which cannot be told from a deleted head: open would refuse it, and
+//! only a repair would bring the node back. What stays unnoticed: a head lost after such a crash
+//! and before the next open, while no segment had its flag yet; the log then upgrades again
+//! from what is found, as it would have before.
+//!
 //! A missing middle segment leaves a chain break that later records witness (`docs/FORMATS.md`,
 //! "Missing segment in the middle"), or, unwitnessed, a log that ends before the head's newest
 //! segment or synced seq.
@@ -215,7 +227,8 @@ pub fn check(found: &HeadFound, live: &[(u64, bool)], last_seq: u64) -> Result<b
 /// `(damage, upgrade)`. `damage` is the scan's (in repair mode) with a lost segment folded in:
 /// `extent_unknown` set, since nothing says how far the lost records reached. Without `repair`,
 /// damage the head reveals is refused as [`LogError::Corrupt`]. `upgrade` is set for a log
-/// written before the head existed (no head, no flagged segment): the head must be written.
+/// written before the head existed (no head, no flagged segment): the head must be written,
+/// then the kept segments flagged.
 pub(crate) fn judge(
     dir: &Path,
     live: &[(u64, bool)],

@@ -12,8 +12,9 @@
 //! - `spare-N.seg`: a ready spare (fresh zeros, or a recycled segment with stale records);
 //! - `spare-N.tmp`: a spare being created; removed on open.
 //!
-//! The segment header (bytes `0..64`, written once at creation; only the flags byte of a reused
-//! file from an older version is ever rewritten, before it becomes live): `0..4` magic
+//! The segment header (bytes `0..64`, written once at creation; only the flags byte of a file
+//! from a version before the log head is ever rewritten: a spare before it becomes live, and
+//! every live segment when open upgrades such a log, see [`flag_keeps_head`]): `0..4` magic
 //! `"LSSG"`, `4` version 1, `5` flags (bit 0: [`SEGMENT_FLAG_KEEPS_HEAD`]), `6..8` zero, `8..16`
 //! segment bytes (the file size), `16..60` zero, `60..64` CRC32 of bytes `0..60`. Records start
 //! at [`SEGMENT_HEADER_BYTES`].
@@ -88,9 +89,28 @@ pub fn encode_segment_header(segment_bytes: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     header[4] = SEGMENT_VERSION;
     header[5] = SEGMENT_FLAG_KEEPS_HEAD;
     header[8..16].copy_from_slice(&segment_bytes.to_le_bytes());
+    seal_segment_header(&mut header);
+    header
+}
+
+/// Writes the checksum of a segment header's bytes `0..60` into `60..64`.
+fn seal_segment_header(header: &mut [u8; SEGMENT_HEADER_BYTES]) {
     let crc = crc32fast::hash(&header[..60]);
     header[60..64].copy_from_slice(&crc.to_le_bytes());
-    header
+}
+
+/// Sets [`SEGMENT_FLAG_KEEPS_HEAD`] in the header of the segment or spare `file`, whose bytes
+/// (at least the header) are `bytes`, and syncs it. Every other field is kept and the checksum
+/// recomputed; the 64 bytes lie in the file's first sector, so a crash leaves the old header or
+/// the new one.
+pub(crate) fn flag_keeps_head(file: &File, bytes: &[u8]) -> io::Result<()> {
+    let mut header: [u8; SEGMENT_HEADER_BYTES] = bytes[..SEGMENT_HEADER_BYTES]
+        .try_into()
+        .expect("a segment header");
+    header[5] |= SEGMENT_FLAG_KEEPS_HEAD;
+    seal_segment_header(&mut header);
+    file.write_all_at(&header, 0)?;
+    file.sync_data()
 }
 
 /// Whether a segment's header carries [`SEGMENT_FLAG_KEEPS_HEAD`] (headers written before the
@@ -290,5 +310,24 @@ mod tests {
         assert_eq!(check_segment_header(&map), Ok(()));
         assert!(map[SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0));
         assert!(check_segment_header(&map[..4096]).is_err());
+    }
+
+    #[test]
+    fn flagging_an_old_header_keeps_every_other_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = create_zeroed(&dir.path().join("spare-0.tmp"), 8192).unwrap();
+        let map = map_segment(&file).unwrap();
+        // Without the flag, and with a flag bit this version does not know.
+        let mut old = encode_segment_header(8192);
+        old[5] = 0x80;
+        seal_segment_header(&mut old);
+        file.write_all_at(&old, 0).unwrap();
+        assert!(!keeps_head(&map));
+        flag_keeps_head(&file, &map).unwrap();
+        assert!(keeps_head(&map));
+        assert_eq!(check_segment_header(&map), Ok(()));
+        assert_eq!(map[5], 0x80 | SEGMENT_FLAG_KEEPS_HEAD);
+        assert_eq!(map[..5], old[..5]);
+        assert_eq!(map[6..60], old[6..60]);
     }
 }
