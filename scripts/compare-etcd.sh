@@ -153,7 +153,8 @@ etcd_cpu() {
     awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.3f", t / hz}'
 }
 
-# "committed wal_fsyncs wal_fsync_seconds" of the current etcd leader, from its /metrics.
+# "committed wal_fsyncs wal_fsync_seconds backend_commits backend_commit_seconds" of the current
+# etcd leader, from its /metrics.
 etcd_leader_metrics() {
     python3 - "$ENDPOINTS" <<'PY'
 import sys, urllib.request
@@ -165,17 +166,18 @@ for ep in sys.argv[1].split(","):
             m[k] = float(v)
     if m.get("etcd_server_is_leader") == 1:
         print(m["etcd_server_proposals_committed_total"], m["etcd_disk_wal_fsync_duration_seconds_count"],
-              m["etcd_disk_wal_fsync_duration_seconds_sum"])
+              m["etcd_disk_wal_fsync_duration_seconds_sum"], m["etcd_disk_backend_commit_duration_seconds_count"],
+              m["etcd_disk_backend_commit_duration_seconds_sum"])
         break
 else:
-    print("0 0 0")
+    print("0 0 0 0 0")
 PY
 }
 
 # Requests per phase for etcd's count-based tool: the last measured rate x the seconds wanted.
 declare -A RATE=([lat]=300 [tput]=3000)
 # One `benchmark put` run; with "measure", appends "ops/s p50_us p99_us server_cores client_cores
-# entries_per_leader_sync leader_syncs_per_s".
+# entries_per_leader_sync leader_syncs_per_s server_cpu_us_per_op client_cpu_us_per_op".
 etcd_put() { # name clients conns seconds file [measure]
     local name=$1 total
     total=$(awk -v r="${RATE[$name]}" -v s="$4" 'BEGIN {t = int(r * s); print (t < 100) ? 100 : t}')
@@ -187,7 +189,7 @@ etcd_put() { # name clients conns seconds file [measure]
         --total "$total" --key-size 9 --val-size 16 --key-space-size 100000 >"$5" 2>&1
     cpu1=$(etcd_cpu)
     met1=$(etcd_leader_metrics)
-    echo "leader metrics before: $met0, after: $met1 (committed, WAL fsyncs, WAL fsync seconds)" >>"$5.time"
+    echo "leader metrics before: $met0, after: $met1 (committed, WAL fsyncs, WAL fsync seconds, backend commits, backend commit seconds)" >>"$5.time"
     if grep -q 'Error distribution' "$5"; then
         echo "etcd benchmark reported errors: $5" >&2
         exit 1
@@ -200,9 +202,9 @@ etcd_put() { # name clients conns seconds file [measure]
         /50% in/ {p50 = $3 * 1e6} /99% in/ {p99 = $3 * 1e6} /Total:/ {secs = $2}
         FILENAME ~ /time$/ && /client_cpu/ {client = ($2 + $3) / $4}
         END {
-            split(m0, a, " "); split(m1, b, " "); syncs = b[2] - a[2]
-            printf "%.1f %.1f %.1f %.2f %.2f %.1f %.1f\n", rate, p50, p99, (c1 - c0) / secs, client,
-                (syncs > 0) ? (b[1] - a[1]) / syncs : 0, syncs / secs
+            split(m0, a, " "); split(m1, b, " "); syncs = b[2] - a[2]; server = (c1 - c0) / secs
+            printf "%.1f %.1f %.1f %.2f %.2f %.1f %.1f %.1f %.1f\n", rate, p50, p99, server, client,
+                (syncs > 0) ? (b[1] - a[1]) / syncs : 0, syncs / secs, server / rate * 1e6, client / rate * 1e6
         }' "$5" "$5.time"
 }
 
@@ -215,9 +217,9 @@ lockstep_run() { # file flags...
 import json, sys
 r = json.load(open(sys.argv[1]))
 nodes = sum(n["cores"] for n in r["cpu"]["nodes"])
-g = r["grouping"]
-print("%.1f %.1f %.1f %.2f %.2f %.1f %.1f" % (r["throughput_per_sec"], r["latency_us"]["p50"],
-      r["latency_us"]["p99"], nodes, r["cpu"]["bench_cores"], g["entries_per_sync"], g["syncs_per_sec"]))
+g, rate, client = r["grouping"], r["throughput_per_sec"], r["cpu"]["bench_cores"]
+print("%.1f %.1f %.1f %.2f %.2f %.1f %.1f %.1f %.1f" % (rate, r["latency_us"]["p50"], r["latency_us"]["p99"],
+      nodes, client, g["entries_per_sync"], g["syncs_per_sec"], nodes / rate * 1e6, client / rate * 1e6))
 PY
 }
 
@@ -275,6 +277,8 @@ row() { # label column etcd-phase kv-phase log-phase format
     row "many in flight: p99 µs" 3 etcd-tput kv-tput log-tput "%.0f"
     row "many in flight: server CPU, cores (3 nodes)" 4 etcd-tput kv-tput log-tput "%.2f"
     row "many in flight: client CPU, cores" 5 etcd-tput kv-tput log-tput "%.2f"
+    row "many in flight: server CPU µs per op (3 nodes)" 8 etcd-tput kv-tput log-tput "%.1f"
+    row "many in flight: client CPU µs per op" 9 etcd-tput kv-tput log-tput "%.1f"
     row "many in flight: entries per leader log sync" 6 etcd-tput kv-tput log-tput "%.0f"
     row "many in flight: leader log syncs/s" 7 etcd-tput kv-tput log-tput "%.0f"
     echo
