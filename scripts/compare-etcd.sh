@@ -18,12 +18,13 @@ cd "$(dirname "$0")/.."
 
 usage() {
     cat <<EOF
-usage: scripts/compare-etcd.sh [-r ROUNDS] [-s SECONDS] [-c CLIENTS] [-C CONNS]
+usage: scripts/compare-etcd.sh [-r ROUNDS] [-s SECONDS] [-c CLIENTS] [-C CONNS] [-T]
 
   -r ROUNDS   alternating rounds (default 3); the table shows medians over them
   -s SECONDS  measured seconds per phase (default 4), after 1 s of warm-up load
   -c CLIENTS  etcd throughput load: gRPC clients, one put in flight each (default 1000)
   -C CONNS    etcd throughput load: gRPC connections they share (default 100)
+  -T          run nothing: print the table of the last run again from the raw outputs in \$OUT
 
 Phases per round: etcd put with 1 client, etcd put with CLIENTS clients; lockstep-bench
 --mode kv --read-ratio 0 with 1x1 in flight and with its defaults; lockstep-bench --mode log
@@ -34,12 +35,14 @@ ROUNDS=3
 SECONDS_PER_PHASE=4
 ETCD_CLIENTS=1000
 ETCD_CONNS=100
+TABLE_ONLY=
 while [ $# -gt 0 ]; do
     case $1 in
         -r) ROUNDS=$2; shift 2 ;;
         -s) SECONDS_PER_PHASE=$2; shift 2 ;;
         -c) ETCD_CLIENTS=$2; shift 2 ;;
         -C) ETCD_CONNS=$2; shift 2 ;;
+        -T) TABLE_ONLY=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -50,6 +53,45 @@ done
 
 OUT=${OUT:-target/compare-etcd}
 OUT=$(mkdir -p "$OUT" && cd "$OUT" && pwd)
+# Median of column $2 of file $1.
+median() {
+    cut -d' ' -f"$2" "$1" | sort -g |
+        awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+m() { median "$OUT/$1.txt" "$2"; }
+row() { # label column etcd-phase kv-phase log-phase format
+    awk -v l="$1" -v e="$(m "$3" "$2")" -v k="$(m "$4" "$2")" -v g="$(m "$5" "$2")" -v f="$6" '
+    function ratio(a, b) { return (b <= 0) ? "-" : sprintf((a / b < 0.1) ? "%.3fx" : "%.2fx", a / b) }
+    BEGIN {
+        r1 = ratio(k, e); r2 = ratio(g, e)
+        printf "| %s | " f " | " f " | %s | " f " | %s |\n", l, e, k, r1, g, r2 }'
+}
+table() {
+    cat "$OUT/run.txt"
+    echo
+    echo "| figure | etcd put | lockstep kv SET | kv / etcd | lockstep log | log / etcd |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    row "1 in flight: p50 µs" 2 etcd-lat kv-lat log-lat "%.0f"
+    row "1 in flight: p99 µs" 3 etcd-lat kv-lat log-lat "%.0f"
+    row "1 in flight: ops/s" 1 etcd-lat kv-lat log-lat "%.0f"
+    row "many in flight: ops/s" 1 etcd-tput kv-tput log-tput "%.0f"
+    row "many in flight: p50 µs" 2 etcd-tput kv-tput log-tput "%.0f"
+    row "many in flight: p99 µs" 3 etcd-tput kv-tput log-tput "%.0f"
+    row "many in flight: server CPU, cores (3 nodes)" 4 etcd-tput kv-tput log-tput "%.2f"
+    row "many in flight: client CPU, cores" 5 etcd-tput kv-tput log-tput "%.2f"
+    row "many in flight: server CPU µs per op (3 nodes)" 8 etcd-tput kv-tput log-tput "%.2f"
+    row "many in flight: client CPU µs per op" 9 etcd-tput kv-tput log-tput "%.2f"
+    row "many in flight: entries per leader log sync" 6 etcd-tput kv-tput log-tput "%.0f"
+    row "many in flight: leader log syncs/s" 7 etcd-tput kv-tput log-tput "%.0f"
+    echo
+    echo "many in flight: etcd $(cat "$OUT/etcd-load.txt"), one put each;" \
+        "lockstep kv 8 connections x 256 SETs pipelined; lockstep log 8 connections x 8192 entries" \
+        "in batches of 64. Latency ratios below 1 and throughput ratios above 1 favour lockstep."
+}
+if [ -n "$TABLE_ONLY" ]; then
+    table
+    exit 0
+fi
 cargo build --release -q -p lockstep-bench
 LSBENCH=target/release/lockstep-bench
 
@@ -203,7 +245,7 @@ etcd_put() { # name clients conns seconds file [measure]
         FILENAME ~ /time$/ && /client_cpu/ {client = ($2 + $3) / $4}
         END {
             split(m0, a, " "); split(m1, b, " "); syncs = b[2] - a[2]; server = (c1 - c0) / secs
-            printf "%.1f %.1f %.1f %.2f %.2f %.1f %.1f %.1f %.1f\n", rate, p50, p99, server, client,
+            printf "%.1f %.1f %.1f %.2f %.2f %.1f %.1f %.2f %.2f\n", rate, p50, p99, server, client,
                 (syncs > 0) ? (b[1] - a[1]) / syncs : 0, syncs / secs, server / rate * 1e6, client / rate * 1e6
         }' "$5" "$5.time"
 }
@@ -218,7 +260,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 nodes = sum(n["cores"] for n in r["cpu"]["nodes"])
 g, rate, client = r["grouping"], r["throughput_per_sec"], r["cpu"]["bench_cores"]
-print("%.1f %.1f %.1f %.2f %.2f %.1f %.1f %.1f %.1f" % (rate, r["latency_us"]["p50"], r["latency_us"]["p99"],
+print("%.1f %.1f %.1f %.2f %.2f %.1f %.1f %.2f %.2f" % (rate, r["latency_us"]["p50"], r["latency_us"]["p99"],
       nodes, client, g["entries_per_sync"], g["syncs_per_sec"], nodes / rate * 1e6, client / rate * 1e6))
 PY
 }
@@ -251,38 +293,8 @@ for round in $(seq "$ROUNDS"); do
     for phase in "${PHASES[@]}"; do printf '  %-10s %s\n' "$phase" "$(tail -1 "$OUT/$phase.txt")" >&2; done
 done
 ENDED=$(date -u +'%H:%M')
+echo "etcd $(etcd --version | awk '/etcd Version/ {print $3}') vs lockstep $(git rev-parse --short HEAD)," \
+    "$STARTED-$ENDED UTC, median of $ROUNDS alternating rounds, $SECONDS_PER_PHASE s per phase" >"$OUT/run.txt"
+echo "$ETCD_CLIENTS clients over $ETCD_CONNS connections" >"$OUT/etcd-load.txt"
+table | tee "$OUT/summary.md"
 
-# Median of column $2 of file $1.
-median() {
-    cut -d' ' -f"$2" "$1" | sort -g |
-        awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
-m() { median "$OUT/$1.txt" "$2"; }
-row() { # label column etcd-phase kv-phase log-phase format
-    awk -v l="$1" -v e="$(m "$3" "$2")" -v k="$(m "$4" "$2")" -v g="$(m "$5" "$2")" -v f="$6" 'BEGIN {
-        r1 = (e > 0) ? sprintf("%.2fx", k / e) : "-"; r2 = (e > 0) ? sprintf("%.2fx", g / e) : "-"
-        printf "| %s | " f " | " f " | %s | " f " | %s |\n", l, e, k, r1, g, r2 }'
-}
-{
-    echo "etcd $(etcd --version | awk '/etcd Version/ {print $3}') vs lockstep $(git rev-parse --short HEAD)," \
-        "$STARTED-$ENDED UTC, median of $ROUNDS alternating rounds, $SECONDS_PER_PHASE s per phase"
-    echo
-    echo "| figure | etcd put | lockstep kv SET | kv / etcd | lockstep log | log / etcd |"
-    echo "|---|---:|---:|---:|---:|---:|"
-    row "1 in flight: p50 µs" 2 etcd-lat kv-lat log-lat "%.0f"
-    row "1 in flight: p99 µs" 3 etcd-lat kv-lat log-lat "%.0f"
-    row "1 in flight: ops/s" 1 etcd-lat kv-lat log-lat "%.0f"
-    row "many in flight: ops/s" 1 etcd-tput kv-tput log-tput "%.0f"
-    row "many in flight: p50 µs" 2 etcd-tput kv-tput log-tput "%.0f"
-    row "many in flight: p99 µs" 3 etcd-tput kv-tput log-tput "%.0f"
-    row "many in flight: server CPU, cores (3 nodes)" 4 etcd-tput kv-tput log-tput "%.2f"
-    row "many in flight: client CPU, cores" 5 etcd-tput kv-tput log-tput "%.2f"
-    row "many in flight: server CPU µs per op (3 nodes)" 8 etcd-tput kv-tput log-tput "%.1f"
-    row "many in flight: client CPU µs per op" 9 etcd-tput kv-tput log-tput "%.1f"
-    row "many in flight: entries per leader log sync" 6 etcd-tput kv-tput log-tput "%.0f"
-    row "many in flight: leader log syncs/s" 7 etcd-tput kv-tput log-tput "%.0f"
-    echo
-    echo "many in flight: etcd $ETCD_CLIENTS clients over $ETCD_CONNS connections, one put each;" \
-        "lockstep kv 8 connections x 256 SETs pipelined; lockstep log 8 connections x 8192 entries" \
-        "in batches of 64. Latency ratios below 1 and throughput ratios above 1 favour lockstep."
-} | tee "$OUT/summary.md"
