@@ -7,11 +7,10 @@
 # Prints medians over the rounds and lockstep/etcd ratios in one Markdown table; keeps every
 # raw output in target/compare-etcd/ (OUT). Noisy on a shared 2-core machine: read the ratios.
 #
-# etcd's `benchmark` tool is not in Debian's binary packages: the script builds it once,
-# from the tools/benchmark directory of Debian's etcd source package (fetched with apt-get source)
-# with Debian's Go toolchain
-# and the Go packages of golang-etcd-server-dev (GOPATH mode, no Go module proxy). ETCD_BENCHMARK=path
-# uses an existing binary instead.
+# etcd's `benchmark` tool is not in Debian's binary packages: the script builds it once from the
+# tools/benchmark directory of Debian's etcd source package (fetched with apt-get source), with
+# Debian's Go toolchain and the Go packages of golang-etcd-server-dev (GOPATH mode, no Go module
+# proxy). ETCD_BENCHMARK=path uses an existing binary instead.
 #
 # needs: apt-get install etcd-server etcd-client golang-go golang-etcd-server-dev
 set -euo pipefail
