@@ -34,7 +34,7 @@ trait Workload {
     fn propose(&self, prefix: &str, count: usize) -> usize;
     /// Waits until every running node has applied the same index and holds the same state.
     fn assert_converged(&self);
-    /// The snapshot files of the node at `at`.
+    /// The complete snapshot files of the node at `at` (not one still being written).
     fn snapshot_files(&self, at: usize) -> Vec<PathBuf>;
 }
 
@@ -73,7 +73,10 @@ impl Workload for TestCluster {
 
     fn snapshot_files(&self, at: usize) -> Vec<PathBuf> {
         match std::fs::read_dir(self.dirs[at].path().join("snapshots")) {
-            Ok(listing) => listing.map(|entry| entry.unwrap().path()).collect(),
+            Ok(listing) => listing
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -122,10 +125,10 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     cluster.stop(lagging);
     let leader = cluster.propose("b", 1000);
     cluster.assert_converged();
-    assert!(
-        !cluster.snapshot_files(leader).is_empty(),
-        "the leader took a snapshot"
-    );
+    // Snapshots are written by the storage stage, after the state machine moved on.
+    wait_for("the leader's snapshot on disk", Duration::from_secs(10), || {
+        !cluster.snapshot_files(leader).is_empty()
+    });
     assert!(
         cluster.snapshot_files(lagging).is_empty(),
         "the lagging node had no snapshot yet"
@@ -137,7 +140,11 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
         counters.snapshots_installed, 1,
         "the lagging node installed the leader's snapshot: {counters:?}"
     );
-    assert_eq!(cluster.snapshot_files(lagging).len(), 1);
+    wait_for(
+        "the installed snapshot on the lagging node's disk",
+        Duration::from_secs(10),
+        || cluster.snapshot_files(lagging).len() == 1,
+    );
     // And it keeps working after a restart from that snapshot.
     cluster.stop(lagging);
     cluster.restart(lagging);
