@@ -290,7 +290,9 @@ fn own_and_reserved_node_ids_are_refused() {
         let mut raw = raw_peer(n2.transport.peer_addr(), claimed);
         assert_closed_after_hello(&mut raw);
     }
-    wait_for("the refusals", || stats(&n2).peer_refusals.unknown_node == 2);
+    wait_for("the refusals", || {
+        stats(&n2).peer_refusals.unknown_node == 2
+    });
     // The legitimate node 1 still connects.
     wait_for("node 1", || stats(&n1).peer_connects == 1);
     assert_eq!(stats(&n2).handshakes_refused, 2);
@@ -305,17 +307,17 @@ fn an_unlisted_node_is_accepted_answered_and_forgotten_when_it_disconnects() {
     );
     for round in 0..2 {
         let mut raw = raw_peer(n2.transport.peer_addr(), 5);
-        let hello = lockstep::net::PeerHello::decode(&read_peer_frame(
-            &mut raw,
-            FrameType::PeerHello,
-        ))
-        .unwrap();
+        let hello =
+            lockstep::net::PeerHello::decode(&read_peer_frame(&mut raw, FrameType::PeerHello))
+                .unwrap();
         assert_eq!(hello.node_id, NodeId(2));
         let mut body = Vec::new();
         lockstep::net::encode_message(&heartbeat(5, 2, round), &mut body);
         send_frame(&mut raw, FrameType::Raft, &body);
         assert_eq!(collect_messages(&n2, 1), vec![heartbeat(5, 2, round)]);
-        n2.transport.handle().send(vec![heartbeat(2, 5, round + 10)]);
+        n2.transport
+            .handle()
+            .send(vec![heartbeat(2, 5, round + 10)]);
         let body = read_peer_frame(&mut raw, FrameType::Raft);
         let reply = lockstep::net::decode_message(&Bytes::from(body)).unwrap();
         assert_eq!(reply, heartbeat(2, 5, round + 10));
@@ -323,7 +325,9 @@ fn an_unlisted_node_is_accepted_answered_and_forgotten_when_it_disconnects() {
         wait_for("the loss", || stats(&n2).peer_disconnects == round + 1);
         // Forgotten: nothing is sent to node 5 any more, and nothing dials it.
         let dropped = stats(&n2).messages_dropped;
-        n2.transport.handle().send(vec![heartbeat(2, 5, round + 20)]);
+        n2.transport
+            .handle()
+            .send(vec![heartbeat(2, 5, round + 20)]);
         wait_for("the drop", || stats(&n2).messages_dropped == dropped + 1);
     }
     let s2 = stats(&n2);
@@ -453,7 +457,10 @@ fn another_secret_is_refused_on_both_sides() {
     // Node 1 saw a valid hello, then the close; it backs off instead of hammering node 2.
     std::thread::sleep(Duration::from_millis(100));
     let dials = stats(&n2).handshakes_refused;
-    assert!(dials <= 7, "{dials} dials in ~100 ms with backoff 5..100 ms");
+    assert!(
+        dials <= 7,
+        "{dials} dials in ~100 ms with backoff 5..100 ms"
+    );
     assert_eq!(stats(&n1).peer_connects, 0);
     assert_eq!(stats(&n2).peer_connects, 0);
 }

@@ -176,7 +176,11 @@ impl OutQueue {
                 }
             }
             let written = self.written();
-            while self.frame_starts.front().is_some_and(|&start| start < written) {
+            while self
+                .frame_starts
+                .front()
+                .is_some_and(|&start| start < written)
+            {
                 self.frame_starts.pop_front();
             }
         }
