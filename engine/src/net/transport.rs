@@ -68,7 +68,8 @@ pub struct NetStats {
     pub peer_refusals: PeerRefusals,
     /// Peer connections established.
     pub peer_connects: u64,
-    /// Peer connections lost.
+    /// Established peer connections closed (lost, removed, or the one of two connections to
+    /// the same peer that was not kept).
     pub peer_disconnects: u64,
     /// Client connections accepted.
     pub client_connects: u64,
