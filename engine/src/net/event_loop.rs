@@ -435,7 +435,10 @@ impl EventLoop {
                 })
             }
         };
-        let dialed = matches!(&kind, ConnKind::Peer(PeerState::Handshake(handshake)) if handshake.dialed().is_some());
+        let dialed = match &kind {
+            ConnKind::Peer(PeerState::Handshake(handshake)) => handshake.dialed().is_some(),
+            ConnKind::Peer(PeerState::Established(_)) | ConnKind::Client(_) => false,
+        };
         let conn = Conn {
             stream,
             addr,
@@ -580,8 +583,7 @@ impl EventLoop {
     /// may not know this node at all).
     fn schedule_redial(&mut self, id: NodeId) {
         let max = self.config.reconnect_max;
-        let slot = &self.peers[&id];
-        let not_before = self.dial_not_before(id, slot.unconnected_since);
+        let not_before = self.dial_not_before(id, self.peers[&id].unconnected_since);
         let slot = self.peers.get_mut(&id).expect("known peer");
         if slot.addr.is_none() || slot.conn.is_some() || slot.dialing.is_some() {
             return;
