@@ -1,7 +1,8 @@
 //! Per-connection output: frames queued in order and written with vectored writes. Small frames
 //! are packed into one staging buffer; large shared payloads (batch payloads, snapshot chunks)
 //! are queued as their own `Bytes` and written without being copied. Owns the count of queued
-//! bytes that the loop bounds.
+//! bytes that the loop bounds, and knows where the queued consensus messages start, so that
+//! those not yet begun can move to another connection to the same peer (`append_whole_frames`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -25,8 +26,9 @@ pub(super) struct OutQueue {
     pub(super) queued_bytes: usize,
     /// Bytes ever queued (written or not): the offset the next byte queued will have.
     pushed: u64,
-    /// Offsets (as `pushed` counts) where queued frames start, oldest first; those before the
-    /// first unwritten byte are dropped as writes pass them.
+    /// Offsets (as `pushed` counts) where queued consensus-message frames start, oldest first;
+    /// those before the first unwritten byte are dropped as writes pass them. (Handshake and
+    /// client frames are not listed: they belong to their connection.)
     frame_starts: VecDeque<u64>,
 }
 
@@ -75,7 +77,9 @@ impl OutQueue {
             }
         }
         total += slices.map(<[u8]>::len).sum::<usize>();
-        self.frame_starts.push_back(self.pushed);
+        if ty == FrameType::Raft {
+            self.frame_starts.push_back(self.pushed);
+        }
         self.pushed += total as u64;
         self.queued_bytes += total;
         total
@@ -94,14 +98,15 @@ impl OutQueue {
         self.pushed - self.queued_bytes as u64
     }
 
-    /// Moves the frames of `from` that no write has begun to the end of this queue, in order,
-    /// without copying their payloads; drops what precedes them in `from` (the unwritten tail
-    /// of a frame partly written: the other end cannot use it without its start). Returns the
-    /// bytes moved.
+    /// Moves the consensus messages of `from` that no write has begun (and everything queued
+    /// after the first of them: on a peer connection, only more of them) to the end of this
+    /// queue, in order, without copying their payloads; drops what precedes them in `from` (the
+    /// unwritten tail of a frame partly written: the other end cannot use it without its start;
+    /// an unsent handshake frame). Returns the bytes moved.
     ///
-    /// Example: `from` queued frames at offsets 0 (100 bytes), 100 (50) and 150 (30) and wrote
-    /// 120 bytes: the frame at 100 is partly written, so its 30 unwritten bytes are dropped and
-    /// the 30-byte frame at 150 moves.
+    /// Example: `from` queued messages at offsets 0 (100 bytes), 100 (50) and 150 (30) and wrote
+    /// 120 bytes: the message at 100 is partly written, so its 30 unwritten bytes are dropped
+    /// and the 30-byte message at 150 moves.
     pub(super) fn append_whole_frames(&mut self, mut from: OutQueue) -> usize {
         from.seal();
         let written = from.written();
@@ -201,11 +206,12 @@ mod tests {
     }
 
     #[test]
-    fn whole_frames_move_and_a_partial_frame_tail_is_dropped() {
-        // A spilled tail of a directly written frame, then two frames (one with a shared
-        // payload).
+    fn whole_messages_move_and_a_partial_frame_tail_or_a_handshake_frame_does_not() {
+        // A spilled tail of a directly written frame, a handshake frame, then two consensus
+        // messages (one with a shared payload).
         let mut from = OutQueue::new();
         from.push_raw(b"tail");
+        from.push_frame(FrameType::PeerHello, b"hi", &[BodyPart::Inline(0..2)]);
         frame(&mut from, b"first");
         from.push_frame(
             FrameType::Raft,
@@ -213,7 +219,7 @@ mod tests {
             &[BodyPart::Shared(Bytes::from_static(b"second"))],
         );
         let mut to = OutQueue::new();
-        frame(&mut to, b"hello");
+        frame(&mut to, b"queued");
         let to_before = to.queued_bytes;
         let moved = to.append_whole_frames(from);
         assert_eq!(moved, from_bytes(&[b"first", b"second"]));
@@ -222,12 +228,12 @@ mod tests {
         to.seal();
         let bytes: Vec<u8> = to.chunks.iter().flat_map(|chunk| chunk.to_vec()).collect();
         let mut expected = Vec::new();
-        for body in [&b"hello"[..], b"first", b"second"] {
+        for body in [&b"queued"[..], b"first", b"second"] {
             expected.extend_from_slice(&frame_header(FrameType::Raft, [body]));
             expected.extend_from_slice(body);
         }
         assert_eq!(bytes, expected);
-        // A queue holding no frame start moves nothing.
+        // A queue holding no message start moves nothing.
         let mut tail_only = OutQueue::new();
         tail_only.push_raw(b"tail");
         assert_eq!(to.append_whole_frames(tail_only), 0);

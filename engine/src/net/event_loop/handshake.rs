@@ -251,7 +251,8 @@ impl EventLoop {
     /// unlisted `id` gets a slot without an address. When the pair already has a connection,
     /// one of the two stays, chosen alike at both ends: the one the smaller id dialed, or,
     /// when the same end dialed both, the newer (the dialer lost the old one, e.g. restarted).
-    /// Frames queued on the connection that goes and not yet begun move to the one that stays.
+    /// Consensus messages queued on the connection that goes and not yet begun move to the one
+    /// that stays.
     fn establish_peer(&mut self, token: Token, id: NodeId) {
         if !self.peers.contains_key(&id) {
             let slot = self.new_slot(None);
