@@ -1,6 +1,8 @@
 //! The network stage over real TCP on 127.0.0.1: peers exchanging consensus messages (large
-//! appends intact and in order), refused handshakes, bad input on peer and client ports, a
-//! restarted peer being re-dialed, inbound back-pressure, and the client protocol end to end.
+//! appends intact and in order), refused handshakes, unlisted nodes accepted, the larger id
+//! dialing a smaller one that does not know it, duplicate connections resolved, bad input on
+//! peer and client ports, a restarted peer being re-dialed, inbound back-pressure, and the
+//! client protocol end to end.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,7 +26,8 @@ fn local() -> SocketAddr {
 }
 
 /// A config for `id`; `peers` lists every other node, with a placeholder address for the ones
-/// this node never dials (larger ids dial nobody smaller).
+/// the test has this node not dial (a larger id dials a smaller one only once they have gone
+/// `reverse_dial_after`, 3 s, without a connection; a dial of the placeholder fails).
 fn config(id: u64, cluster: u64, peers: &[(u64, SocketAddr)]) -> NetConfig {
     let mut config = NetConfig::new(cluster, NodeId(id), local());
     config.peers = peers.iter().map(|&(id, addr)| (NodeId(id), addr)).collect();
@@ -259,25 +262,164 @@ fn wrong_cluster_id_is_refused_on_both_sides() {
     wait_for("the drop", || stats(&n1).messages_dropped == 1);
 }
 
+/// A raw peer connection to `addr` that has sent a hello claiming `id` (no secret).
+fn raw_peer(addr: SocketAddr, id: u64) -> TcpStream {
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = Vec::new();
+    lockstep::net::PeerHello::new(CLUSTER, NodeId(id), false, [0; 32]).encode(&mut body);
+    send_frame(&mut raw, FrameType::PeerHello, &body);
+    raw
+}
+
+/// Reads the next frame on a raw peer connection, which must be of type `ty`.
+fn read_peer_frame(raw: &mut TcpStream, ty: FrameType) -> Vec<u8> {
+    let mut body = Vec::new();
+    assert_eq!(read_frame(raw, 4 << 20, &mut body).unwrap(), ty);
+    body
+}
+
 #[test]
-fn unknown_node_id_is_refused() {
-    // Node 5 is not in node 2's peer list.
+fn own_and_reserved_node_ids_are_refused() {
     let n2 = start(
         config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]),
         8,
     );
     let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
-    let mut raw = TcpStream::connect(n2.transport.peer_addr()).unwrap();
-    let mut body = Vec::new();
-    lockstep::net::PeerHello::new(CLUSTER, NodeId(5), false, [0; 32]).encode(&mut body);
-    let mut frame = Vec::new();
-    encode_frame(FrameType::PeerHello, &body, &mut frame);
-    raw.write_all(&frame).unwrap();
-    assert_closed_after_hello(&mut raw);
-    wait_for("the refusal", || stats(&n2).handshakes_refused >= 1);
+    for claimed in [2, 0] {
+        let mut raw = raw_peer(n2.transport.peer_addr(), claimed);
+        assert_closed_after_hello(&mut raw);
+    }
+    wait_for("the refusals", || {
+        stats(&n2).peer_refusals.unknown_node == 2
+    });
     // The legitimate node 1 still connects.
     wait_for("node 1", || stats(&n1).peer_connects == 1);
-    assert_eq!(stats(&n2).peer_refusals.unknown_node, 1);
+    assert_eq!(stats(&n2).handshakes_refused, 2);
+}
+
+#[test]
+fn an_unlisted_node_is_accepted_answered_and_forgotten_when_it_disconnects() {
+    // Node 5 is not in node 2's peer list.
+    let n2 = start(
+        config(2, CLUSTER, &[(1, "127.0.0.1:9".parse().unwrap())]),
+        8,
+    );
+    for round in 0..2 {
+        let mut raw = raw_peer(n2.transport.peer_addr(), 5);
+        let hello =
+            lockstep::net::PeerHello::decode(&read_peer_frame(&mut raw, FrameType::PeerHello))
+                .unwrap();
+        assert_eq!(hello.node_id, NodeId(2));
+        let mut body = Vec::new();
+        lockstep::net::encode_message(&heartbeat(5, 2, round), &mut body);
+        send_frame(&mut raw, FrameType::Raft, &body);
+        assert_eq!(collect_messages(&n2, 1), vec![heartbeat(5, 2, round)]);
+        n2.transport
+            .handle()
+            .send(vec![heartbeat(2, 5, round + 10)]);
+        let body = read_peer_frame(&mut raw, FrameType::Raft);
+        let reply = lockstep::net::decode_message(&Bytes::from(body)).unwrap();
+        assert_eq!(reply, heartbeat(2, 5, round + 10));
+        drop(raw);
+        wait_for("the loss", || stats(&n2).peer_disconnects == round + 1);
+        // Forgotten: nothing is sent to node 5 any more, and nothing dials it.
+        let dropped = stats(&n2).messages_dropped;
+        n2.transport
+            .handle()
+            .send(vec![heartbeat(2, 5, round + 20)]);
+        wait_for("the drop", || stats(&n2).messages_dropped == dropped + 1);
+    }
+    let s2 = stats(&n2);
+    assert_eq!((s2.peer_connects, s2.handshakes_refused), (2, 0), "{s2:?}");
+}
+
+/// Node 1 does not know node 2; node 2 knows node 1 and dials it once they have gone
+/// `reverse_dial_after` without a connection. Messages then flow both ways.
+#[test]
+fn a_larger_id_dials_a_smaller_one_that_does_not_know_it() {
+    let n1 = start(config(1, CLUSTER, &[]), 8);
+    let mut c2 = config(2, CLUSTER, &[(1, n1.transport.peer_addr())]);
+    c2.reverse_dial_after = Duration::from_millis(200);
+    let started = Instant::now();
+    let n2 = start(c2, 8);
+    wait_for("the reverse dial", || {
+        stats(&n1).peer_connects == 1 && stats(&n2).peer_connects == 1
+    });
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    n2.transport.handle().send(vec![heartbeat(2, 1, 1)]);
+    assert_eq!(collect_messages(&n1, 1), vec![heartbeat(2, 1, 1)]);
+    let stream = append_stream(2, 50)
+        .into_iter()
+        .map(|mut message| {
+            message.from = NodeId(1);
+            message
+        })
+        .collect::<Vec<_>>();
+    n1.transport.handle().send(stream.clone());
+    assert_eq!(collect_messages(&n2, stream.len()), stream);
+    for node in [&n1, &n2] {
+        let s = stats(node);
+        assert_eq!((s.handshakes_refused, s.messages_dropped), (0, 0), "{s:?}");
+    }
+}
+
+/// Node 2 reverse-dials node 1 while node 1's own dial hangs (a relay the test holds back);
+/// once the relay lets it through, both ends keep that connection (the smaller id dialed it),
+/// close node 2's, and messages keep flowing in order.
+#[test]
+fn when_both_ends_dial_the_connection_the_smaller_id_dialed_stays() {
+    let relay = std::net::TcpListener::bind(local()).unwrap();
+    let n1 = start(config(1, CLUSTER, &[(2, relay.local_addr().unwrap())]), 64);
+    let mut c2 = config(2, CLUSTER, &[(1, n1.transport.peer_addr())]);
+    c2.reverse_dial_after = Duration::from_millis(50);
+    let n2 = start(c2, 64);
+    let (held, _) = relay.accept().unwrap();
+    wait_for("node 2's dial", || {
+        stats(&n1).peer_connects == 1 && stats(&n2).peer_connects == 1
+    });
+    n2.transport.handle().send(vec![heartbeat(2, 1, 1)]);
+    assert_eq!(collect_messages(&n1, 1), vec![heartbeat(2, 1, 1)]);
+
+    // Let node 1's dial through to node 2.
+    let upstream = TcpStream::connect(n2.transport.peer_addr()).unwrap();
+    let relays: Vec<_> = [
+        (held.try_clone().unwrap(), upstream.try_clone().unwrap()),
+        (upstream, held),
+    ]
+    .into_iter()
+    .map(|(mut from, mut to)| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        })
+    })
+    .collect();
+    wait_for("one connection left at both ends", || {
+        [&n1, &n2].iter().all(|node| {
+            let s = stats(node);
+            s.peer_connects == 2 && s.peer_disconnects == 1
+        })
+    });
+    let to2: Vec<Message> = append_stream(2, 100);
+    let to1: Vec<Message> = (0..100).map(|round| heartbeat(2, 1, round)).collect();
+    for (a, b) in to2.chunks(7).zip(to1.chunks(7)) {
+        n1.transport.handle().send(a.to_vec());
+        n2.transport.handle().send(b.to_vec());
+    }
+    assert_eq!(collect_messages(&n2, to2.len()), to2);
+    assert_eq!(collect_messages(&n1, to1.len()), to1);
+    for node in [&n1, &n2] {
+        let s = stats(node);
+        assert_eq!((s.peer_connects, s.peer_disconnects), (2, 1), "{s:?}");
+        assert_eq!((s.handshakes_refused, s.messages_dropped), (0, 0), "{s:?}");
+    }
+    // The relayed connection is the one kept (still open); stopping node 2 ends it.
+    assert!(relays.iter().all(|relay| !relay.is_finished()));
+    n2.transport.shutdown();
+    for relay in relays {
+        relay.join().unwrap();
+    }
 }
 
 fn secret(byte: u8) -> PeerSecret {
@@ -312,8 +454,31 @@ fn another_secret_is_refused_on_both_sides() {
     wait_for("bad proofs on both sides", || {
         stats(&n1).peer_refusals.bad_proof >= 1 && stats(&n2).peer_refusals.bad_proof >= 1
     });
+    // Node 1 saw a valid hello, then the close; it backs off instead of hammering node 2.
+    std::thread::sleep(Duration::from_millis(100));
+    let dials = stats(&n2).handshakes_refused;
+    assert!(
+        dials <= 7,
+        "{dials} dials in ~100 ms with backoff 5..100 ms"
+    );
     assert_eq!(stats(&n1).peer_connects, 0);
     assert_eq!(stats(&n2).peer_connects, 0);
+}
+
+#[test]
+fn an_unlisted_node_must_still_prove_the_secret() {
+    // Node 1 is not in node 2's peer list; its proof (another secret) is refused all the same.
+    let mut config2 = config(2, CLUSTER, &[]);
+    config2.peer_secret = Some(secret(2));
+    let n2 = start(config2, 8);
+    let mut config1 = config(1, CLUSTER, &[(2, n2.transport.peer_addr())]);
+    config1.peer_secret = Some(secret(1));
+    let n1 = start(config1, 8);
+    wait_for("bad proofs on both sides", || {
+        stats(&n1).peer_refusals.bad_proof >= 1 && stats(&n2).peer_refusals.bad_proof >= 1
+    });
+    assert_eq!(stats(&n2).peer_connects, 0);
+    assert_eq!(stats(&n2).peer_refusals.unknown_node, 0);
 }
 
 #[test]
@@ -659,28 +824,25 @@ fn silent_connections_time_out() {
 
 #[test]
 fn peers_can_be_added_and_removed() {
-    // Node 2 starts knowing nobody: node 1's dials are refused until node 2 learns of it.
+    // Node 2 starts knowing nobody: node 1 dials it and is accepted unlisted.
     let n2 = start(config(2, CLUSTER, &[]), 8);
     let n1 = start(config(1, CLUSTER, &[(2, n2.transport.peer_addr())]), 8);
-    wait_for("a refusal", || stats(&n2).handshakes_refused >= 1);
-    // Node 1 saw a valid hello, then the close; it backs off instead of hammering node 2.
-    std::thread::sleep(Duration::from_millis(100));
-    let dials = stats(&n2).handshakes_refused;
-    assert!(dials <= 6, "{dials} dials in 100 ms with backoff 5..100 ms");
-    assert_eq!(stats(&n2).peer_connects, 0);
+    wait_for("the link", || stats(&n2).peer_connects == 1);
+    // Listing node 1 keeps that connection (at an address node 2 never needs to dial).
     n2.transport
         .handle()
         .add_peer(NodeId(1), "127.0.0.1:9".parse().unwrap());
-    wait_for("the link", || stats(&n2).peer_connects == 1);
     n2.transport.handle().send(vec![heartbeat(2, 1, 5)]);
     assert_eq!(collect_messages(&n1, 1), vec![heartbeat(2, 1, 5)]);
-
-    let refused = stats(&n2).handshakes_refused;
-    let lost = stats(&n1).peer_disconnects;
-    n2.transport.handle().remove_peer(NodeId(1));
-    wait_for("the loss", || stats(&n1).peer_disconnects > lost);
-    wait_for("refusals again", || stats(&n2).handshakes_refused > refused);
     assert_eq!(stats(&n2).peer_connects, 1);
+
+    // Removing it closes the connection; node 1 dials again and is accepted unlisted again.
+    n2.transport.handle().remove_peer(NodeId(1));
+    wait_for("the loss", || stats(&n1).peer_disconnects == 1);
+    wait_for("the new link", || stats(&n2).peer_connects == 2);
+    n2.transport.handle().send(vec![heartbeat(2, 1, 6)]);
+    assert_eq!(collect_messages(&n1, 1), vec![heartbeat(2, 1, 6)]);
+    assert_eq!(stats(&n2).handshakes_refused, 0);
 }
 
 #[test]

@@ -126,9 +126,11 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     let leader = cluster.propose("b", 1000);
     cluster.assert_converged();
     // Snapshots are written by the storage stage, after the state machine moved on.
-    wait_for("the leader's snapshot on disk", Duration::from_secs(10), || {
-        !cluster.snapshot_files(leader).is_empty()
-    });
+    wait_for(
+        "the leader's snapshot on disk",
+        Duration::from_secs(10),
+        || !cluster.snapshot_files(leader).is_empty(),
+    );
     assert!(
         cluster.snapshot_files(lagging).is_empty(),
         "the lagging node had no snapshot yet"
@@ -243,41 +245,50 @@ fn a_voter_is_removed_and_the_rest_keep_committing() {
     cluster.assert_converged();
 }
 
-/// Grows a 3-node cluster by a node that joins at run time (named only by the membership
-/// change), replaces node 1 by it, and restarts everyone with their original configurations:
-/// nodes 2 and 3 were never configured with node 4, so they must find it in their logs.
-fn a_node_joins_replaces_a_voter_and_survives_restarts(snapshot_entries: u64) {
-    let mut cluster = start(3, snapshot_entries);
-    cluster.propose("a", 300);
+/// Starts node `cluster.nodes.len() + 1` to join the cluster (configured with the members so
+/// far and itself, which it is added to `cluster.members`); returns its id and addresses.
+fn start_joiner(cluster: &mut TestCluster, snapshot_entries: u64) -> (NodeId, PeerConfig) {
+    let id = NodeId(cluster.nodes.len() as u64 + 1);
     let joiner = PeerConfig {
         peer_addr: lockstep::net::free_loopback_addrs(1).unwrap()[0],
         client_addr: None,
     };
-    let mut members_with_4 = cluster.members.clone();
-    members_with_4.insert(NodeId(4), joiner);
+    cluster.members.insert(id, joiner);
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = node_common::config(4, &members_with_4, dir.path(), snapshot_entries);
+    let mut cfg = node_common::config(id.get(), &cluster.members, dir.path(), snapshot_entries);
     cfg.join = true;
     cluster
         .nodes
         .push(Some(Node::start(cfg.clone(), Kv::default()).unwrap()));
     cluster.dirs.push(dir);
     cluster.configs.push(cfg);
+    (id, joiner)
+}
+
+/// Adds the started joiner `id` as a learner at `addrs`, then promotes it to voter.
+fn add_voter(cluster: &TestCluster, id: NodeId, addrs: PeerConfig) {
+    change_membership(
+        cluster,
+        MembershipChange::AddLearner(id, Some(addrs)),
+        "already a member",
+    );
+    change_membership(cluster, MembershipChange::Promote(id), "not a learner");
+}
+
+/// Grows a 3-node cluster by a node that joins at run time (named only by the membership
+/// change), replaces node 1 by it, and restarts everyone with their original configurations:
+/// nodes 2 and 3 were never configured with node 4, so they must find it in their logs.
+fn a_node_joins_replaces_a_voter_and_survives_restarts(snapshot_entries: u64) {
+    let mut cluster = start(3, snapshot_entries);
+    cluster.propose("a", 300);
+    let (id, joiner) = start_joiner(&mut cluster, snapshot_entries);
+    assert_eq!(id, NodeId(4));
     // Before it is added it only waits: no campaign, no term of its own.
     std::thread::sleep(Duration::from_millis(300));
     let waiting = cluster.node(3).status();
     assert_eq!((waiting.role.as_str(), waiting.commit), ("follower", 0));
 
-    change_membership(
-        &cluster,
-        MembershipChange::AddLearner(NodeId(4), Some(joiner)),
-        "already a member",
-    );
-    change_membership(
-        &cluster,
-        MembershipChange::Promote(NodeId(4)),
-        "not a learner",
-    );
+    add_voter(&cluster, id, joiner);
     cluster.propose("b", 100);
     cluster.assert_converged();
     // Every node shows the same four voters, node 4 at the address only the change named.
@@ -289,7 +300,7 @@ fn a_node_joins_replaces_a_voter_and_survives_restarts(snapshot_entries: u64) {
             .map(|member| (member.id, member.role.as_str(), member.peer_addr))
             .collect();
         let expected: Vec<(u64, &str, Option<std::net::SocketAddr>)> = (1..=4)
-            .map(|id| (id, "voter", Some(members_with_4[&NodeId(id)].peer_addr)))
+            .map(|id| (id, "voter", Some(cluster.members[&NodeId(id)].peer_addr)))
             .collect();
         assert_eq!(members, expected, "node at {at}");
         assert!(status.members_committed);
@@ -332,6 +343,40 @@ fn a_node_joins_through_the_log_replaces_a_voter_and_survives_restarts() {
 #[test]
 fn a_node_joins_through_a_snapshot_replaces_a_voter_and_survives_restarts() {
     a_node_joins_replaces_a_voter_and_survives_restarts(50);
+}
+
+/// The member with the smallest id is down while the cluster adds two members with larger ids
+/// and removes the others, so the leader is a node the restarted member's log does not name
+/// and that never waits for it to dial: the leader (larger id) dials it after
+/// `reverse_dial_after`, and it catches up (found by the chaos `member` fault, seed 23).
+#[test]
+fn a_member_down_across_changes_catches_up_from_a_new_leader_with_a_larger_id() {
+    let mut cluster = start(3, 1 << 20);
+    cluster.propose("a", 100);
+    cluster.stop(0);
+    cluster.propose("b", 100);
+    for _ in 4..=5 {
+        let (id, addrs) = start_joiner(&mut cluster, 1 << 20);
+        add_voter(&cluster, id, addrs);
+    }
+    for at in 1..3 {
+        let id = NodeId(at as u64 + 1);
+        change_membership(&cluster, MembershipChange::Remove(id), "not a member");
+        cluster.propose("c", 20);
+        cluster.stop(at);
+    }
+    let leader = cluster.propose("d", 100);
+    assert!(leader >= 3, "the leader is node {}", leader + 1);
+    // Node 1 comes back knowing only nodes 2 and 3 (both gone): it dials them in vain.
+    cluster.restart(0);
+    cluster.assert_converged();
+    let status = cluster.node(0).status();
+    let members: Vec<u64> = status.members.iter().map(|member| member.id).collect();
+    assert_eq!(members, vec![1, 4, 5], "{status:?}");
+    // It is a working member again: with node 5 stopped, nodes 1 and 4 still commit.
+    cluster.stop(4);
+    cluster.propose("e", 100);
+    cluster.assert_converged();
 }
 
 #[test]

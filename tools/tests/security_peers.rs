@@ -1,7 +1,7 @@
 //! Peer authentication between real `lockstep serve` processes sharing a secret
 //! (`--peer-secret-file`): the members commit; processes with the wrong secret or none, and raw
-//! connections claiming a member's or an unknown id, are refused at the handshake (counted by
-//! reason in the status JSON) and cannot move the term, change the leader or stop commits; a
+//! connections claiming the node's own id, or a member's or an unlisted id without proving the
+//! secret, are refused at the handshake (counted by reason in the status JSON) and cannot move the term, change the leader or stop commits; a
 //! handshake captured from a real dialer and replayed to a member is refused.
 
 mod common;
@@ -255,31 +255,32 @@ fn members_commit_and_nodes_without_the_secret_can_neither_join_nor_disrupt() {
         assert!(log.contains(outsider_says), "the outsider's log:\n{log}");
     }
 
-    // Raw connections to node 3: an unknown id, and node 1's id with a made-up proof.
+    // Raw connections to node 3: claiming node 3's own id (refused as such), then an id
+    // outside its peer list and a member's id, each with a made-up proof: an unlisted id is
+    // accepted as a peer only like a listed one, by proving the secret.
     let peer3 = cluster.peer_addr(3);
-    let mut unknown = connect(peer3);
-    let hello = PeerHello::new(cluster.cluster_id, NodeId(9), true, [1; 32]);
-    let mut body = Vec::new();
-    hello.encode(&mut body);
-    unknown
-        .write_all(&frame(FrameType::PeerHello, &body))
-        .expect("send");
-    assert_closed(&mut unknown, "unknown node id");
+    let hello = |id: u64, nonce: u8| {
+        let mut body = Vec::new();
+        PeerHello::new(cluster.cluster_id, NodeId(id), true, [nonce; 32]).encode(&mut body);
+        frame(FrameType::PeerHello, &body)
+    };
+    let mut own = connect(peer3);
+    own.write_all(&hello(3, 1)).expect("send");
+    assert_closed(&mut own, "node 3's own id");
     wait_for("the unknown_node refusal", &cluster, || {
         refusals(&cluster, 3, "unknown_node") == 1
     });
-    let before = refusals(&cluster, 3, "bad_proof");
-    let mut forged = connect(peer3);
-    let hello = PeerHello::new(cluster.cluster_id, NodeId(1), true, [2; 32]);
-    let mut bytes = Vec::new();
-    hello.encode(&mut bytes);
-    let mut frames = frame(FrameType::PeerHello, &bytes);
-    frames.extend(frame(FrameType::PeerProof, &[0xAB; 32]));
-    forged.write_all(&frames).expect("send");
-    assert_closed(&mut forged, "made-up proof");
-    wait_for("the made-up proof's refusal", &cluster, || {
-        refusals(&cluster, 3, "bad_proof") == before + 1
-    });
+    for (claimed, nonce) in [(9, 2), (1, 3)] {
+        let before = refusals(&cluster, 3, "bad_proof");
+        let mut forged = connect(peer3);
+        let mut frames = hello(claimed, nonce);
+        frames.extend(frame(FrameType::PeerProof, &[0xAB; 32]));
+        forged.write_all(&frames).expect("send");
+        assert_closed(&mut forged, "made-up proof");
+        wait_for("the made-up proof's refusal", &cluster, || {
+            refusals(&cluster, 3, "bad_proof") == before + 1
+        });
+    }
 
     commits(&mut client, 50, "after the raw connections");
     assert_eq!(leader_and_term(&cluster), (leader, term));

@@ -161,9 +161,9 @@ pub enum Refusal {
     WrongVersion,
     /// Another cluster id.
     WrongCluster,
-    /// A node id that is not in this node's peer list (or is this node's own id).
+    /// A hello claiming this node's own id, or the reserved id 0.
     UnknownNode,
-    /// A known node id on the wrong side: not the node dialed, or a larger id dialing.
+    /// On a dialed connection, a node id other than the node dialed.
     WrongNode,
     /// This node has a secret and the peer has none, or sent something else where its proof
     /// belonged.
@@ -203,9 +203,9 @@ pub struct PeerRefusals {
     pub wrong_version: u64,
     /// Another cluster id.
     pub wrong_cluster: u64,
-    /// A node id not in the peer list.
+    /// This node's own id, or id 0.
     pub unknown_node: u64,
-    /// A known node id on the wrong side of the connection.
+    /// Not the node dialed.
     pub wrong_node: u64,
     /// No proof from a peer while this node requires one.
     pub no_proof: u64,

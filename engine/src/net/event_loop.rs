@@ -100,17 +100,22 @@ pub(super) struct LoopLinks {
     pub(super) lanes: Arc<Lanes>,
 }
 
-/// What the loop knows about one configured peer.
+/// What the loop knows about one peer: a listed one (`NetConfig::peers`, `add_peer`), or an
+/// unlisted one that dialed in (kept only while its connection lasts).
 struct PeerSlot {
-    addr: SocketAddr,
+    /// Where to dial it; `None`: unlisted (never dialed; the slot goes with its connection).
+    addr: Option<SocketAddr>,
     /// The established connection.
     conn: Option<Token>,
     /// A dial in progress (connecting or handshaking).
     dialing: Option<Token>,
     /// The next reconnect delay.
     backoff: Duration,
-    /// When to dial next (dialing side only).
+    /// When to dial next.
     redial_at: Option<Instant>,
+    /// Since when the pair has had no connection (the slot's creation, or its connection's
+    /// loss): the larger id dials only `reverse_dial_after` past it.
+    unconnected_since: Instant,
 }
 
 enum PeerState {
@@ -152,6 +157,9 @@ struct Conn {
     carried: bool,
     /// Close once the queue is flushed (a refused client's error reply).
     closing: bool,
+    /// This end dialed the connection (a peer connection; which end dialed decides which of
+    /// two connections between a pair stays).
+    dialed: bool,
     /// When bytes last arrived (the idle timeout's clock).
     last_read: Instant,
     /// Since when queued output has waited with none of it written (the slow-client clock);
@@ -236,22 +244,8 @@ impl EventLoop {
         links: LoopLinks,
     ) -> EventLoop {
         let now = Instant::now();
-        let peers = config
-            .peers
-            .iter()
-            .map(|&(id, addr)| {
-                let slot = PeerSlot {
-                    addr,
-                    conn: None,
-                    dialing: None,
-                    backoff: config.reconnect_min,
-                    // Only the smaller id dials; the first dial is immediate.
-                    redial_at: (config.node_id < id).then_some(now),
-                };
-                (id, slot)
-            })
-            .collect();
-        EventLoop {
+        let peers = config.peers.clone();
+        let mut event_loop = EventLoop {
             poll,
             peer_listener,
             client_listener,
@@ -263,7 +257,7 @@ impl EventLoop {
             lanes: links.lanes,
             conns: ConnMap::default(),
             next_token: FIRST_CONN,
-            peers,
+            peers: HashMap::new(),
             clients: 0,
             pending_events: VecDeque::new(),
             read_ready: Vec::new(),
@@ -291,7 +285,11 @@ impl EventLoop {
                 .sweep_interval()
                 .map(|interval| now + interval),
             config,
+        };
+        for (id, addr) in peers {
+            event_loop.add_peer(id, addr);
         }
+        event_loop
     }
 
     /// Runs until the stop flag is set (or poll fails).
@@ -437,6 +435,10 @@ impl EventLoop {
                 })
             }
         };
+        let dialed = match &kind {
+            ConnKind::Peer(PeerState::Handshake(handshake)) => handshake.dialed().is_some(),
+            ConnKind::Peer(PeerState::Established(_)) | ConnKind::Client(_) => false,
+        };
         let conn = Conn {
             stream,
             addr,
@@ -449,6 +451,7 @@ impl EventLoop {
             in_dirty: false,
             carried: false,
             closing: false,
+            dialed,
             last_read: Instant::now(),
             stalled_since: None,
             native_awaiting: 0,
@@ -542,7 +545,7 @@ impl EventLoop {
         for id in due {
             let slot = self.peers.get_mut(&id).expect("due peer");
             slot.redial_at = None;
-            let addr = slot.addr;
+            let addr = slot.addr.expect("only a listed peer is dialed");
             let stream = match TcpStream::connect(addr) {
                 Ok(stream) => stream,
                 Err(err) => {
@@ -574,14 +577,29 @@ impl EventLoop {
         }
     }
 
+    /// Schedules the next dial of the listed peer `id` while the pair has no connection: the
+    /// smaller id of the pair after the backoff, the larger one too but not before the pair has
+    /// gone `reverse_dial_after` without a connection (the smaller id normally dials sooner; it
+    /// may not know this node at all).
     fn schedule_redial(&mut self, id: NodeId) {
         let max = self.config.reconnect_max;
-        let slot = self.peers.get_mut(&id).expect("configured peer");
-        if self.config.node_id > id || slot.conn.is_some() || slot.dialing.is_some() {
+        let not_before = self.dial_not_before(id, self.peers[&id].unconnected_since);
+        let slot = self.peers.get_mut(&id).expect("known peer");
+        if slot.addr.is_none() || slot.conn.is_some() || slot.dialing.is_some() {
             return;
         }
-        slot.redial_at = Some(Instant::now() + slot.backoff);
+        slot.redial_at = Some((Instant::now() + slot.backoff).max(not_before));
         slot.backoff = (slot.backoff * 2).min(max);
+    }
+
+    /// The earliest this end dials `id` when the pair has had no connection since
+    /// `unconnected_since` (see [`EventLoop::schedule_redial`]).
+    fn dial_not_before(&self, id: NodeId, unconnected_since: Instant) -> Instant {
+        if self.config.node_id < id {
+            unconnected_since
+        } else {
+            unconnected_since + self.config.reverse_dial_after
+        }
     }
 
     /// Queues the whole of `scratch` as one frame on `token`.
@@ -947,18 +965,27 @@ impl EventLoop {
             return;
         }
         if let Some(slot) = self.peers.get_mut(&id) {
-            slot.addr = addr;
+            // A listed peer moves; an unlisted one (connected) becomes listed and stays.
+            slot.addr = Some(addr);
             return;
         }
-        let slot = PeerSlot {
+        let mut slot = self.new_slot(Some(addr));
+        // No backoff before the first dial.
+        slot.redial_at = Some(self.dial_not_before(id, slot.unconnected_since));
+        self.peers.insert(id, slot);
+        self.lanes.add(id);
+    }
+
+    /// A slot with no connection yet, at `addr` (`None`: unlisted).
+    fn new_slot(&self, addr: Option<SocketAddr>) -> PeerSlot {
+        PeerSlot {
             addr,
             conn: None,
             dialing: None,
             backoff: self.config.reconnect_min,
-            redial_at: (self.config.node_id < id).then(Instant::now),
-        };
-        self.peers.insert(id, slot);
-        self.lanes.add(id);
+            redial_at: None,
+            unconnected_since: Instant::now(),
+        }
     }
 
     fn remove_peer(&mut self, id: NodeId) {
@@ -1164,21 +1191,29 @@ impl EventLoop {
                     self.emit(NetEvent::ClientGone(ConnId(token.0 as u64)));
                 }
             }
-            ConnKind::Peer(_) => {
+            ConnKind::Peer(state) => {
                 let Some(id) = peer_id else { return };
+                if let PeerState::Established(_) = state {
+                    self.stats.peer_disconnects += 1;
+                }
                 let Some(slot) = self.peers.get_mut(&id) else {
                     return;
                 };
                 if slot.conn == Some(token) {
                     slot.conn = None;
-                    self.stats.peer_disconnects += 1;
+                    slot.unconnected_since = Instant::now();
                     if !conn.carried && matches!(reason, CloseReason::Gone(_)) {
                         warn!(
                             addr = %conn.addr,
                             "connection to node {id} closed before carrying any message: \
-                             refused by the peer? (is node {} in its peer list, with the same peer secret?)",
-                            self.config.node_id
+                             refused by the peer? (does it have the same cluster id and peer secret?)"
                         );
+                    }
+                    if slot.addr.is_none() {
+                        // An unlisted peer is known only through its connection.
+                        self.peers.remove(&id);
+                        self.lanes.remove(id);
+                        return;
                     }
                 }
                 if slot.dialing == Some(token) {

@@ -2,8 +2,8 @@
 //! (proposals, reads, status), driven by one mio event loop on its own thread.
 //!
 //! Contract with the runtime (`crate::node`):
-//! - [`Transport::start`] binds the peer port (and the client port, if configured), dials every
-//!   peer, and delivers what arrives as [`NetEvent`]s on a bounded crossbeam channel, in batches
+//! - [`Transport::start`] binds the peer port (and the client port, if configured), dials the
+//!   peers (`transport.rs` says who dials whom), and delivers what arrives as [`NetEvent`]s on a bounded crossbeam channel, in batches
 //!   (one `Vec` per socket read, never one channel message per entry).
 //! - Other stages send through a cloneable [`NetHandle`]; it queues and wakes the loop, which
 //!   coalesces queued frames into vectored writes.
@@ -103,6 +103,11 @@ pub struct NetConfig {
     pub reconnect_min: Duration,
     /// Reconnect delays double up to this.
     pub reconnect_max: Duration,
+    /// Of two peers, the smaller id dials the larger; the larger id dials the smaller too once
+    /// the pair has had no connection for this long (the smaller may not know the larger: it
+    /// missed the membership change that added it). If both connections come up, the one the
+    /// smaller id dialed stays.
+    pub reverse_dial_after: Duration,
     /// Most concurrent client connections; more are accepted and closed at once.
     pub max_clients: usize,
     /// A connection whose hello has not arrived (and been accepted) this long after it opened
@@ -130,8 +135,8 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, 4096
-    /// clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret,
+    /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, reverse
+    /// dial after 3 s, 4096 clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret,
     /// no client passwords, default [`ClientLimits`], no TLS.
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
@@ -144,6 +149,7 @@ impl NetConfig {
             socket_buffer_bytes: 4 << 20,
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_secs(1),
+            reverse_dial_after: Duration::from_secs(3),
             max_clients: 4096,
             handshake_timeout: Duration::from_secs(10),
             frontend: None,

@@ -3,11 +3,16 @@
 //! at most once per sleep) and [`NetStats`]. The loop itself is in `event_loop`.
 //!
 //! Guarantees of the stage as a whole:
-//! - One connection per peer pair: the node with the smaller id dials, the larger accepts. Both
-//!   ends send a [`super::PeerHello`] first and check the other's; a mismatch (version, cluster id,
-//!   unknown / self / wrong-direction node id) is logged naming both values, counted, and the
-//!   connection closed without an error frame (the other end sees its own check fail or the
-//!   close). With a peer secret ([`super::NetConfig::peer_secret`]) both ends then exchange
+//! - One connection per peer pair. The node with the smaller id dials; the larger dials too once
+//!   the pair has gone [`super::NetConfig::reverse_dial_after`] without a connection (the
+//!   smaller may not know it). If both connections come up, both ends keep the one the smaller
+//!   id dialed and close the other; its frames not yet begun move to the one kept. Both ends
+//!   send a [`super::PeerHello`] first and check the other's; a mismatch (version, cluster id,
+//!   own or reserved node id, not the node dialed) is logged naming both values, counted, and
+//!   the connection closed without an error frame (the other end sees its own check fail or the
+//!   close). A hello from a node not in the peer list is accepted: the node can be answered
+//!   over that connection, which is forgotten when it closes (unless `add_peer` listed the node
+//!   meanwhile). With a peer secret ([`super::NetConfig::peer_secret`]) both ends then exchange
 //!   proofs ([`super::PeerProof`]) and no consensus message is read before the other's verified.
 //!   A lost or refused dial is retried after `reconnect_min`, doubling to `reconnect_max`.
 //! - Per connection, frames leave in the order they were queued; per peer, messages arrive in
@@ -63,7 +68,8 @@ pub struct NetStats {
     pub peer_refusals: PeerRefusals,
     /// Peer connections established.
     pub peer_connects: u64,
-    /// Peer connections lost.
+    /// Established peer connections closed (lost, removed, or the one of two connections to
+    /// the same peer that was not kept).
     pub peer_disconnects: u64,
     /// Client connections accepted.
     pub client_connects: u64,
@@ -183,16 +189,19 @@ impl NetHandle {
     }
 
     /// Adds a peer (e.g. a node joining through a membership change) or changes its address
-    /// (used from the next dial on). Handshakes from `id` are accepted from then on; a node
-    /// dials it if its own id is smaller. Ignored for this node's own id and for id 0.
+    /// (used from the next dial on). This node dials it at once if its own id is smaller, else
+    /// once they have gone `reverse_dial_after` without a connection. A node connected without
+    /// being listed stays connected and is listed from then on. Ignored for this node's own id
+    /// and for id 0.
     pub fn add_peer(&self, id: NodeId, addr: SocketAddr) {
         if self.outbound.send(Outbound::AddPeer(id, addr)).is_ok() {
             self.wake.notify();
         }
     }
 
-    /// Forgets a peer (a node removed from the cluster): its connection is closed, it is no
-    /// longer dialed, and its handshakes are refused.
+    /// Forgets a peer (a node removed from the cluster): its connection is closed and it is no
+    /// longer dialed. If it dials in again it is accepted like any unlisted node (its messages
+    /// are the consensus core's to judge).
     pub fn remove_peer(&self, id: NodeId) {
         if self.outbound.send(Outbound::RemovePeer(id)).is_ok() {
             self.wake.notify();

@@ -19,7 +19,8 @@
 //!   such a membership is older than this node's addition (a node started to join an existing
 //!   cluster: none yet, or one from a snapshot or log prefix the leader sent first, which may
 //!   predate the leader itself) or follows its removal, so it cannot say who the peers are now,
-//!   and the leader's connection must be accepted. (A joining node's configured members are the
+//!   and the leader must stay a peer (an unlisted node is forgotten with its connection,
+//!   `net/transport.rs`). (A joining node's configured members are the
 //!   members when it joined; ids are not reused, so a membership that includes this node is at
 //!   or after its addition.)
 

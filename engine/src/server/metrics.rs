@@ -475,7 +475,7 @@ impl Collector for StatusCollector {
                 "lockstep_net_refused_peer_handshakes",
                 "Peer connections refused at the handshake, by reason (bad_proof: another \
                  secret or a replay; no_proof / no_secret: a secret on one side only; \
-                 unknown_node: not in the peer list; ...)",
+                 unknown_node: this node's own id or 0; ...)",
                 "reason",
                 &net.peer_refusals.by_reason(),
             )?;

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use mio::Token;
 use tracing::{debug, warn};
 
-use super::{ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, PeerState, RespConn};
+use super::{
+    ClientProtocol, CloseReason, Conn, ConnKind, EventLoop, OutQueue, PeerState, RespConn,
+};
 use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
@@ -128,28 +130,19 @@ impl EventLoop {
             ));
         }
         let id = hello.node_id;
-        if id == me || !self.peers.contains_key(&id) {
-            let mut known: Vec<u64> = self.peers.keys().map(|id| id.get()).collect();
-            known.sort_unstable();
+        // Any other node may dial in, listed or not (an unlisted one can be answered over the
+        // connection: a leader added while this node was down, `EventLoop::establish_peer`).
+        if id == me || id == NodeId(0) {
             return Err(CloseReason::Refused(
                 Refusal::UnknownNode,
-                format!("node id {id} (expected one of the peers {known:?}; this node is {me})"),
+                format!("node id {id} (this node is {me}; 0 is reserved)"),
             ));
         }
-        match expected {
-            Some(expected) if expected != id => {
-                return Err(CloseReason::Refused(
-                    Refusal::WrongNode,
-                    format!("node id {id} (expected {expected}, the node dialed)"),
-                ));
-            }
-            None if id > me => {
-                return Err(CloseReason::Refused(
-                    Refusal::WrongNode,
-                    format!("node id {id} dialed node {me} (expected only smaller ids to dial)"),
-                ));
-            }
-            _ => {}
+        if let Some(expected) = expected.filter(|&expected| expected != id) {
+            return Err(CloseReason::Refused(
+                Refusal::WrongNode,
+                format!("node id {id} (expected {expected}, the node dialed)"),
+            ));
         }
         let secret = match (&self.config.peer_secret, hello.authenticates) {
             (None, false) => {
@@ -254,10 +247,32 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Makes `token` the connection to `id` (its hello, and proof if any, accepted).
+    /// Makes `token` the connection to `id` (its hello, and proof if any, accepted); an
+    /// unlisted `id` gets a slot without an address. When the pair already has a connection,
+    /// one of the two stays, chosen alike at both ends: the one the smaller id dialed, or,
+    /// when the same end dialed both, the newer (the dialer lost the old one, e.g. restarted).
+    /// Consensus messages queued on the connection that goes and not yet begun move to the one
+    /// that stays.
     fn establish_peer(&mut self, token: Token, id: NodeId) {
+        if !self.peers.contains_key(&id) {
+            let slot = self.new_slot(None);
+            self.peers.insert(id, slot);
+            self.lanes.add(id);
+        }
+        let old = self.peers[&id].conn;
+        if let Some(old) = old {
+            let smaller_dialed = |dialed: bool| dialed == (self.config.node_id < id);
+            let (new_dialed, old_dialed) = (self.conns[&token].dialed, self.conns[&old].dialed);
+            if new_dialed != old_dialed && smaller_dialed(old_dialed) {
+                self.close(
+                    token,
+                    CloseReason::Gone(format!("a duplicate of the connection with node {id}")),
+                );
+                return;
+            }
+        }
         let slot = self.peers.get_mut(&id).expect("known peer");
-        let old = slot.conn.replace(token);
+        slot.conn = Some(token);
         if slot.dialing == Some(token) {
             slot.dialing = None;
         }
@@ -266,16 +281,27 @@ impl EventLoop {
         conn.kind = ConnKind::Peer(PeerState::Established(id));
         self.stats.peer_connects += 1;
         debug!(peer = %conn.addr, "connected to node {id}");
+        let lane = self.lanes.get(id).expect("a lane per peer");
         if let Some(old) = old {
-            // The peer restarted and dialed again; the old connection is stale.
+            // No direct write goes to the old connection from here on (senders queue until
+            // the new one is attached below).
+            lane.lock().detach(old);
+            let queued = std::mem::replace(
+                &mut self.conns.get_mut(&old).expect("live connection").out,
+                OutQueue::new(),
+            );
+            let conn = self.conns.get_mut(&token).expect("live connection");
+            if conn.out.append_whole_frames(queued) > 0 {
+                self.mark_dirty(token);
+            }
             self.close(
                 old,
-                CloseReason::Gone(format!("replaced by a new connection from {id}")),
+                CloseReason::Gone(format!("replaced by another connection with node {id}")),
             );
         }
         // Direct sends (plain TCP only: TLS state belongs to this thread).
         let conn = self.conns.get(&token).expect("live connection");
-        if let (ConnStream::Plain(tcp), Some(lane)) = (&conn.stream, self.lanes.get(id)) {
+        if let ConnStream::Plain(tcp) = &conn.stream {
             lane.lock().attach(token, tcp, !conn.out.is_empty());
         }
     }
