@@ -126,9 +126,11 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     let leader = cluster.propose("b", 1000);
     cluster.assert_converged();
     // Snapshots are written by the storage stage, after the state machine moved on.
-    wait_for("the leader's snapshot on disk", Duration::from_secs(10), || {
-        !cluster.snapshot_files(leader).is_empty()
-    });
+    wait_for(
+        "the leader's snapshot on disk",
+        Duration::from_secs(10),
+        || !cluster.snapshot_files(leader).is_empty(),
+    );
     assert!(
         cluster.snapshot_files(lagging).is_empty(),
         "the lagging node had no snapshot yet"
