@@ -27,7 +27,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,10 @@ pub(crate) struct ConsensusStage {
     durable_seen: u64,
     /// A turn returned [`Flow::Stop`] (or the stage stopped): no more turns, inline or not.
     halted: bool,
+    /// Set at the end of every turn: whether the next may be inline as far as the load goes
+    /// (read by [`InlineConsensus`] before it touches the lock, so a loaded stage's thread
+    /// never finds the lock taken by a turn that is not going to run).
+    inline_open: Arc<AtomicBool>,
 }
 
 /// Whether the loop keeps going.
@@ -176,6 +180,21 @@ impl ConsensusStage {
             deferred_since: None,
             durable_seen: 0,
             halted: false,
+            inline_open: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The inline turn over `stage` (see the module docs); `net_events` is the stage's events
+    /// channel.
+    pub(crate) fn inline_turn(
+        stage: &Arc<Mutex<ConsensusStage>>,
+        net_events: Receiver<NetEvent>,
+    ) -> InlineConsensus {
+        let open = Arc::clone(&lock(stage).inline_open);
+        InlineConsensus {
+            stage: Arc::downgrade(stage),
+            open,
+            net_events,
         }
     }
 
@@ -302,6 +321,10 @@ impl ConsensusStage {
         } else {
             self.halted = true;
         }
+        self.inline_open.store(
+            !self.halted && self.pending.len() <= INLINE_PENDING_MAX,
+            Ordering::Relaxed,
+        );
         flow
     }
 
@@ -756,6 +779,7 @@ impl ConsensusStage {
     /// its own transport.
     fn stop(&mut self, requests: &Receiver<Request>, net: &mut dyn NetSink) {
         self.halted = true;
+        self.inline_open.store(false, Ordering::Relaxed);
         self.transport = None;
         self.shared.exited.store(true, Ordering::Release);
         // What committed is applied before the node stops.
@@ -782,25 +806,18 @@ fn lock(stage: &Mutex<ConsensusStage>) -> MutexGuard<'_, ConsensusStage> {
 /// The consensus turn the network thread runs itself (see the module docs).
 pub(crate) struct InlineConsensus {
     stage: Weak<Mutex<ConsensusStage>>,
+    /// [`ConsensusStage::inline_open`].
+    open: Arc<AtomicBool>,
     /// The events channel into the stage (only looked at: an event queued there is older than
     /// the one offered, so while any waits, the offered one queues behind it).
     net_events: Receiver<NetEvent>,
-}
-
-impl InlineConsensus {
-    pub(crate) fn new(
-        stage: Weak<Mutex<ConsensusStage>>,
-        net_events: Receiver<NetEvent>,
-    ) -> InlineConsensus {
-        InlineConsensus { stage, net_events }
-    }
 }
 
 impl InlineTurn for InlineConsensus {
     fn offer(&mut self, event: NetEvent, net: &mut dyn NetSink) -> Option<NetEvent> {
         // The network thread is the only sender of `net_events`, so it stays empty from this
         // check until the event is handled.
-        if !self.net_events.is_empty() || !is_light(&event) {
+        if !self.open.load(Ordering::Relaxed) || !self.net_events.is_empty() || !is_light(&event) {
             return Some(event);
         }
         let Some(stage) = self.stage.upgrade() else {

@@ -28,7 +28,7 @@ use crate::raft::{MembershipChange, Raft};
 use crate::resp::Frontend;
 use crate::types::{LogIndex, NodeId};
 
-use self::consensus::{ConsensusStage, InlineConsensus, Request};
+use self::consensus::{ConsensusStage, Request};
 use self::peers::PeerBook;
 use self::pipeline::{Shared, ToStorage};
 pub use self::spin::{Spin, SPIN_MAX};
@@ -375,10 +375,8 @@ impl Node {
             config.spin,
         )));
         if let Some(transport) = &transport {
-            transport.set_inline_turn(Box::new(InlineConsensus::new(
-                Arc::downgrade(&consensus),
-                net_events.clone(),
-            )));
+            let turn = ConsensusStage::inline_turn(&consensus, net_events.clone());
+            transport.set_inline_turn(Box::new(turn));
         }
         // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
         let core_for = |slot: usize| {
