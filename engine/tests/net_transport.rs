@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +14,8 @@ use crossbeam_channel::{Receiver, Sender};
 use lockstep::batch::{Batch, BatchBuilder, BatchKind};
 use lockstep::net::frame::{encode_frame, read_frame, FrameType};
 use lockstep::net::{
-    ClientHello, ClientReply, ClientRequest, NetConfig, NetEvent, NetStats, PeerSecret, Transport,
+    ClientHello, ClientReply, ClientRequest, InlineTurn, NetConfig, NetEvent, NetSink, NetStats,
+    PeerSecret, Transport,
 };
 use lockstep::raft::{Message, MessageBody};
 use lockstep::types::{LogIndex, NodeId, Term};
@@ -244,6 +246,129 @@ fn concurrent_senders_keep_their_order_through_spills() {
         .partition(|message| matches!(message.body, MessageBody::Append { .. }));
     assert_eq!(got_appends, appends);
     assert_eq!(got_beats, beats);
+    assert_eq!(stats(&n1).messages_dropped, 0);
+    assert_eq!(stats(&n2).bad_frames, 0);
+}
+
+/// An inline turn that takes every other event it is offered and answers each it takes with an
+/// append and a heartbeat numbered from `sequence`, which a handle's sender shares.
+struct Alternate {
+    take: bool,
+    sequence: Arc<Mutex<u64>>,
+    taken: Sender<Vec<Message>>,
+}
+
+impl InlineTurn for Alternate {
+    fn offer(&mut self, event: NetEvent, net: &mut dyn NetSink) -> Option<NetEvent> {
+        self.take = !self.take;
+        if !self.take {
+            return Some(event);
+        }
+        let NetEvent::Peer(messages) = event else {
+            panic!("unexpected event {event:?}");
+        };
+        let mut next = self.sequence.lock().unwrap();
+        net.send(vec![
+            append(1, 2, 0, vec![batch(3, 1, 100, 1)]),
+            heartbeat(1, 2, *next),
+        ]);
+        *next += 1;
+        drop(next);
+        self.taken.send(messages).unwrap();
+        None
+    }
+}
+
+/// The network thread's inline turn and another thread both send to one peer, through small
+/// socket buffers to a receiver that stalls (so writes spill and queue): the peer gets every
+/// message, in the order the two handed them over. The events the turn gives back come out of
+/// the events channel, and with the ones it took they are every event, in order.
+#[test]
+fn an_inline_turn_keeps_order_with_the_handle_and_gives_events_back() {
+    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut c2 = config(2, CLUSTER, &[(1, placeholder)]);
+    c2.socket_buffer_bytes = 4096;
+    let n2 = start(c2, 1);
+    let mut c1 = config(1, CLUSTER, &[(2, n2.transport.peer_addr())]);
+    c1.socket_buffer_bytes = 4096;
+    let n1 = start(c1, 1024);
+    let sequence = Arc::new(Mutex::new(0));
+    let (taken_tx, taken) = crossbeam_channel::unbounded();
+    n1.transport.set_inline_turn(Box::new(Alternate {
+        take: false,
+        sequence: Arc::clone(&sequence),
+        taken: taken_tx,
+    }));
+    wait_for("the link", || stats(&n2).peer_connects == 1);
+    const ROUNDS: u64 = 200;
+    let handle = n1.transport.handle();
+    let shared = Arc::clone(&sequence);
+    let sender = std::thread::spawn(move || {
+        for _ in 0..ROUNDS {
+            let mut next = shared.lock().unwrap();
+            handle.send(vec![
+                append(1, 2, 0, vec![batch(3, 1, 100, 2)]),
+                heartbeat(1, 2, *next),
+            ]);
+            *next += 1;
+        }
+    });
+    // Node 2 sends numbered heartbeats to node 1, whose inline turn sees them first.
+    let beats = n2.transport.handle();
+    for round in 0..ROUNDS {
+        beats.send(vec![heartbeat(2, 1, round)]);
+        if round % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    sender.join().unwrap();
+    let rounds_of = |messages: &[Message]| -> Vec<u64> {
+        messages
+            .iter()
+            .map(|message| match message.body {
+                MessageBody::Heartbeat { read_round, .. } => read_round,
+                ref other => panic!("unexpected message {other:?}"),
+            })
+            .collect()
+    };
+    let mut given_back = Vec::new();
+    let mut took = Vec::new();
+    let mut took_events = 0;
+    wait_for("every heartbeat at node 1", || {
+        given_back.extend(n1.events.try_iter().flat_map(|event| match event {
+            NetEvent::Peer(messages) => rounds_of(&messages),
+            other => panic!("unexpected event {other:?}"),
+        }));
+        for messages in taken.try_iter() {
+            took_events += 1;
+            took.extend(rounds_of(&messages));
+        }
+        given_back.len() + took.len() == ROUNDS as usize
+    });
+    assert!(
+        !took.is_empty() && !given_back.is_empty(),
+        "{took:?} {given_back:?}"
+    );
+    for rounds in [&took, &given_back] {
+        assert!(
+            rounds.windows(2).all(|pair| pair[0] < pair[1]),
+            "{rounds:?}"
+        );
+    }
+    let mut all: Vec<u64> = took.iter().chain(&given_back).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..ROUNDS).collect::<Vec<_>>());
+    // Node 2 gets every append and heartbeat node 1 sent, the heartbeats in sequence order.
+    let sent = ROUNDS as usize + took_events;
+    let got = collect_messages(&n2, 2 * sent);
+    let numbers: Vec<u64> = got
+        .iter()
+        .filter_map(|message| match message.body {
+            MessageBody::Heartbeat { read_round, .. } => Some(read_round),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(numbers, (0..sent as u64).collect::<Vec<_>>());
     assert_eq!(stats(&n1).messages_dropped, 0);
     assert_eq!(stats(&n2).bad_frames, 0);
 }

@@ -40,7 +40,9 @@ use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::rate_log::RateLimitedLog;
 use super::tls::{ConnStream, TLS_READ_BYTES};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
-use super::{ClientReply, ClientRequest, ConnId, NetConfig, NetEvent, NetStats};
+use super::{
+    ClientReply, ClientRequest, ConnId, InlineTurn, NetConfig, NetEvent, NetSink, NetStats,
+};
 use crate::raft::Message;
 use crate::resp::parser::RespLimits;
 use crate::types::NodeId;
@@ -178,6 +180,11 @@ pub(super) struct EventLoop {
     client_listener: Option<TcpListener>,
     events_tx: Sender<NetEvent>,
     outbound_rx: Receiver<Outbound>,
+    /// What inline turns sent that could not be written directly, behind what the handles had
+    /// queued on `outbound_rx` by then (taken before the channel by `drain_outbound`).
+    outbound_held: VecDeque<Outbound>,
+    /// The turn events are offered to before they are queued (`Transport::set_inline_turn`).
+    inline: Option<Box<dyn InlineTurn>>,
     wake: Arc<Wake>,
     stats_shared: Arc<Mutex<NetStats>>,
     stats: NetStats,
@@ -210,6 +217,50 @@ pub(super) struct EventLoop {
     refusal_log: RateLimitedLog,
     /// When to look for idle and slow clients next (none: neither timeout is set).
     next_sweep: Option<Instant>,
+}
+
+/// The loop's own [`NetSink`], for inline turns. It writes directly where the lanes allow (as
+/// a handle would) and holds the rest in `outbound_held`, behind everything the handles had
+/// queued by then: connection state is never touched in the middle of a read, and each peer and
+/// client sees frames in the order they were handed over, whichever thread handed them.
+struct LoopSink<'a> {
+    held: &'a mut VecDeque<Outbound>,
+    outbound_rx: &'a Receiver<Outbound>,
+    lanes: &'a Lanes,
+    max_frame_bytes: u32,
+}
+
+impl LoopSink<'_> {
+    /// Holds `item` after what the handles queued so far (moved to the held queue first).
+    fn hold(&mut self, item: Outbound) {
+        self.held.extend(self.outbound_rx.try_iter());
+        self.held.push_back(item);
+    }
+}
+
+impl NetSink for LoopSink<'_> {
+    fn send(&mut self, messages: Vec<Message>) {
+        // A spill sets the lanes' flag, which the loop checks at the top of every turn.
+        let (queued, _) = self.lanes.route_messages(messages, self.max_frame_bytes);
+        if !queued.is_empty() {
+            self.hold(Outbound::Messages(queued));
+        }
+    }
+
+    fn reply(&mut self, replies: Vec<(ConnId, ClientReply)>) {
+        let (queued, _) = self.lanes.route_reply_batch(replies, self.max_frame_bytes);
+        if !queued.is_empty() {
+            self.hold(Outbound::Replies(queued));
+        }
+    }
+
+    fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        self.hold(Outbound::AddPeer(id, addr));
+    }
+
+    fn remove_peer(&mut self, id: NodeId) {
+        self.hold(Outbound::RemovePeer(id));
+    }
 }
 
 /// What the next frame on a connection must be.
@@ -251,6 +302,8 @@ impl EventLoop {
             client_listener,
             events_tx: links.events_tx,
             outbound_rx: links.outbound_rx,
+            outbound_held: VecDeque::new(),
+            inline: None,
             wake: links.wake,
             stats_shared: links.stats,
             stats: NetStats::default(),
@@ -900,14 +953,30 @@ impl EventLoop {
         Ok(message)
     }
 
-    /// Delivers an event, or keeps it (and stops reading) while the channel is full. Counters
-    /// are published first, so a consumer that sees the event sees counts at least as new.
+    /// Delivers an event: to the inline turn if it takes it, else on the channel, or keeps it
+    /// (and stops reading) while the channel is full. Counters are published first, so a
+    /// consumer that sees the event sees counts at least as new.
     fn emit(&mut self, event: NetEvent) {
         self.publish_stats();
         if !self.pending_events.is_empty() {
             self.pending_events.push_back(event);
             return;
         }
+        let event = match self.inline.as_mut() {
+            Some(turn) => {
+                let mut sink = LoopSink {
+                    held: &mut self.outbound_held,
+                    outbound_rx: &self.outbound_rx,
+                    lanes: &self.lanes,
+                    max_frame_bytes: self.config.max_frame_bytes,
+                };
+                match turn.offer(event, &mut sink) {
+                    Some(event) => event,
+                    None => return,
+                }
+            }
+            None => event,
+        };
         match self.events_tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(event)) => {
@@ -935,27 +1004,40 @@ impl EventLoop {
         }
     }
 
-    /// Queues what the handles sent; returns whether there was anything.
+    /// Queues what inline turns held, then what the handles sent; returns whether there was
+    /// anything.
     fn drain_outbound(&mut self) -> bool {
         let mut drained = false;
+        while let Some(item) = self.outbound_held.pop_front() {
+            drained = true;
+            self.take_outbound(item);
+        }
         loop {
-            let item = self.outbound_rx.try_recv();
-            drained |= item.is_ok();
-            match item {
-                Ok(Outbound::Messages(messages)) => {
-                    for message in &messages {
-                        self.queue_message(message);
-                    }
+            match self.outbound_rx.try_recv() {
+                Ok(item) => {
+                    drained = true;
+                    self.take_outbound(item);
                 }
-                Ok(Outbound::Replies(replies)) => {
-                    for (conn, reply) in &replies {
-                        self.queue_reply(*conn, reply);
-                    }
-                }
-                Ok(Outbound::AddPeer(id, addr)) => self.add_peer(id, addr),
-                Ok(Outbound::RemovePeer(id)) => self.remove_peer(id),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return drained,
             }
+        }
+    }
+
+    fn take_outbound(&mut self, item: Outbound) {
+        match item {
+            Outbound::Messages(messages) => {
+                for message in &messages {
+                    self.queue_message(message);
+                }
+            }
+            Outbound::Replies(replies) => {
+                for (conn, reply) in &replies {
+                    self.queue_reply(*conn, reply);
+                }
+            }
+            Outbound::AddPeer(id, addr) => self.add_peer(id, addr),
+            Outbound::RemovePeer(id) => self.remove_peer(id),
+            Outbound::Inline(turn) => self.inline = Some(turn),
         }
     }
 

@@ -32,6 +32,7 @@ use mio::Token;
 use super::client_msg::ClientReply;
 use super::frame::{frame_header, FrameType, FRAME_HEADER_BYTES};
 use super::peer_msg::{encode_message_parts, BodyPart};
+use super::ConnId;
 use crate::raft::Message;
 use crate::types::NodeId;
 
@@ -69,7 +70,7 @@ pub(super) struct LaneState {
 }
 
 /// What [`Lanes::route`] did with a message.
-pub(super) enum Route {
+enum Route {
     /// Written to the socket (or its tail spilled for the loop): nothing more to do, except
     /// waking the loop when `spilled`.
     Direct { spilled: bool },
@@ -140,10 +141,60 @@ impl Lanes {
             .cloned()
     }
 
+    /// Routes each of `messages` (see [`Lanes::route`]). Returns those the caller must queue
+    /// for the loop, in their order, and whether a direct write spilled (the loop must look).
+    pub(super) fn route_messages(
+        &self,
+        messages: Vec<Message>,
+        max_frame_bytes: u32,
+    ) -> (Vec<Message>, bool) {
+        let mut queued = Vec::new();
+        let mut spilled_any = false;
+        for message in messages {
+            match self.route(&message, max_frame_bytes) {
+                Route::Direct { spilled } => spilled_any |= spilled,
+                Route::Channel => queued.push(message),
+            }
+        }
+        (queued, spilled_any)
+    }
+
+    /// Routes replies to client connections, grouped per connection in their order (one write
+    /// per connection; see [`Lanes::route_replies`]). Direct only when they are all for one
+    /// connection: with several, the loop writes them while the caller (apply) goes on, which
+    /// measured faster (`docs/BENCHMARKS.md`, session 6). Returns the replies the caller must
+    /// queue for the loop, and whether a direct write spilled.
+    pub(super) fn route_reply_batch(
+        &self,
+        replies: Vec<(ConnId, ClientReply)>,
+        max_frame_bytes: u32,
+    ) -> (Vec<(ConnId, ClientReply)>, bool) {
+        let mut by_conn: Vec<(ConnId, Vec<ClientReply>)> = Vec::new();
+        let mut group_of: HashMap<ConnId, usize> = HashMap::new();
+        for (conn, reply) in replies {
+            let at = *group_of.entry(conn).or_insert_with(|| {
+                by_conn.push((conn, Vec::new()));
+                by_conn.len() - 1
+            });
+            by_conn[at].1.push(reply);
+        }
+        let direct = by_conn.len() == 1;
+        let mut queued = Vec::new();
+        let mut spilled_any = false;
+        for (conn, group) in by_conn {
+            let token = Token(conn.0 as usize);
+            match self.route_replies(token, &group, direct, max_frame_bytes) {
+                Route::Direct { spilled } => spilled_any |= spilled,
+                Route::Channel => queued.extend(group.into_iter().map(|reply| (conn, reply))),
+            }
+        }
+        (queued, spilled_any)
+    }
+
     /// Writes `message` straight into its peer's socket when nothing is ahead of it there;
     /// otherwise counts it as ahead and says to queue it. Frames above `max_frame_bytes` go
     /// to the loop, which drops them with a warning.
-    pub(super) fn route(&self, message: &Message, max_frame_bytes: u32) -> Route {
+    fn route(&self, message: &Message, max_frame_bytes: u32) -> Route {
         let Some(lane) = self.get(message.to) else {
             return Route::Channel;
         };
@@ -177,7 +228,7 @@ impl Lanes {
     /// [`Lanes::route`] for replies to one native client connection: all written straight into
     /// its socket, in one write, when `direct` allows it, the connection has a lane and nothing
     /// is ahead of them there; otherwise all counted ahead, to be queued.
-    pub(super) fn route_replies(
+    fn route_replies(
         &self,
         token: Token,
         replies: &[ClientReply],

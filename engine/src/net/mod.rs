@@ -11,6 +11,10 @@
 //!   checksum-failing frames) closes that one connection, is logged with both values, and is
 //!   counted in [`NetStats`]; every other connection keeps being served.
 //! - Optional TLS per port ([`TlsSettings`], module [`tls`]): the same frames inside rustls.
+//! - Inline turns ([`Transport::set_inline_turn`]): the loop may hand an event straight to an
+//!   [`InlineTurn`] on its own thread instead of queueing it; what that turn sends goes through
+//!   the loop's own [`NetSink`], which keeps the order the handles' senders see (direct writes
+//!   where nothing is ahead, otherwise held behind what the handles queued).
 //!
 //! Wire formats are documented in `docs/FORMATS.md` ("Wire protocol").
 
@@ -79,6 +83,41 @@ pub enum NetEvent {
     },
     /// A client connection closed; pending replies to it may be dropped.
     ClientGone(ConnId),
+}
+
+/// Where a stage's output for the network goes: a [`NetHandle`] (any thread), or the loop's
+/// own sink during an inline turn. Either way: per peer and per client connection, frames leave
+/// in the order they were handed over; nothing blocks on a slow socket.
+pub trait NetSink {
+    /// Consensus messages for their peers (see [`NetHandle::send`]).
+    fn send(&mut self, messages: Vec<Message>);
+    /// Replies to client connections (see [`NetHandle::reply`]).
+    fn reply(&mut self, replies: Vec<(ConnId, ClientReply)>);
+    /// Adds a peer or changes its address (see [`NetHandle::add_peer`]).
+    fn add_peer(&mut self, id: NodeId, addr: SocketAddr);
+    /// Forgets a peer (see [`NetHandle::remove_peer`]).
+    fn remove_peer(&mut self, id: NodeId);
+}
+
+/// Work the network thread may do itself with an event it read, instead of queueing it for
+/// the consensus thread and waking it (a wake-up costs tens of microseconds on a small
+/// machine, and a commit waits for several). The turn must not block (it runs on the thread
+/// that serves every connection) and must keep the order of events: it either takes the event,
+/// after everything queued on the events channel before it, or gives it back untouched.
+pub trait InlineTurn: Send {
+    /// Handles `event`, sending its outputs through `net`; or returns it, and the loop queues
+    /// it on the events channel as usual.
+    fn offer(&mut self, event: NetEvent, net: &mut dyn NetSink) -> Option<NetEvent>;
+}
+
+/// A sink for a node without a network: everything is dropped.
+pub struct NoNet;
+
+impl NetSink for NoNet {
+    fn send(&mut self, _messages: Vec<Message>) {}
+    fn reply(&mut self, _replies: Vec<(ConnId, ClientReply)>) {}
+    fn add_peer(&mut self, _id: NodeId, _addr: SocketAddr) {}
+    fn remove_peer(&mut self, _id: NodeId) {}
 }
 
 /// Settings of the network stage.

@@ -25,7 +25,6 @@
 //!   a failed TLS handshake (plaintext, unknown certificate) is logged and counted like a refused
 //!   hello, and closes only that connection.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -35,12 +34,12 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 use mio::net::TcpListener;
-use mio::{Interest, Poll, Token, Waker};
+use mio::{Interest, Poll, Waker};
 use tracing::{debug, warn};
 
 use super::event_loop::{EventLoop, LoopLinks, CLIENT_LISTENER, PEER_LISTENER, WAKER};
-use super::lane::{Lanes, Route};
-use super::{ClientReply, ConnId, NetConfig, NetEvent, PeerRefusals};
+use super::lane::Lanes;
+use super::{ClientReply, ConnId, InlineTurn, NetConfig, NetEvent, NetSink, PeerRefusals};
 use crate::raft::Message;
 use crate::types::NodeId;
 /// Capacity (in batches of messages) of the channel from [`NetHandle`] to the loop.
@@ -117,6 +116,8 @@ pub(super) enum Outbound {
     Replies(Vec<(ConnId, ClientReply)>),
     AddPeer(NodeId, SocketAddr),
     RemovePeer(NodeId),
+    /// Installs the turn the loop runs for events it would queue (`Transport::set_inline_turn`).
+    Inline(Box<dyn InlineTurn>),
 }
 
 /// Sends to the network stage from any thread; cheap to clone.
@@ -135,18 +136,9 @@ impl NetHandle {
     /// queued ahead (`net/lane.rs`), otherwise queued for the loop. Blocks only while the
     /// loop's inbound channel from handles is full.
     pub fn send(&self, messages: Vec<Message>) {
-        let mut queued = Vec::new();
-        let mut wake = false;
-        for message in messages {
-            match self.lanes.route(&message, self.max_frame_bytes) {
-                Route::Direct { spilled } => wake |= spilled,
-                Route::Channel => queued.push(message),
-            }
-        }
-        if !queued.is_empty() && self.outbound.send(Outbound::Messages(queued)).is_ok() {
-            wake = true;
-        }
-        if wake {
+        let (queued, spilled) = self.lanes.route_messages(messages, self.max_frame_bytes);
+        let sent = !queued.is_empty() && self.outbound.send(Outbound::Messages(queued)).is_ok();
+        if spilled || sent {
             self.wake.notify();
         }
     }
@@ -155,35 +147,9 @@ impl NetHandle {
     /// are all for one native plain-TCP client, straight into its socket from this thread if
     /// nothing for it is queued ahead (`net/lane.rs`); otherwise queued for the loop.
     pub fn reply(&self, replies: Vec<(ConnId, ClientReply)>) {
-        // One write per connection: its replies in order, grouped.
-        let mut by_conn: Vec<(ConnId, Vec<ClientReply>)> = Vec::new();
-        let mut group_of: HashMap<ConnId, usize> = HashMap::new();
-        for (conn, reply) in replies {
-            let at = *group_of.entry(conn).or_insert_with(|| {
-                by_conn.push((conn, Vec::new()));
-                by_conn.len() - 1
-            });
-            by_conn[at].1.push(reply);
-        }
-        // Direct only for a single connection: with several, the loop writes them while the
-        // caller (apply) goes on, which measured faster (`docs/BENCHMARKS.md`, session 6).
-        let direct = by_conn.len() == 1;
-        let mut queued = Vec::new();
-        let mut wake = false;
-        for (conn, group) in by_conn {
-            let token = Token(conn.0 as usize);
-            match self
-                .lanes
-                .route_replies(token, &group, direct, self.max_frame_bytes)
-            {
-                Route::Direct { spilled } => wake |= spilled,
-                Route::Channel => queued.extend(group.into_iter().map(|reply| (conn, reply))),
-            }
-        }
-        if !queued.is_empty() && self.outbound.send(Outbound::Replies(queued)).is_ok() {
-            wake = true;
-        }
-        if wake {
+        let (queued, spilled) = self.lanes.route_reply_batch(replies, self.max_frame_bytes);
+        let sent = !queued.is_empty() && self.outbound.send(Outbound::Replies(queued)).is_ok();
+        if spilled || sent {
             self.wake.notify();
         }
     }
@@ -206,6 +172,24 @@ impl NetHandle {
         if self.outbound.send(Outbound::RemovePeer(id)).is_ok() {
             self.wake.notify();
         }
+    }
+}
+
+impl NetSink for NetHandle {
+    fn send(&mut self, messages: Vec<Message>) {
+        NetHandle::send(self, messages);
+    }
+
+    fn reply(&mut self, replies: Vec<(ConnId, ClientReply)>) {
+        NetHandle::reply(self, replies);
+    }
+
+    fn add_peer(&mut self, id: NodeId, addr: SocketAddr) {
+        NetHandle::add_peer(self, id, addr);
+    }
+
+    fn remove_peer(&mut self, id: NodeId) {
+        NetHandle::remove_peer(self, id);
     }
 }
 
@@ -306,6 +290,15 @@ impl Transport {
             stats,
             thread: Some(thread),
         })
+    }
+
+    /// Lets the network thread run `turn` for the events it delivers (see [`InlineTurn`]):
+    /// from the next event on, each is offered to it before it is queued on the events
+    /// channel. Replaces any turn set before.
+    pub fn set_inline_turn(&self, turn: Box<dyn InlineTurn>) {
+        if self.handle.outbound.send(Outbound::Inline(turn)).is_ok() {
+            self.handle.wake.notify();
+        }
     }
 
     /// A handle for sending.

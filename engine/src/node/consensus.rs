@@ -13,21 +13,31 @@
 //! wait): nobody waits for them there, and one hand-off per period instead of one per append
 //! spares the apply thread (and the CPU the commit path needs) a wake-up per append.
 //!
+//! Inline turns: when the stage is idle (its thread is not in a turn, nothing is queued for it
+//! on the events channel, few proposals wait) and an event from the network is light (a few
+//! messages or entries, no snapshot), the network thread runs the turn itself
+//! ([`InlineConsensus`]): it steps the event into the core and carries out the `Ready` exactly
+//! as this thread would, only without the hand-off and the wake-up of this thread. Under load
+//! this thread takes every turn, so batching is unchanged (`docs/RUNTIME.md`, "Inline turns").
+//! The stage lives behind a mutex; this thread holds the only strong reference.
+//!
 //! Targets: an entry proposed here is answered by apply once applied; entries still
 //! uncommitted when this node stops leading are answered `OutcomeUnknown`; requests on a
 //! non-leader get `NotLeader` with the leader's client address.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 
 use crate::batch::{Batch, ENTRY_BYTES_MAX};
-use crate::net::{ClientReply, ClientRequest, ConnId, NetEvent, NetHandle, Transport};
+use crate::net::{
+    ClientReply, ClientRequest, ConnId, InlineTurn, NetEvent, NetHandle, NetSink, NoNet, Transport,
+};
 use crate::node::peers::PeerBook;
 use crate::node::pipeline::{
     error_reply, ApplyMsg, BatchOutcome, BatchWaiter, Feedback, PendingRead, Shared, StorageMsg,
@@ -37,12 +47,27 @@ use crate::node::spin::Spin;
 use crate::node::stats::{InboxProbes, Observed};
 use crate::node::{Applied, AppliedBatch, NodeCounters, NodeError, NodeStatus, PeerProgress};
 use crate::raft::{
-    MembershipChange, ProgressState, ProposeError, Raft, ReadId, Ready, Role, WriteId,
+    MembershipChange, MessageBody, ProgressState, ProposeError, Raft, ReadId, Ready, Role, WriteId,
 };
 use crate::types::{LogIndex, NodeId};
 
 /// Most inputs taken in one loop turn (so ticks and outputs are never starved).
 const INPUTS_PER_TURN_MAX: usize = 4096;
+
+/// Heaviest event the network thread handles in an inline turn: messages plus the entries
+/// they carry (or client requests plus batched commands). A heavier one goes to this thread,
+/// where it is batched with whatever else arrived.
+const INLINE_EVENT_ENTRIES_MAX: usize = 16;
+
+/// Most proposals waiting for their commit with which an inline turn still runs: more means
+/// load, and then this thread's turns (which batch what queued meanwhile) go faster than many
+/// small turns on the network thread (`docs/BENCHMARKS.md`).
+const INLINE_PENDING_MAX: usize = 8;
+
+/// Free room an inline turn needs in the channels to storage and apply: it must never block
+/// the network thread (a turn sends storage at most one write, apply at most four messages).
+const INLINE_STORAGE_ROOM: usize = 1;
+const INLINE_APPLY_ROOM: usize = 4;
 
 /// Most committed entries a follower holds back from apply.
 pub(crate) const APPLY_DEFER_ENTRIES_MAX: u64 = 16_384;
@@ -77,7 +102,6 @@ pub(crate) enum Request {
 pub(crate) struct ConsensusStage {
     pub raft: Raft,
     pub tick: Duration,
-    pub net: Option<NetHandle>,
     pub to_storage: ToStorage,
     pub to_apply: Sender<ApplyMsg>,
     pub shared: Arc<Shared>,
@@ -104,6 +128,12 @@ pub(crate) struct ConsensusStage {
     deferred_since: Option<Instant>,
     /// The last durable write id taken from [`Shared::durable_write`].
     durable_seen: u64,
+    /// A turn returned [`Flow::Stop`] (or the stage stopped): no more turns, inline or not.
+    halted: bool,
+    /// Set at the end of every turn: whether the next may be inline as far as the load goes
+    /// (read by [`InlineConsensus`] before it touches the lock, so a loaded stage's thread
+    /// never finds the lock taken by a turn that is not going to run).
+    inline_open: Arc<AtomicBool>,
 }
 
 /// Whether the loop keeps going.
@@ -131,7 +161,6 @@ impl ConsensusStage {
         ConsensusStage {
             raft,
             tick,
-            net: transport.as_ref().map(|transport| transport.handle()),
             to_storage,
             to_apply,
             shared,
@@ -150,94 +179,167 @@ impl ConsensusStage {
             deferred_entries: 0,
             deferred_since: None,
             durable_seen: 0,
+            halted: false,
+            inline_open: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// The inline turn over `stage` (see the module docs); `net_events` is the stage's events
+    /// channel.
+    pub(crate) fn inline_turn(
+        stage: &Arc<Mutex<ConsensusStage>>,
+        net_events: Receiver<NetEvent>,
+    ) -> InlineConsensus {
+        let open = Arc::clone(&lock(stage).inline_open);
+        InlineConsensus {
+            stage: Arc::downgrade(stage),
+            open,
+            net_events,
         }
     }
 
     /// Runs until [`Request::Stop`], the API side going away, or a fatal stage error. On the
     /// way out every waiting proposer and reader is answered and the senders to storage and
-    /// apply are dropped, so those stages drain and finish.
+    /// apply are dropped, so those stages drain and finish. `stage` is the only strong
+    /// reference (inline turns hold a weak one); `net` is `None` without a network.
     pub(crate) fn run(
-        mut self,
+        stage: Arc<Mutex<ConsensusStage>>,
         requests: Receiver<Request>,
         net_events: Receiver<NetEvent>,
         feedback: Receiver<Feedback>,
+        net: Option<NetHandle>,
     ) {
-        let mut next_tick = Instant::now() + self.tick;
-        self.observed
-            .probe(InboxProbes::new(&requests, &net_events, &feedback));
+        let mut net: Box<dyn NetSink> = match net {
+            Some(handle) => Box::new(handle),
+            None => Box::new(NoNet),
+        };
+        let (tick, spin) = {
+            let mut locked = lock(&stage);
+            locked
+                .observed
+                .probe(InboxProbes::new(&requests, &net_events, &feedback));
+            (locked.tick, locked.spin)
+        };
+        let mut next_tick = Instant::now() + tick;
+        let mut inboxes = Select::new();
+        inboxes.recv(&requests);
+        inboxes.recv(&net_events);
+        inboxes.recv(&feedback);
         // Whether the previous turn handled an input (a turn woken only by the tick does not
         // spin: the next input is then not likely to be close).
         let mut active = false;
         loop {
             if active {
                 let until_tick = next_tick.saturating_duration_since(Instant::now());
-                self.spin.until(until_tick, || {
+                spin.until(until_tick, || {
                     !feedback.is_empty() || !net_events.is_empty() || !requests.is_empty()
                 });
             }
             let timeout = next_tick.saturating_duration_since(Instant::now());
-            let mut taken = 1;
-            let mut flow = crossbeam_channel::select! {
-                recv(requests) -> request => match request {
-                    Ok(request) => self.on_request(request),
-                    Err(_) => Flow::Stop,
-                },
-                recv(net_events) -> event => match event {
-                    Ok(event) => self.on_net(event),
-                    Err(_) => Flow::Continue,
-                },
-                recv(feedback) -> item => match item {
-                    Ok(item) => self.on_feedback(item),
-                    Err(_) => Flow::Continue,
-                },
-                default(timeout) => {
-                    taken = 0;
-                    Flow::Continue
-                },
-            };
-            active = taken > 0;
-            while flow == Flow::Continue && taken < INPUTS_PER_TURN_MAX {
-                taken += 1;
-                flow = if let Ok(item) = feedback.try_recv() {
-                    self.on_feedback(item)
-                } else if let Ok(event) = net_events.try_recv() {
-                    self.on_net(event)
-                } else if let Ok(request) = requests.try_recv() {
-                    self.on_request(request)
-                } else {
-                    break;
-                };
-                active = true;
-            }
-            if flow == Flow::Stop {
+            // Inputs are taken under the lock; an inline turn may take an event first.
+            let _ = inboxes.ready_timeout(timeout);
+            let mut locked = lock(&stage);
+            if locked.halted {
                 break;
             }
-            self.take_durable();
-            let now = Instant::now();
-            if now >= next_tick {
-                let held = self.deferred_since;
-                if held.is_some_and(|since| now.duration_since(since) >= APPLY_DEFER_FOR)
-                    && self.apply_deferred() == Flow::Stop
-                {
-                    break;
-                }
-                self.raft.tick();
-                next_tick += self.tick;
-                if next_tick < now {
-                    // Far behind (a long stall): do not replay the missed ticks in a burst.
-                    next_tick = now + self.tick;
-                }
+            let (flow, taken) = locked.take_inputs(&requests, &net_events, &feedback);
+            active = taken > 0;
+            if flow == Flow::Stop
+                || locked.tick_if_due(&mut next_tick) == Flow::Stop
+                || locked.finish_turn(net.as_mut()) == Flow::Stop
+            {
+                break;
             }
-            self.peers.sync(&self.raft, self.net.as_ref());
-            if self.raft.has_ready() {
-                let ready = self.raft.ready();
-                if self.perform(ready) == Flow::Stop {
-                    break;
-                }
-            }
-            self.flush();
         }
-        self.stop(&requests);
+        lock(&stage).stop(&requests, net.as_mut());
+    }
+
+    /// Takes what is queued (feedback first, then network events, then requests), up to
+    /// [`INPUTS_PER_TURN_MAX`]; returns how the loop goes on and how many inputs it took.
+    fn take_inputs(
+        &mut self,
+        requests: &Receiver<Request>,
+        net_events: &Receiver<NetEvent>,
+        feedback: &Receiver<Feedback>,
+    ) -> (Flow, usize) {
+        let mut taken = 0;
+        while taken < INPUTS_PER_TURN_MAX {
+            let flow = if let Ok(item) = feedback.try_recv() {
+                self.on_feedback(item)
+            } else if let Ok(event) = net_events.try_recv() {
+                self.on_net(event)
+            } else {
+                match requests.try_recv() {
+                    Ok(request) => self.on_request(request),
+                    Err(TryRecvError::Disconnected) => Flow::Stop,
+                    Err(TryRecvError::Empty) => break,
+                }
+            };
+            taken += 1;
+            if flow == Flow::Stop {
+                return (Flow::Stop, taken);
+            }
+        }
+        (Flow::Continue, taken)
+    }
+
+    /// Ticks the core if `next_tick` has passed (and releases held-back batches that waited
+    /// long enough).
+    fn tick_if_due(&mut self, next_tick: &mut Instant) -> Flow {
+        let now = Instant::now();
+        if now < *next_tick {
+            return Flow::Continue;
+        }
+        let held = self.deferred_since;
+        if held.is_some_and(|since| now.duration_since(since) >= APPLY_DEFER_FOR)
+            && self.apply_deferred() == Flow::Stop
+        {
+            return Flow::Stop;
+        }
+        self.raft.tick();
+        *next_tick += self.tick;
+        if *next_tick < now {
+            // Far behind (a long stall): do not replay the missed ticks in a burst.
+            *next_tick = now + self.tick;
+        }
+        Flow::Continue
+    }
+
+    /// The end of every turn, inline or not: takes the durable write, follows the membership,
+    /// carries out the core's `Ready` and sends what the turn produced. A `Stop` halts the
+    /// stage.
+    fn finish_turn(&mut self, net: &mut dyn NetSink) -> Flow {
+        self.take_durable();
+        self.peers.sync(&self.raft, net);
+        let mut flow = Flow::Continue;
+        if self.raft.has_ready() {
+            let ready = self.raft.ready();
+            flow = self.perform(ready, net);
+        }
+        if flow == Flow::Continue {
+            self.flush(net);
+        } else {
+            self.halted = true;
+        }
+        self.inline_open.store(
+            !self.halted && self.pending.len() <= INLINE_PENDING_MAX,
+            Ordering::Relaxed,
+        );
+        flow
+    }
+
+    /// Whether an inline turn may run now: the stage is live, not loaded, and has room to
+    /// hand the turn's output on without blocking.
+    fn may_turn_inline(&self) -> bool {
+        fn room<T>(sender: &Sender<T>) -> usize {
+            sender
+                .capacity()
+                .map_or(usize::MAX, |capacity| capacity - sender.len().min(capacity))
+        }
+        !self.halted
+            && self.pending.len() <= INLINE_PENDING_MAX
+            && room(self.to_storage.channel()) >= INLINE_STORAGE_ROOM
+            && room(&self.to_apply) >= INLINE_APPLY_ROOM
     }
 
     fn leader_addr(&self) -> Option<SocketAddr> {
@@ -443,7 +545,7 @@ impl ConsensusStage {
     }
 
     /// Carries out one `Ready`.
-    fn perform(&mut self, ready: Ready) -> Flow {
+    fn perform(&mut self, ready: Ready, net: &mut dyn NetSink) -> Flow {
         let Ready {
             messages,
             write,
@@ -467,9 +569,7 @@ impl ConsensusStage {
         // commit, so it starts before the leader's own write is handed over. Safe in any order:
         // what may leave only after a sync travels in `write.after_durable`, not here.
         if !messages.is_empty() {
-            if let Some(net) = &self.net {
-                net.send(messages);
-            }
+            net.send(messages);
         }
         if let Some(write) = write {
             if let Some((meta, data)) = write.snapshot.as_deref() {
@@ -602,7 +702,7 @@ impl ConsensusStage {
     }
 
     /// Sends what this turn produced for apply and for clients.
-    fn flush(&mut self) {
+    fn flush(&mut self, net: &mut dyn NetSink) {
         if !self.local_reads.is_empty() {
             // A read waits for an index that may sit in the held-back batches.
             self.apply_deferred();
@@ -612,10 +712,7 @@ impl ConsensusStage {
         }
         if !self.replies.is_empty() {
             self.observed.count_replies(&self.replies);
-            match &self.net {
-                Some(net) => net.reply(std::mem::take(&mut self.replies)),
-                None => self.replies.clear(),
-            }
+            net.reply(std::mem::take(&mut self.replies));
         }
     }
 
@@ -676,8 +773,14 @@ impl ConsensusStage {
         }
     }
 
-    /// Answers everyone still waiting here; dropping `self` then closes the stage channels.
-    fn stop(mut self, requests: &Receiver<Request>) {
+    /// Answers everyone still waiting here and halts the stage; dropping it then closes the
+    /// stage channels. The transport is let go here: the last reference to the stage may be
+    /// an inline turn's on the network thread, which must not end up owning (and joining)
+    /// its own transport.
+    fn stop(&mut self, requests: &Receiver<Request>, net: &mut dyn NetSink) {
+        self.halted = true;
+        self.inline_open.store(false, Ordering::Relaxed);
+        self.transport = None;
         self.shared.exited.store(true, Ordering::Release);
         // What committed is applied before the node stops.
         self.apply_deferred();
@@ -690,8 +793,79 @@ impl ConsensusStage {
         for (_, (_, target)) in std::mem::take(&mut self.reads) {
             target.fail(error.clone(), None, &mut self.replies);
         }
-        self.flush();
+        self.flush(net);
     }
+}
+
+/// Locks the stage. A poisoned lock means a turn panicked, which already took the node down
+/// (every stage's panic is fatal), so it is not recovered from.
+fn lock(stage: &Mutex<ConsensusStage>) -> MutexGuard<'_, ConsensusStage> {
+    stage.lock().expect("consensus stage lock")
+}
+
+/// The consensus turn the network thread runs itself (see the module docs).
+pub(crate) struct InlineConsensus {
+    stage: Weak<Mutex<ConsensusStage>>,
+    /// [`ConsensusStage::inline_open`].
+    open: Arc<AtomicBool>,
+    /// The events channel into the stage (only looked at: an event queued there is older than
+    /// the one offered, so while any waits, the offered one queues behind it).
+    net_events: Receiver<NetEvent>,
+}
+
+impl InlineTurn for InlineConsensus {
+    fn offer(&mut self, event: NetEvent, net: &mut dyn NetSink) -> Option<NetEvent> {
+        // The network thread is the only sender of `net_events`, so it stays empty from this
+        // check until the event is handled.
+        if !self.open.load(Ordering::Relaxed) || !self.net_events.is_empty() || !is_light(&event) {
+            return Some(event);
+        }
+        let Some(stage) = self.stage.upgrade() else {
+            return Some(event);
+        };
+        // Busy (the stage thread is in a turn): never wait for it.
+        let Ok(mut locked) = stage.try_lock() else {
+            return Some(event);
+        };
+        if !locked.may_turn_inline() {
+            return Some(event);
+        }
+        if locked.on_net(event) == Flow::Stop {
+            locked.halted = true;
+        } else {
+            locked.finish_turn(net);
+        }
+        None
+    }
+}
+
+/// Whether `event` is light enough for an inline turn (see [`INLINE_EVENT_ENTRIES_MAX`]).
+fn is_light(event: &NetEvent) -> bool {
+    let weight = match event {
+        NetEvent::Peer(messages) => {
+            let mut weight = 0;
+            for message in messages {
+                weight += 1 + match &message.body {
+                    MessageBody::Append { batches, .. } => batches
+                        .iter()
+                        .map(|batch| batch.entry_count() as usize)
+                        .sum(),
+                    MessageBody::Snapshot { .. } => return false,
+                    _ => 0,
+                };
+            }
+            weight
+        }
+        NetEvent::Client { requests, .. } => requests
+            .iter()
+            .map(|request| match request {
+                ClientRequest::ProposeBatch { commands, .. } => 1 + commands.len(),
+                _ => 1,
+            })
+            .sum(),
+        NetEvent::ClientGone(_) => 0,
+    };
+    weight <= INLINE_EVENT_ENTRIES_MAX
 }
 
 /// The status name of a role.

@@ -13,7 +13,7 @@ mod storage;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -364,7 +364,7 @@ impl Node {
             feedback,
             config.spin,
         );
-        let consensus = ConsensusStage::new(
+        let consensus = Arc::new(Mutex::new(ConsensusStage::new(
             raft,
             config.tick,
             to_storage,
@@ -373,7 +373,11 @@ impl Node {
             peers,
             transport.clone(),
             config.spin,
-        );
+        )));
+        if let Some(transport) = &transport {
+            let turn = ConsensusStage::inline_turn(&consensus, net_events.clone());
+            transport.set_inline_turn(Box::new(turn));
+        }
         // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
         let core_for = |slot: usize| {
             config
@@ -385,7 +389,7 @@ impl Node {
         let id = config.id;
         let threads = vec![
             spawn(format!("ls-consensus-{id}"), core_for(1), move || {
-                consensus.run(request_inbox, net_events, feedback_inbox)
+                ConsensusStage::run(consensus, request_inbox, net_events, feedback_inbox, net)
             })?,
             spawn(format!("ls-storage-{id}"), core_for(2), move || {
                 storage.run(storage_inbox)

@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crate::net::NetHandle;
+use crate::net::NetSink;
 use crate::raft::{Membership, Raft};
 use crate::types::NodeId;
 
@@ -124,7 +124,7 @@ impl PeerBook {
 
     /// Brings the transport's peers up to date with the core's membership (see the module
     /// docs). Cheap when nothing changed.
-    pub(crate) fn sync(&mut self, raft: &Raft, net: Option<&NetHandle>) {
+    pub(crate) fn sync(&mut self, raft: &Raft, net: &mut dyn NetSink) {
         let epoch = raft.membership_epoch();
         if epoch == self.epoch && !(self.removal_pending && raft.membership_committed()) {
             return;
@@ -140,9 +140,7 @@ impl PeerBook {
         for (&id, addr) in &members {
             if id != self.me && self.known.get(&id) != Some(addr) {
                 tracing::info!(node = %self.me, peer = %id, addr = %addr.peer_addr, "member added or moved: now a peer");
-                if let Some(net) = net {
-                    net.add_peer(id, addr.peer_addr);
-                }
+                net.add_peer(id, addr.peer_addr);
             }
             self.known.insert(id, *addr);
         }
@@ -159,9 +157,7 @@ impl PeerBook {
         for id in gone {
             tracing::info!(node = %self.me, peer = %id, "member removed: no longer a peer");
             self.known.remove(&id);
-            if let Some(net) = net {
-                net.remove_peer(id);
-            }
+            net.remove_peer(id);
         }
     }
 }
