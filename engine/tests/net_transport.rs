@@ -211,19 +211,26 @@ fn full_events_channel_pauses_reading_without_loss() {
     assert_eq!(stats(&n1).messages_dropped, 0);
 }
 
-/// Two threads send to one peer at once, each mixing direct writes into the socket and queued
-/// frames (small socket buffers and a receiver that stalls make writes spill): every message
-/// arrives intact, and each thread's messages in the order it sent them.
-#[test]
-fn concurrent_senders_keep_their_order_through_spills() {
+/// Node 1 (an events channel of `capacity`) linked to node 2, both with 4 KiB socket buffers,
+/// node 2 with an events channel of one: node 2 stalls until read, so node 1's writes spill.
+fn spilling_pair(capacity: usize) -> (Node, Node) {
     let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut c2 = config(2, CLUSTER, &[(1, placeholder)]);
     c2.socket_buffer_bytes = 4096;
     let n2 = start(c2, 1);
     let mut c1 = config(1, CLUSTER, &[(2, n2.transport.peer_addr())]);
     c1.socket_buffer_bytes = 4096;
-    let n1 = start(c1, 64);
+    let n1 = start(c1, capacity);
     wait_for("the link", || stats(&n2).peer_connects == 1);
+    (n1, n2)
+}
+
+/// Two threads send to one peer at once, each mixing direct writes into the socket and queued
+/// frames (small socket buffers and a receiver that stalls make writes spill): every message
+/// arrives intact, and each thread's messages in the order it sent them.
+#[test]
+fn concurrent_senders_keep_their_order_through_spills() {
+    let (n1, n2) = spilling_pair(64);
     let appends = append_stream(2, 300);
     let beats: Vec<Message> = (0..300).map(|round| heartbeat(1, 2, round)).collect();
     let senders: Vec<_> = [appends.clone(), beats.clone()]
@@ -285,13 +292,7 @@ impl InlineTurn for Alternate {
 /// the events channel, and with the ones it took they are every event, in order.
 #[test]
 fn an_inline_turn_keeps_order_with_the_handle_and_gives_events_back() {
-    let placeholder: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let mut c2 = config(2, CLUSTER, &[(1, placeholder)]);
-    c2.socket_buffer_bytes = 4096;
-    let n2 = start(c2, 1);
-    let mut c1 = config(1, CLUSTER, &[(2, n2.transport.peer_addr())]);
-    c1.socket_buffer_bytes = 4096;
-    let n1 = start(c1, 1024);
+    let (n1, n2) = spilling_pair(1024);
     let sequence = Arc::new(Mutex::new(0));
     let (taken_tx, taken) = crossbeam_channel::unbounded();
     n1.transport.set_inline_turn(Box::new(Alternate {
@@ -299,7 +300,6 @@ fn an_inline_turn_keeps_order_with_the_handle_and_gives_events_back() {
         sequence: Arc::clone(&sequence),
         taken: taken_tx,
     }));
-    wait_for("the link", || stats(&n2).peer_connects == 1);
     const ROUNDS: u64 = 200;
     let handle = n1.transport.handle();
     let shared = Arc::clone(&sequence);
