@@ -114,6 +114,10 @@ fn three_nodes_replicate_fail_over_and_catch_up() {
     cluster.assert_converged();
     let status = cluster.node(second).status();
     assert_eq!(status.peers.len(), 2, "{status:?}");
+    // Idle followers take the leader's heartbeats in turns on their network thread.
+    wait_for("inline consensus turns", Duration::from_secs(10), || {
+        (0..3).any(|at| cluster.node(at).status().counters.inline_turns > 0)
+    });
 }
 
 #[test]

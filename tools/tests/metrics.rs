@@ -99,6 +99,7 @@ fn metrics_are_scraped_over_http_and_counters_move_with_writes() {
         "# TYPE lockstep_net_rejected_frames counter",
         "# TYPE lockstep_net_rejected_handshakes counter",
         "# TYPE lockstep_client_errors counter",
+        "# TYPE lockstep_consensus_turns counter",
     ] {
         assert!(
             before.contains(family),

@@ -134,6 +134,9 @@ pub(crate) struct ConsensusStage {
     /// (read by [`InlineConsensus`] before it touches the lock, so a loaded stage's thread
     /// never finds the lock taken by a turn that is not going to run).
     inline_open: Arc<AtomicBool>,
+    /// Turns taken on this stage's thread, and inline on the network thread.
+    turns: u64,
+    inline_turns: u64,
 }
 
 /// Whether the loop keeps going.
@@ -181,6 +184,8 @@ impl ConsensusStage {
             durable_seen: 0,
             halted: false,
             inline_open: Arc::new(AtomicBool::new(true)),
+            turns: 0,
+            inline_turns: 0,
         }
     }
 
@@ -244,6 +249,7 @@ impl ConsensusStage {
             }
             let (flow, taken) = locked.take_inputs(&requests, &net_events, &feedback);
             active = taken > 0;
+            locked.turns += 1;
             if flow == Flow::Stop
                 || locked.tick_if_due(&mut next_tick) == Flow::Stop
                 || locked.finish_turn(net.as_mut()) == Flow::Stop
@@ -766,6 +772,8 @@ impl ConsensusStage {
                 snapshot_chunks_sent: status.stats.snapshot_chunks_sent,
                 snapshots_installed: status.stats.snapshots_installed,
                 reads_ready: status.stats.reads_ready,
+                turns: self.turns,
+                inline_turns: self.inline_turns,
             },
             log,
             net: self.transport.as_ref().map(|transport| transport.stats()),
@@ -830,6 +838,7 @@ impl InlineTurn for InlineConsensus {
         if !locked.may_turn_inline() {
             return Some(event);
         }
+        locked.inline_turns += 1;
         if locked.on_net(event) == Flow::Stop {
             locked.halted = true;
         } else {

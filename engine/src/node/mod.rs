@@ -661,6 +661,11 @@ pub struct NodeCounters {
     pub snapshots_installed: u64,
     /// Reads confirmed.
     pub reads_ready: u64,
+    /// Consensus turns taken on the consensus thread.
+    pub turns: u64,
+    /// Consensus turns the network thread ran itself (`docs/RUNTIME.md`, "Inline turns"):
+    /// high under light load, near zero under heavy load.
+    pub inline_turns: u64,
 }
 
 /// One follower's progress as the leader sees it.

@@ -288,6 +288,16 @@ impl Collector for StatusCollector {
         )?;
         counters(
             e,
+            "lockstep_consensus_turns",
+            "Consensus turns, by the thread that ran them",
+            "thread",
+            &[
+                ("consensus", counters_of_node.turns),
+                ("network", counters_of_node.inline_turns),
+            ],
+        )?;
+        counters(
+            e,
             "lockstep_client_errors",
             "Client requests answered with an error, by kind",
             "kind",
@@ -608,6 +618,7 @@ mod tests {
             "lockstep_net_client_auth_failures_total 0",
             "lockstep_net_client_limit_hits_total{reason=\"slow_client_timeout\"} 2",
             "lockstep_client_errors_total{kind=\"not_leader\"} 0",
+            "lockstep_consensus_turns_total{thread=\"network\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
