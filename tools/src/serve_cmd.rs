@@ -120,6 +120,10 @@ pub struct Args {
     /// (pwrite append mode only): true or false [default: true].
     #[arg(long, value_name = "BOOL")]
     sync_inline: Option<bool>,
+    /// Let the network thread run light consensus turns itself while the consensus stage is
+    /// idle: true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    inline_turns: Option<bool>,
     /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes [default: 4194304].
     #[arg(long, value_name = "BYTES")]
     socket_buffer_bytes: Option<usize>,
@@ -290,6 +294,7 @@ impl Args {
         set(&mut tuning.max_frame_bytes, self.max_frame_bytes);
         set(&mut tuning.syncs_in_flight, self.syncs_in_flight);
         set(&mut tuning.sync_inline, self.sync_inline);
+        set(&mut tuning.inline_turns, self.inline_turns);
         set(&mut tuning.socket_buffer_bytes, self.socket_buffer_bytes);
         set(&mut tuning.read_mode, self.read_mode);
         set(&mut tuning.spin_us, self.spin_us);

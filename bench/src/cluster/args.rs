@@ -107,6 +107,10 @@ pub struct Args {
     /// always through io_uring (`false`).
     #[arg(long, value_name = "BOOL")]
     pub sync_inline: Option<bool>,
+    /// Nodes let the network thread run light consensus turns while consensus is idle
+    /// (`true`, the node's default) or keep every turn on the consensus thread (`false`).
+    #[arg(long, value_name = "BOOL")]
+    pub inline_turns: Option<bool>,
     /// Benchmark an already running cluster: the client addresses of its members
     /// (`HOST:PORT,...`). No nodes are started or stopped.
     #[arg(long, value_delimiter = ',')]
@@ -483,6 +487,7 @@ impl RunConfig {
                 ),
                 ("--inflight-bytes-max", args.inflight_bytes_max.is_some()),
                 ("--sync-inline", args.sync_inline.is_some()),
+                ("--inline-turns", args.inline_turns.is_some()),
             ];
             if let Some((option, _)) = tuned.iter().find(|(_, given)| *given) {
                 return Err(format!(
@@ -693,6 +698,9 @@ fn tuning(args: &Args) -> Result<Tuning, String> {
     }
     if let Some(inline) = args.sync_inline {
         tuning.sync_inline = inline;
+    }
+    if let Some(inline) = args.inline_turns {
+        tuning.inline_turns = inline;
     }
     Ok(tuning)
 }

@@ -102,6 +102,9 @@ pub struct NodeConfig {
     pub tls: crate::net::TlsSettings,
     /// Spin-before-block of the network, consensus, storage and apply stages (default: none).
     pub spin: Spin,
+    /// Whether the network thread may run light consensus turns itself while the consensus
+    /// stage is idle (default: true; `docs/RUNTIME.md`, "Inline turns").
+    pub inline_turns: bool,
 }
 
 impl NodeConfig {
@@ -144,6 +147,7 @@ impl NodeConfig {
             max_request_bytes: net.resp_limits.request_bytes_max,
             tls: crate::net::TlsSettings::default(),
             spin: Spin::default(),
+            inline_turns: true,
         }
     }
 }
@@ -374,7 +378,7 @@ impl Node {
             transport.clone(),
             config.spin,
         )));
-        if let Some(transport) = &transport {
+        if let Some(transport) = transport.as_ref().filter(|_| config.inline_turns) {
             let turn = ConsensusStage::inline_turn(&consensus, net_events.clone());
             transport.set_inline_turn(Box::new(turn));
         }

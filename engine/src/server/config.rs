@@ -116,6 +116,9 @@ pub struct Tuning {
     /// Sync on the storage thread itself when it has nothing else to do and no round runs
     /// (pwrite append mode only). See docs/TUNING.md.
     pub sync_inline: bool,
+    /// Let the network thread run light consensus turns itself while the consensus stage is
+    /// idle. See docs/TUNING.md.
+    pub inline_turns: bool,
     /// SO_SNDBUF / SO_RCVBUF requested for every peer and client socket, bytes.
     pub socket_buffer_bytes: usize,
     /// How the leader confirms linearizable reads: "index" (a heartbeat round to a quorum per
@@ -149,6 +152,7 @@ impl Default for Tuning {
             max_frame_bytes: 64 << 20,
             syncs_in_flight: LogOptions::default().syncs_in_flight,
             sync_inline: LogOptions::default().sync_inline_when_idle,
+            inline_turns: true,
             socket_buffer_bytes: NetConfig::new(0, NodeId(1), ([127, 0, 0, 1], 0).into())
                 .socket_buffer_bytes,
             read_mode: "index".to_string(),
@@ -593,6 +597,7 @@ impl ServerConfig {
             node.tls = tls.load(own.peer_addr.ip())?;
         }
         node.spin = crate::node::Spin::new(Duration::from_micros(tuning.spin_us));
+        node.inline_turns = tuning.inline_turns;
         Ok(node)
     }
 }
