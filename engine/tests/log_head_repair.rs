@@ -333,6 +333,48 @@ fn an_upgrade_cut_by_a_crash_between_the_head_and_the_flags() {
     }
 }
 
+/// Compaction recycled the older segments into spares (which keep their old records until
+/// overwritten), then the only live segment is deleted: the log restarted under repair must
+/// take seqs above every seq its head named, or a spare reused as its new segment holds stale
+/// records that look newer than the new ones, and the next open calls the log corrupt (found by
+/// the chaos storage fault: `lockstep chaos --seed 4 --nemesis kill,storage`).
+#[test]
+fn a_log_restarted_after_losing_every_segment_never_reuses_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = write_log(dir.path(), 60);
+    let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+    log.compact_to(last).unwrap();
+    drop(log);
+    let live = live_segments(dir.path());
+    assert_eq!(live.len(), 1, "{live:?}");
+    let seq_of = |path: &Path| parse_live_name(path.file_name().unwrap().to_str().unwrap());
+    // Every record the spares hold is older than the deleted segment's first.
+    let deleted_seq = seq_of(&live[0]).unwrap();
+    std::fs::remove_file(&live[0]).unwrap();
+    let (mut log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    assert!(report.repair.is_some(), "{report:?}");
+    for record in 0..4 {
+        log.append(&batch(2, 1 + record * 5, 5)).unwrap();
+        log.wait_durable().unwrap();
+    }
+    drop(log);
+    // As after kill -9: the reopened log is whole, and names no damage.
+    let (log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        (report.last_index, report.damage.is_none()),
+        (LogIndex(20), true),
+        "{report:?}"
+    );
+    let restarted = live_segments(dir.path());
+    assert!(
+        restarted
+            .iter()
+            .all(|path| seq_of(path).unwrap() > deleted_seq),
+        "a segment of the restarted log reuses a seq at or below {deleted_seq}: {restarted:?}"
+    );
+    drop(log);
+}
+
 #[test]
 fn compaction_and_reset_never_look_like_a_missing_segment() {
     let dir = tempfile::tempdir().unwrap();

@@ -588,7 +588,8 @@ impl Log {
         if upgrade {
             tracing::info!(dir = %dir.display(), "log: written before the log head existed; writing it");
         }
-        let head = Log::rewrite_head_if_needed(dir, &dir_file, &segments, keep, &recovered)?;
+        let (head, seq_floor) =
+            Log::rewrite_head_if_needed(dir, &dir_file, &segments, keep, &recovered)?;
         Log::flag_old_segments(segments.range(..keep))?;
         let discarded: Vec<Segment> = segments.drain(keep..).collect();
         let segments_discarded = discarded.len();
@@ -651,7 +652,7 @@ impl Log {
             next_index: recovered.next_index,
             last_term: recovered.last_term,
             write_offset,
-            next_seq: recovered.next_seq,
+            next_seq: recovered.next_seq.max(seq_floor),
             last_crc: recovered.last_crc,
             durable_index: last_index,
             durable_seq: recovered.last_seq,
@@ -906,14 +907,25 @@ impl Log {
     /// Writes the head at open when what it names differs from what open keeps: the newest
     /// kept segment (none when every segment is discarded; the next activation names one), and
     /// a synced seq no higher than the last record found (which this open makes durable).
+    /// Returns the head and the lowest seq the log may use next. Seqs are never reused in a
+    /// directory: spares keep the records of the segments they were, and recovery tells those
+    /// stale records by their lower seqs. When open keeps no segment (every one was lost:
+    /// deleted, or discarded as damage), the log would otherwise restart its seqs below those
+    /// of the records its spares still hold; the floor is then above every seq the head found
+    /// here named. (With a segment kept, the chain found gives the next seq, and a kept segment
+    /// without a record yet must get its named seq.)
     fn rewrite_head_if_needed(
         dir: &Path,
         dir_file: &File,
         segments: &VecDeque<Segment>,
         keep: usize,
         recovered: &crate::log::recovery::Recovered,
-    ) -> Result<Head, LogError> {
+    ) -> Result<(Head, u64), LogError> {
         let found = head::read(dir)?;
+        let seq_floor = match &found {
+            HeadFound::Valid(head) if keep == 0 => head.newest_seq.max(head.synced_seq) + 1,
+            HeadFound::Valid(_) | HeadFound::Absent | HeadFound::Damaged(_) => 0,
+        };
         let newest_seq = keep.checked_sub(1).map_or(0, |at| segments[at].first_seq);
         let oldest_seq = if keep == 0 { 0 } else { segments[0].first_seq };
         let (newest_first_index, synced_seq) = match &found {
@@ -941,7 +953,7 @@ impl Log {
         if found != HeadFound::Valid(wanted) && !fresh {
             head::write(dir, dir_file, wanted)?;
         }
-        Ok(wanted)
+        Ok((wanted, seq_floor))
     }
 
     /// Gives every segment open keeps that lacks it the "keeps a head" flag, each synced. Called
