@@ -113,17 +113,7 @@ impl OutQueue {
         let Some(&first) = from.frame_starts.iter().find(|&&start| start >= written) else {
             return 0;
         };
-        let mut skip = (first - written) as usize;
-        while skip > 0 {
-            let front = from.chunks.front_mut().expect("queued bytes are in chunks");
-            if front.len() <= skip {
-                skip -= front.len();
-                from.chunks.pop_front();
-            } else {
-                bytes::Buf::advance(front, skip);
-                skip = 0;
-            }
-        }
+        drop_front(&mut from.chunks, (first - written) as usize);
         let moved = (from.pushed - first) as usize;
         assert_eq!(
             moved,
@@ -169,17 +159,7 @@ impl OutQueue {
             stats.writes += 1;
             stats.bytes_out += written as u64;
             self.queued_bytes -= written;
-            let mut left = written;
-            while left > 0 {
-                let front = self.chunks.front_mut().expect("written bytes were queued");
-                if front.len() <= left {
-                    left -= front.len();
-                    self.chunks.pop_front();
-                } else {
-                    bytes::Buf::advance(front, left);
-                    left = 0;
-                }
-            }
+            drop_front(&mut self.chunks, written);
             let written = self.written();
             while self
                 .frame_starts
@@ -193,6 +173,20 @@ impl OutQueue {
             Ok(()) => Ok(false),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(true),
             Err(err) => Err(err),
+        }
+    }
+}
+
+/// Drops the first `count` queued bytes of `chunks` (which holds at least that many).
+fn drop_front(chunks: &mut VecDeque<Bytes>, mut count: usize) {
+    while count > 0 {
+        let front = chunks.front_mut().expect("the dropped bytes are queued");
+        if front.len() <= count {
+            count -= front.len();
+            chunks.pop_front();
+        } else {
+            bytes::Buf::advance(front, count);
+            count = 0;
         }
     }
 }
