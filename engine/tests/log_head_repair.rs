@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use lockstep::batch::{Batch, BatchBuilder, BatchKind};
 use lockstep::log::head::{read, HeadFound, HEAD_FILE};
 use lockstep::log::repair::REPAIR_FILE;
-use lockstep::log::segment::{parse_live_name, parse_spare_name};
+use lockstep::log::segment::{parse_live_name, parse_spare_name, SEGMENT_HEADER_BYTES};
 use lockstep::log::{HardState, Log, LogError, LogOptions};
 use lockstep::types::{LogIndex, NodeId, Term};
 use proptest::prelude::*;
@@ -373,6 +373,49 @@ fn a_log_restarted_after_losing_every_segment_never_reuses_a_seq() {
         "a segment of the restarted log reuses a seq at or below {deleted_seq}: {restarted:?}"
     );
     drop(log);
+}
+
+/// The newest segment's first record is damaged, so an open for repair keeps the segment
+/// before it and recycles the damaged one, records and all, into a spare: its seqs are above
+/// every seq the rewritten head names. If the kept segment is then lost too, the log restarted
+/// with no segment must still take seqs above that spare's.
+#[test]
+fn a_restart_with_no_segment_takes_seqs_above_a_discarded_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let last = write_log(dir.path(), 60);
+    let (mut log, _) = Log::open(dir.path(), options()).unwrap();
+    log.compact_to(LogIndex(last.get() - 200)).unwrap();
+    drop(log);
+    let live = live_segments(dir.path());
+    assert!(live.len() >= 2, "{live:?}");
+    let seq_of = |path: &Path| parse_live_name(path.file_name().unwrap().to_str().unwrap());
+    let discarded_seq = seq_of(live.last().unwrap()).unwrap();
+    let newest = std::fs::OpenOptions::new()
+        .write(true)
+        .open(live.last().unwrap())
+        .unwrap();
+    newest
+        .write_all_at(&[0xff; 8], SEGMENT_HEADER_BYTES as u64 + 16)
+        .unwrap();
+    drop(newest);
+    let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    assert!(report.segments_discarded >= 1, "{report:?}");
+    drop(log);
+    for kept in live_segments(dir.path()) {
+        std::fs::remove_file(kept).unwrap();
+    }
+    let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
+    assert!(report.repair.is_some(), "{report:?}");
+    drop(log);
+    let restarted = live_segments(dir.path());
+    assert!(
+        restarted
+            .iter()
+            .all(|path| seq_of(path).unwrap() > discarded_seq),
+        "a segment of the restarted log reuses a seq at or below {discarded_seq}: {restarted:?}"
+    );
+    let (_, report) = Log::open(dir.path(), options()).unwrap();
+    assert!(report.damage.is_none(), "{report:?}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ use crate::log::record::{
     batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, ChainFields,
     RecordHeader, RecordKind, RECORD_ALIGN, RECORD_HEADER_BYTES,
 };
-use crate::log::recovery::{recover_files, void_from, RecordSpan};
+use crate::log::recovery::{highest_seq, recover_files, void_from, RecordSpan};
 use crate::log::repair::{self, DamageReport, RepairState};
 use crate::log::segment::{
     check_segment_len, cut_short, flag_keeps_head, keeps_head, live_name, map_segment,
@@ -609,6 +609,17 @@ impl Log {
             let (file, map) = open_mapped(&path)?;
             existing_spares.push(Spare { path, file, map });
         }
+        // A log that keeps no segment starts its seqs over: above every seq the head named and
+        // every seq a spare still holds (a segment discarded at an earlier open, past its tail,
+        // may hold seqs above the head's).
+        let seq_floor = if keep == 0 {
+            existing_spares
+                .iter()
+                .map(|spare| highest_seq(&spare.map[..]) + 1)
+                .fold(seq_floor, u64::max)
+        } else {
+            seq_floor
+        };
 
         // What was found may sit only in the page cache (the previous process may have died
         // before syncing): make it durable before calling it durable.
@@ -907,13 +918,14 @@ impl Log {
     /// Writes the head at open when what it names differs from what open keeps: the newest
     /// kept segment (none when every segment is discarded; the next activation names one), and
     /// a synced seq no higher than the last record found (which this open makes durable).
-    /// Returns the head and the lowest seq the log may use next. Seqs are never reused in a
-    /// directory: spares keep the records of the segments they were, and recovery tells those
-    /// stale records by their lower seqs. When open keeps no segment (every one was lost:
-    /// deleted, or discarded as damage), the log would otherwise restart its seqs below those
-    /// of the records its spares still hold; the floor is then above every seq the head found
-    /// here named. (With a segment kept, the chain found gives the next seq, and a kept segment
-    /// without a record yet must get its named seq.)
+    /// Returns the head and the lowest seq the log may use next as far as the head tells. Seqs
+    /// are never reused in a directory: spares keep the records of the segments they were, and
+    /// recovery tells those stale records by their lower seqs. When open keeps no segment
+    /// (every one was lost: deleted, or discarded as damage), the log would otherwise restart
+    /// its seqs below those of the records its spares still hold; the floor is then above
+    /// every seq the head found here named (and open raises it above the spares' records).
+    /// With a segment kept, the chain found gives the next seq (and a kept segment without a
+    /// record yet must get its named seq).
     fn rewrite_head_if_needed(
         dir: &Path,
         dir_file: &File,

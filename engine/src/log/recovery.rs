@@ -310,35 +310,52 @@ struct Witness {
 fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: u64) -> Witness {
     let mut witness = Witness::default();
     for (position, segment) in segments.iter().enumerate().skip(from.0) {
-        let bytes = segment.bytes;
-        let mut offset = if position == from.0 {
+        let start = if position == from.0 {
             from.1
         } else {
             SEGMENT_HEADER_BYTES
         };
-        while offset + RECORD_HEADER_BYTES <= bytes.len() {
-            let magic = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4"));
-            if magic == RECORD_MAGIC {
-                if let Ok(view) = verify_record(&bytes[offset..]) {
-                    let h = view.header;
-                    if h.seq >= min_seq {
-                        witness.max_seq = witness.max_seq.max(h.seq);
-                        witness.newer_records += 1;
-                        let implied = match h.kind {
-                            RecordKind::Batch(_) => h.last_index(),
-                            RecordKind::Truncate => h.first_index.prev(),
-                        };
-                        witness.last_index_claimed = witness.last_index_claimed.max(implied);
-                        if witness.best.map_or(true, |best| h.synced_seq > best.0) {
-                            witness.best = Some((h.synced_seq, h.seq, position, offset));
-                        }
-                    }
+        for (offset, view) in valid_records(segment.bytes, start) {
+            let h = view.header;
+            if h.seq >= min_seq {
+                witness.max_seq = witness.max_seq.max(h.seq);
+                witness.newer_records += 1;
+                let implied = match h.kind {
+                    RecordKind::Batch(_) => h.last_index(),
+                    RecordKind::Truncate => h.first_index.prev(),
+                };
+                witness.last_index_claimed = witness.last_index_claimed.max(implied);
+                if witness.best.map_or(true, |best| h.synced_seq > best.0) {
+                    witness.best = Some((h.synced_seq, h.seq, position, offset));
                 }
             }
-            offset += RECORD_ALIGN;
         }
     }
     witness
+}
+
+/// Every valid record in `bytes` (a segment file) at or after `start`, found at each record
+/// alignment whether or not it chains: `(offset, record)`.
+fn valid_records(bytes: &[u8], start: usize) -> impl Iterator<Item = (usize, RecordView<'_>)> {
+    (start..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1))
+        .step_by(RECORD_ALIGN)
+        .filter(move |&offset| {
+            u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4")) == RECORD_MAGIC
+        })
+        .filter_map(move |offset| {
+            verify_record(&bytes[offset..])
+                .ok()
+                .map(|view| (offset, view))
+        })
+}
+
+/// The highest seq of any valid record in `bytes` (a spare segment file, holding what it held
+/// as a live segment), or 0.
+pub(crate) fn highest_seq(bytes: &[u8]) -> u64 {
+    valid_records(bytes, SEGMENT_HEADER_BYTES)
+        .map(|(_, view)| view.header.seq)
+        .max()
+        .unwrap_or(0)
 }
 /// Damage before the tail, as [`recover_for_repair`] reports it: where it is, and how far the
 /// log is known to have reached.
