@@ -333,6 +333,20 @@ fn an_upgrade_cut_by_a_crash_between_the_head_and_the_flags() {
     }
 }
 
+/// The seq in a live segment's name.
+fn seq_of(path: &Path) -> u64 {
+    parse_live_name(path.file_name().unwrap().to_str().unwrap()).unwrap()
+}
+
+/// Every live segment in `dir` is named above `seq` (a restarted log reused no seq up to it).
+fn assert_segments_above(dir: &Path, seq: u64) {
+    let live = live_segments(dir);
+    assert!(
+        live.iter().all(|path| seq_of(path) > seq),
+        "a segment of the restarted log reuses a seq at or below {seq}: {live:?}"
+    );
+}
+
 /// Compaction recycled the older segments into spares (which keep their old records until
 /// overwritten), then the only live segment is deleted: the log restarted under repair must
 /// take seqs above every seq its head named, or a spare reused as its new segment holds stale
@@ -347,9 +361,8 @@ fn a_log_restarted_after_losing_every_segment_never_reuses_a_seq() {
     drop(log);
     let live = live_segments(dir.path());
     assert_eq!(live.len(), 1, "{live:?}");
-    let seq_of = |path: &Path| parse_live_name(path.file_name().unwrap().to_str().unwrap());
     // Every record the spares hold is older than the deleted segment's first.
-    let deleted_seq = seq_of(&live[0]).unwrap();
+    let deleted_seq = seq_of(&live[0]);
     std::fs::remove_file(&live[0]).unwrap();
     let (mut log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
     assert!(report.repair.is_some(), "{report:?}");
@@ -365,13 +378,7 @@ fn a_log_restarted_after_losing_every_segment_never_reuses_a_seq() {
         (LogIndex(20), true),
         "{report:?}"
     );
-    let restarted = live_segments(dir.path());
-    assert!(
-        restarted
-            .iter()
-            .all(|path| seq_of(path).unwrap() > deleted_seq),
-        "a segment of the restarted log reuses a seq at or below {deleted_seq}: {restarted:?}"
-    );
+    assert_segments_above(dir.path(), deleted_seq);
     drop(log);
 }
 
@@ -388,8 +395,7 @@ fn a_restart_with_no_segment_takes_seqs_above_a_discarded_segment() {
     drop(log);
     let live = live_segments(dir.path());
     assert!(live.len() >= 2, "{live:?}");
-    let seq_of = |path: &Path| parse_live_name(path.file_name().unwrap().to_str().unwrap());
-    let discarded_seq = seq_of(live.last().unwrap()).unwrap();
+    let discarded_seq = seq_of(live.last().unwrap());
     let newest = std::fs::OpenOptions::new()
         .write(true)
         .open(live.last().unwrap())
@@ -407,13 +413,7 @@ fn a_restart_with_no_segment_takes_seqs_above_a_discarded_segment() {
     let (log, report) = Log::open_for_repair(dir.path(), options()).unwrap();
     assert!(report.repair.is_some(), "{report:?}");
     drop(log);
-    let restarted = live_segments(dir.path());
-    assert!(
-        restarted
-            .iter()
-            .all(|path| seq_of(path).unwrap() > discarded_seq),
-        "a segment of the restarted log reuses a seq at or below {discarded_seq}: {restarted:?}"
-    );
+    assert_segments_above(dir.path(), discarded_seq);
     let (_, report) = Log::open(dir.path(), options()).unwrap();
     assert!(report.damage.is_none(), "{report:?}");
 }
