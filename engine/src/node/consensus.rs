@@ -327,11 +327,15 @@ impl ConsensusStage {
         } else {
             self.halted = true;
         }
-        self.inline_open.store(
-            !self.halted && self.pending.len() <= INLINE_PENDING_MAX,
-            Ordering::Relaxed,
-        );
+        self.inline_open
+            .store(self.load_allows_inline(), Ordering::Relaxed);
         flow
+    }
+
+    /// Whether the stage is live and light enough for an inline turn (what
+    /// [`ConsensusStage::inline_open`] publishes).
+    fn load_allows_inline(&self) -> bool {
+        !self.halted && self.pending.len() <= INLINE_PENDING_MAX
     }
 
     /// Whether an inline turn may run now: the stage is live, not loaded, and has room to
@@ -342,8 +346,7 @@ impl ConsensusStage {
                 .capacity()
                 .map_or(usize::MAX, |capacity| capacity - sender.len().min(capacity))
         }
-        !self.halted
-            && self.pending.len() <= INLINE_PENDING_MAX
+        self.load_allows_inline()
             && room(self.to_storage.channel()) >= INLINE_STORAGE_ROOM
             && room(&self.to_apply) >= INLINE_APPLY_ROOM
     }
