@@ -8,6 +8,15 @@
 //! them. Rounds may complete in any order; the durable point only advances over a prefix of
 //! completed rounds. A failed sync, in whichever round, poisons the log for good. See the module docs of [`crate::log`] for the
 //! big picture and `docs/FORMATS.md` for the bytes.
+//!
+//! Overlapping rounds: all rounds sync a segment through the one open file description of it,
+//! and Linux reports a writeback error once per description, to whichever sync checks first.
+//! Round k's pages may fail while round k+1 runs: round k+1 then reports the error and round k
+//! succeeds. So round k counts durable only once it and every round submitted before its
+//! completion was seen have succeeded (oldest first, as always). A round submitted later cannot
+//! have taken round k's error: round k's own sync checked for it after its pages were written
+//! back. Under load this holds a completed round back until the rounds beside it complete (at
+//! most [`LogOptions::syncs_in_flight`] − 1 of them), never longer.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -224,8 +233,11 @@ struct DirtyRange {
 struct Round {
     /// The syncer's id for it.
     id: u64,
-    /// Completed, but some earlier round has not yet.
+    /// Completed, but some earlier round has not yet, or a round that overlapped it.
     done: bool,
+    /// Id of the newest round submitted when this one's completion was seen: the rounds that
+    /// may have taken this round's writeback error (module docs, "Overlapping rounds").
+    overlapped_through: u64,
     index: LogIndex,
     seq: u64,
     entries: u64,
@@ -1431,6 +1443,7 @@ impl Log {
         self.in_flight.push_back(Round {
             id,
             done: false,
+            overlapped_through: id,
             index: self.last_index(),
             seq,
             entries: std::mem::take(&mut self.unsynced_entries),
@@ -1474,20 +1487,39 @@ impl Log {
         if let Err(errno) = outcome {
             return Err(self.poison(errno));
         }
+        let newest = self.in_flight.back().map_or(id, |round| round.id);
         let round = self
             .in_flight
             .iter_mut()
             .find(|round| round.id == id)
             .unwrap_or_else(|| panic!("completion of round {id}, which is not in flight"));
         assert!(!round.done, "round {id} completed twice");
+        assert!(newest >= id, "round {id} completed behind newest round {newest}");
         round.done = true;
+        round.overlapped_through = newest;
         Ok(())
     }
 
-    /// Counts durable every completed round not preceded by one still running.
+    /// Whether the oldest round in flight may count durable: it completed, and so did every
+    /// round that overlapped it (one of those may have reported its pages' writeback error;
+    /// a failed one poisons the log before this is asked).
+    fn front_releasable(&self) -> bool {
+        let Some(front) = self.in_flight.front() else {
+            return false;
+        };
+        front.done
+            && self
+                .in_flight
+                .iter()
+                .take_while(|round| round.id <= front.overlapped_through)
+                .all(|round| round.done)
+    }
+
+    /// Counts durable, oldest first, every round that is releasable (see
+    /// [`Log::front_releasable`]).
     fn advance(&mut self) -> bool {
         let mut advanced = false;
-        while self.in_flight.front().is_some_and(|round| round.done) {
+        while self.front_releasable() {
             let round = self.in_flight.pop_front().expect("front round");
             assert!(
                 round.seq > self.durable_seq,
@@ -1696,6 +1728,47 @@ mod tests {
             Err(LogError::Poisoned { errno: libc::EIO })
         ));
         assert!(log.request_sync().is_err());
+    }
+
+    /// Rounds share one file description per segment, and Linux reports a writeback error once
+    /// per description: round k+1's sync may report the failure of round k's pages while round
+    /// k's own sync returns success. Round k is released only once every round that was in
+    /// flight beside it has succeeded too.
+    #[test]
+    fn a_round_is_released_only_after_every_overlapping_round_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 2);
+        let base = log.durable_seq();
+        let done = rounds_completed_unseen(&mut log, 2);
+        log.complete(done[0].0, done[0].1).unwrap();
+        assert!(!log.advance(), "round k released while round k+1 runs");
+        assert_eq!(log.durable_seq(), base);
+        assert_eq!(log.durable_index(), LogIndex(0));
+        let error = log.complete(done[1].0, Err(libc::EIO)).unwrap_err();
+        assert!(
+            matches!(error, LogError::Poisoned { errno: libc::EIO }),
+            "{error}"
+        );
+        assert_eq!(log.durable_seq(), base, "nothing of round k released");
+        assert_eq!(log.durable_index(), LogIndex(0));
+        assert!(log.poll_durable().is_err());
+    }
+
+    /// A round submitted after round k's completion was seen cannot have taken round k's error
+    /// (round k's own sync checked for errors first): it does not hold round k back.
+    #[test]
+    fn a_round_submitted_after_a_completion_does_not_hold_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 3);
+        let done = rounds_completed_unseen(&mut log, 2);
+        log.complete(done[0].0, done[0].1).unwrap();
+        append_one(&mut log);
+        log.request_sync().unwrap();
+        assert_eq!(log.syncs_in_flight(), 3);
+        log.complete(done[1].0, done[1].1).unwrap();
+        assert!(log.advance());
+        assert_eq!(log.durable_index(), LogIndex(1), "round k+1 waits for round k+2");
+        assert_eq!(log.wait_durable().unwrap(), LogIndex(3));
     }
 
     #[test]
