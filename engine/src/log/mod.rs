@@ -38,6 +38,7 @@
 //!
 //! Byte layouts, kernel and filesystem assumptions and the crash analysis: `docs/FORMATS.md`.
 
+pub(crate) mod disk;
 pub mod doorbell;
 mod durable_log;
 mod error;
