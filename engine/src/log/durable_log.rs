@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{entry_offset, Batch, BatchKind, Entries};
+use crate::log::disk;
 use crate::log::doorbell::Doorbell;
 use crate::log::error::LogError;
 use crate::log::hard_state::{HardState, HardStateFile};
@@ -373,12 +374,16 @@ impl Cut {
     }
 }
 
+/// Opens and maps a segment found at open, its bytes read from the disk, not from pages a
+/// failed sync left cached (`log::disk`).
 fn open_mapped(path: &Path) -> Result<(Arc<File>, memmap2::MmapMut), LogError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|err| LogError::io(format!("open {}", path.display()), err))?;
+    disk::sync_and_drop_cached(&file)
+        .map_err(|err| LogError::io(format!("sync and reread {}", path.display()), err))?;
     let map =
         map_segment(&file).map_err(|err| LogError::io(format!("map {}", path.display()), err))?;
     Ok((Arc::new(file), map))
@@ -463,7 +468,7 @@ impl Log {
         repair_damage: bool,
     ) -> Result<(Log, OpenReport), LogError> {
         check_options(&options)?;
-        std::fs::create_dir_all(dir)
+        disk::create_dir_all_synced(dir)
             .map_err(|err| LogError::io(format!("create {}", dir.display()), err))?;
         let lock = lock_dir(dir)?;
         let dir_file = Arc::new(
@@ -492,6 +497,9 @@ impl Log {
         }
         live.sort();
         spares.sort();
+        // A log that ever held a segment has a hard state: a missing one was deleted.
+        let log_existed =
+            !live.is_empty() || !spares.is_empty() || dir.join(head::HEAD_FILE).exists();
 
         let mut segments = VecDeque::new();
         // Under repair, a segment file cut short after the fact is scanned as if zero-filled
@@ -540,7 +548,7 @@ impl Log {
             .map(|segment| (segment.first_seq, keeps_head(&segment.map)))
             .collect();
         let (damage, upgrade) = head::judge(dir, &live, &recovered, damage, repair_damage)?;
-        let hard_state = HardStateFile::open(dir, &dir_file)?;
+        let hard_state = HardStateFile::open(dir, &dir_file, log_existed)?;
         let mut repair_state = repair::read(dir)?;
         if let Some(damage) = &damage {
             // Every entry the node may have acknowledged has a term no higher than its current
@@ -1494,7 +1502,10 @@ impl Log {
             .find(|round| round.id == id)
             .unwrap_or_else(|| panic!("completion of round {id}, which is not in flight"));
         assert!(!round.done, "round {id} completed twice");
-        assert!(newest >= id, "round {id} completed behind newest round {newest}");
+        assert!(
+            newest >= id,
+            "round {id} completed behind newest round {newest}"
+        );
         round.done = true;
         round.overlapped_through = newest;
         Ok(())
@@ -1730,6 +1741,47 @@ mod tests {
         assert!(log.request_sync().is_err());
     }
 
+    /// After a failed sync, pages the disk never got may stay cached and clean, and the next
+    /// process's sync succeeds: open must read what it trusts from the disk. A test cannot make
+    /// the cache and the disk differ (that takes a failing block device), nor watch the order
+    /// of page-cache reads inside open. So `disk::sync_and_drop_cached` is shown to leave no
+    /// page cached (its own test, with `mincore`), and this test checks that open passes every
+    /// file it reads to it: the segment (before it is mapped) and the hard state.
+    #[test]
+    fn open_rereads_every_file_it_trusts_from_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        append_one(&mut log);
+        log.wait_durable().unwrap();
+        let segment = log.segments[0].path.clone();
+        drop(log);
+        disk::tests::forget_files_reread();
+        let log = open(dir.path(), 1);
+        assert_eq!(log.last_index(), LogIndex(1));
+        assert!(
+            disk::tests::was_reread(&segment),
+            "segment read from the cache"
+        );
+        assert!(
+            disk::tests::was_reread(&dir.path().join(crate::log::hard_state::HARD_STATE_FILE)),
+            "hard state read from the cache"
+        );
+    }
+
+    #[test]
+    fn open_syncs_the_directories_it_creates_into_their_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data/log");
+        disk::tests::take_dirs_synced();
+        drop(open(&dir, 1));
+        let synced = disk::tests::take_dirs_synced();
+        assert_eq!(
+            synced[..2],
+            [root.path().join("data"), root.path().to_path_buf()],
+            "{synced:?}"
+        );
+    }
+
     /// Rounds share one file description per segment, and Linux reports a writeback error once
     /// per description: round k+1's sync may report the failure of round k's pages while round
     /// k's own sync returns success. Round k is released only once every round that was in
@@ -1767,7 +1819,11 @@ mod tests {
         assert_eq!(log.syncs_in_flight(), 3);
         log.complete(done[1].0, done[1].1).unwrap();
         assert!(log.advance());
-        assert_eq!(log.durable_index(), LogIndex(1), "round k+1 waits for round k+2");
+        assert_eq!(
+            log.durable_index(),
+            LogIndex(1),
+            "round k+1 waits for round k+2"
+        );
         assert_eq!(log.wait_durable().unwrap(), LogIndex(3));
     }
 
