@@ -1582,7 +1582,7 @@ impl Log {
     /// Blocks until some sync round in flight (if any) completes, without starting one for
     /// appends made since (when a round was requested meanwhile, it is submitted once there is
     /// room, as in [`Log::poll_durable`]); returns the durable index, which advances only if
-    /// that round and every earlier one completed.
+    /// that round, every earlier one and every one that overlapped it completed.
     pub fn wait_in_flight(&mut self) -> Result<LogIndex, LogError> {
         self.check_usable()?;
         if !self.in_flight.is_empty() {
