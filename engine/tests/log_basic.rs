@@ -235,3 +235,33 @@ fn seal_writes_one_witness_and_reopens_cleanly() {
     assert_eq!(report.last_index, LogIndex(4));
     check_entries(&log, 1, 4, 8);
 }
+
+/// A node that forgot its term and vote could vote twice in one term: a hard-state file deleted
+/// from a log that has held segments is refused, with a message saying what is wrong, not
+/// recreated as term 0. A new log still gets a new file.
+#[test]
+fn a_deleted_hard_state_is_refused_once_the_log_has_held_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), options(SyncMode::Fdatasync)).unwrap();
+    log.append(&batch(1, 1, 3, 10)).unwrap();
+    log.save_hard_state(HardState {
+        term: Term(3),
+        vote: NodeId(1),
+    })
+    .unwrap();
+    log.wait_durable().unwrap();
+    drop(log);
+    let path = dir.path().join("hard_state");
+    std::fs::remove_file(&path).unwrap();
+    let error = Log::open(dir.path(), options(SyncMode::Fdatasync))
+        .err()
+        .expect("a deleted hard state must be refused");
+    let message = error.to_string();
+    assert!(
+        matches!(&error, LogError::HardStateMissing { file } if *file == path)
+            && message.contains("is missing")
+            && message.contains("may have voted"),
+        "{message}"
+    );
+    assert!(!path.exists(), "the refused open created nothing");
+}

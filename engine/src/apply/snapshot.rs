@@ -7,12 +7,13 @@
 //! when its bytes do not check out; older files and leftover temp files are removed only after a
 //! newer snapshot is durable.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::log::disk;
 use crate::raft::{Membership, SnapshotMeta};
 use crate::types::{LogIndex, Term};
 
@@ -153,15 +154,13 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotMeta, Bytes), String> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(io_error(format!("sync directory {}", dir.display())))
+    disk::sync_dir_path(dir).map_err(io_error(format!("sync directory {}", dir.display())))
 }
 
 /// Writes the snapshot durably into `dir` (created if missing): temp file, fsync, rename,
 /// directory fsync. Returns the final path. Older snapshots are left for [`remove_older`].
 pub fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<PathBuf, SnapshotError> {
-    fs::create_dir_all(dir).map_err(io_error(format!("create {}", dir.display())))?;
+    disk::create_dir_all_synced(dir).map_err(io_error(format!("create {}", dir.display())))?;
     let name = file_name(meta.index);
     let path = dir.join(&name);
     let temp = dir.join(format!("{}{TEMP_SUFFIX}", name.trim_end_matches(SUFFIX)));
@@ -222,7 +221,10 @@ fn list(dir: &Path) -> Result<Vec<(LogIndex, PathBuf, bool)>, SnapshotError> {
 
 /// The newest snapshot in `dir`, verified, or `None`. A newest file that does not verify is an
 /// error naming it (the node refuses to start rather than silently going back to an older
-/// state). Leftover temp files and older snapshots are removed.
+/// state). Leftover temp files and older snapshots are removed. The directory is synced before
+/// the snapshot is returned: a process that died between the rename and its directory sync
+/// leaves a name a power loss could still take away, after the node has compacted its log
+/// behind the snapshot.
 pub fn latest(dir: &Path) -> Result<Option<(SnapshotMeta, Bytes)>, SnapshotError> {
     let found = list(dir)?;
     let mut newest = None;
@@ -234,6 +236,7 @@ pub fn latest(dir: &Path) -> Result<Option<(SnapshotMeta, Bytes)>, SnapshotError
         }
     }
     if let Some((meta, _)) = &newest {
+        sync_dir(dir)?;
         remove_older(dir, meta.index)?;
     }
     Ok(newest)
@@ -280,6 +283,31 @@ mod tests {
             assert!(decode(&bad).is_err(), "flip at {at} not caught");
         }
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// A process may die between the rename and its directory sync: the snapshot found at
+    /// start is synced into its directory before the node trusts it (and compacts its log).
+    #[test]
+    fn the_snapshot_trusted_at_start_is_synced_into_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = dir.path().join("snapshots");
+        write(&snapshots, &meta(5), b"five").expect("write 5");
+        disk::tests::take_dirs_synced();
+        let (found, _) = latest(&snapshots).expect("read").expect("one");
+        assert_eq!(found.index, LogIndex(5));
+        assert_eq!(disk::tests::take_dirs_synced(), vec![snapshots]);
+    }
+
+    #[test]
+    fn writing_the_first_snapshot_syncs_the_directory_it_creates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = dir.path().join("snapshots");
+        disk::tests::take_dirs_synced();
+        write(&snapshots, &meta(5), b"five").expect("write 5");
+        assert_eq!(
+            disk::tests::take_dirs_synced(),
+            vec![dir.path().to_path_buf(), snapshots]
+        );
     }
 
     #[test]

@@ -8,6 +8,15 @@
 //! them. Rounds may complete in any order; the durable point only advances over a prefix of
 //! completed rounds. A failed sync, in whichever round, poisons the log for good. See the module docs of [`crate::log`] for the
 //! big picture and `docs/FORMATS.md` for the bytes.
+//!
+//! Overlapping rounds: all rounds sync a segment through the one open file description of it,
+//! and Linux reports a writeback error once per description, to whichever sync checks first.
+//! Round k's pages may fail while round k+1 runs: round k+1 then reports the error and round k
+//! succeeds. So round k counts durable only once it and every round submitted before its
+//! completion was seen have succeeded (oldest first, as always). A round submitted later cannot
+//! have taken round k's error: round k's own sync checked for it after its pages were written
+//! back. Under load this holds a completed round back until the rounds beside it complete (at
+//! most [`LogOptions::syncs_in_flight`] − 1 of them), never longer.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -17,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{entry_offset, Batch, BatchKind, Entries};
+use crate::log::disk;
 use crate::log::doorbell::Doorbell;
 use crate::log::error::LogError;
 use crate::log::hard_state::{HardState, HardStateFile};
@@ -224,8 +234,11 @@ struct DirtyRange {
 struct Round {
     /// The syncer's id for it.
     id: u64,
-    /// Completed, but some earlier round has not yet.
+    /// Completed, but some earlier round has not yet, or a round that overlapped it.
     done: bool,
+    /// Id of the newest round submitted when this one's completion was seen: the rounds that
+    /// may have taken this round's writeback error (module docs, "Overlapping rounds").
+    overlapped_through: u64,
     index: LogIndex,
     seq: u64,
     entries: u64,
@@ -361,12 +374,16 @@ impl Cut {
     }
 }
 
+/// Opens and maps a segment found at open, its bytes read from the disk, not from pages a
+/// failed sync left cached (`log::disk`).
 fn open_mapped(path: &Path) -> Result<(Arc<File>, memmap2::MmapMut), LogError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|err| LogError::io(format!("open {}", path.display()), err))?;
+    disk::sync_and_drop_cached(&file)
+        .map_err(|err| LogError::io(format!("sync and reread {}", path.display()), err))?;
     let map =
         map_segment(&file).map_err(|err| LogError::io(format!("map {}", path.display()), err))?;
     Ok((Arc::new(file), map))
@@ -451,7 +468,7 @@ impl Log {
         repair_damage: bool,
     ) -> Result<(Log, OpenReport), LogError> {
         check_options(&options)?;
-        std::fs::create_dir_all(dir)
+        disk::create_dir_all_synced(dir)
             .map_err(|err| LogError::io(format!("create {}", dir.display()), err))?;
         let lock = lock_dir(dir)?;
         let dir_file = Arc::new(
@@ -480,6 +497,9 @@ impl Log {
         }
         live.sort();
         spares.sort();
+        // A log that ever held a segment has a hard state: a missing one was deleted.
+        let log_existed =
+            !live.is_empty() || !spares.is_empty() || dir.join(head::HEAD_FILE).exists();
 
         let mut segments = VecDeque::new();
         // Under repair, a segment file cut short after the fact is scanned as if zero-filled
@@ -528,7 +548,7 @@ impl Log {
             .map(|segment| (segment.first_seq, keeps_head(&segment.map)))
             .collect();
         let (damage, upgrade) = head::judge(dir, &live, &recovered, damage, repair_damage)?;
-        let hard_state = HardStateFile::open(dir, &dir_file)?;
+        let hard_state = HardStateFile::open(dir, &dir_file, log_existed)?;
         let mut repair_state = repair::read(dir)?;
         if let Some(damage) = &damage {
             // Every entry the node may have acknowledged has a term no higher than its current
@@ -1431,6 +1451,7 @@ impl Log {
         self.in_flight.push_back(Round {
             id,
             done: false,
+            overlapped_through: id,
             index: self.last_index(),
             seq,
             entries: std::mem::take(&mut self.unsynced_entries),
@@ -1474,20 +1495,42 @@ impl Log {
         if let Err(errno) = outcome {
             return Err(self.poison(errno));
         }
+        let newest = self.in_flight.back().map_or(id, |round| round.id);
         let round = self
             .in_flight
             .iter_mut()
             .find(|round| round.id == id)
             .unwrap_or_else(|| panic!("completion of round {id}, which is not in flight"));
         assert!(!round.done, "round {id} completed twice");
+        assert!(
+            newest >= id,
+            "round {id} completed behind newest round {newest}"
+        );
         round.done = true;
+        round.overlapped_through = newest;
         Ok(())
     }
 
-    /// Counts durable every completed round not preceded by one still running.
+    /// Whether the oldest round in flight may count durable: it completed, and so did every
+    /// round that overlapped it (one of those may have reported its pages' writeback error;
+    /// a failed one poisons the log before this is asked).
+    fn front_releasable(&self) -> bool {
+        let Some(front) = self.in_flight.front() else {
+            return false;
+        };
+        front.done
+            && self
+                .in_flight
+                .iter()
+                .take_while(|round| round.id <= front.overlapped_through)
+                .all(|round| round.done)
+    }
+
+    /// Counts durable, oldest first, every round that is releasable (see
+    /// [`Log::front_releasable`]).
     fn advance(&mut self) -> bool {
         let mut advanced = false;
-        while self.in_flight.front().is_some_and(|round| round.done) {
+        while self.front_releasable() {
             let round = self.in_flight.pop_front().expect("front round");
             assert!(
                 round.seq > self.durable_seq,
@@ -1539,7 +1582,7 @@ impl Log {
     /// Blocks until some sync round in flight (if any) completes, without starting one for
     /// appends made since (when a round was requested meanwhile, it is submitted once there is
     /// room, as in [`Log::poll_durable`]); returns the durable index, which advances only if
-    /// that round and every earlier one completed.
+    /// that round, every earlier one and every one that overlapped it completed.
     pub fn wait_in_flight(&mut self) -> Result<LogIndex, LogError> {
         self.check_usable()?;
         if !self.in_flight.is_empty() {
@@ -1696,6 +1739,92 @@ mod tests {
             Err(LogError::Poisoned { errno: libc::EIO })
         ));
         assert!(log.request_sync().is_err());
+    }
+
+    /// After a failed sync, pages the disk never got may stay cached and clean, and the next
+    /// process's sync succeeds: open must read what it trusts from the disk. A test cannot make
+    /// the cache and the disk differ (that takes a failing block device), nor watch the order
+    /// of page-cache reads inside open. So `disk::sync_and_drop_cached` is shown to leave no
+    /// page cached (its own test, with `mincore`), and this test checks that open passes every
+    /// file it reads to it: the segment (before it is mapped) and the hard state.
+    #[test]
+    fn open_rereads_every_file_it_trusts_from_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        append_one(&mut log);
+        log.wait_durable().unwrap();
+        let segment = log.segments[0].path.clone();
+        drop(log);
+        disk::tests::forget_files_reread();
+        let log = open(dir.path(), 1);
+        assert_eq!(log.last_index(), LogIndex(1));
+        assert!(
+            disk::tests::was_reread(&segment),
+            "segment read from the cache"
+        );
+        assert!(
+            disk::tests::was_reread(&dir.path().join(crate::log::hard_state::HARD_STATE_FILE)),
+            "hard state read from the cache"
+        );
+    }
+
+    #[test]
+    fn open_syncs_the_directories_it_creates_into_their_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data/log");
+        disk::tests::take_dirs_synced();
+        drop(open(&dir, 1));
+        let synced = disk::tests::take_dirs_synced();
+        assert_eq!(
+            synced[..2],
+            [root.path().join("data"), root.path().to_path_buf()],
+            "{synced:?}"
+        );
+    }
+
+    /// Rounds share one file description per segment, and Linux reports a writeback error once
+    /// per description: round k+1's sync may report the failure of round k's pages while round
+    /// k's own sync returns success. Round k is released only once every round that was in
+    /// flight beside it has succeeded too.
+    #[test]
+    fn a_round_is_released_only_after_every_overlapping_round_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 2);
+        let base = log.durable_seq();
+        let done = rounds_completed_unseen(&mut log, 2);
+        log.complete(done[0].0, done[0].1).unwrap();
+        assert!(!log.advance(), "round k released while round k+1 runs");
+        assert_eq!(log.durable_seq(), base);
+        assert_eq!(log.durable_index(), LogIndex(0));
+        let error = log.complete(done[1].0, Err(libc::EIO)).unwrap_err();
+        assert!(
+            matches!(error, LogError::Poisoned { errno: libc::EIO }),
+            "{error}"
+        );
+        assert_eq!(log.durable_seq(), base, "nothing of round k released");
+        assert_eq!(log.durable_index(), LogIndex(0));
+        assert!(log.poll_durable().is_err());
+    }
+
+    /// A round submitted after round k's completion was seen cannot have taken round k's error
+    /// (round k's own sync checked for errors first): it does not hold round k back.
+    #[test]
+    fn a_round_submitted_after_a_completion_does_not_hold_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 3);
+        let done = rounds_completed_unseen(&mut log, 2);
+        log.complete(done[0].0, done[0].1).unwrap();
+        append_one(&mut log);
+        log.request_sync().unwrap();
+        assert_eq!(log.syncs_in_flight(), 3);
+        log.complete(done[1].0, done[1].1).unwrap();
+        assert!(log.advance());
+        assert_eq!(
+            log.durable_index(),
+            LogIndex(1),
+            "round k+1 waits for round k+2"
+        );
+        assert_eq!(log.wait_durable().unwrap(), LogIndex(3));
     }
 
     #[test]

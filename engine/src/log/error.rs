@@ -82,9 +82,17 @@ pub enum LogError {
     BadRecord(RecordError),
     /// A batch is malformed.
     BadBatch(BatchError),
-    /// The hard-state file holds no valid slot although it was written.
+    /// The hard-state file holds no slot that can be trusted.
     HardStateCorrupt {
         /// The file.
+        file: PathBuf,
+        /// What is wrong with its slots.
+        reason: &'static str,
+    },
+    /// The hard-state file is missing from a log that has held segments: the node has run
+    /// before and may have voted in a term it would no longer know.
+    HardStateMissing {
+        /// Where the file should be.
         file: PathBuf,
     },
     /// Options are out of range.
@@ -149,9 +157,18 @@ impl fmt::Display for LogError {
             ),
             LogError::BadRecord(err) => write!(f, "bad record: {err}"),
             LogError::BadBatch(err) => write!(f, "bad batch: {err}"),
-            LogError::HardStateCorrupt { file } => {
-                write!(f, "hard state file {} has no valid slot", file.display())
-            }
+            LogError::HardStateCorrupt { file, reason } => write!(
+                f,
+                "hard state file {} has no valid slot ({reason}): the term and vote this node \
+                 last saved are unknown",
+                file.display()
+            ),
+            LogError::HardStateMissing { file } => write!(
+                f,
+                "hard state file {} is missing, but the log has held segments: this node has \
+                 run before and may have voted in a term it would no longer know",
+                file.display()
+            ),
             LogError::BadOptions(what) => write!(f, "bad log options: {what}"),
         }
     }

@@ -11,6 +11,8 @@
 //! - `sync`: sync rounds, several in flight, through io_uring (or fdatasync on helper threads as
 //!   the fallback).
 //! - [`hard_state`]: term and vote in a two-slot checksummed file.
+//! - `disk`: reading what the disk holds at open (sync, then drop cached pages) and creating
+//!   directories durably.
 //! - [`repair`]: the marker a log cut before damaged records keeps until the lost range is
 //!   fetched back from peers.
 //! - [`head`]: the small file naming the newest segment, so a lost segment is noticed.
@@ -38,6 +40,7 @@
 //!
 //! Byte layouts, kernel and filesystem assumptions and the crash analysis: `docs/FORMATS.md`.
 
+pub(crate) mod disk;
 pub mod doorbell;
 mod durable_log;
 mod error;

@@ -20,7 +20,9 @@
 //! in pwrite append mode only).
 //!
 //! Rounds may complete in any order: this layer reports each round's outcome under its id and
-//! leaves ordering (durable only over a prefix of completed rounds) to the log. A round succeeds
+//! leaves ordering to the log (durable only over a prefix of completed rounds, each after every
+//! round that overlapped it: a writeback error is reported once per file description, maybe to
+//! another round's sync, see `durable_log`, "Overlapping rounds"). A round succeeds
 //! only when every operation of it succeeded; otherwise it reports the first errno and the caller
 //! must treat the log as poisoned (never retried).
 

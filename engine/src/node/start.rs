@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::apply::snapshot;
 use crate::batch::{Batch, BatchKind};
+use crate::log::disk;
 use crate::log::inspect::inspect_for_repair;
 use crate::log::small_file;
 use crate::log::{Log, LogError, OpenReport};
@@ -125,7 +126,7 @@ fn write_join_marker(data_dir: &Path) -> Result<(), NodeError> {
             data_dir.display()
         ))
     };
-    std::fs::create_dir_all(data_dir).map_err(context)?;
+    disk::create_dir_all_synced(data_dir).map_err(context)?;
     let dir = File::open(data_dir).map_err(context)?;
     small_file::replace(
         data_dir,

@@ -137,7 +137,7 @@ fn fatal(message: String) -> ServerError {
 /// Known causes of fatal errors, recognised by the (lower-case) words their messages (built by the log, the
 /// network and the node start-up) contain, and what the operator should do about each.
 /// `docs/OPERATIONS.md` ("When a node stops") explains each in more depth.
-const HINTS: [(&str, &str); 9] = [
+const HINTS: [(&str, &str); 10] = [
     (
         "is in use by another log",
         "another lockstep process uses this data directory; stop it, or give this node its own \
@@ -176,6 +176,12 @@ const HINTS: [(&str, &str); 9] = [
         "has no valid slot",
         "the hard-state file is damaged; keep it for diagnosis and see docs/OPERATIONS.md \
          (\"A corrupt log\")",
+    ),
+    (
+        "but the log has held segments",
+        "the hard-state file was deleted (a node that forgot its vote could vote twice in one \
+         term); restore it from a backup of this data directory, or rebuild the node from the \
+         others as docs/OPERATIONS.md (\"A corrupt log\") says",
     ),
     (
         "rejected the snapshot",
@@ -220,6 +226,11 @@ mod tests {
             }
             .to_string(),
             LogError::HardStateCorrupt {
+                file: "/d/log/hs".into(),
+                reason: "both slots fail their checksums",
+            }
+            .to_string(),
+            LogError::HardStateMissing {
                 file: "/d/log/hs".into(),
             }
             .to_string(),
