@@ -163,3 +163,117 @@ fn a_crash_right_after_an_open_that_cut_the_tail_never_reuses_seqs() {
         log.last_seq() + 1
     );
 }
+
+/// Writes, as the previous format did, segment `00000000000000000001.seg` holding `entries`
+/// records of one entry each (every one durable), and a version 1 head naming it: version 1
+/// segment header (no nonce), records with a plain `header_crc`, each linked to the previous
+/// record's `crc`.
+fn write_version_1_log(dir: &Path, entries: u64) {
+    let mut segment = vec![0u8; SEGMENT_BYTES as usize];
+    segment[0..4].copy_from_slice(b"LSSG");
+    segment[4] = 1;
+    segment[5] = 1; // keeps a head
+    segment[8..16].copy_from_slice(&SEGMENT_BYTES.to_le_bytes());
+    let crc = crc32fast::hash(&segment[..60]);
+    segment[60..64].copy_from_slice(&crc.to_le_bytes());
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut prev_crc = 0;
+    for index in 1..=entries {
+        let chain = ChainFields {
+            prev_crc,
+            seq: index,
+            synced_seq: index - 1,
+        };
+        let mut record = Vec::new();
+        encode_record(
+            &batch(index, &entry(index)),
+            chain,
+            Seal::Unkeyed,
+            &mut record,
+        );
+        segment[offset..offset + record.len()].copy_from_slice(&record);
+        prev_crc = u32::from_le_bytes(record[32..36].try_into().unwrap());
+        offset += stored_bytes(record.len() - RECORD_HEADER_BYTES);
+    }
+    std::fs::write(dir.join("00000000000000000001.seg"), &segment).unwrap();
+    let mut head = [0u8; 64];
+    head[0..4].copy_from_slice(b"LSHD");
+    head[4] = 1;
+    head[8..16].copy_from_slice(&1u64.to_le_bytes()); // newest seq
+    head[16..24].copy_from_slice(&1u64.to_le_bytes()); // its first index
+    head[24..32].copy_from_slice(&entries.to_le_bytes()); // synced seq
+    head[32..40].copy_from_slice(&1u64.to_le_bytes()); // oldest seq
+    let crc = crc32fast::hash(&head[..40]);
+    head[40..44].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(dir.join("head"), head).unwrap();
+}
+
+fn entry(index: u64) -> Vec<u8> {
+    format!("entry {index}").into_bytes()
+}
+
+fn assert_entries(log: &Log, last: u64) {
+    let found: Vec<Vec<u8>> = log
+        .entries(LogIndex(1), LogIndex(last))
+        .unwrap()
+        .map(|(_, bytes)| bytes.to_vec())
+        .collect();
+    let expected: Vec<Vec<u8>> = (1..=last).map(entry).collect();
+    assert_eq!(found, expected);
+}
+
+/// A log written by the previous format opens in place: its records read as they were, and
+/// new records (keyed) go into a new segment of the current version that continues the chain;
+/// the old segment is never written again.
+#[test]
+fn a_log_of_the_previous_format_is_read_and_continued_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version_1_log(dir.path(), 10);
+    let (mut log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.last_index, LogIndex(10), "{report:?}");
+    assert!(
+        report.torn_tail.is_none() && report.damage.is_none(),
+        "{report:?}"
+    );
+    assert_entries(&log, 10);
+    for index in 11..=15 {
+        log.append(&batch(index, &entry(index))).unwrap();
+    }
+    log.close().unwrap();
+    let live = live_segments(dir.path());
+    assert_eq!(live.len(), 2, "{live:?}");
+    let versions: Vec<u8> = live
+        .iter()
+        .map(|path| std::fs::read(path).unwrap()[4])
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert!(live[1].ends_with("00000000000000000011.seg"), "{live:?}");
+
+    let (log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.last_index, LogIndex(15), "{report:?}");
+    assert!(
+        report.torn_tail.is_none() && report.damage.is_none(),
+        "{report:?}"
+    );
+    assert_entries(&log, 15);
+}
+
+/// A log of the previous format that holds no record gets a current header in place.
+#[test]
+fn an_empty_log_of_the_previous_format_is_renewed_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version_1_log(dir.path(), 0);
+    let (mut log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.last_index, LogIndex(0), "{report:?}");
+    for index in 1..=3 {
+        log.append(&batch(index, &entry(index))).unwrap();
+    }
+    log.close().unwrap();
+    let live = live_segments(dir.path());
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(std::fs::read(&live[0]).unwrap()[4], 2);
+    let (log, report) = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(report.last_index, LogIndex(3), "{report:?}");
+    assert!(report.torn_tail.is_none(), "{report:?}");
+    assert_entries(&log, 3);
+}
