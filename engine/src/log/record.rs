@@ -732,6 +732,22 @@ mod tests {
         }
 
         #[test]
+        fn a_record_never_verifies_under_another_nonce(
+            nonce in any::<u64>(),
+            other in any::<u64>(),
+            seq in 1..=SEQ_MAX,
+            entry in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            prop_assume!(nonce != other);
+            let chain = ChainFields { prev_crc: 0, seq, synced_seq: seq - 1 };
+            let mut out = Vec::new();
+            encode_record(&batch(&[&entry], 9), chain, Seal::Keyed(nonce), &mut out);
+            prop_assert!(verify_record(&out, Seal::Keyed(nonce)).is_ok());
+            prop_assert!(verify_record(&out, Seal::Keyed(other)).is_err());
+            prop_assert!(verify_record(&out, Seal::Unkeyed).is_err());
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = verify_record(&bytes, SEAL);
             let _ = verify_wire_record(&bytes);
