@@ -34,14 +34,14 @@ use crate::log::head::{self, Head, HeadFound};
 use crate::log::preparer::{Preparer, Spare};
 use crate::log::record::{
     batch_header, stored_bytes, truncate_header, verify_wire_record, write_header, ChainFields,
-    RecordHeader, RecordKind, RECORD_ALIGN, RECORD_HEADER_BYTES,
+    RecordHeader, RecordKind, Seal, RECORD_ALIGN, RECORD_HEADER_BYTES,
 };
 use crate::log::recovery::{highest_seq, recover_files, void_from, RecordSpan};
 use crate::log::repair::{self, DamageReport, RepairState};
 use crate::log::segment::{
-    check_segment_len, cut_short, flag_keeps_head, keeps_head, live_name, map_segment,
-    parse_live_name, parse_spare_name, prefault, spare_name, sync_dir, Prefault, Segment,
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+    check_segment_len, cut_short, flag_keeps_head, is_current, keeps_head, live_name, map_segment,
+    parse_live_name, parse_spare_name, prefault, renew_header, segment_seal, spare_name, sync_dir,
+    Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
 use crate::log::sync::{SyncMode, SyncTarget, Syncer, MAX_SYNCS_IN_FLIGHT};
 use crate::types::{LogIndex, Term};
@@ -256,7 +256,9 @@ pub struct Log {
     last_term: Term,
     write_offset: usize,
     next_seq: u64,
-    last_crc: u32,
+    /// `header_crc` of the last record: what the next one links to (every segment written is
+    /// keyed, see [`Seal::link`]).
+    last_header_crc: u32,
     durable_index: LogIndex,
     durable_seq: u64,
     syncer: Syncer,
@@ -523,6 +525,7 @@ impl Log {
             }
             segments.push_back(Segment {
                 first_seq,
+                seal: segment_seal(&map),
                 path,
                 file,
                 map,
@@ -666,9 +669,7 @@ impl Log {
             spare_id_next,
             prefault_mode,
         );
-        let write_offset = recovered
-            .tail
-            .map_or(SEGMENT_HEADER_BYTES, |(_, offset)| offset);
+        let write_offset = Log::tail_write_offset(&mut segments, &recovered)?;
         if let Some(tail) = segments.back() {
             prefault(&tail.map, write_offset, prefault_mode);
         }
@@ -684,7 +685,7 @@ impl Log {
             last_term: recovered.last_term,
             write_offset,
             next_seq: recovered.next_seq.max(seq_floor),
-            last_crc: recovered.last_crc,
+            last_header_crc: recovered.last_header_crc,
             durable_index: last_index,
             durable_seq: recovered.last_seq,
             syncer,
@@ -846,19 +847,25 @@ impl Log {
     fn write_record(&mut self, mut header: RecordHeader, payload: &[u8]) -> Result<(), LogError> {
         let stored = stored_bytes(payload.len());
         let offset = self.reserve(stored)?;
-        header.prev_crc = self.last_crc;
+        header.prev_crc = self.last_header_crc;
         header.seq = self.next_seq;
         header.synced_seq = self.durable_seq;
         let segment = self.segments.back_mut().expect("a current segment");
-        match self.options.append_mode {
+        assert!(
+            matches!(segment.seal, Seal::Keyed(_)),
+            "record seq {} would go into the unkeyed segment {}",
+            header.seq,
+            segment.path.display()
+        );
+        let header_crc = match self.options.append_mode {
             AppendMode::Mmap => {
                 let dst = &mut segment.map[offset..offset + RECORD_HEADER_BYTES + payload.len()];
                 dst[RECORD_HEADER_BYTES..].copy_from_slice(payload);
-                write_header(dst, &header);
+                write_header(dst, &header, segment.seal)
             }
             AppendMode::Pwrite => {
                 let mut head = [0u8; RECORD_HEADER_BYTES];
-                write_header(&mut head, &header);
+                let header_crc = write_header(&mut head, &header, segment.seal);
                 // The padding and a zeroed header's worth after the record: a recycled segment
                 // is not re-zeroed in this mode, and recovery must find zeros (not the middle
                 // of a stale record) where the log ends. The next record overwrites them.
@@ -867,8 +874,9 @@ impl Log {
                 pwrite_all(&segment.file, [&head, payload, zeros], offset as u64).map_err(
                     |err| LogError::io(format!("write {}", segment.path.display()), err),
                 )?;
+                header_crc
             }
-        }
+        };
         let dirty_end = match self.options.append_mode {
             AppendMode::Mmap => offset + stored,
             AppendMode::Pwrite => (offset + stored + RECORD_HEADER_BYTES).min(segment.map.len()),
@@ -883,8 +891,9 @@ impl Log {
         }
         let segment_seq = segment.first_seq;
         self.write_offset = offset + stored;
-        self.next_seq += 1;
-        self.last_crc = header.crc;
+        // `write_header` checked the seq against `SEQ_MAX`, far below `u64::MAX`.
+        self.next_seq = self.next_seq.checked_add(1).expect("seq at most SEQ_MAX");
+        self.last_header_crc = header_crc;
         self.unsynced_bytes += stored as u64;
         self.stats.bytes_appended += stored as u64;
         match header.kind {
@@ -935,6 +944,37 @@ impl Log {
         Ok(self.write_offset)
     }
 
+    /// Where the next record goes in the tail segment open keeps. A tail of the previous segment
+    /// version takes no more records, since they would be unkeyed: one that holds none gets a
+    /// current header in place; otherwise the offset returned is its end, so the next record
+    /// starts a new segment, which is current (and chains to the tail's last record).
+    fn tail_write_offset(
+        segments: &mut VecDeque<Segment>,
+        recovered: &crate::log::recovery::Recovered,
+    ) -> Result<usize, LogError> {
+        let offset = recovered
+            .tail
+            .map_or(SEGMENT_HEADER_BYTES, |(_, offset)| offset);
+        let Some(tail) = segments
+            .back_mut()
+            .filter(|tail| tail.seal == Seal::Unkeyed)
+        else {
+            return Ok(offset);
+        };
+        if recovered.records > 0 {
+            tracing::info!(
+                file = %tail.path.display(),
+                "log: the newest segment is of the previous version; new records start a new one"
+            );
+            return Ok(tail.size_bytes());
+        }
+        renew_header(&tail.file, &tail.map).map_err(|err| {
+            LogError::io(format!("renew the header of {}", tail.path.display()), err)
+        })?;
+        tail.seal = segment_seal(&tail.map);
+        Ok(offset)
+    }
+
     /// Writes the head at open when what it names differs from what open keeps: the newest
     /// kept segment (none when every segment is discarded; the next activation names one), and
     /// a synced seq no higher than the last record found (which this open makes durable).
@@ -945,7 +985,10 @@ impl Log {
     /// its seqs below those of the records its spares still hold; the floor is then above
     /// every seq the head found here named (and open raises it above the spares' records).
     /// With a segment kept, the chain found gives the next seq (and a kept segment without a
-    /// record yet must get its named seq).
+    /// record yet must get its named seq). The head's seq floor is part of that lowest seq;
+    /// when open discards segments, the head is written with it raised above every seq the
+    /// scan found (in the discarded segments too) before they become spares, so a crash right
+    /// after this open cannot bring those seqs back into use.
     fn rewrite_head_if_needed(
         dir: &Path,
         dir_file: &File,
@@ -954,9 +997,18 @@ impl Log {
         recovered: &crate::log::recovery::Recovered,
     ) -> Result<(Head, u64), LogError> {
         let found = head::read(dir)?;
-        let seq_floor = match &found {
-            HeadFound::Valid(head) if keep == 0 => head.newest_seq.max(head.synced_seq) + 1,
-            HeadFound::Valid(_) | HeadFound::Absent | HeadFound::Damaged(_) => 0,
+        let (lost_floor, found_floor) = match &found {
+            HeadFound::Valid(head) if keep == 0 => (
+                head.newest_seq.max(head.synced_seq).saturating_add(1),
+                head.seq_floor,
+            ),
+            HeadFound::Valid(head) => (0, head.seq_floor),
+            HeadFound::Absent | HeadFound::Damaged(_) => (0, 0),
+        };
+        let seq_floor = if keep < segments.len() {
+            found_floor.max(recovered.next_seq)
+        } else {
+            found_floor
         };
         let newest_seq = keep.checked_sub(1).map_or(0, |at| segments[at].first_seq);
         let oldest_seq = if keep == 0 { 0 } else { segments[0].first_seq };
@@ -980,12 +1032,13 @@ impl Log {
             newest_first_index,
             synced_seq,
             oldest_seq,
+            seq_floor,
         };
         let fresh = segments.is_empty() && found == HeadFound::Absent;
         if found != HeadFound::Valid(wanted) && !fresh {
             head::write(dir, dir_file, wanted)?;
         }
-        Ok((wanted, seq_floor))
+        Ok((wanted, seq_floor.max(lost_floor)))
     }
 
     /// Gives every segment open keeps that lacks it the "keeps a head" flag, each synced. Called
@@ -1011,17 +1064,17 @@ impl Log {
         Ok(())
     }
 
-    /// Takes a ready spare; one from a version before the head existed first gets the
-    /// "keeps a head" flag in its header, synced, so the log never holds a live segment that
-    /// would let a deleted head pass for an old log.
+    /// Takes a ready spare; one from an older version first gets a current header (the "keeps a
+    /// head" flag, so the log never holds a live segment that would let a deleted head pass for
+    /// an old log, and a nonce, so its records are keyed), synced.
     fn take_spare(&mut self) -> Result<Spare, LogError> {
         let spare = self
             .preparer
             .take()
             .map_err(|err| prepare_error(err, self.options.segment_bytes))?;
-        if !keeps_head(&spare.map) {
-            if let Err(err) = flag_keeps_head(&spare.file, &spare.map) {
-                let context = format!("flag {}", spare.path.display());
+        if !is_current(&spare.map) {
+            if let Err(err) = renew_header(&spare.file, &spare.map) {
+                let context = format!("renew the header of {}", spare.path.display());
                 self.preparer.give_back(spare);
                 return Err(LogError::io(context, err));
             }
@@ -1044,6 +1097,7 @@ impl Log {
         }
         self.segments.push_back(Segment {
             first_seq: self.next_seq,
+            seal: segment_seal(&spare.map),
             path,
             file: spare.file,
             map: spare.map,
@@ -1055,6 +1109,7 @@ impl Log {
             newest_first_index: self.next_index,
             synced_seq: self.durable_seq,
             oldest_seq: self.segments[0].first_seq,
+            seq_floor: self.head.seq_floor.max(self.next_seq),
         };
         let named = sync_dir(&self.dir_file)
             .map_err(|err| LogError::io("sync the log directory", err))
@@ -1230,7 +1285,8 @@ impl Log {
         };
         let header = truncate_header(after.next(), chain);
         let end = SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES;
-        write_header(&mut spare.map[SEGMENT_HEADER_BYTES..end], &header);
+        let seal = segment_seal(&spare.map);
+        let header_crc = write_header(&mut spare.map[SEGMENT_HEADER_BYTES..end], &header, seal);
         if let Err(err) = spare.file.sync_data() {
             return Err(self.poison(err.raw_os_error().unwrap_or(libc::EIO)));
         }
@@ -1247,6 +1303,7 @@ impl Log {
             newest_first_index: after.next(),
             synced_seq: 0,
             oldest_seq: self.next_seq,
+            seq_floor: self.head.seq_floor.max(self.next_seq + 1),
         };
         head::write(&self.dir, &self.dir_file, head)?;
         self.head = head;
@@ -1255,13 +1312,14 @@ impl Log {
         }
         self.segments.push_back(Segment {
             first_seq: self.next_seq,
+            seal,
             path,
             file: spare.file,
             map: spare.map,
         });
         self.write_offset = SEGMENT_HEADER_BYTES + stored_bytes(0);
         self.next_seq += 1;
-        self.last_crc = header.crc;
+        self.last_header_crc = header_crc;
         self.durable_seq = header.seq;
         self.spans.clear();
         self.next_index = after.next();

@@ -2,11 +2,13 @@
 //! (above all the newest one, whose loss leaves no trace inside the others) is noticed.
 //!
 //! File `head` in the log directory, 64 bytes, little-endian (`docs/FORMATS.md`, "Log head
-//! file"): `0..4` magic `"LSHD"`, `4` version 1, `5..8` zero, `8..16` newest seq (the first seq
+//! file"): `0..4` magic `"LSHD"`, `4` version 2, `5..8` zero, `8..16` newest seq (the first seq
 //! of the newest live segment, 0 = none required), `16..24` that segment's first index
 //! (informational), `24..32` synced seq (every record up to this seq was durable when the file
-//! was written), `32..40` oldest seq (the first seq of the oldest live segment), `40..44` CRC32
-//! of bytes `0..40`, `44..64` zero. Replaced atomically ([`small_file`]) when a segment is
+//! was written), `32..40` oldest seq (the first seq of the oldest live segment), `40..48` seq
+//! floor (the log's next seq is at least this: it covers records in segments open discarded),
+//! `48..52` CRC32 of bytes `0..48`, `52..64` zero. Version 1 (no seq floor; CRC32 of bytes
+//! `0..40` at `40..44`) is still read, as a floor of 0. Replaced atomically ([`small_file`]) when a segment is
 //! activated (after its rename is durable and before any record goes into it), before
 //! compaction removes segments from the front, when the log is reset after a snapshot, and
 //! when open discards segments. Segment switches happen once per segment (64 MiB by default), so the three syncs
@@ -43,6 +45,7 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::log::error::LogError;
+use crate::log::record::SEQ_MAX;
 use crate::log::recovery::Recovered;
 use crate::log::repair::DamageReport;
 use crate::log::segment::live_name;
@@ -53,7 +56,9 @@ use crate::types::LogIndex;
 pub const HEAD_FILE: &str = "head";
 const HEAD_TMP: &str = "head.tmp";
 const MAGIC: u32 = u32::from_le_bytes(*b"LSHD");
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The version before the seq floor, still read.
+const VERSION_WITHOUT_FLOOR: u8 = 1;
 /// Bytes of the file.
 pub const HEAD_FILE_BYTES: usize = 64;
 
@@ -68,6 +73,10 @@ pub struct Head {
     pub synced_seq: u64,
     /// First seq of the oldest live segment; 0 when no segment is required.
     pub oldest_seq: u64,
+    /// The log's next seq is at least this (0 in a version 1 file). Raised, before open turns
+    /// the segments past a cut into spares, above every seq they hold: records of those spares
+    /// then never carry a seq the log uses again, even when nothing of them is scanned again.
+    pub seq_floor: u64,
 }
 
 /// The head as found on open.
@@ -99,8 +108,9 @@ pub fn encode(head: Head) -> [u8; HEAD_FILE_BYTES] {
     bytes[16..24].copy_from_slice(&head.newest_first_index.get().to_le_bytes());
     bytes[24..32].copy_from_slice(&head.synced_seq.to_le_bytes());
     bytes[32..40].copy_from_slice(&head.oldest_seq.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[..40]);
-    bytes[40..44].copy_from_slice(&crc.to_le_bytes());
+    bytes[40..48].copy_from_slice(&head.seq_floor.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..48]);
+    bytes[48..52].copy_from_slice(&crc.to_le_bytes());
     bytes
 }
 
@@ -114,21 +124,28 @@ pub fn decode(bytes: &[u8]) -> Result<Head, String> {
     if magic != MAGIC {
         return Err(format!("bad magic {magic:#010x}"));
     }
-    if bytes[4] != VERSION {
-        return Err(format!("version {}, expected {VERSION}", bytes[4]));
-    }
-    let crc = u32::from_le_bytes(bytes[40..44].try_into().expect("4"));
-    let computed = crc32fast::hash(&bytes[..40]);
+    let covered = match bytes[4] {
+        VERSION => 48,
+        VERSION_WITHOUT_FLOOR => 40,
+        other => return Err(format!("version {other}, expected {VERSION}")),
+    };
+    let crc = u32::from_le_bytes(bytes[covered..covered + 4].try_into().expect("4"));
+    let computed = crc32fast::hash(&bytes[..covered]);
     if crc != computed {
         return Err(format!(
             "crc {crc:#010x} does not match the contents ({computed:#010x})"
         ));
+    }
+    let seq_floor = if covered == 48 { u64_at(40) } else { 0 };
+    if seq_floor > SEQ_MAX + 1 {
+        return Err(format!("seq floor {seq_floor} beyond the seq space"));
     }
     Ok(Head {
         newest_seq: u64_at(8),
         newest_first_index: LogIndex(u64_at(16)),
         synced_seq: u64_at(24),
         oldest_seq: u64_at(32),
+        seq_floor,
     })
 }
 
@@ -282,6 +299,7 @@ mod tests {
             newest_first_index: LogIndex(newest_seq * 10),
             synced_seq,
             oldest_seq: newest_seq.min(1),
+            seq_floor: newest_seq + 3,
         }
     }
 
@@ -290,12 +308,34 @@ mod tests {
         let h = head(7, 6);
         let bytes = encode(h);
         assert_eq!(decode(&bytes), Ok(h));
-        for at in 0..44 {
+        for at in 0..52 {
             let mut damaged = bytes;
             damaged[at] ^= 0x04;
             assert!(decode(&damaged).is_err(), "flip at byte {at} accepted");
         }
         assert!(decode(&bytes[..60]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_head_reads_with_a_zero_seq_floor() {
+        let mut old = [0u8; HEAD_FILE_BYTES];
+        old[0..4].copy_from_slice(b"LSHD");
+        old[4] = 1;
+        old[8..16].copy_from_slice(&7u64.to_le_bytes());
+        old[16..24].copy_from_slice(&70u64.to_le_bytes());
+        old[24..32].copy_from_slice(&6u64.to_le_bytes());
+        old[32..40].copy_from_slice(&1u64.to_le_bytes());
+        let crc = crc32fast::hash(&old[..40]);
+        old[40..44].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&old),
+            Ok(Head {
+                seq_floor: 0,
+                ..head(7, 6)
+            })
+        );
+        old[41] ^= 1;
+        assert!(decode(&old).is_err());
     }
 
     #[test]

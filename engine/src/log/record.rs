@@ -15,16 +15,28 @@
 //! 24..28  entry count             |
 //! 28..32  payload bytes          /
 //! 32..36  crc: CRC32 of bytes 0..32, then of the payload
-//! 36..40  prev_crc: `crc` of the previous record of this replica's log (the chain)
+//! 36..40  prev_crc: the link to the previous record of this replica's log (the chain)
 //! 40..48  seq: this replica's record sequence number (+1 per record, never reused)
 //! 48..56  synced_seq: highest seq known durable when this record was written (a witness)
-//! 56..60  reserved, zero
-//! 60..64  header_crc: CRC32 of bytes 0..60
+//! 56..60  seal: CRC32 of bytes 0..56 xor the nonce's high half (zero in a version 1 segment)
+//! 60..64  header_crc: CRC32 of bytes 0..56 xor the nonce's low half (in a version 1 segment:
+//!         CRC32 of bytes 0..60)
 //! ```
 //!
 //! Bytes `0..36` plus the payload are what the network carries: a follower verifies `crc` and
 //! writes the same bytes, filling in its own chain fields (`prev_crc`, `seq`, `synced_seq`,
-//! `header_crc`), which costs a 60-byte CRC instead of a pass over the payload.
+//! `seal`, `header_crc`), which costs a CRC over the header instead of a pass over the
+//! payload.
+//!
+//! **Binding to the log.** Bytes 36..64 depend on the segment holding the record ([`Seal`],
+//! from the segment header): in a version 2 segment, `seal` and `header_crc` are the CRC32 of
+//! the header's first 56 bytes masked with the two halves of the segment's secret random
+//! nonce, and `prev_crc` is the previous record's `header_crc`, which covers its seq. A record can then
+//! only be written by this log: a client that stores bytes forming a record cannot compute
+//! them (the nonce never leaves the segment file), so such bytes, left in a recycled segment,
+//! never pass for a record; and a stale record whose predecessor was identical on the wire to
+//! a new record does not chain onto the new one. Version 1 segments (older logs) are still
+//! read: plain CRC32 as `header_crc`, zero `seal`, and `prev_crc` the previous record's `crc`.
 //!
 //! All integers are little-endian. Nothing here does I/O or allocates (except the test helper
 //! [`encode_record`]).
@@ -36,8 +48,13 @@ use crate::types::{LogIndex, Term};
 
 /// The record magic, `"LSR1"` as little-endian bytes.
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"LSR1");
-/// The only record format version this code reads and writes.
+/// The record format version (of the wire head; the local half follows the segment's version,
+/// see [`Seal`]).
 pub const RECORD_VERSION: u8 = 1;
+/// The highest seq a record may carry: above it, a header is malformed. It leaves room for
+/// `seq + 1` (and far more) without overflow, so no bytes found on disk can make a log's seqs
+/// wrap.
+pub const SEQ_MAX: u64 = u64::MAX >> 1;
 /// Bytes of a record header.
 pub const RECORD_HEADER_BYTES: usize = 64;
 /// Bytes of the part of the header that travels on the wire and is covered by `crc`.
@@ -90,7 +107,8 @@ pub struct RecordHeader {
     pub payload_bytes: u32,
     /// CRC32 of the wire head (bytes 0..32) and the payload.
     pub crc: u32,
-    /// `crc` of the previous record in this log (0 before the first record ever written).
+    /// The link to the previous record in this log ([`Seal::link`]; 0 before the first record
+    /// ever written).
     pub prev_crc: u32,
     /// Record sequence number in this log.
     pub seq: u64,
@@ -112,10 +130,50 @@ impl RecordHeader {
     }
 }
 
+/// How the local half of a record header (bytes 36..64) is sealed; a property of the segment
+/// holding the record, read from its header (`crate::log::segment::segment_seal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// A version 1 segment: `header_crc` is a plain CRC32 of bytes 0..60, bytes 56..60 are
+    /// zero, and `prev_crc` is the previous record's `crc`.
+    Unkeyed,
+    /// A version 2 segment with this secret nonce: `seal` (56..60) is the CRC32 of bytes 0..56
+    /// xor the nonce's high half, `header_crc` (60..64) the same CRC xor its low half, and
+    /// `prev_crc` is the previous record's `header_crc`.
+    Keyed(u64),
+}
+
+impl Seal {
+    /// The value a record in a segment of this kind carries as `prev_crc`, given the previous
+    /// record's `crc` and `header_crc`.
+    #[inline]
+    pub fn link(self, prev_crc: u32, prev_header_crc: u32) -> u32 {
+        match self {
+            Seal::Unkeyed => prev_crc,
+            Seal::Keyed(_) => prev_header_crc,
+        }
+    }
+
+    /// `(seal, header_crc)`, the fields at bytes 56..60 and 60..64, of a header whose first
+    /// 56 bytes are `bytes[..56]` (and, unkeyed, whose bytes 56..60 are zero). Keyed, both are
+    /// the CRC32 of bytes 0..56 masked with one half of the nonce each: one CRC per header,
+    /// and a writer must know all 64 bits of the nonce.
+    #[inline]
+    fn checksums(self, bytes: &[u8]) -> (u32, u32) {
+        match self {
+            Seal::Unkeyed => (0, crc32fast::hash(&bytes[..60])),
+            Seal::Keyed(nonce) => {
+                let crc = crc32fast::hash(&bytes[..56]);
+                (crc ^ (nonce >> 32) as u32, crc ^ nonce as u32)
+            }
+        }
+    }
+}
+
 /// The chain fields a replica fills in when it stores a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ChainFields {
-    /// `crc` of the previous record.
+    /// The link to the previous record ([`Seal::link`]).
     pub prev_crc: u32,
     /// Sequence number of this record.
     pub seq: u64,
@@ -296,29 +354,44 @@ fn payload_len_u32(len: usize) -> u32 {
     u32::try_from(len).unwrap_or_else(|_| panic!("payload of {len} bytes exceeds u32"))
 }
 
-/// Writes `header` into the first [`RECORD_HEADER_BYTES`] of `dst`, header checksum included.
-pub fn write_header(dst: &mut [u8], header: &RecordHeader) {
-    assert!(
-        dst.len() >= RECORD_HEADER_BYTES,
-        "header needs {RECORD_HEADER_BYTES} bytes, got {}",
-        dst.len()
-    );
-    let head = wire_head(
+/// The wire head of `header` (bytes `0..36`): what a leader sends for a record.
+pub fn encode_wire_head(header: &RecordHeader) -> [u8; WIRE_HEAD_BYTES] {
+    let mut bytes = [0u8; WIRE_HEAD_BYTES];
+    bytes[0..32].copy_from_slice(&wire_head(
         header.kind,
         header.term,
         header.first_index,
         header.entry_count,
         header.payload_bytes,
+    ));
+    bytes[32..36].copy_from_slice(&header.crc.to_le_bytes());
+    bytes
+}
+
+/// Writes `header` into the first [`RECORD_HEADER_BYTES`] of `dst`, sealed as `seal` says, and
+/// returns its `header_crc` (the next record's link, see [`Seal::link`]).
+pub fn write_header(dst: &mut [u8], header: &RecordHeader, seal: Seal) -> u32 {
+    assert!(
+        dst.len() >= RECORD_HEADER_BYTES,
+        "header needs {RECORD_HEADER_BYTES} bytes, got {}",
+        dst.len()
+    );
+    assert!(
+        header.synced_seq < header.seq && header.seq <= SEQ_MAX,
+        "record seq {} (synced_seq {}) outside 1..={SEQ_MAX} or not above its synced_seq",
+        header.seq,
+        header.synced_seq
     );
     let mut bytes = [0u8; RECORD_HEADER_BYTES];
-    bytes[0..32].copy_from_slice(&head);
-    bytes[32..36].copy_from_slice(&header.crc.to_le_bytes());
+    bytes[0..36].copy_from_slice(&encode_wire_head(header));
     bytes[36..40].copy_from_slice(&header.prev_crc.to_le_bytes());
     bytes[40..48].copy_from_slice(&header.seq.to_le_bytes());
     bytes[48..56].copy_from_slice(&header.synced_seq.to_le_bytes());
-    let header_crc = crc32fast::hash(&bytes[..60]);
+    let (seal_crc, header_crc) = seal.checksums(&bytes);
+    bytes[56..60].copy_from_slice(&seal_crc.to_le_bytes());
     bytes[60..64].copy_from_slice(&header_crc.to_le_bytes());
     dst[..RECORD_HEADER_BYTES].copy_from_slice(&bytes);
+    header_crc
 }
 
 /// Decodes the wire head (bytes `0..36`): magic, version, kind, shape. Chain fields are zero in
@@ -358,6 +431,16 @@ fn decode_wire_head(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
             what: "first index is 0",
         });
     }
+    if header
+        .first_index
+        .get()
+        .checked_add(u64::from(header.entry_count))
+        .is_none()
+    {
+        return Err(RecordError::BadShape {
+            what: "entries run past the last index",
+        });
+    }
     match kind {
         RecordKind::Truncate if header.entry_count != 0 || header.payload_bytes != 0 => {
             Err(RecordError::BadShape {
@@ -371,23 +454,32 @@ fn decode_wire_head(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
     }
 }
 
-/// Decodes and checks a stored header (magic, version, kind, shape, header checksum). The payload
-/// is not checked; see [`verify_record`].
-pub fn decode_header(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
+/// Decodes and checks a stored header (magic, version, kind, shape, header checksum and seal,
+/// as `seal` says: the segment's). The payload is not checked; see [`verify_record`].
+pub fn decode_header(bytes: &[u8], seal: Seal) -> Result<RecordHeader, RecordError> {
     let mut header = decode_wire_head(bytes)?;
-    let stored = u32_at(bytes, 60);
-    let computed = crc32fast::hash(&bytes[..60]);
-    if stored != computed {
-        return Err(RecordError::BadHeaderCrc { stored, computed });
-    }
-    if u32_at(bytes, 56) != 0 {
-        return Err(RecordError::BadShape {
-            what: "reserved bytes 56..60 are not zero",
-        });
+    let (seal_crc, header_crc) = seal.checksums(bytes);
+    for (stored, computed) in [
+        (u32_at(bytes, 60), header_crc),
+        (u32_at(bytes, 56), seal_crc),
+    ] {
+        if stored != computed {
+            return Err(RecordError::BadHeaderCrc { stored, computed });
+        }
     }
     header.prev_crc = u32_at(bytes, 36);
     header.seq = u64_at(bytes, 40);
     header.synced_seq = u64_at(bytes, 48);
+    if header.seq > SEQ_MAX {
+        return Err(RecordError::BadShape {
+            what: "seq beyond the highest seq a log uses",
+        });
+    }
+    if header.synced_seq >= header.seq {
+        return Err(RecordError::BadShape {
+            what: "synced_seq not below the record's own seq",
+        });
+    }
     Ok(header)
 }
 
@@ -400,6 +492,9 @@ pub struct RecordView<'a> {
     pub payload: &'a [u8],
     /// Header and payload, without padding: the bytes to send to a peer.
     pub bytes: &'a [u8],
+    /// The stored `header_crc` (the next record's link in a version 2 segment, see
+    /// [`Seal::link`]); 0 for a record verified as received from a peer.
+    pub header_crc: u32,
 }
 
 fn check_payload<'a>(
@@ -435,14 +530,20 @@ fn check_payload<'a>(
         header: *header,
         payload,
         bytes: &bytes[..RECORD_HEADER_BYTES + payload_bytes],
+        header_crc: 0,
     })
 }
 
-/// Verifies a stored record at the start of `bytes` (which may continue past it): header,
-/// header checksum, payload bounds, payload checksum and entry framing.
-pub fn verify_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
-    let header = decode_header(bytes)?;
-    check_payload(&header, bytes)
+/// Verifies a stored record at the start of `bytes` (which may continue past it) of a segment
+/// sealed as `seal`: header, header checksum and seal, payload bounds, payload checksum and
+/// entry framing.
+pub fn verify_record(bytes: &[u8], seal: Seal) -> Result<RecordView<'_>, RecordError> {
+    let header = decode_header(bytes, seal)?;
+    let view = check_payload(&header, bytes)?;
+    Ok(RecordView {
+        header_crc: u32_at(bytes, 60),
+        ..view
+    })
 }
 
 /// Verifies a record received from a peer: only the wire head and `crc` count (the chain fields
@@ -452,13 +553,14 @@ pub fn verify_wire_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     check_payload(&header, bytes)
 }
 
-/// Encodes `batch` as a complete record (header and payload, no padding) appended to `out`.
-/// The log itself writes straight into its mapping; this is for peers, tools and tests.
-pub fn encode_record(batch: &Batch, chain: ChainFields, out: &mut Vec<u8>) {
+/// Encodes `batch` as a complete record (header and payload, no padding), sealed as `seal`,
+/// appended to `out`. The log itself writes straight into its segments; this is for tools and
+/// tests.
+pub fn encode_record(batch: &Batch, chain: ChainFields, seal: Seal, out: &mut Vec<u8>) {
     let header = batch_header(batch, chain);
     let start = out.len();
     out.resize(start + RECORD_HEADER_BYTES, 0);
-    write_header(&mut out[start..], &header);
+    write_header(&mut out[start..], &header, seal);
     out.extend_from_slice(batch.payload());
 }
 
@@ -482,11 +584,13 @@ mod tests {
         synced_seq: 5,
     };
 
+    const SEAL: Seal = Seal::Keyed(0x0123_4567_89ab_cdef);
+
     #[test]
     fn roundtrip_and_documented_layout() {
         let b = batch(&[b"ab", b""], 10);
         let mut out = Vec::new();
-        encode_record(&b, CHAIN, &mut out);
+        encode_record(&b, CHAIN, SEAL, &mut out);
         assert_eq!(out.len(), RECORD_HEADER_BYTES + 10);
         assert_eq!(&out[0..4], b"LSR1");
         assert_eq!(out[4], 1);
@@ -498,7 +602,10 @@ mod tests {
         assert_eq!(u32_at(&out, 36), 0xdead_beef);
         assert_eq!(u64_at(&out, 40), 7);
         assert_eq!(u64_at(&out, 48), 5);
-        let view = verify_record(&out).unwrap();
+        let crc = crc32fast::hash(&out[..56]);
+        assert_eq!(u32_at(&out, 56), crc ^ 0x0123_4567);
+        assert_eq!(u32_at(&out, 60), crc ^ 0x89ab_cdef);
+        let view = verify_record(&out, SEAL).unwrap();
         assert_eq!(view.payload, &b.payload()[..]);
         assert_eq!(view.header.seq, 7);
         assert_eq!(view.header.last_index(), LogIndex(11));
@@ -509,10 +616,10 @@ mod tests {
     fn wire_verification_ignores_chain_fields() {
         let b = batch(&[b"xyz"], 1);
         let mut out = Vec::new();
-        encode_record(&b, CHAIN, &mut out);
-        out[40] ^= 0xff; // the sender's seq: irrelevant on the wire
+        encode_record(&b, CHAIN, SEAL, &mut out);
+        out[40] ^= 0x01; // the sender's seq: irrelevant on the wire
         assert!(matches!(
-            verify_record(&out),
+            verify_record(&out, SEAL),
             Err(RecordError::BadHeaderCrc { .. })
         ));
         let view = verify_wire_record(&out).unwrap();
@@ -526,19 +633,85 @@ mod tests {
     }
 
     #[test]
+    fn a_record_verifies_only_under_the_nonce_it_was_sealed_with() {
+        let b = batch(&[b"value"], 1);
+        let mut keyed = Vec::new();
+        encode_record(&b, CHAIN, SEAL, &mut keyed);
+        assert!(verify_record(&keyed, SEAL).is_ok());
+        for other in [
+            Seal::Unkeyed,
+            Seal::Keyed(0x0123_4567_89ab_cdee),
+            Seal::Keyed(1 << 32),
+        ] {
+            assert!(
+                matches!(
+                    verify_record(&keyed, other),
+                    Err(RecordError::BadHeaderCrc { .. })
+                ),
+                "verified under {other:?}"
+            );
+        }
+        // The link to a record covers its seq: the same batch under another seq links
+        // differently in a version 2 segment, not in a version 1 one.
+        let mut again = Vec::new();
+        let chain = ChainFields { seq: 8, ..CHAIN };
+        encode_record(&b, chain, SEAL, &mut again);
+        let (first, second) = (
+            verify_record(&keyed, SEAL).unwrap(),
+            verify_record(&again, SEAL).unwrap(),
+        );
+        assert_ne!(
+            SEAL.link(first.header.crc, first.header_crc),
+            SEAL.link(second.header.crc, second.header_crc)
+        );
+        assert_eq!(
+            Seal::Unkeyed.link(first.header.crc, first.header_crc),
+            Seal::Unkeyed.link(second.header.crc, second.header_crc)
+        );
+    }
+
+    #[test]
+    fn version_1_records_have_a_plain_header_crc_and_a_zero_seal() {
+        let b = batch(&[b"ab"], 4);
+        let mut out = Vec::new();
+        encode_record(&b, CHAIN, Seal::Unkeyed, &mut out);
+        assert_eq!(u32_at(&out, 56), 0);
+        assert_eq!(u32_at(&out, 60), crc32fast::hash(&out[..60]));
+        assert_eq!(verify_record(&out, Seal::Unkeyed).unwrap().header.seq, 7);
+    }
+
+    #[test]
+    fn seqs_beyond_the_seq_space_and_impossible_witnesses_are_malformed() {
+        let b = batch(&[b"ab"], 4);
+        for (seq, synced_seq) in [(u64::MAX, 0u64), (SEQ_MAX + 1, 5), (7, 7), (7, 9)] {
+            let mut out = Vec::new();
+            encode_record(&b, CHAIN, SEAL, &mut out);
+            out[40..48].copy_from_slice(&seq.to_le_bytes());
+            out[48..56].copy_from_slice(&synced_seq.to_le_bytes());
+            let (seal_crc, header_crc) = SEAL.checksums(&out);
+            out[56..60].copy_from_slice(&seal_crc.to_le_bytes());
+            out[60..64].copy_from_slice(&header_crc.to_le_bytes());
+            assert!(
+                matches!(verify_record(&out, SEAL), Err(RecordError::BadShape { .. })),
+                "seq {seq} synced_seq {synced_seq} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn markers_and_zeros() {
         let header = truncate_header(LogIndex(4), CHAIN);
         let mut bytes = [0u8; 64];
-        write_header(&mut bytes, &header);
-        let view = verify_record(&bytes).unwrap();
+        write_header(&mut bytes, &header, SEAL);
+        let view = verify_record(&bytes, SEAL).unwrap();
         assert_eq!(view.header.kind, RecordKind::Truncate);
         assert_eq!(view.header.last_index(), LogIndex(3));
         assert_eq!(
-            verify_record(&[0u8; 64]),
+            verify_record(&[0u8; 64], SEAL),
             Err(RecordError::BadMagic { found: 0 })
         );
         assert_eq!(
-            verify_record(&[0u8; 10]),
+            verify_record(&[0u8; 10], SEAL),
             Err(RecordError::TooShort { available: 10 })
         );
     }
@@ -552,15 +725,31 @@ mod tests {
             let refs: Vec<&[u8]> = entries.iter().map(|e| e.as_slice()).collect();
             let b = batch(&refs, 3);
             let mut out = Vec::new();
-            encode_record(&b, CHAIN, &mut out);
+            encode_record(&b, CHAIN, SEAL, &mut out);
             let bit = bit % (out.len() * 8);
             out[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(verify_record(&out).is_err());
+            prop_assert!(verify_record(&out, SEAL).is_err());
+        }
+
+        #[test]
+        fn a_record_never_verifies_under_another_nonce(
+            nonce in any::<u64>(),
+            other in any::<u64>(),
+            seq in 1..=SEQ_MAX,
+            entry in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            prop_assume!(nonce != other);
+            let chain = ChainFields { prev_crc: 0, seq, synced_seq: seq - 1 };
+            let mut out = Vec::new();
+            encode_record(&batch(&[&entry], 9), chain, Seal::Keyed(nonce), &mut out);
+            prop_assert!(verify_record(&out, Seal::Keyed(nonce)).is_ok());
+            prop_assert!(verify_record(&out, Seal::Keyed(other)).is_err());
+            prop_assert!(verify_record(&out, Seal::Unkeyed).is_err());
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = verify_record(&bytes);
+            let _ = verify_record(&bytes, SEAL);
             let _ = verify_wire_record(&bytes);
         }
     }

@@ -1,15 +1,18 @@
 //! The recovery scan: a pure function from the bytes of the live segments to the records they
 //! hold, where the log ends, and whether the end is a torn tail or corruption.
 //!
-//! The scan follows the chain: each record must carry a `seq` above the previous one's (the first
-//! record of a segment carries exactly the seq in the segment's name), the previous record's
-//! `crc` as its `prev_crc`, the expected first index and a term no lower than the last. Where the chain stops
+//! The scan follows the chain: each record must verify under its segment's seal (the nonce in
+//! the segment header, so bytes a client stored cannot pass for a record), carry a `seq` above
+//! the previous one's (the first record of a segment carries exactly the seq in the segment's
+//! name), link to the previous record (its `header_crc`, which covers its seq; its `crc` in a
+//! version 1 segment), the expected first index and a term no lower than the last. Where the chain stops
 //! (zeros, garbage, a record that fails a check, a stale record from a recycled segment or from
 //! before a truncation), the next segment may continue it; otherwise the log ends there.
 //!
 //! Torn tail or corruption? Every record carries `synced_seq`, the highest seq known durable when
 //! it was written. After the stop, the scan looks at every 8-aligned position of the rest of the
-//! log for valid records newer than the last good one (seq above it). If any of them says that a
+//! log for valid records newer than the last good one (seq above it, and below the next
+//! segment's name, as every record of a segment that is not the newest has). If any of them says that a
 //! seq above the last good one was already durable, the stop lies inside data that was once
 //! durable: that is corruption, and the scan fails naming the position and index. Otherwise
 //! nothing past the stop was ever reported durable (a crash loses only unsynced writes, in any
@@ -28,9 +31,9 @@ use std::path::Path;
 
 use crate::batch::BatchKind;
 use crate::log::error::LogError;
-use crate::log::record::{verify_record, RecordError, RecordKind, RecordView, RECORD_ALIGN};
+use crate::log::record::{verify_record, RecordError, RecordKind, RecordView, Seal, RECORD_ALIGN};
 use crate::log::record::{RECORD_HEADER_BYTES, RECORD_MAGIC};
-use crate::log::segment::{check_segment_header, SEGMENT_HEADER_BYTES};
+use crate::log::segment::{check_segment_header, segment_seal, SEGMENT_HEADER_BYTES};
 use crate::types::{LogIndex, Term};
 
 /// One live segment handed to the scan.
@@ -118,8 +121,8 @@ pub struct Recovered {
     pub next_seq: u64,
     /// Seq of the last good record (the first segment's seq - 1 when none).
     pub last_seq: u64,
-    /// `crc` of the last good record (0 when none).
-    pub last_crc: u32,
+    /// `header_crc` of the last good record (0 when none): what the next record links to.
+    pub last_header_crc: u32,
     /// Segment (position in the input) and offset where the next record goes; `None` when the
     /// input is empty. Segments after it hold nothing of the log.
     pub tail: Option<(usize, usize)>,
@@ -133,11 +136,11 @@ struct Chain {
     /// The index reported for damage before the first record: 1 for a log that starts at the
     /// very first record ever written, unknown (0) after compaction.
     start_index: LogIndex,
-    prev_crc: Option<u32>,
+    /// `(crc, header_crc)` of the last record followed, once there is one.
+    prev: Option<(u32, u32)>,
     next_index: Option<LogIndex>,
     last_term: Term,
     last_seq: u64,
-    last_crc: u32,
     spans: VecDeque<RecordSpan>,
     records: u64,
 }
@@ -170,26 +173,27 @@ impl Chain {
             last_term: self.last_term,
             next_seq,
             last_seq: self.last_seq,
-            last_crc: self.last_crc,
+            last_header_crc: self.prev.map_or(0, |(_, header_crc)| header_crc),
             tail,
             torn,
             records: self.records,
         }
     }
 
-    /// Checks the record at `offset` of `bytes` against the chain.
-    /// `exact_seq` is the segment's name when `offset` is its first record.
+    /// Checks the record at `offset` of `segment` against the chain. `exact_seq` is the
+    /// segment's name when `offset` is its first record.
     fn step<'a>(
         &self,
-        bytes: &'a [u8],
+        segment: &Scanned<'a>,
         offset: usize,
         exact_seq: Option<u64>,
         seq_limit: Option<u64>,
     ) -> Step<'a> {
+        let bytes = segment.bytes;
         if offset + RECORD_HEADER_BYTES > bytes.len() {
             return Step::Stop("end of segment".to_string(), false);
         }
-        let view = match verify_record(&bytes[offset..]) {
+        let view = match verify_record(&bytes[offset..], segment.seal) {
             Ok(view) => view,
             Err(err) => {
                 let damaged = !matches!(
@@ -220,11 +224,12 @@ impl Chain {
                 false,
             );
         }
-        if let Some(prev) = self.prev_crc {
-            if h.prev_crc != prev {
+        if let Some((crc, header_crc)) = self.prev {
+            let link = segment.seal.link(crc, header_crc);
+            if h.prev_crc != link {
                 return Step::Stop(
                     format!(
-                        "chain break: prev_crc {:#010x}, previous record's crc {prev:#010x}",
+                        "chain break: prev_crc {:#010x}, previous record's link {link:#010x}",
                         h.prev_crc
                     ),
                     false,
@@ -288,9 +293,8 @@ impl Chain {
                 self.last_term = self.spans.back().map_or(Term::ZERO, |span| span.term);
             }
         }
-        self.prev_crc = Some(h.crc);
+        self.prev = Some((h.crc, view.header_crc));
         self.last_seq = h.seq;
-        self.last_crc = h.crc;
         self.records += 1;
     }
 }
@@ -307,7 +311,7 @@ struct Witness {
     last_index_claimed: LogIndex,
 }
 
-fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: u64) -> Witness {
+fn scan_witnesses(segments: &[Scanned<'_>], from: (usize, usize), min_seq: u64) -> Witness {
     let mut witness = Witness::default();
     for (position, segment) in segments.iter().enumerate().skip(from.0) {
         let start = if position == from.0 {
@@ -315,9 +319,14 @@ fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: 
         } else {
             SEGMENT_HEADER_BYTES
         };
-        for (offset, view) in valid_records(segment.bytes, start) {
+        // Every record of a segment that is not the newest has a seq below the next one's name
+        // (its stale records, lower still): a higher one was never written by this log.
+        let seq_limit = segments
+            .get(position + 1)
+            .map_or(u64::MAX, |next| next.first_seq);
+        for (offset, view) in valid_records(segment.bytes, start, segment.seal) {
             let h = view.header;
-            if h.seq >= min_seq {
+            if h.seq >= min_seq && h.seq < seq_limit {
                 witness.max_seq = witness.max_seq.max(h.seq);
                 witness.newer_records += 1;
                 let implied = match h.kind {
@@ -334,29 +343,44 @@ fn scan_witnesses(segments: &[SegmentBytes<'_>], from: (usize, usize), min_seq: 
     witness
 }
 
-/// Every valid record in `bytes` (a segment file) at or after `start`, found at each record
-/// alignment whether or not it chains: `(offset, record)`.
-fn valid_records(bytes: &[u8], start: usize) -> impl Iterator<Item = (usize, RecordView<'_>)> {
+/// Every valid record in `bytes` (a segment file sealed as `seal`) at or after `start`, found
+/// at each record alignment whether or not it chains: `(offset, record)`.
+fn valid_records(
+    bytes: &[u8],
+    start: usize,
+    seal: Seal,
+) -> impl Iterator<Item = (usize, RecordView<'_>)> {
     (start..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1))
         .step_by(RECORD_ALIGN)
         .filter(move |&offset| {
             u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4")) == RECORD_MAGIC
         })
         .filter_map(move |offset| {
-            verify_record(&bytes[offset..])
+            verify_record(&bytes[offset..], seal)
                 .ok()
                 .map(|view| (offset, view))
         })
 }
 
 /// The highest seq of any valid record in `bytes` (a spare segment file, holding what it held
-/// as a live segment), or 0.
+/// as a live segment), or 0 (also when its header is not valid).
 pub(crate) fn highest_seq(bytes: &[u8]) -> u64 {
-    valid_records(bytes, SEGMENT_HEADER_BYTES)
+    if check_segment_header(bytes).is_err() {
+        return 0;
+    }
+    valid_records(bytes, SEGMENT_HEADER_BYTES, segment_seal(bytes))
         .map(|(_, view)| view.header.seq)
         .max()
         .unwrap_or(0)
 }
+
+/// A live segment as the scan reads it: its bytes and how its records are sealed.
+struct Scanned<'a> {
+    first_seq: u64,
+    bytes: &'a [u8],
+    seal: Seal,
+}
+
 /// Damage before the tail, as [`recover_for_repair`] reports it: where it is, and how far the
 /// log is known to have reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -424,22 +448,22 @@ pub fn recover_for_repair(
 
 /// The scan behind [`recover`] and [`recover_for_repair`]: the log cut at the first stop, and
 /// the damage when the stop is not a torn tail. Errors only for damaged segment headers.
-fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), CorruptAt> {
-    let Some(first) = segments.first() else {
+fn scan(input: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), CorruptAt> {
+    if input.is_empty() {
         let empty = Recovered {
             spans: VecDeque::new(),
             next_index: LogIndex(1),
             last_term: Term::ZERO,
             next_seq: 1,
             last_seq: 0,
-            last_crc: 0,
+            last_header_crc: 0,
             tail: None,
             torn: None,
             records: 0,
         };
         return Ok((empty, None));
-    };
-    for (position, segment) in segments.iter().enumerate() {
+    }
+    for (position, segment) in input.iter().enumerate() {
         if let Err(reason) = check_segment_header(segment.bytes) {
             return Err(CorruptAt {
                 segment: position,
@@ -448,7 +472,7 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
                 reason,
             });
         }
-        if position > 0 && segment.first_seq <= segments[position - 1].first_seq {
+        if position > 0 && segment.first_seq <= input[position - 1].first_seq {
             return Err(CorruptAt {
                 segment: position,
                 offset: 0,
@@ -457,13 +481,22 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
             });
         }
     }
+    let segments: Vec<Scanned<'_>> = input
+        .iter()
+        .map(|segment| Scanned {
+            first_seq: segment.first_seq,
+            bytes: segment.bytes,
+            seal: segment_seal(segment.bytes),
+        })
+        .collect();
+    let segments = &segments[..];
+    let first = &segments[0];
     let mut chain = Chain {
         start_index: LogIndex(u64::from(first.first_seq == 1)),
-        prev_crc: None,
+        prev: None,
         next_index: None,
         last_term: Term::ZERO,
         last_seq: first.first_seq.saturating_sub(1),
-        last_crc: 0,
         spans: VecDeque::new(),
         records: 0,
     };
@@ -475,7 +508,7 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
         let segment = &segments[position];
         let next = segments.get(position + 1);
         let exact = (offset == SEGMENT_HEADER_BYTES).then_some(segment.first_seq);
-        let step = chain.step(segment.bytes, offset, exact, next.map(|n| n.first_seq));
+        let step = chain.step(segment, offset, exact, next.map(|n| n.first_seq));
         let (reason, damaged) = match step {
             Step::Next(view) => {
                 chain.apply(&view, segment.first_seq, offset);
@@ -485,18 +518,13 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
             Step::Fatal(reason) => break ((position, offset, reason), Some((position, offset))),
             Step::Stop(reason, damaged) => (reason, damaged),
         };
-        let Some(next) = next.filter(|_| chain.prev_crc.is_some()) else {
+        let Some(next) = next.filter(|_| chain.prev.is_some()) else {
             // No next segment, or no record yet to chain it to (a segment is only ever started
             // after its predecessor holds a record, so a later segment cannot begin the log).
             break ((position, offset, reason), None);
         };
         let limit = segments.get(position + 2).map(|n| n.first_seq);
-        match chain.step(
-            next.bytes,
-            SEGMENT_HEADER_BYTES,
-            Some(next.first_seq),
-            limit,
-        ) {
+        match chain.step(next, SEGMENT_HEADER_BYTES, Some(next.first_seq), limit) {
             Step::Next(view) => {
                 position += 1;
                 chain.apply(&view, next.first_seq, SEGMENT_HEADER_BYTES);
@@ -574,7 +602,12 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
         (stop_segment, stop_offset)
     };
     let next_index = chain.index_to_append();
-    let next_seq = chain.last_seq.max(witness.max_seq) + 1;
+    // Every seq read was checked to be at most `SEQ_MAX`, far below `u64::MAX`.
+    let next_seq = chain
+        .last_seq
+        .max(witness.max_seq)
+        .checked_add(1)
+        .expect("seqs read are at most SEQ_MAX");
     if let Some(at) = damage {
         let damage = Damage {
             last_index_claimed: next_index.prev().max(witness.last_index_claimed),
@@ -591,7 +624,8 @@ fn scan(segments: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Co
     let tail_is_clean = witness.newer_records == 0
         && segments[tail_segment + 1..].is_empty()
         && (at_tail.iter().take(RECORD_HEADER_BYTES).all(|&b| b == 0)
-            || verify_record(at_tail).is_ok_and(|view| view.header.seq <= chain.last_seq));
+            || verify_record(at_tail, segments[tail_segment].seal)
+                .is_ok_and(|view| view.header.seq <= chain.last_seq));
     let torn = (!tail_is_clean).then_some(TornTail {
         segment: tail_segment,
         offset: tail_offset,
@@ -616,7 +650,8 @@ fn corrupt(chain: &Chain, segment: usize, offset: usize, reason: String) -> Corr
 mod tests {
     use super::*;
     use crate::batch::{Batch, BatchBuilder};
-    use crate::log::record::{batch_header, truncate_header, write_header, ChainFields};
+    use crate::log::record::{batch_header, encode_record, stored_bytes, truncate_header};
+    use crate::log::record::{write_header, ChainFields, RecordHeader};
     use crate::log::segment::encode_segment_header;
 
     const SEGMENT: usize = 1024;
@@ -626,18 +661,26 @@ mod tests {
         segments: Vec<(u64, Vec<u8>)>,
         offset: usize,
         seq: u64,
-        prev_crc: u32,
+        /// `(crc, header_crc)` of the previous record.
+        prev: (u32, u32),
         synced_seq: u64,
+        /// How new segments seal their records.
+        seal: Seal,
     }
 
     impl Writer {
         fn new() -> Writer {
+            Writer::sealed(Seal::Keyed(0x5eed_0000_0000_0001))
+        }
+
+        fn sealed(seal: Seal) -> Writer {
             let mut writer = Writer {
                 segments: Vec::new(),
                 offset: 0,
                 seq: 1,
-                prev_crc: 0,
+                prev: (0, 0),
                 synced_seq: 0,
+                seal,
             };
             writer.new_segment();
             writer
@@ -645,44 +688,57 @@ mod tests {
 
         fn new_segment(&mut self) {
             let mut bytes = vec![0u8; SEGMENT];
-            bytes[..64].copy_from_slice(&encode_segment_header(SEGMENT as u64));
+            let nonce = match self.seal {
+                Seal::Keyed(nonce) => nonce,
+                Seal::Unkeyed => 0,
+            };
+            bytes[..64].copy_from_slice(&encode_segment_header(SEGMENT as u64, nonce));
+            if self.seal == Seal::Unkeyed {
+                // A version 1 header: no nonce.
+                bytes[4] = 1;
+                let crc = crc32fast::hash(&bytes[..60]);
+                bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+            }
             self.segments.push((self.seq, bytes));
             self.offset = SEGMENT_HEADER_BYTES;
         }
 
-        fn chain(&self) -> ChainFields {
-            ChainFields {
-                prev_crc: self.prev_crc,
-                seq: self.seq,
-                synced_seq: self.synced_seq,
-            }
-        }
-
-        fn place(&mut self, stored: usize) -> usize {
+        /// Reserves `stored` bytes (in a new segment when they do not fit) and returns where,
+        /// and the chain fields of the record going there.
+        fn place(&mut self, stored: usize) -> (usize, ChainFields) {
             if self.offset + stored > SEGMENT {
                 self.new_segment();
             }
             let at = self.offset;
             self.offset += stored;
+            let seal = segment_seal(&self.segments.last().unwrap().1);
+            let chain = ChainFields {
+                prev_crc: seal.link(self.prev.0, self.prev.1),
+                seq: self.seq,
+                synced_seq: self.synced_seq,
+            };
             self.seq += 1;
-            at
+            (at, chain)
+        }
+
+        /// Writes `header` (and `payload`) at `at` of the newest segment.
+        fn write(&mut self, at: usize, header: &RecordHeader, payload: &[u8]) {
+            let bytes = &mut self.segments.last_mut().unwrap().1;
+            let seal = segment_seal(bytes);
+            let header_crc = write_header(&mut bytes[at..], header, seal);
+            bytes[at + 64..at + 64 + payload.len()].copy_from_slice(payload);
+            self.prev = (header.crc, header_crc);
         }
 
         fn append(&mut self, batch: &Batch) -> (usize, usize) {
-            let header = batch_header(batch, self.chain());
-            let at = self.place(header.stored_bytes());
-            let bytes = &mut self.segments.last_mut().unwrap().1;
-            write_header(&mut bytes[at..], &header);
-            bytes[at + 64..at + 64 + batch.payload().len()].copy_from_slice(batch.payload());
-            self.prev_crc = header.crc;
+            let (at, chain) = self.place(stored_bytes(batch.payload().len()));
+            self.write(at, &batch_header(batch, chain), batch.payload());
             (self.segments.len() - 1, at)
         }
 
         fn truncate(&mut self, from: u64) {
-            let header = truncate_header(LogIndex(from), self.chain());
-            let at = self.place(header.stored_bytes());
-            write_header(&mut self.segments.last_mut().unwrap().1[at..], &header);
-            self.prev_crc = header.crc;
+            let (at, chain) = self.place(stored_bytes(0));
+            self.write(at, &truncate_header(LogIndex(from), chain), &[]);
         }
 
         fn input(&self) -> Vec<SegmentBytes<'_>> {
@@ -767,8 +823,9 @@ mod tests {
             segments: w.segments.clone(),
             offset: w.offset,
             seq: w.seq,
-            prev_crc: w.prev_crc,
+            prev: w.prev,
             synced_seq: w.synced_seq,
+            seal: w.seal,
         }
     }
 
@@ -799,12 +856,110 @@ mod tests {
         // Life 2 writes a shorter D at B's place; C (seq 3) still lies further on.
         w.offset = b_at;
         w.seq = 4;
-        w.prev_crc = rec.last_crc;
+        w.prev.1 = rec.last_header_crc;
         w.append(&batch(3, 1, 2));
         let rec = recover(&w.input()).unwrap();
         assert_eq!(rec.next_index, LogIndex(4));
         assert_eq!(rec.spans.len(), 2);
         assert_eq!(rec.torn.unwrap().newer_records_discarded, 0);
+    }
+
+    /// A spare reused under a lower seq than its stale records carry (what reused seqs allowed)
+    /// starts with a record identical on the wire to the stale one at the same place; the stale
+    /// record after it names the stale one as its predecessor, and must not pass for a successor
+    /// of the new one: the chain link covers the predecessor's seq, not only its payload.
+    #[test]
+    fn a_stale_record_never_chains_onto_an_identical_new_record() {
+        // The old life of the segment, named 7: X (seq 7), then Y (seq 9).
+        let mut old = Writer::new();
+        old.seq = 7;
+        old.segments[0].0 = 7;
+        let x = batch(1, 2, 1);
+        old.append(&x);
+        old.seq = 9;
+        old.append(&batch(3, 2, 1));
+        // The new life, named 8: the same batch X at the same place, with seq 8.
+        let mut new = w_clone(&old);
+        new.segments[0].0 = 8;
+        new.offset = SEGMENT_HEADER_BYTES;
+        new.seq = 8;
+        new.prev = (0, 0);
+        new.append(&x);
+        let rec = recover(&new.input()).unwrap();
+        assert_eq!(rec.records, 1, "the stale record was chained: {rec:?}");
+        assert_eq!(rec.next_index, LogIndex(3));
+    }
+
+    /// Bytes `seq`, `synced_seq` that form a record sealed as `seal` (not chained to anything).
+    fn foreign_record(seq: u64, synced_seq: u64, seal: Seal) -> Vec<u8> {
+        let chain = ChainFields {
+            prev_crc: 0,
+            seq,
+            synced_seq,
+        };
+        let mut out = Vec::new();
+        encode_record(&batch(1, 1, 1), chain, seal, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_record_sealed_under_another_nonce_is_never_a_witness() {
+        let mut w = Writer::new();
+        w.append(&batch(1, 2, 1));
+        w.append(&batch(3, 2, 1));
+        let at = w.offset + 64;
+        for (seq, seal) in [
+            (u64::MAX >> 1, Seal::Unkeyed),
+            (1000, Seal::Keyed(7 << 32 | 7)),
+        ] {
+            let forged = foreign_record(seq, seq - 1, seal);
+            w.segments[0].1[at..at + forged.len()].copy_from_slice(&forged);
+            let rec = recover(&w.input()).unwrap();
+            assert_eq!((rec.records, rec.next_seq, rec.torn), (2, 3, None));
+        }
+    }
+
+    /// In a segment that is not the newest, a record with a seq at or above the next
+    /// segment's name cannot be this log's: not a witness, even where records are unkeyed.
+    #[test]
+    fn a_witness_beyond_the_next_segments_name_is_ignored() {
+        let mut w = Writer::sealed(Seal::Unkeyed);
+        let (_, second) = w.append(&batch(1, 2, 1));
+        let (_, third) = w.append(&batch(3, 2, 1));
+        w.new_segment();
+        w.append(&batch(5, 2, 1));
+        let next_name = w.segments[1].0;
+        // Damage before the tail, after which a forged record claims durability.
+        w.segments[0].1[third + 70] ^= 4;
+        let at = w.segments[0].1.len() - 128;
+        let forged = foreign_record(next_name + 5, next_name + 4, Seal::Unkeyed);
+        w.segments[0].1[at..at + forged.len()].copy_from_slice(&forged);
+        let rec = recover(&w.input()).unwrap();
+        let cut = rec.torn.unwrap();
+        assert_eq!((cut.segment, cut.offset), (0, third));
+        assert_eq!((rec.records, rec.next_seq), (1, next_name + 1));
+        assert!(second < third);
+    }
+
+    /// A log of version 1 segments goes on in a version 2 segment: its first record links to
+    /// the last unkeyed record's `header_crc`.
+    #[test]
+    fn an_unkeyed_segment_chains_into_a_keyed_one() {
+        let mut w = Writer::sealed(Seal::Unkeyed);
+        for i in 0..8 {
+            w.append(&batch(1 + i * 2, 2, 1));
+        }
+        w.seal = Seal::Keyed(0x0bad_cafe_0bad_cafe);
+        w.new_segment();
+        for i in 8..16 {
+            w.append(&batch(1 + i * 2, 2, 1));
+        }
+        let rec = recover(&w.input()).unwrap();
+        assert_eq!(
+            (rec.records, rec.torn, rec.next_index),
+            (16, None, LogIndex(33))
+        );
+        assert_eq!(rec.tail.unwrap().0, w.segments.len() - 1);
     }
 
     #[test]

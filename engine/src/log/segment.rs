@@ -12,12 +12,15 @@
 //! - `spare-N.seg`: a ready spare (fresh zeros, or a recycled segment with stale records);
 //! - `spare-N.tmp`: a spare being created; removed on open.
 //!
-//! The segment header (bytes `0..64`, written once at creation; only the flags byte of a file
-//! from a version before the log head is ever rewritten: a spare before it becomes live, and
-//! every live segment when open upgrades such a log, see [`flag_keeps_head`]): `0..4` magic
-//! `"LSSG"`, `4` version 1, `5` flags (bit 0: [`SEGMENT_FLAG_KEEPS_HEAD`]), `6..8` zero, `8..16`
-//! segment bytes (the file size), `16..60` zero, `60..64` CRC32 of bytes `0..60`. Records start
-//! at [`SEGMENT_HEADER_BYTES`].
+//! The segment header (bytes `0..64`, written once at creation; rewritten only to upgrade a file
+//! from an older version: the flags byte of every live segment when open upgrades a log from
+//! before the log head, see [`flag_keeps_head`], and the whole header of an old spare before it
+//! becomes live, see [`renew_header`]): `0..4` magic `"LSSG"`, `4` version 2, `5` flags (bit 0:
+//! [`SEGMENT_FLAG_KEEPS_HEAD`]), `6..8` zero, `8..16` segment bytes (the file size), `16..24`
+//! nonce (random, secret: it keys the checksums that bind each record to this file, see
+//! [`Seal`]), `24..60` zero, `60..64` CRC32 of bytes `0..60`. Version 1 (no nonce, zero there)
+//! is still read: its records are unkeyed ([`Seal::Unkeyed`]). Records start at
+//! [`SEGMENT_HEADER_BYTES`].
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -28,10 +31,14 @@ use std::sync::Arc;
 
 use memmap2::{Advice, MmapMut, MmapOptions};
 
+use crate::log::record::Seal;
+
 /// The segment magic, `"LSSG"` as little-endian bytes.
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"LSSG");
-/// The segment format version.
-pub const SEGMENT_VERSION: u8 = 1;
+/// The segment format version written (with a nonce; its records are keyed).
+pub const SEGMENT_VERSION: u8 = 2;
+/// The previous segment version, still read (no nonce; its records are unkeyed).
+pub const SEGMENT_VERSION_UNKEYED: u8 = 1;
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Header flag (byte 5, bit 0): the segment was created (or reused) by a version that keeps
@@ -82,13 +89,28 @@ pub fn parse_spare_name(name: &str) -> Option<(u64, bool)> {
     rest.strip_suffix(".tmp")?.parse().ok().map(|id| (id, true))
 }
 
-/// Encodes the segment header for a file of `segment_bytes`.
-pub fn encode_segment_header(segment_bytes: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+/// A fresh secret nonce for a segment header, from the operating system's random source. Both
+/// halves are non-zero (each keys one of a record's two header checksums, see [`Seal`]).
+pub fn new_nonce() -> io::Result<u64> {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|err| io::Error::other(err.to_string()))?;
+        let nonce = u64::from_le_bytes(bytes);
+        if nonce as u32 != 0 && (nonce >> 32) as u32 != 0 {
+            return Ok(nonce);
+        }
+    }
+}
+
+/// Encodes the segment header for a file of `segment_bytes` whose records are keyed with
+/// `nonce`.
+pub fn encode_segment_header(segment_bytes: u64, nonce: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     header[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
     header[4] = SEGMENT_VERSION;
     header[5] = SEGMENT_FLAG_KEEPS_HEAD;
     header[8..16].copy_from_slice(&segment_bytes.to_le_bytes());
+    header[16..24].copy_from_slice(&nonce.to_le_bytes());
     seal_segment_header(&mut header);
     header
 }
@@ -111,6 +133,36 @@ pub(crate) fn flag_keeps_head(file: &File, bytes: &[u8]) -> io::Result<()> {
     seal_segment_header(&mut header);
     file.write_all_at(&header, 0)?;
     file.sync_data()
+}
+
+/// Gives a file that holds no record of the log (a spare, or a live segment without a record)
+/// a current header, flag and fresh nonce included, and zeros where its first record goes, and
+/// syncs it. For a file from an older version before it takes records: the records it then
+/// takes are keyed, and the stale ones it holds no longer verify. Header and zeros lie in the
+/// file's first 4 KiB.
+pub(crate) fn renew_header(file: &File, bytes: &[u8]) -> io::Result<()> {
+    let mut head = [0u8; SEGMENT_HEADER_BYTES + crate::log::record::RECORD_HEADER_BYTES];
+    head[..SEGMENT_HEADER_BYTES]
+        .copy_from_slice(&encode_segment_header(bytes.len() as u64, new_nonce()?));
+    file.write_all_at(&head, 0)?;
+    file.sync_data()
+}
+
+/// How the records of a segment (or spare) with a valid header (see
+/// [`check_segment_header`]) are sealed.
+pub fn segment_seal(bytes: &[u8]) -> Seal {
+    match bytes[4] {
+        SEGMENT_VERSION_UNKEYED => Seal::Unkeyed,
+        _ => Seal::Keyed(u64::from_le_bytes(
+            bytes[16..24].try_into().expect("8 bytes"),
+        )),
+    }
+}
+
+/// Whether the header of a segment (or spare) is of the version this code writes, with the
+/// "keeps a head" flag.
+pub fn is_current(bytes: &[u8]) -> bool {
+    bytes.len() > 5 && bytes[4] == SEGMENT_VERSION && keeps_head(bytes)
 }
 
 /// Whether a segment's header carries [`SEGMENT_FLAG_KEEPS_HEAD`] (headers written before the
@@ -152,7 +204,7 @@ fn declared_len(bytes: &[u8]) -> Result<u64, String> {
     if header[0..4] != SEGMENT_MAGIC.to_le_bytes() || stored_crc != crc32fast::hash(&header[..60]) {
         return Err("bad segment header (magic or checksum)".to_string());
     }
-    if header[4] != SEGMENT_VERSION {
+    if header[4] != SEGMENT_VERSION && header[4] != SEGMENT_VERSION_UNKEYED {
         return Err(format!("unknown segment version {}", header[4]));
     }
     Ok(u64::from_le_bytes(
@@ -181,7 +233,7 @@ pub fn create_zeroed(path: &Path, segment_bytes: u64) -> io::Result<File> {
         write_back(&file, offset, len as u64)?;
         offset += len as u64;
     }
-    file.write_all_at(&encode_segment_header(segment_bytes), 0)?;
+    file.write_all_at(&encode_segment_header(segment_bytes, new_nonce()?), 0)?;
     file.sync_all()?;
     Ok(file)
 }
@@ -270,6 +322,8 @@ pub fn prefault(map: &MmapMut, from: usize, mode: Prefault) {
 pub struct Segment {
     /// Seq of the first record (from the file name).
     pub first_seq: u64,
+    /// How its records are sealed (from its header).
+    pub seal: Seal,
     /// Path of the file.
     pub path: PathBuf,
     /// The open file, shared with in-flight syncs.
@@ -318,7 +372,7 @@ mod tests {
         let file = create_zeroed(&dir.path().join("spare-0.tmp"), 8192).unwrap();
         let map = map_segment(&file).unwrap();
         // Without the flag, and with a flag bit this version does not know.
-        let mut old = encode_segment_header(8192);
+        let mut old = encode_segment_header(8192, 0x1234);
         old[5] = 0x80;
         seal_segment_header(&mut old);
         file.write_all_at(&old, 0).unwrap();
@@ -329,5 +383,32 @@ mod tests {
         assert_eq!(map[5], 0x80 | SEGMENT_FLAG_KEEPS_HEAD);
         assert_eq!(map[..5], old[..5]);
         assert_eq!(map[6..60], old[6..60]);
+        assert_eq!(segment_seal(&map), Seal::Keyed(0x1234));
+    }
+
+    #[test]
+    fn a_renewed_old_spare_is_current_with_a_fresh_nonce_and_an_empty_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = create_zeroed(&dir.path().join("spare-0.tmp"), 8192).unwrap();
+        let map = map_segment(&file).unwrap();
+        let created = segment_seal(&map);
+        assert!(matches!(created, Seal::Keyed(_)) && is_current(&map));
+        // A version 1 header, and a stale record where the first record goes.
+        let mut old = [0u8; SEGMENT_HEADER_BYTES];
+        old[..16].copy_from_slice(&map[..16]);
+        old[4] = SEGMENT_VERSION_UNKEYED;
+        seal_segment_header(&mut old);
+        file.write_all_at(&old, 0).unwrap();
+        file.write_all_at(b"LSR1", SEGMENT_HEADER_BYTES as u64)
+            .unwrap();
+        assert_eq!(check_segment_header(&map), Ok(()));
+        assert_eq!(segment_seal(&map), Seal::Unkeyed);
+        assert!(!is_current(&map));
+        renew_header(&file, &map).unwrap();
+        assert_eq!(check_segment_header(&map), Ok(()));
+        assert!(is_current(&map));
+        assert!(!matches!(segment_seal(&map), Seal::Unkeyed));
+        assert_ne!(segment_seal(&map), created);
+        assert!(map[SEGMENT_HEADER_BYTES..128].iter().all(|&b| b == 0));
     }
 }

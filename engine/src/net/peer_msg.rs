@@ -15,8 +15,7 @@ use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use super::CodecError;
 use crate::batch::{Batch, BatchKind};
 use crate::log::record::{
-    batch_header, write_header, ChainFields, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION,
-    WIRE_HEAD_BYTES,
+    batch_header, encode_wire_head, ChainFields, RECORD_MAGIC, RECORD_VERSION, WIRE_HEAD_BYTES,
 };
 use crate::raft::{Membership, Message, MessageBody, SnapshotMeta};
 use crate::types::{LogIndex, NodeId, Term};
@@ -222,9 +221,8 @@ pub(crate) fn encode_message_parts(
             let count = u32::try_from(batches.len()).expect("batch count fits u32");
             put_u32(out, count);
             for batch in batches {
-                let mut header = [0u8; RECORD_HEADER_BYTES];
-                write_header(&mut header, &batch_header(batch, ChainFields::default()));
-                writer.scratch.extend_from_slice(&header[..WIRE_HEAD_BYTES]);
+                let head = encode_wire_head(&batch_header(batch, ChainFields::default()));
+                writer.scratch.extend_from_slice(&head);
                 writer.shared(batch.payload());
             }
         }
