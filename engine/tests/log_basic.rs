@@ -38,6 +38,17 @@ fn check_entries(log: &Log, from: u64, to: u64, size: usize) {
 fn append_sync_reopen(mode: SyncMode) {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, report) = Log::open(dir.path(), options(mode)).unwrap();
+    // The mode asked for is the one used: io_uring may not silently fall back here.
+    let mechanism = match mode {
+        SyncMode::IoUring => "io_uring",
+        SyncMode::Fdatasync => "fdatasync",
+        SyncMode::None => "none",
+    };
+    assert_eq!(
+        log.sync_mechanism(),
+        mechanism,
+        "the log syncs with another mechanism"
+    );
     assert_eq!(report.last_index, LogIndex(0));
     assert_eq!(report.torn_tail, None);
     let mut next = 1;

@@ -1,8 +1,8 @@
 //! CI-sized chaos runs of the real binary (`lockstep chaos`, see docs/CHAOS.md): a 3-node kv
-//! cluster under kill -9, SIGSTOP and (as root, with `ip` and `nft`) network partitions, under
-//! storage faults, and under member replacements, and bank and lock clusters under kill -9 and
-//! SIGSTOP, must pass every checker; the same harness with a re-inserted stale-read bug must
-//! fail.
+//! cluster under kill -9, SIGSTOP and network partitions (which need root, `ip` and `nft`: the
+//! partition run fails without them), under storage faults, and under member replacements, and
+//! bank and lock clusters under kill -9 and SIGSTOP, must pass every checker; the same harness
+//! with a re-inserted stale-read bug must fail.
 //!
 //! `LOCKSTEP_CHAOS_SECONDS` sets the fault time of each passing run (default 12) and
 //! `LOCKSTEP_CHAOS_SEEDS` how many seeds to run (default 1, seeds 1..=N).
@@ -59,6 +59,12 @@ fn kv_history_survives_kills_pauses_and_partitions() {
         eprintln!("{stderr}{stdout}");
         assert_eq!(code, Some(0), "seed {seed} failed:\n{stderr}{stdout}");
         assert!(stdout.starts_with("PASS"), "{stdout}");
+        // Partitions need root, `ip` and `nft`: without them the run would pass without cutting
+        // a single link, so this test fails instead (`.ci/run` installs nftables).
+        assert!(
+            stderr.contains("(network namespaces)") && stderr.contains("Partition"),
+            "the run injected no partition (needs root, iproute2 and nftables):\n{stderr}"
+        );
     }
 }
 

@@ -75,8 +75,8 @@ fn start_tls_cluster(pki: &Pki) -> (Cluster, u64) {
     (cluster, leader)
 }
 
-/// `redis-cli --tls` with `words`; `None` (and a message) when redis-cli is missing.
-fn redis_cli_tls(ca: &str, port: u16, words: &[&str]) -> Option<String> {
+/// `redis-cli --tls` with `words`; fails the test when redis-cli is missing.
+fn redis_cli_tls(ca: &str, port: u16, words: &[&str]) -> String {
     let port = port.to_string();
     let mut args = vec!["--tls", "--cacert", ca, "-h", "127.0.0.1", "-p", &port];
     args.extend_from_slice(words);
@@ -84,11 +84,12 @@ fn redis_cli_tls(ca: &str, port: u16, words: &[&str]) -> Option<String> {
         Ok(output) => {
             let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&output.stderr));
-            Some(text.trim_end().to_owned())
+            text.trim_end().to_owned()
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("SKIPPED: redis-cli is not installed (apt-get install redis-tools)");
-            None
+            panic!(
+                "redis-cli is not installed and this test needs it (apt-get install redis-tools)"
+            )
         }
         Err(err) => panic!("cannot run redis-cli: {err}"),
     }
@@ -118,11 +119,10 @@ fn a_tls_cluster_commits_and_serves_tls_clients_only() {
     assert!(applied >= 50, "applied {applied}");
 
     // redis-cli --tls round trip.
-    if let Some(reply) = redis_cli_tls(&pki.ca(), leader_addr.port(), &["SET", "tls", "works"]) {
-        assert_eq!(reply, "OK");
-        let got = redis_cli_tls(&pki.ca(), leader_addr.port(), &["GET", "tls"]).unwrap();
-        assert_eq!(got, "works");
-    }
+    let reply = redis_cli_tls(&pki.ca(), leader_addr.port(), &["SET", "tls", "works"]);
+    assert_eq!(reply, "OK");
+    let got = redis_cli_tls(&pki.ca(), leader_addr.port(), &["GET", "tls"]);
+    assert_eq!(got, "works");
 
     // lockstep status over TLS (and, without the CA, a clear failure).
     let addr = leader_addr.to_string();

@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
+use crate::batch::BatchError;
 use crate::raft::membership::{put_addr, take_addr};
-use crate::raft::{MemberAddr, MembershipChange};
+use crate::raft::{MemberAddr, MembershipChange, MembershipError};
 use crate::types::{LogIndex, NodeId};
 
 /// The client protocol version this code speaks (sent in [`ClientHello`]). Version 2 added
@@ -25,13 +26,156 @@ use crate::types::{LogIndex, NodeId};
 /// a reply); every other request keeps working between old and new nodes and clients.
 pub const CLIENT_PROTOCOL_VERSION: u16 = 3;
 
-/// Why bytes could not be decoded.
+/// Why a frame body could not be decoded. `what` names the field or the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CodecError(pub String);
+pub enum CodecError {
+    /// A field runs past the end of the body.
+    Truncated {
+        /// The field.
+        what: &'static str,
+        /// Bytes it needs.
+        needed: usize,
+        /// Where it starts in the body.
+        offset: usize,
+        /// Bytes left from there.
+        left: usize,
+    },
+    /// A bool field holds a byte other than 0 or 1.
+    NotBool {
+        /// The field.
+        what: &'static str,
+        /// The byte.
+        byte: u8,
+    },
+    /// A text field is not UTF-8.
+    NotUtf8 {
+        /// The field.
+        what: &'static str,
+    },
+    /// Bytes are left after the last field.
+    LeftOver {
+        /// The message.
+        what: &'static str,
+        /// How many.
+        bytes: usize,
+    },
+    /// A tag or kind byte names nothing this code knows.
+    UnknownTag {
+        /// The field.
+        what: &'static str,
+        /// The byte.
+        tag: u8,
+    },
+    /// A membership change adds a learner without its peer address.
+    MissingPeerAddress,
+    /// A membership (or a member address) does not decode: a snapshot's, or the one a
+    /// `Membership` batch holds.
+    Membership {
+        /// The field.
+        what: &'static str,
+        /// What is wrong with it.
+        error: MembershipError,
+    },
+    /// Batch `n` of an append is not a valid record.
+    Batch {
+        /// Its position in the append.
+        n: u32,
+        /// What is wrong with it.
+        error: BatchWireError,
+    },
+    /// Batch `n` of an append does not start right after what precedes it.
+    AppendGap {
+        /// Its position in the append.
+        n: u32,
+        /// Where it starts.
+        first_index: u64,
+        /// Where it should start (`prev_index + 1` for the first batch).
+        expected: u64,
+    },
+}
+
+/// Why a batch on the wire is not a valid record (see `docs/FORMATS.md`, "Wire protocol").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchWireError {
+    /// The record magic is wrong.
+    Magic(u32),
+    /// The record version is unknown.
+    Version(u8),
+    /// The kind byte names no batch kind.
+    Kind(u8),
+    /// Reserved bytes 6..8 are not zero.
+    Reserved,
+    /// The first index is 0, or the entries run past the largest index.
+    IndexRange {
+        /// The first index.
+        first_index: u64,
+        /// The entry count.
+        entry_count: u32,
+    },
+    /// The payload does not hold the announced entries.
+    Payload(BatchError),
+    /// The record CRC does not match.
+    Checksum {
+        /// The CRC sent.
+        stored: u32,
+        /// The CRC of what arrived.
+        computed: u32,
+    },
+}
 
 impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            CodecError::Truncated {
+                what,
+                needed,
+                offset,
+                left,
+            } => write!(
+                f,
+                "{what}: needs {needed} bytes at offset {offset}, only {left} left"
+            ),
+            CodecError::NotBool { what, byte } => write!(f, "{what}: {byte} is not a bool"),
+            CodecError::NotUtf8 { what } => write!(f, "{what}: not UTF-8"),
+            CodecError::LeftOver { what, bytes } => write!(f, "{what}: {bytes} bytes left over"),
+            CodecError::UnknownTag { what, tag } => write!(f, "unknown {what} {tag}"),
+            CodecError::MissingPeerAddress => {
+                write!(f, "add learner: the peer address is required")
+            }
+            CodecError::Membership { what, error } => write!(f, "{what}: {error}"),
+            CodecError::Batch { n, error } => write!(f, "append batch {n}: {error}"),
+            CodecError::AppendGap {
+                n,
+                first_index,
+                expected,
+            } => write!(
+                f,
+                "append batch {n} starts at {first_index} instead of {expected}"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for BatchWireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchWireError::Magic(magic) => write!(f, "bad record magic {magic:#010x}"),
+            BatchWireError::Version(version) => write!(f, "unknown record version {version}"),
+            BatchWireError::Kind(kind) => write!(f, "kind {kind:#04x} is not a batch"),
+            BatchWireError::Reserved => write!(f, "reserved bytes 6..8 are not zero"),
+            BatchWireError::IndexRange {
+                first_index,
+                entry_count,
+            } => write!(
+                f,
+                "first index {first_index} with {entry_count} entries is out of range"
+            ),
+            BatchWireError::Payload(error) => write!(f, "{error}"),
+            BatchWireError::Checksum { stored, computed } => write!(
+                f,
+                "record checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+        }
     }
 }
 
@@ -239,10 +383,13 @@ const CHANGE_PROMOTE: u8 = 2;
 const CHANGE_REMOVE: u8 = 3;
 
 /// Reads an address written by [`put_addr`] (the membership encoding's layout).
-fn read_addr(reader: &mut WireReader<'_>, what: &str) -> Result<Option<SocketAddr>, CodecError> {
+fn read_addr(
+    reader: &mut WireReader<'_>,
+    what: &'static str,
+) -> Result<Option<SocketAddr>, CodecError> {
     reader
         .decode_with(take_addr)
-        .map_err(|error| CodecError(format!("{what}: {error}")))
+        .map_err(|error| CodecError::Membership { what, error })
 }
 
 /// Appends a membership change: `u8 kind` (1 add learner, 2 promote, 3 remove), `u64 node id`,
@@ -273,9 +420,8 @@ fn read_change(reader: &mut WireReader<'_>) -> Result<MembershipChange, CodecErr
     let id = NodeId(reader.u64("membership change node id")?);
     match kind {
         CHANGE_ADD_LEARNER => {
-            let peer_addr = read_addr(reader, "add learner peer address")?.ok_or_else(|| {
-                CodecError("add learner: the peer address is required".to_string())
-            })?;
+            let peer_addr = read_addr(reader, "add learner peer address")?
+                .ok_or(CodecError::MissingPeerAddress)?;
             let client_addr = read_addr(reader, "add learner client address")?;
             Ok(MembershipChange::AddLearner(
                 id,
@@ -287,9 +433,10 @@ fn read_change(reader: &mut WireReader<'_>) -> Result<MembershipChange, CodecErr
         }
         CHANGE_PROMOTE => Ok(MembershipChange::Promote(id)),
         CHANGE_REMOVE => Ok(MembershipChange::Remove(id)),
-        other => Err(CodecError(format!(
-            "unknown membership change kind {other}"
-        ))),
+        tag => Err(CodecError::UnknownTag {
+            what: "membership change kind",
+            tag,
+        }),
     }
 }
 
@@ -306,7 +453,7 @@ fn put_bytes_list(out: &mut Vec<u8>, items: &[Bytes]) {
 fn read_bytes_list(
     reader: &mut WireReader<'_>,
     body: &Bytes,
-    what: &str,
+    what: &'static str,
 ) -> Result<Vec<Bytes>, CodecError> {
     let count = reader.u32(what)? as usize;
     // Each item takes at least its 4-byte length: never reserve more than the body can hold.
@@ -408,7 +555,12 @@ impl ClientRequest {
                 req,
                 change: read_change(&mut reader)?,
             },
-            other => return Err(CodecError(format!("unknown client request tag {other}"))),
+            tag => {
+                return Err(CodecError::UnknownTag {
+                    what: "client request tag",
+                    tag,
+                })
+            }
         };
         reader.finish("client request")?;
         Ok(request)
@@ -540,7 +692,12 @@ impl ClientReply {
                 req,
                 message: reader.string("error message")?,
             },
-            other => return Err(CodecError(format!("unknown client reply tag {other}"))),
+            tag => {
+                return Err(CodecError::UnknownTag {
+                    what: "client reply tag",
+                    tag,
+                })
+            }
         };
         reader.finish("client reply")?;
         Ok(reply)
@@ -686,7 +843,10 @@ mod tests {
         let mut lying = out[..9].to_vec();
         lying.extend_from_slice(&u32::MAX.to_le_bytes());
         let error = ClientRequest::decode(&lying).unwrap_err();
-        assert!(error.0.contains("propose batch commands"), "{error}");
+        assert!(
+            error.to_string().contains("propose batch commands"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -744,7 +904,10 @@ mod tests {
     fn bad_membership_changes_are_refused() {
         let refused = |bytes: &[u8], expected: &str| {
             let error = ClientRequest::decode(bytes).unwrap_err();
-            assert!(error.0.contains(expected), "{error} lacks {expected:?}");
+            assert!(
+                error.to_string().contains(expected),
+                "{error} lacks {expected:?}"
+            );
         };
         let mut good = Vec::new();
         ClientRequest::ChangeMembership {

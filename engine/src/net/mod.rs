@@ -44,7 +44,7 @@ pub use self::client_auth::{
 pub use self::client_limits::ClientLimits;
 pub(crate) use self::client_msg::is_auth_refusal;
 pub use self::client_msg::{
-    ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
+    BatchWireError, ClientHello, ClientReply, ClientRequest, CodecError, CLIENT_PROTOCOL_VERSION,
 };
 pub use self::event_loop::{
     CLIENT_QUEUE_BYTES_MAX, PEER_QUEUE_BYTES_MAX, RESP_IN_FLIGHT_MAX, RESP_OUT_PAUSE_BYTES,

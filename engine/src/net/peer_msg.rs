@@ -11,6 +11,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::auth::{Nonce, Proof, NONCE_BYTES, PROOF_BYTES};
+use super::client_msg::BatchWireError;
 use super::wire::{put_bool, put_bytes, put_u16, put_u32, put_u64, WireReader};
 use super::CodecError;
 use crate::batch::{Batch, BatchKind};
@@ -332,8 +333,11 @@ pub fn decode_message(body: &Bytes) -> Result<Message, CodecError> {
             let index = LogIndex(reader.u64("snapshot index")?);
             let term = Term(reader.u64("snapshot term")?);
             let membership_bytes = reader.bytes("snapshot membership")?;
-            let membership = Membership::decode(&membership_bytes)
-                .map_err(|err| CodecError(format!("snapshot membership: {err}")))?;
+            let membership =
+                Membership::decode(&membership_bytes).map_err(|error| CodecError::Membership {
+                    what: "snapshot membership",
+                    error,
+                })?;
             MessageBody::Snapshot {
                 meta: SnapshotMeta {
                     index,
@@ -351,7 +355,12 @@ pub fn decode_message(body: &Bytes) -> Result<Message, CodecError> {
             done: reader.bool("snapshot response done flag")?,
         },
         TAG_TIMEOUT_NOW => MessageBody::TimeoutNow,
-        other => return Err(CodecError(format!("unknown message tag {other}"))),
+        tag => {
+            return Err(CodecError::UnknownTag {
+                what: "message tag",
+                tag,
+            })
+        }
     };
     reader.finish("consensus message")?;
     Ok(Message {
@@ -370,20 +379,19 @@ fn decode_append(reader: &mut WireReader<'_>) -> Result<MessageBody, CodecError>
     // Every batch takes at least a wire head plus one entry prefix, so a count that cannot fit
     // is refused before it sizes the vector.
     let mut batches = Vec::with_capacity((count as usize).min(1024));
-    let mut next_index = prev_index.get().checked_add(1).ok_or_else(|| {
-        CodecError(format!(
-            "append prev index {prev_index} leaves no next index"
-        ))
-    })?;
+    // `None` after a batch ending at index u64::MAX: no batch may follow it.
+    let mut next_index = prev_index.get().checked_add(1);
     for n in 0..count {
         let batch = decode_batch(reader, n)?;
-        if batch.first_index().get() != next_index {
-            return Err(CodecError(format!(
-                "append batch {n} starts at {} instead of {next_index}",
-                batch.first_index()
-            )));
+        let first_index = batch.first_index().get();
+        if Some(first_index) != next_index {
+            return Err(CodecError::AppendGap {
+                n,
+                first_index,
+                expected: next_index.unwrap_or(0),
+            });
         }
-        next_index = batch.last_index().get() + 1;
+        next_index = batch.last_index().get().checked_add(1);
         batches.push(batch);
     }
     Ok(MessageBody::Append {
@@ -395,41 +403,46 @@ fn decode_append(reader: &mut WireReader<'_>) -> Result<MessageBody, CodecError>
 }
 
 /// Decodes and verifies one batch: a record's wire head (magic, version, kind, shape) followed
-/// by its payload, whose record CRC must match.
+/// by its payload, whose record CRC must match; a `Membership` batch must also hold exactly
+/// one entry that decodes as a membership (the consensus core relies on it).
 fn decode_batch(reader: &mut WireReader<'_>, n: u32) -> Result<Batch, CodecError> {
     let head = reader.take(WIRE_HEAD_BYTES, "batch wire head")?;
     let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
-    let bad = |what: String| CodecError(format!("append batch {n}: {what}"));
+    let bad = |error: BatchWireError| CodecError::Batch { n, error };
     if u32_at(0) != RECORD_MAGIC {
-        return Err(bad(format!("bad record magic {:#010x}", u32_at(0))));
+        return Err(bad(BatchWireError::Magic(u32_at(0))));
     }
     if head[4] != RECORD_VERSION {
-        return Err(bad(format!("unknown record version {}", head[4])));
+        return Err(bad(BatchWireError::Version(head[4])));
     }
-    let kind = BatchKind::from_u8(head[5])
-        .ok_or_else(|| bad(format!("kind {:#04x} is not a batch", head[5])))?;
+    let kind = BatchKind::from_u8(head[5]).ok_or(bad(BatchWireError::Kind(head[5])))?;
     if head[6] != 0 || head[7] != 0 {
-        return Err(bad("reserved bytes 6..8 are not zero".to_owned()));
+        return Err(bad(BatchWireError::Reserved));
     }
     let term = Term(u64_at(8));
     let first_index = u64_at(16);
     let entry_count = u32_at(24);
     let payload_bytes = u32_at(28) as usize;
-    let crc = u32_at(32);
+    let stored = u32_at(32);
     if first_index == 0 || first_index.checked_add(u64::from(entry_count)).is_none() {
-        return Err(bad(format!(
-            "first index {first_index} with {entry_count} entries is out of range"
-        )));
+        return Err(bad(BatchWireError::IndexRange {
+            first_index,
+            entry_count,
+        }));
     }
     let payload = reader.take_shared(payload_bytes, "batch payload")?;
     let batch = Batch::new(term, LogIndex(first_index), kind, entry_count, payload)
-        .map_err(|err| bad(err.to_string()))?;
+        .map_err(|error| bad(BatchWireError::Payload(error)))?;
     let computed = batch_header(&batch, ChainFields::default()).crc;
-    if computed != crc {
-        return Err(bad(format!(
-            "record checksum mismatch (stored {crc:#010x}, computed {computed:#010x})"
-        )));
+    if computed != stored {
+        return Err(bad(BatchWireError::Checksum { stored, computed }));
+    }
+    if kind == BatchKind::Membership {
+        Membership::of_batch(&batch).map_err(|error| CodecError::Membership {
+            what: "membership batch",
+            error,
+        })?;
     }
     Ok(batch)
 }
@@ -622,13 +635,86 @@ mod tests {
         let mut corrupt = body.to_vec();
         *corrupt.last_mut().unwrap() ^= 0x40;
         let err = decode_message(&Bytes::from(corrupt)).unwrap_err();
-        assert!(err.0.contains("checksum"), "{err}");
+        assert!(
+            matches!(
+                err,
+                CodecError::Batch {
+                    n: 0,
+                    error: BatchWireError::Checksum { .. }
+                }
+            ),
+            "{err}"
+        );
 
         // prev_index 3 does not precede a batch starting at 1.
         let mut gap = body.to_vec();
         gap[25..33].copy_from_slice(&3u64.to_le_bytes());
         let err = decode_message(&Bytes::from(gap)).unwrap_err();
-        assert!(err.0.contains("instead of 4"), "{err}");
+        assert_eq!(
+            err,
+            CodecError::AppendGap {
+                n: 0,
+                first_index: 1,
+                expected: 4
+            }
+        );
+    }
+
+    /// An append from node 1 to node 2 in term 1 carrying `batch` after index 0, encoded.
+    fn append_of(batch: Batch) -> Bytes {
+        encoded(&Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(1),
+            body: MessageBody::Append {
+                prev_index: LogIndex(0),
+                prev_term: Term(0),
+                batches: vec![batch],
+                commit: LogIndex(0),
+            },
+        })
+    }
+
+    #[test]
+    fn a_membership_batch_that_does_not_decode_is_refused_and_the_follower_keeps_serving() {
+        let restored = crate::raft::Restored {
+            initial_membership: Membership::with_voters([1, 2, 3].map(NodeId)),
+            ..crate::raft::Restored::default()
+        };
+        let mut follower = crate::raft::Raft::new(crate::raft::Config::new(NodeId(2)), restored)
+            .expect("valid config");
+        let garbage = Batch::single(Term(1), LogIndex(1), BatchKind::Membership, &[9, 9, 9]);
+        let mut two_entries = BatchBuilder::default();
+        let valid = Membership::with_voters([1, 2].map(NodeId)).encode();
+        two_entries.push(&valid);
+        two_entries.push(&valid);
+        let refused = [
+            garbage,
+            Batch::single(Term(1), LogIndex(1), BatchKind::Membership, &[]),
+            two_entries.finish(Term(1), LogIndex(1), BatchKind::Membership),
+        ];
+        for batch in refused {
+            // The checksum is valid: only the membership inside is not.
+            let body = append_of(batch.clone());
+            match decode_message(&body) {
+                Err(CodecError::Membership {
+                    what: "membership batch",
+                    ..
+                }) => {}
+                Ok(message) => {
+                    follower.step(message);
+                    panic!("{batch:?} was accepted");
+                }
+                Err(other) => panic!("{batch:?} refused for another reason: {other}"),
+            }
+        }
+        // The follower still takes a well-formed membership batch from its leader.
+        let good = Batch::single(Term(1), LogIndex(1), BatchKind::Membership, &valid);
+        follower.step(decode_message(&append_of(good)).expect("a valid append"));
+        assert_eq!(
+            follower.membership(),
+            &Membership::with_voters([1, 2].map(NodeId))
+        );
     }
 
     proptest! {

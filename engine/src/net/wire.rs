@@ -47,13 +47,15 @@ impl<'a> WireReader<'a> {
     }
 
     /// Takes the next `len` bytes as a borrowed slice.
-    pub(crate) fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
         let left = self.bytes.len() - self.pos;
         if len > left {
-            return Err(CodecError(format!(
-                "{what}: needs {len} bytes at offset {}, only {left} left",
-                self.pos
-            )));
+            return Err(CodecError::Truncated {
+                what,
+                needed: len,
+                offset: self.pos,
+                left,
+            });
         }
         let slice = &self.bytes[self.pos..self.pos + len];
         self.pos += len;
@@ -61,7 +63,11 @@ impl<'a> WireReader<'a> {
     }
 
     /// Takes the next `len` bytes as a shared slice of the body.
-    pub(crate) fn take_shared(&mut self, len: usize, what: &str) -> Result<Bytes, CodecError> {
+    pub(crate) fn take_shared(
+        &mut self,
+        len: usize,
+        what: &'static str,
+    ) -> Result<Bytes, CodecError> {
         let start = self.pos;
         self.take(len, what)?;
         Ok(self.bytes.slice(start..start + len))
@@ -82,60 +88,60 @@ impl<'a> WireReader<'a> {
         Ok(value)
     }
 
-    pub(crate) fn u8(&mut self, what: &str) -> Result<u8, CodecError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, CodecError> {
         Ok(self.take(1, what)?[0])
     }
 
     /// Reads a `u16`.
-    pub(crate) fn u16(&mut self, what: &str) -> Result<u16, CodecError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, CodecError> {
         Ok(u16::from_le_bytes(
             self.take(2, what)?.try_into().expect("2 bytes"),
         ))
     }
 
     /// Reads a `u32`.
-    pub(crate) fn u32(&mut self, what: &str) -> Result<u32, CodecError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, CodecError> {
         Ok(u32::from_le_bytes(
             self.take(4, what)?.try_into().expect("4 bytes"),
         ))
     }
 
     /// Reads a `u64`.
-    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, CodecError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, CodecError> {
         Ok(u64::from_le_bytes(
             self.take(8, what)?.try_into().expect("8 bytes"),
         ))
     }
 
     /// Reads a bool; any byte other than 0 or 1 is an error.
-    pub(crate) fn bool(&mut self, what: &str) -> Result<bool, CodecError> {
+    pub(crate) fn bool(&mut self, what: &'static str) -> Result<bool, CodecError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(CodecError(format!("{what}: {other} is not a bool"))),
+            byte => Err(CodecError::NotBool { what, byte }),
         }
     }
 
     /// Reads a `u32` length and that many bytes, shared.
-    pub(crate) fn bytes(&mut self, what: &str) -> Result<Bytes, CodecError> {
+    pub(crate) fn bytes(&mut self, what: &'static str) -> Result<Bytes, CodecError> {
         let len = self.u32(what)? as usize;
         self.take_shared(len, what)
     }
 
     /// Reads a `u32` length and that many bytes of UTF-8.
-    pub(crate) fn string(&mut self, what: &str) -> Result<String, CodecError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, CodecError> {
         let len = self.u32(what)? as usize;
         let raw = self.take(len, what)?;
         std::str::from_utf8(raw)
             .map(str::to_owned)
-            .map_err(|err| CodecError(format!("{what}: not UTF-8 ({err})")))
+            .map_err(|_| CodecError::NotUtf8 { what })
     }
 
     /// Checks that every byte was consumed.
-    pub(crate) fn finish(self, what: &str) -> Result<(), CodecError> {
+    pub(crate) fn finish(self, what: &'static str) -> Result<(), CodecError> {
         let left = self.bytes.len() - self.pos;
         if left != 0 {
-            return Err(CodecError(format!("{what}: {left} bytes left over")));
+            return Err(CodecError::LeftOver { what, bytes: left });
         }
         Ok(())
     }

@@ -9,7 +9,6 @@ use std::fmt;
 use crate::types::NodeId;
 
 use super::membership::MembershipError;
-use crate::batch::BatchError;
 
 /// How a leader proves a read is linearizable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,13 +208,6 @@ pub enum ConfigError {
         /// What is wrong with it.
         error: MembershipError,
     },
-    /// A restored membership batch is malformed (not exactly one entry).
-    RestoredBatch {
-        /// The batch's first index.
-        index: crate::types::LogIndex,
-        /// What is wrong with it.
-        error: BatchError,
-    },
 }
 
 impl fmt::Display for ConfigError {
@@ -252,9 +244,6 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::RestoredMembership { index, error } => {
                 write!(f, "restored log: membership batch at {index}: {error}")
-            }
-            ConfigError::RestoredBatch { index, error } => {
-                write!(f, "restored log: batch at {index}: {error}")
             }
         }
     }

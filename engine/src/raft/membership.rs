@@ -22,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::batch::{Batch, BatchKind};
 use crate::types::NodeId;
 
 /// Encoding version without addresses.
@@ -89,6 +90,8 @@ pub enum MembershipError {
     NotAMember(NodeId),
     /// The change would leave no voter.
     LastVoter(NodeId),
+    /// A `Membership` batch holds this many entries instead of one.
+    EntryCount(u32),
 }
 
 impl fmt::Display for MembershipError {
@@ -108,6 +111,9 @@ impl fmt::Display for MembershipError {
             MembershipError::NotALearner(id) => write!(f, "{id} is not a learner"),
             MembershipError::NotAMember(id) => write!(f, "{id} is not a member"),
             MembershipError::LastVoter(id) => write!(f, "removing {id} would leave no voter"),
+            MembershipError::EntryCount(count) => {
+                write!(f, "a membership batch holds {count} entries instead of one")
+            }
         }
     }
 }
@@ -218,6 +224,16 @@ impl Membership {
             }
         }
         out.freeze()
+    }
+
+    /// The membership a `Membership` batch holds: its one entry, decoded and validated.
+    pub fn of_batch(batch: &Batch) -> Result<Membership, MembershipError> {
+        debug_assert_eq!(batch.kind(), BatchKind::Membership, "{batch:?}");
+        let mut entries = batch.entries();
+        match (entries.next(), entries.next()) {
+            (Some(entry), None) => Membership::decode(entry),
+            _ => Err(MembershipError::EntryCount(batch.entry_count())),
+        }
     }
 
     /// Decodes and validates bytes made by [`Membership::encode`].

@@ -542,6 +542,41 @@ mod tests {
         }
 
         #[test]
+        fn no_request_bytes_panic_the_parser_or_the_session(
+            requests in proptest::collection::vec(proptest::collection::vec(prop_oneof![
+                arg(),
+                proptest::sample::select(vec![
+                    "MULTI", "EXEC", "DISCARD", "WATCH", "AUTH", "HELLO", "CLIENT", "RESET",
+                    "QUIT", "SELECT", "CONFIG", "COMMAND", "PING", "SETNAME", "2", "3",
+                ]).prop_map(|word| word.as_bytes().to_vec()),
+            ], 0..5), 1..8),
+            noise in proptest::collection::vec(any::<u8>(), 0..24),
+            at in any::<prop::sample::Index>(),
+            password in any::<bool>(),
+        ) {
+            let mut wire = Vec::new();
+            for request in &requests {
+                let args: Vec<&[u8]> = request.iter().map(Vec::as_slice).collect();
+                encode_request(&args, &mut wire);
+            }
+            let at = at.index(wire.len() + 1);
+            wire.splice(at..at, noise);
+            let users = if password {
+                crate::net::ClientUsers::new(b"pw", Some(b"ro"))
+            } else {
+                crate::net::ClientUsers::default()
+            };
+            let addr = "127.0.0.1:1".parse().expect("an address");
+            let mut session = super::super::session::Session::new(1, addr, users.into());
+            let limits = RespLimits { args_max: 8, bulk_bytes_max: 64, request_bytes_max: 256 };
+            // The network stage hands every parsed request to the session, as here.
+            for args in parse_chunks(&[&wire], limits).unwrap_or_default() {
+                prop_assert!(!args.is_empty(), "an empty request came out of the parser");
+                let _ = session.command(&args);
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(
             bytes in proptest::collection::vec(any::<u8>(), 0..200),
             cut in any::<prop::sample::Index>(),

@@ -38,6 +38,8 @@ pub struct Session {
     users: Arc<ClientUsers>,
     /// What the session may do: `None` until it authenticates (when a password is required).
     role: Option<ClientRole>,
+    /// A MULTI was refused and no EXEC or DISCARD has followed: every command is refused.
+    in_refused_multi: bool,
 }
 
 /// What a connection-level command asks the network stage to do.
@@ -63,6 +65,7 @@ impl Session {
             name: None,
             role: users.anonymous(),
             users,
+            in_refused_multi: false,
         }
     }
 
@@ -85,6 +88,9 @@ impl Session {
                 "NOAUTH",
                 "Authentication required.",
             )));
+        }
+        if let Some(reply) = self.transaction(&name) {
+            return Some(Action::Reply(reply));
         }
         let reply = match name.as_slice() {
             b"auth" => return Some(self.auth(&args[1..])),
@@ -110,6 +116,7 @@ impl Session {
             b"config" => config(&args[1..]),
             b"info" => return Some(Action::Info),
             b"reset" => {
+                self.in_refused_multi = false;
                 self.name = None;
                 self.role = self.users.anonymous();
                 Value::Simple("RESET".to_string())
@@ -117,6 +124,54 @@ impl Session {
             _ => return None,
         };
         Some(Action::Reply(reply))
+    }
+
+    /// The transaction commands, which lockstep does not support, and the commands sent between
+    /// a refused MULTI and its EXEC or DISCARD: each answers an error and nothing is applied.
+    /// `None` for any other command outside a refused MULTI (and for QUIT and RESET, which
+    /// end the connection's state as they do in Redis).
+    fn transaction(&mut self, name: &[u8]) -> Option<Value> {
+        const UNSUPPORTED: &str = "lockstep does not support transactions";
+        let reply = match (name, self.in_refused_multi) {
+            (b"quit" | b"reset", _) => return None,
+            (b"multi", _) => {
+                self.in_refused_multi = true;
+                Value::error(
+                    "ERR",
+                    format!(
+                        "MULTI is refused: {UNSUPPORTED}; the commands up to the next EXEC or \
+                         DISCARD are refused and none of them is applied"
+                    ),
+                )
+            }
+            (b"exec" | b"discard", true) => {
+                self.in_refused_multi = false;
+                Value::error(
+                    "EXECABORT",
+                    format!(
+                        "Transaction discarded: {UNSUPPORTED}; no command sent after MULTI was \
+                         applied"
+                    ),
+                )
+            }
+            (b"exec" | b"discard", false) => Value::error(
+                "ERR",
+                format!("{} without MULTI: {UNSUPPORTED}", upper(name)),
+            ),
+            (b"watch" | b"unwatch", false) => {
+                Value::error("ERR", format!("{} is refused: {UNSUPPORTED}", upper(name)))
+            }
+            (_, false) => return None,
+            (_, true) => Value::error(
+                "EXECABORT",
+                format!(
+                    "{} is refused and not applied: it follows a MULTI, and {UNSUPPORTED}; \
+                     send EXEC or DISCARD to end the refused transaction",
+                    upper(name)
+                ),
+            ),
+        };
+        Some(reply)
     }
 
     /// `AUTH password` (the default user) or `AUTH username password`.
@@ -303,6 +358,11 @@ pub fn no_perm(role: ClientRole, command: &[u8]) -> Value {
             String::from_utf8_lossy(command).to_lowercase()
         ),
     )
+}
+
+/// A command name as upper-case text, for error messages.
+fn upper(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_uppercase()
 }
 
 /// `-ERR wrong number of arguments for '<command>' command` (Redis's wording).
@@ -502,6 +562,43 @@ mod tests {
                 "NOPERM User reader has no permissions to run the 'set' command".to_string()
             )
         );
+    }
+
+    #[test]
+    fn transactions_are_refused_and_nothing_after_a_refused_multi_reaches_the_app() {
+        let mut s = session();
+        for words in [&["EXEC"][..], &["DISCARD"], &["WATCH", "k"], &["UNWATCH"]] {
+            let refused = reply(&mut s, words);
+            assert!(is_error(&refused, "ERR"), "{words:?}: {refused:?}");
+            assert!(format!("{refused:?}").contains("does not support transactions"));
+        }
+        assert_eq!(run(&mut s, &["SET", "k", "v"]), None);
+        for end in ["EXEC", "discard"] {
+            assert!(is_error(&reply(&mut s, &["MULTI"]), "ERR"));
+            for words in [
+                &["SET", "k", "v"][..],
+                &["INCR", "n"],
+                &["PING"],
+                &["AUTH", "x"],
+            ] {
+                assert!(is_error(&reply(&mut s, words), "EXECABORT"), "{words:?}");
+            }
+            // A nested MULTI is refused too and leaves the connection refusing.
+            assert!(is_error(&reply(&mut s, &["MULTI"]), "ERR"));
+            assert!(is_error(&reply(&mut s, &["GET", "k"]), "EXECABORT"));
+            assert!(is_error(&reply(&mut s, &[end]), "EXECABORT"));
+            assert_eq!(run(&mut s, &["SET", "k", "v"]), None, "after {end}");
+        }
+        // QUIT still quits and RESET ends the refused transaction, as in Redis.
+        assert!(is_error(&reply(&mut s, &["MULTI"]), "ERR"));
+        assert_eq!(run(&mut s, &["QUIT"]), Some(Action::Quit));
+        assert_eq!(reply(&mut s, &["RESET"]), Value::Simple("RESET".into()));
+        assert_eq!(run(&mut s, &["GET", "k"]), None);
+        // Before authentication MULTI is refused for that reason and changes nothing.
+        let mut g = guarded();
+        assert!(is_error(&reply(&mut g, &["MULTI"]), "NOAUTH"));
+        assert_eq!(reply(&mut g, &["AUTH", "pw"]), Value::ok());
+        assert_eq!(run(&mut g, &["SET", "k", "v"]), None);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! replicate, snapshot chunks), handling answers, commit by durable quorum with the Figure 8
 //! rule, leadership transfer, heartbeat rounds and read confirmation (read-index and lease).
 
-use super::{decode_membership_batch, Raft, STALLED_HEARTBEATS_MAX};
+use super::{Raft, STALLED_HEARTBEATS_MAX};
 use crate::batch::{Batch, BatchBuilder, BatchKind};
 use crate::raft::progress::Progress;
 #[cfg(any(test, feature = "inject-bugs"))]
 use crate::raft::InjectedBug;
-use crate::raft::{MessageBody, ProgressState, ProposeError, ReadMode, Role};
+use crate::raft::{Membership, MessageBody, ProgressState, ProposeError, ReadMode, Role};
 use crate::types::{LogIndex, NodeId, Term};
 
 impl Raft {
@@ -44,10 +44,12 @@ impl Raft {
         self.maybe_commit();
     }
 
-    /// Appends a batch to the in-memory log and to the pending write.
+    /// Appends a batch to the in-memory log and to the pending write. A membership batch must
+    /// decode: the leader encodes its own, and a peer's are checked when their message is
+    /// decoded (`net::peer_msg`), so one that does not is a bug here, not bad input.
     pub(super) fn append_batch(&mut self, batch: Batch) {
         if batch.kind() == BatchKind::Membership {
-            let membership = decode_membership_batch(&batch).unwrap_or_else(|error| {
+            let membership = Membership::of_batch(&batch).unwrap_or_else(|error| {
                 panic!("{}: bad membership batch {:?}: {error}", self.id, batch)
             });
             self.membership_log.push((batch.first_index(), membership));

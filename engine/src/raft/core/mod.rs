@@ -817,18 +817,10 @@ impl Raft {
     }
 }
 
-/// Decodes the membership a `Membership` batch holds.
+/// Decodes the membership a `Membership` batch of the restored log holds.
 pub(super) fn decode_membership_batch(batch: &Batch) -> Result<Membership, ConfigError> {
-    let mut entries = batch.entries();
-    let index = batch.first_index();
-    let (Some(entry), None) = (entries.next(), entries.next()) else {
-        return Err(ConfigError::RestoredBatch {
-            index,
-            error: crate::batch::BatchError::CountMismatch {
-                expected: 1,
-                found: batch.entry_count(),
-            },
-        });
-    };
-    Membership::decode(entry).map_err(|error| ConfigError::RestoredMembership { index, error })
+    Membership::of_batch(batch).map_err(|error| ConfigError::RestoredMembership {
+        index: batch.first_index(),
+        error,
+    })
 }
