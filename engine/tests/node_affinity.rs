@@ -5,6 +5,8 @@
 mod node_common;
 
 use lockstep::Node;
+use std::time::{Duration, Instant};
+
 use node_common::{Kv, TestCluster};
 
 /// The `Cpus_allowed_list` of each thread of this process whose name is `name`.
@@ -25,6 +27,18 @@ fn allowed_cores_of_threads_named(name: &str) -> Vec<String> {
         found.push(allowed);
     }
     found
+}
+
+/// The names of this process's threads (for failure messages).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            comm.trim_end().to_string()
+        })
+        .collect()
 }
 
 #[test]
@@ -48,15 +62,27 @@ fn cpu_affinity_pins_network_consensus_storage_and_apply_in_that_order() {
     );
     let expected = [
         ("lockstep-net", network),
-        ("ls-consensus-1", consensus),
-        ("ls-storage-1", network),
-        ("ls-apply-1", consensus),
+        ("ls-consensus-n1", consensus),
+        ("ls-storage-n1", network),
+        ("ls-apply-n1", consensus),
     ];
+    let pinned = || {
+        expected.iter().all(|(thread, core)| {
+            allowed_cores_of_threads_named(thread) == vec![core.to_string()]
+        })
+    };
+    // A thread names and pins itself once it runs: give all four the time to (the assertions
+    // below then say which one is not pinned as it should be).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pinned() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for (thread, core) in expected {
         assert_eq!(
             allowed_cores_of_threads_named(thread),
             vec![core.to_string()],
-            "thread {thread} with cpu_affinity {list:?}"
+            "thread {thread} with cpu_affinity {list:?}; threads: {:?}",
+            thread_names()
         );
     }
     for node in cluster.nodes.into_iter().flatten() {
