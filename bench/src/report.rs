@@ -170,7 +170,12 @@ pub fn syncs_are_free(path: &Path) -> Option<String> {
     ["nobarrier", "barrier=0"]
         .iter()
         .any(|option| mount.contains(option))
-        .then(|| format!("{} is on a mount without write barriers: {mount}", path.display()))
+        .then(|| {
+            format!(
+                "{} is on a mount without write barriers: {mount}",
+                path.display()
+            )
+        })
 }
 
 /// Warns on stderr, as `program`, when syncs are free where the benchmark writes (see
@@ -432,7 +437,11 @@ mod tests {
     #[test]
     fn syncs_are_free_on_memory_filesystems_only() {
         let shm = Path::new("/dev/shm");
-        assert_eq!(filesystem_type(shm).as_deref(), Some("tmpfs"), "the test needs /dev/shm");
+        assert_eq!(
+            filesystem_type(shm).as_deref(),
+            Some("tmpfs"),
+            "the test needs /dev/shm"
+        );
         let why = syncs_are_free(shm).expect("tmpfs makes syncs free");
         assert!(why.contains("tmpfs"), "{why}");
         let on_disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();

@@ -67,9 +67,9 @@ fn cpu_affinity_pins_network_consensus_storage_and_apply_in_that_order() {
         ("ls-apply-n1", consensus),
     ];
     let pinned = || {
-        expected.iter().all(|(thread, core)| {
-            allowed_cores_of_threads_named(thread) == vec![core.to_string()]
-        })
+        expected
+            .iter()
+            .all(|(thread, core)| allowed_cores_of_threads_named(thread) == vec![core.to_string()])
     };
     // A thread names and pins itself once it runs: give all four the time to (the assertions
     // below then say which one is not pinned as it should be).

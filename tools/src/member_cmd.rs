@@ -121,8 +121,8 @@ fn connect(args: &ConnectArgs) -> Result<(ClusterClient, Instant), String> {
         .map(|addr| resolve("--connect", addr.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut client = ClusterClient::new(addrs, args.cluster_id, IO_TIMEOUT.min(timeout))
-            .with_retry_for(timeout);
+    let mut client =
+        ClusterClient::new(addrs, args.cluster_id, IO_TIMEOUT.min(timeout)).with_retry_for(timeout);
     if let Some(path) = &args.password_file {
         let credentials = Credentials::from_password_file(path)
             .map_err(|why| format!("--password-file: {why}"))?;

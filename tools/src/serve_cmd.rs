@@ -1,6 +1,8 @@
 //! `lockstep serve`: run one node. Options come from `--config FILE` (TOML, see
-//! `docs/CONFIG.md`) and from flags; a flag overrides the file's value. Without a file, `--id`,
-//! `--cluster-id`, `--data-dir`, `--app` and at least one `--member` are required.
+//! `docs/CONFIG.md`) and from flags; a flag overrides the file's value, and an option neither
+//! gives takes its default. `id`, `cluster_id`, `data_dir`, `app` and at least one member are
+//! required from one or the other; every missing one is named in one message. The help shows
+//! each setting's default as the code defines it ([`with_defaults_in_help`]).
 //!
 //! Exit status: 0 after a clean shutdown on SIGINT/SIGTERM; 1 when the configuration is bad (the
 //! message names the option) or the node fails; 2 for flags clap rejects.
@@ -10,8 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lockstep::apps::AppKind;
-use lockstep::server::security::TlsFiles;
 use lockstep::server::security::Limits;
+use lockstep::server::security::TlsFiles;
 use lockstep::server::{
     self, ConfigLayer, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning,
 };
@@ -213,7 +215,9 @@ pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
     let mut command = command;
     for (id, value) in setting_defaults() {
         assert!(
-            command.get_arguments().any(|arg| arg.get_id() == id.as_str()),
+            command
+                .get_arguments()
+                .any(|arg| arg.get_id() == id.as_str()),
             "the setting `{id}` has no `lockstep serve` flag"
         );
         command = command.mut_arg(id, |arg| {
@@ -303,10 +307,7 @@ impl Args {
             config.members = self.members;
         }
         config.join |= self.join;
-        set_some(
-            &mut config.security.peer_secret_file,
-            self.peer_secret_file,
-        );
+        set_some(&mut config.security.peer_secret_file, self.peer_secret_file);
         let tuning = &mut config.tuning;
         set(&mut tuning.tick_ms, self.tick_ms);
         set(&mut tuning.election_ticks, self.election_ticks);

@@ -356,7 +356,10 @@ fn log_commands_refuse_a_directory_that_holds_no_log() {
     let empty = dir.path().to_str().unwrap();
     for command in ["verify", "dump"] {
         let (status, stdout, stderr) = run_output(&["log", command, empty]);
-        assert!(!status.success(), "log {command} accepted an empty directory: {stdout}");
+        assert!(
+            !status.success(),
+            "log {command} accepted an empty directory: {stdout}"
+        );
         assert!(
             stderr.contains("holds no log") && stderr.contains(".seg"),
             "log {command}: {stderr}"
@@ -401,13 +404,12 @@ fn help_of(args: &[&str]) -> String {
 
 /// The help text of `flag` (its line and the indented lines that follow), from a help page.
 fn flag_help<'a>(help: &'a str, flag: &str) -> String {
-    let mut lines = help.lines().skip_while(|line| {
-        !line
-            .trim_start()
-            .split([' ', ','])
-            .any(|word| word == flag)
-    });
-    let first = lines.next().unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
+    let mut lines = help
+        .lines()
+        .skip_while(|line| !line.trim_start().split([' ', ',']).any(|word| word == flag));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
     let rest = lines.take_while(|line| {
         let trimmed = line.trim_start();
         !trimmed.is_empty() && !trimmed.starts_with('-')
@@ -438,7 +440,10 @@ fn serve_help_shows_the_code_defaults() {
         "{segment}"
     );
     let affinity = flag_help(&help, "--cpu-affinity");
-    assert!(affinity.contains("network, consensus, storage, apply"), "{affinity}");
+    assert!(
+        affinity.contains("network, consensus, storage, apply"),
+        "{affinity}"
+    );
 }
 
 #[test]
@@ -456,7 +461,10 @@ fn the_tools_share_one_cluster_id_default_and_name_timeouts_in_ms() {
     }
     let dump = help_of(&["log", "dump"]);
     assert!(!dump.contains(&u64::MAX.to_string()), "{dump}");
-    assert!(flag_help(&dump, "--to").contains("the last entry"), "{dump}");
+    assert!(
+        flag_help(&dump, "--to").contains("the last entry"),
+        "{dump}"
+    );
 }
 
 #[test]
@@ -464,7 +472,10 @@ fn serve_names_every_missing_required_option_at_once() {
     let (status, stderr) = run_bin(&["serve"]);
     assert!(!status.success());
     for flag in ["--id", "--cluster-id", "--data-dir", "--app", "--member"] {
-        assert!(stderr.contains(&format!("(flag {flag})")), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(&format!("(flag {flag})")),
+            "{flag}: {stderr}"
+        );
     }
 }
 
@@ -497,7 +508,11 @@ fn serve_until_ready(args: &[&str]) -> String {
 fn a_tuning_only_file_and_flags_for_the_rest_start_a_node() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tuning.toml");
-    std::fs::write(&file, "[tuning]\nsync = \"fdatasync\"\nsegment_bytes = 1048576\n").unwrap();
+    std::fs::write(
+        &file,
+        "[tuning]\nsync = \"fdatasync\"\nsegment_bytes = 1048576\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let members = member_flags(&free_ports(2));
     let mut args = vec!["--config", file.to_str().unwrap(), "--id", "1"];

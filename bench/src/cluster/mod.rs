@@ -207,9 +207,15 @@ impl Session {
             }
             Target::Connect { addrs } => {
                 check_reachable(addrs)?;
+                let listed: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "lockstep-bench: using the running cluster at {} (no node is started or \
+                     stopped)",
+                    listed.join(", ")
+                );
                 Ok(Session {
                     local: None,
-                members: addrs.clone(),
+                    members: addrs.clone(),
                     data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
                     preloaded: false,
                 })

@@ -324,9 +324,8 @@ impl Node {
             net_config.tls = config.tls.clone();
             net_config.spin = config.spin.budget();
             net_config.core = core_for(0);
-            let transport = Transport::start(net_config, net_sender).map_err(|error| {
-                NodeError::Failed(format!("cannot start the network: {error}"))
-            })?;
+            let transport = Transport::start(net_config, net_sender)
+                .map_err(|error| NodeError::Failed(format!("cannot start the network: {error}")))?;
             Some(Arc::new(transport))
         } else {
             drop(net_sender);

@@ -275,8 +275,11 @@ mod tests {
                 file: "/d/log/hs".into(),
             }
             .to_string(),
-            LogError::io("list /d/snapshots", std::io::Error::from_raw_os_error(libc::ENOTDIR))
-                .to_string(),
+            LogError::io(
+                "list /d/snapshots",
+                std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            )
+            .to_string(),
             "refusing to start: the state machine rejected the snapshot at 4: bad".to_string(),
         ];
         for (message, (words, hint)) in messages.iter().zip(HINTS) {
