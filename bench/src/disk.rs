@@ -129,6 +129,7 @@ pub fn run_report(args: &Args) -> Result<DiskReport, String> {
 const BASELINE_FILE: &str = "bench-baseline.dat";
 
 fn run_in(dir: &Path, mut config: DiskConfig, started_utc: String) -> Result<DiskReport, String> {
+    crate::report::warn_if_syncs_are_free("lockstep-bench disk", dir);
     let machine = Machine::describe(dir);
     let baseline_path = dir.join(BASELINE_FILE);
     let baseline = BaselineFile::create(&baseline_path, config.segment_bytes)

@@ -146,12 +146,47 @@ pub fn filesystem_type(path: &Path) -> Option<String> {
         0xF2F5_2010 => "f2fs",
         0x2FC1_2FC1 => "zfs",
         0x0102_1994 => "tmpfs",
+        0x8584_58F6 => "ramfs",
         0x794C_7630 => "overlayfs",
         0x6969 => "nfs",
         0x6573_5546 => "fuse",
         _ => return Some(format!("0x{magic:x}")),
     };
     Some(name.to_string())
+}
+
+/// Why syncs cost nothing on the filesystem holding `path` (so durable figures measured there
+/// would not mean what they say), or `None` when they are real as far as can be told: a
+/// memory filesystem (`tmpfs`, `ramfs`) or a mount without write barriers.
+pub fn syncs_are_free(path: &Path) -> Option<String> {
+    let filesystem = filesystem_type(path)?;
+    if filesystem == "tmpfs" || filesystem == "ramfs" {
+        return Some(format!(
+            "{} is on {filesystem}, where fdatasync does nothing",
+            path.display()
+        ));
+    }
+    let mount = mount_of(path)?;
+    ["nobarrier", "barrier=0"]
+        .iter()
+        .any(|option| mount.contains(option))
+        .then(|| {
+            format!(
+                "{} is on a mount without write barriers: {mount}",
+                path.display()
+            )
+        })
+}
+
+/// Warns on stderr, as `program`, when syncs are free where the benchmark writes (see
+/// [`syncs_are_free`]).
+pub fn warn_if_syncs_are_free(program: &str, path: &Path) {
+    if let Some(why) = syncs_are_free(path) {
+        eprintln!(
+            "{program}: warning: {why}; the durable figures would not measure a disk. Give \
+             --dir a directory on the disk you mean to measure"
+        );
+    }
 }
 
 /// `"DEVICE on MOUNTPOINT (OPTIONS)"` for the mount holding `path` (the longest mount point
@@ -397,6 +432,22 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn syncs_are_free_on_memory_filesystems_only() {
+        let shm = Path::new("/dev/shm");
+        assert_eq!(
+            filesystem_type(shm).as_deref(),
+            Some("tmpfs"),
+            "the test needs /dev/shm"
+        );
+        let why = syncs_are_free(shm).expect("tmpfs makes syncs free");
+        assert!(why.contains("tmpfs"), "{why}");
+        let on_disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        if filesystem_type(on_disk.path()).as_deref() != Some("tmpfs") {
+            assert_eq!(syncs_are_free(on_disk.path()), None);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use lockstep::apps::AppKind;
 use lockstep::client::{Client, Credentials};
 use lockstep::net::dev_pki::DevPki;
 use lockstep::net::ClientTls;
-use lockstep::server::{ready_line, MemberConfig};
+use lockstep::server::{ready_line, MemberConfig, DEFAULT_CLUSTER_ID};
 use serde_json::Value;
 
 use crate::serve_cmd::parse_app;
@@ -77,8 +77,8 @@ pub struct Args {
     /// State machine: `kv`, `bank`, `lock` or `journal`.
     #[arg(long, value_name = "APP", default_value = "kv", value_parser = parse_app)]
     app: AppKind,
-    /// The cluster id.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// The cluster id (`lockstep status` and `lockstep-bench --connect` use the same default).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLUSTER_ID)]
     cluster_id: u64,
     /// Address every node binds and advertises.
     #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]

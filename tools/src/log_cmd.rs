@@ -1,15 +1,19 @@
 //! `lockstep log`: verify and dump log directories, read-only.
 //!
+//! `DIR` is a log directory (segment files `<seq>.seg`, `spare-<n>.seg`, `hard_state`) or a
+//! node's data directory, whose log is `DIR/log`. A directory holding neither is refused (exit 1)
+//! rather than reported as an empty, sound log.
+//!
 //! `verify DIR` runs the same scan as opening the log: exit 0 when sound (a torn tail, which open
 //! would cut, is reported but is not an error), exit 1 printing file, offset, index and what is
 //! wrong otherwise. `dump DIR [--from I] [--to J]` lists the live batch records.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use lockstep::log::inspect::inspect;
+use lockstep::log::inspect::{inspect, Inspection};
 use lockstep::log::LogError;
 
 /// Arguments of `lockstep log`.
@@ -21,21 +25,21 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum LogCommand {
-    /// Check every record of a log directory; exit 1 on corruption.
+    /// Check every record of a log; exit 1 on corruption or when DIR holds no log.
     Verify {
-        /// The log directory.
+        /// The log directory, or a node's data directory (its log is DIR/log).
         dir: PathBuf,
     },
-    /// Print the batch records of a log directory.
+    /// Print the batch records of a log; exit 1 when DIR holds no log.
     Dump {
-        /// The log directory.
+        /// The log directory, or a node's data directory (its log is DIR/log).
         dir: PathBuf,
         /// First index to show.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, value_name = "INDEX", default_value_t = 0)]
         from: u64,
-        /// Last index to show.
-        #[arg(long, default_value_t = u64::MAX)]
-        to: u64,
+        /// Last index to show [default: the last entry].
+        #[arg(long, value_name = "INDEX")]
+        to: Option<u64>,
     },
 }
 
@@ -43,8 +47,51 @@ enum LogCommand {
 pub fn run(args: Args) -> ExitCode {
     match args.command {
         LogCommand::Verify { dir } => verify(&dir),
-        LogCommand::Dump { dir, from, to } => dump(&dir, from, to),
+        LogCommand::Dump { dir, from, to } => dump(&dir, from, to.unwrap_or(u64::MAX)),
     }
+}
+
+/// Whether `dir` holds any file of a log (a segment, a spare or the hard state).
+fn holds_a_log(dir: &Path) -> bool {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    listing.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.ends_with(".seg") || name == lockstep::log::hard_state::HARD_STATE_FILE
+    })
+}
+
+/// The log directory `dir` names: `dir` itself when it holds a log, else a node's data
+/// directory's `dir/log`. The error says what was expected where.
+fn find_log(dir: &Path) -> Result<PathBuf, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let in_data_dir = lockstep::node::start::log_dir(dir);
+    if holds_a_log(dir) {
+        Ok(dir.to_path_buf())
+    } else if holds_a_log(&in_data_dir) {
+        Ok(in_data_dir)
+    } else {
+        Err(format!(
+            "{} holds no log: expected segment files (`<seq>.seg`, `spare-<n>.seg`) or \
+             `hard_state` in it, or in {} (a node's data directory)",
+            dir.display(),
+            in_data_dir.display()
+        ))
+    }
+}
+
+/// Finds and scans the log `dir` names; prints why when it cannot.
+fn open(dir: &Path) -> Result<(PathBuf, Inspection), ExitCode> {
+    let log_dir = find_log(dir).map_err(|why| {
+        eprintln!("lockstep log: {why}");
+        ExitCode::FAILURE
+    })?;
+    let inspection = inspect(&log_dir).map_err(|err| report_error(&err))?;
+    Ok((log_dir, inspection))
 }
 
 fn report_error(err: &LogError) -> ExitCode {
@@ -66,10 +113,10 @@ fn report_error(err: &LogError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn verify(dir: &std::path::Path) -> ExitCode {
-    let inspection = match inspect(dir) {
-        Ok(inspection) => inspection,
-        Err(err) => return report_error(&err),
+fn verify(dir: &Path) -> ExitCode {
+    let (dir, inspection) = match open(dir) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let recovered = &inspection.recovered;
     let first = recovered
@@ -109,10 +156,10 @@ fn verify(dir: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn dump(dir: &std::path::Path, from: u64, to: u64) -> ExitCode {
-    let inspection = match inspect(dir) {
-        Ok(inspection) => inspection,
-        Err(err) => return report_error(&err),
+fn dump(dir: &Path, from: u64, to: u64) -> ExitCode {
+    let (_, inspection) = match open(dir) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let mut out = std::io::stdout().lock();
     // A closed pipe (e.g. `| head`) ends the listing quietly.
@@ -122,7 +169,7 @@ fn dump(dir: &std::path::Path, from: u64, to: u64) -> ExitCode {
 
 fn write_listing(
     out: &mut impl Write,
-    inspection: &lockstep::log::inspect::Inspection,
+    inspection: &Inspection,
     from: u64,
     to: u64,
 ) -> std::io::Result<()> {

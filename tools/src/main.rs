@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lockstep::server::LogFormat;
 
 mod chaos;
@@ -75,7 +75,8 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::command().mut_subcommand("serve", serve_cmd::with_defaults_in_help);
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
     if let Command::Serve(args) = cli.command {
         // Its configuration may set the level and format, so it sets up logging itself.
         return serve_cmd::run(*args);

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use lockstep::client::{ClientError, ClusterClient, Credentials};
 use lockstep::net::ClientTls;
 use lockstep::raft::{MemberAddr, MembershipChange};
+use lockstep::server::DEFAULT_CLUSTER_ID;
 use lockstep::types::{LogIndex, NodeId};
 use serde_json::Value;
 
-/// Longest wait for one connect, read or write (less if `--timeout` is shorter).
+/// Longest wait for one connect, read or write (less if `--timeout-ms` is shorter).
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause between two looks at the leader's status while a learner catches up.
@@ -60,9 +61,9 @@ struct ConnectArgs {
     /// give several (they are tried in turn; a member that does not lead redirects).
     #[arg(long, value_name = "HOST:PORT", required = true, value_delimiter = ',')]
     connect: Vec<String>,
-    /// The cluster id (the handshake is refused otherwise) [default: 0].
-    #[arg(long, value_name = "N")]
-    cluster_id: Option<u64>,
+    /// The cluster id (the handshake is refused otherwise).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLUSTER_ID)]
+    cluster_id: u64,
     /// File holding the client password, for a cluster that requires one (the default user: the
     /// read-only user may not change the membership).
     #[arg(long, value_name = "FILE")]
@@ -70,10 +71,10 @@ struct ConnectArgs {
     /// Connect with TLS, trusting the CA certificate(s) of this PEM file.
     #[arg(long, value_name = "FILE")]
     tls_ca_file: Option<PathBuf>,
-    /// Give up after this many seconds: finding the leader, the change committing and, for
-    /// `add`, the new node catching up.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout: u64,
+    /// Give up after this many milliseconds: finding the leader, the change committing and,
+    /// for `add`, the new node catching up.
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,10 +120,9 @@ fn connect(args: &ConnectArgs) -> Result<(ClusterClient, Instant), String> {
         .iter()
         .map(|addr| resolve("--connect", addr.trim()))
         .collect::<Result<Vec<_>, _>>()?;
-    let timeout = Duration::from_secs(args.timeout);
+    let timeout = Duration::from_millis(args.timeout_ms);
     let mut client =
-        ClusterClient::new(addrs, args.cluster_id.unwrap_or(0), IO_TIMEOUT.min(timeout))
-            .with_retry_for(timeout);
+        ClusterClient::new(addrs, args.cluster_id, IO_TIMEOUT.min(timeout)).with_retry_for(timeout);
     if let Some(path) = &args.password_file {
         let credentials = Credentials::from_password_file(path)
             .map_err(|why| format!("--password-file: {why}"))?;
@@ -138,9 +138,7 @@ fn connect(args: &ConnectArgs) -> Result<(ClusterClient, Instant), String> {
 /// The message for a failed call, with a hint where one helps.
 fn explain(error: &ClientError, args: &ConnectArgs) -> String {
     let hint = match error {
-        ClientError::Refused(_) if args.cluster_id.is_none() => {
-            " (pass the cluster's --cluster-id)"
-        }
+        ClientError::Refused(_) => " (is --cluster-id the cluster's id?)",
         ClientError::Auth(_) if args.password_file.is_none() => " (pass --password-file)",
         ClientError::Io(io)
             if matches!(
@@ -216,9 +214,9 @@ fn promote_when_caught_up(
         if left.is_zero() {
             let why = last_refusal.map_or(String::new(), |why| format!(" (last refusal: {why})"));
             return Err(format!(
-                "node {n} did not catch up within {} s: it stays a learner; promote it later \
+                "node {n} did not catch up within {} ms: it stays a learner; promote it later \
                  with `lockstep member promote {n}`{why}",
-                args.timeout,
+                args.timeout_ms,
                 n = id.get()
             ));
         }
@@ -357,8 +355,11 @@ mod tests {
         };
         assert_eq!((add.id, add.learner, add.client_addr), (4, false, None));
         assert_eq!(add.connect.connect.len(), 3);
-        assert_eq!((add.connect.cluster_id, add.connect.timeout), (Some(9), 60));
-        let args = parse(&["remove", "1", "--connect", "h:1", "--timeout", "5"]).unwrap();
+        assert_eq!(
+            (add.connect.cluster_id, add.connect.timeout_ms),
+            (9, 60_000)
+        );
+        let args = parse(&["remove", "1", "--connect", "h:1", "--timeout-ms", "5"]).unwrap();
         assert!(matches!(args.action, Action::Remove(IdArgs { id: 1, .. })));
         for (line, named) in [
             (&["add", "4", "--connect", "h:1"][..], "--peer-addr"),
@@ -366,8 +367,8 @@ mod tests {
             (&["remove", "0", "--connect", "h:1"][..], "0"),
             (&["remove", "x", "--connect", "h:1"][..], "x"),
             (
-                &["promote", "4", "--connect", "h:1", "--timeout", "0"][..],
-                "--timeout",
+                &["promote", "4", "--connect", "h:1", "--timeout-ms", "0"][..],
+                "--timeout-ms",
             ),
             (&["join", "4"][..], "join"),
         ] {

@@ -1,6 +1,8 @@
 //! `lockstep serve`: run one node. Options come from `--config FILE` (TOML, see
-//! `docs/CONFIG.md`) and from flags; a flag overrides the file's value. Without a file, `--id`,
-//! `--cluster-id`, `--data-dir`, `--app` and at least one `--member` are required.
+//! `docs/CONFIG.md`) and from flags; a flag overrides the file's value, and an option neither
+//! gives takes its default. `id`, `cluster_id`, `data_dir`, `app` and at least one member are
+//! required from one or the other; every missing one is named in one message. The help shows
+//! each setting's default as the code defines it ([`with_defaults_in_help`]).
 //!
 //! Exit status: 0 after a clean shutdown on SIGINT/SIGTERM; 1 when the configuration is bad (the
 //! message names the option) or the node fails; 2 for flags clap rejects.
@@ -10,8 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lockstep::apps::AppKind;
+use lockstep::server::security::Limits;
 use lockstep::server::security::TlsFiles;
-use lockstep::server::{self, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning};
+use lockstep::server::{
+    self, ConfigLayer, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning,
+};
 
 use crate::{env_setting, LOG_ENV, LOG_FORMAT_ENV};
 
@@ -61,75 +66,74 @@ pub struct Args {
     /// the file [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// Length of one consensus tick, milliseconds [default: 1].
+    /// Length of one consensus tick, milliseconds.
     #[arg(long, value_name = "MS")]
     tick_ms: Option<u64>,
-    /// Election timeout base in ticks (timeouts are drawn from [N, 2N)) [default: 100].
+    /// Election timeout base in ticks (timeouts are drawn from [N, 2N)).
     #[arg(long, value_name = "TICKS")]
     election_ticks: Option<u32>,
-    /// Leader heartbeat interval in ticks, below the election timeout [default: 20].
+    /// Leader heartbeat interval in ticks, below the election timeout.
     #[arg(long, value_name = "TICKS")]
     heartbeat_ticks: Option<u32>,
-    /// Most proposals gathered into one batch [default: 4096].
+    /// Most proposals gathered into one batch.
     #[arg(long, value_name = "N")]
     batch_entries_max: Option<u32>,
-    /// Most payload bytes gathered into one batch [default: 262144].
+    /// Most payload bytes gathered into one batch.
     #[arg(long, value_name = "BYTES")]
     batch_bytes_max: Option<u32>,
-    /// Most payload bytes per append message to a follower [default: 1048576].
+    /// Most payload bytes per append message to a follower.
     #[arg(long, value_name = "BYTES")]
     append_bytes_max: Option<u32>,
-    /// Per-follower pipelining window: most append messages in flight [default: 64].
+    /// Per-follower pipelining window: most append messages in flight.
     #[arg(long, value_name = "N")]
     inflight_messages_max: Option<u32>,
-    /// Per-follower pipelining window: most payload bytes in flight [default: 16777216].
+    /// Per-follower pipelining window: most payload bytes in flight.
     #[arg(long, value_name = "BYTES")]
     inflight_bytes_max: Option<u64>,
-    /// Snapshot the state machine (and compact the log) after this many applied entries
-    /// [default: 1048576].
+    /// Snapshot the state machine (and compact the log) after this many applied entries.
     #[arg(long, value_name = "N")]
     snapshot_entries: Option<u64>,
-    /// ... or after this many bytes of applied entries, whichever comes first
-    /// [default: 67108864].
+    /// ... or after this many bytes of applied entries, whichever comes first.
     #[arg(long, value_name = "BYTES")]
     snapshot_bytes: Option<u64>,
-    /// Size of each preallocated log segment, a multiple of 4096 [default: 67108864].
+    /// Size of each preallocated log segment, a multiple of 4096.
     #[arg(long, value_name = "BYTES")]
     segment_bytes: Option<u64>,
-    /// How the log is made durable: `io_uring` (falls back to fdatasync when unavailable) or
-    /// `fdatasync` [default: io_uring].
+    /// How the log is made durable: `io_uring` (falls back to fdatasync when unavailable),
+    /// `fdatasync`, or `none` (no syncs at all: NOT durable, for benchmarks only).
     #[arg(long, value_name = "MODE")]
     sync: Option<String>,
-    /// How records reach a segment: `mmap` (copy into the mapping) or `pwrite` [default: mmap].
+    /// How records reach a segment: `pwrite` (vectored writes into the file) or `mmap` (copy
+    /// into the mapped segment).
     #[arg(long, value_name = "MODE")]
     append_mode: Option<String>,
-    /// Pin the stages (network, consensus, storage, apply) to these cores, e.g. 0,1; empty
-    /// string = no pinning [default: no pinning].
+    /// Pin the four stage threads, in the order network, consensus, storage, apply, to these
+    /// cores, e.g. 2,3,4,5 (a shorter list wraps around: 0,1 puts network and storage on 0);
+    /// an empty string: no pinning.
     #[arg(long, value_name = "CORES", value_parser = parse_cores)]
     cpu_affinity: Option<CoreList>,
-    /// Bound of each inter-stage channel, in batches [default: 1024].
+    /// Bound of each inter-stage channel, in batches.
     #[arg(long, value_name = "N")]
     channel_capacity: Option<usize>,
-    /// Largest frame accepted or sent on any connection, bytes [default: 67108864].
+    /// Largest frame accepted or sent on any connection, bytes.
     #[arg(long, value_name = "BYTES")]
     max_frame_bytes: Option<u32>,
-    /// Sync rounds the log keeps in flight at once, 1..=64 [default: 4].
+    /// Sync rounds the log keeps in flight at once, 1..=64.
     #[arg(long, value_name = "N")]
     syncs_in_flight: Option<usize>,
     /// Sync on the storage thread itself when it has nothing else to do and no round runs
-    /// (pwrite append mode only): true or false [default: true].
+    /// (pwrite append mode only): true or false.
     #[arg(long, value_name = "BOOL")]
     sync_inline: Option<bool>,
     /// Let the network thread run light consensus turns itself while the consensus stage is
-    /// idle: true or false [default: true].
+    /// idle: true or false.
     #[arg(long, value_name = "BOOL")]
     inline_turns: Option<bool>,
-    /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes [default: 4194304].
+    /// SO_SNDBUF / SO_RCVBUF requested for every socket, bytes.
     #[arg(long, value_name = "BYTES")]
     socket_buffer_bytes: Option<usize>,
     /// How linearizable reads are confirmed: "index" (a heartbeat round to a quorum) or
-    /// "lease" (no round while the leader's lease holds; assumes bounded clock drift)
-    /// [default: index].
+    /// "lease" (no round while the leader's lease holds; assumes bounded clock drift).
     #[arg(long, value_name = "MODE")]
     read_mode: Option<String>,
     /// File holding the secret all members share (at least 32 bytes; one trailing newline is
@@ -144,20 +148,20 @@ pub struct Args {
     /// File holding the password of the read-only client user `reader` [default: none].
     #[arg(long, value_name = "FILE")]
     readonly_password_file: Option<PathBuf>,
-    /// Most concurrent client connections [default: 4096].
+    /// Most concurrent client connections.
     #[arg(long, value_name = "N")]
     max_clients: Option<usize>,
-    /// Largest client request (RESP command or native frame), bytes [default: 67108864].
+    /// Largest client request (RESP command or native frame), bytes.
     #[arg(long, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
     /// Most request bytes a RESP connection may have read and not yet answered; reading
-    /// pauses there [default: 67108864].
+    /// pauses there.
     #[arg(long, value_name = "BYTES")]
     max_pipelined_bytes: Option<usize>,
-    /// Close a client connection idle this long, ms; 0 = never [default: 0].
+    /// Close a client connection idle this long, ms; 0 = never.
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
-    /// Close a client that leaves its replies unread this long, ms; 0 = never [default: 60000].
+    /// Close a client that leaves its replies unread this long, ms; 0 = never.
     #[arg(long, value_name = "MS")]
     slow_client_timeout_ms: Option<u64>,
     /// TLS: this node's certificate chain (PEM); with --tls-key-file and --tls-ca-file turns TLS
@@ -174,9 +178,54 @@ pub struct Args {
     #[arg(long, value_name = "PORTS", value_parser = parse_tls_ports)]
     tls_ports: Option<(bool, bool)>,
     /// How long an idle stage polls its inputs before blocking, µs (0 = never spin; at most
-    /// 10000) [default: 0].
+    /// 10000).
     #[arg(long, value_name = "US")]
     spin_us: Option<u64>,
+}
+
+/// Every tuning and limit setting's default, taken from the code ([`Tuning::default`],
+/// [`Limits::default`]), as (the setting's name, which is also its flag's argument id; the
+/// value as the help shows it).
+fn setting_defaults() -> Vec<(String, String)> {
+    let sections = [
+        serde_json::to_value(Tuning::default()),
+        serde_json::to_value(Limits::default()),
+    ];
+    let mut defaults = Vec::new();
+    for section in sections {
+        let section = section.expect("the default settings serialize");
+        let serde_json::Value::Object(fields) = section else {
+            panic!("a settings section serializes as an object, not {section}");
+        };
+        for (name, value) in fields {
+            let shown = match value {
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Array(items) if items.is_empty() => "none".to_string(),
+                other => other.to_string(),
+            };
+            defaults.push((name, shown));
+        }
+    }
+    defaults
+}
+
+/// The `serve` command with each tuning and limit flag's help ending in `[default: VALUE]`,
+/// VALUE taken from the code's defaults, so the help cannot drift from them.
+pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
+    let mut command = command;
+    for (id, value) in setting_defaults() {
+        assert!(
+            command
+                .get_arguments()
+                .any(|arg| arg.get_id() == id.as_str()),
+            "the setting `{id}` has no `lockstep serve` flag"
+        );
+        command = command.mut_arg(id, |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {value}]"))
+        });
+    }
+    command
 }
 
 /// Parses `--tls-ports` into (client, peer).
@@ -221,54 +270,44 @@ impl Args {
             Some(path) => format!("{} with flags", path.display()),
             None => "flags".to_string(),
         };
-        let mut config = match &self.config {
-            Some(path) => ServerConfig::parse_file(path)?,
-            None => ServerConfig {
-                id: self.id.ok_or_else(|| missing("id"))?,
-                cluster_id: self.cluster_id.ok_or_else(|| missing("cluster-id"))?,
-                data_dir: self.data_dir.clone().ok_or_else(|| missing("data-dir"))?,
-                app: self.app.ok_or_else(|| missing("app"))?,
-                metrics_addr: None,
-                log_level: None,
-                log_format: None,
-                members: Vec::new(),
-                join: false,
-                tuning: Tuning::default(),
-                security: Default::default(),
-                limits: Default::default(),
-            },
+        let mut layer = match &self.config {
+            Some(path) => ConfigLayer::parse_file(path)?,
+            None => ConfigLayer::default(),
         };
-        self.apply_to(&mut config);
+        self.apply_to(&mut layer);
+        let config = layer.complete().map_err(|e| {
+            ServerError(format!(
+                "{e}: give them as flags or in the --config file (docs/CONFIG.md)"
+            ))
+            .in_source(&source)
+        })?;
         config.validate().map_err(|e| e.in_source(&source))?;
         Ok(config)
     }
 
-    fn apply_to(self, config: &mut ServerConfig) {
+    fn apply_to(self, config: &mut ConfigLayer) {
         fn set<T>(target: &mut T, value: Option<T>) {
             if let Some(value) = value {
                 *target = value;
             }
         }
-        set(&mut config.id, self.id);
-        set(&mut config.cluster_id, self.cluster_id);
-        set(&mut config.data_dir, self.data_dir);
-        set(&mut config.app, self.app);
-        if self.metrics_addr.is_some() {
-            config.metrics_addr = self.metrics_addr;
+        fn set_some<T>(target: &mut Option<T>, value: Option<T>) {
+            if value.is_some() {
+                *target = value;
+            }
         }
-        if self.log_level.is_some() {
-            config.log_level = self.log_level;
-        }
-        if self.log_format.is_some() {
-            config.log_format = self.log_format;
-        }
+        set_some(&mut config.id, self.id);
+        set_some(&mut config.cluster_id, self.cluster_id);
+        set_some(&mut config.data_dir, self.data_dir);
+        set_some(&mut config.app, self.app);
+        set_some(&mut config.metrics_addr, self.metrics_addr);
+        set_some(&mut config.log_level, self.log_level);
+        set_some(&mut config.log_format, self.log_format);
         if !self.members.is_empty() {
             config.members = self.members;
         }
         config.join |= self.join;
-        if self.peer_secret_file.is_some() {
-            config.security.peer_secret_file = self.peer_secret_file;
-        }
+        set_some(&mut config.security.peer_secret_file, self.peer_secret_file);
         let tuning = &mut config.tuning;
         set(&mut tuning.tick_ms, self.tick_ms);
         set(&mut tuning.election_ticks, self.election_ticks);
@@ -299,12 +338,14 @@ impl Args {
         set(&mut tuning.read_mode, self.read_mode);
         set(&mut tuning.spin_us, self.spin_us);
         let security = &mut config.security;
-        if self.client_password_file.is_some() {
-            security.client_password_file = self.client_password_file;
-        }
-        if self.readonly_password_file.is_some() {
-            security.readonly_password_file = self.readonly_password_file;
-        }
+        set_some(
+            &mut security.client_password_file,
+            self.client_password_file,
+        );
+        set_some(
+            &mut security.readonly_password_file,
+            self.readonly_password_file,
+        );
         let limits = &mut config.limits;
         set(&mut limits.max_clients, self.max_clients);
         set(&mut limits.max_request_bytes, self.max_request_bytes);
@@ -336,12 +377,6 @@ impl Args {
             }
         }
     }
-}
-
-fn missing(flag: &str) -> ServerError {
-    ServerError(format!(
-        "option `--{flag}` is required when no --config file is given"
-    ))
 }
 
 /// Sets up logging with the filter and format from the flag, else the environment, else the file, else the default.
@@ -383,5 +418,104 @@ pub fn run(args: Args) -> ExitCode {
             eprintln!("lockstep serve: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args as _;
+
+    fn serve_command() -> clap::Command {
+        with_defaults_in_help(Args::augment_args(clap::Command::new("serve")))
+    }
+
+    fn help_of(command: &clap::Command, id: &str) -> String {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .unwrap_or_else(|| panic!("no flag --{id}"));
+        arg.get_help().map(ToString::to_string).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_setting_flag_shows_the_code_default_once() {
+        let command = serve_command();
+        for (id, value) in setting_defaults() {
+            let help = help_of(&command, &id);
+            assert!(
+                help.ends_with(&format!("[default: {value}]")),
+                "--{id}: {help}"
+            );
+            assert_eq!(help.matches("[default:").count(), 1, "--{id}: {help}");
+        }
+        let tuning = Tuning::default();
+        assert!(help_of(&command, "append_mode")
+            .ends_with(&format!("[default: {}]", tuning.append_mode)));
+        assert!(help_of(&command, "sync").contains("`none`"));
+    }
+
+    fn config_of(flags: &[&str]) -> Result<ServerConfig, ServerError> {
+        crate::parse_flags::<Args>("serve", flags)
+            .expect("flags parse")
+            .config()
+    }
+
+    const MEMBER: &str = "1=127.0.0.1:7001/127.0.0.1:6380";
+
+    #[test]
+    fn a_file_of_tuning_only_and_flags_for_the_rest_make_one_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tuning.toml");
+        std::fs::write(&file, "[tuning]\nsync = \"fdatasync\"\ntick_ms = 5\n").unwrap();
+        let data = dir.path().join("data");
+        let config = config_of(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--id",
+            "1",
+            "--cluster-id",
+            "7",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--app",
+            "kv",
+            "--member",
+            MEMBER,
+            "--tick-ms",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!((config.id, config.cluster_id), (1, 7));
+        assert_eq!(config.data_dir, data);
+        assert_eq!(config.members.len(), 1);
+        assert_eq!(config.tuning.sync, "fdatasync", "the file's value");
+        assert_eq!(config.tuning.tick_ms, 2, "the flag wins over the file");
+        assert_eq!(
+            config.tuning.segment_bytes,
+            Tuning::default().segment_bytes,
+            "neither gives it: the default"
+        );
+    }
+
+    #[test]
+    fn every_missing_required_option_is_named_at_once() {
+        let error = config_of(&["--id", "1"]).unwrap_err().0;
+        for named in ["--cluster-id", "--data-dir", "--app", "--member"] {
+            assert!(error.contains(named), "{named} missing from: {error}");
+        }
+        assert!(!error.contains("(flag --id)"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("partial.toml");
+        std::fs::write(&file, "id = 1\napp = \"kv\"\n").unwrap();
+        let error = config_of(&["--config", file.to_str().unwrap(), "--member", MEMBER])
+            .unwrap_err()
+            .0;
+        assert!(
+            error.contains("`cluster_id` (flag --cluster-id)")
+                && error.contains("`data_dir` (flag --data-dir)")
+                && error.contains("partial.toml"),
+            "{error}"
+        );
     }
 }

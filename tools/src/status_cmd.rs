@@ -10,6 +10,7 @@ use std::time::Duration;
 use lockstep::client::{Client, ClientError, Credentials};
 use lockstep::net::ClientTls;
 use lockstep::node::LatencySnapshot;
+use lockstep::server::DEFAULT_CLUSTER_ID;
 use serde_json::Value;
 
 /// Arguments of `lockstep status`.
@@ -18,9 +19,9 @@ pub struct Args {
     /// The node's client address, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     addr: String,
-    /// The cluster id the node belongs to (the handshake is refused otherwise) [default: 0].
-    #[arg(long, value_name = "N")]
-    cluster_id: Option<u64>,
+    /// The cluster id the node belongs to (the handshake is refused otherwise).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLUSTER_ID)]
+    cluster_id: u64,
     /// Print the node's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -58,7 +59,7 @@ fn fetch(args: &Args) -> Result<String, String> {
         .map(ClientTls::from_ca_file)
         .transpose()
         .map_err(|e| format!("--tls-ca-file: {e}"))?;
-    let cluster_id = args.cluster_id.unwrap_or(0);
+    let cluster_id = args.cluster_id;
     let connected = Client::connect_with(
         addr,
         cluster_id,
@@ -67,9 +68,9 @@ fn fetch(args: &Args) -> Result<String, String> {
         tls.as_ref(),
     );
     let mut client = connected.map_err(|e| {
-        let hint = match (&e, args.cluster_id, &credentials) {
-            (ClientError::Refused(_), None, _) => " (pass the cluster's --cluster-id)",
-            (ClientError::Auth(_), _, None) => " (pass --password-file)",
+        let hint = match (&e, &credentials) {
+            (ClientError::Refused(_), _) => " (is --cluster-id the cluster's id?)",
+            (ClientError::Auth(_), None) => " (pass --password-file)",
             _ => "",
         };
         format!("cannot connect to {addr}: {e}{hint}")

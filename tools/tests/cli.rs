@@ -131,8 +131,8 @@ fn member_against_nothing_or_with_bad_flags_exits_non_zero() {
             "2",
             "--connect",
             &addr,
-            "--timeout",
-            "1",
+            "--timeout-ms",
+            "1000",
         ],
         &["lockstep member", "no member answers"],
     );
@@ -316,4 +316,269 @@ fn a_node_that_fails_while_serving_exits_non_zero_naming_the_cause() {
         stderr.contains("failed") && stderr.contains("snapshots"),
         "{stderr}"
     );
+}
+
+/// A log of `entries` one-entry batches, made durable, in `dir`.
+fn write_log(dir: &std::path::Path, entries: u64) {
+    use lockstep::batch::{BatchBuilder, BatchKind};
+    use lockstep::log::{Log, LogOptions};
+    use lockstep::types::{LogIndex, Term};
+
+    let options = LogOptions {
+        segment_bytes: 16 << 10,
+        spare_segments: 1,
+        ..LogOptions::default()
+    };
+    let (mut log, _) = Log::open(dir, options).unwrap();
+    for index in 1..=entries {
+        let mut builder = BatchBuilder::default();
+        builder.push(b"entry");
+        log.append(&builder.finish(Term(1), LogIndex(index), BatchKind::Normal))
+            .unwrap();
+    }
+    log.request_sync().unwrap();
+    assert_eq!(log.wait_durable().unwrap(), LogIndex(entries));
+}
+
+/// Runs the binary; its exit status, stdout and stderr.
+fn run_output(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let output = std::process::Command::new(common::BIN)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status, text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn log_commands_refuse_a_directory_that_holds_no_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().to_str().unwrap();
+    for command in ["verify", "dump"] {
+        let (status, stdout, stderr) = run_output(&["log", command, empty]);
+        assert!(
+            !status.success(),
+            "log {command} accepted an empty directory: {stdout}"
+        );
+        assert!(
+            stderr.contains("holds no log") && stderr.contains(".seg"),
+            "log {command}: {stderr}"
+        );
+        assert!(!stdout.contains("OK"), "log {command}: {stdout}");
+    }
+    let missing = dir.path().join("missing");
+    assert_refused(
+        &["log", "verify", missing.to_str().unwrap()],
+        &["is not a directory"],
+    );
+}
+
+#[test]
+fn log_commands_find_the_log_of_a_node_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    write_log(&data.path().join("log"), 5);
+    for dir in [data.path().to_path_buf(), data.path().join("log")] {
+        let dir = dir.to_str().unwrap();
+        let (status, stdout, stderr) = run_output(&["log", "verify", dir]);
+        assert!(status.success(), "log verify {dir}: {stdout}{stderr}");
+        assert!(stdout.contains("records:  5 verified"), "{stdout}");
+        assert!(stdout.contains("entries:  1..=5"), "{stdout}");
+        let (status, stdout, stderr) = run_output(&["log", "dump", dir, "--from", "2"]);
+        assert!(status.success(), "log dump {dir}: {stdout}{stderr}");
+        assert_eq!(
+            stdout.lines().filter(|line| !line.starts_with('#')).count(),
+            4,
+            "{stdout}"
+        );
+    }
+}
+
+/// The help of `lockstep ARGS --help`.
+fn help_of(args: &[&str]) -> String {
+    let mut args = args.to_vec();
+    args.push("--help");
+    let (status, stdout, stderr) = run_output(&args);
+    assert!(status.success(), "{args:?}: {stderr}");
+    stdout
+}
+
+/// The help text of `flag` (its line and the indented lines that follow), from a help page.
+fn flag_help<'a>(help: &'a str, flag: &str) -> String {
+    let mut lines = help
+        .lines()
+        .skip_while(|line| !line.trim_start().split([' ', ',']).any(|word| word == flag));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
+    let rest = lines.take_while(|line| {
+        let trimmed = line.trim_start();
+        !trimmed.is_empty() && !trimmed.starts_with('-')
+    });
+    std::iter::once(first)
+        .chain(rest)
+        .collect::<Vec<&'a str>>()
+        .join(" ")
+}
+
+#[test]
+fn serve_help_shows_the_code_defaults() {
+    let help = help_of(&["serve"]);
+    let tuning = lockstep::server::Tuning::default();
+    let append = flag_help(&help, "--append-mode");
+    assert!(
+        append.contains(&format!("[default: {}]", tuning.append_mode)),
+        "{append}"
+    );
+    let sync = flag_help(&help, "--sync");
+    assert!(
+        sync.contains("`none`") && sync.contains(&format!("[default: {}]", tuning.sync)),
+        "{sync}"
+    );
+    let segment = flag_help(&help, "--segment-bytes");
+    assert!(
+        segment.contains(&format!("[default: {}]", tuning.segment_bytes)),
+        "{segment}"
+    );
+    let affinity = flag_help(&help, "--cpu-affinity");
+    assert!(
+        affinity.contains("network, consensus, storage, apply"),
+        "{affinity}"
+    );
+}
+
+#[test]
+fn the_tools_share_one_cluster_id_default_and_name_timeouts_in_ms() {
+    let default = format!("[default: {}]", lockstep::server::DEFAULT_CLUSTER_ID);
+    for command in [&["status"][..], &["cluster"], &["member", "add"]] {
+        let help = help_of(command);
+        let cluster_id = flag_help(&help, "--cluster-id");
+        assert!(cluster_id.contains(&default), "{command:?}: {cluster_id}");
+    }
+    for command in [&["status"][..], &["member", "remove"]] {
+        let help = help_of(command);
+        assert!(help.contains("--timeout-ms <MS>"), "{command:?}: {help}");
+        assert!(!help.contains("--timeout <"), "{command:?}: {help}");
+    }
+    let dump = help_of(&["log", "dump"]);
+    assert!(!dump.contains(&u64::MAX.to_string()), "{dump}");
+    assert!(
+        flag_help(&dump, "--to").contains("the last entry"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn serve_names_every_missing_required_option_at_once() {
+    let (status, stderr) = run_bin(&["serve"]);
+    assert!(!status.success());
+    for flag in ["--id", "--cluster-id", "--data-dir", "--app", "--member"] {
+        assert!(
+            stderr.contains(&format!("(flag {flag})")),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
+/// Runs `lockstep serve ARGS` until its ready line, then stops it; the line.
+fn serve_until_ready(args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(common::BIN)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    read.unwrap();
+    assert!(
+        line.starts_with("lockstep node "),
+        "no ready line; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    line
+}
+
+#[test]
+fn a_tuning_only_file_and_flags_for_the_rest_start_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tuning.toml");
+    std::fs::write(
+        &file,
+        "[tuning]\nsync = \"fdatasync\"\nsegment_bytes = 1048576\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let members = member_flags(&free_ports(2));
+    let mut args = vec!["--config", file.to_str().unwrap(), "--id", "1"];
+    args.extend(["--cluster-id", "7", "--app", "kv"]);
+    args.extend(["--data-dir", data.to_str().unwrap()]);
+    args.extend(members.iter().map(String::as_str));
+    let line = serve_until_ready(&args);
+    assert!(line.contains("node 1 ready"), "{line}");
+}
+
+#[test]
+fn a_busy_client_port_is_named_before_the_log_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client_port = busy.local_addr().unwrap().port();
+    let peer_port = free_ports(1)[0];
+    let member = format!("1=127.0.0.1:{peer_port}/127.0.0.1:{client_port}");
+    let args = [
+        "serve",
+        "--id",
+        "1",
+        "--cluster-id",
+        "7",
+        "--app",
+        "kv",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--member",
+        &member,
+    ];
+    let (status, stderr) = run_bin(&args);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("client address 127.0.0.1:{client_port}"))
+            && stderr.contains("in use")
+            && stderr.contains("What to do"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&format!("127.0.0.1:{peer_port}")),
+        "the free peer port is blamed: {stderr}"
+    );
+    assert!(
+        !data.join("log").exists(),
+        "the log was created before the ports were checked"
+    );
+    drop(busy);
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_explained_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data-file");
+    std::fs::write(&file, b"x").unwrap();
+    let members = member_flags(&free_ports(2));
+    let mut args = vec!["serve", "--id", "1", "--cluster-id", "7", "--app", "kv"];
+    args.extend(["--data-dir", file.to_str().unwrap()]);
+    args.extend(members.iter().map(String::as_str));
+    let (status, stderr) = run_bin(&args);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("data-file is a file, not a directory")
+            && stderr.contains("--data-dir")
+            && stderr.contains("What to do"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hint=\"\""), "{stderr}");
 }

@@ -286,8 +286,8 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
         &connect1,
         "--cluster-id",
         &id_text,
-        "--timeout",
-        "60",
+        "--timeout-ms",
+        "60000",
     ]);
     assert!(
         ok && stdout.contains("added node 4 as a learner at index")

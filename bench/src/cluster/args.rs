@@ -10,7 +10,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use lockstep::server::Tuning;
+use lockstep::server::{Tuning, DEFAULT_CLUSTER_ID};
 use serde::Serialize;
 
 use super::keys::KEYS_MAX;
@@ -118,8 +118,9 @@ pub struct Args {
     /// File holding the client password, for nodes that require one (`--connect`).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
-    /// Cluster id presented to the nodes (the local cluster is started with it).
-    #[arg(long, default_value_t = 7)]
+    /// Cluster id presented to the nodes (the local cluster is started with it; `lockstep
+    /// cluster` and `lockstep status` use the same default).
+    #[arg(long, default_value_t = DEFAULT_CLUSTER_ID)]
     pub cluster_id: u64,
     /// With --connect: talk TLS to the nodes, trusting the CA certificate(s) of this PEM file.
     #[arg(long, value_name = "FILE")]

@@ -149,7 +149,11 @@ pub fn run(args: Args) -> ExitCode {
             }
         }
         Err(error) if interrupt.is_set() => {
-            eprintln!("lockstep-bench: interrupted ({error}); nodes stopped, data removed");
+            let cleaned = match config.target {
+                Target::Local { .. } => "; nodes stopped, data removed",
+                Target::Connect { .. } => "",
+            };
+            eprintln!("lockstep-bench: interrupted ({error}){cleaned}");
             ExitCode::from(EXIT_INTERRUPTED as u8)
         }
         Err(error) => {
@@ -187,6 +191,10 @@ impl Session {
                     parent_dir: config.dir.clone(),
                     ready_timeout: READY_TIMEOUT,
                 };
+                if config.durability == args::Durability::Fsync {
+                    let parent = config.dir.clone().unwrap_or_else(std::env::temp_dir);
+                    report::warn_if_syncs_are_free("lockstep-bench", &parent);
+                }
                 let command = NodeCommand::this_executable()
                     .map_err(|error| format!("finding this executable: {error}"))?;
                 let cluster = LocalCluster::start(&spec, &command, interrupt)?;
@@ -197,12 +205,21 @@ impl Session {
                     preloaded: false,
                 })
             }
-            Target::Connect { addrs } => Ok(Session {
-                local: None,
-                members: addrs.clone(),
-                data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
-                preloaded: false,
-            }),
+            Target::Connect { addrs } => {
+                check_reachable(addrs)?;
+                let listed: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "lockstep-bench: using the running cluster at {} (no node is started or \
+                     stopped)",
+                    listed.join(", ")
+                );
+                Ok(Session {
+                    local: None,
+                    members: addrs.clone(),
+                    data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
+                    preloaded: false,
+                })
+            }
         }
     }
 
@@ -371,16 +388,39 @@ impl Session {
     }
 }
 
-/// Describes the machine, warning when the data directory's filesystem makes syncs free.
-fn describe_machine(session: &Session) -> Machine {
-    let machine = Machine::describe(&session.data_dir);
-    if session.local.is_some() && machine.data_dir_filesystem == "tmpfs" {
+/// How long a `--connect` address may take to accept a connection before it counts as down.
+const CONNECT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks that the `--connect` addresses accept connections before any load is planned: none
+/// answering is an error naming each address and why; some not answering is a warning.
+fn check_reachable(addrs: &[SocketAddr]) -> Result<(), String> {
+    let down: Vec<String> = addrs
+        .iter()
+        .filter_map(|addr| {
+            std::net::TcpStream::connect_timeout(addr, CONNECT_CHECK_TIMEOUT)
+                .err()
+                .map(|error| format!("{addr} ({error})"))
+        })
+        .collect();
+    if down.len() == addrs.len() {
+        return Err(format!(
+            "no node answers at --connect {}: start the cluster first (e.g. `lockstep cluster \
+             --nodes 3`) or correct the addresses",
+            down.join(", ")
+        ));
+    }
+    if !down.is_empty() {
         eprintln!(
-            "lockstep-bench: warning: {} is on tmpfs, where fdatasync does nothing; use --dir on the disk you mean to measure",
-            session.data_dir.display()
+            "lockstep-bench: warning: no answer from {}; benchmarking the members that answer",
+            down.join(", ")
         );
     }
-    machine
+    Ok(())
+}
+
+/// Describes the machine the session's data directory is on.
+fn describe_machine(session: &Session) -> Machine {
+    Machine::describe(&session.data_dir)
 }
 
 fn run_once(config: &RunConfig, interrupt: &Interrupt) -> Result<RunReport, String> {

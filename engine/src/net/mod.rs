@@ -171,12 +171,14 @@ pub struct NetConfig {
     /// Spin-before-block: after handling something, the loop polls without sleeping for this
     /// long before it blocks in `poll` again (zero, the default: never spins).
     pub spin: Duration,
+    /// The core the network thread is pinned to (none, the default: not pinned).
+    pub core: Option<usize>,
 }
 
 impl NetConfig {
     /// Defaults: 64 MiB frames, 4 MiB socket buffers, reconnect backoff 10 ms .. 1 s, reverse
     /// dial after 3 s, 4096 clients, 10 s handshake timeout, no client port, default [`RespLimits`], no peer secret,
-    /// no client passwords, default [`ClientLimits`], no TLS.
+    /// no client passwords, default [`ClientLimits`], no TLS, no spinning, no pinning.
     pub fn new(cluster_id: u64, node_id: NodeId, peer_listen: SocketAddr) -> NetConfig {
         NetConfig {
             cluster_id,
@@ -198,6 +200,7 @@ impl NetConfig {
             client_limits: ClientLimits::default(),
             tls: TlsSettings::default(),
             spin: Duration::ZERO,
+            core: None,
         }
     }
 }

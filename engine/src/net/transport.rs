@@ -240,14 +240,14 @@ impl Transport {
         }
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
-        let mut peer_listener = TcpListener::bind(config.peer_listen)?;
+        let mut peer_listener = bind("peer", config.peer_listen)?;
         set_buffer_sizes(peer_listener.as_raw_fd(), config.socket_buffer_bytes);
         poll.registry()
             .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)?;
         let peer_addr = peer_listener.local_addr()?;
         let client_listener = match config.client_listen {
             Some(addr) => {
-                let mut listener = TcpListener::bind(addr)?;
+                let mut listener = bind("client", addr)?;
                 poll.registry()
                     .register(&mut listener, CLIENT_LISTENER, Interest::READABLE)?;
                 Some(listener)
@@ -274,10 +274,18 @@ impl Transport {
             stats: Arc::clone(&stats),
             lanes: Arc::clone(&lanes),
         };
+        let core = config.core;
         let event_loop = EventLoop::new(config, poll, peer_listener, client_listener, links);
         let thread = std::thread::Builder::new()
             .name("lockstep-net".to_owned())
-            .spawn(move || event_loop.run())?;
+            .spawn(move || {
+                if let Some(id) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        warn!(core = id, "could not pin the network thread");
+                    }
+                }
+                event_loop.run()
+            })?;
         Ok(Transport {
             handle: NetHandle {
                 outbound: outbound_tx,
@@ -365,6 +373,13 @@ pub(super) fn set_buffer_sizes(fd: std::os::fd::RawFd, bytes: usize) {
             );
         }
     }
+}
+
+/// A listener on `addr`; the error names which port (`role`: "peer" or "client") and address
+/// could not be bound, keeping the OS error's kind.
+fn bind(role: &str, addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .map_err(|error| io::Error::new(error.kind(), format!("{role} address {addr}: {error}")))
 }
 
 /// Raises the soft limit on open files to the hard limit, so that `max_clients` connections (and

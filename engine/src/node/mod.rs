@@ -290,6 +290,14 @@ impl Node {
         let raft = Raft::new(raft_config, restored)
             .map_err(|error| NodeError::Failed(format!("refusing to start: {error}")))?;
 
+        // Core slots: network, consensus, storage, apply (a shorter list wraps around).
+        let core_for = |slot: usize| {
+            config
+                .cpu_affinity
+                .as_ref()
+                .filter(|cores| !cores.is_empty())
+                .map(|cores| cores[slot % cores.len()])
+        };
         let capacity = config.channel_capacity;
         let (net_sender, net_events) = bounded(capacity);
         let peer_listen = config.peer_listen.unwrap_or(me.peer_addr);
@@ -315,11 +323,9 @@ impl Node {
             net_config.resp_limits.request_bytes_max = config.max_request_bytes;
             net_config.tls = config.tls.clone();
             net_config.spin = config.spin.budget();
-            let transport = Transport::start(net_config, net_sender).map_err(|error| {
-                NodeError::Failed(format!(
-                    "cannot start the network on {peer_listen}: {error}"
-                ))
-            })?;
+            net_config.core = core_for(0);
+            let transport = Transport::start(net_config, net_sender)
+                .map_err(|error| NodeError::Failed(format!("cannot start the network: {error}")))?;
             Some(Arc::new(transport))
         } else {
             drop(net_sender);
@@ -382,14 +388,6 @@ impl Node {
             let turn = ConsensusStage::inline_turn(&consensus, net_events.clone());
             transport.set_inline_turn(Box::new(turn));
         }
-        // Core slots: network (its own thread, not pinned here), consensus, storage, apply.
-        let core_for = |slot: usize| {
-            config
-                .cpu_affinity
-                .as_ref()
-                .filter(|cores| !cores.is_empty())
-                .map(|cores| cores[slot % cores.len()])
-        };
         let id = config.id;
         let threads = vec![
             spawn(format!("ls-consensus-{id}"), core_for(1), move || {

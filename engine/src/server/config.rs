@@ -23,6 +23,10 @@ use crate::types::NodeId;
 /// The smallest allowed `max_frame_bytes`: room for handshakes, heartbeats and replies.
 pub const MAX_FRAME_BYTES_MIN: u32 = 64 << 10;
 
+/// The cluster id the tools (`lockstep cluster`, `status`, `member`, `lockstep-bench`) present
+/// when none is given; the examples in the documentation use it too.
+pub const DEFAULT_CLUSTER_ID: u64 = 7;
+
 /// Log segments are a whole number of these.
 const SEGMENT_ALIGN_BYTES: u64 = 4096;
 
@@ -346,6 +350,96 @@ pub struct ServerConfig {
     pub limits: Limits,
 }
 
+/// A configuration as a file or flags give it: every option may be missing, for another
+/// source to fill in (flags over a file: see `lockstep serve`). [`ConfigLayer::complete`] makes
+/// it a [`ServerConfig`], naming every missing required option at once.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// This node's id.
+    pub id: Option<u64>,
+    /// The cluster id.
+    pub cluster_id: Option<u64>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Which state machine to run.
+    pub app: Option<AppKind>,
+    /// See [`ServerConfig::metrics_addr`].
+    pub metrics_addr: Option<SocketAddr>,
+    /// See [`ServerConfig::log_level`].
+    pub log_level: Option<String>,
+    /// See [`ServerConfig::log_format`].
+    pub log_format: Option<String>,
+    /// The members; empty: none given.
+    #[serde(default)]
+    pub members: Vec<MemberConfig>,
+    /// See [`ServerConfig::join`].
+    #[serde(default)]
+    pub join: bool,
+    /// Tuning (defaults for every knob not given).
+    #[serde(default)]
+    pub tuning: Tuning,
+    /// Peer and client authentication, TLS.
+    #[serde(default)]
+    pub security: Security,
+    /// Limits on what one client may cost the node.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl ConfigLayer {
+    /// Reads and parses a TOML file; errors name the file.
+    pub fn parse_file(path: &Path) -> Result<ConfigLayer, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError(format!("{}: cannot read: {e}", path.display())))?;
+        ConfigLayer::parse_toml(&text).map_err(|e| e.in_source(&path.display().to_string()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse_toml(text: &str) -> Result<ConfigLayer, ServerError> {
+        toml::from_str(text).map_err(|e| ServerError(e.to_string().trim_end().to_string()))
+    }
+
+    /// The whole configuration (not yet validated); the error names every required option
+    /// that is missing, with its flag.
+    pub fn complete(self) -> Result<ServerConfig, ServerError> {
+        let missing: Vec<String> = [
+            ("id", "id", self.id.is_none()),
+            ("cluster_id", "cluster-id", self.cluster_id.is_none()),
+            ("data_dir", "data-dir", self.data_dir.is_none()),
+            ("app", "app", self.app.is_none()),
+            ("members", "member", self.members.is_empty()),
+        ]
+        .iter()
+        .filter(|(_, _, missing)| *missing)
+        .map(|(field, flag, _)| format!("`{field}` (flag --{flag})"))
+        .collect();
+        match (self.id, self.cluster_id, self.data_dir, self.app) {
+            (Some(id), Some(cluster_id), Some(data_dir), Some(app)) if missing.is_empty() => {
+                Ok(ServerConfig {
+                    id,
+                    cluster_id,
+                    data_dir,
+                    app,
+                    metrics_addr: self.metrics_addr,
+                    log_level: self.log_level,
+                    log_format: self.log_format,
+                    members: self.members,
+                    join: self.join,
+                    tuning: self.tuning,
+                    security: self.security,
+                    limits: self.limits,
+                })
+            }
+            _ if missing.len() == 1 => Err(ServerError(format!("missing field {}", missing[0]))),
+            _ => Err(ServerError(format!(
+                "missing fields {}",
+                missing.join(", ")
+            ))),
+        }
+    }
+}
+
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -411,17 +505,17 @@ impl ServerConfig {
         Ok(config)
     }
 
-    /// Reads and parses a TOML file without validating it (so flags can still override
-    /// options before [`ServerConfig::validate`]).
+    /// Reads and parses a TOML file without validating it; the error names the file.
     pub fn parse_file(path: &Path) -> Result<ServerConfig, ServerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ServerError(format!("{}: cannot read: {e}", path.display())))?;
-        ServerConfig::parse_toml(&text).map_err(|e| e.in_source(&path.display().to_string()))
+        ConfigLayer::parse_file(path)?
+            .complete()
+            .map_err(|e| e.in_source(&path.display().to_string()))
     }
 
-    /// Parses TOML text without validating it.
+    /// Parses TOML text without validating it; a missing required option is an error naming
+    /// each one missing.
     pub fn parse_toml(text: &str) -> Result<ServerConfig, ServerError> {
-        toml::from_str(text).map_err(|e| ServerError(e.to_string().trim_end().to_string()))
+        ConfigLayer::parse_toml(text)?.complete()
     }
 
     /// The configuration as TOML text (what [`ServerConfig::parse_toml`] reads back).

@@ -60,6 +60,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 /// the server before it touches the data directory) and stopped before the node shuts down.
 pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerError> {
     let mut node_config = config.node_config()?;
+    preflight(&config)
+        .map_err(|e| ServerError(format!("node {} failed to start: {e}", config.id)))?;
     node_config.frontend = config.app.frontend();
     let mut metrics = config
         .metrics_addr
@@ -106,6 +108,47 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
     Ok(())
 }
 
+/// Checks what would otherwise fail only after the log preallocated its segments: the data
+/// directory (and its `log` and `snapshots`) must be directories or missing, and this node's
+/// peer and client addresses must be free. The error names the option, the path or the port,
+/// and what to do.
+fn preflight(config: &ServerConfig) -> Result<(), ServerError> {
+    let data_dir = &config.data_dir;
+    let paths = [
+        data_dir.clone(),
+        crate::node::start::log_dir(data_dir),
+        crate::node::start::snapshot_dir(data_dir),
+    ];
+    if let Some(path) = paths.iter().find(|path| path.exists() && !path.is_dir()) {
+        return Err(ServerError::option(
+            "data_dir",
+            format!(
+                "{} is a file, not a directory. What to do: give `data_dir` a directory (it \
+                 is created if missing), or move that file out of the way",
+                path.display()
+            ),
+        ));
+    }
+    let Some(own) = config.own_member() else {
+        return Ok(()); // validation names it
+    };
+    for (role, addr) in [("peer", own.peer_addr), ("client", own.client_addr)] {
+        if let Err(error) = std::net::TcpListener::bind(addr) {
+            return Err(ServerError::option(
+                "members",
+                format!(
+                    "cannot listen on node {}'s {role} address {addr}: {error}. What to do: \
+                     {}",
+                    config.id,
+                    operator_hint(&error.to_string())
+                        .unwrap_or("check this node's entry in `members`")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Shuts the node down once the metrics thread (the only other holder) has let go of it.
 fn shut_down(node: Arc<Node>, config: &ServerConfig) -> Result<(), ServerError> {
     let node = Arc::try_unwrap(node).unwrap_or_else(|node| {
@@ -126,18 +169,22 @@ fn shut_down(node: Arc<Node>, config: &ServerConfig) -> Result<(), ServerError> 
 /// A fatal error, with what the operator should do appended when the cause is a known one;
 /// logged (so structured logs carry it too) and returned.
 fn fatal(message: String) -> ServerError {
-    let hint = operator_hint(&message);
-    tracing::error!(error = %message, hint = hint.unwrap_or(""), "fatal");
-    match hint {
-        Some(hint) => ServerError(format!("{message}. What to do: {hint}")),
-        None => ServerError(message),
+    match operator_hint(&message) {
+        Some(hint) => {
+            tracing::error!(error = %message, hint, "fatal");
+            ServerError(format!("{message}. What to do: {hint}"))
+        }
+        None => {
+            tracing::error!(error = %message, "fatal");
+            ServerError(message)
+        }
     }
 }
 
 /// Known causes of fatal errors, recognised by the (lower-case) words their messages (built by the log, the
 /// network and the node start-up) contain, and what the operator should do about each.
 /// `docs/OPERATIONS.md` ("When a node stops") explains each in more depth.
-const HINTS: [(&str, &str); 10] = [
+const HINTS: [(&str, &str); 11] = [
     (
         "is in use by another log",
         "another lockstep process uses this data directory; stop it, or give this node its own \
@@ -182,6 +229,11 @@ const HINTS: [(&str, &str); 10] = [
         "the hard-state file was deleted (a node that forgot its vote could vote twice in one \
          term); restore it from a backup of this data directory, or rebuild the node from the \
          others as docs/OPERATIONS.md (\"A corrupt log\") says",
+    ),
+    (
+        "not a directory",
+        "a file is where the node keeps a directory (`data_dir`, or its `log` or `snapshots`); \
+         move it out of the way, or give `data_dir` a directory of its own",
     ),
     (
         "rejected the snapshot",
@@ -233,6 +285,11 @@ mod tests {
             LogError::HardStateMissing {
                 file: "/d/log/hs".into(),
             }
+            .to_string(),
+            LogError::io(
+                "list /d/snapshots",
+                std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            )
             .to_string(),
             "refusing to start: the state machine rejected the snapshot at 4: bad".to_string(),
         ];
