@@ -101,7 +101,8 @@ pub(crate) enum Request {
 /// The consensus stage's state.
 pub(crate) struct ConsensusStage {
     pub raft: Raft,
-    pub tick: Duration,
+    /// The origin of the clock passed to the core ([`Raft::advance`]).
+    origin: Instant,
     pub to_storage: ToStorage,
     pub to_apply: Sender<ApplyMsg>,
     pub shared: Arc<Shared>,
@@ -151,7 +152,6 @@ impl ConsensusStage {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         raft: Raft,
-        tick: Duration,
         to_storage: ToStorage,
         to_apply: Sender<ApplyMsg>,
         shared: Arc<Shared>,
@@ -163,7 +163,7 @@ impl ConsensusStage {
         let observed = Observed::new(start.commit.get(), start.applied.get());
         ConsensusStage {
             raft,
-            tick,
+            origin: Instant::now(),
             to_storage,
             to_apply,
             shared,
@@ -218,14 +218,14 @@ impl ConsensusStage {
             Some(handle) => Box::new(handle),
             None => Box::new(NoNet),
         };
-        let (tick, spin) = {
+        let spin = {
             let mut locked = lock(&stage);
             locked
                 .observed
                 .probe(InboxProbes::new(&requests, &net_events, &feedback));
-            (locked.tick, locked.spin)
+            locked.spin
         };
-        let mut next_tick = Instant::now() + tick;
+        let mut next_tick = lock(&stage).next_tick();
         let mut inboxes = Select::new();
         inboxes.recv(&requests);
         inboxes.recv(&net_events);
@@ -251,11 +251,12 @@ impl ConsensusStage {
             active = taken > 0;
             locked.turns += 1;
             if flow == Flow::Stop
-                || locked.tick_if_due(&mut next_tick) == Flow::Stop
+                || locked.tick_if_due() == Flow::Stop
                 || locked.finish_turn(net.as_mut()) == Flow::Stop
             {
                 break;
             }
+            next_tick = locked.next_tick();
         }
         lock(&stage).stop(&requests, net.as_mut());
     }
@@ -289,11 +290,16 @@ impl ConsensusStage {
         (Flow::Continue, taken)
     }
 
-    /// Ticks the core if `next_tick` has passed (and releases held-back batches that waited
+    /// When the core's next tick falls due.
+    fn next_tick(&self) -> Instant {
+        self.origin + self.raft.next_tick_at()
+    }
+
+    /// Ticks the core if its next tick is due (and releases held-back batches that waited
     /// long enough).
-    fn tick_if_due(&mut self, next_tick: &mut Instant) -> Flow {
+    fn tick_if_due(&mut self) -> Flow {
         let now = Instant::now();
-        if now < *next_tick {
+        if now < self.next_tick() {
             return Flow::Continue;
         }
         let held = self.deferred_since;
@@ -302,12 +308,7 @@ impl ConsensusStage {
         {
             return Flow::Stop;
         }
-        self.raft.tick();
-        *next_tick += self.tick;
-        if *next_tick < now {
-            // Far behind (a long stall): do not replay the missed ticks in a burst.
-            *next_tick = now + self.tick;
-        }
+        self.raft.advance(now.duration_since(self.origin));
         Flow::Continue
     }
 

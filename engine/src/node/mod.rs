@@ -64,7 +64,8 @@ pub struct NodeConfig {
     /// Bind address of the client port (defaults to this node's `client_addr`; none = no
     /// client port).
     pub client_listen: Option<SocketAddr>,
-    /// Consensus tuning (timing in ticks, batching, window); `id` is overwritten with `id`.
+    /// Consensus tuning (timing in ticks, batching, window); `id` and `tick` are overwritten
+    /// with `id` and `tick`.
     pub raft: crate::raft::Config,
     /// Length of one tick.
     pub tick: Duration,
@@ -279,6 +280,7 @@ impl Node {
         let initial_membership = restored.initial_membership.clone();
         let mut raft_config = config.raft.clone();
         raft_config.id = config.id;
+        raft_config.tick = config.tick;
         #[cfg(feature = "inject-bugs")]
         if let Ok(name) = std::env::var("LOCKSTEP_INJECT_BUG") {
             let bug = crate::sim::parse_bug(&name).ok_or_else(|| {
@@ -370,7 +372,6 @@ impl Node {
         );
         let consensus = Arc::new(Mutex::new(ConsensusStage::new(
             raft,
-            config.tick,
             to_storage,
             to_apply,
             shared.clone(),

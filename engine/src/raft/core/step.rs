@@ -1,14 +1,47 @@
-//! Inputs that drive time and messages: `tick` (timeouts, heartbeats, check-quorum, the
-//! transfer deadline) and `step` (term rules, non-member filtering, dispatch by message kind).
+//! Inputs that drive time and messages: `advance` and `tick` (timeouts, heartbeats,
+//! check-quorum, the transfer deadline) and `step` (term rules, non-member filtering, dispatch
+//! by message kind).
+
+use std::time::Duration;
 
 use super::{Campaign, Raft};
 use crate::raft::{Message, MessageBody, Role};
 use crate::types::{LogIndex, Term};
 
 impl Raft {
-    /// One unit of logical time: drives election timeouts, heartbeats, check-quorum and the
-    /// transfer deadline.
+    /// The runtime's monotonic clock reads `now` (time since an origin the runtime picks; the
+    /// core never reads a clock). Ticks fall due every `config.tick` on that clock.
+    pub fn advance(&mut self, now: Duration) {
+        assert!(
+            now >= self.now,
+            "{}: the clock went back from {:?} to {now:?}",
+            self.id,
+            self.now
+        );
+        self.now = now;
+        if now < self.next_tick_at {
+            return;
+        }
+        self.tick_once();
+        self.next_tick_at += self.config.tick;
+        if self.next_tick_at < now {
+            // Far behind (a long stall): do not replay the missed ticks in a burst.
+            self.next_tick_at = now + self.config.tick;
+        }
+    }
+
+    /// One unit of logical time: moves the clock to the next tick and makes it due.
     pub fn tick(&mut self) {
+        self.advance(self.next_tick_at);
+    }
+
+    /// When the next tick falls due on the runtime's clock (see [`Raft::advance`]).
+    pub fn next_tick_at(&self) -> Duration {
+        self.next_tick_at
+    }
+
+    /// Drives election timeouts, heartbeats, check-quorum and the transfer deadline by one tick.
+    fn tick_once(&mut self) {
         self.ticks += 1;
         if self.role == Role::Leader {
             self.tick_leader();
