@@ -119,7 +119,6 @@ pub struct Raft {
     /// Changes whenever the membership in effect may have (see [`Raft::membership`]).
     membership_epoch: u64,
 
-    ticks: u64,
     /// The clock as the runtime last gave it ([`Raft::advance`]).
     now: Duration,
     /// When the next tick is due on that clock.
@@ -235,7 +234,6 @@ impl Raft {
             base_membership,
             membership_log,
             membership_epoch: 0,
-            ticks: 0,
             now: Duration::ZERO,
             next_tick_at: config.tick,
             election_elapsed: 0,
