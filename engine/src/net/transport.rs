@@ -277,7 +277,7 @@ impl Transport {
         let event_loop = EventLoop::new(config, poll, peer_listener, client_listener, links);
         let thread = std::thread::Builder::new()
             .name("lockstep-net".to_owned())
-            .spawn(move || event_loop.run())?;
+            .spawn(move || crate::stage::run_stage("network", || event_loop.run()))?;
         Ok(Transport {
             handle: NetHandle {
                 outbound: outbound_tx,
@@ -330,9 +330,10 @@ impl Transport {
         if let Some(thread) = self.thread.take() {
             self.handle.wake.stop.store(true, Ordering::SeqCst);
             let _ = self.handle.wake.waker.wake();
-            if thread.join().is_err() {
-                warn!("network thread panicked");
-            }
+            // A panic on the network thread ends the process (`crate::stage`).
+            thread
+                .join()
+                .expect("a network thread that panicked has ended the process");
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The consensus thread: owns the [`Raft`] core and the reply targets of what was proposed here.
 //!
-//! One loop turn: wait for anything (or the next tick), drain every input that is already
-//! queued (peer messages, client requests, embedding-API requests, stage feedback), tick if due,
-//! then take ONE `ready()`. Everything that arrived while the previous turn ran lands in the same
+//! One loop turn: wait for anything (or the next tick), read the clock and give the core the
+//! time (every tick due since the last turn runs, none is dropped), drain every input that was
+//! queued when the clock was read (peer messages, client requests, embedding-API requests,
+//! stage feedback), then take ONE `ready()`. Time goes in before the inputs so that a stage that
+//! stalled runs its timeouts first and checks a lease read against the true time
+//! (`docs/RUNTIME.md`, "Time"). Everything that arrived while the previous turn ran lands in the same
 //! batch: that is where batching comes from. The `Ready` is then carried out: the storage write
 //! goes to storage (the leader's own append runs in parallel with the appends it sends),
 //! messages go to the network, committed batches (with their targets) and confirmed reads go to
