@@ -66,6 +66,7 @@ pub mod raft;
 pub mod resp;
 pub mod server;
 pub mod sim;
+pub(crate) mod stage;
 pub mod types;
 
 pub use self::apply::StateMachine;

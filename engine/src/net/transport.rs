@@ -279,12 +279,14 @@ impl Transport {
         let thread = std::thread::Builder::new()
             .name("lockstep-net".to_owned())
             .spawn(move || {
-                if let Some(id) = core {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                        warn!(core = id, "could not pin the network thread");
+                crate::stage::run_stage("network", || {
+                    if let Some(id) = core {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                            warn!(core = id, "could not pin the network thread");
+                        }
                     }
-                }
-                event_loop.run()
+                    event_loop.run()
+                })
             })?;
         Ok(Transport {
             handle: NetHandle {
@@ -338,9 +340,10 @@ impl Transport {
         if let Some(thread) = self.thread.take() {
             self.handle.wake.stop.store(true, Ordering::SeqCst);
             let _ = self.handle.wake.waker.wake();
-            if thread.join().is_err() {
-                warn!("network thread panicked");
-            }
+            // A panic on the network thread ends the process (`crate::stage`).
+            thread
+                .join()
+                .expect("a network thread that panicked has ended the process");
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The consensus thread: owns the [`Raft`] core and the reply targets of what was proposed here.
 //!
-//! One loop turn: wait for anything (or the next tick), drain every input that is already
-//! queued (peer messages, client requests, embedding-API requests, stage feedback), tick if due,
-//! then take ONE `ready()`. Everything that arrived while the previous turn ran lands in the same
+//! One loop turn: wait for anything (or the next tick), read the clock and give the core the
+//! time (every tick due since the last turn runs, none is dropped), drain every input that was
+//! queued when the clock was read (peer messages, client requests, embedding-API requests,
+//! stage feedback), then take ONE `ready()`. Time goes in before the inputs so that a stage that
+//! stalled runs its timeouts first and checks a lease read against the true time
+//! (`docs/RUNTIME.md`, "Time"). Everything that arrived while the previous turn ran lands in the same
 //! batch: that is where batching comes from. The `Ready` is then carried out: the storage write
 //! goes to storage (the leader's own append runs in parallel with the appends it sends),
 //! messages go to the network, committed batches (with their targets) and confirmed reads go to
@@ -101,7 +104,13 @@ pub(crate) enum Request {
 /// The consensus stage's state.
 pub(crate) struct ConsensusStage {
     pub raft: Raft,
-    pub tick: Duration,
+    /// The origin of the clock passed to the core ([`Raft::advance`]), and the last time
+    /// passed.
+    origin: Instant,
+    clock: Duration,
+    /// A request that arrived after the turn that found it read the clock: the next turn
+    /// takes it first.
+    late_request: Option<Request>,
     pub to_storage: ToStorage,
     pub to_apply: Sender<ApplyMsg>,
     pub shared: Arc<Shared>,
@@ -139,6 +148,23 @@ pub(crate) struct ConsensusStage {
     inline_turns: u64,
 }
 
+/// How many network events and requests were queued when a turn read the clock: the turn
+/// takes no more, so every read it handles arrived before the time its lease is checked at.
+struct Queued {
+    net_events: usize,
+    requests: usize,
+}
+
+/// Takes one item from `inbox` if `count` allows, counting it down.
+fn take_counted<T>(inbox: &Receiver<T>, count: &mut usize) -> Option<T> {
+    if *count == 0 {
+        return None;
+    }
+    let item = inbox.try_recv().ok()?;
+    *count -= 1;
+    Some(item)
+}
+
 /// Whether the loop keeps going.
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -151,7 +177,6 @@ impl ConsensusStage {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         raft: Raft,
-        tick: Duration,
         to_storage: ToStorage,
         to_apply: Sender<ApplyMsg>,
         shared: Arc<Shared>,
@@ -163,7 +188,9 @@ impl ConsensusStage {
         let observed = Observed::new(start.commit.get(), start.applied.get());
         ConsensusStage {
             raft,
-            tick,
+            origin: Instant::now(),
+            clock: Duration::ZERO,
+            late_request: None,
             to_storage,
             to_apply,
             shared,
@@ -218,14 +245,14 @@ impl ConsensusStage {
             Some(handle) => Box::new(handle),
             None => Box::new(NoNet),
         };
-        let (tick, spin) = {
+        let spin = {
             let mut locked = lock(&stage);
             locked
                 .observed
                 .probe(InboxProbes::new(&requests, &net_events, &feedback));
-            (locked.tick, locked.spin)
+            locked.spin
         };
-        let mut next_tick = Instant::now() + tick;
+        let mut next_tick = lock(&stage).next_wake();
         let mut inboxes = Select::new();
         inboxes.recv(&requests);
         inboxes.recv(&net_events);
@@ -247,39 +274,59 @@ impl ConsensusStage {
             if locked.halted {
                 break;
             }
-            let (flow, taken) = locked.take_inputs(&requests, &net_events, &feedback);
-            active = taken > 0;
-            locked.turns += 1;
-            if flow == Flow::Stop
-                || locked.tick_if_due(&mut next_tick) == Flow::Stop
-                || locked.finish_turn(net.as_mut()) == Flow::Stop
-            {
+            // Counted before the clock is read: every input the turn takes arrived before the
+            // time the turn gives the core.
+            let queued = Queued {
+                net_events: net_events.len(),
+                requests: requests.len(),
+            };
+            if locked.start_turn() == Flow::Stop {
                 break;
             }
+            let (flow, taken) = locked.take_inputs(&requests, &net_events, &feedback, queued);
+            active = taken > 0;
+            locked.turns += 1;
+            if flow == Flow::Stop || locked.finish_turn(net.as_mut()) == Flow::Stop {
+                break;
+            }
+            next_tick = locked.next_wake();
         }
         lock(&stage).stop(&requests, net.as_mut());
     }
 
     /// Takes what is queued (feedback first, then network events, then requests), up to
-    /// [`INPUTS_PER_TURN_MAX`]; returns how the loop goes on and how many inputs it took.
+    /// [`INPUTS_PER_TURN_MAX`] and no more network events and requests than `queued` counted
+    /// before the turn read the clock; returns how the loop goes on and how many inputs it took.
     fn take_inputs(
         &mut self,
         requests: &Receiver<Request>,
         net_events: &Receiver<NetEvent>,
         feedback: &Receiver<Feedback>,
+        mut queued: Queued,
     ) -> (Flow, usize) {
         let mut taken = 0;
+        if let Some(request) = self.late_request.take() {
+            taken += 1;
+            if self.on_request(request) == Flow::Stop {
+                return (Flow::Stop, taken);
+            }
+        }
         while taken < INPUTS_PER_TURN_MAX {
             let flow = if let Ok(item) = feedback.try_recv() {
                 self.on_feedback(item)
-            } else if let Ok(event) = net_events.try_recv() {
+            } else if let Some(event) = take_counted(net_events, &mut queued.net_events) {
                 self.on_net(event)
+            } else if let Some(request) = take_counted(requests, &mut queued.requests) {
+                self.on_request(request)
             } else {
+                // Nothing more that was queued in time; a closed request channel still stops
+                // the stage, and a request that came later waits for the next turn.
                 match requests.try_recv() {
-                    Ok(request) => self.on_request(request),
-                    Err(TryRecvError::Disconnected) => Flow::Stop,
-                    Err(TryRecvError::Empty) => break,
+                    Ok(request) => self.late_request = Some(request),
+                    Err(TryRecvError::Disconnected) => return (Flow::Stop, taken),
+                    Err(TryRecvError::Empty) => {}
                 }
+                break;
             };
             taken += 1;
             if flow == Flow::Stop {
@@ -289,25 +336,30 @@ impl ConsensusStage {
         (Flow::Continue, taken)
     }
 
-    /// Ticks the core if `next_tick` has passed (and releases held-back batches that waited
-    /// long enough).
-    fn tick_if_due(&mut self, next_tick: &mut Instant) -> Flow {
-        let now = Instant::now();
-        if now < *next_tick {
-            return Flow::Continue;
+    /// When the loop must turn next: at the core's next tick, or at once when a request waits
+    /// for its turn.
+    fn next_wake(&self) -> Instant {
+        if self.late_request.is_some() {
+            return self.origin;
         }
+        self.origin + self.raft.next_tick_at()
+    }
+
+    /// The start of every turn, inline or not, before it takes any input: reads the clock (the
+    /// turn's only read), hands held-back batches to apply once they waited long enough, and
+    /// gives the core the time, which runs every tick that fell due since the last turn
+    /// (`docs/RUNTIME.md`, "Time").
+    fn start_turn(&mut self) -> Flow {
+        let now = Instant::now();
         let held = self.deferred_since;
         if held.is_some_and(|since| now.duration_since(since) >= APPLY_DEFER_FOR)
             && self.apply_deferred() == Flow::Stop
         {
             return Flow::Stop;
         }
-        self.raft.tick();
-        *next_tick += self.tick;
-        if *next_tick < now {
-            // Far behind (a long stall): do not replay the missed ticks in a burst.
-            *next_tick = now + self.tick;
-        }
+        // The clock is monotonic; should it ever step back, the core sees it stand still.
+        self.clock = self.clock.max(now.duration_since(self.origin));
+        self.raft.advance(self.clock);
         Flow::Continue
     }
 
@@ -842,7 +894,8 @@ impl InlineTurn for InlineConsensus {
             return Some(event);
         }
         locked.inline_turns += 1;
-        if locked.on_net(event) == Flow::Stop {
+        // The event was read from its socket before the turn reads the clock.
+        if locked.start_turn() == Flow::Stop || locked.on_net(event) == Flow::Stop {
             locked.halted = true;
         } else {
             locked.finish_turn(net);

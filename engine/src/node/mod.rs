@@ -26,6 +26,7 @@ use crate::log::LogOptions;
 use crate::net::{ClientLimits, ClientUsers, NetConfig, Transport};
 use crate::raft::{MembershipChange, Raft};
 use crate::resp::Frontend;
+use crate::stage::run_stage;
 use crate::types::{LogIndex, NodeId};
 
 use self::consensus::{ConsensusStage, Request};
@@ -64,7 +65,8 @@ pub struct NodeConfig {
     /// Bind address of the client port (defaults to this node's `client_addr`; none = no
     /// client port).
     pub client_listen: Option<SocketAddr>,
-    /// Consensus tuning (timing in ticks, batching, window); `id` is overwritten with `id`.
+    /// Consensus tuning (timing in ticks, batching, window); `id` and `tick` are overwritten
+    /// with `id` and `tick`.
     pub raft: crate::raft::Config,
     /// Length of one tick.
     pub tick: Duration,
@@ -279,6 +281,7 @@ impl Node {
         let initial_membership = restored.initial_membership.clone();
         let mut raft_config = config.raft.clone();
         raft_config.id = config.id;
+        raft_config.tick = config.tick;
         #[cfg(feature = "inject-bugs")]
         if let Ok(name) = std::env::var("LOCKSTEP_INJECT_BUG") {
             let bug = crate::sim::parse_bug(&name).ok_or_else(|| {
@@ -376,7 +379,6 @@ impl Node {
         );
         let consensus = Arc::new(Mutex::new(ConsensusStage::new(
             raft,
-            config.tick,
             to_storage,
             to_apply,
             shared.clone(),
@@ -390,15 +392,13 @@ impl Node {
         }
         let id = config.id;
         let threads = vec![
-            spawn(format!("ls-consensus-{id}"), core_for(1), move || {
+            spawn("consensus", id, core_for(1), move || {
                 ConsensusStage::run(consensus, request_inbox, net_events, feedback_inbox, net)
             })?,
-            spawn(format!("ls-storage-{id}"), core_for(2), move || {
+            spawn("storage", id, core_for(2), move || {
                 storage.run(storage_inbox)
             })?,
-            spawn(format!("ls-apply-{id}"), core_for(3), move || {
-                apply.run(apply_inbox)
-            })?,
+            spawn("apply", id, core_for(3), move || apply.run(apply_inbox))?,
         ];
         Ok(Node {
             id,
@@ -529,12 +529,11 @@ impl Node {
             return Ok(());
         }
         drop(self.requests.send(Request::Stop));
-        let mut panicked = Vec::new();
         for thread in self.threads.drain(..) {
-            let name = thread.thread().name().unwrap_or("stage").to_string();
-            if thread.join().is_err() {
-                panicked.push(name);
-            }
+            // A stage's panic ends the process (`crate::stage`), so a join cannot fail.
+            thread
+                .join()
+                .expect("a stage that panicked has ended the process");
         }
         if let Some(transport) = self.transport.take() {
             // Every stage (the consensus one holds a reference for its status) has ended.
@@ -542,9 +541,6 @@ impl Node {
                 Ok(transport) => transport.shutdown(),
                 Err(_) => panic!("the transport is still shared after every stage ended"),
             }
-        }
-        if !panicked.is_empty() {
-            return Err(NodeError::Failed(format!("threads panicked: {panicked:?}")));
         }
         match self.shared.gone() {
             NodeError::Stopped => Ok(()),
@@ -561,21 +557,26 @@ impl Drop for Node {
     }
 }
 
-/// Spawns a named stage thread, pinned to `core` when given.
+/// Spawns the thread of stage `stage` of node `id`, pinned to `core` when given; a panic in
+/// it ends the process ([`crate::stage::run_stage`]).
 fn spawn(
-    name: String,
+    stage: &'static str,
+    id: NodeId,
     core: Option<usize>,
     body: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, NodeError> {
+    let name = format!("ls-{stage}-{id}");
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            if let Some(id) = core {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                    tracing::warn!(thread = %name, core = id, "could not pin the thread");
+            run_stage(stage, || {
+                if let Some(id) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        tracing::warn!(thread = %name, core = id, "could not pin the thread");
+                    }
                 }
-            }
-            body()
+                body()
+            })
         })
         .map_err(|error| NodeError::Failed(format!("cannot spawn a thread: {error}")))
 }

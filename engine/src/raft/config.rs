@@ -5,6 +5,7 @@
 //! core itself can rely on them (e.g. `heartbeat_ticks < election_ticks`).
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::types::NodeId;
 
@@ -50,6 +51,9 @@ pub struct Config {
     pub election_ticks: u32,
     /// A leader sends heartbeats every `heartbeat_ticks` ticks (below `election_ticks`).
     pub heartbeat_ticks: u32,
+    /// Length of one tick on the clock the runtime passes to [`super::Raft::advance`] (the
+    /// runtime overwrites it with its own tick length).
+    pub tick: Duration,
     /// Run a pre-vote round before bumping the term, so a partitioned node cannot inflate terms.
     pub pre_vote: bool,
     /// A leader steps down when it has not heard from a quorum within an election timeout, and
@@ -80,7 +84,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for node `id`: 10-tick elections, 2-tick heartbeats, pre-vote and check-quorum
+    /// Defaults for node `id`: 1 ms ticks, 10-tick elections, 2-tick heartbeats, pre-vote and check-quorum
     /// on, read-index reads, 4096-entry / 256 KiB batches, 1 MiB appends, a window of 64
     /// messages / 16 MiB, 1 MiB snapshot chunks.
     pub fn new(id: NodeId) -> Config {
@@ -88,6 +92,7 @@ impl Config {
             id,
             election_ticks: 10,
             heartbeat_ticks: 2,
+            tick: Duration::from_millis(1),
             pre_vote: true,
             check_quorum: true,
             read_mode: ReadMode::ReadIndex,
@@ -119,6 +124,9 @@ impl Config {
                 heartbeat_ticks: self.heartbeat_ticks,
                 election_ticks: self.election_ticks,
             });
+        }
+        if self.tick.is_zero() {
+            return Err(ConfigError::ZeroLimit { name: "tick" });
         }
         let limits: [(&'static str, u64); 6] = [
             ("batch_entries_max", self.batch_entries_max as u64),

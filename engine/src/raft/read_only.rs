@@ -4,17 +4,19 @@
 //! voters has answered a round `>= r`, the leader was still the leader after the read arrived,
 //! so the read is safe once the state machine has applied `c`. Reads that arrive before the
 //! leader has committed an entry of its own term wait (the commit index may be stale until
-//! then). For the lease, the tick at which each round was sent is remembered: the quorum-acked
-//! round's send tick bounds how recently a quorum promised not to elect anyone else.
+//! then). For the lease, the time at which each round was sent is remembered (on the clock the
+//! runtime passes to the core): the quorum-acked round's send time bounds how recently a quorum
+//! promised not to elect anyone else.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use crate::types::LogIndex;
 
 use super::ready::{ReadId, ReadReady};
 
-/// Most round send-ticks remembered; older ones are dropped (the lease then just lapses).
-const ROUND_TICKS_MAX: usize = 1024;
+/// Most round send times remembered; older ones are dropped (the lease then just lapses).
+const ROUND_SENDS_MAX: usize = 1024;
 
 /// Reads waiting for confirmation, and heartbeat rounds.
 #[derive(Debug, Default)]
@@ -27,8 +29,8 @@ pub(crate) struct ReadQueue {
     round: u64,
     /// A read needs a round that has not been started yet.
     round_due: bool,
-    /// (round, tick it was sent), ascending.
-    round_ticks: VecDeque<(u64, u64)>,
+    /// (round, time it was sent), ascending.
+    round_sends: VecDeque<(u64, Duration)>,
 }
 
 impl ReadQueue {
@@ -47,14 +49,21 @@ impl ReadQueue {
         self.waiting_commit.is_empty() && self.pending.is_empty()
     }
 
-    /// Starts a new round at `tick`; returns its number.
-    pub(crate) fn start_round(&mut self, tick: u64) -> u64 {
+    /// Starts a new round sent at `now`; returns its number.
+    pub(crate) fn start_round(&mut self, now: Duration) -> u64 {
+        if let Some(&(round, sent_at)) = self.round_sends.back() {
+            assert!(
+                sent_at <= now,
+                "round {} at {now:?} before round {round} at {sent_at:?}",
+                self.round + 1
+            );
+        }
         self.round += 1;
         self.round_due = false;
-        if self.round_ticks.len() == ROUND_TICKS_MAX {
-            self.round_ticks.pop_front();
+        if self.round_sends.len() == ROUND_SENDS_MAX {
+            self.round_sends.pop_front();
         }
-        self.round_ticks.push_back((self.round, tick));
+        self.round_sends.push_back((self.round, now));
         self.round
     }
 
@@ -77,7 +86,7 @@ impl ReadQueue {
     }
 
     /// Rounds up to `quorum_round` are acked by a quorum: confirm their reads into `out`,
-    /// and forget send ticks of older rounds.
+    /// and forget the send times of older rounds.
     pub(crate) fn confirm(&mut self, quorum_round: u64, out: &mut Vec<ReadReady>) {
         while let Some(&(id, index, round)) = self.pending.front() {
             if round > quorum_round {
@@ -86,17 +95,17 @@ impl ReadQueue {
             self.pending.pop_front();
             out.push(ReadReady { id, index });
         }
-        while self.round_ticks.len() > 1 && self.round_ticks[1].0 <= quorum_round {
-            self.round_ticks.pop_front();
+        while self.round_sends.len() > 1 && self.round_sends[1].0 <= quorum_round {
+            self.round_sends.pop_front();
         }
     }
 
-    /// The tick round `round` was sent at, if remembered.
-    pub(crate) fn sent_tick(&self, round: u64) -> Option<u64> {
-        self.round_ticks
+    /// The time round `round` was sent at, if remembered.
+    pub(crate) fn sent_at(&self, round: u64) -> Option<Duration> {
+        self.round_sends
             .iter()
             .find(|&&(r, _)| r == round)
-            .map(|&(_, tick)| tick)
+            .map(|&(_, sent_at)| sent_at)
     }
 
     /// Leadership lost: every waiting read fails (into `out`); rounds restart.
@@ -104,7 +113,7 @@ impl ReadQueue {
         out.append(&mut self.waiting_commit);
         out.extend(self.pending.drain(..).map(|(id, _, _)| id));
         self.round_due = false;
-        self.round_ticks.clear();
+        self.round_sends.clear();
     }
 }
 
@@ -117,7 +126,7 @@ mod tests {
         let mut queue = ReadQueue::default();
         queue.push(ReadId(1), LogIndex(5));
         assert!(queue.round_due());
-        assert_eq!(queue.start_round(10), 1);
+        assert_eq!(queue.start_round(Duration::from_millis(10)), 1);
         queue.push(ReadId(2), LogIndex(6));
         let mut ready = Vec::new();
         queue.confirm(1, &mut ready);
@@ -128,11 +137,11 @@ mod tests {
                 index: LogIndex(5)
             }]
         );
-        assert_eq!(queue.start_round(11), 2);
-        assert_eq!(queue.sent_tick(2), Some(11));
+        assert_eq!(queue.start_round(Duration::from_millis(11)), 2);
+        assert_eq!(queue.sent_at(2), Some(Duration::from_millis(11)));
         queue.confirm(2, &mut ready);
         assert_eq!(ready.len(), 2);
-        assert_eq!(queue.sent_tick(1), None, "older rounds forgotten");
+        assert_eq!(queue.sent_at(1), None, "older rounds forgotten");
     }
 
     #[test]

@@ -369,7 +369,7 @@ impl Raft {
     // ----------------------------------------------------------------------------------------
 
     pub(super) fn broadcast_heartbeat(&mut self) {
-        let round = self.reads.start_round(self.ticks);
+        let round = self.reads.start_round(self.now);
         let peers: Vec<(NodeId, LogIndex)> = self
             .progress
             .iter()
@@ -415,8 +415,9 @@ impl Raft {
         self.stats.reads_ready += (self.reads_ready.len() - before) as u64;
     }
 
-    /// Lease mode: a quorum answered a heartbeat sent less than
-    /// `election_ticks - clock_drift_ticks` ticks ago, so no other leader can exist yet.
+    /// Lease mode: a quorum answered a heartbeat round sent less than
+    /// `election_ticks - clock_drift_ticks` ticks ago on the clock given to
+    /// [`Raft::advance`], so no other leader can exist yet (`docs/RAFT.md`, "Reads").
     pub(super) fn lease_valid(&mut self) -> bool {
         let ReadMode::Lease { clock_drift_ticks } = self.config.read_mode else {
             return false;
@@ -429,10 +430,16 @@ impl Raft {
             return false;
         }
         let quorum_round = self.quorum_round();
-        let Some(sent) = self.reads.sent_tick(quorum_round) else {
+        let Some(sent_at) = self.reads.sent_at(quorum_round) else {
             return false;
         };
-        let window = (self.config.election_ticks - clock_drift_ticks) as u64;
-        self.ticks - sent < window
+        assert!(
+            sent_at <= self.now,
+            "{}: round {quorum_round} sent at {sent_at:?}, after now {:?}",
+            self.id,
+            self.now
+        );
+        let window = self.config.tick * (self.config.election_ticks - clock_drift_ticks);
+        self.now - sent_at < window
     }
 }

@@ -16,6 +16,7 @@
 //! the write is durable.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -118,7 +119,10 @@ pub struct Raft {
     /// Changes whenever the membership in effect may have (see [`Raft::membership`]).
     membership_epoch: u64,
 
-    ticks: u64,
+    /// The clock as the runtime last gave it ([`Raft::advance`]).
+    now: Duration,
+    /// When the next tick is due on that clock.
+    next_tick_at: Duration,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_timeout: u32,
@@ -230,7 +234,8 @@ impl Raft {
             base_membership,
             membership_log,
             membership_epoch: 0,
-            ticks: 0,
+            now: Duration::ZERO,
+            next_tick_at: config.tick,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_timeout: config.election_ticks,

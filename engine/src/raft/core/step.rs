@@ -1,15 +1,68 @@
-//! Inputs that drive time and messages: `tick` (timeouts, heartbeats, check-quorum, the
-//! transfer deadline) and `step` (term rules, non-member filtering, dispatch by message kind).
+//! Inputs that drive time and messages: `advance` and `tick` (timeouts, heartbeats,
+//! check-quorum, the transfer deadline) and `step` (term rules, non-member filtering, dispatch
+//! by message kind).
+
+use std::time::Duration;
 
 use super::{Campaign, Raft};
+
+/// Most election timeouts one [`Raft::advance`] replays tick by tick: a leader's check-quorum
+/// steps it down within two, a follower's randomized timeout runs out within two more.
+const REPLAY_ELECTIONS_MAX: u128 = 4;
 use crate::raft::{Message, MessageBody, Role};
 use crate::types::{LogIndex, Term};
 
 impl Raft {
-    /// One unit of logical time: drives election timeouts, heartbeats, check-quorum and the
-    /// transfer deadline.
+    /// The runtime's monotonic clock reads `now` (time since an origin the runtime picks; the
+    /// core never reads a clock). Ticks fall due every `config.tick` on that clock, and every
+    /// tick that fell due since the last call is replayed now, none dropped: the runtime calls
+    /// this at the start of each turn, before the turn's inputs, so a node that stalled (a
+    /// pause, back-pressure, a slow disk) runs its timeouts and check-quorum before it handles
+    /// anything that queued meanwhile. Lease reads are checked against `now` (see
+    /// `docs/RAFT.md`, "Reads").
+    ///
+    /// Beyond `REPLAY_ELECTIONS_MAX` election timeouts in one call, further ticks are counted
+    /// but not replayed: with no input in between they could only repeat campaigns nobody can
+    /// answer before the next input (a leader has stepped down by then, see `tick_leader`).
+    pub fn advance(&mut self, now: Duration) {
+        assert!(
+            now >= self.now,
+            "{}: the clock went back from {:?} to {now:?}",
+            self.id,
+            self.now
+        );
+        self.now = now;
+        if now < self.next_tick_at {
+            return;
+        }
+        let tick_nanos = self.config.tick.as_nanos();
+        let due = (now - self.next_tick_at).as_nanos() / tick_nanos + 1;
+        let replay_max = REPLAY_ELECTIONS_MAX * u128::from(self.config.election_ticks);
+        for _ in 0..due.min(replay_max) {
+            self.tick_once();
+        }
+        let skipped = u64::try_from(due * tick_nanos).expect("a stall of less than 584 years");
+        self.next_tick_at += Duration::from_nanos(skipped);
+        assert!(
+            self.next_tick_at > now && self.next_tick_at - now <= self.config.tick,
+            "{}: next tick at {:?} is not within one tick after {now:?}",
+            self.id,
+            self.next_tick_at
+        );
+    }
+
+    /// One unit of logical time: moves the clock to the next tick and makes it due.
     pub fn tick(&mut self) {
-        self.ticks += 1;
+        self.advance(self.next_tick_at);
+    }
+
+    /// When the next tick falls due on the runtime's clock (see [`Raft::advance`]).
+    pub fn next_tick_at(&self) -> Duration {
+        self.next_tick_at
+    }
+
+    /// Drives election timeouts, heartbeats, check-quorum and the transfer deadline by one tick.
+    fn tick_once(&mut self) {
         if self.role == Role::Leader {
             self.tick_leader();
         } else {

@@ -1,6 +1,8 @@
 //! Scenario tests: each drives a small cluster through one situation from the Raft paper or
 //! the issue and checks the rule it is named after.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::harness::{log_of_terms, voters, Cluster, RepairGate};
@@ -1131,4 +1133,104 @@ fn leader_lowers_the_match_of_a_follower_that_lost_acknowledged_entries() {
         (None, LogIndex(7))
     );
     assert_eq!(cluster.terms(2), cluster.terms(1));
+}
+
+/// A leader whose turns come three times slower than its followers' ticks (a runtime stalled by
+/// back-pressure, a pause or a slow disk) is told the true time at each turn, before its inputs:
+/// by then its followers have elected someone else, so a read it takes must be refused or go
+/// through a round, never be served on the lease it held before the stall.
+#[test]
+fn lease_is_measured_in_clock_time_that_a_stalled_leader_does_not_lose() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.read_mode = ReadMode::Lease {
+            clock_drift_ticks: 2,
+        }
+    });
+    cluster.ticks(40);
+    let old = cluster.leader().expect("a leader");
+    cluster.raft(old).read_index(ReadId(1)).unwrap();
+    assert_eq!(cluster.raft(old).ready().reads.len(), 1, "a lease read");
+    cluster.stabilize();
+    let tick = cluster.node(old).config.tick;
+    let start = cluster.node(old).raft.next_tick_at() - tick;
+    cluster.isolate(old);
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old).collect();
+    let mut step = 0u32;
+    let new = loop {
+        step += 1;
+        assert!(step < 100, "the followers elect a new leader");
+        for &id in &followers {
+            cluster.raft(id).tick();
+        }
+        cluster.stabilize();
+        if step % 3 == 0 {
+            // The stalled leader's turn: the runtime passes the clock before any input.
+            cluster.raft(old).advance(start + tick * step);
+            cluster.stabilize();
+        }
+        if let Some(&new) = followers
+            .iter()
+            .find(|&&id| role(&cluster, id) == Role::Leader)
+        {
+            break new;
+        }
+    };
+    let written = cluster.propose(new, 1);
+    cluster.stabilize();
+    assert_eq!(commit(&cluster, new), written, "the new leader commits");
+    // The old leader's next turn, with a read queued.
+    let now = start + tick * (step + 3 - step % 3);
+    cluster.raft(old).advance(now);
+    let stale = commit(&cluster, old);
+    if cluster.raft(old).read_index(ReadId(2)).is_ok() {
+        let ready = cluster.raft(old).ready();
+        assert!(
+            ready.reads.iter().all(|read| read.id != ReadId(2)),
+            "node {old} served a read at {stale} on its lease {:?} after its last tick before \
+             the stall, while node {new} leads and committed {written}",
+            now - start
+        );
+    }
+}
+
+/// The lease runs `election_ticks - clock_drift_ticks` ticks of clock time from the moment its
+/// round was sent (a round sent late in a tick, by a turn that started late, lasts from then),
+/// and not one nanosecond longer.
+#[test]
+fn lease_lapses_exactly_its_window_after_the_round_was_sent() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.read_mode = ReadMode::Lease {
+            clock_drift_ticks: 2,
+        }
+    });
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader");
+    let tick = cluster.node(leader).config.tick;
+    let sent_at = loop {
+        // A turn that starts 0.4 tick after the tick fell due.
+        let now = cluster.node(leader).raft.next_tick_at() + tick * 2 / 5;
+        cluster.raft(leader).advance(now);
+        let ready = cluster.raft(leader).ready();
+        let heartbeat = ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Heartbeat { .. }));
+        cluster.network.extend(ready.messages);
+        cluster.stabilize();
+        if heartbeat {
+            break now;
+        }
+    };
+    cluster.isolate(leader);
+    let window = tick * 8;
+    cluster
+        .raft(leader)
+        .advance(sent_at + window - Duration::from_nanos(1));
+    cluster.raft(leader).read_index(ReadId(1)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert_eq!(ready.reads.len(), 1, "served within the window");
+    cluster.raft(leader).advance(sent_at + window);
+    cluster.raft(leader).read_index(ReadId(2)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert!(ready.reads.is_empty(), "lapsed at the window's end");
 }
