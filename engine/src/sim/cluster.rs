@@ -576,6 +576,7 @@ impl Cluster {
             initial_membership: self.membership.clone(),
             repair_until: n.repair.map(|repair| repair.until),
             repair_above_term: n.repair.and_then(|repair| repair.above_term),
+            suspect_term: None,
         };
         let raft = match Raft::new(config, restored) {
             Ok(raft) => raft,

@@ -40,6 +40,9 @@ mod election;
 mod follower;
 mod leader;
 mod step;
+mod suspect;
+
+use suspect::Suspect;
 
 /// Heartbeat answers without progress after which a replicating follower is probed again
 /// from its match index (its acks or our appends were lost, or it restarted).
@@ -108,6 +111,8 @@ pub struct Raft {
     repair_until: Option<LogIndex>,
     /// ...and, when set, until the durable log holds an entry of a term above this one.
     repair_above_term: Option<Term>,
+    /// Set while the log's tail was cut after an unclean stop (see `suspect.rs`).
+    suspect: Option<Suspect>,
     snapshot: Option<(SnapshotMeta, Bytes)>,
     incoming: Option<IncomingSnapshot>,
 
@@ -166,6 +171,7 @@ impl Raft {
             initial_membership,
             repair_until,
             repair_above_term,
+            suspect_term,
         } = restored;
         if let Some((meta, _)) = &snapshot {
             if meta.term > hard_state.term {
@@ -221,6 +227,7 @@ impl Raft {
             durable: log.last_index(),
             repair_until,
             repair_above_term: repair_until.and(repair_above_term),
+            suspect: suspect_term.map(Suspect::new),
             log,
             commit: snapshot_index,
             committed_out: snapshot_index,
@@ -262,6 +269,7 @@ impl Raft {
             raft.repair_until = None;
             raft.repair_above_term = None;
         }
+        raft.lift_suspicion_if_learned();
         raft.reset_election_timer();
         raft.debug_check();
         Ok(raft)
@@ -423,6 +431,7 @@ impl Raft {
             self.repair_above_term = None;
             self.stats.repairs_completed += 1;
         }
+        self.lift_suspicion_if_learned();
         if self.hard_state_write.is_some_and(|id| id <= write) {
             self.hard_state_write = None;
         }
@@ -556,6 +565,7 @@ impl Raft {
             last_index: self.log.last_index(),
             durable_write: self.durable_write,
             repair_until: self.repair_until,
+            suspect: self.suspect.is_some(),
             membership: self.membership().clone(),
             progress: self
                 .progress

@@ -1132,3 +1132,86 @@ fn leader_lowers_the_match_of_a_follower_that_lost_acknowledged_entries() {
     );
     assert_eq!(cluster.terms(2), cluster.terms(1));
 }
+
+#[test]
+fn suspect_a_node_whose_tail_was_cut_votes_only_for_a_candidate_it_learned_is_up_to_date() {
+    // 2's log lost its acknowledged tail 2..=6 to a cut after an unclean stop; 1, the other
+    // holder, is down; 3 lacks the entries. 2 hears 3 but not a quorum of the other voters.
+    let mut cluster = committed_entries_lost_on_a_voter(RepairGate::Suspect);
+    let suspect = cluster.node(2).raft.status();
+    assert!(suspect.suspect, "2 learned from 3 alone: {suspect:?}");
+    assert!(suspect.stats.votes_refused_suspect > 0);
+    assert_eq!(
+        cluster.leader(),
+        None,
+        "3 lacks the committed entries and 2 may not vote for it"
+    );
+    // 1 comes back: its vote requests complete what 2 learns, and only a log at least as up
+    // to date as 1's can win; 1's new term then lifts the suspicion.
+    cluster.restart(1);
+    cluster.ticks(100);
+    assert_eq!(cluster.leader(), Some(1));
+    let lifted = cluster.node(2).raft.status();
+    assert!(!lifted.suspect, "{lifted:?}");
+    assert_eq!(lifted.stats.suspicions_lifted, 1);
+    for id in [1, 2, 3] {
+        assert_eq!(
+            &cluster.terms(id)[1..6],
+            &[(2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
+            "{id} holds the committed entries"
+        );
+    }
+}
+
+/// Entries 2..=6 commit on all three nodes; then all three lose power at once and restart with
+/// their tails cut at different points (`keep` is the last index each keeps). Returns the
+/// cluster after enough time for an election.
+fn whole_cluster_power_cut(keep: [u64; 3], pre_vote: bool) -> Cluster {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.pre_vote = pre_vote);
+    cluster.elect(1);
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    // Heartbeats carry the commit index to the followers, which apply the entries.
+    cluster.ticks(10);
+    for id in [1, 2, 3] {
+        assert_eq!(commit(&cluster, id), LogIndex(6));
+        cluster.crash(id);
+    }
+    for (id, keep) in [1, 2, 3].into_iter().zip(keep) {
+        cluster.restart_damaged(id, Some(keep + 1), RepairGate::Suspect);
+        assert!(cluster.node(id).raft.status().suspect);
+    }
+    cluster.ticks(300);
+    cluster
+}
+
+#[test]
+fn suspect_nodes_all_cut_at_once_still_elect_a_leader_holding_every_committed_entry() {
+    for pre_vote in [true, false] {
+        let mut cluster = whole_cluster_power_cut([4, 6, 3], pre_vote);
+        assert_eq!(
+            cluster.leader(),
+            Some(2),
+            "only 2 still holds index 6 (pre-vote {pre_vote})"
+        );
+        let leader_term = cluster.node(2).raft.status().term;
+        cluster.propose(2, 1);
+        cluster.stabilize();
+        for id in [1, 2, 3] {
+            let status = cluster.node(id).raft.status();
+            assert!(!status.suspect, "{status:?}");
+            assert_eq!(
+                &cluster.terms(id)[1..7],
+                &[
+                    (2, 1),
+                    (3, 1),
+                    (4, 1),
+                    (5, 1),
+                    (6, 1),
+                    (7, leader_term.get())
+                ],
+                "{id} holds the committed entries (pre-vote {pre_vote})"
+            );
+        }
+    }
+}
