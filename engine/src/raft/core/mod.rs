@@ -660,6 +660,22 @@ impl Raft {
                 self.durable
             );
         }
+        if let Some(suspect) = &self.suspect {
+            let durable_term = self.log.term_at(self.durable);
+            assert!(
+                durable_term.map_or(true, |term| term <= suspect.term_bound),
+                "{}: suspect up to {} but its durable entry {} has term {durable_term:?}",
+                self.id,
+                suspect.term_bound,
+                self.durable
+            );
+            assert!(
+                !self.votes.contains_key(&self.id),
+                "{}: suspect but counts its own vote in {}",
+                self.id,
+                self.term
+            );
+        }
         self.log.check();
         let mut previous = self.log.snapshot_index();
         for &(index, _) in &self.membership_log {

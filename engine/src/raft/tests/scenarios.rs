@@ -1215,3 +1215,55 @@ fn suspect_nodes_all_cut_at_once_still_elect_a_leader_holding_every_committed_en
         }
     }
 }
+
+#[test]
+fn suspect_learns_only_from_senders_past_its_term_and_counts_a_quorum_of_other_voters() {
+    // Node 1 restarts suspect at term 2 with log [1, 2]; voters 1, 2, 3 and learner 4.
+    let mut membership = voters(&[1, 2, 3]);
+    membership.learners.insert(NodeId(4));
+    let restored = Restored {
+        hard_state: HardState {
+            term: Term(2),
+            vote: None,
+        },
+        batches: log_of_terms(&[1, 2]),
+        initial_membership: membership,
+        suspect_term: Some(Term(2)),
+        ..Restored::default()
+    };
+    let mut raft = crate::raft::Raft::new(crate::raft::Config::new(NodeId(1)), restored).unwrap();
+    let request = |from: u64, term: u64, pre: bool, last: (u64, u64)| Message {
+        from: NodeId(from),
+        to: NodeId(1),
+        term: Term(term),
+        body: if pre {
+            MessageBody::PreVote {
+                last_index: LogIndex(last.1),
+                last_term: Term(last.0),
+            }
+        } else {
+            MessageBody::Vote {
+                last_index: LogIndex(last.1),
+                last_term: Term(last.0),
+                leadership_transfer: false,
+            }
+        },
+    };
+    // A pre-candidate still at term 2 says nothing; 3 at term 3 does; a learner does not count.
+    raft.step(request(2, 3, true, (2, 9)));
+    raft.step(request(3, 3, false, (2, 3)));
+    raft.step(request(4, 4, false, (2, 9)));
+    let status = raft.status();
+    assert!(status.suspect);
+    assert_eq!(status.vote, None, "one report of two needed: no vote");
+    assert_eq!(status.stats.votes_refused_suspect, 3);
+    // 2, pre-voting from term 4, completes the quorum of other voters: floor (2, 5). Its
+    // pre-vote is at the floor; 3's vote at (2, 3) is below it.
+    raft.step(request(2, 5, true, (2, 5)));
+    raft.step(request(3, 5, false, (2, 3)));
+    let status = raft.status();
+    assert_eq!((status.vote, status.stats.votes_refused_suspect), (None, 4));
+    assert!(status.suspect, "its own log (2, 2) is below the floor");
+    raft.step(request(2, 6, false, (2, 5)));
+    assert_eq!(raft.status().vote, Some(NodeId(2)), "at the floor: granted");
+}
