@@ -58,7 +58,8 @@ impl Raft {
     }
 
     /// While suspect: the most up-to-date log end reported by a quorum of the other voters
-    /// (`None` until it heard from that many; all of them when fewer than a quorum exist).
+    /// (`None` until it heard from that many; all of them when fewer than a quorum exist, so a
+    /// single voter lifts its suspicion at once: nobody else can hold what it lost).
     /// Counting `quorum` voters other than itself (not `voters - quorum + 1`) keeps the
     /// intersection even when the lost tail held one membership change this node no longer
     /// knows (`docs/RAFT.md`, "Suspect tail").
@@ -72,6 +73,10 @@ impl Raft {
                 reporters += 1;
                 floor = floor.max(end);
             }
+        }
+        // No voter known (a joining node whose cut took its membership): nobody to learn from.
+        if membership.voters.is_empty() {
+            return None;
         }
         let others = membership.voters.len() - usize::from(membership.is_voter(self.id));
         (reporters >= membership.quorum().min(others)).then_some(floor)
