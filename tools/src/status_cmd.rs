@@ -111,6 +111,12 @@ fn render(status: &Value) -> String {
              reaches it\n"
         ));
     }
+    if status.get("suspect").and_then(Value::as_bool) == Some(true) {
+        out.push_str(
+            "suspect  log tail cut after an unclean stop: votes only for candidates its peers \
+             show are up to date enough\n",
+        );
+    }
     if let Some(Value::Array(members)) = status.get("members") {
         let listed: Vec<String> = members
             .iter()
@@ -290,5 +296,8 @@ mod tests {
         let repairing: Value =
             serde_json::from_str(r#"{"id":3,"durable":40,"repair_until":100}"#).unwrap();
         assert!(render(&repairing).contains("repair   lost log entries up to 100"));
+        assert!(!render(&follower).contains("suspect"));
+        let suspect: Value = serde_json::from_str(r#"{"id":3,"suspect":true}"#).unwrap();
+        assert!(render(&suspect).contains("suspect  log tail cut after an unclean stop"));
     }
 }

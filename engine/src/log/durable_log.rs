@@ -43,6 +43,7 @@ use crate::log::segment::{
     parse_live_name, parse_spare_name, prefault, renew_header, segment_seal, spare_name, sync_dir,
     Prefault, Segment, SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
 };
+use crate::log::suspect;
 use crate::log::sync::{SyncMode, SyncTarget, Syncer, MAX_SYNCS_IN_FLIGHT};
 use crate::types::{LogIndex, Term};
 
@@ -179,6 +180,10 @@ pub struct OpenReport {
     /// The repair in progress (this open's damage, an earlier one's marker, or both), while the
     /// log does not yet durably cover its `until`.
     pub repair: Option<RepairState>,
+    /// Set while the log is suspect: a tail was cut after an unclean stop (by this open or an
+    /// earlier one) and the log holds no durable entry of a term above this one since
+    /// (`docs/RAFT.md`, "Suspect tail").
+    pub suspect: Option<Term>,
 }
 
 /// A batch (or the part of one inside a requested range) borrowed from the log's mapping.
@@ -278,6 +283,8 @@ pub struct Log {
     head: Head,
     /// The repair marker on disk, until the log is durable up to its `until`.
     repair: Option<RepairState>,
+    /// The suspect marker on disk, until the durable log holds an entry of a higher term.
+    suspect: Option<Term>,
     stats: LogStats,
     /// Held until everything else (the preparer and sync threads included) is gone: fields drop
     /// in declaration order.
@@ -575,6 +582,13 @@ impl Log {
             repair::write(dir, &dir_file, state)?;
             repair_state = Some(state);
         }
+        // Before anything is appended over the cut, which would erase the evidence.
+        let suspect_term = suspect::mark_if_cut(
+            dir,
+            &dir_file,
+            recovered.torn.is_some(),
+            hard_state.get().term.max(recovered.last_term),
+        )?;
         for cut in &cuts {
             let segment = &mut segments[cut.segment];
             let extended = segment
@@ -700,6 +714,7 @@ impl Log {
             hard_state,
             head,
             repair: repair_state,
+            suspect: suspect_term,
             stats: LogStats::default(),
         };
         if log.segments.is_empty() {
@@ -712,7 +727,7 @@ impl Log {
             log.seal()?;
             log.wait_durable()?;
         }
-        log.finish_repair_if_covered()?;
+        log.finish_markers_if_covered()?;
         let report = OpenReport {
             first_index: log.first_index(),
             last_index: log.last_index(),
@@ -723,6 +738,7 @@ impl Log {
             hard_state: log.hard_state.get(),
             damage,
             repair: log.repair,
+            suspect: log.suspect,
         };
         Ok((log, report))
     }
@@ -1326,7 +1342,7 @@ impl Log {
         self.last_term = term;
         self.durable_index = after;
         self.sealed_seq = None;
-        self.finish_repair_if_covered()?;
+        self.finish_markers_if_covered()?;
         self.stats.segments_activated += 1;
         self.stats.truncations += 1;
         Ok(())
@@ -1357,6 +1373,31 @@ impl Log {
         } else {
             self.term_at(self.durable_index).unwrap_or(Term::ZERO)
         }
+    }
+
+    /// The suspect term: set while the log's tail was cut after an unclean stop and the durable
+    /// log holds no entry of a higher term since (see [`suspect`]).
+    pub fn suspect(&self) -> Option<Term> {
+        self.suspect
+    }
+
+    /// Removes the repair and suspect markers once the durable log covers what they wait for.
+    fn finish_markers_if_covered(&mut self) -> Result<(), LogError> {
+        self.finish_repair_if_covered()?;
+        let Some(term) = self.suspect else {
+            return Ok(());
+        };
+        if self.durable_term() <= term {
+            return Ok(());
+        }
+        suspect::remove(&self.dir, &self.dir_file)?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            term = term.get(),
+            "log: no longer suspect, the durable log holds an entry of a newer term"
+        );
+        self.suspect = None;
+        Ok(())
     }
 
     /// Removes the repair marker once the log durably covers the range it records.
@@ -1540,7 +1581,7 @@ impl Log {
         }
         let advanced = self.advance();
         if advanced {
-            self.finish_repair_if_covered()?;
+            self.finish_markers_if_covered()?;
         }
         if self.sync_wanted {
             self.request_sync()?;

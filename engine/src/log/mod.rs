@@ -15,6 +15,8 @@
 //!   directories durably.
 //! - [`repair`]: the marker a log cut before damaged records keeps until the lost range is
 //!   fetched back from peers.
+//! - [`suspect`]: the marker a log whose tail was cut after an unclean stop keeps until it
+//!   durably holds an entry of a newer term.
 //! - [`head`]: the small file naming the newest segment, so a lost segment is noticed.
 //! - [`Log`] (in `durable_log`): the type the storage thread owns.
 //! - [`inspect`]: read-only verification and listing, for `lockstep log`.
@@ -53,6 +55,7 @@ pub mod recovery;
 pub mod repair;
 pub mod segment;
 pub(crate) mod small_file;
+pub mod suspect;
 mod sync;
 
 pub use doorbell::Doorbell;

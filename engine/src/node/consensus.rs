@@ -800,6 +800,7 @@ impl ConsensusStage {
             applied,
             durable: status.durable.get(),
             repair_until: status.repair_until.map(LogIndex::get),
+            suspect: status.suspect,
             peers: status
                 .progress
                 .iter()

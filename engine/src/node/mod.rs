@@ -462,6 +462,7 @@ impl Node {
             applied: self.shared.applied().get(),
             durable: 0,
             repair_until: None,
+            suspect: false,
             peers: Vec::new(),
             members: Vec::new(),
             members_committed: false,
@@ -601,6 +602,10 @@ pub struct NodeStatus {
     /// Set while the node repairs a damaged log: it neither votes nor campaigns until
     /// `durable` reaches this index (docs/RAFT.md, "Repair").
     pub repair_until: Option<u64>,
+    /// Set while the node's log tail was cut after an unclean stop and it has not yet learned
+    /// from its peers what it may have acknowledged: it votes only for candidates it knows are
+    /// up to date enough (docs/RAFT.md, "Suspect tail").
+    pub suspect: bool,
     /// Per-peer replication progress (leader only).
     pub peers: Vec<PeerProgress>,
     /// The membership in effect (the latest appended) with the addresses this node uses.

@@ -114,6 +114,7 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
         },
         repair_until: log.repair().map(|repair| repair.until),
         repair_above_term: log.repair().and_then(|repair| repair.above_term),
+        suspect_term: log.suspect(),
     };
     Ok((log, restored))
 }

@@ -58,6 +58,14 @@ pub struct Restored {
     /// elected without this node can have written, and whose log holds every entry committed
     /// in the earlier terms (`docs/RAFT.md`, "Repair").
     pub repair_above_term: Option<Term>,
+    /// Set when recovery cut the log's tail after an unclean stop (`docs/RAFT.md`, "Suspect
+    /// tail"): a term no lower than that of any entry the node may have acknowledged before
+    /// the cut (its current term then). The cut records may have been durable and
+    /// acknowledged, so until the node has learned the log ends of a quorum of the other
+    /// voters (from their vote requests at a higher term), or its durable log holds an entry
+    /// of a higher term, it grants no (pre-)vote on the strength of its own log and does not
+    /// count its own vote.
+    pub suspect_term: Option<Term>,
 }
 
 /// Identifies a [`StorageWrite`]; ids strictly increase, starting at 1.

@@ -85,6 +85,11 @@ pub struct Stats {
     pub votes_refused_repairing: u64,
     /// Repairs completed (the log again durably covers what it held before the damage).
     pub repairs_completed: u64,
+    /// (Pre-)votes refused because this node's log is suspect (its tail was cut after an
+    /// unclean stop) and the candidate is not known to be up to date enough.
+    pub votes_refused_suspect: u64,
+    /// Suspicions lifted (the log again holds whatever it may have acknowledged).
+    pub suspicions_lifted: u64,
     /// Leader: rejects showing that a follower's log ends below its match (it lost entries).
     pub followers_lost_entries: u64,
 }
@@ -117,6 +122,10 @@ pub struct Status {
     /// While repairing a damaged log: the index the log must durably reach again before this
     /// node votes or campaigns (see [`Restored::repair_until`](super::Restored::repair_until)).
     pub repair_until: Option<LogIndex>,
+    /// Set while this node's log is suspect: its tail was cut after an unclean stop and it has
+    /// not yet learned what it may have acknowledged (see
+    /// [`Restored::suspect_term`](super::Restored::suspect_term)).
+    pub suspect: bool,
     /// The membership in effect (the latest appended).
     pub membership: Membership,
     /// A leader's view of its peers (empty otherwise).

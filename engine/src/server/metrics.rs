@@ -567,6 +567,7 @@ mod tests {
             applied: 16,
             durable: 17,
             repair_until: None,
+            suspect: false,
             peers: vec![PeerProgress {
                 id: 2,
                 matched: 15,

@@ -140,6 +140,8 @@ pub struct SimStats {
     pub torn_crashes: u64,
     /// Restarts that found a suffix of the durable log gone (and started in repair).
     pub damaged_restarts: u64,
+    /// Of those, restarts whose last durable batch was cut as a torn tail (started suspect).
+    pub cut_tail_restarts: u64,
     /// Partitions and one-way cuts.
     pub partitions: u64,
     /// Messages delivered.
@@ -169,6 +171,7 @@ impl SimStats {
         self.crashes += other.crashes;
         self.torn_crashes += other.torn_crashes;
         self.damaged_restarts += other.damaged_restarts;
+        self.cut_tail_restarts += other.cut_tail_restarts;
         self.partitions += other.partitions;
         self.delivered += other.delivered;
         self.dropped += other.dropped;
@@ -213,7 +216,7 @@ impl fmt::Display for SimReport {
         writeln!(
             f,
             "  events {} committed {} proposed {} leaders {} term {} crashes {} (torn {}, \
-             damaged log {}) partitions {} delivered {} dropped {} reads {} compactions {} snapshots {} \
+             damaged log {}, tail cut {}) partitions {} delivered {} dropped {} reads {} compactions {} snapshots {} \
              transfers {} membership changes {}",
             s.events,
             s.committed,
@@ -223,6 +226,7 @@ impl fmt::Display for SimReport {
             s.crashes,
             s.torn_crashes,
             s.damaged_restarts,
+            s.cut_tail_restarts,
             s.partitions,
             s.delivered,
             s.dropped,
@@ -346,6 +350,9 @@ struct Repair {
     /// What the core gets as `Restored::repair_until` / `repair_above_term`.
     until: LogIndex,
     above_term: Option<Term>,
+    /// Set instead of a repair when the damage was a cut tail (the last durable batch, cut as
+    /// torn): what the core gets as `Restored::suspect_term`.
+    suspect_term: Option<Term>,
 }
 
 impl SimNode {
@@ -569,13 +576,15 @@ impl Cluster {
         let now = self.now();
         let n = &mut self.nodes[node];
         let durable = n.disk.durable().clone();
+        let repair = n.repair.filter(|repair| repair.suspect_term.is_none());
         let restored = Restored {
             hard_state: durable.hard_state,
             snapshot: durable.snapshot.clone(),
             batches: durable.batches.clone(),
             initial_membership: self.membership.clone(),
-            repair_until: n.repair.map(|repair| repair.until),
-            repair_above_term: n.repair.and_then(|repair| repair.above_term),
+            repair_until: repair.map(|repair| repair.until),
+            repair_above_term: repair.and_then(|repair| repair.above_term),
+            suspect_term: n.repair.and_then(|repair| repair.suspect_term),
         };
         let raft = match Raft::new(config, restored) {
             Ok(raft) => raft,
@@ -671,7 +680,9 @@ impl Cluster {
     /// With the profile's chance, and only while no other node has a repair pending: a suffix of
     /// the crashed `node`'s durable log is lost (as the real log finds a lost or cut segment at
     /// start), and the node restarts in repair: with the lost extent known (`until` = the last
-    /// index it held), or unknown (`above_term` = the highest term it had reached).
+    /// index it held), or unknown (`above_term` = the highest term it had reached). Or its last
+    /// durable batch is damaged and cut as a torn tail, and it restarts suspect
+    /// (`suspect_term` = the highest term it had reached).
     ///
     /// A damaged log is a failure of that node until it is repaired, so it is injected only
     /// where the cluster tolerates one: three voters or more, and a fixed membership (a change
@@ -701,34 +712,40 @@ impl Cluster {
             .max(durable.term_at(last).unwrap_or(Term::ZERO));
         let from = LogIndex(self.rng.between(first.get(), last.get()));
         let known = self.rng.chance(500);
+        // A cut tail loses the last durable batch whole (one record), never the snapshot.
+        let cut_tail = known && self.rng.chance(500);
+        let from = match durable.batches.last() {
+            Some(batch) if cut_tail => batch.first_index().max(first),
+            _ => from,
+        };
         let held = n.disk.damage_from(from);
         n.repair = Some(Repair {
             lost: (from, held),
             until: if known { held } else { from.prev() },
             above_term: (!known).then_some(term_reached),
+            suspect_term: cut_tail.then_some(term_reached),
         });
         self.stats.damaged_restarts += 1;
+        self.stats.cut_tail_restarts += u64::from(cut_tail);
+        let what = match (cut_tail, known) {
+            (true, _) => "tail cut, suspect",
+            (false, true) => "extent known",
+            (false, false) => "extent unknown",
+        };
         self.trace.record(
             now,
-            format_args!(
-                "{} damaged: lost {from}..={held} ({})",
-                n.id,
-                if known {
-                    "extent known"
-                } else {
-                    "extent unknown"
-                }
-            ),
+            format_args!("{} damaged: lost {from}..={held} ({what})", n.id),
         );
     }
 
-    /// Forgets `node`'s repair once its core says it is complete.
+    /// Forgets `node`'s repair (or suspicion) once its core says it is complete (lifted).
     fn note_repair(&mut self, node: usize) {
         let n = &mut self.nodes[node];
         if n.repair.is_some()
-            && n.raft
-                .as_ref()
-                .is_some_and(|raft| raft.status().repair_until.is_none())
+            && n.raft.as_ref().is_some_and(|raft| {
+                let status = raft.status();
+                status.repair_until.is_none() && !status.suspect
+            })
         {
             n.repair = None;
         }

@@ -134,6 +134,7 @@ fn seed_sweep() {
         ("leadership transfers", totals.transfers),
         ("membership changes", totals.membership_changes),
         ("restarts with a damaged log", totals.damaged_restarts),
+        ("restarts with a tail cut", totals.cut_tail_restarts),
     ];
     for (what, count) in exercised {
         assert!(count > 0, "no {what} in {seeds} seeds: {totals:?}");

@@ -67,7 +67,10 @@ impl Raft {
             self.persist_hard_state();
             self.stats.elections_started += 1;
         }
-        self.votes.insert(self.id, true);
+        // A suspect log is no evidence for a vote, not even its own (see `suspect.rs`).
+        if self.suspect.is_none() {
+            self.votes.insert(self.id, true);
+        }
         if self.election_won() {
             self.on_election_won();
             return;
@@ -97,12 +100,18 @@ impl Raft {
         }
     }
 
-    /// Whether this node may grant a (pre-)vote at all: not while it repairs its log, since
-    /// it compares the candidate against a log that lost entries it may have acknowledged.
-    /// Counts the refusal.
-    pub(super) fn may_grant_votes(&mut self) -> bool {
+    /// Whether this node may grant a (pre-)vote to a candidate whose log ends at
+    /// `(last_term, last_index)`, beyond the usual checks: never while it repairs its log, and
+    /// while its log is suspect only at or above the floor it learned from its peers (it
+    /// would otherwise compare the candidate against a log that lost entries it may have
+    /// acknowledged). Counts the refusal.
+    pub(super) fn may_grant_votes(&mut self, last_index: LogIndex, last_term: Term) -> bool {
         if self.repair_until.is_some() {
             self.stats.votes_refused_repairing += 1;
+            return false;
+        }
+        if !self.suspect_allows_vote(last_index, last_term) {
+            self.stats.votes_refused_suspect += 1;
             return false;
         }
         true
@@ -110,7 +119,7 @@ impl Raft {
 
     pub(super) fn handle_vote(&mut self, from: NodeId, last_index: LogIndex, last_term: Term) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let can_vote = can_vote && self.may_grant_votes();
+        let can_vote = can_vote && self.may_grant_votes(last_index, last_term);
         let granted = can_vote && self.log_up_to_date(last_index, last_term);
         if granted {
             self.reset_election_timer();

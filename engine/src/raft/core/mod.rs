@@ -41,6 +41,9 @@ mod election;
 mod follower;
 mod leader;
 mod step;
+mod suspect;
+
+use suspect::Suspect;
 
 /// Heartbeat answers without progress after which a replicating follower is probed again
 /// from its match index (its acks or our appends were lost, or it restarted).
@@ -109,6 +112,8 @@ pub struct Raft {
     repair_until: Option<LogIndex>,
     /// ...and, when set, until the durable log holds an entry of a term above this one.
     repair_above_term: Option<Term>,
+    /// Set while the log's tail was cut after an unclean stop (see `suspect.rs`).
+    suspect: Option<Suspect>,
     snapshot: Option<(SnapshotMeta, Bytes)>,
     incoming: Option<IncomingSnapshot>,
 
@@ -170,6 +175,7 @@ impl Raft {
             initial_membership,
             repair_until,
             repair_above_term,
+            suspect_term,
         } = restored;
         if let Some((meta, _)) = &snapshot {
             if meta.term > hard_state.term {
@@ -225,6 +231,7 @@ impl Raft {
             durable: log.last_index(),
             repair_until,
             repair_above_term: repair_until.and(repair_above_term),
+            suspect: suspect_term.map(Suspect::new),
             log,
             commit: snapshot_index,
             committed_out: snapshot_index,
@@ -267,6 +274,7 @@ impl Raft {
             raft.repair_until = None;
             raft.repair_above_term = None;
         }
+        raft.lift_suspicion_if_learned();
         raft.reset_election_timer();
         raft.debug_check();
         Ok(raft)
@@ -428,6 +436,7 @@ impl Raft {
             self.repair_above_term = None;
             self.stats.repairs_completed += 1;
         }
+        self.lift_suspicion_if_learned();
         if self.hard_state_write.is_some_and(|id| id <= write) {
             self.hard_state_write = None;
         }
@@ -561,6 +570,7 @@ impl Raft {
             last_index: self.log.last_index(),
             durable_write: self.durable_write,
             repair_until: self.repair_until,
+            suspect: self.suspect.is_some(),
             membership: self.membership().clone(),
             progress: self
                 .progress
@@ -653,6 +663,22 @@ impl Raft {
                 self.repair_above_term,
                 self.role,
                 self.durable
+            );
+        }
+        if let Some(suspect) = &self.suspect {
+            let durable_term = self.log.term_at(self.durable);
+            assert!(
+                durable_term.map_or(true, |term| term <= suspect.term_bound),
+                "{}: suspect up to {} but its durable entry {} has term {durable_term:?}",
+                self.id,
+                suspect.term_bound,
+                self.durable
+            );
+            assert!(
+                !self.votes.contains_key(&self.id),
+                "{}: suspect but counts its own vote in {}",
+                self.id,
+                self.term
             );
         }
         self.log.check();

@@ -71,7 +71,9 @@ impl Raft {
                 self.boot_guard = false;
             }
             if self.election_elapsed >= self.randomized_timeout && self.can_campaign() {
-                let kind = if self.config.pre_vote {
+                // A suspect node runs real elections: its request, at a term above every
+                // peer's, is what lets suspect peers learn its log end (see `suspect.rs`).
+                let kind = if self.config.pre_vote && self.suspect.is_none() {
                     Campaign::PreVote
                 } else {
                     Campaign::Election
@@ -141,6 +143,24 @@ impl Raft {
             self.stats.non_member_ignored += 1;
             return;
         }
+        match body {
+            // A pre-candidate is still at the term below the one its request carries.
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => self.note_log_end(
+                from,
+                Term(term.get().saturating_sub(1)),
+                last_term,
+                last_index,
+            ),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.note_log_end(from, term, last_term, last_index),
+            _ => {}
+        }
         if term > self.term {
             match &body {
                 MessageBody::PreVote { .. } | MessageBody::Vote { .. } => {
@@ -193,7 +213,7 @@ impl Raft {
             } => {
                 let granted = term > self.term
                     && self.log_up_to_date(last_index, last_term)
-                    && self.may_grant_votes();
+                    && self.may_grant_votes(last_index, last_term);
                 let reply_term = if granted { term } else { self.term };
                 self.send_with_term(
                     from,

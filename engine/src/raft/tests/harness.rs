@@ -450,7 +450,7 @@ impl Cluster {
             batches: node.disk.batches.clone(),
             initial_membership: node.initial.clone(),
             repair_until: match gate {
-                RepairGate::Off => None,
+                RepairGate::Off | RepairGate::Suspect => None,
                 RepairGate::Until => Some(held),
                 RepairGate::AboveTerm => Some(
                     node.disk
@@ -460,6 +460,7 @@ impl Cluster {
                 ),
             },
             repair_above_term: (gate == RepairGate::AboveTerm).then_some(node.disk.hard_state.term),
+            suspect_term: (gate == RepairGate::Suspect).then_some(node.disk.hard_state.term),
         };
         self.add_node(node.config, restored);
     }
@@ -505,4 +506,7 @@ pub(crate) enum RepairGate {
     Until,
     /// Only that the log may have held more, and the term it had reached.
     AboveTerm,
+    /// A torn tail cut after an unclean stop (no repair): the log is suspect up to the term
+    /// the node had reached.
+    Suspect,
 }

@@ -1234,3 +1234,138 @@ fn lease_lapses_exactly_its_window_after_the_round_was_sent() {
     let ready = cluster.raft(leader).ready();
     assert!(ready.reads.is_empty(), "lapsed at the window's end");
 }
+
+#[test]
+fn suspect_a_node_whose_tail_was_cut_votes_only_for_a_candidate_it_learned_is_up_to_date() {
+    // 2's log lost its acknowledged tail 2..=6 to a cut after an unclean stop; 1, the other
+    // holder, is down; 3 lacks the entries. 2 hears 3 but not a quorum of the other voters.
+    let mut cluster = committed_entries_lost_on_a_voter(RepairGate::Suspect);
+    let suspect = cluster.node(2).raft.status();
+    assert!(suspect.suspect, "2 learned from 3 alone: {suspect:?}");
+    assert!(suspect.stats.votes_refused_suspect > 0);
+    assert_eq!(
+        cluster.leader(),
+        None,
+        "3 lacks the committed entries and 2 may not vote for it"
+    );
+    // 1 comes back: its vote requests complete what 2 learns, and only a log at least as up
+    // to date as 1's can win; 1's new term then lifts the suspicion.
+    cluster.restart(1);
+    cluster.ticks(100);
+    assert_eq!(cluster.leader(), Some(1));
+    let lifted = cluster.node(2).raft.status();
+    assert!(!lifted.suspect, "{lifted:?}");
+    assert_eq!(lifted.stats.suspicions_lifted, 1);
+    for id in [1, 2, 3] {
+        assert_eq!(
+            &cluster.terms(id)[1..6],
+            &[(2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
+            "{id} holds the committed entries"
+        );
+    }
+}
+
+/// Entries 2..=6 commit on all three nodes; then all three lose power at once and restart with
+/// their tails cut at different points (`keep` is the last index each keeps). Returns the
+/// cluster after enough time for an election.
+fn whole_cluster_power_cut(keep: [u64; 3], pre_vote: bool) -> Cluster {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| config.pre_vote = pre_vote);
+    cluster.elect(1);
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    // Heartbeats carry the commit index to the followers, which apply the entries.
+    cluster.ticks(10);
+    for id in [1, 2, 3] {
+        assert_eq!(commit(&cluster, id), LogIndex(6));
+        cluster.crash(id);
+    }
+    for (id, keep) in [1, 2, 3].into_iter().zip(keep) {
+        cluster.restart_damaged(id, Some(keep + 1), RepairGate::Suspect);
+        assert!(cluster.node(id).raft.status().suspect);
+    }
+    cluster.ticks(300);
+    cluster
+}
+
+#[test]
+fn suspect_nodes_all_cut_at_once_still_elect_a_leader_holding_every_committed_entry() {
+    for pre_vote in [true, false] {
+        let mut cluster = whole_cluster_power_cut([4, 6, 3], pre_vote);
+        assert_eq!(
+            cluster.leader(),
+            Some(2),
+            "only 2 still holds index 6 (pre-vote {pre_vote})"
+        );
+        let leader_term = cluster.node(2).raft.status().term;
+        cluster.propose(2, 1);
+        cluster.stabilize();
+        for id in [1, 2, 3] {
+            let status = cluster.node(id).raft.status();
+            assert!(!status.suspect, "{status:?}");
+            assert_eq!(
+                &cluster.terms(id)[1..7],
+                &[
+                    (2, 1),
+                    (3, 1),
+                    (4, 1),
+                    (5, 1),
+                    (6, 1),
+                    (7, leader_term.get())
+                ],
+                "{id} holds the committed entries (pre-vote {pre_vote})"
+            );
+        }
+    }
+}
+
+#[test]
+fn suspect_learns_only_from_senders_past_its_term_and_counts_a_quorum_of_other_voters() {
+    // Node 1 restarts suspect at term 2 with log [1, 2]; voters 1, 2, 3 and learner 4.
+    let mut membership = voters(&[1, 2, 3]);
+    membership.learners.insert(NodeId(4));
+    let restored = Restored {
+        hard_state: HardState {
+            term: Term(2),
+            vote: None,
+        },
+        batches: log_of_terms(&[1, 2]),
+        initial_membership: membership,
+        suspect_term: Some(Term(2)),
+        ..Restored::default()
+    };
+    let mut raft = crate::raft::Raft::new(crate::raft::Config::new(NodeId(1)), restored).unwrap();
+    let request = |from: u64, term: u64, pre: bool, last: (u64, u64)| Message {
+        from: NodeId(from),
+        to: NodeId(1),
+        term: Term(term),
+        body: if pre {
+            MessageBody::PreVote {
+                last_index: LogIndex(last.1),
+                last_term: Term(last.0),
+            }
+        } else {
+            MessageBody::Vote {
+                last_index: LogIndex(last.1),
+                last_term: Term(last.0),
+                leadership_transfer: false,
+            }
+        },
+    };
+    // A pre-candidate still at term 2 says nothing; 3 at term 3 does; a learner does not count.
+    raft.step(request(2, 3, true, (2, 9)));
+    raft.step(request(3, 3, false, (2, 3)));
+    raft.step(request(4, 4, false, (2, 9)));
+    let status = raft.status();
+    assert!(status.suspect);
+    assert_eq!(status.vote, None, "one report of two needed: no vote");
+    assert_eq!(status.stats.votes_refused_suspect, 3);
+    // 2, pre-voting from term 4, completes the quorum of other voters: floor (2, 5). Its
+    // pre-vote is at the floor; 3's vote at (2, 3) is below it.
+    raft.step(request(2, 5, true, (2, 5)));
+    raft.step(request(3, 5, false, (2, 3)));
+    let status = raft.status();
+    assert_eq!((status.vote, status.stats.votes_refused_suspect), (None, 4));
+    assert!(status.suspect, "its own log (2, 2) is below the floor");
+    raft.step(request(2, 6, false, (2, 5)));
+    assert_eq!(raft.status().vote, Some(NodeId(2)), "at the floor: granted");
+}
