@@ -206,6 +206,8 @@ fn write_version_1_log(dir: &Path, entries: u64) {
     let crc = crc32fast::hash(&head[..40]);
     head[40..44].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(dir.join("head"), head).unwrap();
+    // The previous format created its hard state as two blank 4 KiB slots.
+    std::fs::write(dir.join("hard_state"), vec![0u8; 8192]).unwrap();
 }
 
 fn entry(index: u64) -> Vec<u8> {
