@@ -39,6 +39,10 @@ pub enum InjectedBug {
     /// a quorum that it is still the leader: a deposed leader that has not heard of its
     /// successor (paused, or cut off) serves stale reads.
     ReadWithoutConfirmation,
+    /// A leader accepts a membership change before it has committed an entry of its own term:
+    /// a change of an earlier leader that it does not hold can then commit at the same index
+    /// (the single-server change bug).
+    MembershipChangeBeforeTermCommit,
 }
 
 /// Settings of one core. [`Config::new`] gives sensible defaults.

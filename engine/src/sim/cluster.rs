@@ -106,6 +106,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::AckBeforeDurable => "ack-before-durable",
         InjectedBug::CommitOldTermByCounting => "commit-old-term-by-counting",
         InjectedBug::ReadWithoutConfirmation => "read-without-confirmation",
+        InjectedBug::MembershipChangeBeforeTermCommit => "membership-change-before-term-commit",
     }
 }
 
@@ -374,6 +375,8 @@ pub(super) struct Cluster {
     marker: Vec<u8>,
     /// Scripted: this node's disk turns slow the moment it becomes leader.
     slow_disk_on_leadership: Option<usize>,
+    /// Scripted: every Append message to this node is lost (its other messages pass).
+    appends_lost_to: Option<NodeId>,
 }
 
 fn violation(invariant: Invariant, detail: String) -> Checked {
@@ -485,6 +488,7 @@ impl Cluster {
             quiet: None,
             marker: format!("liveness-{}", options.seed).into_bytes(),
             slow_disk_on_leadership: None,
+            appends_lost_to: None,
             profile,
             options,
         }
@@ -768,7 +772,9 @@ impl Cluster {
             Event::Deliver { message } => {
                 let to = message.to.get() as usize - 1;
                 let up = self.nodes[to].raft.is_some();
-                if !up || !self.network.connected(message.from, message.to) {
+                let append_lost = self.appends_lost_to == Some(message.to)
+                    && matches!(message.body, MessageBody::Append { .. });
+                if !up || append_lost || !self.network.connected(message.from, message.to) {
                     self.stats.dropped += 1;
                     self.trace
                         .record(now, format_args!("lost {}", describe(&message)));

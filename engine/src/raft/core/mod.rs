@@ -294,13 +294,23 @@ impl Raft {
         Ok(index)
     }
 
-    /// Proposes one membership change; it takes effect as soon as it is appended. Refused while
+    /// Proposes one membership change; it takes effect as soon as it is appended. Refused until
+    /// this leader has committed an entry of its term (see `docs/RAFT.md`, "Membership"), while
     /// another change is uncommitted, and for a learner that is not caught up.
     pub fn propose_membership(
         &mut self,
         change: MembershipChange,
     ) -> Result<LogIndex, ProposeError> {
         self.check_can_propose()?;
+        #[cfg(any(test, feature = "inject-bugs"))]
+        let term_checked = !self
+            .config
+            .has_bug(InjectedBug::MembershipChangeBeforeTermCommit);
+        #[cfg(not(any(test, feature = "inject-bugs")))]
+        let term_checked = true;
+        if term_checked && !self.committed_in_term() {
+            return Err(ProposeError::TermNotCommitted { term: self.term });
+        }
         if let Some(&(index, _)) = self.membership_log.last() {
             if index > self.commit {
                 return Err(ProposeError::MembershipChangePending { index });

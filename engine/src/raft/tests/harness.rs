@@ -407,6 +407,24 @@ impl Cluster {
         }
     }
 
+    /// Cuts every link between a node of `side` and a node of `other`.
+    pub(crate) fn partition(&mut self, side: &[u64], other: &[u64]) {
+        for &a in side {
+            for &b in other {
+                self.cut.insert((NodeId(a), NodeId(b)));
+                self.cut.insert((NodeId(b), NodeId(a)));
+            }
+        }
+    }
+
+    /// Ticks only the nodes `ids`, once each, then stabilizes.
+    pub(crate) fn tick_only(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.raft(id).tick();
+        }
+        self.stabilize();
+    }
+
     /// Restores every link.
     pub(crate) fn heal(&mut self) {
         self.cut.clear();
