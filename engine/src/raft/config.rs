@@ -79,6 +79,10 @@ pub struct Config {
     pub promote_lag_entries_max: u64,
     /// Seed of the election-timeout generator (mixed with the node id).
     pub seed: u64,
+    /// Run the full invariant check ([`super::Raft::invariants`]) after every input in release
+    /// builds too (debug builds always do). It walks the log's batches and the peers on every
+    /// input, so production leaves it off; the simulator and the core's tests turn it on.
+    pub check_invariants: bool,
     /// Test-only: re-inserts a known bug (see [`InjectedBug`]).
     #[cfg(any(test, feature = "inject-bugs"))]
     pub inject_bug: Option<InjectedBug>,
@@ -87,7 +91,7 @@ pub struct Config {
 impl Config {
     /// Defaults for node `id`: 10-tick elections, 2-tick heartbeats, pre-vote and check-quorum
     /// on, read-index reads, 4096-entry / 256 KiB batches, 1 MiB appends, a window of 64
-    /// messages / 16 MiB, 1 MiB snapshot chunks.
+    /// messages / 16 MiB, 1 MiB snapshot chunks, the full invariant check only in debug builds.
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
@@ -104,6 +108,7 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             promote_lag_entries_max: 1024,
             seed: 0,
+            check_invariants: false,
             #[cfg(any(test, feature = "inject-bugs"))]
             inject_bug: None,
         }

@@ -551,6 +551,7 @@ impl Cluster {
         config.election_ticks = ELECTION_TICKS;
         config.heartbeat_ticks = 2;
         config.seed = self.options.seed;
+        config.check_invariants = true;
         if self.profile.lease_reads {
             config.read_mode = ReadMode::Lease {
                 clock_drift_ticks: LEASE_DRIFT_TICKS,

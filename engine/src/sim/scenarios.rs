@@ -344,3 +344,15 @@ fn membership_change_before_term_commit_is_caught() {
         println!("seed {seed}: {violation}");
     }
 }
+
+/// Every simulated core checks its invariants after every event, in release builds too (the
+/// simulator turns `check_invariants` on): a core broken on purpose is caught at its next tick.
+#[test]
+#[should_panic(expected = "past last index")]
+fn simulated_cores_check_their_invariants_after_every_event_in_release_too() {
+    let mut cluster = Cluster::with_profile(SimOptions::new(1, 3, 0), scripted_profile(false));
+    cluster.start_all().expect("no violation");
+    let far = cluster.last_index_of(0).plus(100);
+    cluster.break_commit_of(0, far);
+    let _ = cluster.run_until(2, |_| false);
+}

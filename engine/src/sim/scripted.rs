@@ -126,6 +126,16 @@ impl Cluster {
         );
     }
 
+    /// Breaks `node`'s core on purpose (its commit index jumps to `commit`), to prove that the
+    /// cores check their invariants after every simulated event.
+    pub(in crate::sim) fn break_commit_of(&mut self, node: usize, commit: LogIndex) {
+        self.nodes[node]
+            .raft
+            .as_mut()
+            .expect("breaking a running node")
+            .break_commit_for_test(commit);
+    }
+
     /// Proposes a membership change at `node`; returns the core's answer.
     pub(in crate::sim) fn change_membership_at(
         &mut self,

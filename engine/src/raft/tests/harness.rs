@@ -99,10 +99,12 @@ pub(crate) struct Cluster {
     committed: BTreeMap<u64, (BatchKind, Vec<u8>)>,
 }
 
-/// Test defaults: 10-tick elections, 2-tick heartbeats, seed from the id.
+/// Test defaults: 10-tick elections, 2-tick heartbeats, seed 7 (mixed with the id), the
+/// invariant check after every input (release builds included).
 pub(crate) fn test_config(id: u64) -> Config {
     let mut config = Config::new(NodeId(id));
     config.seed = 7;
+    config.check_invariants = true;
     config
 }
 
