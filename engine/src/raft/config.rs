@@ -45,6 +45,37 @@ pub enum InjectedBug {
     MembershipChangeBeforeTermCommit,
 }
 
+#[cfg(any(test, feature = "inject-bugs"))]
+impl InjectedBug {
+    /// Every injectable bug, in declaration order.
+    pub const ALL: [InjectedBug; 4] = [
+        InjectedBug::AckBeforeDurable,
+        InjectedBug::CommitOldTermByCounting,
+        InjectedBug::ReadWithoutConfirmation,
+        InjectedBug::MembershipChangeBeforeTermCommit,
+    ];
+
+    /// The name `lockstep sim --bug` and `LOCKSTEP_INJECT_BUG` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedBug::AckBeforeDurable => "ack-before-durable",
+            InjectedBug::CommitOldTermByCounting => "commit-old-term-by-counting",
+            InjectedBug::ReadWithoutConfirmation => "read-without-confirmation",
+            InjectedBug::MembershipChangeBeforeTermCommit => "membership-change-before-term-commit",
+        }
+    }
+
+    /// The bug called `name` (see [`InjectedBug::name`]).
+    pub fn from_name(name: &str) -> Option<InjectedBug> {
+        InjectedBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+
+    /// Every bug's name, comma-separated (for help and error texts).
+    pub fn names() -> String {
+        InjectedBug::ALL.map(InjectedBug::name).join(", ")
+    }
+}
+
 /// Settings of one core. [`Config::new`] gives sensible defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -274,6 +305,22 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_injected_bug_is_listed_once_under_its_own_name() {
+        for (position, bug) in InjectedBug::ALL.into_iter().enumerate() {
+            // Exhaustive: a new bug does not compile until it is given its place in `ALL`.
+            let declared = match bug {
+                InjectedBug::AckBeforeDurable => 0,
+                InjectedBug::CommitOldTermByCounting => 1,
+                InjectedBug::ReadWithoutConfirmation => 2,
+                InjectedBug::MembershipChangeBeforeTermCommit => 3,
+            };
+            assert_eq!(position, declared, "{bug:?} out of place in ALL");
+            assert_eq!(InjectedBug::from_name(bug.name()), Some(bug));
+        }
+        assert_eq!(InjectedBug::from_name("no-such-bug"), None);
+    }
 
     #[test]
     fn defaults_are_valid() {

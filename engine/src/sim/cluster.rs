@@ -93,33 +93,10 @@ impl SimOptions {
         );
         #[cfg(any(test, feature = "inject-bugs"))]
         if let Some(bug) = self.bug {
-            command.push_str(&format!(" --bug {}", bug_name(bug)));
+            command.push_str(&format!(" --bug {}", bug.name()));
         }
         command
     }
-}
-
-/// The `--bug` name of an injected bug.
-#[cfg(any(test, feature = "inject-bugs"))]
-pub fn bug_name(bug: InjectedBug) -> &'static str {
-    match bug {
-        InjectedBug::AckBeforeDurable => "ack-before-durable",
-        InjectedBug::CommitOldTermByCounting => "commit-old-term-by-counting",
-        InjectedBug::ReadWithoutConfirmation => "read-without-confirmation",
-        InjectedBug::MembershipChangeBeforeTermCommit => "membership-change-before-term-commit",
-    }
-}
-
-/// Parses a `--bug` name.
-#[cfg(any(test, feature = "inject-bugs"))]
-pub fn parse_bug(name: &str) -> Option<InjectedBug> {
-    [
-        InjectedBug::AckBeforeDurable,
-        InjectedBug::CommitOldTermByCounting,
-        InjectedBug::ReadWithoutConfirmation,
-    ]
-    .into_iter()
-    .find(|bug| bug_name(*bug) == name)
 }
 
 /// Counters of a run.

@@ -151,7 +151,7 @@ fn figure_8_a_leader_commits_only_entries_of_its_own_term_by_counting() {
 }
 
 #[test]
-fn figure_8_commit_old_term_by_counting_is_caught() {
+pub(super) fn figure_8_commit_old_term_by_counting_is_caught() {
     for seed in 0..5 {
         let violation = figure_8(seed, Some(InjectedBug::CommitOldTermByCounting))
             .expect_err("the checker must catch an old-term entry committed by counting");
@@ -166,15 +166,25 @@ fn figure_8_commit_old_term_by_counting_is_caught() {
     }
 }
 
-/// Lease reads beyond their clock bound: leader A is cut off from B and C, whose clocks run
-/// `follower_period` time units per tick against A's 100. B or C is elected and commits a write;
-/// then a client reads at A, which still believes in its lease. With clocks within the documented
+/// A read at a leader cut off from its successor: leader A is cut off from B and C, whose clocks
+/// run `follower_period` time units per tick against A's 100. B or C is elected and commits a
+/// write; then a client reads at A. Returns the reads A served.
+///
+/// Lease reads (`lease_reads`): A still believes in its lease. With clocks within the documented
 /// drift bound A's lease has lapsed by then (the read waits for a quorum round it cannot get);
 /// with much faster follower clocks A serves a stale read, and the checker must say so.
-fn lease_read_with_follower_clock(seed: u64, follower_period: u64) -> Result<u64, Violation> {
+/// Read-index reads: A waits for a quorum round and never serves the read, unless `bug` is
+/// `ReadWithoutConfirmation`, which serves it at once, stale.
+fn read_at_a_cut_off_leader(
+    seed: u64,
+    lease_reads: bool,
+    follower_period: u64,
+    bug: Option<InjectedBug>,
+) -> Result<u64, Violation> {
     let mut options = SimOptions::new(seed, 3, 0);
     options.trace = std::env::var_os("LOCKSTEP_SIM_TRACE").is_some();
-    let mut cluster = Cluster::with_profile(options, scripted_profile(true));
+    options.bug = bug;
+    let mut cluster = Cluster::with_profile(options, scripted_profile(lease_reads));
     cluster.start_all()?;
     wait(&mut cluster, 200, "first election", |c| {
         c.leader().is_some()
@@ -210,7 +220,7 @@ fn lease_read_with_follower_clock(seed: u64, follower_period: u64) -> Result<u64
 fn lease_reads_within_the_clock_bound_are_never_stale() {
     // Follower clocks 8 % fast: within the bound of `LEASE_DRIFT_TICKS`.
     for seed in 0..5 {
-        if let Err(violation) = lease_read_with_follower_clock(seed, 92) {
+        if let Err(violation) = read_at_a_cut_off_leader(seed, true, 92, None) {
             panic!("seed {seed}: {violation}");
         }
     }
@@ -220,11 +230,38 @@ fn lease_reads_within_the_clock_bound_are_never_stale() {
 fn lease_reads_beyond_the_clock_bound_are_caught() {
     // Follower clocks 3.3 times as fast as the leader's: far beyond the bound.
     let caught = (0..5)
-        .filter_map(|seed| lease_read_with_follower_clock(seed, 30).err())
+        .filter_map(|seed| read_at_a_cut_off_leader(seed, true, 30, None).err())
         .inspect(|violation| println!("{violation}"))
         .filter(|violation| violation.invariant == Invariant::LinearizableRead)
         .count();
     assert!(caught > 0, "no stale lease read was caught in 5 seeds");
+}
+
+// Fast follower clocks (as in the lease test above) elect A's successor and commit its write
+// before A's check-quorum deposes A.
+#[test]
+fn read_index_at_a_cut_off_leader_waits_for_a_quorum() {
+    for seed in 0..5 {
+        match read_at_a_cut_off_leader(seed, false, 30, None) {
+            Ok(served) => assert_eq!(served, 0, "seed {seed}: a read served without a quorum"),
+            Err(violation) => panic!("seed {seed}: {violation}"),
+        }
+    }
+}
+
+#[test]
+pub(super) fn read_without_confirmation_is_caught() {
+    for seed in 0..5 {
+        let violation =
+            read_at_a_cut_off_leader(seed, false, 30, Some(InjectedBug::ReadWithoutConfirmation))
+                .expect_err("the checker must catch a stale read at a deposed leader");
+        assert_eq!(
+            violation.invariant,
+            Invariant::LinearizableRead,
+            "seed {seed}: unexpected violation {violation}"
+        );
+        println!("seed {seed}: {violation}");
+    }
 }
 
 /// The single-server membership change race on voters A, B, C, D and learner L (the spare node):
@@ -329,7 +366,7 @@ fn membership_changes_wait_for_a_commit_in_the_leaders_term() {
 }
 
 #[test]
-fn membership_change_before_term_commit_is_caught() {
+pub(super) fn membership_change_before_term_commit_is_caught() {
     for seed in 0..5 {
         let violation =
             single_server_change(seed, Some(InjectedBug::MembershipChangeBeforeTermCommit))
