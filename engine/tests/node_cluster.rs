@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lockstep::node::PeerConfig;
-use lockstep::raft::MembershipChange;
+use lockstep::raft::{MembershipChange, TERM_NOT_COMMITTED_TEXT};
 use lockstep::types::{LogIndex, NodeId};
 use lockstep::{Node, NodeError};
 use node_common::{wait_for, wait_leader, Kv, TestCluster};
@@ -194,7 +194,8 @@ fn large_entries_are_snapshotted_by_bytes_long_before_the_entry_count() {
 
 /// Makes `change` at the current leader, retrying across elections (a retry after an unknown
 /// outcome, or a promotion of a learner still catching up, may be refused: `done_if` says which
-/// refusal means the change was already made). Returns the change's index, if this call made it.
+/// refusal means the change was already made; a leader just elected refuses until it has
+/// committed an entry of its term, which is simply retried). Returns the change's index, if this call made it.
 fn change_membership(
     cluster: &TestCluster,
     change: MembershipChange,
@@ -216,7 +217,9 @@ fn change_membership(
             Ok(applied) => return Some(applied.index),
             Err(NodeError::NotLeader { .. } | NodeError::OutcomeUnknown) => retried = true,
             Err(NodeError::Refused(why)) if retried && why.contains(done_if) => return None,
-            Err(NodeError::Refused(why)) if why.contains("behind") => {
+            Err(NodeError::Refused(why))
+                if why.contains("behind") || why.contains(TERM_NOT_COMMITTED_TEXT) =>
+            {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(other) => panic!("{change:?} failed: {other:?}"),

@@ -8,9 +8,10 @@
 //! - `remove ID` proposes removing a voter or learner; removing the leader itself is allowed
 //!   (it commits the change, then steps down).
 //!
-//! Requests go to the leader: a member that does not lead redirects, and the tool follows. It
-//! prints each change's log index on stdout and exits 0, or prints why it failed on stderr and
-//! exits 1 (the leader's refusal verbatim; for `add`, a node that was added but did not catch
+//! Requests go to the leader: a member that does not lead redirects, and the tool follows. A
+//! leader just elected refuses membership changes until it has committed an entry of its term;
+//! the tool retries then (within `--timeout-ms`). It prints each change's log index on stdout and
+//! exits 0, or prints why it failed on stderr and exits 1 (the leader's refusal verbatim; for `add`, a node that was added but did not catch
 //! up in time stays a learner, and the message says so).
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use lockstep::client::{ClientError, ClusterClient, Credentials};
 use lockstep::net::ClientTls;
-use lockstep::raft::{MemberAddr, MembershipChange};
+use lockstep::raft::{MemberAddr, MembershipChange, TERM_NOT_COMMITTED_TEXT};
 use lockstep::server::DEFAULT_CLUSTER_ID;
 use lockstep::types::{LogIndex, NodeId};
 use serde_json::Value;
@@ -160,18 +161,34 @@ fn explain(error: &ClientError, args: &ConnectArgs) -> String {
     format!("{error}{hint}")
 }
 
-/// Proposes `change` at the leader; returns its index.
+/// Whether the leader's refusal only means "not yet": a leader accepts membership changes once
+/// it has committed an entry of its term, moments after its election.
+fn refused_for_now(message: &str) -> bool {
+    message.contains(TERM_NOT_COMMITTED_TEXT)
+}
+
+/// Proposes `change` at the leader, retrying while the leader refuses it only for now (until
+/// `deadline`); returns its index.
 fn propose(
     client: &mut ClusterClient,
     change: MembershipChange,
+    deadline: Instant,
     args: &ConnectArgs,
 ) -> Result<LogIndex, String> {
-    client
-        .change_membership(change)
-        .map_err(|error| match error {
-            ClientError::Server(message) => format!("the leader refused the change: {message}"),
-            other => explain(&other, args),
-        })
+    loop {
+        match client.change_membership(change) {
+            Ok(index) => return Ok(index),
+            Err(ClientError::Server(message))
+                if refused_for_now(&message) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(CATCH_UP_POLL);
+            }
+            Err(ClientError::Server(message)) => {
+                return Err(format!("the leader refused the change: {message}"))
+            }
+            Err(other) => return Err(explain(&other, args)),
+        }
+    }
 }
 
 /// What the leader's status says about learner `id`: `Some(true)` once its log is caught up
@@ -232,7 +249,9 @@ fn promote_when_caught_up(
         if caught_up(&status, id, &mut commit_before) != Some(false) {
             match client.change_membership(MembershipChange::Promote(id)) {
                 Ok(index) => return Ok(index),
-                Err(ClientError::Server(message)) if message.contains("not caught up") => {
+                Err(ClientError::Server(message))
+                    if message.contains("not caught up") || refused_for_now(&message) =>
+                {
                     last_refusal = Some(message);
                 }
                 Err(other @ ClientError::NotLeader { .. }) => {
@@ -275,6 +294,7 @@ fn add(args: &AddArgs) -> Result<(), String> {
     let index = propose(
         &mut client,
         MembershipChange::AddLearner(id, Some(addr)),
+        deadline,
         &args.connect,
     )?;
     let client_text = client_addr.map_or("none".to_string(), |addr| addr.to_string());
@@ -293,8 +313,13 @@ fn add(args: &AddArgs) -> Result<(), String> {
 
 fn promote(args: &IdArgs) -> Result<(), String> {
     let id = NodeId(args.id);
-    let (mut client, _) = connect(&args.connect)?;
-    let index = propose(&mut client, MembershipChange::Promote(id), &args.connect)?;
+    let (mut client, deadline) = connect(&args.connect)?;
+    let index = propose(
+        &mut client,
+        MembershipChange::Promote(id),
+        deadline,
+        &args.connect,
+    )?;
     println!(
         "promoted node {} to voter at index {}",
         args.id,
@@ -305,8 +330,13 @@ fn promote(args: &IdArgs) -> Result<(), String> {
 
 fn remove(args: &IdArgs) -> Result<(), String> {
     let id = NodeId(args.id);
-    let (mut client, _) = connect(&args.connect)?;
-    let index = propose(&mut client, MembershipChange::Remove(id), &args.connect)?;
+    let (mut client, deadline) = connect(&args.connect)?;
+    let index = propose(
+        &mut client,
+        MembershipChange::Remove(id),
+        deadline,
+        &args.connect,
+    )?;
     println!("removed node {} at index {}", args.id, index.get());
     Ok(())
 }
@@ -378,6 +408,17 @@ mod tests {
                 "{line:?}: {named:?} missing from {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_leader_that_has_not_committed_in_its_term_is_asked_again() {
+        let refusal = lockstep::raft::ProposeError::TermNotCommitted {
+            term: lockstep::types::Term(7),
+        };
+        // As the node sends it: its refusal's text behind a prefix.
+        assert!(refused_for_now(&format!("refused: {refusal}")));
+        let other = lockstep::raft::ProposeError::MembershipChangePending { index: LogIndex(3) };
+        assert!(!refused_for_now(&format!("refused: {other}")));
     }
 
     #[test]

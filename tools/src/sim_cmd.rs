@@ -28,9 +28,15 @@ pub struct Args {
     /// Run this many consecutive seeds, stopping at the first violation.
     #[arg(long, default_value_t = 1)]
     count: u64,
-    /// Re-insert a known bug: ack-before-durable or commit-old-term-by-counting (needs the
-    /// `inject-bugs` feature).
-    #[arg(long)]
+    /// Re-insert a known bug into every core, to watch the checker catch it (needs the tool
+    /// built with the `inject-bugs` feature, whose help lists the bugs).
+    #[arg(long, value_name = "NAME")]
+    #[cfg_attr(
+        feature = "inject-bugs",
+        arg(value_parser = clap::builder::PossibleValuesParser::new(
+            lockstep::raft::InjectedBug::ALL.map(lockstep::raft::InjectedBug::name)
+        ))
+    )]
     bug: Option<String>,
 }
 
@@ -70,11 +76,11 @@ fn options(args: &Args) -> Result<SimOptions, String> {
     let mut options = SimOptions::new(args.seed, args.nodes, args.steps);
     options.trace = args.trace;
     if let Some(name) = &args.bug {
-        options.bug = Some(lockstep::sim::parse_bug(name).ok_or_else(|| {
-            format!(
-                "unknown --bug {name:?} (known: ack-before-durable, commit-old-term-by-counting)"
-            )
-        })?);
+        use lockstep::raft::InjectedBug;
+        options.bug =
+            Some(InjectedBug::from_name(name).ok_or_else(|| {
+                format!("unknown --bug {name:?} (known: {})", InjectedBug::names())
+            })?);
     }
     Ok(options)
 }
@@ -90,4 +96,35 @@ fn options(args: &Args) -> Result<SimOptions, String> {
     let mut options = SimOptions::new(args.seed, args.nodes, args.steps);
     options.trace = args.trace;
     Ok(options)
+}
+
+#[cfg(all(test, feature = "inject-bugs"))]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn help_lists_every_injectable_bug_and_each_parses() {
+        let help = Wrapper::command().render_long_help().to_string();
+        for bug in lockstep::raft::InjectedBug::ALL {
+            assert!(
+                help.contains(bug.name()),
+                "{} missing from:\n{help}",
+                bug.name()
+            );
+            let args: Args = crate::parse_flags("sim", &["--seed", "1", "--bug", bug.name()])
+                .expect("a known bug parses");
+            assert_eq!(options(&args).expect("valid").bug, Some(bug));
+        }
+        let error = crate::parse_flags::<Args>("sim", &["--seed", "1", "--bug", "nope"])
+            .err()
+            .expect("an unknown bug is refused");
+        assert!(error.contains("read-without-confirmation"), "{error}");
+    }
 }

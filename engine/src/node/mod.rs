@@ -284,8 +284,11 @@ impl Node {
         raft_config.tick = config.tick;
         #[cfg(feature = "inject-bugs")]
         if let Ok(name) = std::env::var("LOCKSTEP_INJECT_BUG") {
-            let bug = crate::sim::parse_bug(&name).ok_or_else(|| {
-                NodeError::Refused(format!("LOCKSTEP_INJECT_BUG={name}: no such bug"))
+            let bug = crate::raft::InjectedBug::from_name(&name).ok_or_else(|| {
+                NodeError::Refused(format!(
+                    "LOCKSTEP_INJECT_BUG={name}: no such bug (known: {})",
+                    crate::raft::InjectedBug::names()
+                ))
             })?;
             tracing::warn!(bug = %name, "TEST BUILD: a known bug is re-inserted into consensus");
             raft_config.inject_bug = Some(bug);

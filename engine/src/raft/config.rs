@@ -39,6 +39,41 @@ pub enum InjectedBug {
     /// a quorum that it is still the leader: a deposed leader that has not heard of its
     /// successor (paused, or cut off) serves stale reads.
     ReadWithoutConfirmation,
+    /// A leader accepts a membership change before it has committed an entry of its own term:
+    /// a change of an earlier leader that it does not hold can then commit at the same index
+    /// (the single-server change bug).
+    MembershipChangeBeforeTermCommit,
+}
+
+#[cfg(any(test, feature = "inject-bugs"))]
+impl InjectedBug {
+    /// Every injectable bug, in declaration order.
+    pub const ALL: [InjectedBug; 4] = [
+        InjectedBug::AckBeforeDurable,
+        InjectedBug::CommitOldTermByCounting,
+        InjectedBug::ReadWithoutConfirmation,
+        InjectedBug::MembershipChangeBeforeTermCommit,
+    ];
+
+    /// The name `lockstep sim --bug` and `LOCKSTEP_INJECT_BUG` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedBug::AckBeforeDurable => "ack-before-durable",
+            InjectedBug::CommitOldTermByCounting => "commit-old-term-by-counting",
+            InjectedBug::ReadWithoutConfirmation => "read-without-confirmation",
+            InjectedBug::MembershipChangeBeforeTermCommit => "membership-change-before-term-commit",
+        }
+    }
+
+    /// The bug called `name` (see [`InjectedBug::name`]).
+    pub fn from_name(name: &str) -> Option<InjectedBug> {
+        InjectedBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+
+    /// Every bug's name, comma-separated (for help and error texts).
+    pub fn names() -> String {
+        InjectedBug::ALL.map(InjectedBug::name).join(", ")
+    }
 }
 
 /// Settings of one core. [`Config::new`] gives sensible defaults.
@@ -78,6 +113,10 @@ pub struct Config {
     pub promote_lag_entries_max: u64,
     /// Seed of the election-timeout generator (mixed with the node id).
     pub seed: u64,
+    /// Run the full invariant check ([`super::Raft::invariants`]) after every input in release
+    /// builds too (debug builds always do). It walks the log's batches and the peers on every
+    /// input, so production leaves it off; the simulator and the core's tests turn it on.
+    pub check_invariants: bool,
     /// Test-only: re-inserts a known bug (see [`InjectedBug`]).
     #[cfg(any(test, feature = "inject-bugs"))]
     pub inject_bug: Option<InjectedBug>,
@@ -86,7 +125,7 @@ pub struct Config {
 impl Config {
     /// Defaults for node `id`: 1 ms ticks, 10-tick elections, 2-tick heartbeats, pre-vote and check-quorum
     /// on, read-index reads, 4096-entry / 256 KiB batches, 1 MiB appends, a window of 64
-    /// messages / 16 MiB, 1 MiB snapshot chunks.
+    /// messages / 16 MiB, 1 MiB snapshot chunks, the full invariant check only in debug builds.
     pub fn new(id: NodeId) -> Config {
         Config {
             id,
@@ -104,6 +143,7 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             promote_lag_entries_max: 1024,
             seed: 0,
+            check_invariants: false,
             #[cfg(any(test, feature = "inject-bugs"))]
             inject_bug: None,
         }
@@ -262,6 +302,22 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_injected_bug_is_listed_once_under_its_own_name() {
+        for (position, bug) in InjectedBug::ALL.into_iter().enumerate() {
+            // Exhaustive: a new bug does not compile until it is given its place in `ALL`.
+            let declared = match bug {
+                InjectedBug::AckBeforeDurable => 0,
+                InjectedBug::CommitOldTermByCounting => 1,
+                InjectedBug::ReadWithoutConfirmation => 2,
+                InjectedBug::MembershipChangeBeforeTermCommit => 3,
+            };
+            assert_eq!(position, declared, "{bug:?} out of place in ALL");
+            assert_eq!(InjectedBug::from_name(bug.name()), Some(bug));
+        }
+        assert_eq!(InjectedBug::from_name("no-such-bug"), None);
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -26,7 +26,9 @@ pub use self::ready::{
     HardState, ReadId, ReadReady, Ready, Restored, Role, SnapshotMeta, SoftState, StorageWrite,
     WriteId,
 };
-pub use self::status::{PeerStatus, ProgressState, ProposeError, Stats, Status};
+pub use self::status::{
+    PeerStatus, ProgressState, ProposeError, Stats, Status, TERM_NOT_COMMITTED_TEXT,
+};
 
 #[cfg(test)]
 mod tests;

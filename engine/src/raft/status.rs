@@ -134,6 +134,10 @@ pub struct Status {
     pub stats: Stats,
 }
 
+/// The words of [`ProposeError::TermNotCommitted`]'s message that say "retry shortly" to a
+/// client that only sees the message (e.g. `lockstep member`).
+pub const TERM_NOT_COMMITTED_TEXT: &str = "has not committed an entry of its term";
+
 /// Why a proposal, read, transfer or membership change was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
@@ -156,6 +160,13 @@ pub enum ProposeError {
     MembershipChangePending {
         /// Its index.
         index: LogIndex,
+    },
+    /// A membership change waits until this leader has committed an entry of its own term
+    /// (its Noop, at the latest): a change appended before could fork the log with a change
+    /// of an earlier leader that this one does not hold (see `docs/RAFT.md`). Retry shortly.
+    TermNotCommitted {
+        /// The leader's term.
+        term: Term,
     },
     /// The change does not apply to the current membership.
     Membership(MembershipError),
@@ -189,6 +200,11 @@ impl fmt::Display for ProposeError {
             ProposeError::MembershipChangePending { index } => {
                 write!(f, "membership change at {index} is not committed yet")
             }
+            ProposeError::TermNotCommitted { term } => write!(
+                f,
+                "the leader {TERM_NOT_COMMITTED_TEXT} {term} yet (it does once it is heard by a \
+                 quorum; retry the membership change shortly)"
+            ),
             ProposeError::Membership(error) => write!(f, "membership change refused: {error}"),
             ProposeError::LearnerBehind {
                 id,

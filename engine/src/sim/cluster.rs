@@ -93,32 +93,10 @@ impl SimOptions {
         );
         #[cfg(any(test, feature = "inject-bugs"))]
         if let Some(bug) = self.bug {
-            command.push_str(&format!(" --bug {}", bug_name(bug)));
+            command.push_str(&format!(" --bug {}", bug.name()));
         }
         command
     }
-}
-
-/// The `--bug` name of an injected bug.
-#[cfg(any(test, feature = "inject-bugs"))]
-pub fn bug_name(bug: InjectedBug) -> &'static str {
-    match bug {
-        InjectedBug::AckBeforeDurable => "ack-before-durable",
-        InjectedBug::CommitOldTermByCounting => "commit-old-term-by-counting",
-        InjectedBug::ReadWithoutConfirmation => "read-without-confirmation",
-    }
-}
-
-/// Parses a `--bug` name.
-#[cfg(any(test, feature = "inject-bugs"))]
-pub fn parse_bug(name: &str) -> Option<InjectedBug> {
-    [
-        InjectedBug::AckBeforeDurable,
-        InjectedBug::CommitOldTermByCounting,
-        InjectedBug::ReadWithoutConfirmation,
-    ]
-    .into_iter()
-    .find(|bug| bug_name(*bug) == name)
 }
 
 /// Counters of a run.
@@ -381,6 +359,8 @@ pub(super) struct Cluster {
     marker: Vec<u8>,
     /// Scripted: this node's disk turns slow the moment it becomes leader.
     slow_disk_on_leadership: Option<usize>,
+    /// Scripted: every Append message to this node is lost (its other messages pass).
+    appends_lost_to: Option<NodeId>,
 }
 
 fn violation(invariant: Invariant, detail: String) -> Checked {
@@ -492,6 +472,7 @@ impl Cluster {
             quiet: None,
             marker: format!("liveness-{}", options.seed).into_bytes(),
             slow_disk_on_leadership: None,
+            appends_lost_to: None,
             profile,
             options,
         }
@@ -554,6 +535,7 @@ impl Cluster {
         config.election_ticks = ELECTION_TICKS;
         config.heartbeat_ticks = 2;
         config.seed = self.options.seed;
+        config.check_invariants = true;
         if self.profile.lease_reads {
             config.read_mode = ReadMode::Lease {
                 clock_drift_ticks: LEASE_DRIFT_TICKS,
@@ -785,7 +767,9 @@ impl Cluster {
             Event::Deliver { message } => {
                 let to = message.to.get() as usize - 1;
                 let up = self.nodes[to].raft.is_some();
-                if !up || !self.network.connected(message.from, message.to) {
+                let append_lost = self.appends_lost_to == Some(message.to)
+                    && matches!(message.body, MessageBody::Append { .. });
+                if !up || append_lost || !self.network.connected(message.from, message.to) {
                     self.stats.dropped += 1;
                     self.trace
                         .record(now, format_args!("lost {}", describe(&message)));

@@ -24,8 +24,6 @@ mod scenarios;
 mod tests;
 
 pub use self::checker::{Invariant, Violation};
-#[cfg(any(test, feature = "inject-bugs"))]
-pub use self::cluster::{bug_name, parse_bug};
 pub use self::cluster::{run, SimOptions, SimReport, SimStats, ELECTION_TICKS, LIVENESS_TICKS};
 pub use self::profile::TICK;
 pub use self::rng::SimRng;

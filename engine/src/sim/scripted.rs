@@ -2,7 +2,7 @@
 //! moves time forward, cuts links, changes clocks and disks, crashes, restarts, proposes and reads;
 //! every event is still checked.
 
-use crate::raft::ReadId;
+use crate::raft::{MembershipChange, ProposeError, ReadId};
 use crate::types::{LogIndex, NodeId};
 
 use super::super::checker::{Checked, Violation};
@@ -44,6 +44,11 @@ impl Cluster {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].is_leader())
             .max_by_key(|&i| self.nodes[i].term)
+    }
+
+    /// Nodes in the cluster (spares included).
+    pub(in crate::sim) fn node_count(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Whether `node` is a running leader.
@@ -109,6 +114,44 @@ impl Cluster {
         let accepted = raft.propose(command).is_ok();
         self.drain(node)?;
         Ok(accepted)
+    }
+
+    /// Loses every Append message to `node` from now on (`None`: none).
+    pub(in crate::sim) fn lose_appends_to(&mut self, node: Option<usize>) {
+        self.appends_lost_to = node.map(|node| self.nodes[node].id);
+        let now = self.now();
+        self.trace.record(
+            now,
+            format_args!("appends lost to {:?}", self.appends_lost_to),
+        );
+    }
+
+    /// Breaks `node`'s core on purpose (its commit index jumps to `commit`), to prove that the
+    /// cores check their invariants after every simulated event.
+    pub(in crate::sim) fn break_commit_of(&mut self, node: usize, commit: LogIndex) {
+        self.nodes[node]
+            .raft
+            .as_mut()
+            .expect("breaking a running node")
+            .break_commit_for_test(commit);
+    }
+
+    /// Proposes a membership change at `node`; returns the core's answer.
+    pub(in crate::sim) fn change_membership_at(
+        &mut self,
+        node: usize,
+        change: MembershipChange,
+    ) -> Result<Result<LogIndex, ProposeError>, Violation> {
+        let raft = self.nodes[node]
+            .raft
+            .as_mut()
+            .expect("changing the membership at a running node");
+        let result = raft.propose_membership(change);
+        let (now, id) = (self.now(), self.nodes[node].id);
+        self.trace
+            .record(now, format_args!("{id} membership {change:?}: {result:?}"));
+        self.drain(node)?;
+        Ok(result)
     }
 
     /// Sets the period of `node`'s clock (time units per tick) from its next tick on.

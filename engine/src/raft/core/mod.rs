@@ -5,7 +5,8 @@
 //! logic lives in `step.rs` (tick and message dispatch), `election.rs`, `leader.rs` and
 //! `follower.rs`, each an `impl Raft` block over the same private state.
 //!
-//! Guarantees (asserted by [`Raft::invariants`], run after every input in debug builds):
+//! Guarantees (asserted by [`Raft::invariants`], run after every input in debug builds, and in
+//! release builds with [`Config::check_invariants`]):
 //! `applied <= committed handed out <= commit <= last index`; the durable index never exceeds
 //! the last index; commit never decreases and never passes an entry whose term the leader could
 //! not count (Figure 8); a leader's progress never claims more than its log holds.
@@ -276,7 +277,7 @@ impl Raft {
         }
         raft.lift_suspicion_if_learned();
         raft.reset_election_timer();
-        raft.debug_check();
+        raft.check_after_input();
         Ok(raft)
     }
 
@@ -307,13 +308,23 @@ impl Raft {
         Ok(index)
     }
 
-    /// Proposes one membership change; it takes effect as soon as it is appended. Refused while
+    /// Proposes one membership change; it takes effect as soon as it is appended. Refused until
+    /// this leader has committed an entry of its term (see `docs/RAFT.md`, "Membership"), while
     /// another change is uncommitted, and for a learner that is not caught up.
     pub fn propose_membership(
         &mut self,
         change: MembershipChange,
     ) -> Result<LogIndex, ProposeError> {
         self.check_can_propose()?;
+        #[cfg(any(test, feature = "inject-bugs"))]
+        let term_checked = !self
+            .config
+            .has_bug(InjectedBug::MembershipChangeBeforeTermCommit);
+        #[cfg(not(any(test, feature = "inject-bugs")))]
+        let term_checked = true;
+        if term_checked && !self.committed_in_term() {
+            return Err(ProposeError::TermNotCommitted { term: self.term });
+        }
         if let Some(&(index, _)) = self.membership_log.last() {
             if index > self.commit {
                 return Err(ProposeError::MembershipChangePending { index });
@@ -346,7 +357,7 @@ impl Raft {
         self.append_batch(batch);
         self.broadcast_due = true;
         self.maybe_commit();
-        self.debug_check();
+        self.check_after_input();
         Ok(index)
     }
 
@@ -374,7 +385,7 @@ impl Raft {
         } else {
             self.reads.push(id, self.commit);
         }
-        self.debug_check();
+        self.check_after_input();
         Ok(())
     }
 
@@ -405,7 +416,7 @@ impl Raft {
         if !self.timeout_now_sent {
             self.send_appends(to);
         }
-        self.debug_check();
+        self.check_after_input();
         Ok(())
     }
 
@@ -443,7 +454,7 @@ impl Raft {
         if self.role == Role::Leader {
             self.maybe_commit();
         }
-        self.debug_check();
+        self.check_after_input();
     }
 
     /// The state machine applied everything up to `index` (at most what was handed out).
@@ -485,7 +496,7 @@ impl Raft {
         self.base_membership = meta.membership.clone();
         self.membership_log.retain(|&(index, _)| index > meta.index);
         self.snapshot = Some((meta, data));
-        self.debug_check();
+        self.check_after_input();
     }
 
     // ----------------------------------------------------------------------------------------
@@ -551,7 +562,7 @@ impl Raft {
             reads_failed: std::mem::take(&mut self.reads_failed),
             soft_state,
         };
-        self.debug_check();
+        self.check_after_input();
         ready
     }
 
@@ -612,7 +623,8 @@ impl Raft {
     }
 
     /// Asserts every invariant of the core, with the offending values in the message.
-    /// Called after every input in debug builds; the simulator may call it too.
+    /// Called after every input in debug builds, and in release builds with
+    /// [`Config::check_invariants`].
     pub fn invariants(&self) {
         let last = self.log.last_index();
         assert!(
@@ -730,10 +742,13 @@ impl Raft {
         }
     }
 
+    /// Runs [`Raft::invariants`] in debug builds, and in release builds when
+    /// [`Config::check_invariants`] asks for it (the simulator and the core's tests do).
     #[inline]
-    fn debug_check(&self) {
-        #[cfg(debug_assertions)]
-        self.invariants();
+    fn check_after_input(&self) {
+        if cfg!(debug_assertions) || self.config.check_invariants {
+            self.invariants();
+        }
     }
 
     // ----------------------------------------------------------------------------------------
@@ -854,4 +869,33 @@ pub(super) fn decode_membership_batch(batch: &Batch) -> Result<Membership, Confi
         index: batch.first_index(),
         error,
     })
+}
+
+#[cfg(test)]
+impl Raft {
+    /// Breaks the commit index on purpose, to prove that the invariant check runs.
+    pub(crate) fn break_commit_for_test(&mut self, commit: LogIndex) {
+        self.commit = commit;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With `check_invariants` the check runs after every input whatever the build: this test
+    /// passes under `cargo test --release` too, where `debug_assertions` are off.
+    #[test]
+    #[should_panic(expected = "commit i9 past last index i0")]
+    fn invariants_run_after_every_input_with_check_invariants_in_release_too() {
+        let mut config = Config::new(NodeId(1));
+        config.check_invariants = true;
+        let restored = Restored {
+            initial_membership: Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]),
+            ..Restored::default()
+        };
+        let mut raft = Raft::new(config, restored).expect("valid");
+        raft.break_commit_for_test(LogIndex(9));
+        raft.tick();
+    }
 }

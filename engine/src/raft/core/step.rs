@@ -81,7 +81,7 @@ impl Raft {
                 self.campaign(kind);
             }
         }
-        self.debug_check();
+        self.check_after_input();
     }
 
     pub(super) fn tick_leader(&mut self) {
@@ -119,7 +119,7 @@ impl Raft {
     pub fn step(&mut self, message: Message) {
         self.stats.messages_received += 1;
         self.step_inner(message);
-        self.debug_check();
+        self.check_after_input();
     }
 
     pub(super) fn step_inner(&mut self, message: Message) {

@@ -99,10 +99,12 @@ pub(crate) struct Cluster {
     committed: BTreeMap<u64, (BatchKind, Vec<u8>)>,
 }
 
-/// Test defaults: 10-tick elections, 2-tick heartbeats, seed from the id.
+/// Test defaults: 10-tick elections, 2-tick heartbeats, seed 7 (mixed with the id), the
+/// invariant check after every input (release builds included).
 pub(crate) fn test_config(id: u64) -> Config {
     let mut config = Config::new(NodeId(id));
     config.seed = 7;
+    config.check_invariants = true;
     config
 }
 
@@ -405,6 +407,24 @@ impl Cluster {
             self.cut.insert((NodeId(id), other));
             self.cut.insert((other, NodeId(id)));
         }
+    }
+
+    /// Cuts every link between a node of `side` and a node of `other`.
+    pub(crate) fn partition(&mut self, side: &[u64], other: &[u64]) {
+        for &a in side {
+            for &b in other {
+                self.cut.insert((NodeId(a), NodeId(b)));
+                self.cut.insert((NodeId(b), NodeId(a)));
+            }
+        }
+    }
+
+    /// Ticks only the nodes `ids`, once each, then stabilizes.
+    pub(crate) fn tick_only(&mut self, ids: &[u64]) {
+        for &id in ids {
+            self.raft(id).tick();
+        }
+        self.stabilize();
     }
 
     /// Restores every link.

@@ -1369,3 +1369,158 @@ fn suspect_learns_only_from_senders_past_its_term_and_counts_a_quorum_of_other_v
     raft.step(request(2, 6, false, (2, 5)));
     assert_eq!(raft.status().vote, Some(NodeId(2)), "at the floor: granted");
 }
+
+/// The single-server change bug: voters {1, 2, 3, 4} and learner 5. Leader 1 appends
+/// Promote(5) at index p, which only 5 receives. Partition {1, 5} | {2, 3, 4}: 2 wins (4's vote
+/// counts, but 2's Appends never reach 4), appends its Noop at p and, at once, Remove(4) at
+/// p + 1 — which, counted over {1, 2, 3}, commits p and p + 1 on {2, 3}. Partition {2, 3} |
+/// {1, 4, 5}: 4's log is older than 1's and 5's, 5 is a voter in its own view, so 1 or 5 wins
+/// with {1, 4, 5}, a majority of {1, 2, 3, 4, 5}, and commits Promote(5) at p.
+///
+/// Returns the cluster after the second partition healed, p, and 2's answer to Remove(4).
+fn single_server_change_race(
+    bug: Option<InjectedBug>,
+) -> (Cluster, LogIndex, Result<LogIndex, ProposeError>) {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4], |config| config.inject_bug = bug);
+    cluster.elect(1);
+    cluster.propose(1, 3);
+    let mut config = super::harness::test_config(5);
+    config.inject_bug = bug;
+    cluster.add_node(config, Restored::default());
+    cluster
+        .raft(1)
+        .propose_membership(MembershipChange::AddLearner(NodeId(5), None))
+        .unwrap();
+    cluster.stabilize();
+    cluster.ticks(2);
+
+    cluster.partition(&[1, 5], &[2, 3, 4]);
+    let p = cluster
+        .raft(1)
+        .propose_membership(MembershipChange::Promote(NodeId(5)))
+        .unwrap();
+    cluster.stabilize();
+    assert_eq!(
+        cluster.node(5).raft.status().durable,
+        p,
+        "5 holds Promote(5)"
+    );
+    assert!(commit(&cluster, 1) < p, "Promote(5) needs 3 of 5 voters");
+
+    // 3 and 4 stop hearing 1 for an election timeout, then 2 campaigns; its Appends to 4 are lost.
+    for _ in 0..10 {
+        cluster.tick_only(&[3, 4]);
+    }
+    cluster.rewrite = Some(Box::new(|message: Message| {
+        let append = matches!(message.body, MessageBody::Append { .. });
+        (!(append && message.to == NodeId(4))).then_some(message)
+    }));
+    cluster.elect(2);
+    let term_2 = cluster.node(2).raft.status().term;
+    assert_eq!(
+        cluster.terms(2).last(),
+        Some(&(p.get(), term_2.get())),
+        "2's Noop at p"
+    );
+    assert!(
+        commit(&cluster, 2) < p,
+        "2's Noop needs 3 of {{1, 2, 3, 4}}"
+    );
+    let removal = cluster
+        .raft(2)
+        .propose_membership(MembershipChange::Remove(NodeId(4)));
+    cluster.stabilize();
+
+    cluster.rewrite = None;
+    cluster.heal();
+    cluster.partition(&[2, 3], &[1, 4, 5]);
+    for _ in 0..100 {
+        cluster.tick_only(&[1, 4, 5]);
+        if [1, 5]
+            .iter()
+            .any(|&id| role(&cluster, id) == Role::Leader && commit(&cluster, id) > p)
+        {
+            break;
+        }
+    }
+    cluster.heal();
+    cluster.ticks(40);
+    (cluster, p, removal)
+}
+
+#[test]
+fn a_new_leader_changes_membership_only_after_committing_in_its_term() {
+    let (mut cluster, p, removal) = single_server_change_race(None);
+    assert!(
+        matches!(removal, Err(ProposeError::TermNotCommitted { .. })),
+        "2 refuses Remove(4) before its Noop commits: {removal:?}"
+    );
+    // (The harness asserts at every apply that no two nodes commit different entries at an
+    // index.) Every log holds Promote(5) at p, committed.
+    let leader = cluster.leader().expect("a leader after the heal");
+    for id in 1..=5 {
+        assert_eq!(cluster.terms(id), cluster.terms(leader), "{id} converged");
+        assert!(commit(&cluster, id) >= p, "{id} commits p");
+    }
+    assert_eq!(
+        cluster.node(leader).applied[&p.get()].0,
+        BatchKind::Membership
+    );
+    // Once its Noop is committed, the leader accepts the change.
+    cluster
+        .raft(leader)
+        .propose_membership(MembershipChange::Remove(NodeId(4)))
+        .unwrap();
+    cluster.stabilize();
+    assert_eq!(
+        cluster.node(leader).raft.status().membership.voters,
+        voters(&[1, 2, 3, 5]).voters
+    );
+}
+
+#[test]
+#[should_panic(expected = "state machine safety")]
+fn membership_change_before_term_commit_bug_switch_commits_two_entries_at_one_index() {
+    let _ = single_server_change_race(Some(InjectedBug::MembershipChangeBeforeTermCommit));
+}
+
+#[test]
+fn a_fresh_leaders_noop_commit_allows_a_membership_change() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    for id in 1..=3 {
+        cluster.node_mut(id).auto_sync = false;
+    }
+    for _ in 0..30 {
+        cluster.raft(1).tick();
+        cluster.stabilize();
+        for id in 1..=3 {
+            cluster.sync(id);
+        }
+        cluster.stabilize();
+        if role(&cluster, 1) == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(role(&cluster, 1), Role::Leader);
+    assert_eq!(commit(&cluster, 1), LogIndex(0), "Noop not durable yet");
+    let term = cluster.node(1).raft.status().term;
+    assert_eq!(
+        cluster
+            .raft(1)
+            .propose_membership(MembershipChange::Remove(NodeId(3))),
+        Err(ProposeError::TermNotCommitted { term })
+    );
+    for _ in 0..2 {
+        for id in 1..=3 {
+            cluster.sync(id);
+        }
+        cluster.stabilize();
+    }
+    assert_eq!(commit(&cluster, 1), LogIndex(1), "the Noop committed");
+    assert_eq!(
+        cluster
+            .raft(1)
+            .propose_membership(MembershipChange::Remove(NodeId(3))),
+        Ok(LogIndex(2))
+    );
+}
