@@ -134,12 +134,6 @@ fn true_term(index: u64) -> u64 {
     index.saturating_sub(1) / 3 + 1
 }
 
-/// The one node that may lead `term`; leader messages of a term come only from it (two leaders
-/// in one term is a broken peer, which the core asserts against, not bad input).
-fn leader_of(term: u64) -> u64 {
-    (term + 2) % 3 + 1
-}
-
 fn any_batches(prev: u64) -> impl Strategy<Value = Vec<Batch>> {
     proptest::collection::vec((any_kind(), 1usize..4, any::<bool>()), 0..4).prop_map(
         move |shapes| {
@@ -253,8 +247,9 @@ fn any_frame() -> impl Strategy<Value = (u64, Vec<u8>)> {
 }
 
 /// Steps the frames the decoder accepts into `raft` as the network stage would: addressed to
-/// it, from the connection's peer (leader messages only from the term's one leader). Returns
-/// how many were stepped.
+/// it, from the connection's peer. Leader messages may come from any peer, so a leader meets a
+/// second leader of its own term and acknowledgements past its last index (a faulty peer's
+/// messages, refused and counted). Returns how many were stepped.
 fn feed(raft: &mut Raft, frames: &[(u64, Vec<u8>)]) -> usize {
     let id = raft.status().id;
     let mut stepped = 0;
@@ -267,22 +262,6 @@ fn feed(raft: &mut Raft, frames: &[(u64, Vec<u8>)]) -> usize {
         let Ok(message) = decode_message(&Bytes::from(body)) else {
             continue;
         };
-        if message.body.is_from_leader() && message.from.get() != leader_of(message.term.get()) {
-            continue;
-        }
-        // A follower never acknowledges more than the leader sent it; the core asserts so.
-        let acked = match message.body {
-            MessageBody::AppendResponse {
-                success: true,
-                index,
-                ..
-            }
-            | MessageBody::SnapshotResponse { index, .. } => index,
-            _ => LogIndex(0),
-        };
-        if acked > raft.status().last_index {
-            continue;
-        }
         assert_eq!((message.from, message.to), (NodeId(*from), id));
         if let MessageBody::Append { batches, .. } = &message.body {
             for batch in batches.iter().filter(|b| b.kind() == BatchKind::Membership) {
@@ -311,4 +290,39 @@ proptest! {
         feed(&mut candidate, &frames);
         feed(&mut leader, &frames);
     }
+}
+
+/// A second leader of the leader's own term, and acknowledgements past its last index, come
+/// only from a faulty peer: the leader refuses them, counts them and keeps leading.
+#[test]
+fn a_leader_refuses_a_faulty_peers_leader_messages_and_overreaching_acks_and_keeps_leading() {
+    let mut raft = leader();
+    let status = raft.status();
+    let (term, last) = (status.term, status.last_index);
+    let from_peer = |body| Message {
+        from: NodeId(3),
+        to: NodeId(1),
+        term,
+        body,
+    };
+    raft.step(from_peer(MessageBody::Heartbeat {
+        commit: LogIndex(0),
+        read_round: 0,
+    }));
+    raft.step(from_peer(MessageBody::AppendResponse {
+        success: true,
+        index: last.next(),
+        hint_index: LogIndex(0),
+        hint_term: Term(0),
+    }));
+    raft.step(from_peer(MessageBody::SnapshotResponse {
+        index: last.next(),
+        next_offset: 0,
+        done: true,
+    }));
+    drain(&mut raft);
+    let status = raft.status();
+    assert_eq!(status.role, Role::Leader, "{status:?}");
+    assert_eq!(status.term, term);
+    assert_eq!(status.stats.protocol_violations_refused, 3, "{status:?}");
 }

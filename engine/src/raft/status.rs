@@ -47,6 +47,10 @@ pub struct Stats {
     pub stale_term_ignored: u64,
     /// Messages ignored because the sender is not a member.
     pub non_member_ignored: u64,
+    /// Messages refused because they break the protocol (a second leader in this node's term
+    /// while it leads, an acknowledgement past this leader's last index): only a faulty peer
+    /// sends them.
+    pub protocol_violations_refused: u64,
     /// (Pre-)votes ignored because a live leader was heard within the election timeout.
     pub votes_ignored_in_lease: u64,
     /// Pre-vote rounds started.

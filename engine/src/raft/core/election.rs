@@ -191,19 +191,32 @@ impl Raft {
     }
 
     /// A message from the leader of the current term arrived.
-    pub(super) fn follow(&mut self, from: NodeId) {
-        assert!(
-            self.role != Role::Leader,
-            "{}: two leaders in {}: self and {from}",
-            self.id,
-            self.term
-        );
+    /// Returns false (the message must be dropped) when this node leads the same term: two
+    /// leaders in one term is a faulty peer, never an input to act on.
+    #[must_use]
+    pub(super) fn follow(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            self.refuse_protocol_violation(&format!(
+                "two leaders in {}: self and {from}",
+                self.term
+            ));
+            return false;
+        }
         if self.role != Role::Follower {
             self.become_follower(self.term, Some(from));
         }
         self.leader = Some(from);
         self.election_elapsed = 0;
         self.boot_guard = false;
+        true
+    }
+
+    /// A message only a faulty peer sends: a bug when every node runs this core (the simulator
+    /// and the core's tests, which set [`crate::raft::Config::check_invariants`], panic), bad input otherwise
+    /// (counted and dropped, the node keeps serving).
+    pub(super) fn refuse_protocol_violation(&mut self, what: &str) {
+        assert!(!self.config.check_invariants, "{}: {what}", self.id);
+        self.stats.protocol_violations_refused += 1;
     }
 
     pub(super) fn become_leader(&mut self) {

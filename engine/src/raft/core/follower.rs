@@ -17,6 +17,9 @@ impl Raft {
         mut batches: Vec<Batch>,
         leader_commit: LogIndex,
     ) {
+        if !self.append_is_well_formed(prev_index, prev_term, &batches) {
+            return;
+        }
         // Entries at or below our commit index are committed, hence already match: skip them.
         if prev_index < self.commit {
             batches.retain(|batch| batch.last_index() > self.commit);
@@ -88,6 +91,38 @@ impl Raft {
         );
     }
 
+    /// A leader of this node's term sends entries of no later term, in order of term, right
+    /// after `prev_index`, with no gap; anything else comes from a faulty peer and is refused.
+    fn append_is_well_formed(
+        &mut self,
+        prev_index: LogIndex,
+        prev_term: Term,
+        batches: &[Batch],
+    ) -> bool {
+        let mut expected = prev_index.next();
+        let mut term = prev_term;
+        for batch in batches {
+            if batch.first_index() != expected || batch.term() < term || batch.term() > self.term {
+                self.refuse_protocol_violation(&format!(
+                    "append after {prev_index} (term {prev_term}) holds {batch:?} at {expected} \
+                     in term {}",
+                    self.term
+                ));
+                return false;
+            }
+            expected = batch.last_index().next();
+            term = batch.term();
+        }
+        if prev_term > self.term {
+            self.refuse_protocol_violation(&format!(
+                "append after {prev_index} of term {prev_term} in term {}",
+                self.term
+            ));
+            return false;
+        }
+        true
+    }
+
     /// Drops the log from `from` on (a conflict with the leader), here and in storage.
     pub(super) fn truncate_log(&mut self, from: LogIndex) {
         assert!(
@@ -137,6 +172,13 @@ impl Raft {
         data: Bytes,
         done: bool,
     ) {
+        if meta.term > self.term {
+            self.refuse_protocol_violation(&format!(
+                "snapshot at {} of term {} in term {}",
+                meta.index, meta.term, self.term
+            ));
+            return;
+        }
         if meta.index <= self.commit {
             // Already hold everything it covers.
             self.incoming = None;

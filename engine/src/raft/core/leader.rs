@@ -178,11 +178,12 @@ impl Raft {
         };
         progress.recent_active = true;
         if success {
-            assert!(
-                index <= last,
-                "{}: {from} acks {index} past the leader's last index {last}",
-                self.id
-            );
+            if index > last {
+                self.refuse_protocol_violation(&format!(
+                    "{from} acks {index} past the leader's last index {last}"
+                ));
+                return;
+            }
             if progress.on_ack(index) {
                 if progress.voter {
                     self.maybe_commit();
@@ -276,11 +277,12 @@ impl Raft {
         };
         progress.recent_active = true;
         if done {
-            assert!(
-                index <= last,
-                "{}: {from} installed snapshot {index} past last index {last}",
-                self.id
-            );
+            if index > last {
+                self.refuse_protocol_violation(&format!(
+                    "{from} installed snapshot {index} past last index {last}"
+                ));
+                return;
+            }
             if progress.on_ack(index) && progress.voter {
                 self.maybe_commit();
             }

@@ -243,11 +243,15 @@ impl Raft {
                 batches,
                 commit,
             } => {
-                self.follow(from);
+                if !self.follow(from) {
+                    return;
+                }
                 self.handle_append(from, prev_index, prev_term, batches, commit);
             }
             MessageBody::Heartbeat { commit, read_round } => {
-                self.follow(from);
+                if !self.follow(from) {
+                    return;
+                }
                 let commit = commit.min(self.log.last_index());
                 if commit > self.commit {
                     self.commit = commit;
@@ -260,11 +264,15 @@ impl Raft {
                 data,
                 done,
             } => {
-                self.follow(from);
+                if !self.follow(from) {
+                    return;
+                }
                 self.handle_snapshot_chunk(from, meta, offset, data, done);
             }
             MessageBody::TimeoutNow => {
-                self.follow(from);
+                if !self.follow(from) {
+                    return;
+                }
                 if self.can_campaign() {
                     self.campaign(Campaign::Transfer);
                 }
