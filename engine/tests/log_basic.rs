@@ -39,14 +39,9 @@ fn append_sync_reopen(mode: SyncMode) {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, report) = Log::open(dir.path(), options(mode)).unwrap();
     // The mode asked for is the one used: io_uring may not silently fall back here.
-    let mechanism = match mode {
-        SyncMode::IoUring => "io_uring",
-        SyncMode::Fdatasync => "fdatasync",
-        SyncMode::None => "none",
-    };
     assert_eq!(
         log.sync_mechanism(),
-        mechanism,
+        mode.name(),
         "the log syncs with another mechanism"
     );
     assert_eq!(report.last_index, LogIndex(0));

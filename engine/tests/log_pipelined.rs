@@ -25,14 +25,9 @@ fn pipelined(mode: SyncMode) {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), options(mode, 4)).unwrap();
     // The mode asked for is the one used: io_uring may not silently fall back here.
-    let mechanism = match mode {
-        SyncMode::IoUring => "io_uring",
-        SyncMode::Fdatasync => "fdatasync",
-        SyncMode::None => "none",
-    };
     assert_eq!(
         log.sync_mechanism(),
-        mechanism,
+        mode.name(),
         "the log syncs with another mechanism"
     );
     let mut next = 1u64;

@@ -53,6 +53,17 @@ pub enum SyncMode {
     None,
 }
 
+impl SyncMode {
+    /// The mechanism's name, as [`crate::log::Log::sync_mechanism`] reports the one in use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SyncMode::IoUring => "io_uring",
+            SyncMode::Fdatasync => "fdatasync",
+            SyncMode::None => "none",
+        }
+    }
+}
+
 /// One file to sync in a round.
 pub(crate) struct SyncTarget {
     pub file: Arc<File>,
@@ -182,11 +193,12 @@ impl Syncer {
 
     /// Which mechanism is in use: `"io_uring"`, `"fdatasync"` or `"none"`.
     pub fn mechanism(&self) -> &'static str {
-        match self.backend {
-            Backend::Skip => "none",
-            Backend::Uring { .. } => "io_uring",
-            Backend::Thread { .. } => "fdatasync",
-        }
+        let mode = match self.backend {
+            Backend::Skip => SyncMode::None,
+            Backend::Uring { .. } => SyncMode::IoUring,
+            Backend::Thread { .. } => SyncMode::Fdatasync,
+        };
+        mode.name()
     }
 
     /// Rung whenever a round may have completed (spuriously too; a completion after the last
