@@ -4,6 +4,7 @@
 
 mod common;
 
+use bytes::Bytes;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use common::{Cluster, CLIENT_TIMEOUT};
 use lockstep::client::{Client, ClientError, ClusterClient};
 use lockstep::net::frame::{encode_frame, frame_header, FrameType};
-use lockstep::net::{ClientHello, PeerHello};
+use lockstep::net::{ClientHello, ClientRequest, PeerHello};
 use lockstep::types::NodeId;
 
 /// 2 MiB frames (above the default 1 MiB appends), so the oversized frame below is only 4 MiB.
@@ -125,5 +126,79 @@ fn hostile_connections_are_refused_and_the_cluster_keeps_committing() {
         let _ = stream.write_all(&oversized(FrameType::ClientRequest));
         assert_closed(stream, "client port, oversized request");
         commits(&mut client, 50, &format!("client attacks on node {id}"));
+    }
+}
+
+/// Client request frames that pass the framing but whose bodies are valid requests altered at
+/// one byte, or random bytes, go after a good handshake to every node's client port, through
+/// the code that decodes and serves them: the nodes answer or close the connection, none
+/// stops, and the cluster keeps committing.
+#[test]
+fn no_client_request_frame_stops_a_node() {
+    let cluster = Cluster::start(3, "journal", &[]);
+    let mut client = ClusterClient::new(cluster.client_addrs(), cluster.cluster_id, CLIENT_TIMEOUT);
+    commits(&mut client, 20, "start");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let bases = [
+        ClientRequest::Propose {
+            req: 1,
+            command: Bytes::from_static(b"fuzzed command"),
+        },
+        ClientRequest::ProposeBatch {
+            req: 2,
+            commands: vec![Bytes::from_static(b"a"), Bytes::from_static(b"bc")],
+        },
+        ClientRequest::Read {
+            req: 3,
+            query: Bytes::from_static(b"q"),
+            linearizable: true,
+        },
+        ClientRequest::Read {
+            req: 4,
+            query: Bytes::new(),
+            linearizable: false,
+        },
+        ClientRequest::Status { req: 5 },
+    ];
+    let mut hello = Vec::new();
+    ClientHello::new(cluster.cluster_id).encode(&mut hello);
+    let mut good_hello = Vec::new();
+    encode_frame(FrameType::ClientHello, &hello, &mut good_hello);
+    for id in cluster.ids() {
+        for connection in 0..20 {
+            let mut bytes = good_hello.clone();
+            for _ in 0..8 {
+                let mut body = Vec::new();
+                if connection % 4 == 3 {
+                    let len = (next() % 64) as usize;
+                    body.extend((0..len).map(|_| next() as u8));
+                } else {
+                    bases[(next() % bases.len() as u64) as usize].encode(&mut body);
+                    let at = (next() as usize) % body.len();
+                    body[at] ^= (next() % 255 + 1) as u8;
+                }
+                encode_frame(FrameType::ClientRequest, &body, &mut bytes);
+            }
+            let mut stream = send(cluster.client_addr(id), &bytes);
+            stream
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("read timeout");
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        for node in cluster.ids() {
+            assert!(
+                cluster.status(node).is_ok(),
+                "node {node} stopped answering after altered requests to node {id}:\n{}",
+                cluster.log_tail(node)
+            );
+        }
+        commits(&mut client, 20, &format!("altered requests to node {id}"));
     }
 }
