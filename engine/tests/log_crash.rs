@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use lockstep::batch::{BatchBuilder, BatchKind};
 use lockstep::log::inspect::inspect;
 use lockstep::log::record::stored_bytes;
-use lockstep::log::segment::parse_live_name;
+use lockstep::log::segment::live_segment_paths;
 use lockstep::log::{AppendMode, Log, LogError, LogOptions, SyncMode};
 use lockstep::types::{LogIndex, Term};
 use proptest::prelude::*;
@@ -103,18 +103,8 @@ fn build(batches: &[(u8, u8, bool)], tail: &[(u8, u8)]) -> Built {
     }
 }
 
-/// Live segment files in order.
 fn live_segments(dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.unwrap();
-            let seq = parse_live_name(entry.file_name().to_str()?)?;
-            Some((seq, entry.path()))
-        })
-        .collect();
-    paths.sort();
-    paths.into_iter().map(|(_, path)| path).collect()
+    live_segment_paths(dir).unwrap()
 }
 
 /// (position of the segment among the live ones, byte offset) where the durable part ends.

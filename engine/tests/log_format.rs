@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lockstep::batch::{Batch, BatchBuilder, BatchKind};
 use lockstep::log::record::{encode_record, stored_bytes, ChainFields, Seal, RECORD_HEADER_BYTES};
-use lockstep::log::segment::{parse_live_name, SEGMENT_HEADER_BYTES};
+use lockstep::log::segment::{live_segment_paths, SEGMENT_HEADER_BYTES};
 use lockstep::log::{AppendMode, Log, LogOptions};
 use lockstep::types::{LogIndex, Term};
 
@@ -28,18 +28,8 @@ fn batch(first: u64, entry: &[u8]) -> Batch {
     builder.finish(Term(1), LogIndex(first), BatchKind::Normal)
 }
 
-/// Live segment files in seq order.
 fn live_segments(dir: &Path) -> Vec<PathBuf> {
-    let mut live: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().unwrap();
-            parse_live_name(&name).map(|seq| (seq, entry.path()))
-        })
-        .collect();
-    live.sort();
-    live.into_iter().map(|(_, path)| path).collect()
+    live_segment_paths(dir).unwrap()
 }
 
 /// A client value holding a complete record that claims `seq` and `synced_seq`, placed so

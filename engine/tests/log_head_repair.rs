@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use lockstep::batch::{Batch, BatchBuilder, BatchKind};
 use lockstep::log::head::{read, HeadFound, HEAD_FILE};
 use lockstep::log::repair::REPAIR_FILE;
-use lockstep::log::segment::{parse_live_name, parse_spare_name, SEGMENT_HEADER_BYTES};
+use lockstep::log::segment::{
+    live_segment_paths, parse_live_name, parse_spare_name, SEGMENT_HEADER_BYTES,
+};
 use lockstep::log::{HardState, Log, LogError, LogOptions};
 use lockstep::types::{LogIndex, NodeId, Term};
 use proptest::prelude::*;
@@ -29,18 +31,8 @@ fn options() -> LogOptions {
     }
 }
 
-/// Live segment files in seq order.
 fn live_segments(dir: &Path) -> Vec<PathBuf> {
-    let mut live: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().unwrap();
-            parse_live_name(&name).map(|seq| (seq, entry.path()))
-        })
-        .collect();
-    live.sort();
-    live.into_iter().map(|(_, path)| path).collect()
+    live_segment_paths(dir).unwrap()
 }
 
 /// A log of `records` synced records of 5 entries (term 1), left without `close` (a crash

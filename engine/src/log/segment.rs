@@ -75,6 +75,19 @@ pub fn parse_live_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The live segment files in `dir`, in seq order.
+pub fn live_segment_paths(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(seq) = entry.file_name().to_str().and_then(parse_live_name) {
+            live.push((seq, entry.path()));
+        }
+    }
+    live.sort_unstable();
+    Ok(live.into_iter().map(|(_, path)| path).collect())
+}
+
 /// The name of spare number `id`.
 pub fn spare_name(id: u64) -> String {
     format!("spare-{id}.seg")
