@@ -1,6 +1,6 @@
 //! `lockstep`: the command-line tool: run a node (`serve`), a local cluster (`cluster`), ask a node for its status (`status`),
 //! change a running cluster's membership (`member`), inspect logs (`log`), replay simulator
-//! seeds (`sim`).
+//! seeds (`sim`), fault-test a cluster (`chaos`), run a power-cut filesystem (`powerfs`).
 
 use std::process::ExitCode;
 
@@ -11,6 +11,8 @@ mod chaos;
 mod cluster_cmd;
 mod log_cmd;
 mod member_cmd;
+mod powerfs;
+mod powerfs_cmd;
 mod serve_cmd;
 mod sim_cmd;
 mod status_cmd;
@@ -40,8 +42,10 @@ enum Command {
     Log(log_cmd::Args),
     /// Replay one seed of the deterministic consensus simulator.
     Sim(sim_cmd::Args),
-    /// Fault-test a real cluster (kill, pause, partition, corrupt) and check its history.
+    /// Fault-test a real cluster (kill, pause, partition, corrupt, power cut) and check its history.
     Chaos(chaos::Args),
+    /// A FUSE filesystem that forgets what was never synced when its power is cut.
+    Powerfs(powerfs_cmd::Args),
 }
 
 /// Environment variable holding the log filter (`info`, `debug`, `lockstep=debug,warn`, ...).
@@ -61,7 +65,9 @@ pub fn env_setting(name: &str) -> Option<String> {
 /// stderr as text lines or JSON objects. The error says what is wrong with the filter.
 pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("{filter:?} is not a log filter: {e}"))?;
+        .map_err(|e| format!("{filter:?} is not a log filter: {e}"))?
+        // The FUSE library logs every mount and unmount (`powerfs`, the power nemesis).
+        .add_directive("fuser=warn".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         Command::Log(args) => log_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::Chaos(args) => chaos::run(args),
+        Command::Powerfs(args) => powerfs_cmd::run(args),
     }
 }
 

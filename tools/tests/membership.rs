@@ -159,7 +159,7 @@ fn check_keys(
     let deadline = Instant::now() + WAIT;
     while status(addr, cluster_id)
         .and_then(|status| status["applied"].as_u64())
-        .map_or(true, |applied| applied < written)
+        .is_none_or(|applied| applied < written)
     {
         assert!(Instant::now() < deadline, "{addr} never applied {written}");
         std::thread::sleep(Duration::from_millis(20));

@@ -232,7 +232,7 @@ impl<S: StateMachine> ApplyStage<S> {
     /// Answers every waiting read whose index is applied, from the state as it is now.
     fn serve_reads(&mut self) {
         let applied = self.applied;
-        if self.reads_next.map_or(true, |next| next > applied) {
+        if self.reads_next.is_none_or(|next| next > applied) {
             return;
         }
         let mut waiting = Vec::new();

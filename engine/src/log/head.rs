@@ -201,7 +201,7 @@ pub fn check(found: &HeadFound, live: &[(u64, bool)], last_seq: u64) -> Result<b
             })
         }
     };
-    if head.oldest_seq != 0 && live.first().map_or(true, |&(seq, _)| seq > head.oldest_seq) {
+    if head.oldest_seq != 0 && live.first().is_none_or(|&(seq, _)| seq > head.oldest_seq) {
         return Err(HeadDamage {
             file: live_name(head.oldest_seq),
             reason: format!(

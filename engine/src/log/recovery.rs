@@ -334,7 +334,7 @@ fn scan_witnesses(segments: &[Scanned<'_>], from: (usize, usize), min_seq: u64) 
                     RecordKind::Truncate => h.first_index.prev(),
                 };
                 witness.last_index_claimed = witness.last_index_claimed.max(implied);
-                if witness.best.map_or(true, |best| h.synced_seq > best.0) {
+                if witness.best.is_none_or(|best| h.synced_seq > best.0) {
                     witness.best = Some((h.synced_seq, h.seq, position, offset));
                 }
             }

@@ -71,7 +71,7 @@ impl RepairState {
     /// Whether a log durable up to `durable`, whose entry there has term `durable_term`, holds
     /// everything this repair waits for.
     pub fn is_covered(&self, durable: LogIndex, durable_term: Term) -> bool {
-        durable >= self.until && self.above_term.map_or(true, |term| durable_term > term)
+        durable >= self.until && self.above_term.is_none_or(|term| durable_term > term)
     }
 }
 

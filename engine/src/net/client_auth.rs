@@ -58,7 +58,7 @@ impl ClientUsers {
     /// password (configuration loading refuses those with a message naming the file).
     pub fn new(default_password: &[u8], readonly_password: Option<&[u8]>) -> ClientUsers {
         assert!(
-            !default_password.is_empty() && readonly_password.map_or(true, |p| !p.is_empty()),
+            !default_password.is_empty() && readonly_password.is_none_or(|p| !p.is_empty()),
             "empty client password"
         );
         ClientUsers {

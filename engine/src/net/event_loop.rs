@@ -902,7 +902,7 @@ impl EventLoop {
                 self.close(token, reason);
                 return false;
             }
-            if !self.conns.get(&token).is_some_and(|conn| !conn.closing) {
+            if self.conns.get(&token).is_none_or(|conn| conn.closing) {
                 break;
             }
         }

@@ -457,7 +457,7 @@ impl ConsensusStage {
             match self.raft.propose(command) {
                 Ok(index) => {
                     assert!(
-                        self.pending.back().map_or(true, |(last, _)| *last < index),
+                        self.pending.back().is_none_or(|(last, _)| *last < index),
                         "batch command {at} got index {index} after {:?}",
                         self.pending.back().map(|(last, _)| last)
                     );

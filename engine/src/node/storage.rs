@@ -172,7 +172,7 @@ impl StorageStage {
             after_durable,
         } = write;
         assert!(
-            self.pending.back().map_or(true, |&(last, _, _)| last < id),
+            self.pending.back().is_none_or(|&(last, _, _)| last < id),
             "storage write {id:?} out of order after {:?}",
             self.pending.back().map(|(last, _, _)| last)
         );

@@ -375,7 +375,7 @@ mod tests {
                         let term = log.last_term().get().max(1) + term_step;
                         let first = log.last_index().get() + 1;
                         log.append(batch(term, first, count));
-                        model.extend(std::iter::repeat(Some(term)).take(count as usize));
+                        model.extend(std::iter::repeat_n(Some(term), count as usize));
                     }
                     Op::Truncate { back } => {
                         let from = (model.len() as u64 + 1).saturating_sub(back).max(snapshot + 1);

@@ -503,7 +503,7 @@ impl Cluster {
             if self.quiet.is_some_and(|(_, done)| done) {
                 return Ok(());
             }
-            if self.queue.next_time().map_or(true, |time| time > deadline) {
+            if self.queue.next_time().is_none_or(|time| time > deadline) {
                 let roles: Vec<String> = self
                     .nodes
                     .iter()

@@ -30,7 +30,7 @@ impl Cluster {
         let deadline = self.now() + ticks * TICK;
         while !done(self) {
             // Peek first: an event past the deadline stays queued for the next call.
-            if self.queue.next_time().map_or(true, |time| time > deadline) {
+            if self.queue.next_time().is_none_or(|time| time > deadline) {
                 return Ok(false);
             }
             let event = self.queue.pop().expect("peeked");

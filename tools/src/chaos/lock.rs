@@ -195,7 +195,7 @@ pub fn check_locks(ops: &[LockOp]) -> Vec<String> {
     for (op, token) in new_grants {
         while answered < by_complete.len() && by_complete[answered].0.complete_ns < op.invoke_ns {
             let (earlier, earlier_token) = by_complete[answered];
-            if newest.map_or(true, |(max, _)| *earlier_token > max) {
+            if newest.is_none_or(|(max, _)| *earlier_token > max) {
                 newest = Some((*earlier_token, earlier));
             }
             answered += 1;

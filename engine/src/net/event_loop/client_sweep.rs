@@ -90,7 +90,7 @@ impl EventLoop {
     /// Closes client connections past the idle or slow-client timeout, when a sweep is due.
     pub(super) fn sweep_clients(&mut self) {
         let now = Instant::now();
-        if !self.next_sweep.is_some_and(|due| due <= now) {
+        if self.next_sweep.is_none_or(|due| due > now) {
             return;
         }
         let limits = self.config.client_limits;

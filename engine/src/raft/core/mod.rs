@@ -610,11 +610,10 @@ impl Raft {
     /// never decrease along a log, so then every entry the node may have acknowledged before
     /// the damage is covered by a leader's log).
     fn repair_covered(&self) -> bool {
-        self.repair_until
-            .map_or(true, |until| self.durable >= until)
-            && self.repair_above_term.map_or(true, |term| {
-                self.log.term_at(self.durable).is_some_and(|at| at > term)
-            })
+        self.repair_until.is_none_or(|until| self.durable >= until)
+            && self
+                .repair_above_term
+                .is_none_or(|term| self.log.term_at(self.durable).is_some_and(|at| at > term))
     }
 
     /// The term of `index` if this node holds it (or it is the snapshot point).
@@ -680,7 +679,7 @@ impl Raft {
         if let Some(suspect) = &self.suspect {
             let durable_term = self.log.term_at(self.durable);
             assert!(
-                durable_term.map_or(true, |term| term <= suspect.term_bound),
+                durable_term.is_none_or(|term| term <= suspect.term_bound),
                 "{}: suspect up to {} but its durable entry {} has term {durable_term:?}",
                 self.id,
                 suspect.term_bound,
@@ -780,7 +779,7 @@ impl Raft {
     pub fn membership_committed(&self) -> bool {
         self.membership_log
             .last()
-            .map_or(true, |&(index, _)| index <= self.commit)
+            .is_none_or(|&(index, _)| index <= self.commit)
     }
 
     fn membership_at(&self, index: LogIndex) -> &Membership {

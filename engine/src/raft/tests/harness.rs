@@ -233,7 +233,7 @@ impl Cluster {
             if soft.role == Role::Leader {
                 let previous = self.leaders.insert(soft.term, id);
                 assert!(
-                    previous.map_or(true, |p| p == id),
+                    previous.is_none_or(|p| p == id),
                     "election safety: {previous:?} and {id} both led {}",
                     soft.term
                 );
