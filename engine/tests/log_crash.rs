@@ -153,8 +153,20 @@ fn reopen_and_check(built: &Built, may_refuse: bool, what: &str) -> Result<(), T
                     prop_assert_eq!(entry, expected.as_slice(), "{}: entry {}", what, index);
                 }
             }
-            // The reopened log must take appends after what it kept.
-            drop(log);
+            // The reopened log holds nothing it has not made durable, and takes appends after
+            // what it kept.
+            let mut log = log;
+            prop_assert_eq!(
+                log.durable_seq(),
+                log.last_seq(),
+                "{}: reopened with records it does not call durable",
+                what
+            );
+            let mut builder = BatchBuilder::default();
+            builder.push(b"after the crash");
+            log.append(&builder.finish(Term(1), LogIndex(last + 1), BatchKind::Normal))
+                .unwrap();
+            prop_assert_eq!(log.wait_durable().unwrap(), LogIndex(last + 1), "{}", what);
         }
         Err(LogError::Corrupt { .. }) if may_refuse => {}
         Err(err) => prop_assert!(false, "{what}: open failed: {err}"),

@@ -688,6 +688,10 @@ impl Log {
             prefault(&tail.map, write_offset, prefault_mode);
         }
         let last_index = recovered.next_index.prev();
+        // Seqs between the last record found and the floor were given to records that were
+        // lost (a tail that never became durable): no record holds them, so every seq below
+        // the next one is as durable as the records found, which were synced above.
+        let next_seq = recovered.next_seq.max(seq_floor);
         let mut log = Log {
             dir: dir.to_path_buf(),
             dir_file,
@@ -698,10 +702,10 @@ impl Log {
             next_index: recovered.next_index,
             last_term: recovered.last_term,
             write_offset,
-            next_seq: recovered.next_seq.max(seq_floor),
+            next_seq,
             last_header_crc: recovered.last_header_crc,
             durable_index: last_index,
-            durable_seq: recovered.last_seq,
+            durable_seq: next_seq - 1,
             syncer,
             in_flight: VecDeque::new(),
             sync_wanted: false,

@@ -11,6 +11,10 @@
 //! the first nodes): a restarted node must take the members from its log, not from its flags.
 //! The client addresses of the current members are published in an [`AddressBook`] that the
 //! workload's clients follow.
+//!
+//! With power-cut disks (the `power` nemesis), each node's data directory is the mount point of
+//! its own [`PowerDisk`], kept in `disk-<id>` under the run directory: a power cut forgets what
+//! the node never synced, kills it, and powers the disk on again before the node restarts.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -27,6 +31,7 @@ use serde_json::Value;
 
 use super::netns::Netns;
 use super::workload::AddressBook;
+use crate::powerfs::{CutMode, CutReport, PowerDisk};
 
 /// How long a node may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,6 +71,9 @@ pub struct Cluster {
     /// The client addresses of the current members, for the workload's clients.
     addresses: AddressBook,
     netns: Option<Netns>,
+    /// Each node's power-cut disk, when the cluster runs on them (dropped, so unmounted, after
+    /// every child was killed).
+    disks: Option<BTreeMap<u64, PowerDisk>>,
 }
 
 /// `n` distinct free loopback ports, outside the kernel's ephemeral range, so that a killed
@@ -79,13 +87,15 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
 
 impl Cluster {
     /// Starts `nodes` nodes running `app` with `extra_args` under `dir`, in network namespaces
-    /// when `netns` is given, and waits until each is ready.
+    /// when `netns` is given, on power-cut disks when `power_disks`, and waits until each is
+    /// ready.
     pub fn start(
         nodes: u64,
         app: &str,
         dir: &Path,
         extra_args: Vec<String>,
         netns: Option<Netns>,
+        power_disks: bool,
     ) -> Result<Cluster, String> {
         let configs: Vec<MemberConfig> = match &netns {
             Some(netns) => (1..=nodes).map(|id| netns_member(netns, id)).collect(),
@@ -119,6 +129,7 @@ impl Cluster {
             members: (1..=nodes).collect(),
             addresses: AddressBook::new(configs.iter().map(|c| c.client_addr).collect()),
             netns,
+            disks: power_disks.then(BTreeMap::new),
         };
         for id in cluster.ids() {
             cluster.start_node(id)?;
@@ -241,10 +252,78 @@ impl Cluster {
         Ok(id)
     }
 
+    /// Mounts node `id`'s power-cut disk at its data directory, when the cluster runs on them
+    /// and it is not mounted yet.
+    fn mount_disk(&mut self, id: u64) -> Result<(), String> {
+        let data_dir = self.data_dir(id);
+        let backing = self.dir.join(format!("disk-{id}"));
+        let Some(disks) = self.disks.as_mut() else {
+            return Ok(());
+        };
+        if disks.contains_key(&id) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|err| format!("create {}: {err}", data_dir.display()))?;
+        disks.insert(id, PowerDisk::mount(&backing, &data_dir)?);
+        Ok(())
+    }
+
+    /// Cuts the power of the nodes `ids` at once: each disk forgets what its node never synced
+    /// as `mode` says (random choices from `seed`), then the nodes are killed. Returns the cuts'
+    /// reports added up. Each node stays down until [`Cluster::power_on`].
+    pub fn power_cut(&mut self, ids: &[u64], mode: CutMode, seed: u64) -> Result<CutReport, String> {
+        let disks = self.disks.as_ref().expect("a power cut needs power-cut disks");
+        let mut total = CutReport::default();
+        for (i, id) in ids.iter().enumerate() {
+            let disk = disks
+                .get(id)
+                .unwrap_or_else(|| panic!("node {id} has no power-cut disk"));
+            let report = disk.cut(mode, seed.wrapping_add(i as u64))?;
+            total.files_with_unsynced_changes += report.files_with_unsynced_changes;
+            total.bytes_forgotten += report.bytes_forgotten;
+            total.bytes_kept += report.bytes_kept;
+            total.dirs_reverted += report.dirs_reverted;
+        }
+        for &id in ids {
+            if self.is_up(id) {
+                self.kill9(id);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Powers node `id`'s disk on again after a cut and restarts the node on it.
+    pub fn power_on(&mut self, id: u64) -> Result<(), String> {
+        let disks = self.disks.as_mut().expect("power-cut disks");
+        disks
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("node {id} has no power-cut disk"))
+            .power_on()?;
+        self.start_node(id)
+    }
+
+    /// Kills node `id` (if up) and deletes its data directory: a machine taken away.
+    pub fn wipe(&mut self, id: u64) -> Result<(), String> {
+        if self.is_up(id) {
+            self.kill9(id);
+        }
+        if let Some(disk) = self.disks.as_mut().and_then(|disks| disks.remove(&id)) {
+            drop(disk);
+            let backing = self.dir.join(format!("disk-{id}"));
+            std::fs::remove_dir_all(&backing)
+                .map_err(|err| format!("wipe {}: {err}", backing.display()))?;
+        }
+        let data_dir = self.data_dir(id);
+        std::fs::remove_dir_all(&data_dir)
+            .map_err(|err| format!("wipe {}: {err}", data_dir.display()))
+    }
+
     /// Starts node `id` and waits for its ready line; on failure (it exited or stayed silent)
     /// the error holds the tail of its log.
     pub fn start_node(&mut self, id: u64) -> Result<(), String> {
         assert!(!self.is_up(id), "node {id} is already running");
+        self.mount_disk(id)?;
         let node = self.node(id);
         let log = OpenOptions::new()
             .create(true)

@@ -126,7 +126,7 @@ fn measure(args: &FailoverArgs) -> Result<(), String> {
         ));
     }
     let (dir, keep_dir) = super::work_dir(args.dir.clone(), "failover", 0)?;
-    let mut cluster = Cluster::start(args.nodes, "kv", &dir, Vec::new(), None)?;
+    let mut cluster = Cluster::start(args.nodes, "kv", &dir, Vec::new(), None, false)?;
     let stop = Arc::new(AtomicBool::new(false));
     let successes: Successes = Arc::new(Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..WRITERS)

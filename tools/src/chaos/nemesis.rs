@@ -16,10 +16,16 @@
 //!   a learner with its addresses, wait until it caught up, and promote it. Only when every
 //!   member is up, answers, is not repairing its log and the membership is committed: with one
 //!   voter removed from three, both others are needed for a majority.
+//! - `power`: cut the power of a random node, the leader, a random minority, or every node at
+//!   once: their disks (power-cut filesystems, see `crate::powerfs`) forget what the nodes never
+//!   synced (everything, a torn prefix, or a random subset of sectors and directories), the
+//!   nodes are killed, and after the hold the disks are powered on and the nodes restarted. A
+//!   node that cannot restart after a power cut is a finding: losing power is normal.
 //!
 //! Every choice comes from one [`SimRng`] seeded by the run's seed; the timing of a real
 //! cluster is not deterministic, so a seed reproduces the fault schedule, not the run.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,7 @@ use lockstep::types::NodeId;
 use serde_json::Value;
 
 use super::cluster::{Cluster, CLUSTER_ID};
+use crate::powerfs::CutMode;
 
 /// A family of faults, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +54,8 @@ pub enum FaultKind {
     Storage,
     /// Replacement of a member by a new node (remove, wipe, join, add, promote).
     Member,
+    /// Power cuts: unsynced writes lost on one node, a minority, or all nodes at once.
+    Power,
 }
 
 /// Bound on one replacement (removal, restart, addition, catch-up, promotion); no other fault
@@ -71,10 +80,11 @@ impl FaultKind {
                 "partition" => FaultKind::Partition,
                 "storage" => FaultKind::Storage,
                 "member" => FaultKind::Member,
+                "power" => FaultKind::Power,
                 other => {
                     return Err(format!(
                         "--nemesis: unknown fault {other:?} (kill, pause, partition, storage, \
-                         member)"
+                         member, power)"
                     ))
                 }
             };
@@ -93,6 +103,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Storage => "storage",
             FaultKind::Member => "member",
+            FaultKind::Power => "power",
         }
     }
 }
@@ -116,6 +127,12 @@ pub struct Nemesis {
     pub faults: Vec<Fault>,
     /// Storage faults after which the node refused to start (the refusal's reason).
     pub refused_starts: Vec<String>,
+    /// Power cuts by scope (`node`, `leader`, `minority`, `all`).
+    pub power_cuts: BTreeMap<&'static str, u64>,
+    /// Power cuts by what survived of the unsynced writes (`forget`, `torn`, `subset`).
+    pub power_cut_modes: BTreeMap<&'static str, u64>,
+    /// Node power cuts in all (a cut of every node of three counts three).
+    pub nodes_power_cut: u64,
 }
 
 impl Nemesis {
@@ -127,6 +144,9 @@ impl Nemesis {
             kinds,
             faults: Vec::new(),
             refused_starts: Vec::new(),
+            power_cuts: BTreeMap::new(),
+            power_cut_modes: BTreeMap::new(),
+            nodes_power_cut: 0,
         }
     }
 
@@ -175,6 +195,7 @@ impl Nemesis {
             FaultKind::Partition => self.partition(cluster, leader)?,
             FaultKind::Storage => self.storage(cluster)?,
             FaultKind::Member => self.replace(cluster, leader)?,
+            FaultKind::Power => self.power(cluster, leader)?,
         };
         self.faults.push(Fault {
             kind,
@@ -186,13 +207,48 @@ impl Nemesis {
 
     /// A random majority of `ids`.
     fn majority(&mut self, ids: &[u64]) -> Vec<u64> {
+        self.subset(ids, ids.len() / 2 + 1)
+    }
+
+    /// `len` of `ids` chosen at random, in id order.
+    fn subset(&mut self, ids: &[u64], len: usize) -> Vec<u64> {
         let mut shuffled = ids.to_vec();
         for i in (1..shuffled.len()).rev() {
             shuffled.swap(i, self.rng.below(i as u64 + 1) as usize);
         }
-        shuffled.truncate(ids.len() / 2 + 1);
+        shuffled.truncate(len);
         shuffled.sort_unstable();
         shuffled
+    }
+
+    /// The `power` fault: cuts the power of a node, the leader, a minority or every node,
+    /// holds, powers them on and restarts them.
+    fn power(&mut self, cluster: &mut Cluster, leader: Option<u64>) -> Result<String, String> {
+        let ids = cluster.ids();
+        let (scope, targets) = match self.rng.below(4) {
+            0 => ("node", vec![*self.rng.pick(&ids)]),
+            1 => ("leader", vec![leader.unwrap_or_else(|| *self.rng.pick(&ids))]),
+            2 => ("minority", self.subset(&ids, (ids.len() - 1) / 2)),
+            _ => ("all", ids.clone()),
+        };
+        let mode = *self.rng.pick(&CutMode::ALL);
+        let seed = self.rng.next_u64();
+        let report = cluster.power_cut(&targets, mode, seed)?;
+        let hold = self.rng.between(100, 1000);
+        std::thread::sleep(Duration::from_millis(hold));
+        for &id in &targets {
+            cluster
+                .power_on(id)
+                .map_err(|err| format!("restart after a power cut ({mode}): {err}"))?;
+        }
+        *self.power_cuts.entry(scope).or_default() += 1;
+        *self.power_cut_modes.entry(mode.name()).or_default() += 1;
+        self.nodes_power_cut += targets.len() as u64;
+        Ok(format!(
+            "power cut of {scope} {targets:?} (leader {leader:?}, {mode}) for {hold} ms: \
+             {} unsynced bytes lost, {} kept, {} directories reverted",
+            report.bytes_forgotten, report.bytes_kept, report.dirs_reverted
+        ))
     }
 
     fn partition(&mut self, cluster: &mut Cluster, leader: Option<u64>) -> Result<String, String> {
@@ -382,12 +438,7 @@ impl Nemesis {
         )
         .map_err(|err| format!("remove node {target}: {err}"))?;
         cluster.set_members(ids.iter().copied().filter(|id| *id != target).collect());
-        if cluster.is_up(target) {
-            cluster.kill9(target);
-        }
-        let data_dir = cluster.data_dir(target);
-        std::fs::remove_dir_all(&data_dir)
-            .map_err(|err| format!("wipe {}: {err}", data_dir.display()))?;
+        cluster.wipe(target)?;
         let new = cluster
             .start_joining_node()
             .map_err(|err| format!("start the node replacing {target}: {err}"))?;

@@ -63,9 +63,14 @@ pub struct RunArgs {
     /// Workload: `kv` (registers and counters), `bank` (transfers), `lock` (leases, fencing).
     #[arg(long, value_enum, default_value_t = WorkloadKind::Kv)]
     workload: WorkloadKind,
-    /// Fault kinds, comma-separated: kill, pause, partition, storage, member.
+    /// Fault kinds, comma-separated: kill, pause, partition, storage, member, power (power cuts
+    /// on FUSE disks that forget unsynced writes; needs /dev/fuse and root).
     #[arg(long, default_value = "kill,pause,storage")]
     nemesis: String,
+    /// How the nodes make their logs durable (`serve --sync`): `none` makes them never sync,
+    /// which the power nemesis must catch (a negative control).
+    #[arg(long, value_name = "MODE")]
+    sync: Option<String>,
     /// Run directory (kept); default: a temporary one, removed when the run passes.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -170,9 +175,13 @@ fn workload(args: &RunArgs, addrs: AddressBook) -> Box<dyn Workload> {
 fn execute(args: &RunArgs) -> Result<bool, String> {
     let (kinds, netns) = prepare(args)?;
     let (dir, keep_dir) = super::work_dir(args.dir.clone(), "chaos", args.seed)?;
-    let node_args = NODE_ARGS.iter().map(|arg| arg.to_string()).collect();
+    let mut node_args: Vec<String> = NODE_ARGS.iter().map(|arg| arg.to_string()).collect();
+    if let Some(sync) = &args.sync {
+        node_args.extend(["--sync".to_string(), sync.clone()]);
+    }
     let app = args.workload.app();
-    let mut cluster = Cluster::start(args.nodes, app, &dir, node_args, netns)?;
+    let power_disks = kinds.contains(&FaultKind::Power);
+    let mut cluster = Cluster::start(args.nodes, app, &dir, node_args, netns, power_disks)?;
     cluster
         .wait_leader(Duration::from_secs(20))
         .ok_or("no leader within 20 s of the start")?;
@@ -406,6 +415,10 @@ fn summary_json(
         "faults": nemesis.faults.len(),
         "faults_by_kind": faults_by_kind,
         "fault_log": nemesis.faults.iter().map(|fault| format!("{} ms: {}", fault.at_ms, fault.what)).collect::<Vec<_>>(),
+        "power_cuts_by_scope": nemesis.power_cuts,
+        "power_cuts_by_mode": nemesis.power_cut_modes,
+        "nodes_power_cut": nemesis.nodes_power_cut,
+        "sync": args.sync,
         "refused_start_count": nemesis.refused_starts.len(),
         "refused_starts": nemesis.refused_starts,
         "ops": counts.total(),
