@@ -189,6 +189,9 @@ impl BankWorkload {
             BankOpKind::Transfer { .. } => client.propose(&command),
             BankOpKind::Total | BankOpKind::Balance(_) => client.read(&command),
         };
+        if let (BankOpKind::Transfer { .. }, Ok(applied)) = (kind, &result) {
+            self.addrs.note_acked(applied.index.get());
+        }
         let complete_ns = self.now_ns();
         let outcome = match (kind, result) {
             (BankOpKind::Transfer { .. }, Err(err)) if err.surely_not_applied() => {

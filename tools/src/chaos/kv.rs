@@ -190,6 +190,9 @@ impl KvWorkload {
             OpKind::Read => client.read(&command),
             OpKind::Write(_) | OpKind::Incr(_) => client.propose(&command),
         };
+        if let (OpKind::Write(_) | OpKind::Incr(_), Ok(applied)) = (kind, &result) {
+            self.addrs.note_acked(applied.index.get());
+        }
         let complete_ns = self.now_ns();
         let outcome = match (kind, result) {
             (OpKind::Read, Ok(applied)) => match read_value(Reply::decode(&applied.result)) {

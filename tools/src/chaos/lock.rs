@@ -272,6 +272,9 @@ impl LockWorkload {
         .encode(&mut envelope);
         let invoke_ns = self.now_ns();
         let result = client.propose(&envelope);
+        if let Ok(applied) = &result {
+            self.addrs.note_acked(applied.index.get());
+        }
         let complete_ns = self.now_ns();
         let outcome = match result {
             Err(err) if err.surely_not_applied() => LockOutcome::Fail,

@@ -62,6 +62,9 @@ pub enum FaultKind {
 /// is active meanwhile, so a cluster that cannot do it in this time is a finding.
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Status queries of one node before the power check gives up on it.
+const STATUS_TRIES: usize = 5;
+
 /// Pause between two looks at the leader while a membership change goes on.
 const MEMBER_POLL: Duration = Duration::from_millis(50);
 
@@ -234,6 +237,8 @@ impl Nemesis {
         let mode = *self.rng.pick(&CutMode::ALL);
         let seed = self.rng.next_u64();
         let report = cluster.power_cut(&targets, mode, seed)?;
+        // The cut nodes are dead: no write is acknowledged any more until they restart.
+        let acked = cluster.address_book().highest_acked();
         let hold = self.rng.between(100, 1000);
         std::thread::sleep(Duration::from_millis(hold));
         for &id in &targets {
@@ -244,6 +249,7 @@ impl Nemesis {
         *self.power_cuts.entry(scope).or_default() += 1;
         *self.power_cut_modes.entry(mode.name()).or_default() += 1;
         self.nodes_power_cut += targets.len() as u64;
+        check_acked_durable(cluster, acked, &targets, mode)?;
         Ok(format!(
             "power cut of {scope} {targets:?} (leader {leader:?}, {mode}) for {hold} ms: \
              {} unsynced bytes lost, {} kept, {} directories reverted",
@@ -661,4 +667,46 @@ mod tests {
         flip_bit(&path, 1, 3).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), vec![0, 0xf7, 0]);
     }
+}
+
+/// After a power cut of `targets`, every write acknowledged before it (up to log index
+/// `acked`) must still be durable on a majority of the members: it was durable on a majority
+/// when it was acknowledged, and what was durable survives a power cut. The error reports lost
+/// acknowledged writes with each member's durable index.
+fn check_acked_durable(
+    cluster: &Cluster,
+    acked: u64,
+    targets: &[u64],
+    mode: CutMode,
+) -> Result<(), String> {
+    let ids = cluster.ids();
+    let durable: Vec<(u64, Option<u64>)> = ids
+        .iter()
+        .map(|&id| {
+            // A node that just restarted may take a moment to answer.
+            let index = (0..STATUS_TRIES).find_map(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(MEMBER_POLL);
+                }
+                cluster
+                    .status(id)
+                    .ok()
+                    .and_then(|status| status["durable"].as_u64())
+            });
+            (id, index)
+        })
+        .collect();
+    let holding = durable
+        .iter()
+        .filter(|(_, index)| index.is_some_and(|index| index >= acked))
+        .count();
+    if holding * 2 > ids.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "lost acknowledged writes: index {acked} was acknowledged to a client before the power \
+         cut of {targets:?} ({mode}), but only {holding} of {} members hold it durably after \
+         it (node, durable index): {durable:?}",
+        ids.len()
+    ))
 }

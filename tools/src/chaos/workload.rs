@@ -14,7 +14,9 @@ use super::cluster::CLUSTER_ID;
 
 /// The client addresses of the cluster's current members, shared by the harness (which
 /// replaces them when the `member` nemesis changes the membership) and the workload's clients
-/// (which pick a change up between two operations). Clones share one book.
+/// (which pick a change up between two operations); and the highest log index of a write
+/// acknowledged to a client so far, which the `power` nemesis checks stays durable on a
+/// majority. Clones share one book.
 #[derive(Clone, Debug)]
 pub struct AddressBook {
     shared: Arc<BookShared>,
@@ -25,6 +27,8 @@ struct BookShared {
     addrs: RwLock<Vec<SocketAddr>>,
     /// Bumped at every change.
     version: AtomicU64,
+    /// Highest log index of a write acknowledged to a client.
+    acked: AtomicU64,
 }
 
 impl AddressBook {
@@ -35,6 +39,7 @@ impl AddressBook {
             shared: Arc::new(BookShared {
                 addrs: RwLock::new(addrs),
                 version: AtomicU64::new(0),
+                acked: AtomicU64::new(0),
             }),
         }
     }
@@ -44,6 +49,16 @@ impl AddressBook {
         assert!(!addrs.is_empty(), "an address book needs an address");
         *self.shared.addrs.write().expect("address book lock") = addrs;
         self.shared.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// A client's write was acknowledged at log index `index`.
+    pub fn note_acked(&self, index: u64) {
+        self.shared.acked.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// The highest log index of a write acknowledged to a client so far.
+    pub fn highest_acked(&self) -> u64 {
+        self.shared.acked.load(Ordering::Acquire)
     }
 
     /// The addresses now.
