@@ -272,8 +272,16 @@ impl Cluster {
     /// Cuts the power of the nodes `ids` at once: each disk forgets what its node never synced
     /// as `mode` says (random choices from `seed`), then the nodes are killed. Returns the cuts'
     /// reports added up. Each node stays down until [`Cluster::power_on`].
-    pub fn power_cut(&mut self, ids: &[u64], mode: CutMode, seed: u64) -> Result<CutReport, String> {
-        let disks = self.disks.as_ref().expect("a power cut needs power-cut disks");
+    pub fn power_cut(
+        &mut self,
+        ids: &[u64],
+        mode: CutMode,
+        seed: u64,
+    ) -> Result<CutReport, String> {
+        let disks = self
+            .disks
+            .as_ref()
+            .expect("a power cut needs power-cut disks");
         let mut total = CutReport::default();
         for (i, id) in ids.iter().enumerate() {
             let disk = disks

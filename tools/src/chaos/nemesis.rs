@@ -230,7 +230,10 @@ impl Nemesis {
         let ids = cluster.ids();
         let (scope, targets) = match self.rng.below(4) {
             0 => ("node", vec![*self.rng.pick(&ids)]),
-            1 => ("leader", vec![leader.unwrap_or_else(|| *self.rng.pick(&ids))]),
+            1 => (
+                "leader",
+                vec![leader.unwrap_or_else(|| *self.rng.pick(&ids))],
+            ),
             2 => ("minority", self.subset(&ids, (ids.len() - 1) / 2)),
             _ => ("all", ids.clone()),
         };
@@ -706,7 +709,7 @@ fn check_acked_durable(
     Err(format!(
         "lost acknowledged writes: index {acked} was acknowledged to a client before the power \
          cut of {targets:?} ({mode}), but only {holding} of {} members hold it durably after \
-         it (node, durable index): {durable:?}",
+         it, where a majority must (node, durable index): {durable:?}",
         ids.len()
     ))
 }
