@@ -183,14 +183,8 @@ fn kv_history_survives_member_replacements() {
 #[test]
 fn acknowledged_writes_survive_power_cuts_of_every_node() {
     let seconds = env_number("LOCKSTEP_CHAOS_SECONDS", 12).max(12).to_string();
-    let (code, stdout, stderr) = chaos(&[
-        "--seconds",
-        &seconds,
-        "--seed",
-        "1",
-        "--nemesis",
-        "power",
-    ]);
+    let (code, stdout, stderr) =
+        chaos(&["--seconds", &seconds, "--seed", "1", "--nemesis", "power"]);
     eprintln!("{stderr}{stdout}");
     assert_eq!(code, Some(0), "{stderr}{stdout}");
     assert!(stdout.starts_with("PASS"), "{stdout}");

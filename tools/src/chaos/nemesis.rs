@@ -627,6 +627,48 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// After a power cut of `targets`, every write acknowledged before it (up to log index
+/// `acked`) must still be durable on a majority of the members: it was durable on a majority
+/// when it was acknowledged, and what was durable survives a power cut. The error reports lost
+/// acknowledged writes with each member's durable index.
+fn check_acked_durable(
+    cluster: &Cluster,
+    acked: u64,
+    targets: &[u64],
+    mode: CutMode,
+) -> Result<(), String> {
+    let ids = cluster.ids();
+    let durable: Vec<(u64, Option<u64>)> = ids
+        .iter()
+        .map(|&id| {
+            // A node that just restarted may take a moment to answer.
+            let index = (0..STATUS_TRIES).find_map(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(MEMBER_POLL);
+                }
+                cluster
+                    .status(id)
+                    .ok()
+                    .and_then(|status| status["durable"].as_u64())
+            });
+            (id, index)
+        })
+        .collect();
+    let holding = durable
+        .iter()
+        .filter(|(_, index)| index.is_some_and(|index| index >= acked))
+        .count();
+    if holding * 2 > ids.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "lost acknowledged writes: index {acked} was acknowledged to a client before the power \
+         cut of {targets:?} ({mode}), but only {holding} of {} members hold it durably after \
+         it, where a majority must (node, durable index): {durable:?}",
+        ids.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,46 +712,4 @@ mod tests {
         flip_bit(&path, 1, 3).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), vec![0, 0xf7, 0]);
     }
-}
-
-/// After a power cut of `targets`, every write acknowledged before it (up to log index
-/// `acked`) must still be durable on a majority of the members: it was durable on a majority
-/// when it was acknowledged, and what was durable survives a power cut. The error reports lost
-/// acknowledged writes with each member's durable index.
-fn check_acked_durable(
-    cluster: &Cluster,
-    acked: u64,
-    targets: &[u64],
-    mode: CutMode,
-) -> Result<(), String> {
-    let ids = cluster.ids();
-    let durable: Vec<(u64, Option<u64>)> = ids
-        .iter()
-        .map(|&id| {
-            // A node that just restarted may take a moment to answer.
-            let index = (0..STATUS_TRIES).find_map(|attempt| {
-                if attempt > 0 {
-                    std::thread::sleep(MEMBER_POLL);
-                }
-                cluster
-                    .status(id)
-                    .ok()
-                    .and_then(|status| status["durable"].as_u64())
-            });
-            (id, index)
-        })
-        .collect();
-    let holding = durable
-        .iter()
-        .filter(|(_, index)| index.is_some_and(|index| index >= acked))
-        .count();
-    if holding * 2 > ids.len() {
-        return Ok(());
-    }
-    Err(format!(
-        "lost acknowledged writes: index {acked} was acknowledged to a client before the power \
-         cut of {targets:?} ({mode}), but only {holding} of {} members hold it durably after \
-         it, where a majority must (node, durable index): {durable:?}",
-        ids.len()
-    ))
 }
