@@ -52,7 +52,7 @@ scopes = ["node", "leader", "minority", "all"]
 modes = ["forget", "torn", "subset"]
 print("| nodes | workload | seed | cuts | " + " | ".join(scopes) + " | " + " | ".join(modes)
       + " | node cuts | ops | ok | unknown | failures | result |")
-print("|" + "---|" * (9 + len(scopes) + len(modes)))
+print("|" + "---|" * (10 + len(scopes) + len(modes)))
 total = {"cuts": 0, "node_cuts": 0, "ops": 0, "failures": 0}
 by_scope = {scope: 0 for scope in scopes}
 for row in rows:

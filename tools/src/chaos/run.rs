@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// After healing, a write must succeed within this many seconds.
     #[arg(long, default_value_t = 10)]
     recovery_bound_s: u64,
+    /// Extra `lockstep serve` flags for every node (after `--`), e.g. `-- --append-mode mmap`.
+    #[arg(last = true, value_name = "SERVE FLAGS")]
+    serve_args: Vec<String>,
 }
 
 /// The workloads.
@@ -179,6 +182,7 @@ fn execute(args: &RunArgs) -> Result<bool, String> {
     if let Some(sync) = &args.sync {
         node_args.extend(["--sync".to_string(), sync.clone()]);
     }
+    node_args.extend(args.serve_args.iter().cloned());
     let app = args.workload.app();
     let power_disks = kinds.contains(&FaultKind::Power);
     let mut cluster = Cluster::start(args.nodes, app, &dir, node_args, netns, power_disks)?;
@@ -419,6 +423,7 @@ fn summary_json(
         "power_cuts_by_mode": nemesis.power_cut_modes,
         "nodes_power_cut": nemesis.nodes_power_cut,
         "sync": args.sync,
+        "serve_args": args.serve_args,
         "refused_start_count": nemesis.refused_starts.len(),
         "refused_starts": nemesis.refused_starts,
         "ops": counts.total(),
