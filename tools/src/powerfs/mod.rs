@@ -25,7 +25,16 @@ pub use model::{CutMode, CutReport, Stats};
 pub struct PowerDisk {
     model: Arc<Mutex<Model>>,
     mountpoint: PathBuf,
-    session: Option<(BackgroundSession, Arc<AtomicBool>)>,
+    session: Option<Mounted>,
+}
+
+/// One mount of the disk.
+struct Mounted {
+    session: BackgroundSession,
+    /// Set when the mount is retired: its requests fail from then on.
+    retired: Arc<AtomicBool>,
+    /// The FUSE connection's number (the minor of the mount's device), for `fusectl`.
+    connection: u32,
 }
 
 impl PowerDisk {
@@ -58,18 +67,30 @@ impl PowerDisk {
                 self.mountpoint.display()
             )
         })?;
-        self.session = Some((session, retired));
+        // Asked now, while the filesystem answers: a dark one cannot be asked.
+        let dev = std::fs::metadata(&self.mountpoint)
+            .map_err(|err| format!("stat the new mount {}: {err}", self.mountpoint.display()))?;
+        self.session = Some(Mounted {
+            session,
+            retired,
+            connection: libc::minor(std::os::unix::fs::MetadataExt::dev(&dev)),
+        });
         Ok(())
     }
 
-    /// Retires the current mount (its requests fail from now on) and unmounts it; a mount
-    /// still in use is detached and goes away when its last user does.
+    /// Retires the current mount (its requests fail from now on), aborts its FUSE connection
+    /// and unmounts it; a mount still in use is detached. Aborting ends the connection even
+    /// where a copy of the mount lives on in another mount namespace, which would otherwise keep
+    /// it (and this call, waiting for the session to end) alive.
     pub fn unmount(&mut self) {
-        let Some((session, retired)) = self.session.take() else {
+        let Some(mounted) = self.session.take() else {
             return;
         };
-        retired.store(true, Ordering::Release);
-        if session.umount_and_join().is_err() {
+        mounted.retired.store(true, Ordering::Release);
+        if let Err(err) = abort_connection(mounted.connection) {
+            tracing::warn!(mount = %self.mountpoint.display(), "cannot abort the FUSE connection: {err}");
+        }
+        if mounted.session.umount_and_join().is_err() {
             let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
                 .expect("a path holds no NUL");
             // SAFETY: a plain system call on a NUL-terminated path that outlives it.
@@ -113,4 +134,43 @@ impl Drop for PowerDisk {
     fn drop(&mut self) {
         self.unmount();
     }
+}
+
+/// Where the kernel lists FUSE connections (the `fusectl` filesystem).
+const FUSE_CONNECTIONS: &std::ffi::CStr = c"/sys/fs/fuse/connections";
+
+/// Aborts FUSE connection number `connection` through `fusectl` (mounted first when it is
+/// not): every request in flight or to come fails, and the session serving it ends.
+fn abort_connection(connection: u32) -> std::io::Result<()> {
+    let connections = Path::new(FUSE_CONNECTIONS.to_str().expect("an ASCII path"));
+    let connection = connections.join(connection.to_string());
+    if !fusectl_mounted()? {
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call and no data.
+        let rc = unsafe {
+            libc::mount(
+                c"fusectl".as_ptr(),
+                FUSE_CONNECTIONS.as_ptr(),
+                c"fusectl".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    std::fs::write(connection.join("abort"), "1")
+}
+
+/// Whether `fusectl` is mounted at [`FUSE_CONNECTIONS`].
+fn fusectl_mounted() -> std::io::Result<bool> {
+    /// `FUSECTL_SUPER_MAGIC` of the kernel.
+    const FUSECTL_MAGIC: libc::c_long = 0x6573_5543;
+    // SAFETY: an all-zero statfs is a valid value for statfs(2) to fill.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct the call fills.
+    if unsafe { libc::statfs(FUSE_CONNECTIONS.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_type == FUSECTL_MAGIC)
 }
