@@ -95,6 +95,13 @@ fn reply_entry(result: FsResult<Attr>, reply: ReplyEntry) {
     }
 }
 
+fn reply_attr(result: FsResult<Attr>, reply: ReplyAttr) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &file_attr(attr)),
+        Err(err) => reply.error(errno(err)),
+    }
+}
+
 fn reply_empty(result: FsResult<()>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
@@ -115,10 +122,7 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.model().and_then(|model| model.getattr(ino.0)) {
-            Ok(attr) => reply.attr(&TTL, &file_attr(attr)),
-            Err(err) => reply.error(errno(err)),
-        }
+        reply_attr(self.model().and_then(|model| model.getattr(ino.0)), reply);
     }
 
     fn setattr(
@@ -140,13 +144,11 @@ impl Filesystem for Adapter {
         reply: ReplyAttr,
     ) {
         let perm = mode.map(|mode| (mode & 0o7777) as u16);
-        match self
-            .model()
-            .and_then(|mut model| model.setattr(ino.0, perm, size))
-        {
-            Ok(attr) => reply.attr(&TTL, &file_attr(attr)),
-            Err(err) => reply.error(errno(err)),
-        }
+        reply_attr(
+            self.model()
+                .and_then(|mut model| model.setattr(ino.0, perm, size)),
+            reply,
+        );
     }
 
     fn mkdir(

@@ -346,14 +346,19 @@ impl Model {
         })
     }
 
+    /// The inode the entry `name` of directory `parent` names.
+    fn child(&self, parent: u64, name: &str) -> FsResult<u64> {
+        self.dir(parent)?
+            .entries
+            .get(name)
+            .copied()
+            .ok_or(FsError::NotFound)
+    }
+
     /// The entry `name` of directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         self.live()?;
-        let ino = *self
-            .dir(parent)?
-            .entries
-            .get(name)
-            .ok_or(FsError::NotFound)?;
+        let ino = self.child(parent, name)?;
         self.getattr(ino)
     }
 
@@ -396,18 +401,8 @@ impl Model {
     /// Removes the entry `name` from `parent`: a file (`kind` File) or an empty directory.
     pub fn remove(&mut self, parent: u64, name: &str, kind: Kind) -> FsResult<()> {
         self.live()?;
-        let ino = *self
-            .dir(parent)?
-            .entries
-            .get(name)
-            .ok_or(FsError::NotFound)?;
-        let target = self.inode(ino)?;
-        match (kind, target.kind) {
-            (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
-            (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
-            (Kind::Dir, Kind::Dir) if !target.entries.is_empty() => return Err(FsError::NotEmpty),
-            _ => {}
-        }
+        let ino = self.child(parent, name)?;
+        check_replaceable(kind, self.inode(ino)?)?;
         let dir = self.inode_mut(parent)?;
         dir.entries.remove(name);
         dir.mtime = SystemTime::now();
@@ -425,11 +420,7 @@ impl Model {
     ) -> FsResult<()> {
         self.live()?;
         check_name(new_name)?;
-        let ino = *self
-            .dir(parent)?
-            .entries
-            .get(name)
-            .ok_or(FsError::NotFound)?;
+        let ino = self.child(parent, name)?;
         let kind = self.inode(ino)?.kind;
         if let Some(&old) = self.dir(new_parent)?.entries.get(new_name) {
             if old == ino {
@@ -438,15 +429,7 @@ impl Model {
             if no_replace {
                 return Err(FsError::Exists);
             }
-            let old_inode = self.inode(old)?;
-            match (kind, old_inode.kind) {
-                (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
-                (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
-                (Kind::Dir, Kind::Dir) if !old_inode.entries.is_empty() => {
-                    return Err(FsError::NotEmpty)
-                }
-                _ => {}
-            }
+            check_replaceable(kind, self.inode(old)?)?;
         }
         let now = SystemTime::now();
         let dir = self.inode_mut(parent)?;
@@ -879,6 +862,17 @@ fn encode_meta(model: &Model) -> String {
         "{META_MAGIC} v{META_VERSION} crc32={:08x}\n{body}",
         crc32fast::hash(body.as_bytes())
     )
+}
+
+/// Whether an entry of `kind` may take the place of `target` (removed, or replaced by a
+/// rename): a file of a file, an empty directory of a directory.
+fn check_replaceable(kind: Kind, target: &Inode) -> FsResult<()> {
+    match (kind, target.kind) {
+        (Kind::File, Kind::Dir) => Err(FsError::IsDir),
+        (Kind::Dir, Kind::File) => Err(FsError::NotDir),
+        (Kind::Dir, Kind::Dir) if !target.entries.is_empty() => Err(FsError::NotEmpty),
+        _ => Ok(()),
+    }
 }
 
 fn check_name(name: &str) -> FsResult<()> {
