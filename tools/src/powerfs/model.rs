@@ -635,34 +635,10 @@ impl Model {
             let path = self.data_path(ino);
             let inode = self.inodes.get_mut(&ino).expect("listed above");
             inode.open = 0;
-            if inode.kind == Kind::Dir {
-                if inode.entries != inode.durable_entries {
-                    if mode == CutMode::Subset && rng.chance(500) {
-                        inode.durable_entries = inode.entries.clone();
-                    } else {
-                        inode.entries = inode.durable_entries.clone();
-                        report.dirs_reverted += 1;
-                    }
-                }
-                continue;
+            match inode.kind {
+                Kind::Dir => cut_dir(inode, mode, &mut rng, &mut report),
+                Kind::File => cut_file(inode, &path, mode, &mut rng, &mut report)?,
             }
-            if inode.pending.is_empty() {
-                continue;
-            }
-            report.files_with_unsynced_changes += 1;
-            let pending = std::mem::take(&mut inode.pending);
-            let written: u64 = pending.iter().map(written_bytes).sum();
-            let kept = survivors(&pending, mode, &mut rng);
-            let kept_bytes: u64 = kept.iter().map(written_bytes).sum();
-            report.bytes_kept += kept_bytes;
-            report.bytes_forgotten += written - kept_bytes;
-            if !kept.is_empty() {
-                apply(&path, &kept).map_err(|err| format!("{}: {err}", path.display()))?;
-                inode.durable_len = std::fs::metadata(&path)
-                    .map_err(|err| format!("{}: {err}", path.display()))?
-                    .len();
-            }
-            inode.len = inode.durable_len;
         }
         self.relink_after_cut();
         self.persist_meta()
@@ -670,6 +646,16 @@ impl Model {
         self.remove_orphan_data()
             .map_err(|err| format!("{}: {err}", self.backing.display()))?;
         self.check();
+        for inode in self.inodes.values() {
+            assert!(
+                inode.pending.is_empty() && inode.len == inode.durable_len,
+                "a cut leaves only durable state"
+            );
+            assert_eq!(
+                inode.entries, inode.durable_entries,
+                "a cut leaves only durable state"
+            );
+        }
         Ok(report)
     }
 
@@ -743,71 +729,24 @@ impl Model {
     }
 
     fn load_meta(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-        let (header, body) = text.split_once('\n').ok_or("no header line")?;
-        let fields: Vec<&str> = header.split(' ').collect();
-        let [magic, version, crc] = fields[..] else {
-            return Err(format!("bad header line {header:?}"));
-        };
-        if magic != META_MAGIC {
-            return Err(format!("not a powerfs meta file (starts with {magic:?})"));
-        }
-        if version != format!("v{META_VERSION}") {
-            return Err(format!(
-                "unknown version {version:?} (this build reads v{META_VERSION})"
-            ));
-        }
-        let want = format!("crc32={:08x}", crc32fast::hash(body.as_bytes()));
-        if crc != want {
-            return Err(format!(
-                "checksum mismatch ({crc}, contents give {want}): damaged"
-            ));
-        }
-        let value: Value = serde_json::from_str(body).map_err(|err| format!("body: {err}"))?;
+        let value: Value =
+            serde_json::from_str(meta_body(bytes)?).map_err(|err| format!("body: {err}"))?;
         self.next_ino = value["next_ino"].as_u64().ok_or("no next_ino")?;
         let inodes = value["inodes"].as_object().ok_or("no inodes")?;
         for (key, entry) in inodes {
             let ino: u64 = key
                 .parse()
-                .map_err(|_| format!("bad inode number {key:?}"))?;
-            let kind = match entry["kind"].as_str() {
-                Some("dir") => Kind::Dir,
-                Some("file") => Kind::File,
-                other => return Err(format!("inode {ino}: bad kind {other:?}")),
-            };
-            let number = |field: &str| {
-                entry[field]
-                    .as_u64()
-                    .ok_or_else(|| format!("inode {ino}: no {field}"))
-            };
-            let mut inode = Inode::new(
-                kind,
-                number("perm")? as u16,
-                number("uid")? as u32,
-                number("gid")? as u32,
-            );
-            if kind == Kind::Dir {
-                let entries = entry["entries"]
-                    .as_object()
-                    .ok_or_else(|| format!("inode {ino}: no entries"))?;
-                for (name, child) in entries {
-                    let child = child
-                        .as_u64()
-                        .ok_or_else(|| format!("inode {ino}: bad entry {name:?}"))?;
-                    inode.entries.insert(name.clone(), child);
-                }
-                inode.durable_entries = inode.entries.clone();
-            } else {
-                inode.durable_len = match std::fs::metadata(self.data_path(ino)) {
-                    Ok(meta) => meta.len(),
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
-                    Err(err) => return Err(format!("inode {ino}: {err}")),
-                };
-                inode.len = inode.durable_len;
-            }
+                .ok()
+                .filter(|ino| (ROOT..self.next_ino).contains(ino))
+                .ok_or_else(|| format!("bad inode number {key:?} (next_ino {})", self.next_ino))?;
+            let inode = self.decode_inode(ino, entry)?;
             self.inodes.insert(ino, inode);
         }
-        if !self.inodes.contains_key(&ROOT) {
+        if self
+            .inodes
+            .get(&ROOT)
+            .is_none_or(|root| root.kind != Kind::Dir)
+        {
             return Err("no root directory".into());
         }
         for inode in self.inodes.values() {
@@ -819,6 +758,46 @@ impl Model {
         }
         self.relink_after_cut();
         Ok(())
+    }
+
+    /// Inode `ino` as `powerfs.meta` describes it (`entry`), with its durable size.
+    fn decode_inode(&self, ino: u64, entry: &Value) -> Result<Inode, String> {
+        let kind = match entry["kind"].as_str() {
+            Some("dir") => Kind::Dir,
+            Some("file") => Kind::File,
+            other => return Err(format!("inode {ino}: bad kind {other:?}")),
+        };
+        let number = |field: &str| {
+            entry[field]
+                .as_u64()
+                .ok_or_else(|| format!("inode {ino}: no {field}"))
+        };
+        let mut inode = Inode::new(
+            kind,
+            number("perm")? as u16,
+            number("uid")? as u32,
+            number("gid")? as u32,
+        );
+        if kind == Kind::Dir {
+            let entries = entry["entries"]
+                .as_object()
+                .ok_or_else(|| format!("inode {ino}: no entries"))?;
+            for (name, child) in entries {
+                let child = child
+                    .as_u64()
+                    .ok_or_else(|| format!("inode {ino}: bad entry {name:?}"))?;
+                inode.entries.insert(name.clone(), child);
+            }
+            inode.durable_entries = inode.entries.clone();
+        } else {
+            inode.durable_len = match std::fs::metadata(self.data_path(ino)) {
+                Ok(meta) => meta.len(),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => 0,
+                Err(err) => return Err(format!("inode {ino}: {err}")),
+            };
+            inode.len = inode.durable_len;
+        }
+        Ok(inode)
     }
 
     /// Deletes data files of inodes the filesystem no longer has.
@@ -836,6 +815,31 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The JSON body of `powerfs.meta` once its header line checks (magic, version, CRC).
+fn meta_body(bytes: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let (header, body) = text.split_once('\n').ok_or("no header line")?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    let [magic, version, crc] = fields[..] else {
+        return Err(format!("bad header line {header:?}"));
+    };
+    if magic != META_MAGIC {
+        return Err(format!("not a powerfs meta file (starts with {magic:?})"));
+    }
+    if version != format!("v{META_VERSION}") {
+        return Err(format!(
+            "unknown version {version:?} (this build reads v{META_VERSION})"
+        ));
+    }
+    let want = format!("crc32={:08x}", crc32fast::hash(body.as_bytes()));
+    if crc != want {
+        return Err(format!(
+            "checksum mismatch ({crc}, contents give {want}): damaged"
+        ));
+    }
+    Ok(body)
 }
 
 /// `powerfs.meta`: a header line `lockstep-powerfs v1 crc32=XXXXXXXX` (CRC32 of the rest, in
@@ -888,6 +892,49 @@ fn written_bytes(change: &Pending) -> u64 {
         Pending::Write { data, .. } => data.len() as u64,
         Pending::SetLen(_) => 0,
     }
+}
+
+/// A power cut in `mode` of directory `dir`: its unsynced entries are forgotten (or, in subset
+/// mode, kept half of the time, as if a journal had committed them).
+fn cut_dir(dir: &mut Inode, mode: CutMode, rng: &mut SimRng, report: &mut CutReport) {
+    if dir.entries == dir.durable_entries {
+        return;
+    }
+    if mode == CutMode::Subset && rng.chance(500) {
+        dir.durable_entries = dir.entries.clone();
+    } else {
+        dir.entries = dir.durable_entries.clone();
+        report.dirs_reverted += 1;
+    }
+}
+
+/// A power cut in `mode` of `file`, whose durable contents are at `path`: what survives of its
+/// unsynced changes is written there, the rest is forgotten.
+fn cut_file(
+    file: &mut Inode,
+    path: &Path,
+    mode: CutMode,
+    rng: &mut SimRng,
+    report: &mut CutReport,
+) -> Result<(), String> {
+    if file.pending.is_empty() {
+        return Ok(());
+    }
+    report.files_with_unsynced_changes += 1;
+    let pending = std::mem::take(&mut file.pending);
+    let written: u64 = pending.iter().map(written_bytes).sum();
+    let kept = survivors(&pending, mode, rng);
+    let kept_bytes: u64 = kept.iter().map(written_bytes).sum();
+    report.bytes_kept += kept_bytes;
+    report.bytes_forgotten += written - kept_bytes;
+    if !kept.is_empty() {
+        apply(path, &kept).map_err(|err| format!("{}: {err}", path.display()))?;
+        file.durable_len = std::fs::metadata(path)
+            .map_err(|err| format!("{}: {err}", path.display()))?
+            .len();
+    }
+    file.len = file.durable_len;
+    Ok(())
 }
 
 /// What a power cut in `mode` keeps of a file's unsynced changes, in order.
@@ -1185,6 +1232,20 @@ mod tests {
         assert_eq!(contents(&model, ino), b"still here");
         model.release(ino);
         assert_eq!(model.read(ino, 0, 10).unwrap_err(), FsError::NotFound);
+    }
+
+    #[test]
+    fn a_meta_file_naming_impossible_inodes_is_refused_with_the_reason() {
+        let (dir, model) = fresh();
+        drop(model);
+        let body = r#"{"next_ino":2,"inodes":{"1":{"kind":"dir","perm":493,"uid":0,"gid":0,"entries":{"f":7}},"7":{"kind":"file","perm":420,"uid":0,"gid":0}}}"#;
+        let meta = format!(
+            "{META_MAGIC} v{META_VERSION} crc32={:08x}\n{body}",
+            crc32fast::hash(body.as_bytes())
+        );
+        std::fs::write(dir.path().join("powerfs.meta"), meta).unwrap();
+        let err = Model::load(dir.path()).err().unwrap();
+        assert!(err.contains("bad inode number \"7\" (next_ino 2)"), "{err}");
     }
 
     #[test]
