@@ -1,7 +1,7 @@
 //! `lockstep chaos`: Jepsen-style fault testing of real `lockstep serve` processes. A run starts
 //! a cluster of the running binary, drives it with concurrent recording clients while a seeded
-//! nemesis kills, pauses, partitions, corrupts and power-cuts it, heals it, and then checks the history
-//! (linearizability per key, no lost or invented values), that the replicas converged to the
+//! nemesis kills, pauses, partitions, corrupts and power-cuts it, heals it, and then checks the
+//! history (linearizability per key, no lost or invented values), that the replicas converged to the
 //! same state and that the cluster serves again within a bound. `lockstep chaos failover`
 //! measures the unavailability window after kill -9 of the leader. See docs/CHAOS.md.
 
