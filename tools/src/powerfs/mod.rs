@@ -9,6 +9,7 @@
 //! `lockstep powerfs` (a control socket, [`control`]). See docs/CHAOS.md, "Power cuts".
 
 pub mod control;
+mod cut;
 mod fuse;
 pub mod model;
 

@@ -14,7 +14,6 @@
 //! `data/<inode>` (the durable contents of each file that was ever synced).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -24,12 +23,13 @@ use std::time::SystemTime;
 use lockstep::sim::SimRng;
 use serde_json::{json, Map, Value};
 
+#[cfg(test)]
+use super::cut::SECTOR;
+use super::cut::{survivors, written_bytes, Pending};
+pub use super::cut::{CutMode, CutReport};
+
 /// Inode number of the root directory (FUSE's).
 pub const ROOT: u64 = 1;
-
-/// Granularity of torn and partial writes at a power cut: a sector is written whole or not at
-/// all, as on real disks.
-pub const SECTOR: u64 = 512;
 
 /// Version of `powerfs.meta`.
 const META_VERSION: u64 = 1;
@@ -39,48 +39,6 @@ const META_MAGIC: &str = "lockstep-powerfs";
 
 /// Longest file name.
 pub const NAME_MAX: usize = 255;
-
-/// What a power cut keeps of the writes and directory changes that were never synced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CutMode {
-    /// Nothing: every unsynced write and directory change is forgotten.
-    Forget,
-    /// Each file keeps a random prefix of its unsynced writes, in the order they were made; the
-    /// last one kept is torn at a random sector boundary. Directory changes are forgotten.
-    Torn,
-    /// Each unsynced sector written, size change, and each directory's unsynced entries are
-    /// kept or forgotten at random, independently (a disk that reorders its writes, a journal
-    /// that committed some directories).
-    Subset,
-}
-
-impl CutMode {
-    /// Every mode, in the order a nemesis cycles through them.
-    pub const ALL: [CutMode; 3] = [CutMode::Forget, CutMode::Torn, CutMode::Subset];
-
-    /// The name used on the command line and the control socket.
-    pub fn name(self) -> &'static str {
-        match self {
-            CutMode::Forget => "forget",
-            CutMode::Torn => "torn",
-            CutMode::Subset => "subset",
-        }
-    }
-
-    /// Parses [`CutMode::name`].
-    pub fn parse(text: &str) -> Result<CutMode, String> {
-        CutMode::ALL
-            .into_iter()
-            .find(|mode| mode.name() == text)
-            .ok_or_else(|| format!("unknown cut mode {text:?} (forget, torn, subset)"))
-    }
-}
-
-impl fmt::Display for CutMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Why an operation failed; maps onto an errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,13 +113,6 @@ pub struct Attr {
     pub mtime: SystemTime,
 }
 
-/// A change to a file not yet made durable.
-#[derive(Clone, Debug)]
-enum Pending {
-    Write { offset: u64, data: Vec<u8> },
-    SetLen(u64),
-}
-
 /// One inode.
 #[derive(Debug)]
 struct Inode {
@@ -216,19 +167,6 @@ pub struct Stats {
     pub dir_syncs: u64,
     /// Power cuts.
     pub cuts: u64,
-}
-
-/// What one power cut did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CutReport {
-    /// Files that had unsynced changes.
-    pub files_with_unsynced_changes: u64,
-    /// Unsynced bytes written that were forgotten.
-    pub bytes_forgotten: u64,
-    /// Unsynced bytes written that were kept (torn and subset modes).
-    pub bytes_kept: u64,
-    /// Directories whose unsynced entries were forgotten.
-    pub dirs_reverted: u64,
 }
 
 /// The whole filesystem.
@@ -887,13 +825,6 @@ fn check_name(name: &str) -> FsResult<()> {
     }
 }
 
-fn written_bytes(change: &Pending) -> u64 {
-    match change {
-        Pending::Write { data, .. } => data.len() as u64,
-        Pending::SetLen(_) => 0,
-    }
-}
-
 /// A power cut in `mode` of directory `dir`: its unsynced entries are forgotten (or, in subset
 /// mode, kept half of the time, as if a journal had committed them).
 fn cut_dir(dir: &mut Inode, mode: CutMode, rng: &mut SimRng, report: &mut CutReport) {
@@ -935,60 +866,6 @@ fn cut_file(
     }
     file.len = file.durable_len;
     Ok(())
-}
-
-/// What a power cut in `mode` keeps of a file's unsynced changes, in order.
-fn survivors(pending: &[Pending], mode: CutMode, rng: &mut SimRng) -> Vec<Pending> {
-    match mode {
-        CutMode::Forget => Vec::new(),
-        CutMode::Torn => {
-            let whole = rng.below(pending.len() as u64 + 1) as usize;
-            let mut kept = pending[..whole].to_vec();
-            if let Some(Pending::Write { offset, data }) = pending.get(whole) {
-                // Sector boundaries strictly inside the write; a write within one sector is
-                // atomic and was lost whole.
-                let first = (offset / SECTOR + 1) * SECTOR;
-                let end = offset + data.len() as u64;
-                if first < end {
-                    let boundaries = (end - 1 - first) / SECTOR + 1;
-                    let cut = first + rng.below(boundaries) * SECTOR;
-                    kept.push(Pending::Write {
-                        offset: *offset,
-                        data: data[..(cut - offset) as usize].to_vec(),
-                    });
-                }
-            }
-            kept
-        }
-        CutMode::Subset => {
-            let mut kept = Vec::new();
-            for change in pending {
-                match change {
-                    Pending::SetLen(_) => {
-                        if rng.chance(500) {
-                            kept.push(change.clone());
-                        }
-                    }
-                    Pending::Write { offset, data } => {
-                        let end = offset + data.len() as u64;
-                        let mut from = *offset;
-                        while from < end {
-                            let to = ((from / SECTOR + 1) * SECTOR).min(end);
-                            if rng.chance(500) {
-                                kept.push(Pending::Write {
-                                    offset: from,
-                                    data: data[(from - offset) as usize..(to - offset) as usize]
-                                        .to_vec(),
-                                });
-                            }
-                            from = to;
-                        }
-                    }
-                }
-            }
-            kept
-        }
-    }
 }
 
 /// Applies `changes` in order to the data file at `path` (created when missing).
