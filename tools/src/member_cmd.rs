@@ -312,14 +312,7 @@ fn add(args: &AddArgs) -> Result<(), String> {
 }
 
 fn promote(args: &IdArgs) -> Result<(), String> {
-    let id = NodeId(args.id);
-    let (mut client, deadline) = connect(&args.connect)?;
-    let index = propose(
-        &mut client,
-        MembershipChange::Promote(id),
-        deadline,
-        &args.connect,
-    )?;
+    let index = connect_and_propose(&args.connect, MembershipChange::Promote(NodeId(args.id)))?;
     println!(
         "promoted node {} to voter at index {}",
         args.id,
@@ -329,16 +322,18 @@ fn promote(args: &IdArgs) -> Result<(), String> {
 }
 
 fn remove(args: &IdArgs) -> Result<(), String> {
-    let id = NodeId(args.id);
-    let (mut client, deadline) = connect(&args.connect)?;
-    let index = propose(
-        &mut client,
-        MembershipChange::Remove(id),
-        deadline,
-        &args.connect,
-    )?;
+    let index = connect_and_propose(&args.connect, MembershipChange::Remove(NodeId(args.id)))?;
     println!("removed node {} at index {}", args.id, index.get());
     Ok(())
+}
+
+/// Connects to the cluster and [`propose`]s `change`: the index it committed at.
+fn connect_and_propose(
+    connect_args: &ConnectArgs,
+    change: MembershipChange,
+) -> Result<LogIndex, String> {
+    let (mut client, deadline) = connect(connect_args)?;
+    propose(&mut client, change, deadline, connect_args)
 }
 
 /// Runs the subcommand.

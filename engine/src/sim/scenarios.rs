@@ -143,18 +143,38 @@ fn figure_8(seed: u64, bug: Option<InjectedBug>) -> Result<(), Violation> {
 /// Without the bug the script runs clean, and B takes over and commits once A and B can talk.
 #[test]
 fn figure_8_a_leader_commits_only_entries_of_its_own_term_by_counting() {
-    for seed in 0..5 {
-        if let Err(violation) = figure_8(seed, None) {
-            panic!("figure 8 without the bug, seed {seed}: {violation}");
-        }
-    }
+    clean_on_every_seed("figure 8", figure_8);
 }
 
 #[test]
 pub(super) fn figure_8_commit_old_term_by_counting_is_caught() {
-    for seed in 0..5 {
-        let violation = figure_8(seed, Some(InjectedBug::CommitOldTermByCounting))
-            .expect_err("the checker must catch an old-term entry committed by counting");
+    caught_on_every_seed(
+        figure_8,
+        InjectedBug::CommitOldTermByCounting,
+        "the checker must catch an old-term entry committed by counting",
+    );
+}
+
+/// A scripted scenario, run with a bug switched on (`Some`) or without (`None`).
+type Script = fn(u64, Option<InjectedBug>) -> Result<(), Violation>;
+
+/// Seeds every scripted scenario runs with.
+const SCRIPT_SEEDS: std::ops::Range<u64> = 0..5;
+
+/// `script` without a bug must run clean on every seed.
+fn clean_on_every_seed(what: &str, script: Script) {
+    for seed in SCRIPT_SEEDS {
+        if let Err(violation) = script(seed, None) {
+            panic!("{what} without the bug, seed {seed}: {violation}");
+        }
+    }
+}
+
+/// `script` with `bug` must be caught on every seed, as a violation of state machine safety or
+/// leader completeness (`expectation` says what the checker must catch).
+fn caught_on_every_seed(script: Script, bug: InjectedBug, expectation: &str) {
+    for seed in SCRIPT_SEEDS {
+        let violation = script(seed, Some(bug)).expect_err(expectation);
         assert!(
             matches!(
                 violation.invariant,
@@ -358,28 +378,16 @@ fn single_server_change(seed: u64, bug: Option<InjectedBug>) -> Result<(), Viola
 
 #[test]
 fn membership_changes_wait_for_a_commit_in_the_leaders_term() {
-    for seed in 0..5 {
-        if let Err(violation) = single_server_change(seed, None) {
-            panic!("single-server change without the bug, seed {seed}: {violation}");
-        }
-    }
+    clean_on_every_seed("single-server change", single_server_change);
 }
 
 #[test]
 pub(super) fn membership_change_before_term_commit_is_caught() {
-    for seed in 0..5 {
-        let violation =
-            single_server_change(seed, Some(InjectedBug::MembershipChangeBeforeTermCommit))
-                .expect_err("the checker must catch two entries committed at one index");
-        assert!(
-            matches!(
-                violation.invariant,
-                Invariant::StateMachineSafety | Invariant::LeaderCompleteness
-            ),
-            "seed {seed}: unexpected violation {violation}"
-        );
-        println!("seed {seed}: {violation}");
-    }
+    caught_on_every_seed(
+        single_server_change,
+        InjectedBug::MembershipChangeBeforeTermCommit,
+        "the checker must catch two entries committed at one index",
+    );
 }
 
 /// Every simulated core checks its invariants after every event, in release builds too (the

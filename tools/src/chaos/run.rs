@@ -30,7 +30,7 @@ use super::workload::{AddressBook, OutcomeCounts, Workload};
 const FAILURES_PRINTED: usize = 20;
 
 /// Version of `summary.json`.
-const SUMMARY_VERSION: u32 = 1;
+const SUMMARY_VERSION: u32 = 2;
 
 /// Operations per key before a slot moves on to a fresh key.
 const OPS_PER_KEY: u64 = 120;

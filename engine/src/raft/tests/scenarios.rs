@@ -21,6 +21,23 @@ fn commit(cluster: &Cluster, id: u64) -> LogIndex {
     cluster.node(id).raft.status().commit
 }
 
+/// Ticks node `leader` of nodes 1..=3 (all syncing by hand) until it leads, syncing every node
+/// once the messages of each tick settled; the entry it appends when elected stays unsynced.
+fn elect_syncing_by_hand(cluster: &mut Cluster, leader: u64) {
+    for _ in 0..30 {
+        cluster.raft(leader).tick();
+        cluster.stabilize();
+        for id in 1..=3 {
+            cluster.sync(id);
+        }
+        cluster.stabilize();
+        if role(cluster, leader) == Role::Leader {
+            return;
+        }
+    }
+    panic!("node {leader} was not elected within 30 ticks");
+}
+
 #[test]
 fn leader_election_basics() {
     let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
@@ -503,22 +520,11 @@ fn read_index_confirms_leadership_with_a_heartbeat_quorum() {
 #[test]
 fn read_index_waits_for_a_commit_in_the_leaders_term() {
     let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
-    cluster.node_mut(1).auto_sync = false;
-    cluster.node_mut(2).auto_sync = false;
-    cluster.node_mut(3).auto_sync = false;
-    cluster.raft(1).tick();
-    for _ in 0..30 {
-        cluster.raft(1).tick();
-        cluster.stabilize();
-        for id in 1..=3 {
-            cluster.sync(id);
-        }
-        cluster.stabilize();
-        if role(&cluster, 1) == Role::Leader {
-            break;
-        }
+    for id in 1..=3 {
+        cluster.node_mut(id).auto_sync = false;
     }
-    assert_eq!(role(&cluster, 1), Role::Leader);
+    cluster.raft(1).tick();
+    elect_syncing_by_hand(&mut cluster, 1);
     assert_eq!(
         commit(&cluster, 1),
         LogIndex(0),
@@ -1490,18 +1496,7 @@ fn a_fresh_leaders_noop_commit_allows_a_membership_change() {
     for id in 1..=3 {
         cluster.node_mut(id).auto_sync = false;
     }
-    for _ in 0..30 {
-        cluster.raft(1).tick();
-        cluster.stabilize();
-        for id in 1..=3 {
-            cluster.sync(id);
-        }
-        cluster.stabilize();
-        if role(&cluster, 1) == Role::Leader {
-            break;
-        }
-    }
-    assert_eq!(role(&cluster, 1), Role::Leader);
+    elect_syncing_by_hand(&mut cluster, 1);
     assert_eq!(commit(&cluster, 1), LogIndex(0), "Noop not durable yet");
     let term = cluster.node(1).raft.status().term;
     assert_eq!(
