@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the configuration and serves until SIGINT/SIGTERM (`lockstep::server::run` prints
+/// Loads the configuration and serves until SIGINT/SIGTERM (`lockstep_server::run` prints
 /// the ready line the bench waits for).
 fn run_node(config: &std::path::Path) -> ExitCode {
     // Warnings and errors (refused handshakes, a failed sync) go to stderr, which the bench
@@ -70,7 +70,7 @@ fn run_node(config: &std::path::Path) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let outcome = lockstep::server::ServerConfig::load(config).and_then(lockstep::server::run);
+    let outcome = lockstep_server::ServerConfig::load(config).and_then(lockstep_server::run);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep::apps::AppKind;
-use lockstep::server::{MemberConfig, ServerConfig};
+use lockstep_server::apps::AppKind;
+use lockstep_server::{MemberConfig, ServerConfig};
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))

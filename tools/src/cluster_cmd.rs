@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use lockstep::apps::AppKind;
 use lockstep::client::{Client, Credentials};
-use lockstep::net::dev_pki::DevPki;
 use lockstep::net::ClientTls;
-use lockstep::server::{ready_line, MemberConfig, DEFAULT_CLUSTER_ID};
+use lockstep_server::apps::AppKind;
+use lockstep_server::pki::DevPki;
+use lockstep_server::{ready_line, MemberConfig, DEFAULT_CLUSTER_ID};
 use serde_json::Value;
 
 use crate::serve_cmd::parse_app;

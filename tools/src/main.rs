@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use lockstep::server::LogFormat;
+use lockstep_server::LogFormat;
 
 mod chaos;
 mod cluster_cmd;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use lockstep::client::{ClientError, ClusterClient, Credentials};
 use lockstep::net::ClientTls;
 use lockstep::raft::{MemberAddr, MembershipChange, TERM_NOT_COMMITTED_TEXT};
-use lockstep::server::DEFAULT_CLUSTER_ID;
 use lockstep::types::{LogIndex, NodeId};
+use lockstep_server::DEFAULT_CLUSTER_ID;
 use serde_json::Value;
 
 /// Longest wait for one connect, read or write (less if `--timeout-ms` is shorter).

@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use lockstep::apps::AppKind;
-use lockstep::server::security::Limits;
-use lockstep::server::security::TlsFiles;
-use lockstep::server::{
+use lockstep_server::apps::AppKind;
+use lockstep_server::security::Limits;
+use lockstep_server::security::TlsFiles;
+use lockstep_server::{
     self, ConfigLayer, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning,
 };
 
@@ -410,7 +410,7 @@ pub fn run(args: Args) -> ExitCode {
     let flags = (args.log_level.clone(), args.log_format.clone());
     let result = args.config().and_then(|config| {
         log_settings(&config, flags)?;
-        server::run(config)
+        lockstep_server::run(config)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lockstep::client::{Client, ClientError, Credentials};
 use lockstep::net::ClientTls;
 use lockstep::node::LatencySnapshot;
-use lockstep::server::DEFAULT_CLUSTER_ID;
+use lockstep_server::DEFAULT_CLUSTER_ID;
 use serde_json::Value;
 
 /// Arguments of `lockstep status`.

@@ -6,7 +6,7 @@ mod common;
 
 use common::apps::{self, AppRunner, NativeRunner};
 use common::Cluster;
-use lockstep::apps::AppKind;
+use lockstep_server::apps::AppKind;
 
 fn native(app: AppKind) -> impl Fn(&Cluster) -> Box<dyn AppRunner> {
     move |cluster| Box::new(NativeRunner::new(cluster, app))

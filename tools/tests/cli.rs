@@ -423,7 +423,7 @@ fn flag_help<'a>(help: &'a str, flag: &str) -> String {
 #[test]
 fn serve_help_shows_the_code_defaults() {
     let help = help_of(&["serve"]);
-    let tuning = lockstep::server::Tuning::default();
+    let tuning = lockstep_server::Tuning::default();
     let append = flag_help(&help, "--append-mode");
     assert!(
         append.contains(&format!("[default: {}]", tuning.append_mode)),
@@ -448,7 +448,7 @@ fn serve_help_shows_the_code_defaults() {
 
 #[test]
 fn the_tools_share_one_cluster_id_default_and_name_timeouts_in_ms() {
-    let default = format!("[default: {}]", lockstep::server::DEFAULT_CLUSTER_ID);
+    let default = format!("[default: {}]", lockstep_server::DEFAULT_CLUSTER_ID);
     for command in [&["status"][..], &["cluster"], &["member", "add"]] {
         let help = help_of(command);
         let cluster_id = flag_help(&help, "--cluster-id");

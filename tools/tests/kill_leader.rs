@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{oldest_segment_index, Cluster, CLIENT_TIMEOUT};
-use lockstep::apps::{KvCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
 use lockstep::net::{ClientReply, ClientRequest};
+use lockstep_server::apps::{KvCommand, Reply};
 
 const WRITERS: usize = 4;
 const SNAPSHOT_ENTRIES: u64 = 1000;

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{free_ports, Cluster, BIN, CLIENT_TIMEOUT};
-use lockstep::apps::{KvCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
-use lockstep::server::MemberConfig;
+use lockstep_server::apps::{KvCommand, Reply};
+use lockstep_server::MemberConfig;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{free_ports, run_bin, Cluster, BIN, CLIENT_TIMEOUT};
-use lockstep::apps::KvCommand;
 use lockstep::client::Client;
+use lockstep_server::apps::KvCommand;
 use serde_json::Value;
 
 /// One HTTP/1.1 GET with std's TcpStream: status code, headers (lower-case names), body.
@@ -63,7 +63,7 @@ fn scrape(addr: SocketAddr) -> String {
         .map(|(_, value)| value.as_str());
     assert_eq!(
         content_type,
-        Some(lockstep::server::metrics::CONTENT_TYPE),
+        Some(lockstep_server::metrics::CONTENT_TYPE),
         "{headers:?}"
     );
     body

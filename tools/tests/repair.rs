@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Cluster, BIN, CLIENT_TIMEOUT};
-use lockstep::apps::{KvCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
 use lockstep::log::inspect::inspect;
 use lockstep::log::repair::REPAIR_FILE;
+use lockstep_server::apps::{KvCommand, Reply};
 
 fn key_value(n: u64) -> (String, String) {
     (format!("key-{n}"), format!("value-{n}-{}", n * 7))

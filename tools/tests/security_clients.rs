@@ -126,7 +126,7 @@ fn commit(client: &mut ClusterClient, key: &str, value: &str) {
 /// A kv put in the app's binary encoding (what native clients propose).
 fn set_command(key: &str, value: &str) -> Vec<u8> {
     let mut command = Vec::new();
-    lockstep::apps::KvCommand::Put {
+    lockstep_server::apps::KvCommand::Put {
         key: key.as_bytes(),
         value: value.as_bytes(),
     }

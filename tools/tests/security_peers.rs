@@ -18,8 +18,8 @@ use common::{free_ports, run_bin, Cluster, BIN, CLIENT_TIMEOUT};
 use lockstep::client::ClusterClient;
 use lockstep::net::frame::{encode_frame, read_frame, FrameError, FrameType};
 use lockstep::net::{PeerHello, PeerProof, PeerSecret, Role, Transcript, PEER_PROTOCOL_VERSION};
-use lockstep::server::MemberConfig;
 use lockstep::types::NodeId;
+use lockstep_server::MemberConfig;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{run_bin, Cluster, BIN};
-use lockstep::apps::kv::KvCommand;
 use lockstep::client::{Client, ClientError};
-use lockstep::net::dev_pki::DevPki;
 use lockstep::net::ClientTls;
+use lockstep_server::apps::kv::KvCommand;
+use lockstep_server::pki::DevPki;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

@@ -10,7 +10,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-use lockstep::server::{Tuning, DEFAULT_CLUSTER_ID};
+use lockstep_server::{Tuning, DEFAULT_CLUSTER_ID};
 use serde::Serialize;
 
 use super::keys::KEYS_MAX;

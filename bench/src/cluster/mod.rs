@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep::apps::AppKind;
+use lockstep_server::apps::AppKind;
 
 use crate::interrupt::{Interrupt, EXIT_INTERRUPTED};
 use crate::report::{self, now_utc, Machine, Report};

@@ -23,8 +23,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockstep::apps::AppKind;
-use lockstep::server::{MemberConfig, ServerConfig, Tuning};
+use lockstep_server::apps::AppKind;
+use lockstep_server::{MemberConfig, ServerConfig, Tuning};
 use tempfile::TempDir;
 
 use crate::interrupt::Interrupt;

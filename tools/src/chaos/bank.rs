@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lockstep::apps::{BankCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
 use lockstep::sim::SimRng;
+use lockstep_server::apps::{BankCommand, Reply};
 
 use super::cluster::CLUSTER_ID;
 use super::history::NEVER_NS;

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lockstep::client::Client;
-use lockstep::server::MemberConfig;
+use lockstep_server::MemberConfig;
 use serde_json::Value;
 
 use super::netns::Netns;
@@ -370,7 +370,7 @@ impl Cluster {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if line.starts_with(lockstep::server::READY_MARKER) && tx.send(()).is_err() {
+                if line.starts_with(lockstep_server::READY_MARKER) && tx.send(()).is_err() {
                     break;
                 }
             }

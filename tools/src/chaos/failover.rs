@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockstep::apps::KvCommand;
 use lockstep::client::ClusterClient;
+use lockstep_server::apps::KvCommand;
 
 use super::cluster::{Cluster, CLUSTER_ID};
 

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lockstep::apps::{KvCommand, Reply, ReplyError};
 use lockstep::client::{Client, ClusterClient};
 use lockstep::sim::SimRng;
+use lockstep_server::apps::{KvCommand, Reply, ReplyError};
 
 use super::cluster::CLUSTER_ID;
 use super::history::{Op, OpKind, Outcome, NEVER_NS};

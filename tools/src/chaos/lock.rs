@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lockstep::apps::{Envelope, LockCommand, Reply};
 use lockstep::client::{Client, ClusterClient};
 use lockstep::sim::SimRng;
+use lockstep_server::apps::{Envelope, LockCommand, Reply};
 
 use super::history::NEVER_NS;
 use super::workload::{

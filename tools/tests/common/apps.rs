@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockstep::apps::AppKind;
 use lockstep::client::ClusterClient;
 use lockstep::resp::{Frontend, RouteContext, Routed, Value};
+use lockstep_server::apps::AppKind;
 
 use super::{Cluster, CLIENT_TIMEOUT};
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lockstep::client::{Client, ClientError};
 use lockstep::net::ClientTls;
-use lockstep::server::MemberConfig;
+use lockstep_server::MemberConfig;
 use serde_json::Value;
 
 /// The binary under test.
@@ -391,7 +391,7 @@ pub fn ready_lines(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> 
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if line.starts_with(lockstep::server::READY_MARKER) && tx.send(line).is_err() {
+            if line.starts_with(lockstep_server::READY_MARKER) && tx.send(line).is_err() {
                 break;
             }
         }
