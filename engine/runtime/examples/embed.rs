@@ -66,7 +66,10 @@ fn leader_of(nodes: &[Option<Node>]) -> usize {
     let start = Instant::now();
     loop {
         for (at, node) in nodes.iter().enumerate() {
-            if node.as_ref().is_some_and(|n| n.status().role == "leader") {
+            if node
+                .as_ref()
+                .is_some_and(|n| n.leadership().role == lockstep::Role::Leader)
+            {
                 return at;
             }
         }

@@ -88,7 +88,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect::<Result<_, _>>()?;
     let leader = loop {
-        if let Some(at) = nodes.iter().position(|n| n.status().role == "leader") {
+        if let Some(at) = nodes
+            .iter()
+            .position(|n| n.leadership().role == lockstep::Role::Leader)
+        {
             break at;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -21,7 +21,7 @@
 //! use bytes::Bytes;
 //! use lockstep::node::PeerConfig;
 //! use lockstep::types::{LogIndex, NodeId};
-//! use lockstep::{Node, NodeConfig, StateMachine};
+//! use lockstep::{Node, NodeConfig, Role, StateMachine};
 //!
 //! #[derive(Default)]
 //! struct Count(u64);
@@ -46,7 +46,11 @@
 //! let peer = PeerConfig { peer_addr: "127.0.0.1:7001".parse()?, client_addr: None };
 //! let members = BTreeMap::from([(NodeId(1), peer)]);
 //! let node = Node::start(NodeConfig::new(NodeId(1), 1, members, "/tmp/count".into()), Count(0))?;
-//! // (Wait until `node.status().role == "leader"`; proposals before get `NotLeader`.)
+//! // Wait until it leads; proposals before get `NodeError::NotLeader`.
+//! let mut events = node.subscribe();
+//! while node.leadership().role != Role::Leader {
+//!     events.wait_changed();
+//! }
 //! let applied = node.propose(Bytes::from_static(b"+1")).wait()?;
 //! println!("committed at {}: {:?}", applied.index, applied.result);
 //! node.shutdown()?;
@@ -66,7 +70,10 @@ pub use lockstep_core::{batch, raft, sim, types};
 pub use lockstep_log as log;
 
 pub use self::apply::StateMachine;
-pub use self::node::{Applied, Node, NodeConfig, NodeError, NodeStatus, Receipt};
+pub use self::node::{
+    Applied, AppliedBatch, ConfigError, LeaderHint, Leadership, Node, NodeConfig, NodeError,
+    NodeStatus, Receipt, Refusal, Role, Subscription,
+};
 pub use self::stage::STAGE_PANIC_EXIT_STATUS;
 /// Test hooks (feature `test-hooks`): the variables that make a stage of a child process panic.
 #[cfg(feature = "test-hooks")]

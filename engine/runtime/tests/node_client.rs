@@ -146,7 +146,7 @@ fn clients_propose_read_and_get_redirected() {
     conn.send(&[ClientRequest::TransferLeader { req: 9, to: target }]);
     assert_eq!(conn.reply(), ClientReply::Ok { req: 9 });
     wait_for("the transfer", Duration::from_secs(10), || {
-        nodes[follower].as_ref().unwrap().status().role == "leader"
+        nodes[follower].as_ref().unwrap().leadership().role == lockstep::Role::Leader
     });
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lockstep::{Node, NodeError};
+use lockstep::{Node, NodeError, Refusal};
 use lockstep_testkit::cluster::{config, members, wait_leader, Kv};
 
 #[test]
@@ -85,7 +85,10 @@ fn single_node_proposes_reads_snapshots_and_recovers() {
     std::fs::write(&snapshot, bytes).unwrap();
     let name = snapshot.file_name().unwrap().to_str().unwrap().to_string();
     match Node::start(cfg, Kv::default()) {
-        Err(NodeError::Failed(message)) => assert!(message.contains(&name), "{message}"),
+        Err(NodeError::Storage {
+            kind: std::io::ErrorKind::InvalidData,
+            detail,
+        }) => assert!(detail.contains(&name), "{detail}"),
         Err(other) => panic!("unexpected error {other:?}"),
         Ok(_) => panic!("started on a corrupt snapshot"),
     }
@@ -156,18 +159,20 @@ fn a_failed_snapshot_write_stops_the_node_with_the_reason() {
         drop(receipt.wait_timeout(Duration::from_secs(10)));
     }
     lockstep_testkit::cluster::wait_for("the node to stop", Duration::from_secs(10), || {
-        node.status().role == "stopped"
+        node.status().role == lockstep::Role::Stopped
     });
     let failure = node.failure().expect("a failed node reports its failure");
-    assert!(failure.contains("snapshots"), "{failure}");
-    match node.propose(Bytes::from_static(b"after=failure")).wait() {
-        Err(NodeError::Failed(why)) => assert!(why.contains("snapshots"), "{why}"),
-        other => panic!("a failed node accepted a proposal: {other:?}"),
+    match &failure {
+        NodeError::Storage { detail, .. } => assert!(detail.contains("snapshots"), "{detail}"),
+        other => panic!("a snapshot write failure is a storage failure, not {other:?}"),
     }
-    match node.shutdown() {
-        Err(NodeError::Failed(why)) => assert!(why.contains("snapshots"), "{why}"),
-        other => panic!("shutdown of a failed node: {other:?}"),
-    }
+    assert!(failure.is_fatal());
+    assert_eq!(
+        node.propose(Bytes::from_static(b"after=failure")).wait(),
+        Err(failure.clone()),
+        "a failed node answers every request with its failure"
+    );
+    assert_eq!(node.shutdown(), Err(failure), "shutdown of a failed node");
 }
 
 #[test]
@@ -206,13 +211,15 @@ fn batch_proposals_are_all_or_nothing_at_consecutive_indexes() {
         .propose_batch(vec![Bytes::from_static(b"d=1"), oversized])
         .wait();
     match refused {
-        Err(NodeError::Refused(why)) => assert!(why.contains("command 1"), "{why}"),
+        Err(NodeError::Refused(Refusal::BatchCommandTooLarge { at: 1, bytes })) => {
+            assert_eq!(bytes, lockstep::batch::ENTRY_BYTES_MAX + 1)
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(matches!(
+    assert_eq!(
         node.propose_batch(Vec::new()).wait(),
-        Err(NodeError::Refused(_))
-    ));
+        Err(NodeError::Refused(Refusal::EmptyBatch))
+    );
     let after = node.propose(Bytes::from_static(b"d=2")).wait().unwrap();
     assert_eq!(
         after.index.get(),

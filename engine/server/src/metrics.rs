@@ -205,7 +205,7 @@ impl Collector for StatusCollector {
         let e = &mut encoder;
         let roles: Vec<Series<'_, i64>> = ROLES
             .iter()
-            .map(|&role| (role, i64::from(status.role == role)))
+            .map(|&role| (role, i64::from(status.role.as_str() == role)))
             .collect();
         gauges(
             e,
@@ -560,7 +560,7 @@ mod tests {
         runtime.sync_latency.sum_us = 1_500;
         NodeStatus {
             id: 1,
-            role: "leader".to_string(),
+            role: lockstep::Role::Leader,
             term: 4,
             leader: Some(1),
             commit: 17,

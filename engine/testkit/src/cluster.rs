@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lockstep::node::PeerConfig;
 use lockstep::types::{LogIndex, NodeId};
-use lockstep::{Node, NodeConfig, NodeError, StateMachine};
+use lockstep::{Node, NodeConfig, NodeError, Role, StateMachine};
 use tempfile::TempDir;
 
 /// Commands are `key=value`; a query is a key (answered with its value) or `#hash` (answered
@@ -209,7 +209,13 @@ impl TestCluster {
 
 /// Whether a start failed only because an address was in use (a port picked free was taken).
 fn address_in_use(error: &NodeError) -> bool {
-    matches!(error, NodeError::Failed(why) if why.contains("Address already in use"))
+    matches!(
+        error,
+        NodeError::Network {
+            kind: std::io::ErrorKind::AddrInUse,
+            ..
+        }
+    )
 }
 
 /// A test config: small log segments, fast elections (10 ms ticks keep the 2-core machine calm).
@@ -242,9 +248,10 @@ pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 pub fn wait_leader(nodes: &[Option<Node>]) -> usize {
     let mut found = None;
     wait_for("a leader", Duration::from_secs(10), || {
-        found = nodes
-            .iter()
-            .position(|node| node.as_ref().is_some_and(|n| n.status().role == "leader"));
+        found = nodes.iter().position(|node| {
+            node.as_ref()
+                .is_some_and(|n| n.leadership().role == Role::Leader)
+        });
         found.is_some()
     });
     found.unwrap()

@@ -18,7 +18,7 @@ use crate::apply::{snapshot, StateMachine};
 use crate::batch::{Batch, BatchKind};
 use crate::net::{ClientReply, ConnId, NetHandle};
 use crate::node::pipeline::{ApplyMsg, Feedback, PendingRead, Shared, Target};
-use crate::node::{Applied, Spin};
+use crate::node::{Applied, NodeError, Spin};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::types::{LogIndex, Term};
 
@@ -115,13 +115,12 @@ impl<S: StateMachine> ApplyStage<S> {
             }
         }
         for read in self.reads.drain(..) {
-            read.target
-                .fail(self.shared.gone(), None, &mut self.replies);
+            read.target.fail(self.shared.gone(), &mut self.replies);
         }
         self.flush_replies();
     }
 
-    fn handle(&mut self, message: ApplyMsg) -> Result<(), String> {
+    fn handle(&mut self, message: ApplyMsg) -> Result<(), NodeError> {
         match message {
             ApplyMsg::Committed { batches, targets } => {
                 let mut targets = targets.into_iter().peekable();
@@ -144,7 +143,10 @@ impl<S: StateMachine> ApplyStage<S> {
             ApplyMsg::Install(meta, data) => {
                 if meta.index > self.applied {
                     self.state_machine.restore(&data).map_err(|why| {
-                        format!("restoring the snapshot at {} failed: {why}", meta.index)
+                        NodeError::StateMachine(format!(
+                            "restoring the snapshot at {} failed: {why}",
+                            meta.index
+                        ))
                     })?;
                     self.applied = meta.index;
                     self.applied_term = meta.term;
@@ -216,7 +218,7 @@ impl<S: StateMachine> ApplyStage<S> {
 
     /// After a batch of messages: serve reads, publish the applied index, maybe snapshot, and
     /// send the client replies in one go.
-    fn after_turn(&mut self, before: LogIndex) -> Result<(), String> {
+    fn after_turn(&mut self, before: LogIndex) -> Result<(), NodeError> {
         // Reads an installed snapshot covers.
         self.serve_reads();
         let applied = self.applied;
@@ -238,7 +240,11 @@ impl<S: StateMachine> ApplyStage<S> {
         let mut waiting = Vec::new();
         for read in self.reads.drain(..) {
             if read.index <= applied {
-                let result = self.state_machine.query(&read.query);
+                let result = if read.target.wants_query() {
+                    self.state_machine.query(&read.query)
+                } else {
+                    Bytes::new()
+                };
                 read.target.succeed(
                     Applied {
                         index: applied,
@@ -255,7 +261,7 @@ impl<S: StateMachine> ApplyStage<S> {
         self.reads_next = self.reads.iter().map(|read| read.index).min();
     }
 
-    fn maybe_snapshot(&mut self) -> Result<(), String> {
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let every = self.snapshot_every;
         let due = self.applied.get() >= self.snapshot_index.get() + every.entries
             || self.bytes_since_snapshot >= every.bytes;
@@ -271,8 +277,8 @@ impl<S: StateMachine> ApplyStage<S> {
         };
         let mut data = Vec::new();
         self.state_machine.snapshot(&mut data);
-        snapshot::write(&self.snapshot_dir, &meta, &data).map_err(|err| err.to_string())?;
-        snapshot::remove_older(&self.snapshot_dir, meta.index).map_err(|err| err.to_string())?;
+        snapshot::write(&self.snapshot_dir, &meta, &data).map_err(NodeError::from_snapshot)?;
+        snapshot::remove_older(&self.snapshot_dir, meta.index).map_err(NodeError::from_snapshot)?;
         tracing::debug!(
             index = meta.index.get(),
             bytes = data.len(),
@@ -367,15 +373,20 @@ mod tests {
     fn a_read_is_answered_before_the_commits_queued_behind_it() {
         let dir = tempfile::tempdir().unwrap();
         let (feedback, _feedback_rx) = crossbeam_channel::unbounded();
-        let stage = register_stage(dir.path(), u64::MAX, Arc::new(Shared::default()), feedback);
+        let shared = Arc::new(Shared::default());
+        let stage = register_stage(dir.path(), u64::MAX, shared.clone(), feedback);
         let (to_apply, inbox) = crossbeam_channel::unbounded();
-        let (answer, answers) = crossbeam_channel::unbounded();
-        to_apply.send(set(1, "1")).unwrap();
-        let read = |index: u64| PendingRead {
-            index: LogIndex(index),
-            query: Bytes::new(),
-            target: Target::Receipt(answer.clone()),
+        let mut answers = Vec::new();
+        let mut read = |index: u64| {
+            let (answer, completer) = crate::node::receipt::receipt(&shared);
+            answers.push(answer);
+            PendingRead {
+                index: LogIndex(index),
+                query: Bytes::new(),
+                target: Target::Receipt(completer),
+            }
         };
+        to_apply.send(set(1, "1")).unwrap();
         to_apply.send(ApplyMsg::Reads(vec![read(1)])).unwrap();
         to_apply.send(set(2, "2")).unwrap();
         // A read whose index comes in the middle of a later batch sees exactly that index.
@@ -393,9 +404,10 @@ mod tests {
             .unwrap();
         drop(to_apply);
         stage.run(inbox);
-        let first = answers.recv().unwrap().unwrap();
+        let mut answers = answers.into_iter();
+        let first = answers.next().unwrap().wait().unwrap();
         assert_eq!((first.index, &first.result[..]), (LogIndex(1), &b"1"[..]));
-        let second = answers.recv().unwrap().unwrap();
+        let second = answers.next().unwrap().wait().unwrap();
         assert_eq!((second.index, &second.result[..]), (LogIndex(3), &b"3"[..]));
     }
 

@@ -29,7 +29,6 @@
 //! non-leader get `NotLeader` with the leader's client address.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -41,14 +40,18 @@ use crate::batch::{Batch, ENTRY_BYTES_MAX};
 use crate::net::{
     ClientReply, ClientRequest, ConnId, InlineTurn, NetEvent, NetHandle, NetSink, NoNet, Transport,
 };
+use crate::node::events::{Leadership, Role as NodeRole, Watch};
 use crate::node::peers::PeerBook;
 use crate::node::pipeline::{
     error_reply, ApplyMsg, BatchOutcome, BatchWaiter, Feedback, PendingRead, Shared, StorageMsg,
     Target, ToStorage,
 };
+use crate::node::receipt::Completer;
 use crate::node::spin::Spin;
 use crate::node::stats::{InboxProbes, Observed};
-use crate::node::{Applied, AppliedBatch, NodeCounters, NodeError, NodeStatus, PeerProgress};
+use crate::node::{
+    Applied, AppliedBatch, NodeCounters, NodeError, NodeStatus, PeerProgress, Refusal,
+};
 use crate::raft::{
     MembershipChange, MessageBody, ProgressState, ProposeError, Raft, ReadId, Ready, Role, WriteId,
 };
@@ -81,22 +84,36 @@ pub(crate) const APPLY_DEFER_ENTRIES_MAX: u64 = 16_384;
 /// commits instead of at every tick.
 pub(crate) const APPLY_DEFER_FOR: Duration = Duration::from_millis(10);
 
+/// How a linearizable read is confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadConfirm {
+    /// As the node's `ReadMode` says (the client protocol's reads).
+    AsConfigured,
+    /// By a heartbeat round to a quorum, whatever the `ReadMode`.
+    Round,
+    /// By the leader's lease (a round when the lease is not valid); refused unless the node
+    /// runs with `ReadMode::Lease`.
+    Lease,
+}
+
 /// A request from the embedding API ([`super::Node`]).
 pub(crate) enum Request {
     /// Propose a command.
-    Propose(Bytes, Sender<Result<Applied, NodeError>>),
+    Propose(Bytes, Completer<Applied>),
     /// Propose several commands at consecutive indexes.
-    ProposeBatch(Vec<Bytes>, Sender<Result<AppliedBatch, NodeError>>),
-    /// A linearizable read.
-    Read(Bytes, Sender<Result<Applied, NodeError>>),
+    ProposeBatch(Vec<Bytes>, Completer<AppliedBatch>),
+    /// A linearizable read (its query run by apply), confirmed as `confirm` says.
+    Read(Bytes, ReadConfirm, Completer<Applied>),
+    /// A linearizable read index, confirmed by a heartbeat round, answered once applied here.
+    ReadIndex(Completer<LogIndex>),
     /// A read of this node's applied state, at once.
-    ReadLocal(Bytes, Sender<Result<Applied, NodeError>>),
+    ReadLocal(Bytes, Completer<Applied>),
     /// The node's status.
-    Status(Sender<NodeStatus>),
+    Status(Completer<NodeStatus>),
     /// Hand leadership over.
-    Transfer(NodeId, Sender<Result<(), NodeError>>),
+    Transfer(NodeId, Completer<()>),
     /// Change the membership.
-    Membership(MembershipChange, Sender<Result<Applied, NodeError>>),
+    Membership(MembershipChange, Completer<Applied>),
     /// Stop the node.
     Stop,
 }
@@ -124,6 +141,8 @@ pub(crate) struct ConsensusStage {
     next_read: u64,
     leader: Option<NodeId>,
     role: Role,
+    /// Role, term and leader as published to subscribers.
+    leadership: Arc<Watch>,
     replies: Vec<(ConnId, ClientReply)>,
     local_reads: Vec<PendingRead>,
     /// Leader changes, error replies, queue probes and rates, for the status.
@@ -182,6 +201,7 @@ impl ConsensusStage {
         shared: Arc<Shared>,
         peers: PeerBook,
         transport: Option<Arc<Transport>>,
+        leadership: Arc<Watch>,
         spin: Spin,
     ) -> ConsensusStage {
         let start = raft.status();
@@ -201,6 +221,7 @@ impl ConsensusStage {
             next_read: 1,
             leader: None,
             role: Role::Follower,
+            leadership,
             replies: Vec::new(),
             local_reads: Vec::new(),
             observed,
@@ -403,15 +424,16 @@ impl ConsensusStage {
             && room(&self.to_apply) >= INLINE_APPLY_ROOM
     }
 
-    fn leader_addr(&self) -> Option<SocketAddr> {
-        self.leader
-            .and_then(|leader| self.peers.client_addr(leader))
+    fn not_leader(&self, leader: Option<NodeId>) -> NodeError {
+        NodeError::NotLeader {
+            leader: leader.map(|id| self.peers.hint(id)),
+        }
     }
 
     fn refusal(&self, error: ProposeError) -> NodeError {
         match error {
-            ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
-            other => NodeError::Refused(other.to_string()),
+            ProposeError::NotLeader { leader } => self.not_leader(leader),
+            other => NodeError::Refused(Refusal::Consensus(other)),
         }
     }
 
@@ -420,8 +442,7 @@ impl ConsensusStage {
             Ok(index) => self.pending.push_back((index, target)),
             Err(error) => {
                 let error = self.refusal(error);
-                let addr = self.leader_addr();
-                target.fail(error, addr, &mut self.replies);
+                target.fail(error, &mut self.replies);
             }
         }
     }
@@ -430,25 +451,20 @@ impl ConsensusStage {
     /// (leadership, size) are made before the first is proposed.
     fn propose_batch(&mut self, commands: &[Bytes], waiter: BatchWaiter) {
         let refusal = if commands.is_empty() {
-            Some(NodeError::Refused(
-                "a batch proposal needs at least one command".to_string(),
-            ))
+            Some(NodeError::Refused(Refusal::EmptyBatch))
         } else {
             commands
                 .iter()
                 .position(|command| command.len() > ENTRY_BYTES_MAX)
                 .map(|at| {
-                    NodeError::Refused(format!(
-                        "command {at} of the batch: {}",
-                        ProposeError::EntryTooLarge {
-                            bytes: commands[at].len()
-                        }
-                    ))
+                    NodeError::Refused(Refusal::BatchCommandTooLarge {
+                        at,
+                        bytes: commands[at].len(),
+                    })
                 })
         };
         if let Some(error) = refusal {
-            let addr = self.leader_addr();
-            waiter.fail(error, addr, &mut self.replies);
+            waiter.fail(error, &mut self.replies);
             return;
         }
         let mut targets = BatchOutcome::targets(waiter, commands.len());
@@ -466,52 +482,65 @@ impl ConsensusStage {
                 Err(error) => {
                     assert_eq!(at, 0, "batch command {at} refused after the first: {error}");
                     let error = self.refusal(error);
-                    let addr = self.leader_addr();
-                    target.fail(error, addr, &mut self.replies);
+                    target.fail(error, &mut self.replies);
                     return;
                 }
             }
         }
     }
 
-    fn read(&mut self, query: Bytes, target: Target) {
+    fn read(&mut self, query: Bytes, confirm: ReadConfirm, target: Target) {
         let id = self.next_read;
-        match self.raft.read_index(ReadId(id)) {
+        let started = match confirm {
+            ReadConfirm::AsConfigured => self.raft.read_index(ReadId(id)),
+            ReadConfirm::Round => self.raft.read_index_by_round(ReadId(id)),
+            ReadConfirm::Lease if !self.raft.lease_reads() => {
+                target.fail(
+                    NodeError::Refused(Refusal::LeaseReadsOff),
+                    &mut self.replies,
+                );
+                return;
+            }
+            ReadConfirm::Lease => self.raft.read_index(ReadId(id)),
+        };
+        match started {
             Ok(()) => {
                 self.next_read += 1;
                 self.reads.insert(id, (query, target));
             }
             Err(error) => {
                 let error = self.refusal(error);
-                let addr = self.leader_addr();
-                target.fail(error, addr, &mut self.replies);
+                target.fail(error, &mut self.replies);
             }
         }
     }
 
     fn on_request(&mut self, request: Request) -> Flow {
         match request {
-            Request::Propose(command, sender) => self.propose(&command, Target::Receipt(sender)),
-            Request::ProposeBatch(commands, sender) => {
-                self.propose_batch(&commands, BatchWaiter::Receipt(sender))
+            Request::Propose(command, done) => self.propose(&command, Target::Receipt(done)),
+            Request::ProposeBatch(commands, done) => {
+                self.propose_batch(&commands, BatchWaiter::Receipt(done))
             }
-            Request::Read(query, sender) => self.read(query, Target::Receipt(sender)),
-            Request::ReadLocal(query, sender) => self.local_reads.push(PendingRead {
+            Request::Read(query, confirm, done) => self.read(query, confirm, Target::Receipt(done)),
+            Request::ReadIndex(done) => {
+                self.read(Bytes::new(), ReadConfirm::Round, Target::Index(done))
+            }
+            Request::ReadLocal(query, done) => self.local_reads.push(PendingRead {
                 index: LogIndex::ZERO,
                 query,
-                target: Target::Receipt(sender),
+                target: Target::Receipt(done),
             }),
-            Request::Status(sender) => drop(sender.send(self.status())),
-            Request::Transfer(to, sender) => {
+            Request::Status(done) => done.complete(Ok(self.status())),
+            Request::Transfer(to, done) => {
                 let outcome = self
                     .raft
                     .transfer_leadership(to)
                     .map_err(|error| self.refusal(error));
-                drop(sender.send(outcome));
+                done.complete(outcome);
             }
-            Request::Membership(change, sender) => match self.raft.propose_membership(change) {
-                Ok(index) => self.pending.push_back((index, Target::Receipt(sender))),
-                Err(error) => drop(sender.send(Err(self.refusal(error)))),
+            Request::Membership(change, done) => match self.raft.propose_membership(change) {
+                Ok(index) => self.pending.push_back((index, Target::Receipt(done))),
+                Err(error) => done.complete(Err(self.refusal(error))),
             },
             Request::Stop => return Flow::Stop,
         }
@@ -547,7 +576,11 @@ impl ConsensusStage {
                 req,
                 query,
                 linearizable: true,
-            } => self.read(query, Target::Client { conn, req }),
+            } => self.read(
+                query,
+                ReadConfirm::AsConfigured,
+                Target::Client { conn, req },
+            ),
             ClientRequest::Read {
                 req,
                 query,
@@ -567,7 +600,7 @@ impl ConsensusStage {
                     Ok(()) => ClientReply::Ok { req },
                     Err(error) => {
                         let error = self.refusal(error);
-                        error_reply(req, &error, self.leader_addr())
+                        error_reply(req, &error)
                     }
                 };
                 self.replies.push((conn, reply));
@@ -579,7 +612,7 @@ impl ConsensusStage {
                         .push_back((index, Target::Client { conn, req })),
                     Err(error) => {
                         let error = self.refusal(error);
-                        let reply = error_reply(req, &error, self.leader_addr());
+                        let reply = error_reply(req, &error);
                         self.replies.push((conn, reply));
                     }
                 }
@@ -626,6 +659,11 @@ impl ConsensusStage {
             self.observed.leader_seen(self.leader, soft.leader);
             self.leader = soft.leader;
         }
+        self.leadership.publish(Leadership {
+            role: self.role.into(),
+            term: self.raft.term(),
+            leader: self.leader,
+        });
         // Messages first: a follower's append, write, sync and ack is the longer leg of a
         // commit, so it starts before the leader's own write is handed over. Safe in any order:
         // what may leave only after a sync travels in `write.after_durable`, not here.
@@ -693,11 +731,8 @@ impl ConsensusStage {
         }
         for failed in reads_failed {
             if let Some((_, target)) = self.reads.remove(&failed.0) {
-                let error = NodeError::NotLeader {
-                    leader: self.leader,
-                };
-                let addr = self.leader_addr();
-                target.fail(error, addr, &mut self.replies);
+                let error = self.not_leader(self.leader);
+                target.fail(error, &mut self.replies);
             }
         }
         Flow::Continue
@@ -705,13 +740,12 @@ impl ConsensusStage {
 
     /// Leadership is gone: what was proposed here and is not committed may or may not commit.
     fn fail_uncommitted(&mut self, commit: LogIndex) {
-        let addr = self.leader_addr();
         while let Some((index, target)) = self.pending.pop_back() {
             assert!(
                 index > commit,
                 "entry {index} is committed (commit {commit}) but was never handed to apply"
             );
-            target.fail(NodeError::OutcomeUnknown, addr, &mut self.replies);
+            target.fail(NodeError::OutcomeUnknown, &mut self.replies);
         }
     }
 
@@ -720,14 +754,13 @@ impl ConsensusStage {
     /// at their index is theirs cannot be told from the snapshot, so their outcome is unknown.
     /// (A deposed leader that is behind can step down and install a snapshot in one turn.)
     fn fail_covered_by_snapshot(&mut self, index: LogIndex) {
-        let addr = self.leader_addr();
         while self
             .pending
             .front()
             .is_some_and(|(pending, _)| *pending <= index)
         {
             let (_, target) = self.pending.pop_front().expect("front");
-            target.fail(NodeError::OutcomeUnknown, addr, &mut self.replies);
+            target.fail(NodeError::OutcomeUnknown, &mut self.replies);
         }
     }
 
@@ -793,7 +826,7 @@ impl ConsensusStage {
         );
         NodeStatus {
             id: status.id.get(),
-            role: role_name(status.role).to_string(),
+            role: status.role.into(),
             term: status.term.get(),
             leader: status.leader.map(NodeId::get),
             commit: status.commit.get(),
@@ -845,17 +878,24 @@ impl ConsensusStage {
         self.halted = true;
         self.inline_open.store(false, Ordering::Relaxed);
         self.transport = None;
-        self.shared.exited.store(true, Ordering::Release);
+        // SeqCst, paired with the senders' check (`Shared::drop_orphans`).
+        self.shared.exited.store(true, Ordering::SeqCst);
         // What committed is applied before the node stops.
         self.apply_deferred();
         // Requests still queued are dropped: their waiters see the node gone.
         while requests.try_recv().is_ok() {}
         let error = self.shared.gone();
+        let term = self.raft.term();
+        self.leadership.publish(Leadership {
+            role: NodeRole::Stopped,
+            term,
+            leader: None,
+        });
         for (_, target) in std::mem::take(&mut self.pending) {
-            target.fail(error.clone(), None, &mut self.replies);
+            target.fail(error.clone(), &mut self.replies);
         }
         for (_, (_, target)) in std::mem::take(&mut self.reads) {
-            target.fail(error.clone(), None, &mut self.replies);
+            target.fail(error.clone(), &mut self.replies);
         }
         self.flush(net);
     }
@@ -932,14 +972,4 @@ fn is_light(event: &NetEvent) -> bool {
         NetEvent::ClientGone(_) => 0,
     };
     weight <= INLINE_EVENT_ENTRIES_MAX
-}
-
-/// The status name of a role.
-pub(crate) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Follower => "follower",
-        Role::Candidate => "candidate",
-        Role::PreCandidate => "pre-candidate",
-    }
 }

@@ -3,8 +3,11 @@
 //! [`Node`].
 
 mod consensus;
+mod error;
+mod events;
 mod peers;
 pub(crate) mod pipeline;
+pub(crate) mod receipt;
 mod spin;
 pub mod start;
 mod stats;
@@ -15,10 +18,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::apply::stage::{ApplyStage, SnapshotEvery};
 use crate::apply::StateMachine;
@@ -29,9 +32,14 @@ use crate::resp::Frontend;
 use crate::stage::run_stage;
 use crate::types::{LogIndex, NodeId};
 
-use self::consensus::{ConsensusStage, Request};
+use self::consensus::{ConsensusStage, ReadConfirm, Request};
+pub use self::error::{ConfigError, LeaderHint, NodeError, Refusal};
+use self::events::Watch;
+pub use self::events::{Changed, Leadership, Role, Subscription};
 use self::peers::PeerBook;
 use self::pipeline::{Shared, ToStorage};
+use self::receipt::Completer;
+pub use self::receipt::Receipt;
 pub use self::spin::{Spin, SPIN_MAX};
 pub use self::stats::{LatencySnapshot, QueueDepths, Rates, RuntimeStatus, SYNC_LATENCY_BOUNDS_US};
 use self::storage::StorageStage;
@@ -172,77 +180,12 @@ pub struct AppliedBatch {
     pub results: Vec<Bytes>,
 }
 
-/// Why a request did not complete.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeError {
-    /// This node is not the leader; `leader` is the one it knows of.
-    NotLeader {
-        /// The known leader.
-        leader: Option<NodeId>,
-    },
-    /// Leadership was lost after the proposal was accepted: it may or may not commit.
-    OutcomeUnknown,
-    /// The node is shutting down or stopped.
-    Stopped,
-    /// Waiting timed out (the request may still complete).
-    Timeout,
-    /// Refused (bad argument, membership change in progress, ...): the message says why.
-    Refused(String),
-    /// The node failed (a storage error is fatal); the message says why.
-    Failed(String),
-}
-
-impl std::fmt::Display for NodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeError::NotLeader { leader: Some(id) } => write!(f, "not the leader ({id} is)"),
-            NodeError::NotLeader { leader: None } => write!(f, "not the leader (none known)"),
-            NodeError::OutcomeUnknown => {
-                write!(f, "leadership was lost: the outcome is unknown")
-            }
-            NodeError::Stopped => write!(f, "the node is stopped"),
-            NodeError::Timeout => write!(f, "timed out (the request may still complete)"),
-            NodeError::Refused(why) => write!(f, "refused: {why}"),
-            NodeError::Failed(why) => write!(f, "the node failed: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for NodeError {}
-
-/// Completes once a proposal (or read) has an outcome: an [`Applied`], or an [`AppliedBatch`]
-/// for [`Node::propose_batch`].
-pub struct Receipt<T = Applied> {
-    outcome: Receiver<Result<T, NodeError>>,
-    shared: Arc<Shared>,
-}
-
-impl<T> Receipt<T> {
-    /// Blocks until the outcome is known.
-    pub fn wait(self) -> Result<T, NodeError> {
-        match self.shared.wait(&self.outcome, None)? {
-            Some(outcome) => outcome,
-            None => unreachable!("a wait without deadline never times out"),
-        }
-    }
-
-    /// Blocks at most `timeout`.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<T, NodeError> {
-        match self
-            .shared
-            .wait(&self.outcome, Some(Instant::now() + timeout))?
-        {
-            Some(outcome) => outcome,
-            None => Err(NodeError::Timeout),
-        }
-    }
-}
-
 /// A running replica. Dropping it shuts it down.
 pub struct Node {
     id: NodeId,
     requests: Sender<Request>,
     shared: Arc<Shared>,
+    leadership: Arc<Watch>,
     threads: Vec<JoinHandle<()>>,
     transport: Option<Arc<Transport>>,
     peer_addr: SocketAddr,
@@ -257,21 +200,26 @@ impl Node {
     pub fn start<S: StateMachine>(config: NodeConfig, state_machine: S) -> Result<Node, NodeError> {
         let mut state_machine = state_machine;
         let Some(me) = config.members.get(&config.id).cloned() else {
-            return Err(NodeError::Refused(format!(
-                "node {} is not one of the members {:?}",
-                config.id,
-                config.members.keys().collect::<Vec<_>>()
-            )));
+            return Err(NodeError::Config(ConfigError::NotAMember {
+                id: config.id,
+                members: config.members.keys().copied().collect(),
+            }));
         };
-        if config.channel_capacity == 0 || config.tick.is_zero() {
-            return Err(NodeError::Refused(
-                "channel_capacity and tick must be above zero".to_string(),
-            ));
+        for (field, zero) in [
+            ("channel_capacity", config.channel_capacity == 0),
+            ("tick", config.tick.is_zero()),
+        ] {
+            if zero {
+                return Err(NodeError::Config(ConfigError::OutOfRange {
+                    field,
+                    why: "must be above zero".to_string(),
+                }));
+            }
         }
         let (log, restored) = start::recover(&config)?;
         if let Some((meta, data)) = &restored.snapshot {
             state_machine.restore(data).map_err(|why| {
-                NodeError::Failed(format!(
+                NodeError::StateMachine(format!(
                     "refusing to start: the state machine rejected the snapshot at {}: {why}",
                     meta.index
                 ))
@@ -285,16 +233,23 @@ impl Node {
         #[cfg(feature = "inject-bugs")]
         if let Ok(name) = std::env::var("LOCKSTEP_INJECT_BUG") {
             let bug = crate::raft::InjectedBug::from_name(&name).ok_or_else(|| {
-                NodeError::Refused(format!(
-                    "LOCKSTEP_INJECT_BUG={name}: no such bug (known: {})",
-                    crate::raft::InjectedBug::names()
-                ))
+                NodeError::Config(ConfigError::OutOfRange {
+                    field: "LOCKSTEP_INJECT_BUG",
+                    why: format!(
+                        "{name}: no such bug (known: {})",
+                        crate::raft::InjectedBug::names()
+                    ),
+                })
             })?;
             tracing::warn!(bug = %name, "TEST BUILD: a known bug is re-inserted into consensus");
             raft_config.inject_bug = Some(bug);
         }
-        let raft = Raft::new(raft_config, restored)
-            .map_err(|error| NodeError::Failed(format!("refusing to start: {error}")))?;
+        let raft = Raft::new(raft_config, restored).map_err(|error| {
+            NodeError::Config(ConfigError::OutOfRange {
+                field: "raft",
+                why: error.to_string(),
+            })
+        })?;
 
         // Core slots: network, consensus, storage, apply (a shorter list wraps around).
         let core_for = |slot: usize| {
@@ -330,8 +285,11 @@ impl Node {
             net_config.tls = config.tls.clone();
             net_config.spin = config.spin.budget();
             net_config.core = core_for(0);
-            let transport = Transport::start(net_config, net_sender)
-                .map_err(|error| NodeError::Failed(format!("cannot start the network: {error}")))?;
+            let transport =
+                Transport::start(net_config, net_sender).map_err(|error| NodeError::Network {
+                    kind: error.kind(),
+                    detail: format!("cannot start the network: {error}"),
+                })?;
             Some(Arc::new(transport))
         } else {
             drop(net_sender);
@@ -351,6 +309,11 @@ impl Node {
             .and_then(|transport| transport.client_addr());
 
         let shared = Arc::new(Shared::default());
+        let leadership = Watch::new(Leadership {
+            role: Role::Follower,
+            term: raft.term(),
+            leader: None,
+        });
         let (requests, request_inbox) = bounded(capacity);
         *shared.orphans.lock().expect("orphans lock") = Some(request_inbox.clone());
         let (to_storage, storage_inbox) = bounded(capacity);
@@ -387,6 +350,7 @@ impl Node {
             shared.clone(),
             peers,
             transport.clone(),
+            leadership.clone(),
             config.spin,
         )));
         if let Some(transport) = transport.as_ref().filter(|_| config.inline_turns) {
@@ -407,6 +371,7 @@ impl Node {
             id,
             requests,
             shared,
+            leadership,
             threads,
             transport,
             peer_addr,
@@ -414,51 +379,77 @@ impl Node {
         })
     }
 
-    fn request<T>(&self, make: impl FnOnce(Sender<Result<T, NodeError>>) -> Request) -> Receipt<T> {
-        let (sender, outcome) = bounded(1);
-        // If consensus is gone the sender is dropped with the request: `wait` reports why.
-        drop(self.requests.send(make(sender)));
-        Receipt {
-            outcome,
-            shared: self.shared.clone(),
-        }
+    fn request<T>(&self, make: impl FnOnce(Completer<T>) -> Request) -> Receipt<T> {
+        let (receipt, completer) = receipt::receipt(&self.shared);
+        // If consensus is gone the completer is dropped with the request: the receipt then
+        // reports why.
+        drop(self.requests.send(make(completer)));
+        self.shared.drop_orphans();
+        receipt
     }
 
-    /// Proposes a command (only the leader accepts).
-    pub fn propose(&self, command: Bytes) -> Receipt {
-        self.request(|sender| Request::Propose(command, sender))
+    /// Proposes a command (only the leader accepts). The receipt completes once the command
+    /// is committed and applied here, with the state machine's reply.
+    pub fn propose(&self, command: Bytes) -> Receipt<Applied> {
+        self.request(|done| Request::Propose(command, done))
     }
 
     /// Proposes several commands as consecutive log entries (only the leader accepts): one
     /// request and one outcome for all of them, and one batch in the leader's log (two when
     /// the batch limits split it). All are accepted or none; an empty batch is refused.
     pub fn propose_batch(&self, commands: Vec<Bytes>) -> Receipt<AppliedBatch> {
-        self.request(|sender| Request::ProposeBatch(commands, sender))
+        self.request(|done| Request::ProposeBatch(commands, done))
     }
 
-    /// Runs `query` once every write committed before this call is applied (read-index).
-    pub fn read_linearizable(&self, query: Bytes) -> Receipt {
-        self.request(|sender| Request::Read(query, sender))
+    /// Linearizable read: runs `query` on the apply thread once every write committed before
+    /// this call is applied here. Leadership is confirmed by a heartbeat round to a quorum
+    /// (read index), so it holds whatever the clocks do. Leader only.
+    pub fn read_linearizable(&self, query: Bytes) -> Receipt<Applied> {
+        self.request(|done| Request::Read(query, ReadConfirm::Round, done))
     }
 
-    /// Runs `query` against this node's applied state at once (any role; possibly stale). The
-    /// answer's index is the applied index it reflects.
-    pub fn read_local(&self, query: Bytes) -> Receipt {
-        self.request(|sender| Request::ReadLocal(query, sender))
+    /// Linearizable read index, for a state the caller reads itself: completes with an index
+    /// once it is applied here, such that every write committed before this call is at or
+    /// below it. Read your state (e.g. your own database handle) after it completes, on your
+    /// own thread. Confirmed by a heartbeat round, as [`Node::read_linearizable`]. Leader only.
+    pub fn read_index(&self) -> Receipt<LogIndex> {
+        self.request(Request::ReadIndex)
+    }
+
+    /// Lease read: as [`Node::read_linearizable`], but served without a round trip while the
+    /// leader's lease holds. Linearizable only if no member's clock runs faster than the
+    /// configured drift bound allows; refused ([`Refusal::LeaseReadsOff`]) unless the node runs
+    /// with [`crate::raft::ReadMode::Lease`] (every member must). Leader only.
+    pub fn read_lease(&self, query: Bytes) -> Receipt<Applied> {
+        self.request(|done| Request::Read(query, ReadConfirm::Lease, done))
+    }
+
+    /// Local (possibly stale) read: runs `query` against this node's applied state at once,
+    /// on any role. The answer's index is the applied index it reflects; it may miss writes
+    /// committed elsewhere (sequential per node, not linearizable).
+    pub fn read_local(&self, query: Bytes) -> Receipt<Applied> {
+        self.request(|done| Request::ReadLocal(query, done))
+    }
+
+    /// Watches this node's role, term and leader: see [`Subscription`].
+    pub fn subscribe(&self) -> Subscription {
+        Subscription::new(self.leadership.clone())
+    }
+
+    /// This node's role, term and known leader now.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.current()
     }
 
     /// Role, term, leader, commit, applied, per-peer progress, stage counters. A stopped node
-    /// reports the role "stopped".
-    pub fn status(&self) -> crate::node::NodeStatus {
-        let (sender, answer) = bounded(1);
-        if self.requests.send(Request::Status(sender)).is_ok() {
-            if let Ok(Some(status)) = self.shared.wait(&answer, None) {
-                return status;
-            }
+    /// reports the role [`Role::Stopped`].
+    pub fn status(&self) -> NodeStatus {
+        if let Ok(status) = self.request(Request::Status).wait() {
+            return status;
         }
         NodeStatus {
             id: self.id.get(),
-            role: "stopped".to_string(),
+            role: Role::Stopped,
             term: 0,
             leader: None,
             commit: 0,
@@ -479,16 +470,10 @@ impl Node {
         }
     }
 
-    /// Asks the leader to hand leadership to `to`.
-    pub fn transfer_leadership(&self, to: NodeId) -> Result<(), NodeError> {
-        let (sender, answer) = bounded(1);
-        self.requests
-            .send(Request::Transfer(to, sender))
-            .map_err(|_| self.shared.gone())?;
-        match self.shared.wait(&answer, None)? {
-            Some(outcome) => outcome,
-            None => unreachable!("a wait without deadline never times out"),
-        }
+    /// Asks the leader to hand leadership to `to`; completes once the transfer has started
+    /// (watch [`Node::subscribe`] for the new leader).
+    pub fn transfer_leadership(&self, to: NodeId) -> Receipt<()> {
+        self.request(|done| Request::Transfer(to, done))
     }
 
     /// Adds, promotes or removes a member (one at a time, on the leader); completes when the
@@ -500,8 +485,8 @@ impl Node {
     /// ([`Node::status`]: its `match` near the leader's last index), then
     /// [`MembershipChange::Promote`]; a promotion of a learner that is far behind is refused.
     /// A node without a network (one member and no client port) cannot add members.
-    pub fn change_membership(&self, change: MembershipChange) -> Receipt {
-        self.request(|sender| Request::Membership(change, sender))
+    pub fn change_membership(&self, change: MembershipChange) -> Receipt<Applied> {
+        self.request(|done| Request::Membership(change, done))
     }
 
     /// The bound peer address (the configured one when the node runs without a network).
@@ -515,9 +500,9 @@ impl Node {
     }
 
     /// The fatal error that stopped this node on its own (a failed sync, a storage error, a
-    /// snapshot that could not be written), if one did. A failed node answers every request with
-    /// [`NodeError::Failed`]; its owner should shut it down and report the error.
-    pub fn failure(&self) -> Option<String> {
+    /// snapshot that could not be written or restored), if one did. A failed node answers
+    /// every request with it; its owner should shut it down and report the error.
+    pub fn failure(&self) -> Option<NodeError> {
         self.shared.failure.lock().expect("failure lock").clone()
     }
 
@@ -547,7 +532,7 @@ impl Node {
             }
         }
         match self.shared.gone() {
-            NodeError::Stopped => Ok(()),
+            NodeError::ShuttingDown => Ok(()),
             error => Err(error),
         }
     }
@@ -582,7 +567,10 @@ fn spawn(
                 body()
             })
         })
-        .map_err(|error| NodeError::Failed(format!("cannot spawn a thread: {error}")))
+        .map_err(|error| NodeError::Spawn {
+            kind: error.kind(),
+            detail: format!("{stage} stage of {id}: {error}"),
+        })
 }
 
 /// A node's view of itself and its peers (serializable to JSON for tools).
@@ -590,8 +578,8 @@ fn spawn(
 pub struct NodeStatus {
     /// This node.
     pub id: u64,
-    /// "leader", "follower", "candidate", "pre-candidate".
-    pub role: String,
+    /// Its role ("leader", "follower", "candidate", "pre-candidate" or "stopped" in JSON).
+    pub role: Role,
     /// Current term.
     pub term: u64,
     /// Known leader.

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::net::NetSink;
+use crate::node::LeaderHint;
 use crate::raft::{Membership, Raft};
 use crate::types::NodeId;
 
@@ -117,9 +118,14 @@ impl PeerBook {
             .collect()
     }
 
-    /// The client address of `id`, if known.
-    pub(crate) fn client_addr(&self, id: NodeId) -> Option<SocketAddr> {
-        self.known.get(&id).and_then(|addr| addr.client_addr)
+    /// `id` as a leader hint, with the addresses known for it.
+    pub(crate) fn hint(&self, id: NodeId) -> LeaderHint {
+        let addr = self.known.get(&id);
+        LeaderHint {
+            id,
+            peer_addr: addr.map(|addr| addr.peer_addr),
+            client_addr: addr.and_then(|addr| addr.client_addr),
+        }
     }
 
     /// Brings the transport's peers up to date with the core's membership (see the module
@@ -192,8 +198,8 @@ mod tests {
             .map(|(id, at)| (id.get(), at.port()))
             .collect();
         assert_eq!(peers, vec![(2, 2), (4, 4)]);
-        assert_eq!(book.client_addr(NodeId(4)), addr(4).client_addr);
-        assert_eq!(book.client_addr(NodeId(3)), None);
+        assert_eq!(book.hint(NodeId(4)).client_addr, addr(4).client_addr);
+        assert_eq!(book.hint(NodeId(3)).client_addr, None);
         // A joining node (empty membership) keeps every configured member.
         let joining = PeerBook::new(NodeId(4), &configured, &Membership::default(), 0);
         assert_eq!(joining.peers().len(), 3);

@@ -7,13 +7,11 @@
 //! itself be blocked sending to them), and they send at most one feedback item per loop turn.
 //! Every item carries a batch (a `Vec`), never one entry.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::batch::Batch;
 use crate::log::Doorbell;
@@ -22,15 +20,15 @@ use crate::raft::{SnapshotMeta, StorageWrite, WriteId};
 use crate::types::LogIndex;
 
 use super::consensus::Request;
+use super::receipt::Completer;
 use super::{Applied, AppliedBatch, LogCounters, NodeError};
-
-/// How often a waiter checks for requests orphaned by a stopped consensus stage.
-pub(crate) const ORPHAN_CHECK: Duration = Duration::from_millis(20);
 
 /// Who is waiting for the outcome of one proposal or read.
 pub(crate) enum Target {
     /// A caller of the embedding API, holding a [`super::Receipt`].
-    Receipt(Sender<Result<Applied, NodeError>>),
+    Receipt(Completer<Applied>),
+    /// A caller of [`super::Node::read_index`]: answered with the applied index, no query.
+    Index(Completer<LogIndex>),
     /// A client connection and the request id it chose.
     Client {
         /// The connection.
@@ -46,7 +44,7 @@ pub(crate) enum Target {
 /// Who waits for a whole batch proposal.
 pub(crate) enum BatchWaiter {
     /// A caller of [`super::Node::propose_batch`].
-    Receipt(Sender<Result<AppliedBatch, NodeError>>),
+    Receipt(Completer<AppliedBatch>),
     /// A client's `ProposeBatch` request.
     Client {
         /// The connection.
@@ -54,6 +52,8 @@ pub(crate) enum BatchWaiter {
         /// The request id to echo.
         req: u64,
     },
+    /// Answered already (later outcomes are dropped).
+    Answered,
 }
 
 /// The results of a batch proposal gathered so far (shared by the [`Target::BatchPart`]s of
@@ -66,8 +66,6 @@ pub(crate) struct BatchOutcome {
     first: LogIndex,
     /// Results of the first `results.len()` commands.
     results: Vec<Bytes>,
-    /// The waiter has its answer; later outcomes are dropped.
-    answered: bool,
 }
 
 impl BatchOutcome {
@@ -79,13 +77,12 @@ impl BatchOutcome {
             count,
             first: LogIndex::ZERO,
             results: Vec::with_capacity(count),
-            answered: false,
         }));
         (0..count).map(move |_| Target::BatchPart(outcome.clone()))
     }
 
     fn succeed(&mut self, applied: Applied, replies: &mut Vec<(ConnId, ClientReply)>) {
-        if self.answered {
+        if matches!(self.waiter, BatchWaiter::Answered) {
             return;
         }
         if self.results.is_empty() {
@@ -105,56 +102,47 @@ impl BatchOutcome {
         if self.results.len() < self.count {
             return;
         }
-        self.answered = true;
         let results = std::mem::take(&mut self.results);
-        match &self.waiter {
-            BatchWaiter::Receipt(sender) => drop(sender.send(Ok(AppliedBatch {
+        match std::mem::replace(&mut self.waiter, BatchWaiter::Answered) {
+            BatchWaiter::Receipt(completer) => completer.complete(Ok(AppliedBatch {
                 first: self.first,
                 results,
-            }))),
+            })),
             BatchWaiter::Client { conn, req } => replies.push((
-                *conn,
+                conn,
                 ClientReply::AppliedBatch {
-                    req: *req,
+                    req,
                     first: self.first,
                     results,
                 },
             )),
+            BatchWaiter::Answered => unreachable!("a batch is answered once"),
         }
     }
 
-    fn fail(
-        &mut self,
-        error: NodeError,
-        leader_addr: Option<SocketAddr>,
-        replies: &mut Vec<(ConnId, ClientReply)>,
-    ) {
-        if self.answered {
-            return;
-        }
-        self.answered = true;
-        self.waiter.fail(error, leader_addr, replies);
+    fn fail(&mut self, error: NodeError, replies: &mut Vec<(ConnId, ClientReply)>) {
+        std::mem::replace(&mut self.waiter, BatchWaiter::Answered).fail(error, replies);
     }
 }
 
 impl BatchWaiter {
     /// Answers the whole batch with a failure (see [`Target::fail`]).
-    pub(crate) fn fail(
-        &self,
-        error: NodeError,
-        leader_addr: Option<SocketAddr>,
-        replies: &mut Vec<(ConnId, ClientReply)>,
-    ) {
+    pub(crate) fn fail(self, error: NodeError, replies: &mut Vec<(ConnId, ClientReply)>) {
         match self {
-            BatchWaiter::Receipt(sender) => drop(sender.send(Err(error))),
-            BatchWaiter::Client { conn, req } => {
-                replies.push((*conn, error_reply(*req, &error, leader_addr)))
-            }
+            BatchWaiter::Receipt(completer) => completer.complete(Err(error)),
+            BatchWaiter::Client { conn, req } => replies.push((conn, error_reply(req, &error))),
+            BatchWaiter::Answered => {}
         }
     }
 }
 
 impl Target {
+    /// Whether a read for this target runs the state machine's query (a read-index caller
+    /// only wants the index).
+    pub(crate) fn wants_query(&self) -> bool {
+        !matches!(self, Target::Index(_))
+    }
+
     /// Answers with a success: for a client, `Applied` for a proposal or `ReadOk` for a read.
     pub(crate) fn succeed(
         self,
@@ -163,8 +151,9 @@ impl Target {
         replies: &mut Vec<(ConnId, ClientReply)>,
     ) {
         match self {
-            // The receiver may have given up (timeout, dropped receipt): nothing to do then.
-            Target::Receipt(sender) => drop(sender.send(Ok(applied))),
+            // The caller may have given up (timeout, dropped receipt): nothing to do then.
+            Target::Receipt(completer) => completer.complete(Ok(applied)),
+            Target::Index(completer) => completer.complete(Ok(applied.index)),
             Target::Client { conn, req } => {
                 let reply = if read {
                     ClientReply::ReadOk {
@@ -188,63 +177,41 @@ impl Target {
         }
     }
 
-    /// Answers with a failure; `leader_addr` is the known leader's client address (for
-    /// `NotLeader` replies to clients).
-    pub(crate) fn fail(
-        self,
-        error: NodeError,
-        leader_addr: Option<SocketAddr>,
-        replies: &mut Vec<(ConnId, ClientReply)>,
-    ) {
+    /// Answers with a failure.
+    pub(crate) fn fail(self, error: NodeError, replies: &mut Vec<(ConnId, ClientReply)>) {
         match self {
-            Target::Receipt(sender) => drop(sender.send(Err(error))),
-            Target::Client { conn, req } => {
-                replies.push((conn, error_reply(req, &error, leader_addr)))
-            }
-            Target::BatchPart(outcome) => {
-                outcome
-                    .lock()
-                    .expect("batch outcome lock")
-                    .fail(error, leader_addr, replies)
-            }
+            Target::Receipt(completer) => completer.complete(Err(error)),
+            Target::Index(completer) => completer.complete(Err(error)),
+            Target::Client { conn, req } => replies.push((conn, error_reply(req, &error))),
+            Target::BatchPart(outcome) => outcome
+                .lock()
+                .expect("batch outcome lock")
+                .fail(error, replies),
         }
     }
 }
 
 /// The client protocol's form of a [`NodeError`].
-pub(crate) fn error_reply(
-    req: u64,
-    error: &NodeError,
-    leader_addr: Option<SocketAddr>,
-) -> ClientReply {
-    match error {
-        NodeError::NotLeader { leader } => ClientReply::NotLeader {
-            req,
-            leader: *leader,
-            leader_addr: leader_addr.map(|addr| addr.to_string()),
-        },
-        NodeError::OutcomeUnknown => ClientReply::Error {
-            req,
-            message: "leadership was lost: the outcome is unknown (the command may still commit)"
-                .to_string(),
-        },
-        NodeError::Stopped => ClientReply::Error {
-            req,
-            message: "the node is stopping: the outcome is unknown".to_string(),
-        },
-        NodeError::Timeout => ClientReply::Error {
-            req,
-            message: "timed out: the outcome is unknown".to_string(),
-        },
-        NodeError::Refused(why) => ClientReply::Error {
-            req,
-            message: format!("refused: {why}"),
-        },
-        NodeError::Failed(why) => ClientReply::Error {
-            req,
-            message: format!("the node failed: {why}"),
-        },
-    }
+pub(crate) fn error_reply(req: u64, error: &NodeError) -> ClientReply {
+    let message = match error {
+        NodeError::NotLeader { leader } => {
+            return ClientReply::NotLeader {
+                req,
+                leader: leader.map(|hint| hint.id),
+                leader_addr: leader
+                    .and_then(|hint| hint.client_addr)
+                    .map(|addr| addr.to_string()),
+            }
+        }
+        NodeError::OutcomeUnknown => {
+            "leadership was lost: the outcome is unknown (the command may still commit)".to_string()
+        }
+        NodeError::ShuttingDown => "the node is stopping: the outcome is unknown".to_string(),
+        NodeError::Timeout => "timed out: the outcome is unknown".to_string(),
+        NodeError::Refused(why) => format!("refused: {why}"),
+        other => format!("the node failed: {other}"),
+    };
+    ClientReply::Error { req, message }
 }
 
 /// A read waiting for the state machine to reach `index` (0 for a local read: served at once).
@@ -339,7 +306,7 @@ pub(crate) enum Feedback {
     /// The apply stage wrote a snapshot file durably.
     Snapshot(SnapshotMeta, Bytes),
     /// A stage hit a fatal error; the node stops.
-    Failed(String),
+    Failed(NodeError),
 }
 
 /// What every stage and the [`super::Node`] handle can read.
@@ -360,7 +327,7 @@ pub(crate) struct Shared {
     /// storage), so it is spared a wake-up per write.
     pub durable_feedback: AtomicBool,
     /// The first fatal error, if any.
-    pub failure: Mutex<Option<String>>,
+    pub failure: Mutex<Option<NodeError>>,
     /// The log counters, published by storage once per loop turn.
     pub log: Mutex<LogCounters>,
     /// Sync latency, observed by storage (see [`super::stats::SyncTimer`]).
@@ -374,50 +341,29 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Records the first fatal error.
-    pub(crate) fn fail(&self, message: String) {
+    pub(crate) fn fail(&self, error: NodeError) {
         let mut failure = self.failure.lock().expect("failure lock");
         if failure.is_none() {
-            tracing::error!(error = %message, "node failed");
-            *failure = Some(message);
+            tracing::error!(error = %error, "node failed");
+            *failure = Some(error);
         }
     }
 
     /// The error for a request that found the node gone.
     pub(crate) fn gone(&self) -> NodeError {
         match &*self.failure.lock().expect("failure lock") {
-            Some(message) => NodeError::Failed(message.clone()),
-            None => NodeError::Stopped,
+            Some(error) => error.clone(),
+            None => NodeError::ShuttingDown,
         }
     }
 
-    /// Waits for an answer from a stage, up to `deadline`: `Ok(None)` on timeout, `Err` when
-    /// the answer can no longer come (the node stopped or failed). Wakes every
-    /// [`ORPHAN_CHECK`] while waiting, to drop requests queued after consensus exited.
-    pub(crate) fn wait<T>(
-        &self,
-        answer: &Receiver<T>,
-        deadline: Option<Instant>,
-    ) -> Result<Option<T>, NodeError> {
-        loop {
-            let slice = match deadline {
-                Some(deadline) => deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(ORPHAN_CHECK),
-                None => ORPHAN_CHECK,
-            };
-            match answer.recv_timeout(slice) {
-                Ok(value) => return Ok(Some(value)),
-                Err(RecvTimeoutError::Disconnected) => return Err(self.gone()),
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.exited.load(Ordering::Acquire) {
-                        if let Some(orphans) = &*self.orphans.lock().expect("orphans lock") {
-                            while orphans.try_recv().is_ok() {}
-                        }
-                    }
-                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                        return Ok(None);
-                    }
-                }
+    /// Drops the requests queued after consensus exited (their receipts then report the node
+    /// gone). Called by every sender after it sends: consensus sets `exited` before its last
+    /// drain, so a request is either drained by consensus or by its sender.
+    pub(crate) fn drop_orphans(&self) {
+        if self.exited.load(Ordering::SeqCst) {
+            if let Some(orphans) = &*self.orphans.lock().expect("orphans lock") {
+                while orphans.try_recv().is_ok() {}
             }
         }
     }
@@ -472,9 +418,10 @@ mod tests {
 
     #[test]
     fn a_lost_tail_answers_the_batch_with_the_first_failure_only() {
-        let (sender, outcome) = crossbeam_channel::bounded(2);
+        let shared = Arc::new(Shared::default());
+        let (mut receipt, completer) = super::super::receipt::receipt(&shared);
         let mut replies = Vec::new();
-        let mut targets = BatchOutcome::targets(BatchWaiter::Receipt(sender), 3);
+        let mut targets = BatchOutcome::targets(BatchWaiter::Receipt(completer), 3);
         let (first, second, third) = (
             targets.next().unwrap(),
             targets.next().unwrap(),
@@ -482,12 +429,11 @@ mod tests {
         );
         // The first command committed; leadership is lost before the others (consensus fails
         // them from the back), then apply reaches the committed one.
-        third.fail(NodeError::OutcomeUnknown, None, &mut replies);
-        second.fail(NodeError::OutcomeUnknown, None, &mut replies);
+        third.fail(NodeError::OutcomeUnknown, &mut replies);
+        second.fail(NodeError::OutcomeUnknown, &mut replies);
         first.succeed(applied(5, "x"), false, &mut replies);
         assert!(replies.is_empty());
-        assert_eq!(outcome.try_recv(), Ok(Err(NodeError::OutcomeUnknown)));
-        assert!(outcome.try_recv().is_err(), "a batch is answered once");
+        assert_eq!(receipt.try_wait(), Some(Err(NodeError::OutcomeUnknown)));
     }
 
     #[test]

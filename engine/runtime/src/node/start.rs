@@ -30,6 +30,7 @@
 //! `snapshots/` (see [`crate::apply::snapshot`]) and, on a node that joined, `join`.
 
 use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::apply::snapshot;
@@ -58,14 +59,22 @@ pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
 }
 
+/// What the data directory holds cannot be started from: `what` says why and where.
 fn refuse(what: impl std::fmt::Display) -> NodeError {
-    NodeError::Failed(format!("refusing to start: {what}"))
+    NodeError::storage(io::ErrorKind::InvalidData, REFUSING, what)
 }
+
+/// The log could not be opened, read or written at start.
+fn refuse_log(error: LogError) -> NodeError {
+    NodeError::from_log(REFUSING, &error)
+}
+
+const REFUSING: &str = "refusing to start";
 
 /// Opens the log and the newest snapshot and turns them into what the core restarts from.
 pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError> {
     let snapshot_dir = snapshot_dir(&config.data_dir);
-    let snapshot = snapshot::latest(&snapshot_dir).map_err(refuse)?;
+    let snapshot = snapshot::latest(&snapshot_dir).map_err(NodeError::from_snapshot)?;
     let log_dir = log_dir(&config.data_dir);
     let new_directory = snapshot.is_none() && !log_dir.exists();
     if new_directory && config.join {
@@ -121,11 +130,12 @@ pub(crate) fn recover(config: &NodeConfig) -> Result<(Log, Restored), NodeError>
 
 /// Writes the join marker durably (see the module docs), creating the data directory.
 fn write_join_marker(data_dir: &Path) -> Result<(), NodeError> {
-    let context = |error: std::io::Error| {
-        refuse(format!(
+    let context = |error: io::Error| {
+        let what = format!(
             "cannot create the data directory {}: {error}",
             data_dir.display()
-        ))
+        );
+        NodeError::storage(error.kind(), REFUSING, what)
     };
     disk::create_dir_all_synced(data_dir).map_err(context)?;
     let dir = File::open(data_dir).map_err(context)?;
@@ -137,12 +147,12 @@ fn write_join_marker(data_dir: &Path) -> Result<(), NodeError> {
         JOIN_MARKER_BYTES,
         "join marker",
     )
-    .map_err(refuse)
+    .map_err(refuse_log)
 }
 
 /// Whether the data directory holds the join marker; any other content is refused.
 fn read_join_marker(data_dir: &Path) -> Result<bool, NodeError> {
-    match small_file::read(data_dir, JOIN_MARKER).map_err(refuse)? {
+    match small_file::read(data_dir, JOIN_MARKER).map_err(refuse_log)? {
         None => Ok(false),
         Some(bytes) if bytes == JOIN_MARKER_BYTES => Ok(true),
         Some(_) => Err(refuse(format!(
@@ -166,8 +176,8 @@ fn bootstrap(log: &mut Log, membership: &Membership) -> Result<(), NodeError> {
         BatchKind::Membership,
         &membership.encode(),
     );
-    log.append(&batch).map_err(refuse)?;
-    log.wait_durable().map_err(refuse)?;
+    log.append(&batch).map_err(refuse_log)?;
+    log.wait_durable().map_err(refuse_log)?;
     tracing::info!(
         voters = ?membership.voters.iter().map(|id| id.get()).collect::<Vec<_>>(),
         "new data directory: the log starts with the configured members"
@@ -184,13 +194,13 @@ fn open_log(
 ) -> Result<(Log, OpenReport), NodeError> {
     match Log::open(log_dir, config.log.clone()) {
         Err(LogError::Corrupt { .. }) => {}
-        opened => return opened.map_err(refuse),
+        opened => return opened.map_err(refuse_log),
     }
     if voters.iter().all(|&voter| voter == config.id) {
         // Read-only, so the log is left exactly as found for the operator.
-        let inspection = inspect_for_repair(log_dir).map_err(refuse)?;
+        let inspection = inspect_for_repair(log_dir).map_err(refuse_log)?;
         let Some(damage) = inspection.damage else {
-            return Log::open(log_dir, config.log.clone()).map_err(refuse);
+            return Log::open(log_dir, config.log.clone()).map_err(refuse_log);
         };
         return Err(refuse(format!(
             "{damage}. Node {} is the only voter, so no peer holds a copy to repair them from, \
@@ -202,7 +212,7 @@ fn open_log(
             log_dir.display()
         )));
     }
-    let (log, report) = Log::open_for_repair(log_dir, config.log.clone()).map_err(refuse)?;
+    let (log, report) = Log::open_for_repair(log_dir, config.log.clone()).map_err(refuse_log)?;
     if let Some(repair) = report.repair {
         tracing::warn!(
             node = config.id.get(),
@@ -222,7 +232,7 @@ fn reconcile(log: &mut Log, meta: &SnapshotMeta, log_dir: &Path) -> Result<(), N
     let after = meta.index.next();
     let holds_entries = log.last_index() >= log.first_index();
     if log.term_at(meta.index) == Some(meta.term) {
-        log.compact_to(meta.index).map_err(refuse)
+        log.compact_to(meta.index).map_err(refuse_log)
     } else if log.first_index() == after {
         Ok(())
     } else if holds_entries && log.first_index() > after {
@@ -239,7 +249,7 @@ fn reconcile(log: &mut Log, meta: &SnapshotMeta, log_dir: &Path) -> Result<(), N
             log_last = log.last_index().get(),
             "the log does not continue the snapshot: restarting it after the snapshot"
         );
-        log.reset_after(meta.index, meta.term).map_err(refuse)
+        log.reset_after(meta.index, meta.term).map_err(refuse_log)
     }
 }
 
@@ -247,7 +257,7 @@ fn reconcile(log: &mut Log, meta: &SnapshotMeta, log_dir: &Path) -> Result<(), N
 fn read_batches(log: &Log, from: LogIndex) -> Result<Vec<Batch>, NodeError> {
     let mut batches = Vec::new();
     if from <= log.last_index() {
-        for view in log.read(from, log.last_index()).map_err(refuse)? {
+        for view in log.read(from, log.last_index()).map_err(refuse_log)? {
             batches.push(view.to_batch());
         }
     }

@@ -31,7 +31,7 @@ use crate::net::NetHandle;
 use crate::node::pipeline::{Feedback, Shared, StorageMsg};
 use crate::node::spin::Spin;
 use crate::node::stats::SyncTimer;
-use crate::node::LogCounters;
+use crate::node::{LogCounters, NodeError};
 use crate::raft::{Message, StorageWrite, WriteId};
 use crate::types::NodeId;
 
@@ -85,13 +85,16 @@ impl StorageStage {
         }
     }
 
-    fn serve_and_close(mut self, inbox: &Receiver<StorageMsg>) -> Result<(), String> {
+    fn serve_and_close(mut self, inbox: &Receiver<StorageMsg>) -> Result<(), NodeError> {
         self.serve(inbox)?;
-        self.log.close().map(drop).map_err(|e| e.to_string())
+        self.log
+            .close()
+            .map(drop)
+            .map_err(|e| NodeError::from_log("closing the log", &e))
     }
 
-    fn serve(&mut self, inbox: &Receiver<StorageMsg>) -> Result<(), String> {
-        let err = |error: crate::log::LogError| error.to_string();
+    fn serve(&mut self, inbox: &Receiver<StorageMsg>) -> Result<(), NodeError> {
+        let err = |error: crate::log::LogError| NodeError::from_log("", &error);
         let doorbell = self.log.doorbell().clone();
         'serve: loop {
             // Take everything queued, append it, and start a round for it.
@@ -154,15 +157,18 @@ impl StorageStage {
         Ok(())
     }
 
-    fn execute(&mut self, message: StorageMsg) -> Result<(), String> {
+    fn execute(&mut self, message: StorageMsg) -> Result<(), NodeError> {
         match message {
             StorageMsg::Write(write) => self.write(write),
-            StorageMsg::Compact(index) => self.log.compact_to(index).map_err(|e| e.to_string()),
+            StorageMsg::Compact(index) => self
+                .log
+                .compact_to(index)
+                .map_err(|e| NodeError::from_log("", &e)),
         }
     }
 
-    fn write(&mut self, write: StorageWrite) -> Result<(), String> {
-        let err = |error: crate::log::LogError| error.to_string();
+    fn write(&mut self, write: StorageWrite) -> Result<(), NodeError> {
+        let err = |error: crate::log::LogError| NodeError::from_log("", &error);
         let StorageWrite {
             id,
             hard_state,
@@ -188,13 +194,14 @@ impl StorageStage {
                 .store(state.term.get(), Ordering::Release);
         }
         if let Some((meta, data)) = snapshot.as_deref() {
-            snapshot::write(&self.snapshot_dir, meta, data).map_err(|e| e.to_string())?;
+            snapshot::write(&self.snapshot_dir, meta, data).map_err(NodeError::from_snapshot)?;
             if self.log.term_at(meta.index) == Some(meta.term) {
                 self.log.compact_to(meta.index).map_err(err)?;
             } else {
                 self.log.reset_after(meta.index, meta.term).map_err(err)?;
             }
-            snapshot::remove_older(&self.snapshot_dir, meta.index).map_err(|e| e.to_string())?;
+            snapshot::remove_older(&self.snapshot_dir, meta.index)
+                .map_err(NodeError::from_snapshot)?;
         }
         if let Some(from) = truncate_from {
             if from <= self.log.last_index() {

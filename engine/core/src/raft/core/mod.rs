@@ -362,9 +362,23 @@ impl Raft {
     }
 
     /// Starts a linearizable read. The read is reported in [`Ready::reads`] once leadership is
-    /// confirmed (or at once under a valid lease), or in [`Ready::reads_failed`] if leadership
-    /// is lost first.
+    /// confirmed (or at once under a valid lease, in [`ReadMode::Lease`]), or in
+    /// [`Ready::reads_failed`] if leadership is lost first.
     pub fn read_index(&mut self, id: ReadId) -> Result<(), ProposeError> {
+        self.start_read(id, true)
+    }
+
+    /// As [`Raft::read_index`], but always confirmed by a heartbeat round, never by a lease.
+    pub fn read_index_by_round(&mut self, id: ReadId) -> Result<(), ProposeError> {
+        self.start_read(id, false)
+    }
+
+    /// Whether this node serves reads under a lease ([`ReadMode::Lease`]).
+    pub fn lease_reads(&self) -> bool {
+        matches!(self.config.read_mode, ReadMode::Lease { .. })
+    }
+
+    fn start_read(&mut self, id: ReadId, lease: bool) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -376,7 +390,7 @@ impl Raft {
         let confirmed = false;
         if !confirmed && !self.committed_in_term() {
             self.reads.wait_for_commit(id);
-        } else if confirmed || self.lease_valid() {
+        } else if confirmed || (lease && self.lease_valid()) {
             self.reads_ready.push(ReadReady {
                 id,
                 index: self.commit,
@@ -564,6 +578,11 @@ impl Raft {
         };
         self.check_after_input();
         ready
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
     }
 
     /// A snapshot of the core's state.

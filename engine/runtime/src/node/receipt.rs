@@ -1,0 +1,183 @@
+//! Receipts: the one-shot answer to a request of the embedding API, which the caller can block
+//! on ([`Receipt::wait`]) or `.await` ([`Receipt`] is a [`Future`] that needs no particular
+//! async runtime: it stores the task's [`Waker`] and the stage that answers wakes it).
+//!
+//! A stage answers through the [`Completer`] that travels with the request. A completer dropped
+//! without an answer (the node stopped or failed before it could answer) completes its receipt
+//! with the node's reason ([`NodeError::ShuttingDown`] or the failure).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use super::pipeline::Shared;
+use super::{Applied, NodeError};
+
+/// Who waits on a slot.
+enum Waiter {
+    None,
+    /// A thread blocked in [`Receipt::wait`] or [`Receipt::wait_timeout`].
+    Thread(Thread),
+    /// An async task that polled the receipt.
+    Task(Waker),
+}
+
+enum State<T> {
+    Pending(Waiter),
+    Ready(Result<T, NodeError>),
+    /// The completer was dropped without an answer.
+    Abandoned,
+    /// The caller took the outcome.
+    Taken,
+}
+
+struct Slot<T> {
+    state: Mutex<State<T>>,
+}
+
+impl<T> Slot<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().expect("receipt lock")
+    }
+
+    /// Moves from pending to `next` and wakes the waiter; a no-op once answered.
+    fn finish(&self, next: State<T>) {
+        let waiter = {
+            let mut state = self.lock();
+            match std::mem::replace(&mut *state, next) {
+                State::Pending(waiter) => waiter,
+                previous => {
+                    *state = previous;
+                    return;
+                }
+            }
+        };
+        match waiter {
+            Waiter::None => {}
+            Waiter::Thread(thread) => thread.unpark(),
+            Waiter::Task(waker) => waker.wake(),
+        }
+    }
+}
+
+/// The answering side of a [`Receipt`] (held by the stage that answers).
+pub(crate) struct Completer<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+impl<T> Completer<T> {
+    /// Answers the receipt (the caller may have dropped it: then nothing happens).
+    pub(crate) fn complete(mut self, outcome: Result<T, NodeError>) {
+        if let Some(slot) = self.slot.take() {
+            slot.finish(State::Ready(outcome));
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.finish(State::Abandoned);
+        }
+    }
+}
+
+/// The outcome of a request to a [`super::Node`], once known: an [`super::Applied`] for a
+/// proposal or read, an [`super::AppliedBatch`] for [`super::Node::propose_batch`], a
+/// [`crate::types::LogIndex`] for [`super::Node::read_index`].
+///
+/// Block on it with [`Receipt::wait`] / [`Receipt::wait_timeout`], or `.await` it from any
+/// async runtime. Dropping it does not cancel the request (a proposal may still commit).
+#[must_use = "a receipt does nothing unless waited on or awaited"]
+pub struct Receipt<T = Applied> {
+    slot: Arc<Slot<T>>,
+    shared: Arc<Shared>,
+}
+
+/// A new receipt and the completer that answers it.
+pub(crate) fn receipt<T>(shared: &Arc<Shared>) -> (Receipt<T>, Completer<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(State::Pending(Waiter::None)),
+    });
+    let completer = Completer {
+        slot: Some(slot.clone()),
+    };
+    let receipt = Receipt {
+        slot,
+        shared: shared.clone(),
+    };
+    (receipt, completer)
+}
+
+impl<T> Receipt<T> {
+    /// Takes the outcome if known; else registers `waiter` (when given) and returns `None`.
+    fn take(&self, waiter: impl FnOnce() -> Waiter) -> Option<Result<T, NodeError>> {
+        let mut state = self.slot.lock();
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Ready(outcome) => Some(outcome),
+            State::Abandoned => Some(Err(self.shared.gone())),
+            State::Pending(_) => {
+                *state = State::Pending(waiter());
+                None
+            }
+            State::Taken => panic!("a receipt's outcome is taken once"),
+        }
+    }
+
+    /// Blocks until the outcome is known.
+    pub fn wait(self) -> Result<T, NodeError> {
+        loop {
+            if let Some(outcome) = self.take(|| Waiter::Thread(std::thread::current())) {
+                return outcome;
+            }
+            std::thread::park();
+        }
+    }
+
+    /// Blocks at most `timeout`; [`NodeError::Timeout`] then (the request may still complete).
+    pub fn wait_timeout(self, timeout: Duration) -> Result<T, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(outcome) = self.take(|| Waiter::Thread(std::thread::current())) {
+                return outcome;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NodeError::Timeout);
+            }
+            std::thread::park_timeout(left);
+        }
+    }
+
+    /// The outcome if it is known now, without blocking (`None`: not yet; the receipt stays
+    /// usable).
+    pub fn try_wait(&mut self) -> Option<Result<T, NodeError>> {
+        self.take(|| Waiter::None)
+    }
+}
+
+impl<T> Future for Receipt<T> {
+    type Output = Result<T, NodeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.take(|| Waiter::Task(cx.waker().clone())) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Receipt<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &*self.slot.lock() {
+            State::Pending(_) => "pending",
+            State::Ready(_) => "ready",
+            State::Abandoned => "abandoned",
+            State::Taken => "taken",
+        };
+        f.debug_struct("Receipt").field("state", &state).finish()
+    }
+}
