@@ -7,7 +7,7 @@
 //!
 //! Embedders normally depend on the `lockstep` crate, which re-exports these modules.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod batch;
 pub mod raft;

@@ -44,7 +44,7 @@
 //!
 //! Byte layouts, kernel and filesystem assumptions and the crash analysis: `docs/FORMATS.md`.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub use lockstep_core::{batch, types};
 

@@ -4,18 +4,25 @@
 //! makes them durable in preallocated, mmap'd log segments synced through io_uring, and an apply
 //! stage runs a deterministic state machine over the committed order.
 //!
-//! Layers (each its own module, each documented where it lives):
-//! - [`types`] and [`batch`]: identifiers and the batch of entries shared by every layer;
-//! - [`log`]: the durable log on disk (segments, records, recovery, group commit);
-//! - [`raft`]: the consensus core, pure and deterministic, plus its fault simulator;
-//! - [`net`]: framed TCP for peers and clients (mio);
+//! This crate is the runtime and the embedding API; the lower layers are their own crates,
+//! re-exported here:
+//! - [`types`] and [`batch`]: identifiers and the batch of entries shared by every layer
+//!   (`lockstep-core`);
+//! - [`raft`] and [`sim`]: the consensus core, pure and deterministic, and its fault simulator
+//!   (`lockstep-core`);
+//! - [`log`]: the durable log on disk (segments, records, recovery, group commit)
+//!   (`lockstep-log`);
+//! - [`net`]: framed TCP for peers and clients (mio), TLS with the `tls` feature;
 //! - [`node`]: the thread-per-core runtime and the embedding API ([`Node`]);
 //! - [`apply`]: the execution stage and the [`StateMachine`] trait;
-//! - [`apps`]: example state machines; [`server`]: the server binary's core; [`client`]: a Rust
-//!   client for the native protocol.
+//! - [`resp`]: RESP2 sessions for a command set ([`resp::Frontend`]); [`client`]: a Rust client
+//!   for the native protocol.
 //!
-//! Embedding, in short (a one-member cluster; `engine/runtime/examples/embed.rs` runs three members and
-//! `docs/RUNTIME.md` explains the threads, channels, snapshots and shutdown):
+//! The server (configuration file, the kv / bank / lock apps, metrics) is the `lockstep-server`
+//! crate.
+//!
+//! Embedding, in short (a one-member cluster; `engine/runtime/examples/embed.rs` runs three
+//! members, `embed_async.rs` does it from async code, and `docs/EMBEDDING.md` is the guide):
 //! ```no_run
 //! use std::collections::BTreeMap;
 //! use bytes::Bytes;
@@ -57,7 +64,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod apply;
 pub mod client;

@@ -13,7 +13,7 @@
 //! - [`pki`]: a throwaway certificate authority for test clusters (`lockstep cluster --tls`);
 //! - [`apps`]: the example state machines (kv, bank, lock) and their RESP command sets.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 // The runtime's layers under the names the server's modules use.
 pub(crate) use lockstep::{apply, log, net, node, raft, resp, types};

@@ -4,6 +4,6 @@
 //! - [`cluster`]: a small key-value state machine and [`cluster::TestCluster`], in-process nodes
 //!   on free loopback ports.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod cluster;

@@ -229,7 +229,7 @@ pub fn read_frame(
 
 /// Incremental frame decoder for non-blocking sockets: read into it, then take whole frames out.
 ///
-/// Bodies of at least [`COPY_BELOW_BYTES`] are `Bytes` slices of the read buffer (zero copy);
+/// Bodies of at least `COPY_BELOW_BYTES` are `Bytes` slices of the read buffer (zero copy);
 /// smaller ones are copied out, so a kept body never pins a read chunk much larger than itself
 /// and the buffer is reused while only small frames arrive. The decoder's own memory is bounded
 /// by the largest frame accepted plus one read chunk.

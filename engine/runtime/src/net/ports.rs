@@ -20,7 +20,7 @@ const PICK_MIN: u16 = 10_000;
 const DRAWS_MAX: usize = 10_000;
 
 /// `n` distinct loopback addresses whose ports are free now, outside the kernel's ephemeral
-/// range when it leaves one of at least 1 000 ports above [`PICK_MIN`]; otherwise (or when
+/// range when it leaves one of at least 1 000 ports above `PICK_MIN`; otherwise (or when
 /// nothing free is found there) ports of the ephemeral range.
 pub fn free_loopback_addrs(n: usize) -> io::Result<Vec<SocketAddr>> {
     let (low, high) = ephemeral_range().unwrap_or((32_768, 60_999));

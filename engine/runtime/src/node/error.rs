@@ -94,11 +94,28 @@ impl fmt::Display for ConfigError {
 }
 
 /// Why a request did not complete, or a node did not start or stopped on its own.
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use lockstep::{Node, NodeError};
+///
+/// fn put(node: &Node, command: Bytes) -> Result<(), String> {
+///     match node.propose(command).wait() {
+///         Ok(_) => Ok(()),
+///         Err(NodeError::NotLeader { leader: Some(hint) }) => {
+///             Err(format!("retry at {} ({:?})", hint.id, hint.client_addr))
+///         }
+///         Err(NodeError::Storage { kind, detail }) => Err(format!("disk: {kind:?}: {detail}")),
+///         Err(other) if other.is_fatal() => Err(format!("the node is down: {other}")),
+///         Err(other) => Err(format!("retry later: {other}")),
+///     }
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeError {
     /// This node is not the leader: send the request to `leader` (none known: retry after an
-    /// election, e.g. on the next [`super::Event`]).
+    /// election, e.g. on the next change a [`super::Subscription`] reports).
     NotLeader {
         /// The leader this node knows of.
         leader: Option<LeaderHint>,

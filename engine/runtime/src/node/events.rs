@@ -133,6 +133,18 @@ impl Watch {
 
 /// Watches one node's [`Leadership`] (from [`super::Node::subscribe`]): [`Subscription::wait_changed`]
 /// blocks until it changes, [`Subscription::changed`] is the same as a future.
+///
+/// ```no_run
+/// use lockstep::{Node, Role};
+///
+/// /// Blocks until `node` leads.
+/// fn until_leader(node: &Node) {
+///     let mut events = node.subscribe();
+///     while events.current().role != Role::Leader {
+///         events.wait_changed();
+///     }
+/// }
+/// ```
 pub struct Subscription {
     watch: Arc<Watch>,
     /// The version this subscription last returned.
@@ -256,7 +268,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             watch.publish(leadership(Role::Follower, 3, Some(2)));
         });
-        assert_eq!(events.wait_changed(), leadership(Role::Follower, 3, Some(2)));
+        assert_eq!(
+            events.wait_changed(),
+            leadership(Role::Follower, 3, Some(2))
+        );
         publisher.join().unwrap();
     }
 }

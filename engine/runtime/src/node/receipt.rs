@@ -90,7 +90,28 @@ impl<T> Drop for Completer<T> {
 /// [`crate::types::LogIndex`] for [`super::Node::read_index`].
 ///
 /// Block on it with [`Receipt::wait`] / [`Receipt::wait_timeout`], or `.await` it from any
-/// async runtime. Dropping it does not cancel the request (a proposal may still commit).
+/// async runtime. The request is on its way when the call that made the receipt returns, so
+/// many can be in flight before the first is waited on. Dropping a receipt does not cancel the
+/// request (a proposal may still commit).
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use lockstep::{Applied, Node, NodeError};
+///
+/// fn blocking(node: &Node) -> Result<(), NodeError> {
+///     let receipts: Vec<_> = (0..100)
+///         .map(|i| node.propose(Bytes::from(format!("key{i}=value"))))
+///         .collect();
+///     for receipt in receipts {
+///         receipt.wait()?;
+///     }
+///     Ok(())
+/// }
+///
+/// async fn from_async_code(node: &Node) -> Result<Applied, NodeError> {
+///     node.propose(Bytes::from_static(b"color=blue")).await
+/// }
+/// ```
 #[must_use = "a receipt does nothing unless waited on or awaited"]
 pub struct Receipt<T = Applied> {
     slot: Arc<Slot<T>>,

@@ -227,7 +227,7 @@ pub(crate) struct Observed {
     last_rates: Option<Rates>,
 }
 
-/// Counters of the consensus stage and samples for a status (see [`Observed`]).
+/// Counters of the consensus stage and samples for a status (see `Observed`).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RuntimeStatus {
     /// Times this node learned of a new leader (an election result, re-elections included).
