@@ -49,7 +49,7 @@ impl StateMachine for Store {
         }
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), lockstep::apply::RestoreError> {
         let text = std::str::from_utf8(snapshot).map_err(|err| err.to_string())?;
         let mut map = self.0.lock().expect("store lock");
         map.clear();

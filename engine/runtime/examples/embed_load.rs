@@ -43,9 +43,9 @@ impl StateMachine for Counter {
         out.extend_from_slice(&self.hash.to_le_bytes());
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), lockstep::apply::RestoreError> {
         if snapshot.len() != 16 {
-            return Err(format!("{} bytes, expected 16", snapshot.len()));
+            return Err(format!("{} bytes, expected 16", snapshot.len()).into());
         }
         self.count = u64::from_le_bytes(snapshot[..8].try_into().expect("8 bytes"));
         self.hash = u64::from_le_bytes(snapshot[8..].try_into().expect("8 bytes"));

@@ -44,7 +44,7 @@
 //!     fn snapshot(&self, out: &mut Vec<u8>) {
 //!         out.extend_from_slice(&self.0.to_le_bytes());
 //!     }
-//!     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+//!     fn restore(&mut self, data: &[u8]) -> Result<(), lockstep::apply::RestoreError> {
 //!         self.0 = u64::from_le_bytes(data.try_into().map_err(|_| "8 bytes expected")?);
 //!         Ok(())
 //!     }

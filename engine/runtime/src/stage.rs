@@ -107,7 +107,7 @@ pub(crate) mod tests {
 
         fn snapshot(&self, _out: &mut Vec<u8>) {}
 
-        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), crate::apply::RestoreError> {
             Ok(())
         }
     }

@@ -66,9 +66,9 @@ impl StateMachine for Kv {
         }
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), lockstep::apply::RestoreError> {
         if snapshot.len() < 8 {
-            return Err(format!("{} bytes", snapshot.len()));
+            return Err(format!("{} bytes", snapshot.len()).into());
         }
         let mut map = BTreeMap::new();
         let applied = u64::from_le_bytes(snapshot[..8].try_into().unwrap());

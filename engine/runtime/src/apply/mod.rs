@@ -27,6 +27,11 @@ pub trait StateMachine: Send + 'static {
     /// [`StateMachine::restore`] on any replica).
     fn snapshot(&self, out: &mut Vec<u8>);
 
-    /// Replaces the whole state with the one `snapshot` describes.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// Replaces the whole state with the one `snapshot` describes; an error (the bytes are
+    /// not a state this machine can hold) stops the node with [`crate::NodeError::StateMachine`].
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
 }
+
+/// Why a state machine refused a snapshot: any error converts into it with `?` (a `String` or
+/// `&str` with `.into()`).
+pub type RestoreError = Box<dyn std::error::Error + Send + Sync>;

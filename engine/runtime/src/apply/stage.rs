@@ -325,7 +325,7 @@ mod tests {
         fn snapshot(&self, out: &mut Vec<u8>) {
             out.extend_from_slice(&self.0);
         }
-        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::apply::RestoreError> {
             self.0 = Bytes::copy_from_slice(snapshot);
             Ok(())
         }

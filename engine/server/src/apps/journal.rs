@@ -123,7 +123,7 @@ impl StateMachine for Journal {
         out.extend_from_slice(&self.digest.to_bytes());
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::apply::RestoreError> {
         match snapshot.split_first() {
             Some((&JOURNAL_SNAPSHOT_VERSION, digest)) => {
                 self.digest = JournalDigest::from_bytes(digest)
@@ -132,8 +132,9 @@ impl StateMachine for Journal {
             }
             Some((version, _)) => Err(format!(
                 "journal snapshot version {version} is not supported (expected {JOURNAL_SNAPSHOT_VERSION})"
-            )),
-            None => Err("journal snapshot is empty".to_string()),
+            )
+            .into()),
+            None => Err("journal snapshot is empty".into()),
         }
     }
 }

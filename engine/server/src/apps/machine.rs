@@ -166,7 +166,7 @@ impl<A: App> StateMachine for Machine<A> {
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), crate::apply::RestoreError> {
         let name = A::NAME;
         if snapshot.first() != Some(&ENVELOPE_TAG) {
             let app = A::restore(snapshot).map_err(|e| format!("{name} snapshot: {e}"))?;
@@ -178,17 +178,15 @@ impl<A: App> StateMachine for Machine<A> {
             return Ok(());
         }
         let Some((body, crc)) = snapshot.split_last_chunk::<4>() else {
-            return Err(format!(
-                "{name} snapshot: {} bytes is too short",
-                snapshot.len()
-            ));
+            return Err(format!("{name} snapshot: {} bytes is too short", snapshot.len()).into());
         };
         let stored = u32::from_le_bytes(*crc);
         let computed = crc32fast::hash(body);
         if stored != computed {
             return Err(format!(
                 "{name} snapshot: checksum {stored:#010x} stored, {computed:#010x} computed"
-            ));
+            )
+            .into());
         }
         let decode = || -> Result<Machine<A>, String> {
             let mut reader = Reader::new(&body[1..]);
