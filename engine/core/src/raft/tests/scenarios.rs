@@ -1241,6 +1241,34 @@ fn lease_lapses_exactly_its_window_after_the_round_was_sent() {
     assert!(ready.reads.is_empty(), "lapsed at the window's end");
 }
 
+/// A read asked to be confirmed by a round waits for one even while the lease is valid (the
+/// embedding API's `read_index` and `read_linearizable` on a node that runs with leases).
+#[test]
+fn a_read_by_round_waits_for_a_quorum_under_a_valid_lease() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |config| {
+        config.read_mode = ReadMode::Lease {
+            clock_drift_ticks: 2,
+        }
+    });
+    cluster.ticks(40);
+    let leader = cluster.leader().expect("a leader");
+    assert!(cluster.node(leader).raft.lease_reads());
+    cluster.raft(leader).read_index(ReadId(1)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert_eq!(ready.reads.len(), 1, "the lease serves a read at once");
+    cluster.isolate(leader);
+    cluster.raft(leader).read_index_by_round(ReadId(2)).unwrap();
+    let ready = cluster.raft(leader).ready();
+    assert!(ready.reads.is_empty(), "a read by round waits for its round");
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+    cluster.stabilize();
+    let ready = cluster.raft(leader).ready();
+    assert!(ready.reads.is_empty(), "no quorum answered the cut-off leader");
+}
+
 #[test]
 fn suspect_a_node_whose_tail_was_cut_votes_only_for_a_candidate_it_learned_is_up_to_date() {
     // 2's log lost its acknowledged tail 2..=6 to a cut after an unclean stop; 1, the other
