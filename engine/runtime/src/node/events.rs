@@ -9,10 +9,10 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
-use std::thread::Thread;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::receipt::Waiter;
 use crate::raft;
 use crate::types::{NodeId, Term};
 
@@ -74,11 +74,6 @@ pub struct Leadership {
     pub leader: Option<NodeId>,
 }
 
-enum Waiter {
-    Thread(Thread),
-    Task(Waker),
-}
-
 struct State {
     /// Bumped at every change.
     version: u64,
@@ -118,10 +113,7 @@ impl Watch {
             std::mem::take(&mut state.waiters)
         };
         for waiter in waiters {
-            match waiter {
-                Waiter::Thread(thread) => thread.unpark(),
-                Waiter::Task(waker) => waker.wake(),
-            }
+            waiter.wake();
         }
     }
 
@@ -171,7 +163,10 @@ impl Subscription {
             return Some(state.value);
         }
         if let Some(waiter) = waiter() {
-            state.waiters.push(waiter);
+            // A task polled again before a change is registered once.
+            if !state.waiters.iter().any(|known| known.same_as(&waiter)) {
+                state.waiters.push(waiter);
+            }
         }
         None
     }
@@ -180,7 +175,7 @@ impl Subscription {
     /// change), and returns the latest value. A stopped node reports [`Role::Stopped`] once.
     pub fn wait_changed(&mut self) -> Leadership {
         loop {
-            if let Some(value) = self.take(|| Some(Waiter::Thread(std::thread::current()))) {
+            if let Some(value) = self.take(|| Some(Waiter::this_thread())) {
                 return value;
             }
             std::thread::park();
@@ -191,7 +186,7 @@ impl Subscription {
     pub fn wait_changed_timeout(&mut self, timeout: Duration) -> Option<Leadership> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(value) = self.take(|| Some(Waiter::Thread(std::thread::current()))) {
+            if let Some(value) = self.take(|| Some(Waiter::this_thread())) {
                 return Some(value);
             }
             let left = deadline.saturating_duration_since(Instant::now());

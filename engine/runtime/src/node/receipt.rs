@@ -16,17 +16,40 @@ use std::time::{Duration, Instant};
 use super::pipeline::Shared;
 use super::{Applied, NodeError};
 
-/// Who waits on a slot.
-enum Waiter {
-    None,
-    /// A thread blocked in [`Receipt::wait`] or [`Receipt::wait_timeout`].
+/// Who waits for a receipt or a leadership change.
+pub(crate) enum Waiter {
+    /// A thread blocked in a wait (woken by unparking it).
     Thread(Thread),
-    /// An async task that polled the receipt.
+    /// An async task that polled (woken through its waker).
     Task(Waker),
 }
 
+impl Waiter {
+    /// The current thread, about to park.
+    pub(crate) fn this_thread() -> Waiter {
+        Waiter::Thread(std::thread::current())
+    }
+
+    /// Whether waking either wakes the same thread or task.
+    pub(crate) fn same_as(&self, other: &Waiter) -> bool {
+        match (self, other) {
+            (Waiter::Thread(a), Waiter::Thread(b)) => a.id() == b.id(),
+            (Waiter::Task(a), Waiter::Task(b)) => a.will_wake(b),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn wake(self) {
+        match self {
+            Waiter::Thread(thread) => thread.unpark(),
+            Waiter::Task(waker) => waker.wake(),
+        }
+    }
+}
+
 enum State<T> {
-    Pending(Waiter),
+    /// No outcome yet; the waiter to wake, if any.
+    Pending(Option<Waiter>),
     Ready(Result<T, NodeError>),
     /// The completer was dropped without an answer.
     Abandoned,
@@ -55,10 +78,8 @@ impl<T> Slot<T> {
                 }
             }
         };
-        match waiter {
-            Waiter::None => {}
-            Waiter::Thread(thread) => thread.unpark(),
-            Waiter::Task(waker) => waker.wake(),
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
     }
 }
@@ -121,7 +142,7 @@ pub struct Receipt<T = Applied> {
 /// A new receipt and the completer that answers it.
 pub(crate) fn receipt<T>(shared: &Arc<Shared>) -> (Receipt<T>, Completer<T>) {
     let slot = Arc::new(Slot {
-        state: Mutex::new(State::Pending(Waiter::None)),
+        state: Mutex::new(State::Pending(None)),
     });
     let completer = Completer {
         slot: Some(slot.clone()),
@@ -135,7 +156,7 @@ pub(crate) fn receipt<T>(shared: &Arc<Shared>) -> (Receipt<T>, Completer<T>) {
 
 impl<T> Receipt<T> {
     /// Takes the outcome if known; else registers `waiter` (when given) and returns `None`.
-    fn take(&self, waiter: impl FnOnce() -> Waiter) -> Option<Result<T, NodeError>> {
+    fn take(&self, waiter: impl FnOnce() -> Option<Waiter>) -> Option<Result<T, NodeError>> {
         let mut state = self.slot.lock();
         match std::mem::replace(&mut *state, State::Taken) {
             State::Ready(outcome) => Some(outcome),
@@ -151,7 +172,7 @@ impl<T> Receipt<T> {
     /// Blocks until the outcome is known.
     pub fn wait(self) -> Result<T, NodeError> {
         loop {
-            if let Some(outcome) = self.take(|| Waiter::Thread(std::thread::current())) {
+            if let Some(outcome) = self.take(|| Some(Waiter::this_thread())) {
                 return outcome;
             }
             std::thread::park();
@@ -162,7 +183,7 @@ impl<T> Receipt<T> {
     pub fn wait_timeout(self, timeout: Duration) -> Result<T, NodeError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(outcome) = self.take(|| Waiter::Thread(std::thread::current())) {
+            if let Some(outcome) = self.take(|| Some(Waiter::this_thread())) {
                 return outcome;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -176,7 +197,7 @@ impl<T> Receipt<T> {
     /// The outcome if it is known now, without blocking (`None`: not yet; the receipt stays
     /// usable).
     pub fn try_wait(&mut self) -> Option<Result<T, NodeError>> {
-        self.take(|| Waiter::None)
+        self.take(|| None)
     }
 }
 
@@ -184,7 +205,7 @@ impl<T> Future for Receipt<T> {
     type Output = Result<T, NodeError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.take(|| Waiter::Task(cx.waker().clone())) {
+        match self.take(|| Some(Waiter::Task(cx.waker().clone()))) {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,
         }

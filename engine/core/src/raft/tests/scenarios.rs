@@ -1259,14 +1259,20 @@ fn a_read_by_round_waits_for_a_quorum_under_a_valid_lease() {
     cluster.isolate(leader);
     cluster.raft(leader).read_index_by_round(ReadId(2)).unwrap();
     let ready = cluster.raft(leader).ready();
-    assert!(ready.reads.is_empty(), "a read by round waits for its round");
+    assert!(
+        ready.reads.is_empty(),
+        "a read by round waits for its round"
+    );
     assert!(ready
         .messages
         .iter()
         .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
     cluster.stabilize();
     let ready = cluster.raft(leader).ready();
-    assert!(ready.reads.is_empty(), "no quorum answered the cut-off leader");
+    assert!(
+        ready.reads.is_empty(),
+        "no quorum answered the cut-off leader"
+    );
 }
 
 #[test]
