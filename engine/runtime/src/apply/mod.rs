@@ -1,9 +1,8 @@
-//! The execution stage: the [`StateMachine`] trait users implement, and the apply loop that runs
-//! committed commands behind the commit index (ordering never waits for it), answers proposers,
-//! serves reads, and takes snapshots.
+//! Execution's contract: the [`StateMachine`] trait users implement, and the snapshot files it
+//! is saved in ([`snapshot`]). The apply stage that runs it (committed commands behind the
+//! commit index; ordering never waits for it) is part of the runtime, in `node`.
 
 pub mod snapshot;
-pub(crate) mod stage;
 
 use bytes::Bytes;
 

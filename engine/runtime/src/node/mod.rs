@@ -2,6 +2,7 @@
 //! optionally pinned to cores), connected by bounded crossbeam channels; and the embedding API,
 //! [`Node`].
 
+mod apply;
 mod consensus;
 mod error;
 mod events;
@@ -23,7 +24,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
-use crate::apply::stage::{ApplyStage, SnapshotEvery};
 use crate::apply::StateMachine;
 use crate::log::LogOptions;
 use crate::net::{ClientLimits, ClientUsers, NetConfig, Transport};
@@ -32,6 +32,7 @@ use crate::resp::Frontend;
 use crate::stage::run_stage;
 use crate::types::{LogIndex, NodeId};
 
+use self::apply::{ApplyStage, SnapshotEvery};
 use self::consensus::{ConsensusStage, ReadConfirm, Request};
 pub use self::error::{ConfigError, LeaderHint, NodeError, Refusal};
 use self::events::Watch;

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
+use super::pipeline::{ApplyMsg, Feedback, PendingRead, Shared, Target};
+use super::{Applied, NodeError, Spin};
 use crate::apply::{snapshot, StateMachine};
 use crate::batch::{Batch, BatchKind};
 use crate::net::{ClientReply, ConnId, NetHandle};
-use crate::node::pipeline::{ApplyMsg, Feedback, PendingRead, Shared, Target};
-use crate::node::{Applied, NodeError, Spin};
 use crate::raft::{Membership, SnapshotMeta};
 use crate::types::{LogIndex, Term};
 
@@ -378,7 +378,7 @@ mod tests {
         let (to_apply, inbox) = crossbeam_channel::unbounded();
         let mut answers = Vec::new();
         let mut read = |index: u64| {
-            let (answer, completer) = crate::node::receipt::receipt(&shared);
+            let (answer, completer) = super::super::receipt::receipt(&shared);
             answers.push(answer);
             PendingRead {
                 index: LogIndex(index),
