@@ -256,7 +256,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             watch.publish(leadership(Role::Follower, 3, Some(2)));
         });
-        assert_eq!(events.wait_changed(), leadership(Role::Follower, 3, Some(2)));
+        assert_eq!(
+            events.wait_changed(),
+            leadership(Role::Follower, 3, Some(2))
+        );
         publisher.join().unwrap();
     }
 }
