@@ -93,3 +93,56 @@ impl Exchange {
         (tally, seconds)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::embedded::NodeRun;
+    use crate::cluster::series::Series;
+    use std::sync::Arc;
+
+    #[test]
+    fn rounds_are_published_and_results_merged_naming_a_silent_node() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut exchange = Exchange::create(Some(parent.path())).unwrap();
+        let start = Instant::now() - Duration::from_secs(2);
+        let mut load = LoadPlan {
+            clients: 1,
+            depth: 8,
+            batch: 8,
+            entry_bytes: 16,
+            rate_per_sec: None,
+            cluster_id: 0,
+            members: Vec::new(),
+            load_start: start,
+            measure_start: start,
+            measure_end: start + Duration::from_secs(1),
+            series: Arc::new(Series::new(1, 1)),
+        };
+        exchange.publish(&load).unwrap();
+        exchange.publish(&load).unwrap();
+        let plan: Plan = read_json(&plan_path(exchange.dir(), 2)).unwrap();
+        assert_eq!((plan.clients, plan.depth, plan.batch), (1, 8, 8));
+        assert!(!plan_path(exchange.dir(), 3).exists());
+        // Node 1 committed 8 entries in round 2; node 2 wrote nothing.
+        let mut tally = Tally::new(Some(0));
+        let at = start + Duration::from_millis(500);
+        tally.record(&load, at - Duration::from_micros(300), at, 8);
+        tally.finish(&load);
+        let run = NodeRun::new(&tally, load.series.counts());
+        write_json(&results_path(exchange.dir(), 1, 2), &run).unwrap();
+        // Interrupted: no waiting for node 2.
+        let interrupt = Interrupt::default();
+        interrupt.set();
+        load.series = Arc::new(Series::new(0, 0));
+        let (total, seconds) = exchange.collect(&load, &[1, 2], &interrupt);
+        assert_eq!(total.committed, 8);
+        assert_eq!(seconds.len(), 1);
+        assert_eq!(seconds[0].committed, 8);
+        assert_eq!(total.errors.len(), 1, "{:?}", total.errors);
+        assert!(total.errors[0].starts_with("node 2 wrote no results"));
+        let dir = exchange.dir().to_path_buf();
+        drop(exchange);
+        assert!(!dir.exists(), "the exchange directory outlived the run");
+    }
+}

@@ -195,3 +195,103 @@ fn instant(unix_ns: u64) -> Instant {
         Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan whose window started a second ago and lasts 1.5 s.
+    fn load() -> LoadPlan {
+        Plan {
+            clients: 2,
+            depth: 64,
+            batch: 16,
+            entry_bytes: 16,
+            load_start_unix_ns: 0,
+            measure_start_unix_ns: 0,
+            measure_end_unix_ns: 0,
+        }
+        .load_plan()
+        .with_window(
+            Instant::now() - Duration::from_secs(1),
+            Duration::from_millis(1500),
+        )
+    }
+
+    impl LoadPlan {
+        fn with_window(mut self, start: Instant, length: Duration) -> LoadPlan {
+            (self.load_start, self.measure_start) = (start, start);
+            self.measure_end = start + length;
+            self.series = Arc::new(Series::new(self.window_seconds(), self.clients));
+            self
+        }
+    }
+
+    #[test]
+    fn plans_cross_processes_as_wall_clock_times() {
+        let load = load();
+        let plan = Plan::of(&load);
+        let text = serde_json::to_string(&plan).unwrap();
+        let back: Plan = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, plan);
+        let again = back.load_plan();
+        assert_eq!((again.clients, again.depth, again.batch), (2, 64, 16));
+        assert_eq!((again.entry_bytes, again.rate_per_sec), (16, None));
+        assert_eq!(again.window_seconds(), 2);
+        for (a, b) in [
+            (again.load_start, load.load_start),
+            (again.measure_start, load.measure_start),
+            (again.measure_end, load.measure_end),
+        ] {
+            let apart = if a > b { a - b } else { b - a };
+            assert!(apart < Duration::from_millis(1), "{apart:?}");
+        }
+    }
+
+    /// Thread `thread` of `load` committing `entries` entries of latency `micros` at `at` after
+    /// the window's start, finished.
+    fn tally(load: &LoadPlan, thread: usize, entries: u64, micros: u64, at: Duration) -> Tally {
+        let mut tally = Tally::new(Some(thread));
+        let now = load.measure_start + at;
+        tally.record(load, now - Duration::from_micros(micros), now, entries);
+        tally.finish(load);
+        tally
+    }
+
+    #[test]
+    fn a_node_run_keeps_the_tally_through_its_file() {
+        let load = load();
+        let mut total = Tally::new(None);
+        total.merge(&tally(&load, 0, 100, 250, Duration::from_millis(100)));
+        total.merge(&tally(&load, 1, 1, 9000, Duration::from_millis(1200)));
+        (total.sent, total.not_leader, total.failed, total.abandoned) = (200, 1, 2, 3);
+        total.errors.push("proposer: gone".to_string());
+        let run = NodeRun::new(&total, load.series.counts());
+        let text = serde_json::to_string(&run).unwrap();
+        let back: NodeRun = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, run);
+        let again = back.tally();
+        assert_eq!(again.committed, 101);
+        assert_eq!((again.sent, again.not_leader), (200, 1));
+        assert_eq!((again.failed, again.abandoned), (2, 3));
+        assert_eq!(again.errors, total.errors);
+        assert_eq!(again.latency_ns.len(), total.latency_ns.len());
+        for quantile in [0.0, 0.5, 0.99, 1.0] {
+            assert_eq!(
+                again.latency_ns.value_at_quantile(quantile),
+                total.latency_ns.value_at_quantile(quantile),
+                "{quantile}"
+            );
+        }
+        let committed: Vec<u64> = back.per_second.iter().map(|s| s.committed).collect();
+        assert_eq!(committed, [100, 1]);
+    }
+
+    #[test]
+    fn seconds_add_up_and_keep_the_worse_p99() {
+        let second = |committed, p99_us| SecondCount { committed, p99_us };
+        let mut total = vec![second(10, 500), second(0, 0), second(5, 100)];
+        add_seconds(&mut total, &[second(0, 0), second(7, 300), second(1, 900)]);
+        assert_eq!(total, [second(10, 500), second(7, 300), second(6, 900)]);
+    }
+}
