@@ -212,7 +212,7 @@ impl Session {
                     .then(|| Exchange::create(config.dir.as_deref()))
                     .transpose()?;
                 if let Some(exchange) = &exchange {
-                    // `node --embedded DIR --config FILE`: the config's path comes last.
+                    // Right after the subcommand: `node --embedded DIR --config FILE`.
                     let dir = exchange.dir().display().to_string();
                     command.args.splice(1..1, ["--embedded".to_string(), dir]);
                 }
