@@ -4,7 +4,7 @@
 //! `core` measure the durable log and the consensus core alone. The hidden `node` subcommand is
 //! how the cluster benchmark starts its node processes: it re-executes this binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +44,10 @@ enum Command {
         /// The node's server configuration (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// `--embedded`: also run the load of each round the bench publishes in this directory
+        /// through the embedding API, and leave the results there.
+        #[arg(long)]
+        embedded: Option<PathBuf>,
     },
 }
 
@@ -52,14 +56,14 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Disk(args)) => disk::run(args),
         Some(Command::Core(args)) => core::run(args),
-        Some(Command::Node { config }) => run_node(&config),
+        Some(Command::Node { config, embedded }) => run_node(&config, embedded.as_deref()),
         None => cluster::run(cli.cluster),
     }
 }
 
 /// Loads the configuration and serves until SIGINT/SIGTERM (`lockstep_server::run` prints
-/// the ready line the bench waits for).
-fn run_node(config: &std::path::Path) -> ExitCode {
+/// the ready line the bench waits for); with `embedded`, drives the embedded load meanwhile.
+fn run_node(config: &Path, embedded: Option<&Path>) -> ExitCode {
     // Warnings and errors (refused handshakes, a failed sync) go to stderr, which the bench
     // keeps with the node's output; `LOCKSTEP_LOG` filters as for `lockstep serve`.
     tracing_subscriber::fmt()
@@ -70,7 +74,14 @@ fn run_node(config: &std::path::Path) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let outcome = lockstep_server::ServerConfig::load(config).and_then(lockstep_server::run);
+    let outcome = lockstep_server::ServerConfig::load(config).and_then(|config| {
+        let id = config.id;
+        lockstep_server::run_with(config, |node, ending| {
+            if let Some(dir) = embedded {
+                cluster::embedded::driver::serve(node, id, dir, ending);
+            }
+        })
+    });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -4,7 +4,8 @@
 //! Owns every knob of a cluster run and the rules that make a combination of them valid: a
 //! [`RunConfig`] only exists for a run that can start (node count 1, 3 or 5, non-zero sizes and
 //! times, tuning knobs only for a cluster the bench starts itself, no durability mode the node
-//! does not have, the kv knobs only with `--mode kv` and `--batch` only with `--mode log`).
+//! does not have, the kv knobs only with `--mode kv` and `--batch` only with `--mode log`,
+//! `--embedded` only for a local closed-loop `--mode log` run).
 //! Errors are messages that name the option.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -111,6 +112,12 @@ pub struct Args {
     /// (`true`, the node's default) or keep every turn on the consensus thread (`false`).
     #[arg(long, value_name = "BOOL")]
     pub inline_turns: Option<bool>,
+    /// Drive the load inside each node process through the embedding API (`Node::propose` /
+    /// `propose_batch`: `--clients` threads per node, proposing while it leads) instead of over
+    /// the client protocol; the same figures are reported. `--mode log` with a local cluster
+    /// and a closed loop only.
+    #[arg(long)]
+    pub embedded: bool,
     /// Benchmark an already running cluster: the client addresses of its members
     /// (`HOST:PORT,...`). No nodes are started or stopped.
     #[arg(long, value_delimiter = ',')]
@@ -372,6 +379,8 @@ pub struct RunConfig {
     pub depth: usize,
     /// Entries per request (1: `Propose`; more: `ProposeBatch`; always 1 in kv mode).
     pub batch: usize,
+    /// Whether the load runs inside the nodes, through the embedding API (`--embedded`).
+    pub embedded: bool,
     /// Whether `--batch` was given (else the default adapts to each sweep point).
     #[serde(skip)]
     pub batch_given: bool,
@@ -417,6 +426,7 @@ impl RunConfig {
                     .to_string(),
             );
         }
+        embedded_fits(args)?;
         if !(1..=ENTRY_BYTES_MAX).contains(&args.entry_bytes) {
             return Err(format!(
                 "--entry-bytes {}: must be 1..={ENTRY_BYTES_MAX}",
@@ -511,6 +521,7 @@ impl RunConfig {
             clients: args.clients,
             depth,
             batch,
+            embedded: args.embedded,
             batch_given,
             load_loop: if args.rate.is_some() {
                 "open"
@@ -601,6 +612,33 @@ impl Args {
         }
         config.sweep = sweep.clone();
         Ok((config, sweep))
+    }
+}
+
+/// Refuses `--embedded` with what it does not drive: RESP commands, a cluster the bench did not
+/// start (its nodes run no proposer threads), an open loop.
+fn embedded_fits(args: &Args) -> Result<(), String> {
+    if !args.embedded {
+        return Ok(());
+    }
+    let refused = [
+        (
+            "--mode kv",
+            args.mode == Mode::Kv,
+            "it proposes opaque entries to the journal app (--mode log)",
+        ),
+        (
+            "--connect",
+            !args.connect.is_empty(),
+            "the load runs inside the nodes the bench starts",
+        ),
+        ("--rate", args.rate.is_some(), "its load is a closed loop"),
+    ];
+    match refused.iter().find(|(_, given, _)| *given) {
+        Some((option, _, why)) => Err(format!(
+            "--embedded cannot be combined with {option}: {why}"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -738,6 +776,9 @@ impl Describe for RunConfig {
         };
         let load = match self.rate_per_sec {
             Some(rate) => format!("open loop at {rate} {unit}/s (latency from intended send)"),
+            None if self.embedded => {
+                "closed loop, embedded: in each node process, through the embedding API".to_string()
+            }
             None => "closed loop".to_string(),
         };
         let tuning = &self.tuning;
@@ -746,16 +787,21 @@ impl Describe for RunConfig {
         match &self.kv {
             None => {
                 rows.push(("entry".into(), format!("{} B", self.entry_bytes)));
+                let (clients, one, many) = if self.embedded {
+                    ("proposer threads per node", "propose", "propose_batch")
+                } else {
+                    ("connections", "Propose", "ProposeBatch")
+                };
                 rows.push((
                     "clients".into(),
-                    format!("{} connections x {} in flight", self.clients, self.depth),
+                    format!("{} {clients} x {} in flight", self.clients, self.depth),
                 ));
                 rows.push((
                     "requests".into(),
                     if self.batch == 1 {
-                        "one entry per request (Propose)".to_string()
+                        format!("one entry per request ({one})")
                     } else {
-                        format!("{} entries per request (ProposeBatch)", self.batch)
+                        format!("{} entries per request ({many})", self.batch)
                     },
                 ));
             }
@@ -926,6 +972,29 @@ mod tests {
             (&["--connect", "not an address"][..], "--connect"),
         ] {
             let error = parse(line).expect_err(&format!("{line:?} was accepted"));
+            assert!(error.contains(option), "{line:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn embedded_runs_a_local_closed_log_load_only() {
+        let (config, _) = parse(&["--embedded", "--clients", "2", "--batch", "1"]).unwrap();
+        assert!(config.embedded);
+        assert_eq!(
+            (config.mode, config.clients, config.batch),
+            (Mode::Log, 2, 1)
+        );
+        assert_eq!(serde_json::to_value(&config).unwrap()["embedded"], true);
+        let (plain, _) = parse(&[]).unwrap();
+        assert!(!plain.embedded);
+        assert_eq!(serde_json::to_value(&plain).unwrap()["embedded"], false);
+        for (line, option) in [
+            (&["--embedded", "--mode", "kv"][..], "--mode kv"),
+            (&["--embedded", "--connect", "127.0.0.1:1"][..], "--connect"),
+            (&["--embedded", "--rate", "1000"][..], "--rate"),
+        ] {
+            let error = parse(line).expect_err(&format!("{line:?} was accepted"));
+            assert!(error.contains("--embedded"), "{line:?}: {error}");
             assert!(error.contains(option), "{line:?}: {error}");
         }
     }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use super::keys::{Op, Workload};
 use super::load::{
-    on_client_threads, schedule, Dial, Ended, LoadPlan, Tally, CLIENT_TIMEOUT, PAYLOAD,
+    on_client_threads, refill_at, schedule, Dial, Ended, LoadPlan, Tally, CLIENT_TIMEOUT, PAYLOAD,
 };
 use crate::interrupt::Interrupt;
 use crate::report::latency_histogram_ns;
@@ -207,17 +207,11 @@ impl KvTally {
 /// Runs `plan.load.clients` threads against the leader at `leader` until the window ends (or
 /// `interrupt` is set), and returns their merged tally.
 pub fn run(plan: &KvPlan, leader: SocketAddr, interrupt: &Interrupt) -> KvTally {
-    let shared = (plan.clone(), interrupt.clone());
-    let tallies = on_client_threads(
-        plan.load.clients,
-        "kv-client",
-        shared,
-        move |(plan, interrupt), index| {
-            let mut tally = drive(plan, index, leader, interrupt);
-            tally.all.finish(&plan.load);
-            tally
-        },
-    );
+    let tallies = on_client_threads(plan.load.clients, "kv-client", plan, |plan, index| {
+        let mut tally = drive(plan, index, leader, interrupt);
+        tally.all.finish(&plan.load);
+        tally
+    });
     let mut total = KvTally::new(None);
     for tally in tallies {
         match tally {
@@ -408,7 +402,7 @@ impl Session<'_> {
         interrupt: &Interrupt,
     ) -> Ended {
         let depth = self.load.depth;
-        let refill_at = depth - (depth / 4).max(1);
+        let refill_at = refill_at(depth);
         let mut last_reply = Instant::now();
         loop {
             let now = Instant::now();

@@ -188,24 +188,36 @@ impl Tally {
 /// Runs `plan.clients` threads against the leader at `leader` until the window ends (or
 /// `interrupt` is set), and returns their merged tally.
 pub fn run(plan: &LoadPlan, leader: SocketAddr, interrupt: &Interrupt) -> Tally {
-    let shared = (plan.clone(), interrupt.clone());
+    run_threads(plan, "client", |plan, index| {
+        drive(plan, index, leader, interrupt)
+    })
+}
+
+/// Runs `drive(plan, index)` on `plan.clients` threads named `name-index`, adds each thread's
+/// last second to the plan's series ([`Tally::finish`]) and returns their merged tally.
+pub fn run_threads(
+    plan: &LoadPlan,
+    name: &str,
+    drive: impl Fn(&LoadPlan, usize) -> Tally + Sync,
+) -> Tally {
     let mut total = Tally::new(None);
-    for tally in on_client_threads(
-        plan.clients,
-        "client",
-        shared,
-        move |(plan, interrupt), index| {
-            let mut tally = drive(plan, index, leader, interrupt);
-            tally.finish(plan);
-            tally
-        },
-    ) {
+    for tally in on_client_threads(plan.clients, name, plan, |plan, index| {
+        let mut tally = drive(plan, index);
+        tally.finish(plan);
+        tally
+    }) {
         match tally {
             Some(tally) => total.merge(&tally),
-            None => total.errors.push("a client thread panicked".to_string()),
+            None => total.errors.push(format!("a {name} thread panicked")),
         }
     }
     total
+}
+
+/// In a closed loop with `depth` requests in flight: refill once this many or fewer are left
+/// (once a quarter were answered), so that one refill sends several requests at once.
+pub fn refill_at(depth: usize) -> usize {
+    depth - (depth / 4).max(1)
 }
 
 /// Runs `drive(&shared, index)` on `clients` threads named `name-index` and returns what each
@@ -214,26 +226,27 @@ pub fn on_client_threads<S, T>(
     clients: usize,
     name: &str,
     shared: S,
-    drive: impl Fn(&S, usize) -> T + Send + Clone + 'static,
+    drive: impl Fn(&S, usize) -> T + Sync,
 ) -> Vec<Option<T>>
 where
-    S: Clone + Send + 'static,
-    T: Send + 'static,
+    S: Sync,
+    T: Send,
 {
-    let threads: Vec<_> = (0..clients)
-        .map(|index| {
-            let shared = shared.clone();
-            let drive = drive.clone();
-            std::thread::Builder::new()
-                .name(format!("{name}-{index}"))
-                .spawn(move || drive(&shared, index))
-                .expect("spawning a client thread")
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|thread| thread.join().ok())
-        .collect()
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients)
+            .map(|index| {
+                let (shared, drive) = (&shared, &drive);
+                std::thread::Builder::new()
+                    .name(format!("{name}-{index}"))
+                    .spawn_scoped(scope, move || drive(shared, index))
+                    .expect("spawning a client thread")
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().ok())
+            .collect()
+    })
 }
 
 /// The open-loop schedule of client thread `index`: the time between its intended sends
@@ -376,7 +389,7 @@ impl Connection<'_> {
         let batch = self.plan.batch;
         // In requests: enough of them to keep `plan.depth` entries in flight.
         let depth = self.plan.depth.div_ceil(batch);
-        let refill_at = depth - (depth / 4).max(1);
+        let refill_at = refill_at(depth);
         loop {
             let now = Instant::now();
             if now >= self.plan.measure_end || interrupt.is_set() {

@@ -1,7 +1,8 @@
 //! The cluster benchmark, `lockstep-bench` with no subcommand: starts a local cluster of node
 //! processes (or uses one given with `--connect`), waits for a leader, drives load — opaque
 //! entries over the native client protocol (`--mode log`, [`load`]) or RESP SET/GET commands to
-//! the kv app (`--mode kv`, [`kv_load`]) — and reports throughput, latency, grouping, leader
+//! the kv app (`--mode kv`, [`kv_load`]), or proposals through the embedding API inside each
+//! node (`--embedded`, [`embedded`]) — and reports throughput, latency, grouping, leader
 //! changes, a per-second series and peak memory.
 //!
 //! Owns the order of a run and its cleanup: the cluster ([`supervisor::LocalCluster`]) is a
@@ -9,6 +10,7 @@
 //! of [`run`] — success, error, panic or Ctrl-C (which only sets a flag that every wait polls).
 
 pub mod args;
+pub mod embedded;
 pub mod in_flight;
 pub mod keys;
 pub mod kv_load;
@@ -31,6 +33,7 @@ use lockstep_server::apps::AppKind;
 use crate::interrupt::{Interrupt, EXIT_INTERRUPTED};
 use crate::report::{self, now_utc, Machine, Report};
 use args::{Args, RunConfig, Sweep, Target};
+use embedded::exchange::Exchange;
 use keys::Workload;
 use kv_load::KvPlan;
 use load::LoadPlan;
@@ -46,6 +49,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long to wait for the first leader.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--embedded`: how far ahead of its start the load's plan is handed to the nodes (they look
+/// for it every 20 ms).
+const EMBEDDED_LEAD: Duration = Duration::from_millis(200);
 
 /// The report of one run.
 pub type RunReport = Report<RunConfig, RunResults>;
@@ -93,6 +100,7 @@ pub fn run(args: Args) -> ExitCode {
         None => run_once(&config, &interrupt).map(|report| {
             let clean = report.results.problems().is_empty();
             let shape = match &config.kv {
+                None if config.embedded => format!("{} B entries, embedded", config.entry_bytes),
                 None => format!("{} B entries", config.entry_bytes),
                 Some(kv) => format!(
                     "RESP {} % GET, {} B values",
@@ -173,6 +181,8 @@ struct Session {
     data_dir: PathBuf,
     /// Whether the kv keys were set (once per session: a sweep's later points find them set).
     preloaded: bool,
+    /// `--embedded`: where the nodes find each measurement's plan and leave their results.
+    exchange: Option<Exchange>,
 }
 
 impl Session {
@@ -195,14 +205,24 @@ impl Session {
                     let parent = config.dir.clone().unwrap_or_else(std::env::temp_dir);
                     report::warn_if_syncs_are_free("lockstep-bench", &parent);
                 }
-                let command = NodeCommand::this_executable()
+                let mut command = NodeCommand::this_executable()
                     .map_err(|error| format!("finding this executable: {error}"))?;
+                let exchange = config
+                    .embedded
+                    .then(|| Exchange::create(config.dir.as_deref()))
+                    .transpose()?;
+                if let Some(exchange) = &exchange {
+                    // Right after the subcommand: `node --embedded DIR --config FILE`.
+                    let dir = exchange.dir().display().to_string();
+                    command.args.splice(1..1, ["--embedded".to_string(), dir]);
+                }
                 let cluster = LocalCluster::start(&spec, &command, interrupt)?;
                 Ok(Session {
                     members: cluster.members().iter().map(|m| m.client_addr).collect(),
                     data_dir: cluster.dir().to_path_buf(),
                     local: Some(cluster),
                     preloaded: false,
+                    exchange,
                 })
             }
             Target::Connect { addrs } => {
@@ -218,6 +238,7 @@ impl Session {
                     members: addrs.clone(),
                     data_dir: config.dir.clone().unwrap_or_else(std::env::temp_dir),
                     preloaded: false,
+                    exchange: None,
                 })
             }
         }
@@ -244,7 +265,12 @@ impl Session {
                 self.preloaded = true;
             }
         }
-        let load_start = Instant::now();
+        let lead = if self.exchange.is_some() {
+            EMBEDDED_LEAD
+        } else {
+            Duration::ZERO
+        };
+        let load_start = Instant::now() + lead;
         let measure_start = load_start + Duration::from_secs_f64(config.warmup_sec);
         let mut plan = LoadPlan {
             clients: config.clients,
@@ -259,8 +285,10 @@ impl Session {
             measure_end: measure_start + Duration::from_secs_f64(config.seconds),
             series: Arc::new(Series::new(0, 0)),
         };
-        let series = Arc::new(Series::new(plan.window_seconds(), plan.clients));
-        plan.series = Arc::clone(&series);
+        plan.series = Arc::new(Series::new(plan.window_seconds(), plan.clients));
+        if let Some(exchange) = &mut self.exchange {
+            exchange.publish(&plan)?;
+        }
         // Status samples at the window's start, each whole second, and its end.
         let mut sample_at: Vec<Instant> = (0..plan.window_seconds())
             .map(|second| measure_start + Duration::from_secs(second as u64))
@@ -297,25 +325,7 @@ impl Session {
             plan.measure_end,
             interrupt,
         );
-        let mut results = match workload {
-            None => {
-                let tally = load::run(&plan, leader.addr, interrupt);
-                RunResults::from_tally(&tally, &series.counts(), config.seconds, config.entry_bytes)
-            }
-            Some(workload) => {
-                let plan = KvPlan {
-                    load: plan,
-                    workload,
-                };
-                let tally = kv_load::run(&plan, leader.addr, interrupt);
-                RunResults::from_kv_tally(
-                    &tally,
-                    &series.counts(),
-                    config.seconds,
-                    config.entry_bytes,
-                )
-            }
-        };
+        let mut results = self.drive(config, plan, workload, leader.addr, interrupt);
         drop(progress);
         let samples = poller
             .join()
@@ -364,6 +374,40 @@ impl Session {
             }
         }
         Ok(results)
+    }
+
+    /// Drives the load of `plan` (over the client protocol to `leader`, or inside the nodes with
+    /// `--embedded`) until its window ends, and returns its figures.
+    fn drive(
+        &self,
+        config: &RunConfig,
+        plan: LoadPlan,
+        workload: Option<Workload>,
+        leader: SocketAddr,
+        interrupt: &Interrupt,
+    ) -> RunResults {
+        let (window, bytes) = (config.seconds, config.entry_bytes);
+        match (workload, &self.exchange) {
+            (Some(workload), _) => {
+                let plan = KvPlan {
+                    load: plan,
+                    workload,
+                };
+                let tally = kv_load::run(&plan, leader, interrupt);
+                RunResults::from_kv_tally(&tally, &plan.load.series.counts(), window, bytes)
+            }
+            (None, Some(exchange)) => {
+                let ids: Vec<u64> = self.local.as_ref().map_or_else(Vec::new, |cluster| {
+                    cluster.members().iter().map(|member| member.id).collect()
+                });
+                let (tally, seconds) = exchange.collect(&plan, &ids, interrupt);
+                RunResults::from_tally(&tally, &seconds, window, bytes)
+            }
+            (None, None) => {
+                let tally = load::run(&plan, leader, interrupt);
+                RunResults::from_tally(&tally, &plan.series.counts(), window, bytes)
+            }
+        }
     }
 
     /// `message`, followed by every local node's last output lines (to explain a failure).
@@ -483,9 +527,10 @@ fn run_sweep(
     })
 }
 
-/// `log` or `kv`.
+/// `log`, `log (embedded)` or `kv`.
 fn mode_name(config: &RunConfig) -> &'static str {
     match config.mode {
+        args::Mode::Log if config.embedded => "log (embedded)",
         args::Mode::Log => "log",
         args::Mode::Kv => "kv",
     }

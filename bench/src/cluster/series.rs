@@ -11,6 +11,7 @@
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 /// One second's latencies in one thread, or merged.
 #[derive(Clone, Debug)]
@@ -43,7 +44,7 @@ fn second_histogram_us() -> Histogram<u64> {
 }
 
 /// The figures of one second of the window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecondCount {
     /// Entries committed in it.
     pub committed: u64,

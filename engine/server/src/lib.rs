@@ -7,7 +7,8 @@
 //! - [`config`]: [`ServerConfig`] (the file's shape), [`ConfigLayer`] (a file or flags that
 //!   may each lack options), loading, validation, mapping onto
 //!   [`crate::node::NodeConfig`];
-//! - [`run`] / [`run_until`]: start the node, announce readiness, serve until told to stop;
+//! - [`run`] / [`run_until`]: start the node, announce readiness, serve until told to stop
+//!   ([`run_with`] / [`run_until_with`]: with an embedder's work running next to the node);
 //! - [`metrics`]: the Prometheus endpoint (`metrics_addr`);
 //! - [`security`]: the `[security]` (peer secret, client passwords, TLS) and `[limits]` sections;
 //! - [`pki`]: a throwaway certificate authority for test clusters (`lockstep cluster --tls`);
@@ -30,4 +31,4 @@ pub use self::config::{
     ConfigLayer, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning, DEFAULT_CLUSTER_ID,
 };
 pub use self::metrics::MetricsServer;
-pub use self::run::{ready_line, run, run_until, READY_MARKER};
+pub use self::run::{ready_line, run, run_until, run_until_with, run_with, READY_MARKER};

@@ -32,6 +32,14 @@ pub fn ready_line(id: u64, peer: SocketAddr, client: Option<SocketAddr>) -> Stri
 /// Starts the node and serves until SIGINT or SIGTERM, then shuts down cleanly. A second signal
 /// while shutting down ends the process at once (exit status 1).
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    run_with(config, |_, _| {})
+}
+
+/// As [`run`], and runs `alongside` as [`run_until_with`] does.
+pub fn run_with(
+    config: ServerConfig,
+    alongside: impl FnOnce(&Node, &AtomicBool) + Send,
+) -> Result<(), ServerError> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Registered first: when `stop` is already set, a repeated signal exits.
@@ -48,7 +56,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             ))
         })?;
     }
-    run_until(config, &stop)
+    run_until_with(config, &stop, alongside)
 }
 
 /// Starts the node, prints the ready line, and serves until `stop` becomes true; then shuts the
@@ -59,6 +67,18 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
 /// With `metrics_addr`, the endpoint is bound before the node starts (a bad address stops
 /// the server before it touches the data directory) and stopped before the node shuts down.
 pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerError> {
+    run_until_with(config, stop, |_, _| {})
+}
+
+/// As [`run_until`], and once the ready line is out runs `alongside(node, ending)` on a thread
+/// of its own (an embedder's work next to the served node, e.g. a load driver). `ending` becomes
+/// true when `stop` does or the node fails; `alongside` must return promptly then, since the node
+/// shuts down only after it returned.
+pub fn run_until_with(
+    config: ServerConfig,
+    stop: &AtomicBool,
+    alongside: impl FnOnce(&Node, &AtomicBool) + Send,
+) -> Result<(), ServerError> {
     let mut node_config = config.node_config()?;
     preflight(&config)
         .map_err(|e| ServerError(format!("node {} failed to start: {e}", config.id)))?;
@@ -92,20 +112,34 @@ pub fn run_until(config: ServerConfig, stop: &AtomicBool) -> Result<(), ServerEr
             .and_then(|()| stdout.flush())
             .map_err(|e| ServerError(format!("cannot write the ready line to stdout: {e}")))?;
     }
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(failure) = node.failure() {
-            // The node already stopped itself; shutting down only joins its threads.
-            drop(metrics);
-            drop(shut_down(node, &config));
-            return Err(fatal(format!("node {} failed: {failure}", config.id)));
-        }
-        std::thread::sleep(STOP_POLL);
+    let ending = AtomicBool::new(false);
+    let failure = std::thread::scope(|scope| {
+        scope.spawn(|| alongside(&node, &ending));
+        let failure = serve(&node, stop);
+        ending.store(true, Ordering::Relaxed);
+        failure
+    });
+    drop(metrics);
+    if let Some(failure) = failure {
+        // The node already stopped itself; shutting down only joins its threads.
+        drop(shut_down(node, &config));
+        return Err(fatal(format!("node {} failed: {failure}", config.id)));
     }
     tracing::info!(id = config.id, "stopping: shutting the node down");
-    drop(metrics);
     shut_down(node, &config)?;
     tracing::info!(id = config.id, "stopped");
     Ok(())
+}
+
+/// Waits until `stop` becomes true (`None`) or the node fails (its failure).
+fn serve(node: &Node, stop: &AtomicBool) -> Option<crate::node::NodeError> {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(failure) = node.failure() {
+            return Some(failure);
+        }
+        std::thread::sleep(STOP_POLL);
+    }
+    None
 }
 
 /// Checks what would otherwise fail only after the log preallocated its segments: the data
