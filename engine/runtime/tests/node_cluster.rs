@@ -157,6 +157,29 @@ fn a_node_behind_a_compacted_log_catches_up_by_snapshot() {
     cluster.assert_converged();
 }
 
+/// A follower restarted on an empty data directory (its disk replaced) while the cluster is idle
+/// is brought back by the leader's heartbeats alone: no new write is needed for the leader to
+/// learn that the follower's log ends below what it had acknowledged.
+#[test]
+fn a_follower_whose_disk_was_wiped_catches_up_while_the_cluster_is_idle() {
+    let mut cluster = start(3, 1_000_000);
+    let leader = cluster.propose("a", 200);
+    cluster.assert_converged();
+    let wiped = (leader + 1) % 3;
+    cluster.stop(wiped);
+    let dir = cluster.dirs[wiped].path().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    cluster.restart(wiped);
+    let target = cluster.node(leader).status().commit;
+    wait_for(
+        "the wiped follower to catch up without new writes",
+        Duration::from_secs(20),
+        || cluster.node(wiped).status().applied >= target,
+    );
+    cluster.assert_converged();
+}
+
 #[test]
 fn large_entries_are_snapshotted_by_bytes_long_before_the_entry_count() {
     let cluster = TestCluster::start(

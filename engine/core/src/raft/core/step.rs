@@ -252,7 +252,23 @@ impl Raft {
                 if !self.follow(from) {
                     return;
                 }
-                let commit = commit.min(self.log.last_index());
+                let last = self.log.last_index();
+                if commit > last {
+                    // The leader caps a heartbeat's commit at what it believes this node holds:
+                    // a commit past the log means entries it acknowledged are gone (a replaced
+                    // disk, a cut tail). Say where the log ends, as a too-short log answers an
+                    // append, so the leader sends from there without waiting for a new write.
+                    self.send(
+                        from,
+                        MessageBody::AppendResponse {
+                            success: false,
+                            index: commit,
+                            hint_index: last,
+                            hint_term: Term::ZERO,
+                        },
+                    );
+                }
+                let commit = commit.min(last);
                 if commit > self.commit {
                     self.commit = commit;
                 }

@@ -1114,6 +1114,27 @@ fn repair_of_an_unknown_extent_waits_for_an_entry_of_a_newer_term() {
     }
 }
 
+/// A follower that lost acknowledged entries while the cluster is idle (a replaced disk, a
+/// cut tail) is repaired by heartbeats alone: the heartbeat's commit, capped at what the leader
+/// believes it holds, is past its log, and its answer tells the leader where its log ends.
+#[test]
+fn an_idle_leader_repairs_a_follower_that_lost_entries_from_heartbeats() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.propose(1, 5);
+    cluster.stabilize();
+    let last = cluster.node(1).raft.status().durable;
+    cluster.crash(2);
+    cluster.restart_damaged(2, Some(2), RepairGate::Off);
+    assert_eq!(cluster.node(2).raft.status().durable, LogIndex(1));
+    // No proposal: only heartbeats reach 2.
+    cluster.ticks(30);
+    let leader = cluster.node(1).raft.status();
+    assert_eq!(leader.role, Role::Leader);
+    assert!(leader.stats.followers_lost_entries >= 1);
+    assert_eq!(cluster.node(2).raft.status().durable, last);
+}
+
 #[test]
 fn leader_lowers_the_match_of_a_follower_that_lost_acknowledged_entries() {
     // The leader stays up: it had counted 2 up to 6 in this term. After 2 restarts with its log
