@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use super::config::ServerError;
 use crate::net::{
-    read_password_file, ClientLimits, ClientUsers, PeerSecret, TlsFile, TlsPorts, TlsSettings,
+    read_password_file, ClientLimits, ClientUsers, PeerSecret, TlsError, TlsFile, TlsPorts,
+    TlsSettings,
 };
 
 /// The `[security]` section. Everything is off by default (a trusted network).
@@ -145,10 +146,17 @@ impl TlsFiles {
             peer: self.peer.then_some(peer_ip),
         };
         TlsSettings::load(&self.cert_file, &self.key_file, &self.ca_file, ports).map_err(|err| {
-            ServerError::option(
-                &format!("security.tls.{}", err.file.option()),
-                format!("{}: {}", err.path.display(), err.why),
-            )
+            match err {
+                TlsError::File {
+                    file,
+                    path,
+                    problem,
+                } => ServerError::option(
+                    &format!("security.tls.{}", file.option()),
+                    format!("{}: {problem}", path.display()),
+                ),
+                other => ServerError::option("security.tls", other.to_string()),
+            }
         })
     }
 }

@@ -22,7 +22,6 @@ use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
-use crate::net::tls::ConnStream;
 use crate::net::{
     is_auth_refusal, ClientHello, ClientReply, ClientRole, ClientUsers, PeerHello, PeerProof,
 };
@@ -301,7 +300,7 @@ impl EventLoop {
         }
         // Direct sends (plain TCP only: TLS state belongs to this thread).
         let conn = self.conns.get(&token).expect("live connection");
-        if let ConnStream::Plain(tcp) = &conn.stream {
+        if let Some(tcp) = conn.stream.plain_tcp() {
             lane.lock().attach(token, tcp, !conn.out.is_empty());
         }
     }
@@ -375,7 +374,7 @@ impl EventLoop {
             None => {
                 conn.kind = ConnKind::Client(ClientProtocol::Native { greeted: true });
                 // Direct replies (plain TCP only: TLS state belongs to this thread).
-                if let ConnStream::Plain(tcp) = &conn.stream {
+                if let Some(tcp) = conn.stream.plain_tcp() {
                     self.lanes.attach_client(token, tcp, !conn.out.is_empty());
                 }
             }
