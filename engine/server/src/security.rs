@@ -54,7 +54,9 @@ impl Security {
             )
         };
         let bytes = read_secret_file(path).map_err(fault)?;
-        PeerSecret::new(bytes).map(Some).map_err(fault)
+        PeerSecret::new(bytes)
+            .map(Some)
+            .map_err(|err| fault(err.to_string()))
     }
 }
 
@@ -194,7 +196,7 @@ impl Security {
     /// `readonly_password_file`. The error names the option and the file, never a password.
     pub fn client_users(&self) -> Result<ClientUsers, ServerError> {
         let read = |option: &str, path: &PathBuf| {
-            read_password_file(path).map_err(|why| ServerError::option(option, why))
+            read_password_file(path).map_err(|err| ServerError::option(option, err.to_string()))
         };
         let readonly = self
             .readonly_password_file

@@ -46,7 +46,9 @@ impl Credentials {
     /// The default user with the password in the file at `path` (one line; see
     /// [`read_password_file`]). The error names the file, never the password.
     pub fn from_password_file(path: &Path) -> Result<Credentials, String> {
-        read_password_file(path).map(Credentials::new)
+        read_password_file(path)
+            .map(Credentials::new)
+            .map_err(|err| err.to_string())
     }
 }
 

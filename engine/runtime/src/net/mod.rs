@@ -46,11 +46,11 @@ mod transport;
 mod wire;
 
 pub use self::auth::{
-    fresh_nonce, Nonce, PeerRefusals, PeerSecret, Proof, Refusal, Role, Transcript, NONCE_BYTES,
-    PEER_SECRET_BYTES_MIN, PROOF_BYTES,
+    fresh_nonce, Nonce, PeerRefusals, PeerSecret, Proof, Refusal, Role, SecretTooShort, Transcript,
+    NONCE_BYTES, PEER_SECRET_BYTES_MIN, PROOF_BYTES,
 };
 pub use self::client_auth::{
-    read_password_file, ClientRole, ClientUsers, DEFAULT_USER, READONLY_USER,
+    read_password_file, ClientRole, ClientUsers, PasswordFileError, DEFAULT_USER, READONLY_USER,
 };
 pub use self::client_limits::ClientLimits;
 pub(crate) use self::client_msg::is_auth_refusal;
