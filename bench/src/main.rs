@@ -74,7 +74,7 @@ fn run_node(config: &std::path::Path) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lockstep-bench node: {}", error.0);
+            eprintln!("lockstep-bench node: {}", error);
             ExitCode::FAILURE
         }
     }
