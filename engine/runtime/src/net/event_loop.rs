@@ -840,7 +840,7 @@ impl EventLoop {
             let users = &self.config.client_users;
             let pipelined = self.config.client_limits.max_pipelined_bytes;
             if let Err(reason) = detect_client(conn, token, self.resp_limits, users, pipelined) {
-                self.close(token, CloseReason::BadFrame(reason));
+                self.close(token, CloseReason::BadFrame(reason.to_string()));
                 return false;
             }
         }
