@@ -85,7 +85,7 @@ fn run_node(config: &Path, embedded: Option<&Path>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lockstep-bench node: {}", error.0);
+            eprintln!("lockstep-bench node: {}", error);
             ExitCode::FAILURE
         }
     }

@@ -265,23 +265,22 @@ fn parse_cores(text: &str) -> Result<CoreList, String> {
 
 impl Args {
     /// The configuration: the file (if any) with the flags applied, validated.
-    fn config(self) -> Result<ServerConfig, ServerError> {
+    fn config(self) -> Result<ServerConfig, String> {
         let source = match &self.config {
             Some(path) => format!("{} with flags", path.display()),
             None => "flags".to_string(),
         };
         let mut layer = match &self.config {
-            Some(path) => ConfigLayer::parse_file(path)?,
+            Some(path) => ConfigLayer::parse_file(path).map_err(|e| e.to_string())?,
             None => ConfigLayer::default(),
         };
         self.apply_to(&mut layer);
         let config = layer.complete().map_err(|e| {
-            ServerError(format!(
-                "{e}: give them as flags or in the --config file (docs/CONFIG.md)"
-            ))
-            .in_source(&source)
+            format!("{source}: {e}: give them as flags or in the --config file (docs/CONFIG.md)")
         })?;
-        config.validate().map_err(|e| e.in_source(&source))?;
+        config
+            .validate()
+            .map_err(|e| e.in_source(&source).to_string())?;
         Ok(config)
     }
 
@@ -384,7 +383,7 @@ impl Args {
 fn log_settings(
     config: &ServerConfig,
     flags: (Option<String>, Option<String>),
-) -> Result<(), ServerError> {
+) -> Result<(), String> {
     let (level_flag, format_flag) = flags;
     let format = match format_flag
         .is_none()
@@ -392,8 +391,11 @@ fn log_settings(
         .flatten()
     {
         Some(name) => LogFormat::from_name(&name)
-            .map_err(|why| ServerError(format!("environment variable {LOG_FORMAT_ENV}: {why}")))?,
-        None => config.log_format()?.unwrap_or(LogFormat::Text),
+            .map_err(|why| format!("environment variable {LOG_FORMAT_ENV}: {why}"))?,
+        None => config
+            .log_format()
+            .map_err(|e| e.to_string())?
+            .unwrap_or(LogFormat::Text),
     };
     let (level, source) = match (level_flag, env_setting(LOG_ENV), &config.log_level) {
         (Some(flag), _, _) => (flag, "--log-level"),
@@ -401,8 +403,9 @@ fn log_settings(
         (None, None, Some(file)) => (file.clone(), "the file's log_level"),
         (None, None, None) => ("info".to_string(), "the default"),
     };
-    crate::init_logging(&level, format)
-        .map_err(|why| ServerError::option("log_level", format!("{why} (from {source})")))
+    crate::init_logging(&level, format).map_err(|why| {
+        ServerError::option("log_level", format!("{why} (from {source})")).to_string()
+    })
 }
 
 /// Runs the subcommand.
@@ -410,7 +413,7 @@ pub fn run(args: Args) -> ExitCode {
     let flags = (args.log_level.clone(), args.log_format.clone());
     let result = args.config().and_then(|config| {
         log_settings(&config, flags)?;
-        lockstep_server::run(config)
+        lockstep_server::run(config).map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -455,7 +458,7 @@ mod tests {
         assert!(help_of(&command, "sync").contains("`none`"));
     }
 
-    fn config_of(flags: &[&str]) -> Result<ServerConfig, ServerError> {
+    fn config_of(flags: &[&str]) -> Result<ServerConfig, String> {
         crate::parse_flags::<Args>("serve", flags)
             .expect("flags parse")
             .config()
@@ -500,7 +503,7 @@ mod tests {
 
     #[test]
     fn every_missing_required_option_is_named_at_once() {
-        let error = config_of(&["--id", "1"]).unwrap_err().0;
+        let error = config_of(&["--id", "1"]).unwrap_err();
         for named in ["--cluster-id", "--data-dir", "--app", "--member"] {
             assert!(error.contains(named), "{named} missing from: {error}");
         }
@@ -508,9 +511,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("partial.toml");
         std::fs::write(&file, "id = 1\napp = \"kv\"\n").unwrap();
-        let error = config_of(&["--config", file.to_str().unwrap(), "--member", MEMBER])
-            .unwrap_err()
-            .0;
+        let error =
+            config_of(&["--config", file.to_str().unwrap(), "--member", MEMBER]).unwrap_err();
         assert!(
             error.contains("`cluster_id` (flag --cluster-id)")
                 && error.contains("`data_dir` (flag --data-dir)")

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use crate::batch::{entry_offset, Batch, BatchKind, Entries};
 use crate::disk;
 use crate::doorbell::Doorbell;
-use crate::error::LogError;
+use crate::error::{BadLogOption, LogError};
 use crate::hard_state::{HardState, HardStateFile};
 use crate::head::{self, Head, HeadFound};
 use crate::preparer::{Preparer, Spare};
@@ -318,21 +318,17 @@ fn check_options(options: &LogOptions) -> Result<(), LogError> {
         || options.segment_bytes % 4096 != 0
         || options.segment_bytes > u32::MAX as u64
     {
-        return Err(LogError::BadOptions(format!(
-            "segment_bytes {} must be a multiple of 4096 in {SEGMENT_BYTES_MIN}..=4 GiB",
-            options.segment_bytes
+        return Err(LogError::BadOptions(BadLogOption::SegmentBytes(
+            options.segment_bytes,
         )));
     }
     if !(1..=MAX_SYNCS_IN_FLIGHT).contains(&options.syncs_in_flight) {
-        return Err(LogError::BadOptions(format!(
-            "syncs_in_flight {} must be in 1..={MAX_SYNCS_IN_FLIGHT}",
-            options.syncs_in_flight
+        return Err(LogError::BadOptions(BadLogOption::SyncsInFlight(
+            options.syncs_in_flight,
         )));
     }
     if options.spare_segments == 0 {
-        return Err(LogError::BadOptions(
-            "spare_segments must be at least 1".to_string(),
-        ));
+        return Err(LogError::BadOptions(BadLogOption::SpareSegments));
     }
     Ok(())
 }

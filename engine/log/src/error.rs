@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use crate::batch::BatchError;
 use crate::record::RecordError;
+use crate::segment::SEGMENT_BYTES_MIN;
+use crate::sync::MAX_SYNCS_IN_FLIGHT;
 use crate::types::{LogIndex, Term};
 
 /// Why a log operation failed.
@@ -96,7 +98,34 @@ pub enum LogError {
         file: PathBuf,
     },
     /// Options are out of range.
-    BadOptions(String),
+    BadOptions(BadLogOption),
+}
+
+/// A [`crate::LogOptions`] value out of range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadLogOption {
+    /// `segment_bytes` is not a multiple of 4096 in `SEGMENT_BYTES_MIN..=4 GiB`.
+    SegmentBytes(u64),
+    /// `syncs_in_flight` is not in `1..=MAX_SYNCS_IN_FLIGHT`.
+    SyncsInFlight(usize),
+    /// `spare_segments` is 0.
+    SpareSegments,
+}
+
+impl fmt::Display for BadLogOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BadLogOption::SegmentBytes(bytes) => write!(
+                f,
+                "segment_bytes {bytes} must be a multiple of 4096 in {SEGMENT_BYTES_MIN}..=4 GiB"
+            ),
+            BadLogOption::SyncsInFlight(syncs) => write!(
+                f,
+                "syncs_in_flight {syncs} must be in 1..={MAX_SYNCS_IN_FLIGHT}"
+            ),
+            BadLogOption::SpareSegments => f.write_str("spare_segments must be at least 1"),
+        }
+    }
 }
 
 impl LogError {

@@ -49,7 +49,7 @@ use crate::record::SEQ_MAX;
 use crate::recovery::Recovered;
 use crate::repair::DamageReport;
 use crate::segment::live_name;
-use crate::small_file;
+use crate::small_file::{self, SmallFileError};
 use crate::types::LogIndex;
 
 /// The file name inside the log directory.
@@ -87,7 +87,7 @@ pub enum HeadFound {
     /// A valid head.
     Valid(Head),
     /// A head file that fails its checks (the reason).
-    Damaged(String),
+    Damaged(SmallFileError),
 }
 
 /// A lost segment (or head) that the head reveals.
@@ -115,30 +115,40 @@ pub fn encode(head: Head) -> [u8; HEAD_FILE_BYTES] {
 }
 
 /// Decodes the file's bytes, or says what is wrong with them.
-pub fn decode(bytes: &[u8]) -> Result<Head, String> {
+pub fn decode(bytes: &[u8]) -> Result<Head, SmallFileError> {
     if bytes.len() != HEAD_FILE_BYTES {
-        return Err(format!("{} bytes, expected {HEAD_FILE_BYTES}", bytes.len()));
+        return Err(SmallFileError::Length {
+            found: bytes.len(),
+            expected: HEAD_FILE_BYTES,
+        });
     }
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
     let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4"));
     if magic != MAGIC {
-        return Err(format!("bad magic {magic:#010x}"));
+        return Err(SmallFileError::BadMagic(magic));
     }
     let covered = match bytes[4] {
         VERSION => 48,
         VERSION_WITHOUT_FLOOR => 40,
-        other => return Err(format!("version {other}, expected {VERSION}")),
+        other => {
+            return Err(SmallFileError::Version {
+                found: other,
+                expected: VERSION,
+                older: None,
+            })
+        }
     };
     let crc = u32::from_le_bytes(bytes[covered..covered + 4].try_into().expect("4"));
     let computed = crc32fast::hash(&bytes[..covered]);
     if crc != computed {
-        return Err(format!(
-            "crc {crc:#010x} does not match the contents ({computed:#010x})"
-        ));
+        return Err(SmallFileError::Crc {
+            stored: crc,
+            computed,
+        });
     }
     let seq_floor = if covered == 48 { u64_at(40) } else { 0 };
     if seq_floor > SEQ_MAX + 1 {
-        return Err(format!("seq floor {seq_floor} beyond the seq space"));
+        return Err(SmallFileError::SeqFloor(seq_floor));
     }
     Ok(Head {
         newest_seq: u64_at(8),
@@ -388,7 +398,7 @@ mod tests {
         let err = check(&HeadFound::Absent, &[(1, false), (4, true)], 5).unwrap_err();
         assert_eq!(err.file, HEAD_FILE);
         // Damaged head.
-        let damaged = HeadFound::Damaged("bad magic".to_string());
+        let damaged = HeadFound::Damaged(SmallFileError::BadMagic(0));
         assert!(check(&damaged, &[(1, true)], 3).is_err());
     }
 }

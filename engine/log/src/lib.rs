@@ -68,7 +68,7 @@ pub use doorbell::Doorbell;
 pub use durable_log::{
     AppendMode, BatchView, Log, LogOptions, LogStats, OpenReport, Read, TornTailReport,
 };
-pub use error::LogError;
+pub use error::{BadLogOption, LogError};
 pub use hard_state::HardState;
 pub use sync::SyncMode;
 pub use sync::MAX_SYNCS_IN_FLIGHT;

@@ -464,12 +464,12 @@ fn scan(input: &[SegmentBytes<'_>]) -> Result<(Recovered, Option<Damage>), Corru
         return Ok((empty, None));
     }
     for (position, segment) in input.iter().enumerate() {
-        if let Err(reason) = check_segment_header(segment.bytes) {
+        if let Err(err) = check_segment_header(segment.bytes) {
             return Err(CorruptAt {
                 segment: position,
                 offset: 0,
                 index: LogIndex::ZERO,
-                reason,
+                reason: err.to_string(),
             });
         }
         if position > 0 && segment.first_seq <= input[position - 1].first_seq {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::error::LogError;
 use crate::recovery::Damage;
 use crate::segment::sync_dir;
-use crate::small_file;
+use crate::small_file::{self, SmallFileError};
 use crate::types::{LogIndex, Term};
 
 /// The file name inside the log directory.
@@ -149,34 +149,41 @@ pub fn encode(state: RepairState) -> [u8; REPAIR_FILE_BYTES] {
 
 /// Decodes the file's bytes (version 2, or version 1 as written before the term bound
 /// existed), or says what is wrong with them.
-pub fn decode(bytes: &[u8]) -> Result<RepairState, String> {
+pub fn decode(bytes: &[u8]) -> Result<RepairState, SmallFileError> {
     if bytes.len() != REPAIR_FILE_BYTES {
-        return Err(format!(
-            "{} bytes, expected {REPAIR_FILE_BYTES}",
-            bytes.len()
-        ));
+        return Err(SmallFileError::Length {
+            found: bytes.len(),
+            expected: REPAIR_FILE_BYTES,
+        });
     }
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
     let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4"));
     if magic != MAGIC {
-        return Err(format!("bad magic {magic:#010x}"));
+        return Err(SmallFileError::BadMagic(magic));
     }
     let covered = match bytes[4] {
         1 => 24,
         VERSION => 32,
-        other => return Err(format!("version {other}, expected 1 or {VERSION}")),
+        other => {
+            return Err(SmallFileError::Version {
+                found: other,
+                expected: VERSION,
+                older: Some(1),
+            })
+        }
     };
     let crc = u32::from_le_bytes(bytes[covered..covered + 4].try_into().expect("4"));
     let computed = crc32fast::hash(&bytes[..covered]);
     if crc != computed {
-        return Err(format!(
-            "crc {crc:#010x} does not match the contents ({computed:#010x})"
-        ));
+        return Err(SmallFileError::Crc {
+            stored: crc,
+            computed,
+        });
     }
     let above_term = match (bytes[4], bytes[5]) {
         (1, _) | (_, 0) => None,
         (_, 1) => Some(Term(u64_at(24))),
-        (_, flags) => return Err(format!("unknown flags {flags:#04x}")),
+        (_, flags) => return Err(SmallFileError::UnknownFlags(flags)),
     };
     Ok(RepairState {
         first_lost: LogIndex(u64_at(8)),
@@ -249,8 +256,18 @@ mod tests {
                 damaged[at] ^= 0x10;
                 assert!(decode(&damaged).is_err(), "flip at byte {at} accepted");
             }
-            assert!(decode(&bytes[..63]).is_err());
+            assert_eq!(
+                decode(&bytes[..63]),
+                Err(SmallFileError::Length {
+                    found: 63,
+                    expected: REPAIR_FILE_BYTES
+                })
+            );
         }
+        let mut version_3 = encode(state(7, 42, None));
+        version_3[4] = 3;
+        let err = decode(&version_3).unwrap_err();
+        assert_eq!(err.to_string(), "version 3, expected 1 or 2");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! is still read: its records are unkeyed ([`Seal::Unkeyed`]). Records start at
 //! [`SEGMENT_HEADER_BYTES`].
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -184,14 +185,52 @@ pub fn keeps_head(bytes: &[u8]) -> bool {
     bytes.len() > 5 && bytes[5] & SEGMENT_FLAG_KEEPS_HEAD != 0
 }
 
+/// What is wrong with a segment file's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentHeaderError {
+    /// The file (of this many bytes) is shorter than a header.
+    Short(usize),
+    /// The magic number or the header's checksum is wrong.
+    BadHeader,
+    /// A segment version this code does not read.
+    Version(u8),
+    /// The header declares another length than the file has (cut or extended).
+    Length {
+        /// The length the header declares.
+        declared: u64,
+        /// The file's length.
+        actual: usize,
+    },
+}
+
+impl fmt::Display for SegmentHeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SegmentHeaderError::Short(len) => {
+                write!(f, "file of {len} bytes is shorter than a segment header")
+            }
+            SegmentHeaderError::BadHeader => f.write_str("bad segment header (magic or checksum)"),
+            SegmentHeaderError::Version(version) => {
+                write!(f, "unknown segment version {version}")
+            }
+            SegmentHeaderError::Length { declared, actual } => write!(
+                f,
+                "segment header says {declared} bytes but the file has {actual} (cut or extended)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SegmentHeaderError {}
+
 /// Checks a segment's header against its length; `Err` says what is wrong.
-pub fn check_segment_header(bytes: &[u8]) -> Result<(), String> {
+pub fn check_segment_header(bytes: &[u8]) -> Result<(), SegmentHeaderError> {
     let declared = declared_len(bytes)?;
     if declared != bytes.len() as u64 {
-        return Err(format!(
-            "segment header says {declared} bytes but the file has {} (cut or extended)",
-            bytes.len()
-        ));
+        return Err(SegmentHeaderError::Length {
+            declared,
+            actual: bytes.len(),
+        });
     }
     Ok(())
 }
@@ -205,20 +244,17 @@ pub fn cut_short(bytes: &[u8]) -> Option<u64> {
 }
 
 /// The file length a segment's header declares, once magic, checksum and version check out.
-fn declared_len(bytes: &[u8]) -> Result<u64, String> {
+fn declared_len(bytes: &[u8]) -> Result<u64, SegmentHeaderError> {
     if bytes.len() < SEGMENT_HEADER_BYTES {
-        return Err(format!(
-            "file of {} bytes is shorter than a segment header",
-            bytes.len()
-        ));
+        return Err(SegmentHeaderError::Short(bytes.len()));
     }
     let header = &bytes[..SEGMENT_HEADER_BYTES];
     let stored_crc = u32::from_le_bytes(header[60..64].try_into().expect("4 bytes"));
     if header[0..4] != SEGMENT_MAGIC.to_le_bytes() || stored_crc != crc32fast::hash(&header[..60]) {
-        return Err("bad segment header (magic or checksum)".to_string());
+        return Err(SegmentHeaderError::BadHeader);
     }
     if header[4] != SEGMENT_VERSION && header[4] != SEGMENT_VERSION_UNKEYED {
-        return Err(format!("unknown segment version {}", header[4]));
+        return Err(SegmentHeaderError::Version(header[4]));
     }
     Ok(u64::from_le_bytes(
         header[8..16].try_into().expect("8 bytes"),
@@ -376,7 +412,22 @@ mod tests {
         assert_eq!(map.len(), 8192);
         assert_eq!(check_segment_header(&map), Ok(()));
         assert!(map[SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0));
-        assert!(check_segment_header(&map[..4096]).is_err());
+        let cut = check_segment_header(&map[..4096]).unwrap_err();
+        assert_eq!(
+            cut,
+            SegmentHeaderError::Length {
+                declared: 8192,
+                actual: 4096
+            }
+        );
+        assert_eq!(
+            cut.to_string(),
+            "segment header says 8192 bytes but the file has 4096 (cut or extended)"
+        );
+        assert_eq!(
+            check_segment_header(&map[..10]),
+            Err(SegmentHeaderError::Short(10))
+        );
     }
 
     #[test]

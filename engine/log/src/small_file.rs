@@ -6,12 +6,76 @@
 //! the next write replaces). Damage to a file under its final name is therefore disk damage,
 //! never a torn write.
 
+use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
 use crate::error::LogError;
 use crate::segment::sync_dir;
+
+/// What is wrong with the bytes of a small file (the log head, the repair or suspect marker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmallFileError {
+    /// Not the file's size.
+    Length {
+        /// Bytes found.
+        found: usize,
+        /// The file's size.
+        expected: usize,
+    },
+    /// Not the file's magic number.
+    BadMagic(u32),
+    /// A version this code does not read.
+    Version {
+        /// The version found.
+        found: u8,
+        /// The current version.
+        expected: u8,
+        /// An older version also read, if any.
+        older: Option<u8>,
+    },
+    /// The checksum does not match the contents.
+    Crc {
+        /// The checksum stored.
+        stored: u32,
+        /// The checksum of the contents.
+        computed: u32,
+    },
+    /// Flag bits this code does not know.
+    UnknownFlags(u8),
+    /// The log head's seq floor lies beyond the seq space.
+    SeqFloor(u64),
+}
+
+impl fmt::Display for SmallFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SmallFileError::Length { found, expected } => {
+                write!(f, "{found} bytes, expected {expected}")
+            }
+            SmallFileError::BadMagic(magic) => write!(f, "bad magic {magic:#010x}"),
+            SmallFileError::Version {
+                found,
+                expected,
+                older: None,
+            } => write!(f, "version {found}, expected {expected}"),
+            SmallFileError::Version {
+                found,
+                expected,
+                older: Some(older),
+            } => write!(f, "version {found}, expected {older} or {expected}"),
+            SmallFileError::Crc { stored, computed } => write!(
+                f,
+                "crc {stored:#010x} does not match the contents ({computed:#010x})"
+            ),
+            SmallFileError::UnknownFlags(flags) => write!(f, "unknown flags {flags:#04x}"),
+            SmallFileError::SeqFloor(floor) => write!(f, "seq floor {floor} beyond the seq space"),
+        }
+    }
+}
+
+impl std::error::Error for SmallFileError {}
 
 /// Replaces `dir/name` with `bytes` (via `dir/tmp`), durably; `what` names the file in errors.
 pub fn replace(

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use crate::error::LogError;
 use crate::segment::sync_dir;
-use crate::small_file;
+use crate::small_file::{self, SmallFileError};
 use crate::types::{LogIndex, Term};
 
 /// The file name inside the log directory.
@@ -44,26 +44,31 @@ pub fn encode(term: Term) -> [u8; SUSPECT_FILE_BYTES] {
 }
 
 /// Decodes the file's bytes, or says what is wrong with them.
-pub fn decode(bytes: &[u8]) -> Result<Term, String> {
+pub fn decode(bytes: &[u8]) -> Result<Term, SmallFileError> {
     if bytes.len() != SUSPECT_FILE_BYTES {
-        return Err(format!(
-            "{} bytes, expected {SUSPECT_FILE_BYTES}",
-            bytes.len()
-        ));
+        return Err(SmallFileError::Length {
+            found: bytes.len(),
+            expected: SUSPECT_FILE_BYTES,
+        });
     }
     let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4"));
     if magic != MAGIC {
-        return Err(format!("bad magic {magic:#010x}"));
+        return Err(SmallFileError::BadMagic(magic));
     }
     if bytes[4] != VERSION {
-        return Err(format!("version {}, expected {VERSION}", bytes[4]));
+        return Err(SmallFileError::Version {
+            found: bytes[4],
+            expected: VERSION,
+            older: None,
+        });
     }
     let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4"));
     let computed = crc32fast::hash(&bytes[..16]);
     if crc != computed {
-        return Err(format!(
-            "crc {crc:#010x} does not match the contents ({computed:#010x})"
-        ));
+        return Err(SmallFileError::Crc {
+            stored: crc,
+            computed,
+        });
     }
     Ok(Term(u64::from_le_bytes(
         bytes[8..16].try_into().expect("8"),

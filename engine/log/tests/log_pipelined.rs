@@ -4,7 +4,7 @@
 
 use lockstep_log::batch::{BatchBuilder, BatchKind};
 use lockstep_log::types::{LogIndex, Term};
-use lockstep_log::{Log, LogError, LogOptions, SyncMode};
+use lockstep_log::{BadLogOption, Log, LogError, LogOptions, SyncMode};
 
 fn options(mode: SyncMode, syncs_in_flight: usize) -> LogOptions {
     LogOptions {
@@ -86,7 +86,11 @@ fn syncs_in_flight_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     for bad in [0, 65] {
         match Log::open(dir.path(), options(SyncMode::IoUring, bad)) {
-            Err(LogError::BadOptions(message)) => assert!(message.contains("syncs_in_flight")),
+            Err(LogError::BadOptions(BadLogOption::SyncsInFlight(syncs))) => {
+                assert_eq!(syncs, bad);
+                let message = LogError::BadOptions(BadLogOption::SyncsInFlight(syncs)).to_string();
+                assert!(message.contains("syncs_in_flight"), "{message}");
+            }
             other => panic!(
                 "syncs_in_flight {bad} accepted: {:?}",
                 other.map(|(_, r)| r)

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::error::ServerError;
 use super::security::{Limits, Security};
 use crate::apps::AppKind;
 use crate::log::{AppendMode, LogOptions, SyncMode, MAX_SYNCS_IN_FLIGHT};
@@ -45,31 +46,97 @@ pub struct MemberConfig {
 impl MemberConfig {
     /// Parses the flag form `ID=PEER_ADDR/CLIENT_ADDR`, e.g.
     /// `1=127.0.0.1:7001/127.0.0.1:6380`.
-    pub fn parse(text: &str) -> Result<MemberConfig, String> {
-        let shape = "expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:7001/127.0.0.1:6380";
+    pub fn parse(text: &str) -> Result<MemberConfig, MemberParseError> {
+        let error = |problem| MemberParseError {
+            text: text.to_owned(),
+            problem,
+        };
         let (id, addrs) = text
             .split_once('=')
-            .ok_or_else(|| format!("{text:?}: {shape}"))?;
+            .ok_or_else(|| error(MemberProblem::Shape))?;
         let (peer, client) = addrs
             .split_once('/')
-            .ok_or_else(|| format!("{text:?}: {shape}"))?;
-        let id = id
-            .trim()
-            .parse::<u64>()
-            .map_err(|e| format!("{text:?}: node id {id:?}: {e}"))?;
-        let peer_addr = peer
-            .trim()
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("{text:?}: peer address {peer:?}: {e}"))?;
-        let client_addr = client
-            .trim()
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("{text:?}: client address {client:?}: {e}"))?;
+            .ok_or_else(|| error(MemberProblem::Shape))?;
+        let id = id.trim().parse::<u64>().map_err(|source| {
+            error(MemberProblem::Id {
+                id: id.to_owned(),
+                source,
+            })
+        })?;
+        let addr = |addr: &str, role| {
+            addr.trim().parse::<SocketAddr>().map_err(|source| {
+                error(MemberProblem::Addr {
+                    role,
+                    addr: addr.to_owned(),
+                    source,
+                })
+            })
+        };
+        let peer_addr = addr(peer, "peer")?;
+        let client_addr = addr(client, "client")?;
         Ok(MemberConfig {
             id,
             peer_addr,
             client_addr,
         })
+    }
+}
+
+/// A member in the flag form that cannot be parsed: the text, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberParseError {
+    /// The text given.
+    pub text: String,
+    /// What is wrong with it.
+    pub problem: MemberProblem,
+}
+
+/// What is wrong with a member in the flag form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberProblem {
+    /// Not `ID=PEER_ADDR/CLIENT_ADDR`.
+    Shape,
+    /// The node id is not a number.
+    Id {
+        /// The id given.
+        id: String,
+        /// Why it is not one.
+        source: std::num::ParseIntError,
+    },
+    /// An address is not `IP:PORT`.
+    Addr {
+        /// Which address: `peer` or `client`.
+        role: &'static str,
+        /// The address given.
+        addr: String,
+        /// Why it is not one.
+        source: std::net::AddrParseError,
+    },
+}
+
+impl fmt::Display for MemberParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = &self.text;
+        match &self.problem {
+            MemberProblem::Shape => write!(
+                f,
+                "{text:?}: expected ID=PEER_ADDR/CLIENT_ADDR, e.g. 1=127.0.0.1:7001/127.0.0.1:6380"
+            ),
+            MemberProblem::Id { id, source } => write!(f, "{text:?}: node id {id:?}: {source}"),
+            MemberProblem::Addr { role, addr, source } => {
+                write!(f, "{text:?}: {role} address {addr:?}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MemberParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            MemberProblem::Shape => None,
+            MemberProblem::Id { source, .. } => Some(source),
+            MemberProblem::Addr { source, .. } => Some(source),
+        }
     }
 }
 
@@ -390,29 +457,31 @@ pub struct ConfigLayer {
 impl ConfigLayer {
     /// Reads and parses a TOML file; errors name the file.
     pub fn parse_file(path: &Path) -> Result<ConfigLayer, ServerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ServerError(format!("{}: cannot read: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         ConfigLayer::parse_toml(&text).map_err(|e| e.in_source(&path.display().to_string()))
     }
 
     /// Parses TOML text.
     pub fn parse_toml(text: &str) -> Result<ConfigLayer, ServerError> {
-        toml::from_str(text).map_err(|e| ServerError(e.to_string().trim_end().to_string()))
+        toml::from_str(text).map_err(ServerError::Toml)
     }
 
     /// The whole configuration (not yet validated); the error names every required option
     /// that is missing, with its flag.
     pub fn complete(self) -> Result<ServerConfig, ServerError> {
-        let missing: Vec<String> = [
-            ("id", "id", self.id.is_none()),
-            ("cluster_id", "cluster-id", self.cluster_id.is_none()),
-            ("data_dir", "data-dir", self.data_dir.is_none()),
-            ("app", "app", self.app.is_none()),
-            ("members", "member", self.members.is_empty()),
+        let missing: Vec<&'static str> = [
+            ("id", self.id.is_none()),
+            ("cluster_id", self.cluster_id.is_none()),
+            ("data_dir", self.data_dir.is_none()),
+            ("app", self.app.is_none()),
+            ("members", self.members.is_empty()),
         ]
         .iter()
-        .filter(|(_, _, missing)| *missing)
-        .map(|(field, flag, _)| format!("`{field}` (flag --{flag})"))
+        .filter(|(_, missing)| *missing)
+        .map(|(field, _)| *field)
         .collect();
         match (self.id, self.cluster_id, self.data_dir, self.app) {
             (Some(id), Some(cluster_id), Some(data_dir), Some(app)) if missing.is_empty() => {
@@ -431,11 +500,7 @@ impl ConfigLayer {
                     limits: self.limits,
                 })
             }
-            _ if missing.len() == 1 => Err(ServerError(format!("missing field {}", missing[0]))),
-            _ => Err(ServerError(format!(
-                "missing fields {}",
-                missing.join(", ")
-            ))),
+            _ => Err(ServerError::Missing(missing)),
         }
     }
 }
@@ -451,49 +516,30 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// The format `name` names (`text` or `json`).
-    pub fn from_name(name: &str) -> Result<LogFormat, String> {
+    pub fn from_name(name: &str) -> Result<LogFormat, UnknownLogFormat> {
         match name {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "{other:?} is not a log format (expected \"text\" or \"json\")"
-            )),
+            other => Err(UnknownLogFormat(other.to_owned())),
         }
     }
 }
 
-/// Why the server could not start or stopped with an error. The message names the file and the
-/// option at fault when there is one.
+/// A name that is not a [`LogFormat`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerError(pub String);
+pub struct UnknownLogFormat(pub String);
 
-impl ServerError {
-    /// An error about option `name` (as the file spells it, e.g. `tuning.sync`); the message
-    /// also names the matching `lockstep serve` flag.
-    pub fn option(name: &str, why: String) -> ServerError {
-        let key = name.rsplit('.').next().unwrap_or(name);
-        let flag = match key {
-            "members" => "member".to_string(),
-            "tuning" => return ServerError(format!("option `{name}`: {why}")),
-            tls if name.starts_with("security.tls.") => format!("tls-{}", tls.replace('_', "-")),
-            other => other.replace('_', "-"),
-        };
-        ServerError(format!("option `{name}` (flag --{flag}): {why}"))
-    }
-
-    /// The same error, prefixed with where the configuration came from.
-    pub fn in_source(self, source: &str) -> ServerError {
-        ServerError(format!("{source}: {}", self.0))
-    }
-}
-
-impl fmt::Display for ServerError {
+impl fmt::Display for UnknownLogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(
+            f,
+            "{:?} is not a log format (expected \"text\" or \"json\")",
+            self.0
+        )
     }
 }
 
-impl std::error::Error for ServerError {}
+impl std::error::Error for UnknownLogFormat {}
 
 impl ServerConfig {
     /// Reads and validates a TOML file; errors name the file, the option and the problem.
@@ -617,7 +663,7 @@ impl ServerConfig {
             .as_deref()
             .map(LogFormat::from_name)
             .transpose()
-            .map_err(|why| ServerError::option("log_format", why))
+            .map_err(|err| ServerError::option_caused("log_format", err.to_string(), err))
     }
 
     /// This node's own member entry.
@@ -724,7 +770,7 @@ snapshot_entries = 1000
     fn error_of(text: &str) -> String {
         match ServerConfig::parse_toml(text).and_then(|config| config.validate()) {
             Ok(()) => panic!("accepted:\n{text}"),
-            Err(ServerError(message)) => message,
+            Err(err) => err.to_string(),
         }
     }
 
@@ -753,10 +799,10 @@ snapshot_entries = 1000
             "spinning is off by default"
         );
         assert_eq!(config.metrics_addr, None);
-        assert_eq!(config.log_format(), Ok(None));
+        assert_eq!(config.log_format().unwrap(), None);
         assert_eq!(
-            ServerConfig::parse_toml(&config.to_toml()),
-            Ok(config.clone())
+            ServerConfig::parse_toml(&config.to_toml()).unwrap(),
+            config.clone()
         );
         let observed = ServerConfig {
             metrics_addr: Some("127.0.0.1:9100".parse().unwrap()),
@@ -765,8 +811,11 @@ snapshot_entries = 1000
             ..config
         };
         observed.validate().unwrap();
-        assert_eq!(observed.log_format(), Ok(Some(LogFormat::Json)));
-        assert_eq!(ServerConfig::parse_toml(&observed.to_toml()), Ok(observed));
+        assert_eq!(observed.log_format().unwrap(), Some(LogFormat::Json));
+        assert_eq!(
+            ServerConfig::parse_toml(&observed.to_toml()).unwrap(),
+            observed
+        );
     }
 
     #[test]
@@ -885,20 +934,25 @@ snapshot_entries = 1000
         let path = dir.path().join("node.toml");
         let err = ServerConfig::load(&path).unwrap_err();
         assert!(
-            err.0.contains("node.toml") && err.0.contains("cannot read"),
+            matches!(&err, ServerError::Read { path: at, source }
+                if *at == path && source.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        let err = err.to_string();
+        assert!(
+            err.contains("node.toml") && err.contains("cannot read"),
             "{err}"
         );
         std::fs::write(&path, GOOD.replacen("cluster_id = 7", "cluster_id = -7", 1)).unwrap();
-        let err = ServerConfig::load(&path).unwrap_err();
+        let err = ServerConfig::load(&path).unwrap_err().to_string();
         assert!(
-            err.0.contains("node.toml") && err.0.contains("cluster_id"),
+            err.contains("node.toml") && err.contains("cluster_id"),
             "{err}"
         );
         std::fs::write(&path, GOOD.replacen("id = 2\n", "id = 9\n", 1)).unwrap();
-        let err = ServerConfig::load(&path).unwrap_err();
+        let err = ServerConfig::load(&path).unwrap_err().to_string();
         assert!(
-            err.0
-                .starts_with(&format!("{}: option `id`", path.display())),
+            err.starts_with(&format!("{}: option `id`", path.display())),
             "{err}"
         );
         std::fs::write(&path, GOOD).unwrap();
@@ -918,5 +972,15 @@ snapshot_entries = 1000
         ] {
             assert!(MemberConfig::parse(bad).is_err(), "{bad}");
         }
+        let err = MemberConfig::parse("3=127.0.0.1:7003/nowhere").unwrap_err();
+        assert!(
+            matches!(err.problem, MemberProblem::Addr { role: "client", .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "\"3=127.0.0.1:7003/nowhere\": client address \"nowhere\": invalid socket address \
+             syntax"
+        );
     }
 }

@@ -22,13 +22,15 @@ pub(crate) use lockstep::{apply, log, net, node, raft, resp, types};
 pub mod apps;
 
 pub mod config;
+mod error;
 pub mod metrics;
 pub mod pki;
 mod run;
 pub mod security;
 
 pub use self::config::{
-    ConfigLayer, LogFormat, MemberConfig, ServerConfig, ServerError, Tuning, DEFAULT_CLUSTER_ID,
+    ConfigLayer, LogFormat, MemberConfig, MemberParseError, MemberProblem, ServerConfig,
+    ServerError, Tuning, UnknownLogFormat, DEFAULT_CLUSTER_ID,
 };
-pub use self::metrics::MetricsServer;
+pub use self::metrics::{MetricsError, MetricsServer};
 pub use self::run::{ready_line, run, run_until, run_until_with, run_with, READY_MARKER};

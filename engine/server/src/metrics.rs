@@ -9,6 +9,8 @@
 //! always agree. A failing scrape (a client gone mid-answer) is logged at debug level and the
 //! server keeps serving.
 
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +39,38 @@ const ROLES: [&str; 5] = [
     "stopped",
 ];
 
+/// Why the metrics endpoint cannot serve.
+#[derive(Debug)]
+pub enum MetricsError {
+    /// The address cannot be listened on.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why (the HTTP server's error).
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// The serving thread cannot be started.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for MetricsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            MetricsError::Spawn(err) => write!(f, "cannot spawn the metrics thread: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for MetricsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MetricsError::Bind { source, .. } => Some(&**source),
+            MetricsError::Spawn(err) => Some(err),
+        }
+    }
+}
+
 /// A metrics endpoint: bound by [`MetricsServer::bind`], answering once [`MetricsServer::serve`]
 /// runs; stops (and joins its thread) on [`MetricsServer::stop`] or drop.
 pub struct MetricsServer {
@@ -49,9 +83,9 @@ impl MetricsServer {
     /// Listens on `addr`; connections wait until [`MetricsServer::serve`] is called. Bound
     /// before the node starts, so a bad address stops the server before it touches the data
     /// directory. The error says why the address could not be used.
-    pub fn bind(addr: SocketAddr) -> Result<MetricsServer, String> {
+    pub fn bind(addr: SocketAddr) -> Result<MetricsServer, MetricsError> {
         let server =
-            tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            tiny_http::Server::http(addr).map_err(|source| MetricsError::Bind { addr, source })?;
         let addr = server
             .server_addr()
             .to_ip()
@@ -64,7 +98,7 @@ impl MetricsServer {
     }
 
     /// Starts answering scrapes with `node`'s metrics, on a thread of its own.
-    pub fn serve(&mut self, node: Arc<Node>) -> Result<(), String> {
+    pub fn serve(&mut self, node: Arc<Node>) -> Result<(), MetricsError> {
         assert!(
             self.thread.is_none(),
             "metrics on {} already served",
@@ -74,7 +108,7 @@ impl MetricsServer {
         let thread = std::thread::Builder::new()
             .name("ls-metrics".to_string())
             .spawn(move || serve(&serving, &node))
-            .map_err(|e| format!("cannot spawn the metrics thread: {e}"))?;
+            .map_err(MetricsError::Spawn)?;
         self.thread = Some(thread);
         tracing::info!(addr = %self.addr, "serving metrics on http://{}{METRICS_PATH}", self.addr);
         Ok(())

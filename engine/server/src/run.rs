@@ -43,18 +43,10 @@ pub fn run_with(
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Registered first: when `stop` is already set, a repeated signal exits.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop)).map_err(
-            |e| {
-                ServerError(format!(
-                    "cannot install the handler for signal {signal}: {e}"
-                ))
-            },
-        )?;
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| {
-            ServerError(format!(
-                "cannot install the handler for signal {signal}: {e}"
-            ))
-        })?;
+        let failed = |source| ServerError::Signal { signal, source };
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+            .map_err(failed)?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(failed)?;
     }
     run_until_with(config, &stop, alongside)
 }
@@ -80,29 +72,41 @@ pub fn run_until_with(
     alongside: impl FnOnce(&Node, &AtomicBool) + Send,
 ) -> Result<(), ServerError> {
     let mut node_config = config.node_config()?;
-    preflight(&config)
-        .map_err(|e| ServerError(format!("node {} failed to start: {e}", config.id)))?;
+    preflight(&config).map_err(|error| ServerError::Preflight {
+        id: config.id,
+        error: Box::new(error),
+    })?;
     node_config.frontend = config.app.frontend();
     let mut metrics = config
         .metrics_addr
         .map(MetricsServer::bind)
         .transpose()
-        .map_err(|why| ServerError::option("metrics_addr", why))?;
+        .map_err(|err| ServerError::option_caused("metrics_addr", err.to_string(), err))?;
     let node = match config.app {
         AppKind::Kv => Node::start(node_config, KvStore::new()),
         AppKind::Bank => Node::start(node_config, Bank::new()),
         AppKind::Lock => Node::start(node_config, LockService::new()),
         AppKind::Journal => Node::start(node_config, Journal::new()),
     }
-    .map_err(|e| fatal(format!("node {} failed to start: {e}", config.id)))?;
+    .map_err(|source| {
+        fatal(ServerError::Start {
+            id: config.id,
+            source,
+            hint: None,
+        })
+    })?;
     let node = Arc::new(node);
     let served = metrics
         .as_mut()
         .map_or(Ok(()), |server| server.serve(Arc::clone(&node)));
-    if let Err(why) = served {
+    if let Err(err) = served {
         drop(metrics);
         drop(shut_down(node, &config));
-        return Err(ServerError::option("metrics_addr", why));
+        return Err(ServerError::option_caused(
+            "metrics_addr",
+            err.to_string(),
+            err,
+        ));
     }
     let line = ready_line(config.id, node.peer_addr(), node.client_addr());
     tracing::info!(app = config.app.name(), "{line}");
@@ -110,7 +114,7 @@ pub fn run_until_with(
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}")
             .and_then(|()| stdout.flush())
-            .map_err(|e| ServerError(format!("cannot write the ready line to stdout: {e}")))?;
+            .map_err(ServerError::ReadyLine)?;
     }
     let ending = AtomicBool::new(false);
     let failure = std::thread::scope(|scope| {
@@ -123,7 +127,11 @@ pub fn run_until_with(
     if let Some(failure) = failure {
         // The node already stopped itself; shutting down only joins its threads.
         drop(shut_down(node, &config));
-        return Err(fatal(format!("node {} failed: {failure}", config.id)));
+        return Err(fatal(ServerError::Failed {
+            id: config.id,
+            failure,
+            hint: None,
+        }));
     }
     tracing::info!(id = config.id, "stopping: shutting the node down");
     shut_down(node, &config)?;
@@ -192,27 +200,31 @@ fn shut_down(node: Arc<Node>, config: &ServerConfig) -> Result<(), ServerError> 
             Arc::strong_count(&node)
         )
     });
-    node.shutdown().map_err(|e| {
-        fatal(format!(
-            "node {} failed to shut down cleanly: {e}",
-            config.id
-        ))
+    node.shutdown().map_err(|source| {
+        fatal(ServerError::Shutdown {
+            id: config.id,
+            source,
+            hint: None,
+        })
     })
 }
 
-/// A fatal error, with what the operator should do appended when the cause is a known one;
+/// A fatal error of the node, given what the operator should do when the cause is a known one;
 /// logged (so structured logs carry it too) and returned.
-fn fatal(message: String) -> ServerError {
-    match operator_hint(&message) {
-        Some(hint) => {
-            tracing::error!(error = %message, hint, "fatal");
-            ServerError(format!("{message}. What to do: {hint}"))
-        }
-        None => {
-            tracing::error!(error = %message, "fatal");
-            ServerError(message)
-        }
+fn fatal(mut error: ServerError) -> ServerError {
+    let message = error.to_string();
+    let known = operator_hint(&message);
+    match known {
+        Some(hint) => tracing::error!(error = %message, hint, "fatal"),
+        None => tracing::error!(error = %message, "fatal"),
     }
+    match &mut error {
+        ServerError::Start { hint, .. }
+        | ServerError::Failed { hint, .. }
+        | ServerError::Shutdown { hint, .. } => *hint = known,
+        other => unreachable!("not an error of the node: {other:?}"),
+    }
+    error
 }
 
 /// Known causes of fatal errors, recognised by the (lower-case) words their messages (built by the log, the
@@ -335,9 +347,22 @@ mod tests {
             );
         }
         assert_eq!(operator_hint("something new"), None);
-        let error = fatal(format!("node 1 failed to start: {}", messages[0]));
+        let error = fatal(ServerError::Failed {
+            id: 1,
+            failure: crate::node::NodeError::Storage {
+                kind: std::io::ErrorKind::ResourceBusy,
+                detail: messages[0].to_string(),
+            },
+            hint: None,
+        });
         assert!(
-            error.0.contains("What to do: another lockstep process"),
+            matches!(error, ServerError::Failed { hint: Some(_), .. }),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("What to do: another lockstep process"),
             "{error}"
         );
     }

@@ -5,7 +5,8 @@
 //!
 //! Secrets and passwords are read from files named here, never given on the command line.
 
-use std::io::Read;
+use std::fmt;
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use super::config::ServerError;
 use crate::net::{
-    read_password_file, ClientLimits, ClientUsers, PeerSecret, TlsFile, TlsPorts, TlsSettings,
+    read_password_file, ClientLimits, ClientUsers, PeerSecret, SecretTooShort, TlsError, TlsFile,
+    TlsPorts, TlsSettings,
 };
 
 /// The `[security]` section. Everything is off by default (a trusted network).
@@ -46,26 +48,60 @@ impl Security {
         let Some(path) = &self.peer_secret_file else {
             return Ok(None);
         };
-        let fault = |why: String| {
-            ServerError::option(
+        let fault = |err: SecretFileError| {
+            ServerError::option_caused(
                 "security.peer_secret_file",
-                format!("{}: {why}", path.display()),
+                format!("{}: {err}", path.display()),
+                err,
             )
         };
         let bytes = read_secret_file(path).map_err(fault)?;
-        PeerSecret::new(bytes).map(Some).map_err(fault)
+        PeerSecret::new(bytes)
+            .map(Some)
+            .map_err(|err| fault(SecretFileError::Short(err)))
+    }
+}
+
+/// What is wrong with the peer secret's file.
+#[derive(Debug)]
+enum SecretFileError {
+    Open(io::Error),
+    Stat(io::Error),
+    NotAFile,
+    Read(io::Error),
+    Short(SecretTooShort),
+}
+
+impl fmt::Display for SecretFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretFileError::Open(err) => write!(f, "cannot open: {err}"),
+            SecretFileError::Stat(err) => write!(f, "cannot stat: {err}"),
+            SecretFileError::NotAFile => f.write_str("is not a regular file"),
+            SecretFileError::Read(err) => write!(f, "cannot read: {err}"),
+            SecretFileError::Short(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SecretFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SecretFileError::Open(err)
+            | SecretFileError::Stat(err)
+            | SecretFileError::Read(err) => Some(err),
+            SecretFileError::NotAFile | SecretFileError::Short(_) => None,
+        }
     }
 }
 
 /// The bytes of a secret file less one trailing newline; warns when the file's mode lets group
 /// or others read it.
-fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
-    let mut file = std::fs::File::open(path).map_err(|err| format!("cannot open: {err}"))?;
-    let metadata = file
-        .metadata()
-        .map_err(|err| format!("cannot stat: {err}"))?;
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
+    let mut file = std::fs::File::open(path).map_err(SecretFileError::Open)?;
+    let metadata = file.metadata().map_err(SecretFileError::Stat)?;
     if !metadata.is_file() {
-        return Err("is not a regular file".to_string());
+        return Err(SecretFileError::NotAFile);
     }
     let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
@@ -77,7 +113,7 @@ fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
     }
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read: {err}"))?;
+        .map_err(SecretFileError::Read)?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -145,10 +181,18 @@ impl TlsFiles {
             peer: self.peer.then_some(peer_ip),
         };
         TlsSettings::load(&self.cert_file, &self.key_file, &self.ca_file, ports).map_err(|err| {
-            ServerError::option(
-                &format!("security.tls.{}", err.file.option()),
-                format!("{}: {}", err.path.display(), err.why),
-            )
+            let (option, why) = match &err {
+                TlsError::File {
+                    file,
+                    path,
+                    problem,
+                } => (
+                    format!("security.tls.{}", file.option()),
+                    format!("{}: {problem}", path.display()),
+                ),
+                other => ("security.tls".to_string(), other.to_string()),
+            };
+            ServerError::option_caused(&option, why, err)
         })
     }
 }
@@ -186,7 +230,8 @@ impl Security {
     /// `readonly_password_file`. The error names the option and the file, never a password.
     pub fn client_users(&self) -> Result<ClientUsers, ServerError> {
         let read = |option: &str, path: &PathBuf| {
-            read_password_file(path).map_err(|why| ServerError::option(option, why))
+            read_password_file(path)
+                .map_err(|err| ServerError::option_caused(option, err.to_string(), err))
         };
         let readonly = self
             .readonly_password_file
@@ -308,7 +353,7 @@ mod tests {
             (&missing, "cannot open"),
             (&dir.path().to_path_buf(), "not a regular file"),
         ] {
-            let err = security(path).peer_secret().unwrap_err().0;
+            let err = security(path).peer_secret().unwrap_err().to_string();
             assert!(err.contains("security.peer_secret_file"), "{err}");
             assert!(err.contains("--peer-secret-file"), "{err}");
             assert!(err.contains(&path.display().to_string()), "{err}");
@@ -328,7 +373,7 @@ mod tests {
         let mut security = Security::default();
         assert_eq!(security.client_users().unwrap(), ClientUsers::open());
         security.readonly_password_file = Some(write("ro", "peek\n"));
-        let alone = security.client_users().unwrap_err().0;
+        let alone = security.client_users().unwrap_err().to_string();
         assert!(
             alone.contains(
                 "`security.readonly_password_file` (flag --readonly-password-file): needs"
@@ -346,14 +391,14 @@ mod tests {
             Some(crate::net::ClientRole::ReadOnly)
         );
         security.client_password_file = Some(write("empty", ""));
-        let empty = security.client_users().unwrap_err().0;
+        let empty = security.client_users().unwrap_err().to_string();
         assert!(
             empty.contains("`security.client_password_file` (flag --client-password-file)")
                 && empty.contains("/empty: the password file is empty"),
             "{empty}"
         );
         security.client_password_file = Some(write("same", "peek"));
-        let same = security.client_users().unwrap_err().0;
+        let same = security.client_users().unwrap_err().to_string();
         assert!(
             same.contains("same password") && !same.contains("peek"),
             "{same}"
@@ -370,7 +415,7 @@ mod tests {
         assert!(zero
             .validate()
             .unwrap_err()
-            .0
+            .to_string()
             .contains("(flag --max-clients)"));
         let tiny = Limits {
             max_request_bytes: 10,
@@ -379,7 +424,7 @@ mod tests {
         assert!(tiny
             .validate()
             .unwrap_err()
-            .0
+            .to_string()
             .contains("limits.max_request_bytes"));
         let below = Limits {
             max_pipelined_bytes: 1 << 20,
@@ -388,7 +433,7 @@ mod tests {
         assert!(below
             .validate()
             .unwrap_err()
-            .0
+            .to_string()
             .contains("(flag --max-pipelined-bytes)"));
         let mapped = Limits {
             idle_timeout_ms: 1500,
@@ -428,7 +473,7 @@ mod tls_tests {
             key_file: PathBuf::new(),
             ..tls.clone()
         };
-        let err = unset.validate().unwrap_err().0;
+        let err = unset.validate().unwrap_err().to_string();
         assert!(
             err.starts_with("option `security.tls.key_file` (flag --tls-key-file): is not set"),
             "{err}"
@@ -441,11 +486,23 @@ mod tls_tests {
         assert!(nowhere
             .validate()
             .unwrap_err()
-            .0
+            .to_string()
             .contains("TLS would be on no port"));
 
         tls.validate().unwrap();
-        let err = tls.load(localhost).unwrap_err().0;
+        let err = tls.load(localhost).unwrap_err();
+        let cause = std::error::Error::source(&err).and_then(|cause| cause.downcast_ref());
+        assert!(
+            matches!(
+                cause,
+                Some(TlsError::File {
+                    file: TlsFile::Cert,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(
             err.starts_with("option `security.tls.cert_file` (flag --tls-cert-file): ")
                 && err.ends_with("node.pem: not found"),

@@ -14,6 +14,7 @@
 //! is lost. The runtime's own snapshots (`compact`) are written atomically and durably at once.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use bytes::Bytes;
 
@@ -175,7 +176,7 @@ impl StoredState {
     /// Appends a batch that must continue the log; the part already covered by the snapshot is
     /// skipped (a node may compact past entries whose write is still pending). Returns the part
     /// appended.
-    fn append(&mut self, batch: &Batch) -> Result<Option<Batch>, String> {
+    fn append(&mut self, batch: &Batch) -> Result<Option<Batch>, AppendGap> {
         let snapshot_index = self.snapshot_index();
         if batch.last_index() <= snapshot_index {
             return Ok(None);
@@ -187,10 +188,10 @@ impl StoredState {
         };
         let expected = self.last_index().next();
         if batch.first_index() != expected {
-            return Err(format!(
-                "write appends {batch:?} but the log ends at {} (expected first index {expected})",
-                self.last_index()
-            ));
+            return Err(AppendGap {
+                batch,
+                log_end: self.last_index(),
+            });
         }
         self.batches.push(batch.clone());
         Ok(Some(batch))
@@ -217,7 +218,7 @@ fn operations(write: &DiskWrite) -> impl Iterator<Item = Operation<'_>> {
 }
 
 /// Performs one operation; returns the batch appended, if any.
-fn perform(state: &mut StoredState, operation: &Operation<'_>) -> Result<Option<Batch>, String> {
+fn perform(state: &mut StoredState, operation: &Operation<'_>) -> Result<Option<Batch>, AppendGap> {
     match operation {
         Operation::HardState(hard_state) => state.persist_hard_state(hard_state),
         Operation::Snapshot(meta, data) => state.install_snapshot(meta, data),
@@ -226,6 +227,29 @@ fn perform(state: &mut StoredState, operation: &Operation<'_>) -> Result<Option<
     }
     Ok(None)
 }
+
+/// A write that appends a batch not continuing the log (a bug of the core that made it).
+#[derive(Clone, Debug)]
+pub struct AppendGap {
+    /// The batch (less any part the snapshot covers).
+    pub batch: Batch,
+    /// The last index of the log it should have continued.
+    pub log_end: LogIndex,
+}
+
+impl fmt::Display for AppendGap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write appends {:?} but the log ends at {} (expected first index {})",
+            self.batch,
+            self.log_end,
+            self.log_end.next()
+        )
+    }
+}
+
+impl std::error::Error for AppendGap {}
 
 /// A batch that just became durable, with the term of the entry before it (if known).
 #[derive(Clone, Debug)]
@@ -310,7 +334,12 @@ impl Disk {
 
     /// Performs `write` (visible in `written` at once) and returns the time its sync completes.
     /// Errors name a write that does not fit the log (a core bug).
-    pub fn submit(&mut self, write: DiskWrite, now: u64, rng: &mut SimRng) -> Result<u64, String> {
+    pub fn submit(
+        &mut self,
+        write: DiskWrite,
+        now: u64,
+        rng: &mut SimRng,
+    ) -> Result<u64, AppendGap> {
         if let Some(previous) = self.pending.back() {
             assert!(
                 write.id > previous.id,
@@ -529,6 +558,11 @@ mod tests {
         let error = disk
             .submit(append(1, vec![batch(1, 2, 1)]), 0, &mut rng)
             .unwrap_err();
+        assert_eq!(
+            (error.batch.first_index(), error.log_end),
+            (LogIndex(2), LogIndex(0))
+        );
+        let error = error.to_string();
         assert!(error.contains("expected first index i1"), "{error}");
     }
 

@@ -39,9 +39,10 @@ const REPLY_FRAME_BYTES_MAX: u32 = 64 << 20;
 /// The request id a node uses to answer a refused handshake.
 const HANDSHAKE_REQ: u64 = 0;
 
-/// The byte stream under a [`Client`]: plain TCP or TLS.
+/// The byte stream under a [`Client`]: plain TCP or TLS (with the `tls` feature).
 enum Stream {
     Plain(TcpStream),
+    #[cfg(feature = "tls")]
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
 
@@ -49,6 +50,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.read(buf),
         }
     }
@@ -58,6 +60,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.write(buf),
         }
     }
@@ -65,6 +68,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(tcp) => tcp.flush(),
+            #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.flush(),
         }
     }
@@ -117,7 +121,11 @@ impl Client {
         tcp.set_write_timeout(Some(timeout))?;
         let stream = match tls {
             None => Stream::Plain(tcp),
+            #[cfg(feature = "tls")]
             Some(tls) => Stream::Tls(Box::new(tls.wrap(tcp, addr)?)),
+            // Without the feature no `ClientTls` exists.
+            #[cfg(not(feature = "tls"))]
+            Some(tls) => match *tls {},
         };
         let mut client = Client {
             addr,

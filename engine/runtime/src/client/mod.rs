@@ -16,7 +16,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::net::frame::FrameError;
-use crate::net::{read_password_file, DEFAULT_USER};
+use crate::net::{read_password_file, PasswordFileError, DEFAULT_USER};
 use crate::types::NodeId;
 
 /// A user name and password, for a node that requires clients to authenticate (sent in the
@@ -45,7 +45,7 @@ impl Credentials {
 
     /// The default user with the password in the file at `path` (one line; see
     /// [`read_password_file`]). The error names the file, never the password.
-    pub fn from_password_file(path: &Path) -> Result<Credentials, String> {
+    pub fn from_password_file(path: &Path) -> Result<Credentials, PasswordFileError> {
         read_password_file(path).map(Credentials::new)
     }
 }

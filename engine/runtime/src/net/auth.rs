@@ -44,12 +44,9 @@ pub struct PeerSecret(Arc<[u8]>);
 impl PeerSecret {
     /// The secret `bytes`; refused (with a reason naming the lengths) if shorter than
     /// [`PEER_SECRET_BYTES_MIN`].
-    pub fn new(bytes: Vec<u8>) -> Result<PeerSecret, String> {
+    pub fn new(bytes: Vec<u8>) -> Result<PeerSecret, SecretTooShort> {
         if bytes.len() < PEER_SECRET_BYTES_MIN {
-            return Err(format!(
-                "the secret is {} bytes; at least {PEER_SECRET_BYTES_MIN} are required",
-                bytes.len()
-            ));
+            return Err(SecretTooShort { len: bytes.len() });
         }
         Ok(PeerSecret(bytes.into()))
     }
@@ -64,6 +61,25 @@ impl PeerSecret {
         self.0.is_empty()
     }
 }
+
+/// A peer secret shorter than [`PEER_SECRET_BYTES_MIN`] (the error never holds its bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretTooShort {
+    /// The secret's length, in bytes.
+    pub len: usize,
+}
+
+impl fmt::Display for SecretTooShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the secret is {} bytes; at least {PEER_SECRET_BYTES_MIN} are required",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for SecretTooShort {}
 
 impl fmt::Debug for PeerSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -296,6 +312,8 @@ mod tests {
     #[test]
     fn short_secrets_are_refused_and_never_printed() {
         let err = PeerSecret::new(vec![1; PEER_SECRET_BYTES_MIN - 1]).unwrap_err();
+        assert_eq!(err, SecretTooShort { len: 31 });
+        let err = err.to_string();
         assert!(err.contains("31 bytes") && err.contains("32"), "{err}");
         let shown = format!(
             "{:?}",

@@ -8,7 +8,8 @@
 //! never logged, and the `Debug` output of [`ClientUsers`] shows only which users have one.
 
 use std::fmt;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -107,9 +108,11 @@ impl fmt::Debug for ClientUsers {
 /// Reads a password from the file at `path`: its bytes less one trailing newline (`\n` or
 /// `\r\n`). The error (which never contains the password) says what is wrong with the file:
 /// unreadable, empty, or holding a line break inside the password.
-pub fn read_password_file(path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes = std::fs::read(path)
-        .map_err(|err| format!("{}: cannot read the password: {err}", path.display()))?;
+pub fn read_password_file(path: &Path) -> Result<Vec<u8>, PasswordFileError> {
+    let mut bytes = std::fs::read(path).map_err(|source| PasswordFileError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -117,15 +120,65 @@ pub fn read_password_file(path: &Path) -> Result<Vec<u8>, String> {
         }
     }
     if bytes.is_empty() {
-        return Err(format!("{}: the password file is empty", path.display()));
+        return Err(PasswordFileError::Empty {
+            path: path.to_owned(),
+        });
     }
     if bytes.iter().any(|&byte| byte == b'\n' || byte == b'\r') {
-        return Err(format!(
-            "{}: the password holds a line break (the file must hold one line)",
-            path.display()
-        ));
+        return Err(PasswordFileError::LineBreak {
+            path: path.to_owned(),
+        });
     }
     Ok(bytes)
+}
+
+/// A password file that cannot be used; never holds (or shows) the password.
+#[derive(Debug)]
+pub enum PasswordFileError {
+    /// The file cannot be read.
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file holds no password.
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The password holds a line break (the file must hold one line).
+    LineBreak {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for PasswordFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswordFileError::Unreadable { path, source } => {
+                write!(f, "{}: cannot read the password: {source}", path.display())
+            }
+            PasswordFileError::Empty { path } => {
+                write!(f, "{}: the password file is empty", path.display())
+            }
+            PasswordFileError::LineBreak { path } => write!(
+                f,
+                "{}: the password holds a line break (the file must hold one line)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PasswordFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PasswordFileError::Unreadable { source, .. } => Some(source),
+            PasswordFileError::Empty { .. } | PasswordFileError::LineBreak { .. } => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,13 +219,29 @@ mod tests {
         assert_eq!(read_password_file(&file("b", b"pw\r\n")).unwrap(), b"pw");
         assert_eq!(read_password_file(&file("c", b"p w")).unwrap(), b"p w");
         let empty = read_password_file(&file("d", b"\n")).unwrap_err();
+        assert!(
+            matches!(empty, PasswordFileError::Empty { .. }),
+            "{empty:?}"
+        );
+        let empty = empty.to_string();
         assert!(empty.contains("/d: the password file is empty"), "{empty}");
         let two = read_password_file(&file("e", b"secret\nline\n")).unwrap_err();
+        assert!(
+            matches!(two, PasswordFileError::LineBreak { .. }),
+            "{two:?}"
+        );
+        let two = two.to_string();
         assert!(
             two.contains("line break") && !two.contains("secret"),
             "{two}"
         );
         let missing = read_password_file(&dir.path().join("none")).unwrap_err();
+        assert!(
+            matches!(&missing, PasswordFileError::Unreadable { source, .. }
+                if source.kind() == io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        let missing = missing.to_string();
         assert!(missing.contains("/none: cannot read"), "{missing}");
     }
 

@@ -7,7 +7,7 @@
 //! read per readable connection (edge-triggered: a connection stays listed until a read would
 //! block; none is read while an event waits for room in the channel).
 //!
-//! A connection's bytes go through `tls::ConnStream`: plain TCP, or TLS when the port is
+//! A connection's bytes go through `conn_stream::ConnStream`: plain TCP, or TLS when the port is
 //! configured for it (the TLS handshake runs before the hellos; a failed one is a refused
 //! handshake).
 
@@ -33,12 +33,12 @@ use tracing::{debug, warn};
 use self::handshake::{detect_client, PeerHandshake};
 use self::resp_conn::RespConn;
 use super::auth::Refusal;
+use super::conn_stream::ConnStream;
 use super::frame::{FrameDecoder, FrameError, FrameType, ReadOutcome, FRAME_HEADER_BYTES};
 use super::lane::Lanes;
 use super::out_queue::OutQueue;
 use super::peer_msg::{decode_message, encode_message_parts, BodyPart};
 use super::rate_log::RateLimitedLog;
-use super::tls::{ConnStream, TLS_READ_BYTES};
 use super::transport::{set_buffer_sizes, Outbound, Wake};
 use super::{
     ClientReply, ClientRequest, ConnId, InlineTurn, NetConfig, NetEvent, NetSink, NetStats,
@@ -319,11 +319,7 @@ impl EventLoop {
             scratch: Vec::new(),
             parts: Vec::new(),
             peer_refusal_log: RateLimitedLog::new("refused peer handshakes"),
-            tls_scratch: if config.tls.client_port() || config.tls.peer_port() {
-                vec![0; TLS_READ_BYTES]
-            } else {
-                Vec::new()
-            },
+            tls_scratch: vec![0; config.tls.read_scratch_bytes()],
             resp_limits: RespLimits {
                 request_bytes_max: config
                     .resp_limits
@@ -844,7 +840,7 @@ impl EventLoop {
             let users = &self.config.client_users;
             let pipelined = self.config.client_limits.max_pipelined_bytes;
             if let Err(reason) = detect_client(conn, token, self.resp_limits, users, pipelined) {
-                self.close(token, CloseReason::BadFrame(reason));
+                self.close(token, CloseReason::BadFrame(reason.to_string()));
                 return false;
             }
         }

@@ -76,10 +76,10 @@ impl FrameType {
 pub enum FrameError {
     /// The connection failed or closed.
     Io(io::Error),
-    /// The bytes are not a valid frame; `reason` says how (length, type, CRC).
+    /// The bytes are not a valid frame; `reason` says how (magic, version, type, CRC).
     Malformed {
         /// What is wrong.
-        reason: String,
+        reason: Malformed,
     },
     /// The frame is longer than the configured maximum.
     TooLarge {
@@ -102,7 +102,54 @@ impl fmt::Display for FrameError {
     }
 }
 
-impl std::error::Error for FrameError {}
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(err) => Some(err),
+            FrameError::Malformed { .. } | FrameError::TooLarge { .. } => None,
+        }
+    }
+}
+
+/// How a frame header is malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Not the frame magic.
+    Magic(u8),
+    /// A frame version this code does not speak.
+    Version(u8),
+    /// A frame type this code does not know.
+    Type(u8),
+    /// The reserved byte is not zero.
+    Reserved(u8),
+    /// The checksum does not match the frame.
+    Checksum {
+        /// The checksum in the header.
+        stored: u32,
+        /// The checksum of the frame.
+        computed: u32,
+    },
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Malformed::Magic(magic) => {
+                write!(f, "bad magic {magic:#04x} (expected {FRAME_MAGIC:#04x})")
+            }
+            Malformed::Version(version) => write!(
+                f,
+                "unknown frame version {version} (expected {FRAME_VERSION})"
+            ),
+            Malformed::Type(ty) => write!(f, "unknown frame type {ty}"),
+            Malformed::Reserved(byte) => write!(f, "reserved byte is {byte:#04x}"),
+            Malformed::Checksum { stored, computed } => write!(
+                f,
+                "frame checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            ),
+        }
+    }
+}
 
 impl From<io::Error> for FrameError {
     fn from(err: io::Error) -> FrameError {
@@ -129,21 +176,14 @@ impl FrameHeader {
         max_frame_bytes: u32,
     ) -> Result<FrameHeader, FrameError> {
         if bytes[0] != FRAME_MAGIC {
-            return Err(malformed(format!(
-                "bad magic {:#04x} (expected {FRAME_MAGIC:#04x})",
-                bytes[0]
-            )));
+            return Err(malformed(Malformed::Magic(bytes[0])));
         }
         if bytes[1] != FRAME_VERSION {
-            return Err(malformed(format!(
-                "unknown frame version {} (expected {FRAME_VERSION})",
-                bytes[1]
-            )));
+            return Err(malformed(Malformed::Version(bytes[1])));
         }
-        let ty = FrameType::from_u8(bytes[2])
-            .ok_or_else(|| malformed(format!("unknown frame type {}", bytes[2])))?;
+        let ty = FrameType::from_u8(bytes[2]).ok_or(malformed(Malformed::Type(bytes[2])))?;
         if bytes[3] != 0 {
-            return Err(malformed(format!("reserved byte is {:#04x}", bytes[3])));
+            return Err(malformed(Malformed::Reserved(bytes[3])));
         }
         let body_len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
         let len = FRAME_HEADER_BYTES as u64 + u64::from(body_len);
@@ -161,16 +201,16 @@ impl FrameHeader {
     pub fn check_body(&self, raw_header: &[u8], body: &[u8]) -> Result<(), FrameError> {
         let computed = frame_crc(&raw_header[..8], [body]);
         if computed != self.crc {
-            return Err(malformed(format!(
-                "frame checksum mismatch (stored {:#010x}, computed {computed:#010x})",
-                self.crc
-            )));
+            return Err(malformed(Malformed::Checksum {
+                stored: self.crc,
+                computed,
+            }));
         }
         Ok(())
     }
 }
 
-fn malformed(reason: String) -> FrameError {
+fn malformed(reason: Malformed) -> FrameError {
     FrameError::Malformed { reason }
 }
 
@@ -462,7 +502,18 @@ mod tests {
         let mut bad_crc = wire.clone();
         *bad_crc.last_mut().unwrap() ^= 1;
         let err = read_frame(&mut &bad_crc[..], 1024, &mut Vec::new()).unwrap_err();
-        assert!(matches!(err, FrameError::Malformed { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::Malformed {
+                    reason: Malformed::Checksum { .. }
+                }
+            ),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("malformed frame: frame checksum mismatch"));
 
         let mut bad_magic = wire.clone();
         bad_magic[0] = b'*';

@@ -11,6 +11,8 @@
 //!   checksum-failing frames) closes that one connection, is logged with both values, and is
 //!   counted in [`NetStats`]; every other connection keeps being served.
 //! - Optional TLS per port ([`TlsSettings`], module [`tls`]): the same frames inside rustls.
+//!   Only with the crate's `tls` feature (on by default); without it every port is plain TCP
+//!   and asking for TLS fails with [`TlsError::NotCompiledIn`].
 //! - Inline turns ([`Transport::set_inline_turn`]): the loop may hand an event straight to an
 //!   [`InlineTurn`] on its own thread instead of queueing it; what that turn sends goes through
 //!   the loop's own [`NetSink`], which keeps the order the handles' senders see (direct writes
@@ -22,8 +24,9 @@ mod auth;
 mod client_auth;
 mod client_limits;
 mod client_msg;
+mod conn_stream;
 // The server crate's throwaway CA, compiled here for the TLS tests only.
-#[cfg(test)]
+#[cfg(all(test, feature = "tls"))]
 #[path = "../../../server/src/pki.rs"]
 mod dev_pki;
 mod event_loop;
@@ -33,16 +36,21 @@ mod out_queue;
 mod peer_msg;
 mod ports;
 mod rate_log;
+#[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "tls_off.rs"]
+pub mod tls;
+mod tls_types;
 mod transport;
 mod wire;
 
 pub use self::auth::{
-    fresh_nonce, Nonce, PeerRefusals, PeerSecret, Proof, Refusal, Role, Transcript, NONCE_BYTES,
-    PEER_SECRET_BYTES_MIN, PROOF_BYTES,
+    fresh_nonce, Nonce, PeerRefusals, PeerSecret, Proof, Refusal, Role, SecretTooShort, Transcript,
+    NONCE_BYTES, PEER_SECRET_BYTES_MIN, PROOF_BYTES,
 };
 pub use self::client_auth::{
-    read_password_file, ClientRole, ClientUsers, DEFAULT_USER, READONLY_USER,
+    read_password_file, ClientRole, ClientUsers, PasswordFileError, DEFAULT_USER, READONLY_USER,
 };
 pub use self::client_limits::ClientLimits;
 pub(crate) use self::client_msg::is_auth_refusal;
@@ -56,7 +64,7 @@ pub use self::peer_msg::{
     decode_message, encode_message, PeerHello, PeerProof, PEER_PROTOCOL_VERSION,
 };
 pub use self::ports::free_loopback_addrs;
-pub use self::tls::{ClientTls, TlsError, TlsFile, TlsPorts, TlsSettings};
+pub use self::tls::{ClientTls, TlsError, TlsFile, TlsFileProblem, TlsPorts, TlsSettings};
 pub use self::transport::{NetHandle, NetStats, Transport};
 
 use std::net::SocketAddr;

@@ -9,9 +9,9 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::{Bytes, BytesMut};
 
+use super::conn_stream::ConnStream;
 use super::frame::{frame_header, FrameType};
 use super::peer_msg::BodyPart;
-use super::tls::ConnStream;
 use super::NetStats;
 
 /// Buffers handed to one `write_vectored`.

@@ -1,5 +1,7 @@
-//! Optional TLS on the transport's connections (rustls with the ring provider), and the stream
-//! type the event loop reads and writes: plain TCP or TLS over the same non-blocking socket.
+//! Optional TLS on the transport's connections (rustls with the ring provider): the settings of
+//! the ports, a client's trust, and the TLS side of the event loop's stream
+//! (`super::conn_stream::ConnStream`). Compiled with the crate's `tls` feature only; without it,
+//! `tls_off.rs` takes this module's place with the same types, where only plain TCP exists.
 //!
 //! What this module owns and guarantees:
 //! - [`TlsSettings::load`] reads the PEM files once, at start, and refuses anything it cannot use
@@ -10,24 +12,18 @@
 //!   acceptor requires a client certificate chaining to the CA file, and the dialer verifies the
 //!   acceptor's certificate against the CA file with the peer's IP address as the server name
 //!   (so node certificates carry their peer address's IP as a subject alternative name).
-//! - [`ConnStream`] keeps the event loop's contract for both kinds: a read returns what it got
-//!   and is repeated until it would block (edge-triggered polling); a write accepts bytes or
-//!   would block; `flush` pushes out every TLS record already made, or would block. A TLS read
+//! - [`TlsStream`] keeps the event loop's stream contract: a TLS read
 //!   takes up to one scratch buffer of ciphertext from the socket with one `recv`, and hands
 //!   all the plaintext it decrypts to the frame decoder (nothing stays buffered inside rustls,
 //!   so no readable edge is missed). A TLS write encrypts at most rustls' buffer limit (64 KiB)
 //!   beyond what the socket took, so the out queue's byte count stays the real backlog.
-//! - The plain path costs one `match` per read and write: no copy, no allocation.
 
-use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-use mio::event::Source;
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -37,68 +33,13 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig};
 use rustls::{ServerConnection, StreamOwned};
 
+use super::conn_stream::ConnStream;
 use super::frame::{FrameDecoder, ReadOutcome};
+pub use super::tls_types::{TlsError, TlsFile, TlsFileProblem, TlsPorts};
 
 /// Bytes of ciphertext one TLS read takes from the socket at most (the size of the event loop's
 /// scratch buffer).
 pub const TLS_READ_BYTES: usize = 64 << 10;
-
-/// Which of the three PEM files a [`TlsError`] is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsFile {
-    /// The node's certificate chain.
-    Cert,
-    /// The node's private key.
-    Key,
-    /// The certificate authorities trusted.
-    Ca,
-}
-
-impl TlsFile {
-    /// The option's name in `[security.tls]` (`cert_file`, `key_file`, `ca_file`).
-    pub fn option(self) -> &'static str {
-        match self {
-            TlsFile::Cert => "cert_file",
-            TlsFile::Key => "key_file",
-            TlsFile::Ca => "ca_file",
-        }
-    }
-}
-
-/// A TLS file that cannot be used: which one, its path, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsError {
-    /// The file at fault.
-    pub file: TlsFile,
-    /// Its path.
-    pub path: PathBuf,
-    /// What is wrong with it.
-    pub why: String,
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.file.option(),
-            self.path.display(),
-            self.why
-        )
-    }
-}
-
-impl std::error::Error for TlsError {}
-
-/// Which ports speak TLS, for [`TlsSettings::load`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TlsPorts {
-    /// TLS on the client port.
-    pub client: bool,
-    /// TLS on the peer port, with the IP of this node's peer address (its certificate must be
-    /// valid for it, since peers verify it as the server name); none: plain peer port.
-    pub peer: Option<IpAddr>,
-}
 
 /// The TLS configuration of a transport; the default is plain TCP on both ports.
 #[derive(Clone, Debug, Default)]
@@ -126,48 +67,34 @@ fn provider() -> Arc<CryptoProvider> {
 
 fn read_file(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|err| {
-        let why = match err.kind() {
-            io::ErrorKind::NotFound => "not found".to_owned(),
-            _ => format!("cannot read: {err}"),
+        let problem = match err.kind() {
+            io::ErrorKind::NotFound => TlsFileProblem::NotFound,
+            _ => TlsFileProblem::Unreadable(err),
         };
-        TlsError {
-            file,
-            path: path.to_owned(),
-            why,
-        }
+        TlsError::file(file, path, problem)
     })
 }
 
 /// The certificates of a PEM file (at least one).
 fn load_certs(file: TlsFile, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let error = |why: String| TlsError {
-        file,
-        path: path.to_owned(),
-        why,
-    };
     let text = read_file(file, path)?;
     let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| error(format!("not valid PEM: {err}")))?;
+        .map_err(|err| TlsError::file(file, path, TlsFileProblem::NotPem(err)))?;
     if certs.is_empty() {
-        return Err(error(
-            "holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" section)".to_owned(),
-        ));
+        return Err(TlsError::file(file, path, TlsFileProblem::NoCertificate));
     }
     Ok(certs)
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let text = read_file(TlsFile::Key, path)?;
-    PrivateKeyDer::from_pem_slice(&text).map_err(|err| TlsError {
-        file: TlsFile::Key,
-        path: path.to_owned(),
-        why: match err {
-            rustls::pki_types::pem::Error::NoItemsFound => {
-                "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned()
-            }
-            other => format!("not valid PEM: {other}"),
-        },
+    PrivateKeyDer::from_pem_slice(&text).map_err(|err| {
+        let problem = match err {
+            rustls::pki_types::pem::Error::NoItemsFound => TlsFileProblem::NoPrivateKey,
+            other => TlsFileProblem::NotPem(other),
+        };
+        TlsError::file(TlsFile::Key, path, problem)
     })
 }
 
@@ -175,11 +102,9 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(TlsFile::Ca, path)? {
-        roots.add(cert).map_err(|err| TlsError {
-            file: TlsFile::Ca,
-            path: path.to_owned(),
-            why: format!("not a usable CA certificate: {err}"),
-        })?;
+        roots
+            .add(cert)
+            .map_err(|err| TlsError::file(TlsFile::Ca, path, TlsFileProblem::UnusableCa(err)))?;
     }
     Ok(Arc::new(roots))
 }
@@ -206,22 +131,16 @@ impl TlsSettings {
         let certs = load_certs(TlsFile::Cert, cert_file)?;
         let key = load_key(key_file)?;
         let roots = load_roots(ca_file)?;
-        let cert_error = |why: String| TlsError {
-            file: TlsFile::Cert,
-            path: cert_file.to_owned(),
-            why,
-        };
+        let cert_error = |problem| TlsError::file(TlsFile::Cert, cert_file, problem);
         // A key that does not belong to the certificate is the usual mistake here: name both.
-        let key_error = |err: rustls::Error| TlsError {
-            file: TlsFile::Key,
-            path: key_file.to_owned(),
-            why: match err {
-                rustls::Error::InconsistentKeys(_) => format!(
-                    "does not match the certificate in cert_file {}",
-                    cert_file.display()
-                ),
-                other => format!("not a usable private key: {other}"),
-            },
+        let key_error = |err: rustls::Error| {
+            let problem = match err {
+                rustls::Error::InconsistentKeys(_) => TlsFileProblem::KeyMismatch {
+                    cert_file: cert_file.to_owned(),
+                },
+                other => TlsFileProblem::UnusableKey(other),
+            };
+            TlsError::file(TlsFile::Key, key_file, problem)
         };
         let builder = || {
             ServerConfig::builder_with_provider(provider())
@@ -240,10 +159,8 @@ impl TlsSettings {
         let peer = match ports.peer {
             None => None,
             Some(peer_ip) => {
-                let unusable = |err: rustls::server::VerifierBuilderError| TlsError {
-                    file: TlsFile::Ca,
-                    path: ca_file.to_owned(),
-                    why: format!("cannot verify peers with it: {err}"),
+                let unusable = |err| {
+                    TlsError::file(TlsFile::Ca, ca_file, TlsFileProblem::CannotVerifyPeers(err))
                 };
                 let client_verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
@@ -254,14 +171,13 @@ impl TlsSettings {
                         .build()
                         .map_err(unusable)?;
                 let now = UnixTime::now();
-                let ca = ca_file.display();
                 client_verifier
                     .verify_client_cert(&certs[0], &certs[1..], now)
-                    .map_err(|err| {
-                        cert_error(format!(
-                            "peers would refuse it as a client certificate (checked against \
-                             ca_file {ca}): {err}"
-                        ))
+                    .map_err(|source| {
+                        cert_error(TlsFileProblem::RefusedAsClient {
+                            ca_file: ca_file.to_owned(),
+                            source,
+                        })
                     })?;
                 server_verifier
                     .verify_server_cert(
@@ -271,11 +187,12 @@ impl TlsSettings {
                         &[],
                         now,
                     )
-                    .map_err(|err| {
-                        cert_error(format!(
-                            "peers dialing {peer_ip} would refuse it (checked against ca_file \
-                             {ca}): {err}"
-                        ))
+                    .map_err(|source| {
+                        cert_error(TlsFileProblem::RefusedAsServer {
+                            peer_ip,
+                            ca_file: ca_file.to_owned(),
+                            source,
+                        })
                     })?;
                 let acceptor = builder()
                     .with_client_cert_verifier(client_verifier)
@@ -304,6 +221,16 @@ impl TlsSettings {
     /// Whether the peer port speaks (mutual) TLS.
     pub fn peer_port(&self) -> bool {
         self.peer.is_some()
+    }
+
+    /// Bytes of the event loop's scratch buffer for TLS reads: [`TLS_READ_BYTES`] if a port
+    /// speaks TLS, else none.
+    pub(super) fn read_scratch_bytes(&self) -> usize {
+        if self.client_port() || self.peer_port() {
+            TLS_READ_BYTES
+        } else {
+            0
+        }
     }
 
     /// The stream of an accepted client connection.
@@ -356,11 +283,8 @@ impl ClientTls {
     /// Trusts the CA certificates of a PEM file.
     pub fn from_ca_file(ca_file: &Path) -> Result<ClientTls, TlsError> {
         let roots = load_roots(ca_file)?;
-        let config = client_config(roots).map_err(|err| TlsError {
-            file: TlsFile::Ca,
-            path: ca_file.to_owned(),
-            why: format!("cannot build a TLS client with it: {err}"),
-        })?;
+        let config = client_config(roots)
+            .map_err(|err| TlsError::file(TlsFile::Ca, ca_file, TlsFileProblem::NoClient(err)))?;
         Ok(ClientTls {
             config: Arc::new(config),
         })
@@ -377,14 +301,6 @@ impl ClientTls {
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         Ok(StreamOwned::new(tls, tcp))
     }
-}
-
-/// One connection's byte stream in the event loop.
-pub(super) enum ConnStream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream>),
 }
 
 /// A rustls connection over a non-blocking socket.
@@ -409,63 +325,35 @@ impl ConnStream {
             peer_closed: false,
         }))
     }
-
-    /// The socket (for its options, errors and address).
-    pub(super) fn tcp(&self) -> &TcpStream {
-        match self {
-            ConnStream::Plain(tcp) => tcp,
-            ConnStream::Tls(stream) => &stream.tcp,
-        }
-    }
-
-    fn tcp_mut(&mut self) -> &mut TcpStream {
-        match self {
-            ConnStream::Plain(tcp) => tcp,
-            ConnStream::Tls(stream) => &mut stream.tcp,
-        }
-    }
-
-    /// Reads once into `decoder`: straight from the socket for plain TCP; for TLS, one `recv`
-    /// of at most `scratch.len()` ciphertext bytes, all of whose plaintext goes to the decoder
-    /// (`Data(0)` when it held only handshake records or a partial record).
-    pub(super) fn read_into(
-        &mut self,
-        decoder: &mut FrameDecoder,
-        scratch: &mut [u8],
-    ) -> io::Result<ReadOutcome> {
-        match self {
-            ConnStream::Plain(tcp) => decoder.read_from(tcp),
-            ConnStream::Tls(stream) => stream.read_into(decoder, scratch),
-        }
-    }
-
-    /// TLS records wait to be written (a handshake message, or records the socket did not take).
-    pub(super) fn wants_write(&self) -> bool {
-        match self {
-            ConnStream::Plain(_) => false,
-            ConnStream::Tls(stream) => stream.tls.wants_write(),
-        }
-    }
-
-    /// Whether a TLS handshake is still going on (false for plain TCP).
-    pub(super) fn is_handshaking(&self) -> bool {
-        match self {
-            ConnStream::Plain(_) => false,
-            ConnStream::Tls(stream) => stream.tls.is_handshaking(),
-        }
-    }
-
-    /// Before closing: tells a TLS peer the close is intended (best effort, never blocks).
-    pub(super) fn close_notify(&mut self) {
-        if let ConnStream::Tls(stream) = self {
-            stream.tls.send_close_notify();
-            let _ = stream.flush_records();
-        }
-    }
 }
 
 impl TlsStream {
-    fn read_into(
+    pub(super) fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    pub(super) fn tcp_mut(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
+    /// Records wait to be written (a handshake message, or records the socket did not take).
+    pub(super) fn wants_write(&self) -> bool {
+        self.tls.wants_write()
+    }
+
+    pub(super) fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
+    /// Sends close_notify (best effort, never blocks).
+    pub(super) fn close_notify(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush_records();
+    }
+
+    /// One `recv` of at most `scratch.len()` ciphertext bytes, all of whose plaintext goes to
+    /// `decoder`.
+    pub(super) fn read_into(
         &mut self,
         decoder: &mut FrameDecoder,
         scratch: &mut [u8],
@@ -520,7 +408,7 @@ impl TlsStream {
     }
 
     /// Writes TLS records until none is left (`Ok`) or the socket would block (`WouldBlock`).
-    fn flush_records(&mut self) -> io::Result<()> {
+    pub(super) fn flush_records(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
             match self.tls.write_tls(&mut self.tcp) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -532,7 +420,7 @@ impl TlsStream {
         Ok(())
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(super) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         // Earlier records first: the plaintext below is accepted only once they are out, so
         // rustls never holds more than its buffer limit.
         self.flush_records()?;
@@ -549,55 +437,10 @@ impl TlsStream {
     }
 }
 
-impl Write for ConnStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            ConnStream::Plain(tcp) => tcp.write_vectored(bufs),
-            ConnStream::Tls(stream) => stream.write_vectored(bufs),
-        }
-    }
-
-    /// Plain TCP: nothing to do. TLS: writes the records made so far, or fails with
-    /// `WouldBlock` while some are left.
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            ConnStream::Plain(_) => Ok(()),
-            ConnStream::Tls(stream) => stream.flush_records(),
-        }
-    }
-}
-
-impl Source for ConnStream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.tcp_mut().register(registry, token, interests)
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        self.tcp_mut().reregister(registry, token, interests)
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.tcp_mut().deregister(registry)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
     use bytes::Bytes;
@@ -842,6 +685,12 @@ mod tests {
         let missing = dir.join("missing.pem");
         let message = load_error(&missing, &good.key, &good.ca, BOTH);
         assert!(message.starts_with("cert_file ") && message.ends_with("missing.pem: not found"));
+        let err = TlsSettings::load(&missing, &good.key, &good.ca, BOTH).unwrap_err();
+        assert!(
+            matches!(&err, TlsError::File { file: TlsFile::Cert, path, problem }
+                if *path == missing && matches!(**problem, TlsFileProblem::NotFound)),
+            "{err:?}"
+        );
 
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, "not a certificate\n").unwrap();
@@ -862,6 +711,12 @@ mod tests {
         assert!(
             message.starts_with("key_file ") && message.contains("does not match the certificate"),
             "{message}"
+        );
+        let err = TlsSettings::load(&good.cert, &other.key_file, &good.ca, BOTH).unwrap_err();
+        assert!(
+            matches!(&err, TlsError::File { problem, .. }
+                if matches!(&**problem, TlsFileProblem::KeyMismatch { cert_file } if *cert_file == good.cert)),
+            "{err:?}"
         );
 
         // A certificate of another CA.

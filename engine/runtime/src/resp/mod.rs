@@ -70,18 +70,18 @@ impl Value {
 impl Value {
     /// Reads one value from a blocking reader (for clients, tools and tests; the server parses
     /// requests with [`parser`]). Bulk strings and arrays longer than `len_max` are refused
-    /// before anything is allocated for them.
+    /// before anything is allocated for them. Bytes that are not RESP fail with an
+    /// `InvalidData` error holding a [`BadReply`].
     pub fn read_from(reader: &mut impl io::BufRead, len_max: usize) -> io::Result<Value> {
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line)?;
-        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let bad = |what: BadReply| io::Error::new(io::ErrorKind::InvalidData, what);
         if line.is_empty() {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let Some(body) = line.strip_suffix(b"\r\n") else {
-            return Err(bad(format!(
-                "reply line {:?} does not end in CRLF",
-                String::from_utf8_lossy(&line)
+            return Err(bad(BadReply::NoCrlf(
+                String::from_utf8_lossy(&line).into_owned(),
             )));
         };
         let text = String::from_utf8_lossy(&body[1..]).into_owned();
@@ -89,9 +89,10 @@ impl Value {
             match text.parse::<i64>() {
                 Ok(-1) => Ok(None),
                 Ok(n) if (0..=len_max as i64).contains(&n) => Ok(Some(n as usize)),
-                _ => Err(bad(format!(
-                    "bad or too large length {text:?} (max {len_max})"
-                ))),
+                _ => Err(bad(BadReply::Length {
+                    text: text.to_owned(),
+                    max: len_max,
+                })),
             }
         };
         Ok(match body[0] {
@@ -99,7 +100,7 @@ impl Value {
             b'-' => Value::Error(text),
             b':' => Value::Int(
                 text.parse()
-                    .map_err(|_| bad(format!("bad integer {text:?}")))?,
+                    .map_err(|_| bad(BadReply::Integer(text.clone())))?,
             ),
             b'$' => match length(&text)? {
                 None => Value::Nil,
@@ -107,7 +108,7 @@ impl Value {
                     let mut data = vec![0; len + 2];
                     reader.read_exact(&mut data)?;
                     if !data.ends_with(b"\r\n") {
-                        return Err(bad("bulk string not followed by CRLF".to_string()));
+                        return Err(bad(BadReply::BulkNoCrlf));
                     }
                     data.truncate(len);
                     Value::Bulk(Bytes::from(data))
@@ -121,10 +122,46 @@ impl Value {
                         .collect::<io::Result<_>>()?,
                 ),
             },
-            other => return Err(bad(format!("unknown reply type byte {other:#04x}"))),
+            other => return Err(bad(BadReply::Type(other))),
         })
     }
 }
+
+/// Why bytes read as a reply are not RESP (inside an `InvalidData` I/O error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadReply {
+    /// A line that does not end in CRLF.
+    NoCrlf(String),
+    /// A length that is not a number, or above the limit.
+    Length {
+        /// The length's text.
+        text: String,
+        /// The largest length accepted.
+        max: usize,
+    },
+    /// An integer reply that is not a number.
+    Integer(String),
+    /// A bulk string not followed by CRLF.
+    BulkNoCrlf,
+    /// A type byte RESP2 does not have.
+    Type(u8),
+}
+
+impl fmt::Display for BadReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadReply::NoCrlf(line) => write!(f, "reply line {line:?} does not end in CRLF"),
+            BadReply::Length { text, max } => {
+                write!(f, "bad or too large length {text:?} (max {max})")
+            }
+            BadReply::Integer(text) => write!(f, "bad integer {text:?}"),
+            BadReply::BulkNoCrlf => f.write_str("bulk string not followed by CRLF"),
+            BadReply::Type(byte) => write!(f, "unknown reply type byte {byte:#04x}"),
+        }
+    }
+}
+
+impl std::error::Error for BadReply {}
 
 fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
     debug_assert!(!text.contains(&b'\r') && !text.contains(&b'\n'));
@@ -195,7 +232,15 @@ mod tests {
             assert_eq!(&Value::read_from(&mut reader, 100).unwrap(), value);
         }
         let err = Value::read_from(&mut &b"$101\r\n"[..], 100).unwrap_err();
-        assert!(err.to_string().contains("101"), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            err.get_ref().and_then(|inner| inner.downcast_ref()),
+            Some(&BadReply::Length {
+                text: "101".to_owned(),
+                max: 100
+            })
+        );
+        assert_eq!(err.to_string(), "bad or too large length \"101\" (max 100)");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::codec::{put_bytes, Reader};
+use super::codec::{put_bytes, DecodeError, Reader};
 use super::machine::{App, Machine};
 use super::reply::Reply;
 
@@ -132,17 +132,15 @@ impl<'a> BankCommand<'a> {
     }
 
     /// Decodes a command; the error says what is wrong.
-    pub fn decode(bytes: &'a [u8]) -> Result<BankCommand<'a>, String> {
+    pub fn decode(bytes: &'a [u8]) -> Result<BankCommand<'a>, DecodeError> {
         let [version, op, rest @ ..] = bytes else {
-            return Err(format!(
-                "a command needs at least 2 bytes, found {}",
-                bytes.len()
-            ));
+            return Err(DecodeError::CommandTooShort(bytes.len()));
         };
         if *version != BANK_COMMAND_VERSION {
-            return Err(format!(
-                "command version {version} is not supported (expected {BANK_COMMAND_VERSION})"
-            ));
+            return Err(DecodeError::CommandVersion {
+                found: *version,
+                expected: BANK_COMMAND_VERSION,
+            });
         }
         let mut args = Reader::new(rest);
         let command = match *op {
@@ -167,7 +165,7 @@ impl<'a> BankCommand<'a> {
                 account: args.bytes("account")?,
             },
             OP_TOTAL => BankCommand::Total,
-            other => return Err(format!("unknown op {other}")),
+            other => return Err(DecodeError::UnknownOp(other)),
         };
         args.finish(command)
     }
@@ -342,13 +340,15 @@ impl App for Ledger {
         }
     }
 
-    fn restore(snapshot: &[u8]) -> Result<Ledger, String> {
+    fn restore(snapshot: &[u8]) -> Result<Ledger, DecodeError> {
         let mut reader = Reader::new(snapshot);
         let version = reader.u8("version")?;
         if version != BANK_SNAPSHOT_VERSION {
-            return Err(format!(
-                "version {version} is not supported (expected {BANK_SNAPSHOT_VERSION})"
-            ));
+            return Err(DecodeError::SnapshotVersion {
+                found: version,
+                expected: BANK_SNAPSHOT_VERSION,
+                older: None,
+            });
         }
         let count = reader.u64("account count")?;
         let mut ledger = Ledger::default();
@@ -356,21 +356,22 @@ impl App for Ledger {
             let name = reader.bytes("account name")?;
             let balance = reader.i64("balance")?;
             if balance < 0 {
-                return Err(format!(
-                    "account {position} has a negative balance {balance}"
-                ));
+                return Err(DecodeError::NegativeBalance { position, balance });
             }
             if ledger
                 .accounts
                 .last_key_value()
                 .is_some_and(|(last, _)| name <= last.as_slice())
             {
-                return Err(format!("account {position} is out of order"));
+                return Err(DecodeError::OutOfOrder {
+                    what: "account",
+                    position,
+                });
             }
             ledger.total = ledger
                 .total
                 .checked_add(balance)
-                .ok_or_else(|| format!("the total overflows at account {position}"))?;
+                .ok_or(DecodeError::TotalOverflow { position })?;
             ledger.accounts.insert(name.to_vec(), balance);
         }
         reader.finish(ledger)
@@ -654,6 +655,14 @@ mod tests {
         negative.extend_from_slice(&1u64.to_le_bytes());
         put_bytes(&mut negative, b"a");
         negative.extend_from_slice(&(-1i64).to_le_bytes());
-        assert!(Ledger::restore(&negative).is_err());
+        let err = Ledger::restore(&negative).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::NegativeBalance {
+                position: 0,
+                balance: -1
+            }
+        );
+        assert_eq!(err.to_string(), "account 0 has a negative balance -1");
     }
 }

@@ -16,6 +16,8 @@
 //! is the routing node's wall clock in milliseconds since the Unix epoch, chosen once, before
 //! the command enters the log: every replica reads the same value.
 
+use super::codec::DecodeError;
+
 /// First byte of every envelope (and of every machine snapshot, see `machine`).
 pub const ENVELOPE_TAG: u8 = 0xE1;
 
@@ -24,7 +26,7 @@ const KIND_SESSION: u8 = 1;
 const KIND_OPEN_SESSION: u8 = 2;
 
 /// Bytes of the fixed envelope header (tag, kind, time).
-const HEADER_BYTES: usize = 10;
+pub(crate) const HEADER_BYTES: usize = 10;
 
 /// A decoded envelope, borrowing the app command from the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,15 +98,12 @@ impl<'a> Envelope<'a> {
 
     /// Decodes an envelope, or takes `bytes` as a bare command when they do not start with
     /// [`ENVELOPE_TAG`]. The error says what is wrong.
-    pub fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, String> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Envelope<'a>, DecodeError> {
         if bytes.first() != Some(&ENVELOPE_TAG) {
             return Ok(Envelope::Bare(bytes));
         }
         if bytes.len() < HEADER_BYTES {
-            return Err(format!(
-                "envelope header needs {HEADER_BYTES} bytes, found {}",
-                bytes.len()
-            ));
+            return Err(DecodeError::EnvelopeHeader { found: bytes.len() });
         }
         let kind = bytes[1];
         let now_ms = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
@@ -116,10 +115,7 @@ impl<'a> Envelope<'a> {
             }),
             KIND_SESSION => {
                 let Some((ids, command)) = rest.split_first_chunk::<16>() else {
-                    return Err(format!(
-                        "session envelope needs 16 bytes of client id and sequence, found {}",
-                        rest.len()
-                    ));
+                    return Err(DecodeError::SessionEnvelope { found: rest.len() });
                 };
                 let (client, seq) = ids.split_at(8);
                 Ok(Envelope::Session {
@@ -130,11 +126,8 @@ impl<'a> Envelope<'a> {
                 })
             }
             KIND_OPEN_SESSION if rest.is_empty() => Ok(Envelope::OpenSession { now_ms }),
-            KIND_OPEN_SESSION => Err(format!(
-                "an open-session envelope takes no body, found {} bytes",
-                rest.len()
-            )),
-            other => Err(format!("unknown envelope kind {other}")),
+            KIND_OPEN_SESSION => Err(DecodeError::OpenSessionBody { found: rest.len() }),
+            other => Err(DecodeError::UnknownEnvelope(other)),
         }
     }
 
@@ -189,7 +182,10 @@ mod tests {
         assert!(Envelope::decode(&[ENVELOPE_TAG, 0, 1]).is_err());
         let mut unknown = Envelope::OpenSession { now_ms: 1 }.to_vec();
         unknown[1] = 9;
-        assert!(Envelope::decode(&unknown).is_err());
+        assert_eq!(
+            Envelope::decode(&unknown),
+            Err(DecodeError::UnknownEnvelope(9))
+        );
         let mut long_open = Envelope::OpenSession { now_ms: 1 }.to_vec();
         long_open.push(0);
         assert!(Envelope::decode(&long_open).is_err());

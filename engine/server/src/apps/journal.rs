@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::apply::StateMachine;
 use crate::types::LogIndex;
 
+use super::codec::DecodeError;
 use super::reply::Reply;
 
 /// The snapshot encoding version this code writes and reads.
@@ -71,13 +72,10 @@ impl JournalDigest {
     }
 
     /// Decodes the 16-byte encoding.
-    pub fn from_bytes(bytes: &[u8]) -> Result<JournalDigest, String> {
-        let raw: [u8; JOURNAL_DIGEST_BYTES] = bytes.try_into().map_err(|_| {
-            format!(
-                "a journal digest takes {JOURNAL_DIGEST_BYTES} bytes, found {}",
-                bytes.len()
-            )
-        })?;
+    pub fn from_bytes(bytes: &[u8]) -> Result<JournalDigest, DecodeError> {
+        let raw: [u8; JOURNAL_DIGEST_BYTES] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::DigestLength(bytes.len()))?;
         let (count, hash) = raw.split_at(8);
         Ok(JournalDigest {
             count: u64::from_le_bytes(count.try_into().expect("8 bytes")),

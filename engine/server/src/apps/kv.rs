@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::codec::{put_bytes, put_list, Reader};
+use super::codec::{put_bytes, put_list, DecodeError, Reader};
 use super::deadlines::Deadlines;
 use super::machine::{App, Machine};
 use super::reply::Reply;
@@ -280,17 +280,15 @@ impl<'a> KvCommand<'a> {
     }
 
     /// Decodes a command; the error says what is wrong.
-    pub fn decode(bytes: &'a [u8]) -> Result<KvCommand<'a>, String> {
+    pub fn decode(bytes: &'a [u8]) -> Result<KvCommand<'a>, DecodeError> {
         let [version, op, rest @ ..] = bytes else {
-            return Err(format!(
-                "a command needs at least 2 bytes, found {}",
-                bytes.len()
-            ));
+            return Err(DecodeError::CommandTooShort(bytes.len()));
         };
         if *version != KV_COMMAND_VERSION {
-            return Err(format!(
-                "command version {version} is not supported (expected {KV_COMMAND_VERSION})"
-            ));
+            return Err(DecodeError::CommandVersion {
+                found: *version,
+                expected: KV_COMMAND_VERSION,
+            });
         }
         let mut args = Reader::new(rest);
         let command = match *op {
@@ -322,13 +320,13 @@ impl<'a> KvCommand<'a> {
                 let value = args.bytes("value")?;
                 let flags = args.u8("flags")?;
                 if flags & !(SET_IF_ABSENT | SET_IF_PRESENT | SET_WITH_TTL) != 0 {
-                    return Err(format!("unknown set flags {flags:#04x}"));
+                    return Err(DecodeError::UnknownSetFlags(flags));
                 }
                 let condition = match flags & (SET_IF_ABSENT | SET_IF_PRESENT) {
                     0 => SetCondition::Always,
                     SET_IF_ABSENT => SetCondition::IfAbsent,
                     SET_IF_PRESENT => SetCondition::IfPresent,
-                    _ => return Err("set flags ask for both NX and XX".to_string()),
+                    _ => return Err(DecodeError::ConflictingSetFlags),
                 };
                 let ttl_ms = if flags & SET_WITH_TTL != 0 {
                     Some(args.u64("ttl")?)
@@ -348,14 +346,14 @@ impl<'a> KvCommand<'a> {
             OP_PUT_MANY => {
                 let count = args.u32("pair count")? as usize;
                 if count > args.remaining() / 8 {
-                    return Err(format!(
-                        "pairs: {count} announced, only {} bytes left",
-                        args.remaining()
-                    ));
+                    return Err(DecodeError::Pairs {
+                        count,
+                        left: args.remaining(),
+                    });
                 }
                 let pairs = (0..count)
                     .map(|_| Ok((args.bytes("key")?, args.bytes("value")?)))
-                    .collect::<Result<_, String>>()?;
+                    .collect::<Result<_, DecodeError>>()?;
                 KvCommand::PutMany { pairs }
             }
             OP_GET => KvCommand::Get {
@@ -377,7 +375,7 @@ impl<'a> KvCommand<'a> {
             OP_PTTL => KvCommand::Pttl {
                 key: args.bytes("key")?,
             },
-            other => return Err(format!("unknown op {other}")),
+            other => return Err(DecodeError::UnknownOp(other)),
         };
         args.finish(command)
     }
@@ -617,13 +615,15 @@ impl App for KvMap {
         }
     }
 
-    fn restore(snapshot: &[u8]) -> Result<KvMap, String> {
+    fn restore(snapshot: &[u8]) -> Result<KvMap, DecodeError> {
         let mut reader = Reader::new(snapshot);
         let version = reader.u8("version")?;
         if version != 1 && version != KV_SNAPSHOT_VERSION {
-            return Err(format!(
-                "version {version} is not supported (expected 1 or {KV_SNAPSHOT_VERSION})"
-            ));
+            return Err(DecodeError::SnapshotVersion {
+                found: version,
+                expected: KV_SNAPSHOT_VERSION,
+                older: Some(1),
+            });
         }
         let count = reader.u64("key count")?;
         let mut map = KvMap::default();
@@ -640,7 +640,10 @@ impl App for KvMap {
                 .last_key_value()
                 .is_some_and(|(last, _)| key <= last.as_slice())
             {
-                return Err(format!("key {position} is out of order"));
+                return Err(DecodeError::OutOfOrder {
+                    what: "key",
+                    position,
+                });
             }
             map.entries.insert(key.to_vec(), value.to_vec());
             if deadline != 0 {

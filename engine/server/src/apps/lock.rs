@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::codec::{put_bytes, Reader};
+use super::codec::{put_bytes, DecodeError, Reader};
 use super::deadlines::Deadlines;
 use super::machine::{App, Machine};
 use super::reply::Reply;
@@ -108,17 +108,15 @@ impl<'a> LockCommand<'a> {
     }
 
     /// Decodes a command; the error says what is wrong.
-    pub fn decode(bytes: &'a [u8]) -> Result<LockCommand<'a>, String> {
+    pub fn decode(bytes: &'a [u8]) -> Result<LockCommand<'a>, DecodeError> {
         let [version, op, rest @ ..] = bytes else {
-            return Err(format!(
-                "a command needs at least 2 bytes, found {}",
-                bytes.len()
-            ));
+            return Err(DecodeError::CommandTooShort(bytes.len()));
         };
         if *version != LOCK_COMMAND_VERSION {
-            return Err(format!(
-                "command version {version} is not supported (expected {LOCK_COMMAND_VERSION})"
-            ));
+            return Err(DecodeError::CommandVersion {
+                found: *version,
+                expected: LOCK_COMMAND_VERSION,
+            });
         }
         let mut args = Reader::new(rest);
         let command = match *op {
@@ -134,7 +132,7 @@ impl<'a> LockCommand<'a> {
             OP_OWNER => LockCommand::Owner {
                 name: args.bytes("name")?,
             },
-            other => return Err(format!("unknown op {other}")),
+            other => return Err(DecodeError::UnknownOp(other)),
         };
         args.finish(command)
     }
@@ -286,13 +284,15 @@ impl App for LockTable {
         }
     }
 
-    fn restore(snapshot: &[u8]) -> Result<LockTable, String> {
+    fn restore(snapshot: &[u8]) -> Result<LockTable, DecodeError> {
         let mut reader = Reader::new(snapshot);
         let version = reader.u8("version")?;
         if version != LOCK_SNAPSHOT_VERSION {
-            return Err(format!(
-                "version {version} is not supported (expected {LOCK_SNAPSHOT_VERSION})"
-            ));
+            return Err(DecodeError::SnapshotVersion {
+                found: version,
+                expected: LOCK_SNAPSHOT_VERSION,
+                older: None,
+            });
         }
         let mut table = LockTable {
             last_token: reader.u64("last token")?,
@@ -305,17 +305,21 @@ impl App for LockTable {
             let token = reader.u64("token")?;
             let lease_end_ms = reader.u64("lease end")?;
             if token == 0 || token > table.last_token {
-                return Err(format!(
-                    "lock {position} has token {token}, outside 1..={}",
-                    table.last_token
-                ));
+                return Err(DecodeError::LockToken {
+                    position,
+                    token,
+                    last_token: table.last_token,
+                });
             }
             if table
                 .locks
                 .last_key_value()
                 .is_some_and(|(last, _)| name <= last.as_slice())
             {
-                return Err(format!("lock {position} is out of order"));
+                return Err(DecodeError::OutOfOrder {
+                    what: "lock",
+                    position,
+                });
             }
             table.leases.set(name, lease_end_ms);
             table.locks.insert(
@@ -490,6 +494,12 @@ mod tests {
         }
         let mut bad_token = snapshot.clone();
         bad_token[1] = 0; // last token 0 but a lock holds token 2
-        assert!(LockTable::restore(&bad_token).is_err());
+        assert!(
+            matches!(
+                LockTable::restore(&bad_token),
+                Err(DecodeError::LockToken { last_token: 0, .. })
+            ),
+            "a token above the last one was accepted"
+        );
     }
 }

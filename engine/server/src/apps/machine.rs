@@ -22,7 +22,7 @@ use bytes::Bytes;
 use crate::apply::StateMachine;
 use crate::types::LogIndex;
 
-use super::codec::Reader;
+use super::codec::{DecodeError, Reader};
 use super::envelope::{Envelope, ENVELOPE_TAG};
 use super::reply::Reply;
 use super::sessions::{SessionCheck, Sessions, SESSIONS_MAX};
@@ -49,7 +49,7 @@ pub trait App: Send + 'static {
     fn snapshot(&self, out: &mut Vec<u8>);
 
     /// Decodes what [`App::snapshot`] wrote; the error says what is wrong.
-    fn restore(snapshot: &[u8]) -> Result<Self, String>
+    fn restore(snapshot: &[u8]) -> Result<Self, DecodeError>
     where
         Self: Sized;
 }
@@ -178,32 +178,39 @@ impl<A: App> StateMachine for Machine<A> {
             return Ok(());
         }
         let Some((body, crc)) = snapshot.split_last_chunk::<4>() else {
-            return Err(format!("{name} snapshot: {} bytes is too short", snapshot.len()).into());
+            return Err(format!(
+                "{name} snapshot: {}",
+                DecodeError::SnapshotTooShort(snapshot.len())
+            )
+            .into());
         };
         let stored = u32::from_le_bytes(*crc);
         let computed = crc32fast::hash(body);
         if stored != computed {
             return Err(format!(
-                "{name} snapshot: checksum {stored:#010x} stored, {computed:#010x} computed"
+                "{name} snapshot: {}",
+                DecodeError::SnapshotChecksum { stored, computed }
             )
             .into());
         }
-        let decode = || -> Result<Machine<A>, String> {
+        let decode = || -> Result<Machine<A>, DecodeError> {
             let mut reader = Reader::new(&body[1..]);
             let version = reader.u8("version")?;
             if version != MACHINE_SNAPSHOT_VERSION {
-                return Err(format!(
-                    "version {version} is not supported (expected {MACHINE_SNAPSHOT_VERSION})"
-                ));
+                return Err(DecodeError::SnapshotVersion {
+                    found: version,
+                    expected: MACHINE_SNAPSHOT_VERSION,
+                    older: None,
+                });
             }
             let clock_ms = reader.u64("clock")?;
             let sessions = Sessions::restore(&mut reader, self.sessions_capacity())?;
             let app_len = reader.u64("app snapshot length")?;
             if app_len != reader.remaining() as u64 {
-                return Err(format!(
-                    "app snapshot length {app_len} but {} bytes follow",
-                    reader.remaining()
-                ));
+                return Err(DecodeError::AppLength {
+                    announced: app_len,
+                    present: reader.remaining(),
+                });
             }
             let app = A::restore(reader.rest())?;
             Ok(Machine {

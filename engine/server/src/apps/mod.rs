@@ -29,6 +29,7 @@ pub mod reply;
 pub mod sessions;
 
 pub use self::bank::{Bank, BankCommand};
+pub use self::codec::DecodeError;
 pub use self::envelope::Envelope;
 pub use self::frontend::{BankCommands, KvCommands, LockCommands, RespFrontend};
 pub use self::journal::{Journal, JournalDigest};

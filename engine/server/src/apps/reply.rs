@@ -48,11 +48,81 @@ pub enum Reply {
 
 /// Why bytes are not a valid reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplyError(pub String);
+#[non_exhaustive]
+pub enum ReplyError {
+    /// No bytes at all.
+    Empty,
+    /// A reply whose tag takes no body has one.
+    Body {
+        /// The tag.
+        tag: u8,
+        /// Bytes of the body.
+        len: usize,
+    },
+    /// An int reply that is not 8 bytes.
+    IntLength(usize),
+    /// An error reply whose message is not UTF-8.
+    ErrorNotUtf8,
+    /// A tag this code does not know.
+    UnknownTag(u8),
+    /// An array cut short where a length was due.
+    ArrayCut {
+        /// Where, in bytes.
+        at: usize,
+    },
+    /// An array element announces more bytes than are present.
+    ElementLength {
+        /// The element.
+        position: usize,
+        /// Bytes announced.
+        announced: usize,
+        /// Bytes present.
+        present: usize,
+    },
+    /// An array element that is not a valid reply.
+    Element {
+        /// The element.
+        position: usize,
+        /// What is wrong with it.
+        error: Box<ReplyError>,
+    },
+    /// Bytes after the last element of an array.
+    Trailing(usize),
+}
+
+impl ReplyError {
+    /// What is wrong, without the "bad reply" prefix.
+    fn detail(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyError::Empty => f.write_str("empty"),
+            ReplyError::Body { tag, len } => {
+                write!(f, "tag {tag} takes no body, found {len} bytes")
+            }
+            ReplyError::IntLength(len) => write!(f, "an int takes 8 bytes, found {len}"),
+            ReplyError::ErrorNotUtf8 => f.write_str("error message is not UTF-8"),
+            ReplyError::UnknownTag(tag) => write!(f, "unknown tag {tag}"),
+            ReplyError::ArrayCut { at } => write!(f, "array cut short at byte {at}"),
+            ReplyError::ElementLength {
+                position,
+                announced,
+                present,
+            } => write!(
+                f,
+                "array element {position}: {announced} bytes announced, {present} present"
+            ),
+            ReplyError::Element { position, error } => {
+                write!(f, "array element {position}: ")?;
+                error.detail(f)
+            }
+            ReplyError::Trailing(bytes) => write!(f, "{bytes} unexpected bytes after the array"),
+        }
+    }
+}
 
 impl fmt::Display for ReplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bad reply: {}", self.0)
+        f.write_str("bad reply: ")?;
+        self.detail(f)
     }
 }
 
@@ -125,16 +195,16 @@ impl Reply {
     /// Decodes a reply. `Value` shares `bytes`' buffer (no copy).
     pub fn decode(bytes: &Bytes) -> Result<Reply, ReplyError> {
         let Some((&tag, body)) = bytes.split_first() else {
-            return Err(ReplyError("empty".to_string()));
+            return Err(ReplyError::Empty);
         };
         let expect_empty = |reply: Reply| {
             if body.is_empty() {
                 Ok(reply)
             } else {
-                Err(ReplyError(format!(
-                    "tag {tag} takes no body, found {} bytes",
-                    body.len()
-                )))
+                Err(ReplyError::Body {
+                    tag,
+                    len: body.len(),
+                })
             }
         };
         match tag {
@@ -143,17 +213,14 @@ impl Reply {
             TAG_VALUE => Ok(Reply::Value(bytes.slice(1..))),
             TAG_INT => match <[u8; 8]>::try_from(body) {
                 Ok(raw) => Ok(Reply::Int(i64::from_le_bytes(raw))),
-                Err(_) => Err(ReplyError(format!(
-                    "an int takes 8 bytes, found {}",
-                    body.len()
-                ))),
+                Err(_) => Err(ReplyError::IntLength(body.len())),
             },
             TAG_ERROR => match std::str::from_utf8(body) {
                 Ok(message) => Ok(Reply::Error(message.to_string())),
-                Err(_) => Err(ReplyError("error message is not UTF-8".to_string())),
+                Err(_) => Err(ReplyError::ErrorNotUtf8),
             },
             TAG_ARRAY => Reply::decode_array(bytes),
-            other => Err(ReplyError(format!("unknown tag {other}"))),
+            other => Err(ReplyError::UnknownTag(other)),
         }
     }
 
@@ -162,7 +229,7 @@ impl Reply {
             bytes
                 .get(at..at + 4)
                 .map(|raw| u32::from_le_bytes(raw.try_into().expect("4 bytes")) as usize)
-                .ok_or_else(|| ReplyError(format!("array cut short at byte {at}")))
+                .ok_or(ReplyError::ArrayCut { at })
         };
         let count = read_u32(1)?;
         let mut at = 5;
@@ -172,21 +239,23 @@ impl Reply {
             let len = read_u32(at)?;
             let start = at + 4;
             if bytes.len() - start < len {
-                return Err(ReplyError(format!(
-                    "array element {position}: {len} bytes announced, {} present",
-                    bytes.len() - start
-                )));
+                return Err(ReplyError::ElementLength {
+                    position,
+                    announced: len,
+                    present: bytes.len() - start,
+                });
             }
-            let element = Reply::decode(&bytes.slice(start..start + len))
-                .map_err(|e| ReplyError(format!("array element {position}: {}", e.0)))?;
+            let element = Reply::decode(&bytes.slice(start..start + len)).map_err(|error| {
+                ReplyError::Element {
+                    position,
+                    error: Box::new(error),
+                }
+            })?;
             elements.push(element);
             at = start + len;
         }
         if at != bytes.len() {
-            return Err(ReplyError(format!(
-                "{} unexpected bytes after the array",
-                bytes.len() - at
-            )));
+            return Err(ReplyError::Trailing(bytes.len() - at));
         }
         Ok(Reply::Array(elements))
     }
@@ -230,5 +299,18 @@ mod tests {
             Reply::decode(&Bytes::from_static(&[TAG_ARRAY, 1, 0, 0, 0, 9, 0, 0, 0, 0])).is_err()
         );
         assert!(Reply::decode(&Bytes::from_static(&[TAG_ARRAY, 0, 0, 0, 0, 0])).is_err());
+        let nested = Reply::array_bytes([&[TAG_INT, 1][..]].into_iter());
+        let err = Reply::decode(&nested).unwrap_err();
+        assert_eq!(
+            err,
+            ReplyError::Element {
+                position: 0,
+                error: Box::new(ReplyError::IntLength(1))
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "bad reply: array element 0: an int takes 8 bytes, found 1"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::codec::{put_bytes, Reader};
+use super::codec::{put_bytes, DecodeError, Reader};
 use super::reply::Reply;
 
 /// Sessions a machine keeps unless told otherwise.
@@ -162,12 +162,13 @@ impl Sessions {
     }
 
     /// Reads what [`Sessions::snapshot`] wrote, into a table of `capacity`.
-    pub(crate) fn restore(reader: &mut Reader<'_>, capacity: usize) -> Result<Sessions, String> {
+    pub(crate) fn restore(
+        reader: &mut Reader<'_>,
+        capacity: usize,
+    ) -> Result<Sessions, DecodeError> {
         let count = reader.u32("session count")? as usize;
         if count > capacity {
-            return Err(format!(
-                "{count} sessions, but this node keeps at most {capacity}"
-            ));
+            return Err(DecodeError::TooManySessions { count, capacity });
         }
         let mut table = Sessions::new(capacity);
         for position in 0..count {
@@ -180,10 +181,10 @@ impl Sessions {
                 .last_key_value()
                 .is_some_and(|(last, _)| *last >= id)
             {
-                return Err(format!("session {position} (id {id}) is out of order"));
+                return Err(DecodeError::SessionOrder { position, id });
             }
             if table.by_use.insert(used_at, id).is_some() {
-                return Err(format!("two sessions were last used at index {used_at}"));
+                return Err(DecodeError::SessionUse { used_at });
             }
             table.sessions.insert(
                 id,

@@ -7,6 +7,7 @@
 //! other frame before that refuses the connection without being decoded. Refusals are logged
 //! naming the received and expected values (rate-limited) and counted by reason.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,10 +23,7 @@ use crate::net::auth::{fresh_nonce, Nonce, Refusal, Role, Transcript};
 use crate::net::client_msg::CLIENT_PROTOCOL_VERSION;
 use crate::net::frame::{FrameType, FRAME_MAGIC};
 use crate::net::peer_msg::PEER_PROTOCOL_VERSION;
-use crate::net::tls::ConnStream;
-use crate::net::{
-    is_auth_refusal, ClientHello, ClientReply, ClientRole, ClientUsers, PeerHello, PeerProof,
-};
+use crate::net::{ClientHello, ClientReply, ClientRole, ClientUsers, PeerHello, PeerProof};
 use crate::resp::parser::RespLimits;
 use crate::resp::session::Session;
 use crate::types::NodeId;
@@ -301,7 +299,7 @@ impl EventLoop {
         }
         // Direct sends (plain TCP only: TLS state belongs to this thread).
         let conn = self.conns.get(&token).expect("live connection");
-        if let ConnStream::Plain(tcp) = &conn.stream {
+        if let Some(tcp) = conn.stream.plain_tcp() {
             lane.lock().attach(token, tcp, !conn.out.is_empty());
         }
     }
@@ -346,20 +344,17 @@ impl EventLoop {
         let hello = ClientHello::decode(body)
             .map_err(|err| CloseReason::BadFrame(format!("client hello: {err}")))?;
         let refusal = if hello.version != CLIENT_PROTOCOL_VERSION {
-            Some(format!(
-                "client protocol version {} (expected {CLIENT_PROTOCOL_VERSION})",
-                hello.version
-            ))
+            Some(HelloRefusal::Version(hello.version))
         } else if hello.cluster_id != self.config.cluster_id {
-            Some(format!(
-                "cluster id {} (expected {})",
-                hello.cluster_id, self.config.cluster_id
-            ))
+            Some(HelloRefusal::ClusterId {
+                found: hello.cluster_id,
+                expected: self.config.cluster_id,
+            })
         } else {
             // Logged (rate-limited) by the check itself: a guessing client floods.
             self.check_client_password(token, &hello).err()
         };
-        let logged = refusal.as_deref().is_some_and(is_auth_refusal);
+        let logged = refusal.as_ref().is_some_and(HelloRefusal::is_auth);
         let reply = match &refusal {
             None => ClientReply::Ok { req: 0 },
             Some(message) => ClientReply::Error {
@@ -375,7 +370,7 @@ impl EventLoop {
             None => {
                 conn.kind = ConnKind::Client(ClientProtocol::Native { greeted: true });
                 // Direct replies (plain TCP only: TLS state belongs to this thread).
-                if let ConnStream::Plain(tcp) = &conn.stream {
+                if let Some(tcp) = conn.stream.plain_tcp() {
                     self.lanes.attach_client(token, tcp, !conn.out.is_empty());
                 }
             }
@@ -392,17 +387,15 @@ impl EventLoop {
 
     /// Checks a native hello's credentials; on success the connection takes the user's role.
     /// The refusal names the cause in Redis's words (`NOAUTH ...`, `WRONGPASS ...`).
-    fn check_client_password(&mut self, token: Token, hello: &ClientHello) -> Result<(), String> {
+    fn check_client_password(
+        &mut self,
+        token: Token,
+        hello: &ClientHello,
+    ) -> Result<(), HelloRefusal> {
         let users = &self.config.client_users;
         let role = match (users.anonymous(), hello.password.is_empty()) {
             (Some(role), _) => role,
-            (None, true) => {
-                return Err(
-                    "NOAUTH Authentication required: this node needs a client password \
-                            (lockstep::client::Credentials, or --password-file)"
-                        .to_string(),
-                )
-            }
+            (None, true) => return Err(HelloRefusal::NoAuth),
             (None, false) => match users.check(&hello.user, &hello.password) {
                 Some(role) => role,
                 None => {
@@ -410,15 +403,69 @@ impl EventLoop {
                     let addr = self.conns[&token].addr;
                     self.auth_log
                         .warn(addr, "native client authentication failed (WRONGPASS)");
-                    return Err(
-                        "WRONGPASS invalid username-password pair or user is disabled.".to_string(),
-                    );
+                    return Err(HelloRefusal::WrongPass);
                 }
             },
         };
         let conn = self.conns.get_mut(&token).expect("live connection");
         conn.read_only = role == ClientRole::ReadOnly;
         Ok(())
+    }
+}
+
+/// Why a native client's hello is refused (the reply says it after `refused: `).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HelloRefusal {
+    /// Another client protocol version.
+    Version(u16),
+    /// Another cluster.
+    ClusterId { found: u64, expected: u64 },
+    /// No password where one is required.
+    NoAuth,
+    /// A wrong user or password.
+    WrongPass,
+}
+
+impl HelloRefusal {
+    /// About the credentials (worded with Redis's codes, which clients look for).
+    fn is_auth(&self) -> bool {
+        matches!(self, HelloRefusal::NoAuth | HelloRefusal::WrongPass)
+    }
+}
+
+impl fmt::Display for HelloRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HelloRefusal::Version(version) => write!(
+                f,
+                "client protocol version {version} (expected {CLIENT_PROTOCOL_VERSION})"
+            ),
+            HelloRefusal::ClusterId { found, expected } => {
+                write!(f, "cluster id {found} (expected {expected})")
+            }
+            HelloRefusal::NoAuth => f.write_str(
+                "NOAUTH Authentication required: this node needs a client password \
+                 (lockstep::client::Credentials, or --password-file)",
+            ),
+            HelloRefusal::WrongPass => {
+                f.write_str("WRONGPASS invalid username-password pair or user is disabled.")
+            }
+        }
+    }
+}
+
+/// A first byte that starts no client protocol this port speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct UnknownProtocol(u8);
+
+impl fmt::Display for UnknownProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown client protocol (first byte {:#04x}: neither the frame magic \
+             {FRAME_MAGIC:#04x} nor ASCII for RESP)",
+            self.0
+        )
     }
 }
 
@@ -432,7 +479,7 @@ pub(super) fn detect_client(
     limits: RespLimits,
     users: &Arc<ClientUsers>,
     max_pipelined_bytes: usize,
-) -> Result<(), String> {
+) -> Result<(), UnknownProtocol> {
     let Some(&first) = conn.decoder.peek().first() else {
         return Ok(());
     };
@@ -446,10 +493,7 @@ pub(super) fn detect_client(
             max_pipelined_bytes,
         ))))
     } else {
-        return Err(format!(
-            "unknown client protocol (first byte {first:#04x}: neither the frame magic \
-             {FRAME_MAGIC:#04x} nor ASCII for RESP)"
-        ));
+        return Err(UnknownProtocol(first));
     };
     Ok(())
 }
@@ -485,6 +529,7 @@ impl PeerHandshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::is_auth_refusal;
 
     #[test]
     fn a_handshake_names_only_the_node_dialed() {
@@ -502,5 +547,38 @@ mod tests {
         };
         accepted.awaiting_proof = Some((NodeId(2), transcript));
         assert_eq!(accepted.dialed(), None);
+    }
+    /// Clients tell a refusal about credentials by its words (`NOAUTH `, `WRONGPASS `): the
+    /// refusals the node classes as such must say them, and no other may.
+    #[test]
+    fn refusals_about_credentials_say_so_in_redis_words() {
+        let refusals = [
+            HelloRefusal::Version(2),
+            HelloRefusal::ClusterId {
+                found: 1,
+                expected: 2,
+            },
+            HelloRefusal::NoAuth,
+            HelloRefusal::WrongPass,
+        ];
+        for refusal in refusals {
+            let message = refusal.to_string();
+            assert_eq!(refusal.is_auth(), is_auth_refusal(&message), "{message}");
+        }
+        assert_eq!(
+            HelloRefusal::ClusterId {
+                found: 1,
+                expected: 2
+            }
+            .to_string(),
+            "cluster id 1 (expected 2)"
+        );
+        assert_eq!(
+            UnknownProtocol(0xff).to_string(),
+            format!(
+                "unknown client protocol (first byte 0xff: neither the frame magic \
+                 {FRAME_MAGIC:#04x} nor ASCII for RESP)"
+            )
+        );
     }
 }
