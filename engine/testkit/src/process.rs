@@ -98,6 +98,12 @@ impl Launch {
         }
     }
 
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Launch {
+        self.command.arg(arg);
+        self
+    }
+
     /// Adds arguments.
     pub fn args<I, S>(mut self, args: I) -> Launch
     where
@@ -500,6 +506,40 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The ids of the live processes whose parent is process `parent` (from `/proc`): e.g. the nodes
+/// a supervisor started, to check that none outlives it.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The process may be gone by now.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID ...": the command name may hold spaces and parentheses.
+        let Some(name_end) = stat.rfind(')') else {
+            continue;
+        };
+        let ppid = stat[name_end + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|field| field.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +576,7 @@ mod tests {
             let line = node.wait_ready(Duration::from_secs(10)).unwrap();
             assert_eq!(line, "lockstep node 2 ready: peer a client b");
             assert!(alive(node.pid()));
+            assert!(children_of(std::process::id()).contains(&node.pid()));
             let stopped = node.stop(STOP_GRACE).unwrap();
             // `sleep` dies of SIGTERM, well within the grace time.
             assert!(!stopped.killed && !stopped.status.success(), "{stopped:?}");
