@@ -179,7 +179,9 @@ impl TestCluster {
                 configs,
                 start_node,
             },
-            Err((attempt, error)) => {
+            Err(
+                StartFailure::PortTaken((attempt, error)) | StartFailure::Failed((attempt, error)),
+            ) => {
                 panic!("cannot start the cluster (attempt {attempt}): {error}")
             }
         }
