@@ -155,6 +155,9 @@ fn a_follower_with_a_damaged_log_repairs_from_the_leader_and_votes_again() {
     let new_leader = cluster.wait_leader(Duration::from_secs(10));
     assert_ne!(new_leader, leader);
     put_range(&cluster, 450, 470);
+    // The reads below are local: a follower applies the last puts only once it hears they
+    // committed (with the leader's next append or heartbeat).
+    cluster.wait_converged(Duration::from_secs(10));
     for id in cluster.ids().into_iter().filter(|&id| id != leader) {
         check_replica(&cluster, id, 470);
     }

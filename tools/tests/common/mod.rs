@@ -265,14 +265,15 @@ impl Cluster {
         }
     }
 
-    /// Waits until every node runs and reports the same applied index, equal to the leader's
-    /// commit index; returns it.
+    /// Waits until every node the harness runs (all but those it killed or stopped) answers and
+    /// reports the same applied index, equal to the leader's commit index; returns it.
     pub fn wait_converged(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
             let statuses: Vec<Option<Value>> = self
                 .ids()
                 .into_iter()
+                .filter(|id| self.is_up(*id))
                 .map(|id| self.status(id).ok())
                 .collect();
             if statuses.iter().all(Option::is_some) {
