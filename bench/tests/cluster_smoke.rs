@@ -9,37 +9,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lockstep_testkit::process::children_of;
+
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))
 }
 
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
-}
-
-/// Process ids whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "PID (COMM) STATE PPID ..."
-        let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
-        let ppid: u32 = after_comm
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        if ppid == parent {
-            children.push(pid);
-        }
-    }
-    children
 }
 
 #[test]

@@ -5,19 +5,17 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
+use lockstep_testkit::ports::free_loopback_addrs;
+
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))
 }
 
-/// An address on which nothing listens (bound once to pick the port, then released).
-fn closed_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 #[test]
 fn connect_to_addresses_where_nothing_listens_fails_naming_them() {
-    let (first, second) = (closed_addr(), closed_addr());
+    // Addresses on which nothing listens (ports picked free, then released).
+    let closed = free_loopback_addrs(2).unwrap();
+    let (first, second) = (closed[0].to_string(), closed[1].to_string());
     let output = bench()
         .args(["--connect", &format!("{first},{second}")])
         .args(["--seconds", "1", "--warmup", "0"])

@@ -4,13 +4,15 @@
 //!
 //! No speed is asserted (the machine is shared and noisy): only sane, complete figures.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use lockstep_server::apps::AppKind;
-use lockstep_server::{MemberConfig, ServerConfig};
+use lockstep_server::ServerConfig;
+use lockstep_testkit::ports::loopback_members;
+use lockstep_testkit::process::{Launch, NodeProcess, Output};
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockstep-bench"))
@@ -84,21 +86,13 @@ fn a_short_kv_run_reports_set_and_get_apart() {
 /// One `journal` node (no RESP command set) started as the bench starts its nodes; killed on
 /// drop.
 struct JournalNode {
-    child: Child,
+    _process: NodeProcess,
     client_addr: SocketAddr,
 }
 
 impl JournalNode {
     fn start(dir: &Path) -> JournalNode {
-        let ports: Vec<TcpListener> = (0..2)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let member = MemberConfig {
-            id: 1,
-            peer_addr: ports[0].local_addr().unwrap(),
-            client_addr: ports[1].local_addr().unwrap(),
-        };
-        drop(ports);
+        let member = loopback_members(1..=1).unwrap().remove(0);
         let config = ServerConfig {
             id: 1,
             cluster_id: 7,
@@ -115,29 +109,26 @@ impl JournalNode {
         };
         let config_path = dir.join("node-1.toml");
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-        let child = bench()
-            .args(["node", "--config"])
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(member.client_addr).is_err() {
-            assert!(Instant::now() < deadline, "the journal node did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut process = Launch::new(
+            1,
+            env!("CARGO_BIN_EXE_lockstep-bench"),
+            dir.join("node-1.out"),
+            Output::BothCopied,
+        )
+        .args(["node", "--config"])
+        .arg(&config_path)
+        .spawn()
+        .unwrap();
+        if let Err(error) = process.wait_ready(Duration::from_secs(20)) {
+            panic!(
+                "the journal node did not start ({error:?}):\n{}",
+                process.log_tail(20)
+            );
         }
         JournalNode {
-            child,
+            _process: process,
             client_addr: member.client_addr,
         }
-    }
-}
-
-impl Drop for JournalNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -17,28 +17,25 @@
 //! - with `--tls`, a throwaway CA and one certificate for `--host` are generated into
 //!   `<dir>/tls/` (`ca.pem`, `node.pem`, `node-key.pem`) and every node serves TLS on both ports.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockstep::client::{Client, Credentials};
+use lockstep::client::Credentials;
 use lockstep::net::ClientTls;
 use lockstep_server::apps::AppKind;
 use lockstep_server::pki::DevPki;
 use lockstep_server::{ready_line, MemberConfig, DEFAULT_CLUSTER_ID};
-use serde_json::Value;
+use lockstep_testkit::process::{self, Launch, NodeProcess, NotReady, Output, STOP_GRACE};
+use lockstep_testkit::serve::{agreed_leader, ServeFlags, StatusQuery};
 
 use crate::serve_cmd::parse_app;
-
-/// How long a node may take to exit after SIGTERM before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long the nodes may take to print their ready lines, and then to agree on a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -216,22 +213,11 @@ fn run_cluster(args: &Args) -> Result<(), String> {
     };
     let mut nodes = Nodes {
         nodes: Vec::new(),
-        lines: None,
         tls,
     };
-    let (tx, rx) = mpsc::channel();
     for member in &members {
-        nodes.spawn(
-            args,
-            &members,
-            member.id,
-            &dir,
-            secret.as_deref(),
-            tx.clone(),
-        )?;
+        nodes.spawn(args, &members, member.id, &dir, secret.as_deref())?;
     }
-    drop(tx);
-    nodes.lines = Some(rx);
     // `None`: a signal came during the start.
     let leader = match nodes.wait_ready(&members, &stop)? {
         true => nodes.wait_leader(args.cluster_id, credentials.as_ref(), &members, &stop)?,
@@ -363,18 +349,10 @@ fn print_table(
     );
 }
 
-/// One running node.
-struct Node {
-    id: u64,
-    child: Child,
-    log_path: PathBuf,
-}
-
 /// The running nodes; stopped when dropped.
 struct Nodes {
-    nodes: Vec<Node>,
-    /// `(id, line)` for every stdout line of every node.
-    lines: Option<mpsc::Receiver<(u64, String)>>,
+    /// Node i (from 1) at position i - 1.
+    nodes: Vec<NodeProcess>,
     /// The TLS files every node uses (`--tls`).
     tls: Option<ClusterTls>,
 }
@@ -414,39 +392,36 @@ impl Nodes {
         id: u64,
         dir: &Path,
         secret: Option<&Path>,
-        lines: mpsc::Sender<(u64, String)>,
     ) -> Result<(), String> {
-        let log_path = dir.join(format!("node-{id}.log"));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        let mut command = Command::new(exe);
-        command
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .args(["--cluster-id", &args.cluster_id.to_string()])
-            .arg("--data-dir")
-            .arg(dir.join(format!("node-{id}")))
-            .args(["--app", args.app.name()]);
-        for member in members {
-            command.args(["--member", &member.to_string()]);
-        }
+        let flags = ServeFlags {
+            id,
+            cluster_id: args.cluster_id,
+            data_dir: &dir.join(format!("node-{id}")),
+            app: args.app.name(),
+            members,
+            join: false,
+        };
+        let mut launch = Launch::new(
+            id,
+            exe,
+            dir.join(format!("node-{id}.log")),
+            Output::StderrAppended,
+        )
+        .args(flags.to_args());
         if let Some(secret) = secret {
-            command.arg("--peer-secret-file").arg(secret);
+            launch = launch.arg("--peer-secret-file").arg(secret);
         }
         for (flag, file) in [
             ("--client-password-file", &args.client_password_file),
             ("--readonly-password-file", &args.readonly_password_file),
         ] {
             if let Some(file) = file {
-                command.arg(flag).arg(file);
+                launch = launch.arg(flag).arg(file);
             }
         }
         if let Some(tls) = &self.tls {
-            command
+            launch = launch
                 .arg("--tls-cert-file")
                 .arg(&tls.cert_file)
                 .arg("--tls-key-file")
@@ -454,72 +429,54 @@ impl Nodes {
                 .arg("--tls-ca-file")
                 .arg(&tls.ca_file);
         }
-        command
+        let node = launch
             .args(&args.serve_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            // Own process group: a terminal's Ctrl-C reaches only this command, which then stops
-            // the nodes in order.
-            .process_group(0);
-        // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
-        // system call.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = command
+            .tied_to_supervisor()
             .spawn()
-            .map_err(|e| format!("cannot start node {id}: {e}"))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        self.nodes.push(Node {
-            id,
-            child,
-            log_path,
-        });
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send((id, line)).is_err() {
-                    break;
+            .map_err(|e| match e {
+                process::SpawnError::Log { path, source } => {
+                    format!("cannot open {}: {source}", path.display())
                 }
-            }
-        });
+                process::SpawnError::Program(e) => format!("cannot start node {id}: {e}"),
+            })?;
+        assert_eq!(
+            node.id(),
+            self.nodes.len() as u64 + 1,
+            "nodes start in id order"
+        );
+        self.nodes.push(node);
         Ok(())
     }
 
     /// Waits until every node printed its ready line; false when a signal came first.
     fn wait_ready(&mut self, members: &[MemberConfig], stop: &AtomicBool) -> Result<bool, String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut ready = vec![false; members.len()];
-        while ready.contains(&false) {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(false);
+        let waited = process::wait_all_ready(&mut self.nodes, START_TIMEOUT, &|| {
+            stop.load(Ordering::Relaxed)
+        });
+        match waited {
+            Ok(()) => {}
+            Err(NotReady::Stopped) => return Ok(false),
+            Err(NotReady::Exited { id, status }) => {
+                return Err(self.failure(id, &format!("exited unexpectedly ({status})")))
             }
-            self.check_running()?;
-            let lines = self.lines.as_ref().expect("stdout readers started");
-            match lines.recv_timeout(POLL) {
-                Ok((id, line)) => {
-                    let member = &members[id as usize - 1];
-                    let expected = ready_line(id, member.peer_addr, Some(member.client_addr));
-                    if line.starts_with(&expected) {
-                        ready[id as usize - 1] = true;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
-                    // Disconnected: every stdout closed; the next check_running reports the exit.
-                    if Instant::now() > deadline {
-                        let id = ready.iter().position(|r| !r).expect("one is not ready") + 1;
-                        return Err(self.failure(
-                            id as u64,
-                            &format!("did not print its ready line within {START_TIMEOUT:?}"),
-                        ));
-                    }
-                }
+            Err(NotReady::TimedOut { id, after }) => {
+                return Err(self.failure(
+                    id,
+                    &format!("did not print its ready line within {after:?}"),
+                ))
+            }
+            Err(NotReady::Unwatchable { id, error }) => {
+                return Err(self.failure(id, &format!("cannot be watched: {error}")))
+            }
+        }
+        for (node, member) in self.nodes.iter().zip(members) {
+            let expected = ready_line(member.id, member.peer_addr, Some(member.client_addr));
+            let line = node.ready_line().expect("every node is ready");
+            if !line.starts_with(&expected) {
+                return Err(self.failure(
+                    member.id,
+                    &format!("printed {line:?}, not its ready line {expected:?}"),
+                ));
             }
         }
         Ok(true)
@@ -539,24 +496,29 @@ impl Nodes {
                 return Ok(None);
             }
             self.check_running()?;
-            let leaders: Vec<Option<u64>> = members
+            let query = StatusQuery {
+                cluster_id,
+                timeout: Duration::from_secs(1),
+                credentials,
+                tls: self.tls.as_ref().map(|tls| &tls.client),
+            };
+            let statuses: Vec<_> = members
                 .iter()
-                .map(|member| {
-                    let tls = self.tls.as_ref().map(|tls| &tls.client);
-                    leader_of(member.client_addr, cluster_id, credentials, tls)
-                })
+                .map(|member| query.status(member.client_addr).ok())
                 .collect();
-            if let Some(leader) = leaders[0] {
-                if leaders.iter().all(|seen| *seen == Some(leader)) {
-                    return Ok(Some(leader));
-                }
+            if let Some(leader) = agreed_leader(&statuses) {
+                return Ok(Some(leader));
             }
             if Instant::now() > deadline {
+                let leaders: Vec<Option<u64>> = statuses
+                    .iter()
+                    .map(|status| status.as_ref().and_then(|status| status["leader"].as_u64()))
+                    .collect();
                 return Err(format!(
                     "the nodes did not agree on a leader within {START_TIMEOUT:?} (each \
                      node's leader: {leaders:?}); logs in {}",
                     self.nodes[0]
-                        .log_path
+                        .log_path()
                         .parent()
                         .unwrap_or(Path::new("."))
                         .display()
@@ -570,8 +532,8 @@ impl Nodes {
     fn check_running(&mut self) -> Result<(), String> {
         for index in 0..self.nodes.len() {
             let node = &mut self.nodes[index];
-            let id = node.id;
-            match node.child.try_wait() {
+            let id = node.id();
+            match node.try_exit() {
                 Ok(None) => {}
                 Ok(Some(status)) => {
                     return Err(self.failure(id, &format!("exited unexpectedly ({status})")))
@@ -585,15 +547,10 @@ impl Nodes {
     /// The message for node `id` failing with `what`, with the tail of its log.
     fn failure(&self, id: u64, what: &str) -> String {
         let node = &self.nodes[id as usize - 1];
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(&node.log_path) {
-            drop(file.read_to_string(&mut text));
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
         format!(
-            "node {id} {what}; the others are stopped. Last lines of {}:\n{tail}",
-            node.log_path.display()
+            "node {id} {what}; the others are stopped. Last lines of {}:\n{}",
+            node.log_path().display(),
+            node.log_tail(TAIL_LINES)
         )
     }
 
@@ -604,27 +561,10 @@ impl Nodes {
     }
 
     fn stop_all(&mut self) -> Vec<(u64, ExitStatus)> {
-        for node in &self.nodes {
-            signal(&node.child, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        let mut exits = Vec::new();
-        for mut node in self.nodes.drain(..) {
-            let status = loop {
-                match node.child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL / 5),
-                    Ok(None) | Err(_) => {
-                        signal(&node.child, libc::SIGKILL);
-                        break node.child.wait().ok();
-                    }
-                }
-            };
-            if let Some(status) = status {
-                exits.push((node.id, status));
-            }
-        }
-        exits
+        process::stop_all(&mut self.nodes, STOP_GRACE)
+            .into_iter()
+            .filter_map(|(id, stopped)| Some((id, stopped.ok()?.status)))
+            .collect()
     }
 }
 
@@ -632,28 +572,6 @@ impl Drop for Nodes {
     fn drop(&mut self) {
         self.stop_all();
     }
-}
-
-/// Sends `signal` to a child (not yet reaped, so its pid is still its own).
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
-    // SAFETY: plain kill(2) on our own unreaped child.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-/// The leader that the node at `addr` names in its status, if it answers and knows one.
-fn leader_of(
-    addr: SocketAddr,
-    cluster_id: u64,
-    credentials: Option<&Credentials>,
-    tls: Option<&ClientTls>,
-) -> Option<u64> {
-    let timeout = Duration::from_secs(1);
-    let mut client = Client::connect_with(addr, cluster_id, timeout, credentials, tls).ok()?;
-    let status: Value = serde_json::from_str(&client.status().ok()?).ok()?;
-    status.get("leader")?.as_u64()
 }
 
 #[cfg(test)]

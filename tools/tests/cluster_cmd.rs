@@ -12,49 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::BIN;
-
-/// The first of `n` consecutive free loopback ports.
-fn free_port_run(n: u16) -> u16 {
-    for _ in 0..100 {
-        let first = common::free_ports(1)[0];
-        if first.checked_add(n).is_none() {
-            continue;
-        }
-        let all_free =
-            (first..first + n).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return first;
-        }
-    }
-    panic!("no run of {n} free ports found");
-}
-
-/// Pids of the live children of process `parent` (from /proc).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) in parentheses: state, ppid.
-        let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 1..];
-        let ppid = after_name
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use lockstep_testkit::ports::free_port_run;
+use lockstep_testkit::process::children_of;
 
 /// The running command and the file its stderr goes to; kills the command (and so, through the
 /// parent-death signal, its nodes) if a test fails.
@@ -151,7 +110,7 @@ fn set_and_get(port: u16) {
 
 #[test]
 fn cluster_starts_serves_and_stops_cleanly_on_sigterm() {
-    let client_port = free_port_run(6);
+    let client_port = free_port_run(6).expect("free ports");
     let peer_port = client_port + 3;
     let args: Vec<String> = ["--nodes", "3", "--client-port", &client_port.to_string()]
         .into_iter()
@@ -219,7 +178,7 @@ fn cluster_starts_serves_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn a_taken_port_is_refused_naming_the_option_and_port() {
-    let first = free_port_run(6);
+    let first = free_port_run(6).expect("free ports");
     let taken = TcpListener::bind(("127.0.0.1", first + 4)).expect("bind");
     let (status, stderr) = common::run_bin(&[
         "cluster",

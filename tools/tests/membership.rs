@@ -13,18 +13,19 @@
 
 mod common;
 
-use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_ports, Cluster, BIN, CLIENT_TIMEOUT};
+use common::{Cluster, BIN, CLIENT_TIMEOUT};
 use lockstep::client::{Client, ClusterClient};
 use lockstep_server::apps::{KvCommand, Reply};
 use lockstep_server::MemberConfig;
+use lockstep_testkit::ports::loopback_members;
+use lockstep_testkit::process::{self, Launch, NodeProcess, NotReady, Output};
+use lockstep_testkit::serve::ServeFlags;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,58 +35,50 @@ struct Extra {
     member: MemberConfig,
     data_dir: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    /// Killed when dropped.
+    process: Option<NodeProcess>,
 }
 
 impl Extra {
-    /// Starts the node with `members` (and `extra` flags); returns a channel that gets its ready
-    /// line (and closes if the process exits without one).
+    /// Starts the node with `members` (and `--join` if `join`) and waits up to 20 s for its
+    /// ready line.
     fn spawn(
         &mut self,
         cluster: &Cluster,
         members: &[MemberConfig],
-        extra: &[&str],
-    ) -> mpsc::Receiver<String> {
-        assert!(self.child.is_none(), "node {} runs already", self.member.id);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open node log");
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .args(["--id", &self.member.id.to_string()])
-            .args(["--cluster-id", &cluster.cluster_id.to_string()])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--app", "kv"]);
-        for member in members {
-            command.args(["--member", &member.to_string()]);
-        }
-        let mut child = command
-            .args(extra)
+        join: bool,
+    ) -> Result<String, NotReady> {
+        assert!(
+            self.process.is_none(),
+            "node {} runs already",
+            self.member.id
+        );
+        let flags = ServeFlags {
+            id: self.member.id,
+            cluster_id: cluster.cluster_id,
+            data_dir: &self.data_dir,
+            app: "kv",
+            members,
+            join,
+        };
+        let process = Launch::new(self.member.id, BIN, &self.log, Output::StderrAppended)
+            .args(flags.to_args())
             .env("LOCKSTEP_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn lockstep serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        self.child = Some(child);
-        common::ready_lines(stdout)
+        self.process
+            .insert(process)
+            .wait_ready(Duration::from_secs(20))
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        process::log_tail(&self.log, 40)
     }
 
     /// Panics with the node's log if its process has exited.
     fn assert_running(&mut self, when: &str) {
-        let child = self.child.as_mut().expect("node 4 was started");
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        let process = self.process.as_mut().expect("node 4 was started");
+        if let Some(status) = process.try_exit().expect("try_wait") {
             panic!(
                 "node 4 exited ({status}) {when}; its log:\n{}",
                 self.log_tail()
@@ -94,16 +87,9 @@ impl Extra {
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill().expect("kill -9");
         }
-    }
-}
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -245,32 +231,26 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
     let before = write_keys(&original, id, "before", 0..50);
 
     // Node 4 joins: empty data dir, the current members and itself.
-    let ports = free_ports(2);
-    let four = MemberConfig {
-        id: 4,
-        peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
-        client_addr: SocketAddr::from(([127, 0, 0, 1], ports[1])),
-    };
+    let four = loopback_members(4..=4).expect("free ports").remove(0);
     let mut node4 = Extra {
         member: four.clone(),
         data_dir: cluster.dir.path().join("node-4"),
         log: cluster.dir.path().join("node-4.log"),
-        child: None,
+        process: None,
     };
     let mut members4 = cluster.members.clone();
     members4.push(four.clone());
-    let ready = node4.spawn(&cluster, &members4, &["--join"]);
-    match ready.recv_timeout(Duration::from_secs(20)) {
+    match node4.spawn(&cluster, &members4, true) {
         Ok(line) => assert!(
             line.starts_with(&format!("lockstep node 4 ready: peer {}", four.peer_addr)),
             "unexpected ready line {line:?}"
         ),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            node4.assert_running("before its ready line");
-            panic!("node 4 closed its stdout:\n{}", node4.log_tail());
-        }
         // A joining node might announce itself only once added: go on and add it.
-        Err(mpsc::RecvTimeoutError::Timeout) => node4.assert_running("while joining"),
+        Err(NotReady::TimedOut { .. }) => node4.assert_running("while joining"),
+        Err(error) => panic!(
+            "node 4 did not become ready ({error:?}):\n{}",
+            node4.log_tail()
+        ),
     }
 
     let connect1 = cluster.client_addr(1).to_string();
@@ -360,11 +340,9 @@ fn add_a_node_remove_one_and_restart_from_the_replicated_membership() {
     cluster.stop(3);
     node4.kill();
     cluster.restart(2);
-    let ready = node4.spawn(&cluster, &members4, &[]);
-    if ready.recv_timeout(Duration::from_secs(20)).is_err() {
-        node4.assert_running("at its restart");
+    if let Err(error) = node4.spawn(&cluster, &members4, false) {
         panic!(
-            "node 4 printed no ready line at its restart:\n{}",
+            "node 4 printed no ready line at its restart ({error:?}):\n{}",
             logs(&cluster, &node4)
         );
     }

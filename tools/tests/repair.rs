@@ -11,10 +11,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +21,8 @@ use lockstep::client::{Client, ClusterClient};
 use lockstep::log::inspect::inspect;
 use lockstep::log::repair::REPAIR_FILE;
 use lockstep_server::apps::{KvCommand, Reply};
+use lockstep_testkit::process::{Launch, NotReady, Output};
+use lockstep_testkit::serve::ServeFlags;
 
 fn key_value(n: u64) -> (String, String) {
     (format!("key-{n}"), format!("value-{n}-{}", n * 7))
@@ -155,6 +155,9 @@ fn a_follower_with_a_damaged_log_repairs_from_the_leader_and_votes_again() {
     let new_leader = cluster.wait_leader(Duration::from_secs(10));
     assert_ne!(new_leader, leader);
     put_range(&cluster, 450, 470);
+    // The reads below are local: a follower applies the last puts only once it hears they
+    // committed (with the leader's next append or heartbeat).
+    cluster.wait_converged(Duration::from_secs(10));
     for id in cluster.ids().into_iter().filter(|&id| id != leader) {
         check_replica(&cluster, id, 470);
     }
@@ -190,37 +193,30 @@ fn a_single_node_with_a_damaged_log_refuses_to_start_and_says_why() {
 /// Starts node 1 of `cluster` (a single voter) and returns what it printed before it exited;
 /// panics if it starts serving instead.
 fn refused_start(cluster: &Cluster) -> String {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(["--id", "1", "--cluster-id", &cluster.cluster_id.to_string()])
-        .arg("--data-dir")
-        .arg(cluster.data_dir(1))
-        .args(["--app", "kv", "--member", &cluster.members[0].to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let flags = ServeFlags {
+        id: 1,
+        cluster_id: cluster.cluster_id,
+        data_dir: &cluster.data_dir(1),
+        app: "kv",
+        members: &cluster.members[..1],
+        join: false,
+    };
+    let log = cluster.dir.path().join("refused-start.log");
+    let mut node = Launch::new(1, BIN, &log, Output::StderrAppended)
+        .args(flags.to_args())
         .spawn()
         .expect("spawn lockstep serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
+    match node.wait_ready(Duration::from_secs(20)) {
+        Err(NotReady::Exited { status, .. }) => {
+            let stderr = std::fs::read_to_string(&log).expect("read its stderr");
+            assert!(!status.success(), "{stderr}");
+            stderr
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a single node with a damaged log started serving");
+        Ok(_) => panic!("a single node with a damaged log started serving"),
+        Err(error) => {
+            panic!("a single node with a damaged log neither started nor exited: {error:?}")
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(!status.success(), "{stderr}");
-    stderr
+    }
 }
 
 #[test]

@@ -11,15 +11,17 @@ use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, run_bin, Cluster, BIN, CLIENT_TIMEOUT};
+use common::{run_bin, Cluster, BIN, CLIENT_TIMEOUT};
 use lockstep::client::ClusterClient;
 use lockstep::net::frame::{encode_frame, read_frame, FrameError, FrameType};
 use lockstep::net::{PeerHello, PeerProof, PeerSecret, Role, Transcript, PEER_PROTOCOL_VERSION};
 use lockstep::types::NodeId;
 use lockstep_server::MemberConfig;
+use lockstep_testkit::ports::loopback_members;
+use lockstep_testkit::process::{Launch, NodeProcess, Output};
+use lockstep_testkit::serve::ServeFlags;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -40,17 +42,12 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn fresh_member(id: u64) -> MemberConfig {
-    let ports = free_ports(2);
-    MemberConfig {
-        id,
-        peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
-        client_addr: SocketAddr::from(([127, 0, 0, 1], ports[1])),
-    }
+    loopback_members(id..=id).expect("free ports").remove(0)
 }
 
 /// A `lockstep serve` process that is not one of the cluster's, killed on drop.
 struct Outsider {
-    child: Child,
+    _process: NodeProcess,
     log: PathBuf,
 }
 
@@ -66,30 +63,25 @@ impl Outsider {
     ) -> Outsider {
         let id = members[0].id;
         let log = dir.join(format!("{name}.log"));
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .args(["--cluster-id", &cluster_id.to_string()])
-            .arg("--data-dir")
-            .arg(dir.join(name))
-            .args(["--app", "journal"]);
-        for member in members {
-            command.args(["--member", &member.to_string()]);
-        }
+        let flags = ServeFlags {
+            id,
+            cluster_id,
+            data_dir: &dir.join(name),
+            app: "journal",
+            members,
+            join: false,
+        };
+        let mut launch = Launch::new(id, BIN, &log, Output::StderrAppended)
+            .args(flags.to_args())
+            .env("LOCKSTEP_LOG", "info");
         if let Some(secret) = secret {
-            command.arg("--peer-secret-file").arg(secret);
+            launch = launch.arg("--peer-secret-file").arg(secret);
         }
-        let child = command
-            .env("LOCKSTEP_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(&log).expect("outsider log"),
-            ))
-            .spawn()
-            .expect("spawn an outsider");
-        Outsider { child, log }
+        let process = launch.spawn().expect("spawn an outsider");
+        Outsider {
+            _process: process,
+            log,
+        }
     }
 
     fn log(&self) -> String {
@@ -97,14 +89,6 @@ impl Outsider {
     }
 }
 
-impl Drop for Outsider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Node `id`'s count of peer handshakes refused for `reason`.
 fn refusals(cluster: &Cluster, id: u64, reason: &str) -> u64 {
     let status = cluster.status(id).expect("status");
     status["net"]["peer_refusals"][reason]

@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{run_bin, Cluster, BIN};
@@ -17,6 +17,8 @@ use lockstep::client::{Client, ClientError};
 use lockstep::net::ClientTls;
 use lockstep_server::apps::kv::KvCommand;
 use lockstep_server::pki::DevPki;
+use lockstep_testkit::process::{Launch, Output};
+use lockstep_testkit::serve::ServeFlags;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -163,23 +165,19 @@ fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     cluster.kill9(3);
     let stranger = Pki::new("another CA");
     let data_dir = cluster.dir.path().join("impostor");
-    let mut command = Command::new(BIN);
-    command
-        .arg("serve")
-        .args(["--id", "3", "--cluster-id", &cluster.cluster_id.to_string()])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(["--app", "kv"])
-        .args(stranger.serve_args());
-    for member in &cluster.members {
-        command.args(["--member", &member.to_string()]);
-    }
-    let log = std::fs::File::create(cluster.dir.path().join("impostor.log")).unwrap();
-    let mut impostor = command
+    let flags = ServeFlags {
+        id: 3,
+        cluster_id: cluster.cluster_id,
+        data_dir: &data_dir,
+        app: "kv",
+        members: &cluster.members,
+        join: false,
+    };
+    let log = cluster.dir.path().join("impostor.log");
+    let mut impostor = Launch::new(3, BIN, log, Output::StderrAppended)
+        .args(flags.to_args())
+        .args(stranger.serve_args())
         .env("LOCKSTEP_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .unwrap();
     let impostor_addr = cluster.client_addr(3);
@@ -236,7 +234,6 @@ fn a_node_with_a_certificate_from_another_ca_cannot_join() {
         "no refused certificate logged:\n{logs}"
     );
     impostor.kill().unwrap();
-    impostor.wait().unwrap();
 }
 
 #[test]

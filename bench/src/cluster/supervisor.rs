@@ -13,24 +13,20 @@
 //!   (`lockstep node <id> ready: ...`, on stdout or stderr); a node that exits or stays silent
 //!   past the timeout fails the start with the tail of its output in the error.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-
-use std::os::unix::process::CommandExt;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockstep_server::apps::AppKind;
 use lockstep_server::{MemberConfig, ServerConfig, Tuning};
+use lockstep_testkit::ports::loopback_members;
+use lockstep_testkit::process::{self, Launch, NodeProcess, NotReady, Output, SpawnError};
 use tempfile::TempDir;
 
 use crate::interrupt::Interrupt;
 
 /// How long a node may take to exit after SIGTERM before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+pub use lockstep_testkit::process::STOP_GRACE;
 
 /// Lines of a node's output quoted in an error.
 const TAIL_LINES: usize = 20;
@@ -105,9 +101,8 @@ impl LocalCluster {
             None => tempfile::Builder::new().prefix("lockstep-bench-").tempdir(),
         }
         .map_err(|error| format!("creating the cluster's temporary directory: {error}"))?;
-        let members = free_members(spec.nodes)
+        let members = loopback_members(1..=spec.nodes as u64)
             .map_err(|error| format!("finding free loopback ports: {error}"))?;
-        let (ready_tx, ready_rx) = mpsc::channel();
         let mut nodes = Vec::with_capacity(spec.nodes);
         for member in &members {
             let config = ServerConfig {
@@ -124,10 +119,9 @@ impl LocalCluster {
                 security: Default::default(),
                 limits: Default::default(),
             };
-            nodes.push(NodeProcess::spawn(&config, dir.path(), command, &ready_tx)?);
+            nodes.push(spawn(&config, dir.path(), command)?);
         }
-        drop(ready_tx);
-        wait_ready(&mut nodes, &ready_rx, spec.ready_timeout, interrupt)?;
+        wait_ready(&mut nodes, spec.ready_timeout, interrupt)?;
         Ok(LocalCluster {
             nodes,
             members,
@@ -149,7 +143,7 @@ impl LocalCluster {
     pub fn peak_rss_bytes(&self) -> Vec<(u64, Option<u64>)> {
         self.nodes
             .iter()
-            .map(|node| (node.id, peak_rss_bytes(&node.child.id().to_string())))
+            .map(|node| (node.id(), peak_rss_bytes(&node.pid().to_string())))
             .collect()
     }
 
@@ -157,7 +151,7 @@ impl LocalCluster {
     pub fn pids(&self) -> Vec<(u64, u32)> {
         self.nodes
             .iter()
-            .map(|node| (node.id, node.child.id()))
+            .map(|node| (node.id(), node.pid()))
             .collect()
     }
 
@@ -165,8 +159,8 @@ impl LocalCluster {
     pub fn exited(&mut self) -> Vec<(u64, String)> {
         self.nodes
             .iter_mut()
-            .filter_map(|node| match node.child.try_wait() {
-                Ok(Some(status)) => Some((node.id, status.to_string())),
+            .filter_map(|node| match node.try_exit() {
+                Ok(Some(status)) => Some((node.id(), status.to_string())),
                 _ => None,
             })
             .collect()
@@ -176,235 +170,78 @@ impl LocalCluster {
     pub fn output_tail(&self, id: u64) -> String {
         self.nodes
             .iter()
-            .find(|node| node.id == id)
-            .map_or_else(String::new, NodeProcess::output_tail)
+            .find(|node| node.id() == id)
+            .map_or_else(String::new, |node| node.log_tail(TAIL_LINES))
     }
 
     /// Stops every node (SIGTERM to all, then each gets the rest of [`STOP_GRACE`] before
     /// SIGKILL), removes the directory, and says how each node ended.
     pub fn stop(mut self) -> Vec<NodeExit> {
-        for node in &mut self.nodes {
-            node.terminate();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        self.nodes
-            .iter_mut()
-            .map(|node| {
-                let status = node.reap(deadline);
-                NodeExit {
-                    id: node.id,
-                    clean: status.as_ref().is_some_and(|status| status.success()),
-                    status: status.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
-                }
+        process::stop_all(&mut self.nodes, STOP_GRACE)
+            .into_iter()
+            .map(|(id, stopped)| NodeExit {
+                id,
+                clean: stopped
+                    .as_ref()
+                    .is_ok_and(|stopped| stopped.status.success()),
+                status: stopped.map_or_else(|_| "unknown".to_string(), |s| s.status.to_string()),
             })
             .collect()
         // `self` drops here: the processes are reaped, so only the directory goes.
     }
 }
 
-/// One node process; dropping it stops it.
-struct NodeProcess {
-    id: u64,
-    child: Child,
-    output: Arc<Mutex<File>>,
-    output_path: PathBuf,
-    reaped: Option<ExitStatus>,
-}
-
-impl NodeProcess {
-    fn spawn(
-        config: &ServerConfig,
-        dir: &Path,
-        command: &NodeCommand,
-        ready_tx: &mpsc::Sender<u64>,
-    ) -> Result<NodeProcess, String> {
-        let id = config.id;
-        let config_path = dir.join(format!("node-{id}.toml"));
-        let text = toml::to_string(config)
-            .map_err(|error| format!("encoding node {id}'s config: {error}"))?;
-        std::fs::write(&config_path, text)
-            .map_err(|error| format!("writing {}: {error}", config_path.display()))?;
-        let output_path = dir.join(format!("node-{id}.out"));
-        let output = File::create(&output_path)
-            .map_err(|error| format!("creating {}: {error}", output_path.display()))?;
-        let mut process = Command::new(&command.program);
-        process
-            .args(&command.args)
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only makes one
-        // async-signal-safe system call.
-        unsafe {
-            process.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = process.spawn().map_err(|error| {
-            format!(
+/// Writes node `config.id`'s config into `dir` and starts it as `command CONFIG_FILE`, its
+/// stdout and stderr copied into `dir/node-<id>.out`. Dropping the node stops it (SIGTERM, then
+/// SIGKILL after [`STOP_GRACE`]).
+fn spawn(config: &ServerConfig, dir: &Path, command: &NodeCommand) -> Result<NodeProcess, String> {
+    let id = config.id;
+    let config_path = dir.join(format!("node-{id}.toml"));
+    let text =
+        toml::to_string(config).map_err(|error| format!("encoding node {id}'s config: {error}"))?;
+    std::fs::write(&config_path, text)
+        .map_err(|error| format!("writing {}: {error}", config_path.display()))?;
+    let output_path = dir.join(format!("node-{id}.out"));
+    Launch::new(id, &command.program, output_path, Output::BothCopied)
+        .args(&command.args)
+        .arg(&config_path)
+        .tied_to_supervisor()
+        .stop_on_drop(STOP_GRACE)
+        .spawn()
+        .map_err(|error| match error {
+            SpawnError::Log { path, source } => format!("creating {}: {source}", path.display()),
+            SpawnError::Program(error) => format!(
                 "starting node {id} ({}): {error}",
                 command.program.display()
-            )
-        })?;
-        let output = Arc::new(Mutex::new(output));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        copy_lines(id, stdout, output.clone(), ready_tx.clone());
-        copy_lines(id, stderr, output.clone(), ready_tx.clone());
-        Ok(NodeProcess {
-            id,
-            child,
-            output,
-            output_path,
-            reaped: None,
+            ),
         })
-    }
-
-    /// Sends SIGTERM unless the process was already reaped.
-    fn terminate(&mut self) {
-        if self.reaped.is_none() {
-            signal(&self.child, libc::SIGTERM);
-        }
-    }
-
-    /// Waits for the process until `deadline`, then SIGKILLs it; returns its status.
-    fn reap(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        while self.reaped.is_none() {
-            match self.child.try_wait() {
-                Ok(Some(status)) => self.reaped = Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Ok(None) => {
-                    signal(&self.child, libc::SIGKILL);
-                    self.reaped = self.child.wait().ok();
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        self.reaped
-    }
-
-    fn output_tail(&self) -> String {
-        let _writers_done = self.output.lock();
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(&self.output_path) {
-            let _ = file.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
-    }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.terminate();
-        self.reap(Instant::now() + STOP_GRACE);
-    }
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
-    // SAFETY: plain system call; `pid` is our unreaped child, so it cannot name another process.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-/// Copies `stream` line by line into `output` on a thread of its own; the first ready line is
-/// announced on `ready_tx`. Ends at the end of the stream (when the process exits).
-fn copy_lines(
-    id: u64,
-    stream: impl Read + Send + 'static,
-    output: Arc<Mutex<File>>,
-    ready_tx: mpsc::Sender<u64>,
-) {
-    std::thread::spawn(move || {
-        let mut announced = false;
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(mut file) = output.lock() {
-                let _ = writeln!(file, "{line}");
-            }
-            if !announced && is_ready_line(&line, id) {
-                announced = true;
-                let _ = ready_tx.send(id);
-            }
-        }
-    });
-}
-
-/// Whether `line` is node `id`'s ready line: `lockstep node <id> ready: ...`.
-pub fn is_ready_line(line: &str, id: u64) -> bool {
-    line.trim_start()
-        .strip_prefix("lockstep node ")
-        .and_then(|rest| rest.strip_prefix(&id.to_string()))
-        .is_some_and(|rest| rest.starts_with(" ready:"))
-}
-
+/// Waits until every node printed its ready line; an error names the node that exited or
+/// stayed silent, with the tail of its output.
 fn wait_ready(
     nodes: &mut [NodeProcess],
-    ready_rx: &mpsc::Receiver<u64>,
     timeout: Duration,
     interrupt: &Interrupt,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut ready = vec![false; nodes.len()];
-    while ready.contains(&false) {
-        if interrupt.is_set() {
-            return Err("interrupted while the nodes were starting".to_string());
-        }
-        for node in nodes.iter_mut() {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                node.reaped = Some(status);
-                // Let the output threads drain what the process wrote before it died.
-                std::thread::sleep(Duration::from_millis(50));
-                return Err(format!(
-                    "node {} exited ({status}) before it was ready; its last output:\n{}",
-                    node.id,
-                    node.output_tail()
-                ));
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            let (index, _) = ready
-                .iter()
-                .enumerate()
-                .find(|(_, ready)| !**ready)
-                .unwrap();
-            let node = &nodes[index];
-            return Err(format!(
-                "node {} printed no ready line within {timeout:?}; its last output:\n{}",
-                node.id,
-                node.output_tail()
-            ));
-        }
-        if let Ok(id) = ready_rx.recv_timeout((deadline - now).min(Duration::from_millis(20))) {
-            let index = nodes.iter().position(|node| node.id == id).unwrap();
-            ready[index] = true;
-        }
-    }
-    Ok(())
-}
-
-/// Members 1..=n on loopback, each with a free peer and client port (none chosen twice, none
-/// in the kernel's ephemeral range: `lockstep::net::free_loopback_addrs`).
-fn free_members(n: usize) -> io::Result<Vec<MemberConfig>> {
-    let addrs = lockstep::net::free_loopback_addrs(2 * n)?;
-    Ok((0..n)
-        .map(|i| MemberConfig {
-            id: i as u64 + 1,
-            peer_addr: addrs[2 * i],
-            client_addr: addrs[2 * i + 1],
-        })
-        .collect())
+    let tail = |nodes: &[NodeProcess], id: u64| {
+        nodes
+            .iter()
+            .find(|node| node.id() == id)
+            .map_or_else(String::new, |node| node.log_tail(TAIL_LINES))
+    };
+    process::wait_all_ready(nodes, timeout, &|| interrupt.is_set()).map_err(|error| match error {
+        NotReady::Stopped => "interrupted while the nodes were starting".to_string(),
+        NotReady::Exited { id, status } => format!(
+            "node {id} exited ({status}) before it was ready; its last output:\n{}",
+            tail(nodes, id)
+        ),
+        NotReady::TimedOut { id, after } => format!(
+            "node {id} printed no ready line within {after:?}; its last output:\n{}",
+            tail(nodes, id)
+        ),
+        NotReady::Unwatchable { id, error } => format!("node {id} cannot be watched: {error}"),
+    })
 }
 
 /// Peak resident memory (VmHWM) of process `pid` (a number or `self`), in bytes: anonymous
@@ -431,6 +268,7 @@ fn proc_status_bytes(pid: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn spec(nodes: usize, parent: &Path, ready_timeout: Duration) -> ClusterSpec {
         ClusterSpec {
@@ -476,16 +314,6 @@ mod tests {
     }
 
     #[test]
-    fn ready_lines_are_recognized() {
-        assert!(is_ready_line(
-            "lockstep node 3 ready: peer 127.0.0.1:1 client 127.0.0.1:2",
-            3
-        ));
-        assert!(!is_ready_line("lockstep node 31 ready: peer a client b", 3));
-        assert!(!is_ready_line("lockstep node 3 starting", 3));
-    }
-
-    #[test]
     fn a_started_cluster_is_stopped_and_its_directory_removed() {
         let parent = tempfile::tempdir().unwrap();
         let pid_dir = tempfile::tempdir().unwrap();
@@ -519,12 +347,15 @@ mod tests {
     fn a_node_that_dies_at_start_fails_the_start_and_everything_is_cleaned_up() {
         let parent = tempfile::tempdir().unwrap();
         let pid_dir = tempfile::tempdir().unwrap();
+        // Node 3 dies once nodes 1 and 2 run (wrote their pids).
+        let dies = format!(
+            "while [ ! -s {pids}/1 ] || [ ! -s {pids}/2 ]; do sleep 0.01; done; \
+             echo 'cannot bind: address in use' >&2; exit 3",
+            pids = pid_dir.path().display()
+        );
         let error = LocalCluster::start(
             &spec(3, parent.path(), Duration::from_secs(10)),
-            &fake_node(
-                pid_dir.path(),
-                "echo 'cannot bind: address in use' >&2; exit 3",
-            ),
+            &fake_node(pid_dir.path(), &dies),
             &Interrupt::default(),
         )
         .err()

@@ -5,7 +5,6 @@
 //! Run: `cargo run --release -p lockstep --example embed`
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -56,12 +55,6 @@ impl StateMachine for Store {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-}
-
 fn leader_of(nodes: &[Option<Node>]) -> usize {
     let start = Instant::now();
     loop {
@@ -80,10 +73,13 @@ fn leader_of(nodes: &[Option<Node>]) -> usize {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = tempfile::tempdir()?;
+    // Loopback ports free now, none picked twice.
+    let peer_addrs = lockstep::net::free_loopback_addrs(3)?;
     let members: BTreeMap<NodeId, PeerConfig> = (1..=3)
-        .map(|id| {
+        .zip(peer_addrs)
+        .map(|(id, peer_addr)| {
             let peer = PeerConfig {
-                peer_addr: free_addr(),
+                peer_addr,
                 client_addr: None,
             };
             (NodeId(id), peer)

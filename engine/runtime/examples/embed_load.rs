@@ -8,7 +8,6 @@
 //! `SECONDS` override the defaults 8, 4096, 3).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,21 +59,18 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proposers = env("PROPOSERS", 8) as usize;
     let window = env("WINDOW", 4096) as usize;
     let seconds = env("SECONDS", 3);
     let root = tempfile::tempdir()?;
+    // Loopback ports free now, none picked twice.
+    let peer_addrs = lockstep::net::free_loopback_addrs(3)?;
     let members: BTreeMap<NodeId, PeerConfig> = (1..=3)
-        .map(|id| {
+        .zip(peer_addrs)
+        .map(|(id, peer_addr)| {
             let peer = PeerConfig {
-                peer_addr: free_addr(),
+                peer_addr,
                 client_addr: None,
             };
             (NodeId(id), peer)

@@ -12,42 +12,44 @@ use lockstep::node::Node;
 use lockstep::raft::{MemberAddr, MembershipChange};
 use lockstep::types::NodeId;
 use lockstep_server::apps::{AppKind, KvCommand, KvStore, Reply};
-use lockstep_server::{MemberConfig, ServerConfig, Tuning};
+use lockstep_server::{ServerConfig, Tuning};
+use lockstep_testkit::ports::{
+    free_loopback_addrs, loopback_members, mentions_address_in_use, retry_when_port_taken,
+    StartFailure,
+};
 
 const CLUSTER_ID: u64 = 77;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    lockstep::net::free_loopback_addrs(n).unwrap()
+    free_loopback_addrs(n).unwrap()
 }
 
 /// Starts `n` in-process nodes on free ports. A port picked free can be taken (e.g. as the
 /// local port of another test's outgoing connection) before the node binds it: then the nodes
 /// started so far are dropped and the cluster starts again on other ports, in a fresh directory.
 fn start_cluster(n: usize, dir: &std::path::Path) -> (Vec<Node>, Vec<SocketAddr>) {
-    const ATTEMPTS: usize = 5;
-    for attempt in 1..=ATTEMPTS {
-        match try_start_cluster(n, &dir.join(format!("attempt-{attempt}"))) {
-            Ok(started) => return started,
-            Err(error) if error.contains("Address already in use") && attempt < ATTEMPTS => {}
-            Err(error) => panic!("cannot start the cluster: {error}"),
+    let started = retry_when_port_taken(|attempt| {
+        try_start_cluster(n, &dir.join(format!("attempt-{attempt}"))).map_err(|error| {
+            match mentions_address_in_use(&error) {
+                true => StartFailure::PortTaken(error),
+                false => StartFailure::Failed(error),
+            }
+        })
+    });
+    match started {
+        Ok(started) => started,
+        Err(StartFailure::PortTaken(error) | StartFailure::Failed(error)) => {
+            panic!("cannot start the cluster: {error}")
         }
     }
-    unreachable!("the last attempt returns or panics")
 }
 
 fn try_start_cluster(
     n: usize,
     dir: &std::path::Path,
 ) -> Result<(Vec<Node>, Vec<SocketAddr>), String> {
-    let addrs = free_addrs(2 * n);
-    let members: Vec<MemberConfig> = (0..n)
-        .map(|i| MemberConfig {
-            id: i as u64 + 1,
-            peer_addr: addrs[2 * i],
-            client_addr: addrs[2 * i + 1],
-        })
-        .collect();
+    let members = loopback_members(1..=n as u64).unwrap();
     let nodes = members
         .iter()
         .map(|member| {

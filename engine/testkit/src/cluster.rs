@@ -3,7 +3,6 @@
 //! when a port picked free was taken meanwhile).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,8 @@ use lockstep::node::PeerConfig;
 use lockstep::types::{LogIndex, NodeId};
 use lockstep::{Node, NodeConfig, NodeError, Role, StateMachine};
 use tempfile::TempDir;
+
+use crate::ports::{free_loopback_addrs, retry_when_port_taken, StartFailure};
 
 /// Commands are `key=value`; a query is a key (answered with its value) or `#hash` (answered
 /// with a hash of the whole state and the number of entries applied).
@@ -96,18 +97,13 @@ impl StateMachine for Kv {
     }
 }
 
-/// `n` distinct free loopback ports, outside the kernel's ephemeral range (see
-/// [`lockstep::net::free_loopback_addrs`]; another socket may still take one before a node binds
-/// it: see [`TestCluster::start`]).
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    lockstep::net::free_loopback_addrs(n).expect("free loopback ports")
-}
-
 /// Members 1..=n on distinct free loopback peer ports, each with a free client port too when
 /// `client_ports`. (A single member without a client port binds nothing: no network runs.)
 pub fn members(n: u64, client_ports: bool) -> BTreeMap<NodeId, PeerConfig> {
     let per_member = if client_ports { 2 } else { 1 };
-    let mut addrs = free_addrs(n as usize * per_member).into_iter();
+    let mut addrs = free_loopback_addrs(n as usize * per_member)
+        .expect("free loopback ports")
+        .into_iter();
     (1..=n)
         .map(|id| {
             let peer = PeerConfig {
@@ -118,9 +114,6 @@ pub fn members(n: u64, client_ports: bool) -> BTreeMap<NodeId, PeerConfig> {
         })
         .collect()
 }
-
-/// How many times [`TestCluster::start`] picks fresh ports before an address in use fails it.
-const START_ATTEMPTS: usize = 5;
 
 /// Starts one node from its config (the test chooses the state machine).
 type StartNode = Box<dyn Fn(NodeConfig) -> Result<Node, NodeError>>;
@@ -145,7 +138,7 @@ impl TestCluster {
     /// `tune`, each started by `start_node`. A port picked free can be taken (e.g. as the local
     /// port of another test's outgoing connection) before its node binds it: then the nodes
     /// started so far stop and the whole cluster starts again on fresh ports in fresh
-    /// directories, up to [`START_ATTEMPTS`] times. Any other start failure fails the test.
+    /// directories, up to [`START_ATTEMPTS`](crate::ports::START_ATTEMPTS) times. Any other start failure fails the test.
     pub fn start(
         n: u64,
         client_ports: bool,
@@ -154,7 +147,7 @@ impl TestCluster {
         start_node: impl Fn(NodeConfig) -> Result<Node, NodeError> + 'static,
     ) -> TestCluster {
         let start_node: StartNode = Box::new(start_node);
-        for attempt in 1..=START_ATTEMPTS {
+        let started = retry_when_port_taken(|attempt| {
             let members = members(n, client_ports);
             let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
             let configs: Vec<NodeConfig> = dirs
@@ -166,25 +159,30 @@ impl TestCluster {
                     cfg
                 })
                 .collect();
-            let started: Result<Vec<Option<Node>>, NodeError> = configs
+            let nodes: Vec<Option<Node>> = configs
                 .iter()
                 .map(|cfg| start_node(cfg.clone()).map(Some))
-                .collect();
-            match started {
-                Ok(nodes) => {
-                    return TestCluster {
-                        nodes,
-                        members,
-                        dirs,
-                        configs,
-                        start_node,
-                    }
-                }
-                Err(error) if address_in_use(&error) && attempt < START_ATTEMPTS => {}
-                Err(error) => panic!("cannot start the cluster (attempt {attempt}): {error}"),
+                .collect::<Result<_, NodeError>>()
+                .map_err(|error| match address_in_use(&error) {
+                    true => StartFailure::PortTaken((attempt, error)),
+                    false => StartFailure::Failed((attempt, error)),
+                })?;
+            Ok((nodes, members, dirs, configs))
+        });
+        match started {
+            Ok((nodes, members, dirs, configs)) => TestCluster {
+                nodes,
+                members,
+                dirs,
+                configs,
+                start_node,
+            },
+            Err(
+                StartFailure::PortTaken((attempt, error)) | StartFailure::Failed((attempt, error)),
+            ) => {
+                panic!("cannot start the cluster (attempt {attempt}): {error}")
             }
         }
-        unreachable!("the last attempt returns or panics")
     }
 
     /// Starts the stopped node at `at` again, with its config and directory.

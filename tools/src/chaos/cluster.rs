@@ -17,16 +17,14 @@
 //! the node never synced, kills it, and powers the disk on again before the node restarts.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use lockstep::client::Client;
 use lockstep_server::MemberConfig;
+use lockstep_testkit::ports::loopback_members;
+use lockstep_testkit::process::{self, Launch, NodeProcess, NotReady, Output};
+use lockstep_testkit::serve::{ServeFlags, StatusQuery};
 use serde_json::Value;
 
 use super::netns::Netns;
@@ -55,11 +53,12 @@ struct Node {
     member_flags: Vec<MemberConfig>,
     /// Started with `--join` (a replacement; ignored by the node once its log holds anything).
     join: bool,
-    process: Option<Child>,
+    process: Option<NodeProcess>,
     paused: bool,
 }
 
-/// A running (or partly running) cluster.
+/// A running (or partly running) cluster. Dropping it kills every node (SIGKILL) before the
+/// namespaces and disks go: the field order says so.
 pub struct Cluster {
     dir: PathBuf,
     app: String,
@@ -76,13 +75,10 @@ pub struct Cluster {
     disks: Option<BTreeMap<u64, PowerDisk>>,
 }
 
-/// `n` distinct free loopback ports, outside the kernel's ephemeral range, so that a killed
-/// node's port is not taken by some connection before it restarts on it
-/// (`lockstep::net::free_loopback_addrs`).
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let addrs = lockstep::net::free_loopback_addrs(n)
-        .map_err(|err| format!("cannot bind a loopback port: {err}"))?;
-    Ok(addrs.iter().map(SocketAddr::port).collect())
+/// Members `ids` on free loopback ports, outside the kernel's ephemeral range, so that a killed
+/// node's port is not taken by some connection before it restarts on it.
+fn loopback(ids: std::ops::RangeInclusive<u64>) -> Result<Vec<MemberConfig>, String> {
+    loopback_members(ids).map_err(|err| format!("cannot bind a loopback port: {err}"))
 }
 
 impl Cluster {
@@ -99,15 +95,7 @@ impl Cluster {
     ) -> Result<Cluster, String> {
         let configs: Vec<MemberConfig> = match &netns {
             Some(netns) => (1..=nodes).map(|id| netns_member(netns, id)).collect(),
-            None => {
-                let ports = free_ports(2 * nodes as usize)?;
-                (1..=nodes)
-                    .map(|id| {
-                        let base = 2 * (id as usize - 1);
-                        loopback_member(id, ports[base], ports[base + 1])
-                    })
-                    .collect()
-            }
+            None => loopback(1..=nodes)?,
         };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
@@ -223,10 +211,7 @@ impl Cluster {
                 netns.add_node(id)?;
                 netns_member(netns, id)
             }
-            None => {
-                let ports = free_ports(2)?;
-                loopback_member(id, ports[0], ports[1])
-            }
+            None => loopback(id..=id)?.remove(0),
         };
         let mut member_flags: Vec<MemberConfig> = self
             .members
@@ -333,103 +318,67 @@ impl Cluster {
         assert!(!self.is_up(id), "node {id} is already running");
         self.mount_disk(id)?;
         let node = self.node(id);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .map_err(|err| format!("open {}: {err}", self.log_path(id).display()))?;
         let exe = std::env::current_exe().map_err(|err| format!("own binary: {err}"))?;
-        let mut command = match &self.netns {
-            Some(netns) => netns.command(id, &exe),
-            None => Command::new(&exe),
+        let flags = ServeFlags {
+            id,
+            cluster_id: CLUSTER_ID,
+            data_dir: &self.data_dir(id),
+            app: &self.app,
+            members: &node.member_flags,
+            join: node.join,
         };
-        command
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .args(["--cluster-id", &CLUSTER_ID.to_string()])
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args(["--app", &self.app]);
-        for member in &node.member_flags {
-            command.args(["--member", &member.to_string()]);
-        }
-        if node.join {
-            command.arg("--join");
-        }
-        command
+        let mut launch = Launch::new(id, exe, self.log_path(id), Output::StderrAppended)
+            .args(flags.to_args())
             .args(&self.extra_args)
-            .env("LOCKSTEP_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut child = command
+            .env("LOCKSTEP_LOG", "info");
+        if let Some(netns) = &self.netns {
+            // SAFETY: the hook only makes the async-signal-safe setns(2) call
+            // (`Netns::enter_hook`).
+            launch = unsafe { launch.pre_exec(netns.enter_hook(id)) };
+        }
+        let mut process = launch
             .spawn()
             .map_err(|err| format!("spawn node {id}: {err}"))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with(lockstep_server::READY_MARKER) && tx.send(()).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+        match process.wait_ready(READY_TIMEOUT) {
+            Ok(_) => {
                 let node = self.node_mut(id);
-                node.process = Some(child);
+                node.process = Some(process);
                 node.paused = false;
-                return Ok(());
+                Ok(())
             }
-            let exited = child
-                .try_wait()
-                .map_err(|err| format!("wait for node {id}: {err}"))?;
-            if let Some(status) = exited {
-                return Err(format!(
-                    "node {id} exited ({status}) before it was ready: {}",
-                    self.why_failed(id)
-                ));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "node {id} not ready within {READY_TIMEOUT:?}: {}",
-                    self.why_failed(id)
-                ));
-            }
+            Err(NotReady::Exited { status, .. }) => Err(format!(
+                "node {id} exited ({status}) before it was ready: {}",
+                self.why_failed(id)
+            )),
+            // Dropping the process kills it.
+            Err(NotReady::TimedOut { .. } | NotReady::Stopped) => Err(format!(
+                "node {id} not ready within {READY_TIMEOUT:?}: {}",
+                self.why_failed(id)
+            )),
+            Err(NotReady::Unwatchable { error, .. }) => Err(format!("wait for node {id}: {error}")),
         }
     }
 
     /// Kills node `id` with SIGKILL (paused or not) and reaps it.
     pub fn kill9(&mut self, id: u64) {
         let node = self.node_mut(id);
-        let mut child = node
+        let mut process = node
             .process
             .take()
             .unwrap_or_else(|| panic!("kill -9 of node {id}, which is not running"));
         node.paused = false;
-        child.kill().expect("SIGKILL a child we own");
-        child.wait().expect("reap a killed child");
+        process.kill().expect("SIGKILL and reap a child we own");
     }
 
     fn signal(&self, id: u64, signal: libc::c_int) {
-        let child = self
+        let process = self
             .node(id)
             .process
             .as_ref()
             .unwrap_or_else(|| panic!("signal {signal} to node {id}, which is not running"));
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        let result = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            result,
-            0,
-            "kill({pid}, {signal}) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        if let Err(err) = process.signal(signal) {
+            panic!("signal {signal} to node {id} failed: {err}");
+        }
     }
 
     /// Stops node `id` with SIGSTOP.
@@ -449,12 +398,15 @@ impl Cluster {
     /// Node `id`'s status JSON.
     pub fn status(&self, id: u64) -> Result<Value, String> {
         let addr = self.client_addr(id);
-        let mut client = Client::connect(addr, CLUSTER_ID, STATUS_TIMEOUT)
-            .map_err(|err| format!("node {id} at {addr}: {err}"))?;
-        let json = client
-            .status()
-            .map_err(|err| format!("node {id} at {addr}: {err}"))?;
-        serde_json::from_str(&json).map_err(|err| format!("node {id}: status is not JSON: {err}"))
+        let query = StatusQuery {
+            cluster_id: CLUSTER_ID,
+            timeout: STATUS_TIMEOUT,
+            credentials: None,
+            tls: None,
+        };
+        query
+            .status(addr)
+            .map_err(|err| format!("node {id} at {addr}: {err}"))
     }
 
     /// The status JSON of the leader among the current members (see [`Cluster::leader`]).
@@ -496,10 +448,10 @@ impl Cluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             let node = self.node_mut(id);
-            let Some(child) = node.process.as_mut() else {
+            let Some(process) = node.process.as_mut() else {
                 continue;
             };
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = process.try_exit() {
                 node.process = None;
                 node.paused = false;
                 exited.push((id, format!("{status}: {}", self.why_failed(id))));
@@ -533,24 +485,7 @@ impl Cluster {
 
     /// The last `lines` lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(self.log_path(id)) {
-            let _ = file.read_to_string(&mut text);
-        }
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in self.nodes.values_mut() {
-            let Some(mut child) = node.process.take() else {
-                continue;
-            };
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        process::log_tail(&self.log_path(id), lines)
     }
 }
 
@@ -560,14 +495,5 @@ fn netns_member(netns: &Netns, id: u64) -> MemberConfig {
         id,
         peer_addr: SocketAddr::new(netns.addr(id), NETNS_PEER_PORT),
         client_addr: SocketAddr::new(netns.addr(id), NETNS_CLIENT_PORT),
-    }
-}
-
-/// Node `id`'s addresses on loopback.
-fn loopback_member(id: u64, peer_port: u16, client_port: u16) -> MemberConfig {
-    MemberConfig {
-        id,
-        peer_addr: SocketAddr::from(([127, 0, 0, 1], peer_port)),
-        client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
     }
 }

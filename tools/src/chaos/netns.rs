@@ -9,7 +9,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 /// The nftables table and chain every node's namespace gets (empty = nothing cut).
@@ -166,31 +165,30 @@ impl Netns {
         IpAddr::V4(Ipv4Addr::new(10, 213, self.subnet, 254))
     }
 
-    /// A command that runs `program` inside node `id`'s namespace (the child's pid is the
-    /// program's).
+    /// A hook that moves the child it runs in into node `id`'s namespace, for
+    /// `lockstep_testkit::process::Launch::pre_exec` (the child's pid stays the program's).
     ///
     /// The child joins the namespace's network only (`setns` between fork and exec), not a mount
     /// namespace of its own as `ip netns exec` would give it: such a namespace keeps a copy of
     /// every mount of the harness, the power nemesis's disks included, and a copied FUSE mount
     /// outlives its unmount here, so a disk could never be powered on again.
-    pub fn command(&self, id: u64, program: &std::path::Path) -> Command {
+    ///
+    /// The hook only makes the setns(2) system call, which is async-signal-safe, on a
+    /// descriptor it owns.
+    pub fn enter_hook(&self, id: u64) -> impl FnMut() -> std::io::Result<()> + Send + Sync {
         let path = format!("/run/netns/{}", self.namespace(id));
         // Opened close-on-exec in the harness: still open in the child until its exec.
         let namespace = std::fs::File::open(&path)
             .unwrap_or_else(|err| panic!("open {path} (created with the namespace): {err}"));
-        let mut command = Command::new(program);
-        // SAFETY: the hook runs in the forked child before exec and only makes the setns(2)
-        // system call, which is async-signal-safe, on a descriptor the closure owns.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
+        move || {
+            // SAFETY: setns(2) on a descriptor the hook owns; it changes only this process's
+            // network namespace.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
-        command
     }
 
     /// Drops every packet from node `from` arriving at node `to` (one direction).

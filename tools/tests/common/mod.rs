@@ -7,17 +7,19 @@
 
 pub mod apps;
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep::client::{Client, ClientError};
+use lockstep::client::ClientError;
 use lockstep::net::ClientTls;
 use lockstep_server::MemberConfig;
+use lockstep_testkit::ports::{
+    loopback_members, mentions_address_in_use, retry_when_port_taken, StartFailure, START_ATTEMPTS,
+};
+use lockstep_testkit::process::{self, Launch, NodeProcess, Output};
+use lockstep_testkit::serve::{agreed_leader, ServeFlags, StatusError, StatusQuery};
 use serde_json::Value;
 
 /// The binary under test.
@@ -29,41 +31,29 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Client timeout for harness queries.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many times [`Cluster::start`] picks fresh ports before a port in use fails it.
-const START_ATTEMPTS: usize = 5;
+/// How long a node may take to exit after SIGTERM in [`Cluster::stop`].
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Lines of a node's log quoted in a failure.
+const TAIL_LINES: usize = 40;
 
 /// `n` distinct free loopback ports, outside the kernel's ephemeral range (see
-/// `lockstep::net::free_loopback_addrs`; another socket may still take one before a node binds
-/// it, which [`Cluster::start`] handles).
+/// `lockstep_testkit::ports`; another socket may still take one before a node binds it, which
+/// [`Cluster::start`] handles).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    lockstep::net::free_loopback_addrs(n)
-        .expect("free loopback ports")
-        .iter()
-        .map(std::net::SocketAddr::port)
-        .collect()
-}
-
-/// Why a node did not print its ready line.
-enum NotReady {
-    /// It exited because its address was in use (a port picked free was taken meanwhile).
-    PortTaken,
-    /// Anything else; the message says what and holds the node's log tail.
-    Failed(String),
-}
-
-/// One `lockstep serve` process.
-struct Proc {
-    child: Child,
+    lockstep_testkit::ports::free_ports(n).expect("free loopback ports")
 }
 
 /// A cluster of `lockstep serve` processes.
 pub struct Cluster {
+    /// The running nodes (`None` while down), by id - 1; declared first so that they are killed
+    /// before their directory goes.
+    procs: Vec<Option<NodeProcess>>,
     pub dir: tempfile::TempDir,
     pub cluster_id: u64,
     pub members: Vec<MemberConfig>,
     app: String,
     extra_args: Vec<String>,
-    procs: Vec<Option<Proc>>,
     /// How the harness's own queries reach a client port that speaks TLS.
     pub client_tls: Option<ClientTls>,
 }
@@ -76,39 +66,30 @@ impl Cluster {
     /// again on fresh ports in a fresh directory, up to [`START_ATTEMPTS`] times. Any other
     /// start failure fails the test.
     pub fn start(n: usize, app: &str, extra_args: &[&str]) -> Cluster {
-        for attempt in 1..=START_ATTEMPTS {
+        let started = retry_when_port_taken(|_| {
             let mut cluster = Cluster::spawn_all(n, app, extra_args);
-            match (1..=n as u64).try_for_each(|id| cluster.try_wait_ready(id)) {
-                Ok(()) => return cluster,
-                // Dropping the cluster kills the nodes started so far.
-                Err(NotReady::PortTaken) if attempt < START_ATTEMPTS => {}
-                Err(NotReady::PortTaken) => panic!(
-                    "{START_ATTEMPTS} starts failed on a port in use:\n{}",
-                    cluster.all_logs()
-                ),
-                Err(NotReady::Failed(why)) => panic!("{why}"),
+            // On failure, dropping the cluster kills the nodes started so far.
+            (1..=n as u64).try_for_each(|id| cluster.try_wait_ready(id))?;
+            Ok(cluster)
+        });
+        match started {
+            Ok(cluster) => cluster,
+            Err(StartFailure::PortTaken(logs)) => {
+                panic!("{START_ATTEMPTS} starts failed on a port in use:\n{logs}")
             }
+            Err(StartFailure::Failed(why)) => panic!("{why}"),
         }
-        unreachable!("the last attempt returns or panics")
     }
 
     /// Spawns `n` nodes on fresh ports in a fresh directory, without waiting for them.
     fn spawn_all(n: usize, app: &str, extra_args: &[&str]) -> Cluster {
-        let ports = free_ports(2 * n);
-        let members = (0..n)
-            .map(|i| MemberConfig {
-                id: i as u64 + 1,
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                client_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
-            })
-            .collect();
         let mut cluster = Cluster {
+            procs: (0..n).map(|_| None).collect(),
             dir: tempfile::tempdir().expect("temp dir"),
             cluster_id: 4242,
-            members,
+            members: loopback_members(1..=n as u64).expect("free loopback ports"),
             app: app.to_string(),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            procs: (0..n).map(|_| None).collect(),
             client_tls: None,
         };
         for id in 1..=n as u64 {
@@ -162,50 +143,39 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64) {
         assert!(!self.is_up(id), "node {id} is already running");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .expect("open node log");
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .args(["--id", &id.to_string()])
-            .args(["--cluster-id", &self.cluster_id.to_string()])
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args(["--app", &self.app]);
-        for member in &self.members {
-            command.args(["--member", &member.to_string()]);
-        }
-        command
+        let flags = ServeFlags {
+            id,
+            cluster_id: self.cluster_id,
+            data_dir: &self.data_dir(id),
+            app: &self.app,
+            members: &self.members,
+            join: false,
+        };
+        let node = Launch::new(id, BIN, self.log_path(id), Output::StderrAppended)
+            .args(flags.to_args())
             .args(&self.extra_args)
             .env("LOCKSTEP_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let child = command.spawn().expect("spawn lockstep serve");
-        self.procs[id as usize - 1] = Some(Proc { child });
+            .spawn()
+            .expect("spawn lockstep serve");
+        self.procs[id as usize - 1] = Some(node);
     }
 
     fn wait_ready(&mut self, id: u64) {
         match self.try_wait_ready(id) {
             Ok(()) => {}
-            Err(NotReady::PortTaken) => panic!(
+            Err(StartFailure::PortTaken(_)) => panic!(
                 "node {id} found its address in use; its log:\n{}",
                 self.log_tail(id)
             ),
-            Err(NotReady::Failed(why)) => panic!("{why}"),
+            Err(StartFailure::Failed(why)) => panic!("{why}"),
         }
     }
 
-    /// Waits for node `id`'s ready line; a node that exits on an address in use is
-    /// [`NotReady::PortTaken`].
-    fn try_wait_ready(&mut self, id: u64) -> Result<(), NotReady> {
-        let proc = self.procs[id as usize - 1].as_mut().expect("spawned");
-        let stdout = proc.child.stdout.take().expect("piped stdout");
-        let rx = ready_lines(stdout);
-        match rx.recv_timeout(READY_TIMEOUT) {
+    /// Waits for node `id`'s ready line. A node that exits on an address in use is
+    /// [`StartFailure::PortTaken`], with every node's log tail.
+    fn try_wait_ready(&mut self, id: u64) -> Result<(), StartFailure<String>> {
+        let node = self.procs[id as usize - 1].as_mut().expect("spawned");
+        match node.wait_ready(READY_TIMEOUT) {
             Ok(line) => {
                 let expected = format!("lockstep node {id} ready: peer {}", self.peer_addr(id));
                 assert!(
@@ -214,13 +184,12 @@ impl Cluster {
                 );
                 Ok(())
             }
-            // Its stdout closed without a ready line: the process is exiting.
-            Err(mpsc::RecvTimeoutError::Disconnected)
-                if self.log_tail(id).contains("Address already in use") =>
+            Err(process::NotReady::Exited { .. })
+                if mentions_address_in_use(&self.log_tail(id)) =>
             {
-                Err(NotReady::PortTaken)
+                Err(StartFailure::PortTaken(self.all_logs()))
             }
-            Err(err) => Err(NotReady::Failed(format!(
+            Err(err) => Err(StartFailure::Failed(format!(
                 "node {id} did not become ready ({err:?}); its log:\n{}",
                 self.log_tail(id)
             ))),
@@ -229,12 +198,7 @@ impl Cluster {
 
     /// The last lines of node `id`'s stderr.
     pub fn log_tail(&self, id: u64) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(self.log_path(id)) {
-            let _ = file.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        process::log_tail(&self.log_path(id), TAIL_LINES)
     }
 
     /// Every node's log tail (for failure messages).
@@ -248,69 +212,49 @@ impl Cluster {
 
     /// Kills node `id` with SIGKILL and reaps it.
     pub fn kill9(&mut self, id: u64) {
-        let mut proc = self.procs[id as usize - 1].take().expect("node is running");
-        proc.child.kill().expect("kill -9");
-        proc.child.wait().expect("reap");
+        let mut node = self.procs[id as usize - 1].take().expect("node is running");
+        node.kill().expect("kill -9");
     }
 
     /// Sends SIGTERM to node `id` and returns its exit status.
     pub fn stop(&mut self, id: u64) -> ExitStatus {
-        let mut proc = self.procs[id as usize - 1].take().expect("node is running");
-        let status = Command::new("kill")
-            .args(["-TERM", &proc.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = proc.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = proc.child.kill();
-                panic!(
-                    "node {id} did not exit after SIGTERM:\n{}",
-                    self.log_tail(id)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut node = self.procs[id as usize - 1].take().expect("node is running");
+        let stopped = node.stop(STOP_TIMEOUT).expect("stop");
+        assert!(
+            !stopped.killed,
+            "node {id} did not exit after SIGTERM:\n{}",
+            self.log_tail(id)
+        );
+        stopped.status
     }
 
     /// Node `id`'s status JSON, or the error.
     pub fn status(&self, id: u64) -> Result<Value, ClientError> {
-        let mut client = Client::connect_with(
-            self.client_addr(id),
-            self.cluster_id,
-            CLIENT_TIMEOUT,
-            None,
-            self.client_tls.as_ref(),
-        )?;
-        let json = client.status()?;
-        Ok(serde_json::from_str(&json).expect("status is JSON"))
+        let query = StatusQuery {
+            cluster_id: self.cluster_id,
+            timeout: CLIENT_TIMEOUT,
+            credentials: None,
+            tls: self.client_tls.as_ref(),
+        };
+        match query.status(self.client_addr(id)) {
+            Ok(status) => Ok(status),
+            Err(StatusError::Client(error)) => Err(error),
+            Err(StatusError::NotJson(error)) => panic!("status is not JSON: {error}"),
+        }
     }
 
     /// Waits until a running node reports itself leader and the others agree; returns its id.
     pub fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let up: Vec<u64> = self
+            let statuses: Vec<Option<Value>> = self
                 .ids()
                 .into_iter()
                 .filter(|id| self.is_up(*id))
+                .map(|id| self.status(id).ok())
                 .collect();
-            let statuses: Vec<Value> = up.iter().filter_map(|id| self.status(*id).ok()).collect();
-            let leader = statuses
-                .iter()
-                .find(|status| status["role"] == "leader")
-                .map(|status| status["id"].as_u64().expect("id"));
-            if let Some(leader) = leader {
-                let agreed = statuses
-                    .iter()
-                    .all(|status| status["leader"].as_u64() == Some(leader));
-                if agreed && statuses.len() == up.len() {
-                    return leader;
-                }
+            if let Some(leader) = agreed_leader(&statuses) {
+                return leader;
             }
             assert!(
                 Instant::now() < deadline,
@@ -321,14 +265,15 @@ impl Cluster {
         }
     }
 
-    /// Waits until every node runs and reports the same applied index, equal to the leader's
-    /// commit index; returns it.
+    /// Waits until every node the harness runs (all but those it killed or stopped) answers and
+    /// reports the same applied index, equal to the leader's commit index; returns it.
     pub fn wait_converged(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
             let statuses: Vec<Option<Value>> = self
                 .ids()
                 .into_iter()
+                .filter(|id| self.is_up(*id))
                 .map(|id| self.status(id).ok())
                 .collect();
             if statuses.iter().all(Option::is_some) {
@@ -363,16 +308,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for proc in self.procs.iter_mut().filter_map(Option::take) {
-            let mut child = proc.child;
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// The first index of the oldest log segment in `log_dir` (segment files are named after their
 /// first index), or `None` when it holds no segment.
 pub fn oldest_segment_index(log_dir: &Path) -> Option<u64> {
@@ -383,20 +318,6 @@ pub fn oldest_segment_index(log_dir: &Path) -> Option<u64> {
             name.strip_suffix(".seg")?.parse::<u64>().ok()
         })
         .min()
-}
-
-/// The ready line(s) a `lockstep serve` process prints on `stdout`, as they come.
-pub fn ready_lines(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with(lockstep_server::READY_MARKER) && tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Runs the binary with `args` to completion; returns its status and stderr.

@@ -1,5 +1,6 @@
-//! Picking free loopback ports for local clusters (`lockstep chaos`, the bench's local cluster,
-//! tests).
+//! Picking free loopback ports for local clusters. The one picker of the workspace: it lives
+//! here because the runtime's own unit tests need it, and `lockstep_testkit::ports` re-exports
+//! it (with members on such ports) for the tools, the bench and the other crates' tests.
 //!
 //! A port found free by binding it and letting go can be taken before the node binds it, or
 //! while a killed node is down before its restart on the same port: the kernel hands out
