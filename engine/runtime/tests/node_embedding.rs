@@ -10,8 +10,10 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use lockstep::apply::RestoreError;
 use lockstep::raft::ReadMode;
-use lockstep::{Node, NodeError, Refusal, Role};
+use lockstep::types::LogIndex;
+use lockstep::{Node, NodeError, Refusal, Role, StateMachine};
 use lockstep_testkit::cluster::{config, members, Kv};
 
 /// A waker that counts its wakes and unparks the polling thread.
@@ -156,4 +158,74 @@ fn subscribers_see_the_leader_and_then_the_stop() {
         .wait_changed_timeout(Duration::from_secs(10))
         .expect("the stop is a change");
     assert_eq!((stopped.role, stopped.leader), (Role::Stopped, None));
+}
+
+/// [`Kv`], recording the runs it is given to apply in one call.
+struct RecordsRuns {
+    kv: Kv,
+    runs: Arc<std::sync::Mutex<Vec<(LogIndex, usize)>>>,
+}
+
+impl StateMachine for RecordsRuns {
+    fn apply(&mut self, index: LogIndex, command: &[u8]) -> Bytes {
+        self.kv.apply(index, command)
+    }
+
+    fn apply_batch(&mut self, first: LogIndex, commands: &[&[u8]], replies: &mut Vec<Bytes>) {
+        self.runs.lock().unwrap().push((first, commands.len()));
+        for (offset, command) in commands.iter().enumerate() {
+            replies.push(self.kv.apply(first.plus(offset as u64), command));
+        }
+    }
+
+    fn query(&self, query: &[u8]) -> Bytes {
+        self.kv.query(query)
+    }
+
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        self.kv.snapshot(out)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.kv.restore(snapshot)
+    }
+}
+
+#[test]
+fn a_committed_batch_reaches_the_state_machine_in_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::default();
+    let machine = RecordsRuns {
+        kv: Kv::default(),
+        runs: Arc::clone(&runs),
+    };
+    let node = Node::start(
+        config(1, &members(1, false), dir.path(), 1_000_000),
+        machine,
+    )
+    .unwrap();
+    until_leader(&node);
+    let commands: Vec<Bytes> = (0..100)
+        .map(|i| Bytes::from(format!("k{i}=v{i}")))
+        .collect();
+    let applied = node.propose_batch(commands).wait().unwrap();
+    assert_eq!(applied.results.len(), 100);
+    let runs = runs.lock().unwrap().clone();
+    let covering: Vec<_> = runs
+        .iter()
+        .filter(|(first, len)| {
+            first.get() + *len as u64 > applied.first.get()
+                && first.get() < applied.first.get() + 100
+        })
+        .collect();
+    assert!(
+        covering.len() <= 2 && covering.iter().map(|(_, len)| len).sum::<usize>() == 100,
+        "the 100 commands of one proposal came in runs {covering:?} (every run: {runs:?})"
+    );
+    let read = node
+        .read_linearizable(Bytes::from_static(b"k99"))
+        .wait()
+        .unwrap();
+    assert_eq!(read.result, Bytes::from_static(b"v99"));
+    node.shutdown().unwrap();
 }

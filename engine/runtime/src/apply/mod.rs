@@ -19,6 +19,18 @@ pub trait StateMachine: Send + 'static {
     /// example by returning an error reply), never by panicking.
     fn apply(&mut self, index: LogIndex, command: &[u8]) -> Bytes;
 
+    /// Applies the committed `commands`, at consecutive log indexes from `first`, and pushes
+    /// one reply per command onto `replies`, in order. The default calls
+    /// [`StateMachine::apply`] for each; a state machine that keeps its state on disk overrides
+    /// it to make the run one transaction. The runtime hands over each committed batch in one
+    /// call, cut only where a read must see the state between two of its commands, and never
+    /// calls it with no command. The same determinism rules hold.
+    fn apply_batch(&mut self, first: LogIndex, commands: &[&[u8]], replies: &mut Vec<Bytes>) {
+        for (offset, command) in commands.iter().enumerate() {
+            replies.push(self.apply(first.plus(offset as u64), command));
+        }
+    }
+
     /// Answers a read-only `query` against the current state.
     fn query(&self, query: &[u8]) -> Bytes;
 

@@ -174,46 +174,82 @@ impl<S: StateMachine> ApplyStage<S> {
             batch.last_index(),
             self.applied
         );
-        let kind = batch.kind();
-        for (offset, entry) in batch.entries().enumerate() {
-            let index = batch.first_index().plus(offset as u64);
-            if index <= self.applied {
-                continue;
-            }
-            self.bytes_since_snapshot += entry.len() as u64;
-            let result = match kind {
-                BatchKind::Normal => self.state_machine.apply(index, entry),
-                BatchKind::Membership => {
-                    match Membership::decode(entry) {
-                        Ok(membership) => self.membership = membership,
-                        Err(error) => {
-                            panic!("committed membership entry at {index} does not decode: {error}")
-                        }
-                    }
-                    Bytes::new()
-                }
-                BatchKind::Noop => Bytes::new(),
+        let skip = (self.applied.get() + 1).saturating_sub(batch.first_index().get()) as usize;
+        let entries: Vec<&[u8]> = batch.entries().skip(skip).collect();
+        let mut at = 0;
+        while at < entries.len() {
+            let first = self.applied.next();
+            // A run ends where a waiting read must see the state (`ApplyMsg::Reads` above).
+            let run = match self.reads_next.filter(|next| *next >= first) {
+                Some(next) => ((next.get() - first.get()) as usize + 1).min(entries.len() - at),
+                None => entries.len() - at,
             };
-            self.applied = index;
-            while targets.peek().is_some_and(|(at, _)| *at <= index) {
-                let (at, target) = targets.next().expect("peeked");
-                assert_eq!(at, index, "a target for {at} was skipped at {index}");
-                target.succeed(
-                    Applied {
-                        index,
-                        result: result.clone(),
-                    },
-                    false,
-                    &mut self.replies,
-                );
+            let results = self.apply_run(batch.kind(), first, &entries[at..at + run]);
+            for (offset, result) in results.into_iter().enumerate() {
+                self.applied = first.plus(offset as u64);
+                self.answer_targets(targets, result);
             }
-            if self.reads_next.is_some_and(|next| next <= index) {
-                // Answered from the state at their index, not after the rest of the batch
-                // (see `ApplyMsg::Reads` above).
+            at += run;
+            if self.reads_next.is_some_and(|next| next <= self.applied) {
                 self.serve_reads();
             }
         }
         self.applied_term = batch.term();
+    }
+
+    /// Applies `commands` (of a batch of `kind`) at consecutive indexes from `first`; the
+    /// reply to each.
+    fn apply_run(&mut self, kind: BatchKind, first: LogIndex, commands: &[&[u8]]) -> Vec<Bytes> {
+        assert!(!commands.is_empty(), "an empty run at {first}");
+        self.bytes_since_snapshot += commands.iter().map(|c| c.len() as u64).sum::<u64>();
+        match kind {
+            BatchKind::Normal => {
+                let mut replies = Vec::with_capacity(commands.len());
+                self.state_machine
+                    .apply_batch(first, commands, &mut replies);
+                assert_eq!(
+                    replies.len(),
+                    commands.len(),
+                    "the state machine answered {} of the {} commands from {first}",
+                    replies.len(),
+                    commands.len()
+                );
+                replies
+            }
+            BatchKind::Membership => {
+                for (offset, entry) in commands.iter().enumerate() {
+                    self.membership = Membership::decode(entry).unwrap_or_else(|error| {
+                        panic!(
+                            "committed membership entry at {} does not decode: {error}",
+                            first.plus(offset as u64)
+                        )
+                    });
+                }
+                vec![Bytes::new(); commands.len()]
+            }
+            BatchKind::Noop => vec![Bytes::new(); commands.len()],
+        }
+    }
+
+    /// Answers the targets waiting for the entry just applied (`self.applied`) with `result`.
+    fn answer_targets(
+        &mut self,
+        targets: &mut std::iter::Peekable<std::vec::IntoIter<(LogIndex, Target)>>,
+        result: Bytes,
+    ) {
+        let index = self.applied;
+        while targets.peek().is_some_and(|(at, _)| *at <= index) {
+            let (at, target) = targets.next().expect("peeked");
+            assert_eq!(at, index, "a target for {at} was skipped at {index}");
+            target.succeed(
+                Applied {
+                    index,
+                    result: result.clone(),
+                },
+                false,
+                &mut self.replies,
+            );
+        }
     }
 
     /// After a batch of messages: serve reads, publish the applied index, maybe snapshot, and
