@@ -116,17 +116,8 @@ pub fn encode(head: Head) -> [u8; HEAD_FILE_BYTES] {
 
 /// Decodes the file's bytes, or says what is wrong with them.
 pub fn decode(bytes: &[u8]) -> Result<Head, SmallFileError> {
-    if bytes.len() != HEAD_FILE_BYTES {
-        return Err(SmallFileError::Length {
-            found: bytes.len(),
-            expected: HEAD_FILE_BYTES,
-        });
-    }
+    crate::small_file::check_length_and_magic(bytes, HEAD_FILE_BYTES, MAGIC)?;
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4"));
-    if magic != MAGIC {
-        return Err(SmallFileError::BadMagic(magic));
-    }
     let covered = match bytes[4] {
         VERSION => 48,
         VERSION_WITHOUT_FLOOR => 40,

@@ -150,17 +150,8 @@ pub fn encode(state: RepairState) -> [u8; REPAIR_FILE_BYTES] {
 /// Decodes the file's bytes (version 2, or version 1 as written before the term bound
 /// existed), or says what is wrong with them.
 pub fn decode(bytes: &[u8]) -> Result<RepairState, SmallFileError> {
-    if bytes.len() != REPAIR_FILE_BYTES {
-        return Err(SmallFileError::Length {
-            found: bytes.len(),
-            expected: REPAIR_FILE_BYTES,
-        });
-    }
+    crate::small_file::check_length_and_magic(bytes, REPAIR_FILE_BYTES, MAGIC)?;
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4"));
-    if magic != MAGIC {
-        return Err(SmallFileError::BadMagic(magic));
-    }
     let covered = match bytes[4] {
         1 => 24,
         VERSION => 32,

@@ -77,6 +77,26 @@ impl fmt::Display for SmallFileError {
 
 impl std::error::Error for SmallFileError {}
 
+/// Checks a small file's length and magic number (its first four bytes, little-endian): the
+/// start every small file's decoder shares.
+pub fn check_length_and_magic(
+    bytes: &[u8],
+    expected: usize,
+    magic: u32,
+) -> Result<(), SmallFileError> {
+    if bytes.len() != expected {
+        return Err(SmallFileError::Length {
+            found: bytes.len(),
+            expected,
+        });
+    }
+    let found = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    if found != magic {
+        return Err(SmallFileError::BadMagic(found));
+    }
+    Ok(())
+}
+
 /// Replaces `dir/name` with `bytes` (via `dir/tmp`), durably; `what` names the file in errors.
 pub fn replace(
     dir: &Path,

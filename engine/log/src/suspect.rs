@@ -45,16 +45,7 @@ pub fn encode(term: Term) -> [u8; SUSPECT_FILE_BYTES] {
 
 /// Decodes the file's bytes, or says what is wrong with them.
 pub fn decode(bytes: &[u8]) -> Result<Term, SmallFileError> {
-    if bytes.len() != SUSPECT_FILE_BYTES {
-        return Err(SmallFileError::Length {
-            found: bytes.len(),
-            expected: SUSPECT_FILE_BYTES,
-        });
-    }
-    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4"));
-    if magic != MAGIC {
-        return Err(SmallFileError::BadMagic(magic));
-    }
+    crate::small_file::check_length_and_magic(bytes, SUSPECT_FILE_BYTES, MAGIC)?;
     if bytes[4] != VERSION {
         return Err(SmallFileError::Version {
             found: bytes[4],
