@@ -7,16 +7,11 @@
 //! receipt completing (committed by a quorum, durable, applied here). Threads propose only while
 //! this node leads: a `NotLeader` or `OutcomeUnknown` answer counts what was in flight as
 //! abandoned, and the thread waits for leadership again ([`Node::subscribe`]). A receipt is
-//! waited on as a future, in slices, so the window's end and the node's stop are seen promptly.
+//! waited on in slices (`Receipt::wait_for`), so the window's end and the node's stop are seen promptly.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -83,8 +78,6 @@ struct Proposer<'a, T, P> {
     ending: &'a AtomicBool,
     propose: P,
     in_flight: VecDeque<(Receipt<T>, Instant)>,
-    /// Unparks this thread when the receipt it waits on completes.
-    waker: Waker,
 }
 
 impl<'a, T, P: Fn() -> Receipt<T>> Proposer<'a, T, P> {
@@ -95,7 +88,6 @@ impl<'a, T, P: Fn() -> Receipt<T>> Proposer<'a, T, P> {
             ending,
             propose,
             in_flight: VecDeque::new(),
-            waker: Waker::from(Arc::new(Unpark(std::thread::current()))),
         }
     }
 
@@ -147,19 +139,12 @@ impl<'a, T, P: Fn() -> Receipt<T>> Proposer<'a, T, P> {
 
     /// The outcome of the oldest receipt if it completes within a [`SLICE`] (and the window).
     fn wait_oldest(&mut self) -> Option<Result<T, NodeError>> {
-        let deadline = (Instant::now() + SLICE).min(self.load.measure_end);
+        let left = self
+            .load
+            .measure_end
+            .saturating_duration_since(Instant::now());
         let (receipt, _) = self.in_flight.front_mut()?;
-        let mut context = Context::from_waker(&self.waker);
-        loop {
-            if let Poll::Ready(outcome) = Pin::new(&mut *receipt).poll(&mut context) {
-                return Some(outcome);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            std::thread::park_timeout(left);
-        }
+        receipt.wait_for(left.min(SLICE))
     }
 
     /// Counts the answered request and everything still in flight as abandoned (their outcome
@@ -186,14 +171,5 @@ impl<'a, T, P: Fn() -> Receipt<T>> Proposer<'a, T, P> {
             }
             std::thread::sleep(left.min(SLICE));
         }
-    }
-}
-
-/// A waker that unparks a thread.
-struct Unpark(Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
     }
 }

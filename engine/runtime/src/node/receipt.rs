@@ -110,7 +110,7 @@ impl<T> Drop for Completer<T> {
 /// proposal or read, an [`super::AppliedBatch`] for [`super::Node::propose_batch`], a
 /// [`crate::types::LogIndex`] for [`super::Node::read_index`].
 ///
-/// Block on it with [`Receipt::wait`] / [`Receipt::wait_timeout`], or `.await` it from any
+/// Block on it with [`Receipt::wait`] / [`Receipt::wait_timeout`] / [`Receipt::wait_for`], or `.await` it from any
 /// async runtime. The request is on its way when the call that made the receipt returns, so
 /// many can be in flight before the first is waited on. Dropping a receipt does not cancel the
 /// request (a proposal may still commit).
@@ -180,15 +180,21 @@ impl<T> Receipt<T> {
     }
 
     /// Blocks at most `timeout`; [`NodeError::Timeout`] then (the request may still complete).
-    pub fn wait_timeout(self, timeout: Duration) -> Result<T, NodeError> {
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<T, NodeError> {
+        self.wait_for(timeout).unwrap_or(Err(NodeError::Timeout))
+    }
+
+    /// Blocks at most `timeout` for the outcome; `None` if it is not known by then (the receipt
+    /// stays usable: wait again, poll it, or drop it).
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<Result<T, NodeError>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(outcome) = self.take(|| Some(Waiter::this_thread())) {
-                return outcome;
+                return Some(outcome);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(NodeError::Timeout);
+                return None;
             }
             std::thread::park_timeout(left);
         }
@@ -221,5 +227,28 @@ impl<T> std::fmt::Debug for Receipt<T> {
             State::Taken => "taken",
         };
         f.debug_struct("Receipt").field("state", &state).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_that_times_out_leaves_the_receipt_usable() {
+        let shared = Arc::new(Shared::default());
+        let (mut receipt, completer) = receipt::<u32>(&shared);
+        assert_eq!(receipt.wait_for(Duration::from_millis(1)), None);
+        let answer = std::thread::spawn(move || completer.complete(Ok(7)));
+        assert_eq!(receipt.wait_for(Duration::from_secs(10)), Some(Ok(7)));
+        answer.join().unwrap();
+    }
+
+    #[test]
+    fn a_dropped_completer_reports_the_node_gone() {
+        let shared = Arc::new(Shared::default());
+        let (receipt, completer) = receipt::<u32>(&shared);
+        drop(completer);
+        assert_eq!(receipt.wait(), Err(NodeError::ShuttingDown));
     }
 }
