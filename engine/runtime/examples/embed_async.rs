@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -138,19 +137,21 @@ async fn run(nodes: &[Node], stores: &[Shared]) -> Result<(), NodeError> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = tempfile::tempdir()?;
+    // Loopback ports free now, none picked twice.
+    let peer_addrs = lockstep::net::free_loopback_addrs(3)?;
     let members: BTreeMap<NodeId, PeerConfig> = (1..=3)
-        .map(|id| {
-            let peer_addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        .zip(peer_addrs)
+        .map(|(id, peer_addr)| {
             let client_addr = None;
-            Ok((
+            (
                 NodeId(id),
                 PeerConfig {
                     peer_addr,
                     client_addr,
                 },
-            ))
+            )
         })
-        .collect::<std::io::Result<_>>()?;
+        .collect();
     let stores: Vec<Shared> = (0..3).map(|_| Shared::default()).collect();
     let nodes = (1..=3)
         .map(|id| {
