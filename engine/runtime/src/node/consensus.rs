@@ -143,6 +143,8 @@ pub(crate) struct ConsensusStage {
     role: Role,
     /// Role, term and leader as published to subscribers.
     leadership: Arc<Watch>,
+    /// What was last published there (compared every turn without taking its lock).
+    published: Leadership,
     replies: Vec<(ConnId, ClientReply)>,
     local_reads: Vec<PendingRead>,
     /// Leader changes, error replies, queue probes and rates, for the status.
@@ -204,6 +206,7 @@ impl ConsensusStage {
         leadership: Arc<Watch>,
         spin: Spin,
     ) -> ConsensusStage {
+        let published = leadership.current();
         let start = raft.status();
         let observed = Observed::new(start.commit.get(), start.applied.get());
         ConsensusStage {
@@ -222,6 +225,7 @@ impl ConsensusStage {
             leader: None,
             role: Role::Follower,
             leadership,
+            published,
             replies: Vec::new(),
             local_reads: Vec::new(),
             observed,
@@ -422,6 +426,14 @@ impl ConsensusStage {
         self.load_allows_inline()
             && room(self.to_storage.channel()) >= INLINE_STORAGE_ROOM
             && room(&self.to_apply) >= INLINE_APPLY_ROOM
+    }
+
+    /// Publishes `now` to the subscribers if it changed.
+    fn publish(&mut self, now: Leadership) {
+        if now != self.published {
+            self.published = now;
+            self.leadership.publish(now);
+        }
     }
 
     fn not_leader(&self, leader: Option<NodeId>) -> NodeError {
@@ -659,7 +671,7 @@ impl ConsensusStage {
             self.observed.leader_seen(self.leader, soft.leader);
             self.leader = soft.leader;
         }
-        self.leadership.publish(Leadership {
+        self.publish(Leadership {
             role: self.role.into(),
             term: self.raft.term(),
             leader: self.leader,
@@ -886,7 +898,7 @@ impl ConsensusStage {
         while requests.try_recv().is_ok() {}
         let error = self.shared.gone();
         let term = self.raft.term();
-        self.leadership.publish(Leadership {
+        self.publish(Leadership {
             role: NodeRole::Stopped,
             term,
             leader: None,
