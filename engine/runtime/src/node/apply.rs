@@ -50,6 +50,8 @@ pub(crate) struct ApplyStage<S: StateMachine> {
     /// Reads waiting for `applied` to reach their index, and the lowest such index.
     reads: Vec<PendingRead>,
     reads_next: Option<LogIndex>,
+    /// The replies of a run of commands (kept for its capacity; empty between runs).
+    run_replies: Vec<Bytes>,
     replies: Vec<(ConnId, ClientReply)>,
     /// Spin-before-block on the inbox.
     spin: Spin,
@@ -89,6 +91,7 @@ impl<S: StateMachine> ApplyStage<S> {
             feedback,
             reads: Vec::new(),
             reads_next: None,
+            run_replies: Vec::new(),
             replies: Vec::new(),
             spin,
         }
@@ -184,11 +187,12 @@ impl<S: StateMachine> ApplyStage<S> {
                 Some(next) => ((next.get() - first.get()) as usize + 1).min(entries.len() - at),
                 None => entries.len() - at,
             };
-            let results = self.apply_run(batch.kind(), first, &entries[at..at + run]);
-            for (offset, result) in results.into_iter().enumerate() {
+            let mut results = self.apply_run(batch.kind(), first, &entries[at..at + run]);
+            for (offset, result) in results.drain(..).enumerate() {
                 self.applied = first.plus(offset as u64);
                 self.answer_targets(targets, result);
             }
+            self.run_replies = results;
             at += run;
             if self.reads_next.is_some_and(|next| next <= self.applied) {
                 self.serve_reads();
@@ -204,7 +208,7 @@ impl<S: StateMachine> ApplyStage<S> {
         self.bytes_since_snapshot += commands.iter().map(|c| c.len() as u64).sum::<u64>();
         match kind {
             BatchKind::Normal => {
-                let mut replies = Vec::with_capacity(commands.len());
+                let mut replies = std::mem::take(&mut self.run_replies);
                 self.state_machine
                     .apply_batch(first, commands, &mut replies);
                 assert_eq!(
